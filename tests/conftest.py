@@ -1,0 +1,28 @@
+import os
+import random
+
+import numpy as np
+import pytest
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - torch is a hard dependency, kept soft here for collection
+    torch = None
+
+HAS_CUDA = torch is not None and torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU")
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    if torch is not None:
+        torch.manual_seed(0)
+    yield
+
+
+def pytest_configure(config):
+    # Two cores: keep torch from oversubscribing when tests run beside each other.
+    if torch is not None and not os.environ.get("SCAN_FAST_TEST_THREADS_SET"):
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
