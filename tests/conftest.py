@@ -1,5 +1,15 @@
 import os
 import random
+import shutil
+import subprocess
+
+# Without a GPU, Triton kernels run in its interpreter on CPU tensors. The flag is
+# read when kernels are decorated, so it must be set before anything imports them.
+if "TRITON_INTERPRET" not in os.environ:
+    _has_gpu = shutil.which("nvidia-smi") is not None and subprocess.run(
+        ["nvidia-smi", "-L"], capture_output=True).returncode == 0
+    if not _has_gpu:
+        os.environ["TRITON_INTERPRET"] = "1"
 
 import numpy as np
 import pytest
