@@ -1,0 +1,50 @@
+"""The knobs of SCAN (see docs/scan-method.md), validated once at construction."""
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from scan_fast.candidates import candidate_count
+from scan_fast.schedule.inputs import check_int, check_real
+
+MODES = ("both", "redundant", "ill_matched")
+_RHO_SUM_SLACK = 1e-12  # 0.35 + 0.65 must pass despite binary rounding
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    num_samples: int
+    rho_ill: float = 0.35
+    rho_red: float = 0.35
+    t_cos: int = 3
+    prune_threshold: float = 0.3
+    mode: str = "both"
+    seed: int = 0
+    abs_ill: Optional[float] = None
+    abs_red: Optional[float] = None
+
+    def __post_init__(self):
+        fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        fix("num_samples", check_int("num_samples", self.num_samples, minimum=1))
+        for name in ("rho_ill", "rho_red"):
+            rho = check_real(name, getattr(self, name))
+            if not 0.0 <= rho <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {rho}")
+            fix(name, rho)
+        if self.rho_ill + self.rho_red > 1.0 + _RHO_SUM_SLACK:
+            raise ValueError(f"rho_ill + rho_red must be <= 1, got {self.rho_ill} + {self.rho_red}")
+        fix("t_cos", check_int("t_cos", self.t_cos, minimum=1))
+        fix("prune_threshold", check_real("prune_threshold", self.prune_threshold))
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        fix("seed", check_int("seed", self.seed, minimum=0, maximum=2**63 - 1))
+        for name in ("abs_ill", "abs_red"):
+            if getattr(self, name) is not None:
+                fix(name, check_real(name, getattr(self, name)))
+
+    def batch_counts(self, batch_size: int):
+        """(k_ill, k_red) of a batch: int(B * rho), or None where an absolute threshold rules."""
+        k_ill = None if self.abs_ill is not None else candidate_count(batch_size, self.rho_ill)
+        k_red = None if self.abs_red is not None else candidate_count(batch_size, self.rho_red)
+        return k_ill, k_red
+
+    def as_dict(self) -> dict:
+        return asdict(self)

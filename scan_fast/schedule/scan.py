@@ -1,0 +1,143 @@
+"""Scan: the SCAN schedule on the C++ index engine (bitsets of sample ids).
+
+Per preparation batch the engine applies the candidate rule and the ids go into
+bitsets; a mutation epoch draws its prune set from the candidates with a
+counter-based generator keyed by (seed, epoch) and trains on the complement.
+Every random draw is keyed by (seed, epoch, batch) and never by global state,
+so a resumed run repeats an uninterrupted one exactly.
+"""
+import math
+
+import numpy as np
+
+from scan_fast.index import SampleSet, batch_candidates
+from scan_fast.schedule.base import PruningSchedule
+from scan_fast.schedule.config import ScanConfig
+from scan_fast.schedule.inputs import check_batch, check_int
+from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, batch_stream, cosine_rate,
+                                      epoch_phase, mutation_stream, prune_count, warmup_step)
+from scan_fast.schedule.stats import EpochRecord
+
+
+class Scan(PruningSchedule):
+    """SCAN dataset pruning (docs/scan-method.md); see PruningSchedule for the call order.
+
+    scan = Scan(num_samples, rho_ill=0.35, rho_red=0.35, t_cos=3, prune_threshold=0.3,
+                mode="both", seed=0, abs_ill=None, abs_red=None)
+    """
+
+    def __init__(self, num_samples, rho_ill=0.35, rho_red=0.35, t_cos=3, prune_threshold=0.3,
+                 mode="both", seed=0, abs_ill=None, abs_red=None):
+        self.config = ScanConfig(num_samples, rho_ill, rho_red, t_cos, prune_threshold, mode, seed,
+                                 abs_ill, abs_red)
+        super().__init__(self.config.num_samples)
+        self._prev_loss = math.inf  # L_prev of the warm-up test
+        self._start = None          # first preparation epoch, once warm-up has ended
+        self._ill, self._red = SampleSet(num_samples), SampleSet(num_samples)  # last completed preparation
+        self._new = None            # (ILL, RED) being collected in a preparation epoch
+        self._batch_index = 0
+        self._pruned_cache = None   # (epoch, prune set): epoch_indices may be asked twice
+
+    def is_preparation(self, epoch: int) -> bool:
+        """True when `epoch` collects candidates (known once the epochs before it ended)."""
+        return epoch_phase(epoch, self._start, self.config.t_cos)[0] == PREPARATION
+
+    def candidates(self, kind: str = None) -> np.ndarray:
+        """Sorted candidates of the last completed preparation: by mode, or "ill_matched"/"redundant"."""
+        return self._by_mode(kind or self.config.mode).to_array()
+
+    def coreset(self) -> np.ndarray:
+        """Sorted ids outside the last completed preparation's candidates (all ids before one)."""
+        return self._by_mode(self.config.mode).complement()
+
+    def _by_mode(self, mode, ill=None, red=None) -> SampleSet:
+        ill, red = (self._ill, self._red) if ill is None else (ill, red)
+        return {"both": lambda: ill | red, "redundant": lambda: red, "ill_matched": lambda: ill}[mode]()
+
+    def _pruned(self, epoch, position) -> SampleSet:
+        if self._pruned_cache is None or self._pruned_cache[0] != epoch:
+            candidates = self._by_mode(self.config.mode)
+            count = prune_count(cosine_rate(position, self.config.t_cos), len(candidates))
+            self._pruned_cache = (epoch, candidates.sample(count, self.config.seed, mutation_stream(epoch)))
+        return self._pruned_cache[1]
+
+    def _begin_epoch(self, epoch):
+        if self.is_preparation(epoch):
+            self._new = (SampleSet(self.num_samples), SampleSet(self.num_samples))
+            self._batch_index = 0
+
+    def _keep_indices(self, epoch):
+        phase, position = epoch_phase(epoch, self._start, self.config.t_cos)
+        if phase != MUTATION:
+            return np.arange(self.num_samples, dtype=np.uint32 if self.num_samples < 2**32 else np.int64)
+        return self._pruned(epoch, position).complement()
+
+    def _observe(self, sample_ids, loss_a, loss_b):
+        """Collect one batch's candidates; returns (ILL, RED) counts of the batch."""
+        if not self.is_preparation(self._epoch):
+            return 0, 0  # no host copy of the losses outside preparation epochs
+        ids, loss_a, loss_b = check_batch(sample_ids, loss_a, loss_b, self.num_samples)
+        k_ill, k_red = self.config.batch_counts(len(ids))
+        ill, red = batch_candidates(loss_a, loss_b, k_ill=k_ill, k_red=k_red, abs_ill=self.config.abs_ill,
+                                    abs_red=self.config.abs_red, seed=self.config.seed,
+                                    stream=batch_stream(self._epoch, self._batch_index))
+        self._new[0].add(ids[ill])
+        self._new[1].add(ids[red])
+        self._batch_index += 1
+        return int(np.count_nonzero(ill)), int(np.count_nonzero(red))
+
+    def _finish_epoch(self, epoch, epoch_loss):
+        phase, position = epoch_phase(epoch, self._start, self.config.t_cos)
+        n = self.num_samples
+        if phase == WARMUP:
+            starts, self._prev_loss = warmup_step(self._prev_loss, epoch_loss, self.config.prune_threshold)
+            if starts:
+                self._start = epoch + 1
+            return EpochRecord(epoch, phase, 0, 0, n, epoch_loss)
+        if phase == PREPARATION:
+            (self._ill, self._red), self._new = self._new, None
+            return EpochRecord(epoch, phase, len(self._by_mode(self.config.mode)), 0, n, epoch_loss)
+        pool = len(self._by_mode(self.config.mode))
+        pruned = len(self._pruned(epoch, position))
+        self._pruned_cache = None
+        return EpochRecord(epoch, phase, pool, pruned, n - pruned, epoch_loss)
+
+    def _state(self):
+        new = self._new or (None, None)
+        return {"kind": "Scan", "config": self.config.as_dict(), "prev_loss": self._prev_loss,
+                "start": self._start, "batch_index": self._batch_index,
+                "ill": self._ill.to_bytes(), "red": self._red.to_bytes(),
+                "new_ill": new[0] and new[0].to_bytes(), "new_red": new[1] and new[1].to_bytes()}
+
+    def _parse_state(self, state):
+        if state["kind"] != "Scan" or state["config"] != self.config.as_dict():
+            raise ValueError(f"state_dict is for {state['kind']} with {state['config']}, "
+                             f"not Scan with {self.config.as_dict()}")
+        sets = {key: self._load_set(state, key) for key in ("ill", "red", "new_ill", "new_red")}
+        new = None if sets["new_ill"] is None or sets["new_red"] is None else (sets["new_ill"], sets["new_red"])
+        if new is None and state["in_epoch"] and self._phase_in(state)[0] == PREPARATION:
+            raise ValueError("state_dict is inside a preparation epoch but lacks 'new_ill'/'new_red'")
+        start = state["start"] if state["start"] is None else check_int("state_dict['start']", state["start"], 0)
+        prev_loss = float(state["prev_loss"])
+        batch_index = check_int("state_dict['batch_index']", state["batch_index"], minimum=0)
+
+        def apply():
+            self._prev_loss, self._start, self._batch_index = prev_loss, start, batch_index
+            self._ill, self._red, self._new, self._pruned_cache = sets["ill"], sets["red"], new, None
+        return apply
+
+    def _phase_in(self, state):
+        return epoch_phase(state["epoch"], state["start"], self.config.t_cos)
+
+    def _load_set(self, state, key):
+        data = state[key]
+        if data is None and key.startswith("new_"):
+            return None
+        try:
+            loaded = SampleSet.from_bytes(bytes(data))
+        except (ValueError, TypeError, RuntimeError) as err:
+            raise ValueError(f"state_dict['{key}'] is not a valid SampleSet: {err}") from None
+        if loaded.num_samples != self.num_samples:
+            raise ValueError(f"state_dict['{key}'] holds num_samples={loaded.num_samples}, "
+                             f"this Scan has num_samples={self.num_samples}")
+        return loaded
