@@ -1,0 +1,84 @@
+"""Helpers shared by the Triton kernels: contiguity, launch settings, input checks."""
+import functools
+import os
+
+import torch
+import triton
+
+# Read once, like Triton itself: the interpreter flag is fixed when kernels are decorated.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def ensure_contiguous(fn):
+    """Make every tensor argument of an autograd Function's forward/backward contiguous."""
+
+    @functools.wraps(fn)
+    def wrapper(ctx, *args, **kwargs):
+        def maybe_to_contiguous(x):
+            return x.contiguous() if isinstance(x, torch.Tensor) else x
+
+        args = [maybe_to_contiguous(arg) for arg in args]
+        kwargs = {k: maybe_to_contiguous(v) for k, v in kwargs.items()}
+        return fn(ctx, *args, **kwargs)
+
+    return wrapper
+
+
+def calculate_settings(n: int, max_block: int = 4096):
+    """BLOCK_SIZE (next power of two of n, capped) and num_warps for a 1-D sweep over n elements."""
+    block_size = min(triton.next_power_of_2(max(int(n), 1)), max_block)
+    num_warps = 4
+    if block_size >= 2048:
+        num_warps = 8
+    if block_size >= 4096:
+        num_warps = 16
+    return block_size, num_warps
+
+
+def size_bucket(n: int) -> int:
+    """Autotune key for a batch size: its power-of-two ceiling, so nearby sizes share one tuning."""
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot precision for fp32 inputs: TF32 only where torch would use it for a matmul too."""
+    if dtype != torch.float32 or INTERPRET:
+        return "ieee"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
+
+
+def check_features(name: str, x) -> None:
+    """Clear errors for what the kernels cannot take: not a tensor, not 2-D, empty, not floating point."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+
+
+def common_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
+    """Mixed feature dtypes are computed in their promoted dtype (bf16 with fp16 gives fp32)."""
+    return torch.promote_types(a.dtype, b.dtype)
+
+
+def as_scale_tensor(name: str, value, device: torch.device) -> torch.Tensor:
+    """A 0-dim fp32 tensor on `device` from a Python number or a one-element tensor.
+
+    Read by the kernels through a pointer, so a CUDA scale never forces a host sync.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point scalar, got {value.dtype}")
+        if value.device != device:
+            raise ValueError(f"{name} is on {value.device} but the features are on {device}")
+        return value.reshape(()).to(torch.float32).contiguous()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
+    return torch.tensor(float(value), dtype=torch.float32, device=device)
