@@ -1,0 +1,261 @@
+"""Per-sample InfoNCE (MoCo v3's contrastive loss) and the row cross-entropy it rests on.
+
+    logits = scale * q @ k^T            q: (B, D), k: (M, D)
+    loss[i] = logsumexp(logits[i]) - logits[i, i + offset]
+
+MoCo v3 uses scale = 1 / T, keys gathered from all ranks (no gradient through
+them), offset = rank * B, and multiplies the loss by 2 * T. The distributed CLIP
+loss reuses the same row cross-entropy (local rows against gathered columns,
+with gradients for both sides).
+"""
+import functools
+import math
+from numbers import Number
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from scan_fast.ops.distributed import concat_all_gather, is_distributed
+
+# Rows per chunk on the CPU path: a (chunk x M) fp32 block is the only
+# quadratic-size buffer; 256 rows keep the GEMMs large and the block in cache-sized pieces.
+DEFAULT_CHUNK_ROWS = 256
+# The Triton kernels handle these input dtypes and feature dims.
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_KERNEL_MAX_DIM = 2048
+
+
+@functools.lru_cache(maxsize=None)
+def has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_kernels(features: torch.Tensor, dtype: torch.dtype) -> bool:
+    """The Triton kernels serve CUDA tensors of the dtypes and dims they were written for."""
+    return features.is_cuda and dtype in _KERNEL_DTYPES and features.shape[1] <= _KERNEL_MAX_DIM and has_triton()
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def check_features(name: str, features) -> torch.Tensor:
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(features).__name__}")
+    if not features.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {features.dtype}")
+    if features.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(features.shape)}")
+    if features.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(features.shape)})")
+    if features.shape[1] == 0:
+        raise ValueError(f"{name} has feature dim 0 (shape {tuple(features.shape)})")
+    return features
+
+
+def common_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The widest of the inputs' dtypes (mixed inputs are cast up, not rejected)."""
+    dtype = tensors[0].dtype
+    for tensor in tensors[1:]:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp16/bf16 accumulate in fp32; fp32 and fp64 stay as they are."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def check_scale(name: str, scale: Union[torch.Tensor, Number], device: torch.device, dtype: torch.dtype,
+                positive: bool = False) -> torch.Tensor:
+    """A finite scalar as a 0-dim tensor of `dtype` (gradient kept when it is a tensor)."""
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got shape {tuple(scale.shape)}")
+        if not (scale.is_floating_point()):
+            scale = scale.to(torch.float32)
+        value = float(scale.detach().reshape(()).item())
+        tensor = scale.reshape(()).to(device=device, dtype=dtype)
+    elif isinstance(scale, Number) and not isinstance(scale, bool):
+        value = float(scale)
+        tensor = torch.tensor(value, device=device, dtype=dtype)
+    else:
+        raise TypeError(f"{name} must be a number or a scalar tensor, got {type(scale).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return tensor
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def row_cross_entropy_reference(q: torch.Tensor, k: torch.Tensor, scale, offset: int = 0) -> torch.Tensor:
+    """Materialised (B x M) logits and F.cross_entropy: the oracle of the row op."""
+    dtype = compute_dtype(common_dtype(q, k))
+    logits = scale * q.to(dtype) @ k.to(dtype).T
+    targets = torch.arange(q.shape[0], device=q.device) + offset
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def info_nce_per_sample_reference(q: torch.Tensor, k: torch.Tensor, temperature: float,
+                                  offset: int = 0) -> torch.Tensor:
+    """MoCo v3's contrastive_loss without the mean: CE(q @ k^T / T, i + offset) * 2T, k detached."""
+    return row_cross_entropy_reference(q, k.detach(), 1.0 / temperature, offset) * (2 * temperature)
+
+
+# ----------------------------------------------------------------------------- chunked CPU path
+
+
+class RowCrossEntropyChunked(torch.autograd.Function):
+    """Row cross-entropy of scale * q @ k^T against targets i + offset, (chunk x M) at a time.
+
+    forward saves q, k and the row log-sum-exp (B,); backward recomputes each
+    chunk of logits: dlogits = g[:, None] * (softmax - onehot), then
+    dq = scale * dlogits @ k, dk = scale * dlogits^T @ q, dscale = sum(q * (dlogits @ k)).
+    Memory O(chunk * M + (B + M) * D).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, scale, offset, chunk_rows=DEFAULT_CHUNK_ROWS):
+        batch = q.shape[0]
+        positives = k[offset:offset + batch]
+        target_logits = scale * (q * positives).sum(1)
+        row_lse = torch.empty(batch, dtype=q.dtype, device=q.device)
+        for start in range(0, batch, chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            logits = torch.mm(q[rows] * scale, k.T)
+            row_lse[rows] = torch.logsumexp(logits, dim=1)
+        ctx.save_for_backward(q, k, scale, row_lse)
+        ctx.offset, ctx.chunk_rows = offset, chunk_rows
+        return row_lse - target_logits
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        q, k, scale, row_lse = ctx.saved_tensors
+        offset, chunk_rows = ctx.offset, ctx.chunk_rows
+        need_q, need_k, need_scale = ctx.needs_input_grad[:3]
+        grad_q = torch.empty_like(q) if need_q else None
+        grad_k = torch.zeros_like(k) if need_k else None
+        grad_scale = torch.zeros((), dtype=q.dtype, device=q.device)
+        for start in range(0, q.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            q_rows = q[rows]
+            logits = torch.mm(q_rows * scale, k.T)
+            # g * (softmax - onehot), in place in the logits buffer
+            grad_logits = logits.sub_(row_lse[rows, None]).exp_().mul_(grad_loss[rows, None])
+            grad_logits.diagonal(offset=start + offset).sub_(grad_loss[rows])
+            grad_logits_k = torch.mm(grad_logits, k)
+            if need_q:
+                grad_q[rows] = grad_logits_k * scale
+            if need_k:
+                grad_k.addmm_(grad_logits.T, q_rows)
+            if need_scale:
+                grad_scale += (q_rows * grad_logits_k).sum()
+        if need_k:
+            grad_k.mul_(scale)
+        return grad_q, grad_k, grad_scale if need_scale else None, None, None
+
+
+def row_cross_entropy(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, offset: int,
+                      on_kernel: bool, chunk_rows: Optional[int] = None) -> torch.Tensor:
+    """Per-row CE of scale * q @ k^T with targets i + offset; inputs already checked and cast."""
+    if on_kernel:
+        from scan_fast.kernels.info_nce import InfoNCEFunction
+
+        return InfoNCEFunction.apply(q, k, scale, offset)
+    return RowCrossEntropyChunked.apply(q, k, scale, offset, chunk_rows or DEFAULT_CHUNK_ROWS)
+
+
+def check_temperature(temperature) -> float:
+    if isinstance(temperature, torch.Tensor) and temperature.numel() == 1:
+        temperature = float(temperature.detach().reshape(()).item())
+    if not isinstance(temperature, Number) or isinstance(temperature, bool):
+        raise TypeError(f"temperature must be a positive number, got {temperature!r}")
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    return float(temperature)
+
+
+def check_offset(offset, batch: int, keys: int) -> int:
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+    if offset < 0 or offset + batch > keys:
+        raise ValueError(f"offset={offset} puts targets outside the {keys} keys for a batch of {batch}")
+    return offset
+
+
+# ----------------------------------------------------------------------------- public op
+
+
+def info_nce_per_sample(q: torch.Tensor, k: torch.Tensor, temperature: float, offset: Optional[int] = None,
+                        chunk_rows: Optional[int] = None) -> torch.Tensor:
+    """Per-sample MoCo v3 loss: CE(q @ k^T / T, targets i + offset) * 2T, no gradient through k.
+
+    q: (B, D) queries of this rank; k: (M, D) keys, usually gathered from all ranks.
+    offset defaults to rank * B under torch.distributed, else 0. Returns (B,) in
+    fp32 (fp64 for fp64 inputs).
+    """
+    check_features("q", q)
+    check_features("k", k)
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(f"q and k feature dims differ: q {tuple(q.shape)}, k {tuple(k.shape)}")
+    temperature = check_temperature(temperature)
+    if offset is None:
+        import torch.distributed as dist
+
+        offset = dist.get_rank() * q.shape[0] if is_distributed() else 0
+    offset = check_offset(offset, q.shape[0], k.shape[0])
+    dtype = common_dtype(q, k)
+    on_kernel = chunk_rows is None and use_kernels(q, dtype)
+    q = q.to(dtype if on_kernel else compute_dtype(dtype)).contiguous()
+    k = k.detach().to(q.dtype).contiguous()
+    scale = torch.tensor(1.0 / temperature, dtype=compute_dtype(dtype), device=q.device)
+    return row_cross_entropy(q, k, scale, offset, on_kernel, chunk_rows) * (2 * temperature)
+
+
+class MocoLoss(nn.Module):
+    """Drop-in for MoCo v3's `MoCo.contrastive_loss(q, k)`: normalise, gather keys, mean loss.
+
+    The builder calls it twice per step (`loss(q1, k2) + loss(q2, k1)`). The
+    per-sample losses of the latest call are kept in `last_per_sample` and those
+    of the call before in `previous_per_sample` (both detached, this rank's rows),
+    so after the builder's forward `per_sample_pair` holds (loss_a, loss_b).
+    `on_per_sample(loss)` is called with each detached vector as it is computed.
+    """
+
+    def __init__(self, T: float = 1.0, gather: bool = True, on_per_sample=None, reduction: str = "mean"):
+        super().__init__()
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self.T = check_temperature(T)
+        self.gather = gather
+        self.on_per_sample = on_per_sample
+        self.reduction = reduction
+        self.last_per_sample: Optional[torch.Tensor] = None
+        self.previous_per_sample: Optional[torch.Tensor] = None
+
+    @property
+    def per_sample_pair(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        return self.previous_per_sample, self.last_per_sample
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        check_features("q", q)
+        check_features("k", k)
+        q = F.normalize(q, dim=1)
+        k = F.normalize(k, dim=1)
+        if self.gather:
+            k = concat_all_gather(k)
+        per_sample = info_nce_per_sample(q, k, self.T)
+        self.previous_per_sample, self.last_per_sample = self.last_per_sample, per_sample.detach()
+        if self.on_per_sample is not None:
+            self.on_per_sample(self.last_per_sample)
+        if self.reduction == "none":
+            return per_sample
+        return per_sample.mean() if self.reduction == "mean" else per_sample.sum()
