@@ -1,327 +1,249 @@
-"""The baselines SCAN is compared against, with the same API as `Scan`.
+"""The baselines SCAN is compared against, on the same `PruningSchedule` API.
 
 - `NoPruning`: every sample, every epoch.
 - `RandomPruning`: prunes as many samples per epoch as a SCAN run would (given
-  per-epoch counts, or SCAN's own warm-up and cosine schedule over the
+  per-epoch counts, or SCAN's own warm-up and cosine schedule applied to the
   candidate count a preparation epoch would produce), chosen uniformly.
-- `InfoBatch`: each epoch, prunes each below-mean-loss sample with probability
-  `prune_ratio`, rescales the gradient of the kept below-mean ones by
+- `InfoBatch`: each epoch prunes each below-mean-score sample with probability
+  `prune_ratio`, rescales the loss of the kept below-mean ones by
   1 / (1 - prune_ratio), and trains on the full data in the final epochs.
-- `StaticCoreset`: the same fixed id list every epoch (e.g. an exported coreset).
+- `StaticCoreset`: one fixed id list every epoch (e.g. an exported coreset).
 
 Every epoch's kept ids are a pure function of the seed, the epoch and the state
-at the epoch's start, so `epoch_indices(e)` may be called any number of times
-(FFCV calls it twice for epoch 0) and a resumed run repeats the same ids.
+at the epoch's start, so a resumed run repeats the same ids.
 """
 import math
 import os
-from typing import Dict, Optional
 
 import numpy as np
 import torch
 
 from scan_fast.schedule.base import PruningSchedule
-
-MODES = ("both", "redundant", "ill_matched")
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+from scan_fast.schedule.config import MODES
+from scan_fast.schedule.inputs import check_batch, check_int, check_real
+from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, cosine_rate, epoch_phase, prune_count,
+                                      warmup_step)
+from scan_fast.schedule.stats import EpochRecord
 
 
-def _fraction(name, value, high_inclusive=True):
-    ok = 0.0 <= value <= 1.0 if high_inclusive else 0.0 <= value < 1.0
-    if not ok:
-        bound = "[0, 1]" if high_inclusive else "[0, 1)"
-        raise ValueError(f"{name} must be in {bound}, got {value!r}")
-    return float(value)
+def _fraction(name, value, below_one=False):
+    value = check_real(name, value)
+    if not (0.0 <= value < 1.0 if below_one else 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be in {'[0, 1)' if below_one else '[0, 1]'}, got {value}")
+    return value
 
 
-def _ids_array(sample_ids, num_samples):
-    if torch.is_tensor(sample_ids):
-        sample_ids = sample_ids.detach().cpu().numpy()
-    ids = np.asarray(sample_ids).reshape(-1)
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
-        raise TypeError(f"sample_ids must be integers, got dtype {ids.dtype}")
-    ids = ids.astype(np.int64, copy=False)
-    if ids.size and (ids.min() < 0 or ids.max() >= num_samples):
-        bad = ids[(ids < 0) | (ids >= num_samples)][0]
-        raise ValueError(f"sample id {bad} out of range [0, {num_samples})")
-    return ids
-
-
-def _loss_array(name, loss, size):
-    if torch.is_tensor(loss):
-        loss = loss.detach().float().cpu().numpy()
-    loss = np.asarray(loss, dtype=np.float64).reshape(-1)
-    if loss.shape[0] != size:
-        raise ValueError(f"{name} has {loss.shape[0]} values for {size} sample ids")
-    return loss
-
-
-def cosine_rate(step: int, t_cos: int) -> float:
-    """SCAN's share of candidates pruned in mutation epoch `step` (1..t_cos) of a cycle."""
-    return 0.5 * (1.0 + math.cos(math.pi * (t_cos - step) / t_cos))
-
-
-def _kept_after_pruning(num_samples: int, pruned: np.ndarray) -> np.ndarray:
+def _all_but(num_samples: int, pruned: np.ndarray) -> np.ndarray:
     keep = np.ones(num_samples, dtype=bool)
     keep[pruned] = False
     return np.flatnonzero(keep)
 
 
+def _check_kind(state, kind):
+    if state.get("kind") != kind:
+        raise ValueError(f"state_dict is for {state.get('kind')!r}, not {kind}")
+
+
 class NoPruning(PruningSchedule):
     """The full data set every epoch."""
-
-    def __init__(self, num_samples: int):
-        self.num_samples = _positive_int("num_samples", num_samples)
-        self.epoch = 0
-
-    def epoch_indices(self, epoch: int) -> np.ndarray:
-        return np.arange(self.num_samples, dtype=np.int64)
 
     def is_preparation(self, epoch: int) -> bool:
         return False
 
-    def observe(self, sample_ids, loss_a, loss_b) -> None:
-        return None
-
-    def end_epoch(self, epoch: int, epoch_mean_loss: float) -> None:
-        self.epoch = int(epoch) + 1
-
-    def state_dict(self) -> dict:
-        return {"num_samples": self.num_samples, "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        if int(state["num_samples"]) != self.num_samples:
-            raise ValueError(f"state is for {state['num_samples']} samples, this schedule has {self.num_samples}")
-        self.epoch = int(state["epoch"])
-
     def coreset(self) -> np.ndarray:
         return np.arange(self.num_samples, dtype=np.int64)
 
-    def stats(self) -> dict:
-        return {"strategy": "none", "epoch": self.epoch}
+    def _keep_indices(self, epoch):
+        return np.arange(self.num_samples, dtype=np.int64)
+
+    def _finish_epoch(self, epoch, epoch_loss):
+        return EpochRecord(epoch, WARMUP, 0, 0, self.num_samples, epoch_loss)
+
+    def _state(self):
+        return {"kind": "NoPruning"}
+
+    def _parse_state(self, state):
+        _check_kind(state, "NoPruning")
+        return lambda: None
 
 
 class RandomPruning(PruningSchedule):
     """Uniform random pruning at SCAN's per-epoch counts.
 
-    With `prune_counts` ({epoch: count}, e.g. from a SCAN run's log) the counts
-    are exactly those. Without, the schedule is SCAN's: full-data warm-up until
-    the epoch loss improves by less than `prune_threshold`, then cycles of one
-    preparation epoch (full data; counts the candidates SCAN would take, int(B *
-    rho) per kind and batch) and `t_cos` epochs pruning round-down(rate(e) *
-    candidates) samples drawn uniformly from the whole data set.
+    With `prune_counts` ({epoch: count}, e.g. read off a SCAN run's records) the
+    counts are exactly those. Without, the schedule is SCAN's: full-data warm-up
+    until the epoch loss improves by less than `prune_threshold`, then cycles of
+    one preparation epoch (full data; counts the int(B * rho) candidates per
+    kind and batch that SCAN would take) and `t_cos` mutation epochs that prune
+    round-down(rate(e) * candidates) samples drawn uniformly from all samples.
     """
 
-    def __init__(
-        self,
-        num_samples: int,
-        prune_counts: Optional[Dict[int, int]] = None,
-        rho_ill: float = 0.35,
-        rho_red: float = 0.35,
-        t_cos: int = 3,
-        prune_threshold: float = 0.3,
-        mode: str = "both",
-        seed: int = 0,
-    ):
-        self.num_samples = _positive_int("num_samples", num_samples)
-        self.t_cos = _positive_int("t_cos", t_cos)
+    def __init__(self, num_samples, prune_counts=None, rho_ill=0.35, rho_red=0.35, t_cos=3,
+                 prune_threshold=0.3, mode="both", seed=0):
+        super().__init__(num_samples)
         self.rho_ill = _fraction("rho_ill", rho_ill)
         self.rho_red = _fraction("rho_red", rho_red)
-        self.prune_threshold = float(prune_threshold)
+        self.t_cos = check_int("t_cos", t_cos, minimum=1)
+        self.prune_threshold = check_real("prune_threshold", prune_threshold)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
-        self.seed = int(seed)
+        self.seed = check_int("seed", seed, minimum=0)
         self.prune_counts = None
         if prune_counts is not None:
             self.prune_counts = {}
             for epoch, count in dict(prune_counts).items():
-                if not 0 <= int(count) <= self.num_samples:
-                    raise ValueError(
-                        f"prune_counts[{epoch}] = {count} is outside [0, num_samples={self.num_samples}]")
-                self.prune_counts[int(epoch)] = int(count)
-        self.epoch = 0  # the epoch `observe` and `end_epoch` refer to
-        self.start_epoch: Optional[int] = None  # first preparation epoch
-        self.prev_loss = math.inf
-        self.candidate_count = 0  # from the last completed preparation epoch
+                count = check_int(f"prune_counts[{epoch}]", count, minimum=0)
+                if count > self.num_samples:
+                    raise ValueError(f"prune_counts[{epoch}] = {count} is more than num_samples={self.num_samples}")
+                self.prune_counts[check_int("prune_counts epoch", epoch, minimum=0)] = count
+        self._prev_loss = math.inf
+        self._start = None        # first preparation epoch, once warm-up has ended
+        self._candidates = 0      # count of the last completed preparation epoch
         self._collecting = 0
 
-    def _cycle_step(self, epoch: int) -> Optional[int]:
-        if self.start_epoch is None or epoch < self.start_epoch:
-            return None
-        return (epoch - self.start_epoch) % (self.t_cos + 1)
+    def _phase(self, epoch):
+        if self.prune_counts is not None:
+            return (MUTATION, 0) if self.prune_counts.get(epoch, 0) else (WARMUP, 0)
+        return epoch_phase(epoch, self._start, self.t_cos)
 
     def is_preparation(self, epoch: int) -> bool:
-        return self.prune_counts is None and self._cycle_step(epoch) == 0
+        return self._phase(epoch)[0] == PREPARATION
 
     def prune_count(self, epoch: int) -> int:
-        """How many samples epoch `epoch` prunes."""
+        """How many samples epoch `epoch` prunes (known once the previous epoch has ended)."""
         if self.prune_counts is not None:
-            return self.prune_counts.get(int(epoch), 0)
-        step = self._cycle_step(epoch)
-        if not step:
-            return 0
-        return int(math.floor(cosine_rate(step, self.t_cos) * self.candidate_count))
+            return self.prune_counts.get(epoch, 0)
+        phase, position = self._phase(epoch)
+        return prune_count(cosine_rate(position, self.t_cos), self._candidates) if phase == MUTATION else 0
 
-    def epoch_indices(self, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, int(epoch)])
-        pruned = rng.choice(self.num_samples, size=self.prune_count(epoch), replace=False)
-        return _kept_after_pruning(self.num_samples, pruned)
+    def coreset(self) -> np.ndarray:
+        return np.arange(self.num_samples, dtype=np.int64)
 
-    def observe(self, sample_ids, loss_a, loss_b) -> None:
-        if not self.is_preparation(self.epoch):
+    def _begin_epoch(self, epoch):
+        self._collecting = 0
+
+    def _keep_indices(self, epoch):
+        rng = np.random.default_rng([self.seed, epoch])
+        return _all_but(self.num_samples, rng.choice(self.num_samples, self.prune_count(epoch), replace=False))
+
+    def _observe(self, sample_ids, loss_a, loss_b):
+        if not self.is_preparation(self._epoch):
             return
-        batch = _ids_array(sample_ids, self.num_samples).shape[0]
+        batch = len(check_batch(sample_ids, loss_a, loss_b, self.num_samples)[0])
         ill = int(batch * self.rho_ill) if self.mode in ("both", "ill_matched") else 0
         red = int(batch * self.rho_red) if self.mode in ("both", "redundant") else 0
         self._collecting += ill + red
 
-    def end_epoch(self, epoch: int, epoch_mean_loss: float) -> None:
-        epoch = int(epoch)
-        if self.is_preparation(epoch):
-            self.candidate_count = self._collecting
-        self._collecting = 0
-        if self.prune_counts is None and self.start_epoch is None:
-            loss = float(epoch_mean_loss)
-            if not math.isfinite(loss):
-                raise ValueError(f"epoch_mean_loss of epoch {epoch} is not finite: {loss}")
-            if (self.prev_loss - loss) / self.prev_loss < self.prune_threshold:
-                self.start_epoch = epoch + 1
-            else:
-                self.prev_loss = loss
-        self.epoch = epoch + 1
+    def _finish_epoch(self, epoch, epoch_loss):
+        phase, _ = self._phase(epoch)
+        pruned = self.prune_count(epoch)
+        if phase == WARMUP and self.prune_counts is None:
+            starts, self._prev_loss = warmup_step(self._prev_loss, epoch_loss, self.prune_threshold)
+            if starts:
+                self._start = epoch + 1
+        if phase == PREPARATION:
+            self._candidates = self._collecting
+        return EpochRecord(epoch, phase, self._candidates if phase != WARMUP else 0, pruned,
+                           self.num_samples - pruned, epoch_loss)
 
-    def state_dict(self) -> dict:
-        return {
-            "num_samples": self.num_samples,
-            "epoch": self.epoch,
-            "start_epoch": -1 if self.start_epoch is None else self.start_epoch,
-            "prev_loss": self.prev_loss,
-            "candidate_count": self.candidate_count,
-            "collecting": self._collecting,
-        }
+    def _state(self):
+        return {"kind": "RandomPruning", "seed": self.seed, "prev_loss": self._prev_loss, "start": self._start,
+                "candidates": self._candidates, "collecting": self._collecting}
 
-    def load_state_dict(self, state: dict) -> None:
-        if int(state["num_samples"]) != self.num_samples:
-            raise ValueError(f"state is for {state['num_samples']} samples, this schedule has {self.num_samples}")
-        self.epoch = int(state["epoch"])
-        self.start_epoch = None if int(state["start_epoch"]) < 0 else int(state["start_epoch"])
-        self.prev_loss = float(state["prev_loss"])
-        self.candidate_count = int(state["candidate_count"])
-        self._collecting = int(state["collecting"])
+    def _parse_state(self, state):
+        _check_kind(state, "RandomPruning")
+        if state["seed"] != self.seed:
+            raise ValueError(f"state_dict was saved with seed={state['seed']}, this schedule has seed={self.seed}")
+        values = (float(state["prev_loss"]), state["start"], check_int("candidates", state["candidates"], minimum=0),
+                  check_int("collecting", state["collecting"], minimum=0))
 
-    def coreset(self) -> np.ndarray:
-        return self.epoch_indices(self.epoch)
-
-    def stats(self) -> dict:
-        return {
-            "strategy": "random",
-            "epoch": self.epoch,
-            "start_epoch": self.start_epoch,
-            "candidate_count": self.candidate_count,
-        }
+        def apply():
+            self._prev_loss, self._start, self._candidates, self._collecting = values
+        return apply
 
 
 class InfoBatch(PruningSchedule):
     """InfoBatch (Qin et al., ICLR 2024): soft pruning of well-learned samples.
 
     A sample's score is its latest observed loss (mean of the two directions).
-    An epoch prunes each sample scored below the mean score with probability
-    `prune_ratio`; epochs from int(delta * num_epochs) on train on everything.
-    `sample_weights` gives 1 / (1 - prune_ratio) for the kept below-mean samples
-    (keeping the expected gradient unbiased) and 1 elsewhere. Samples never
-    observed are not pruned, so the first epoch is full.
+    Each epoch before int(delta * num_epochs) prunes every sample scored below
+    the mean score with probability `prune_ratio`; later epochs train on all.
+    `sample_weights` gives 1 / (1 - prune_ratio) to the kept below-mean samples
+    (the expected gradient stays that of the full data) and 1 to the rest.
+    Samples never observed are never pruned, so the first epoch is full.
     """
 
-    def __init__(self, num_samples: int, num_epochs: int, prune_ratio: float = 0.5, delta: float = 0.875,
-                 seed: int = 0):
-        self.num_samples = _positive_int("num_samples", num_samples)
-        self.num_epochs = _positive_int("num_epochs", num_epochs)
-        self.prune_ratio = _fraction("prune_ratio", prune_ratio, high_inclusive=False)
+    def __init__(self, num_samples, num_epochs, prune_ratio=0.5, delta=0.875, seed=0):
+        super().__init__(num_samples)
+        self.num_epochs = check_int("num_epochs", num_epochs, minimum=1)
+        self.prune_ratio = _fraction("prune_ratio", prune_ratio, below_one=True)
         self.delta = _fraction("delta", delta)
-        self.seed = int(seed)
+        self.seed = check_int("seed", seed, minimum=0)
         self.scores = np.full(self.num_samples, np.inf)
-        self.epoch = 0
-        self._plan_epoch = -1
-        self._plan_kept = None
-        self._plan_upweighted = None
+        self._plan = None  # (epoch, kept ids, upweighted mask), frozen at the epoch's start
 
+    @property
     def full_data_from(self) -> int:
         return int(self.delta * self.num_epochs)
 
     def is_preparation(self, epoch: int) -> bool:
         return False
 
-    def _plan(self, epoch: int):
-        # Computed once per epoch from the scores at its start: later observe()
-        # calls in the same epoch must not change which ids it serves.
-        if self._plan_epoch != epoch:
-            well_learned = np.zeros(self.num_samples, dtype=bool)
-            seen = np.isfinite(self.scores)
-            if epoch < self.full_data_from() and seen.any():
-                well_learned = seen & (self.scores < self.scores[seen].mean())
-            rng = np.random.default_rng([self.seed, int(epoch)])
-            pruned = well_learned & (rng.random(self.num_samples) < self.prune_ratio)
-            self._plan_epoch = epoch
-            self._plan_kept = np.flatnonzero(~pruned)
-            self._plan_upweighted = well_learned & ~pruned
-        return self._plan_kept, self._plan_upweighted
-
-    def epoch_indices(self, epoch: int) -> np.ndarray:
-        return self._plan(int(epoch))[0].copy()
-
-    def sample_weights(self, sample_ids, epoch: int) -> np.ndarray:
-        """Loss weight per sample for this epoch: 1 / (1 - prune_ratio) for kept well-learned ones."""
-        ids = _ids_array(sample_ids, self.num_samples)
-        upweighted = self._plan(int(epoch))[1][ids]
-        return np.where(upweighted, 1.0 / (1.0 - self.prune_ratio), 1.0).astype(np.float32)
-
-    def observe(self, sample_ids, loss_a, loss_b) -> None:
-        ids = _ids_array(sample_ids, self.num_samples)
-        if self._plan_epoch != self.epoch:
-            self._plan(self.epoch)  # freeze this epoch's plan before its scores change
-        loss = 0.5 * (_loss_array("loss_a", loss_a, ids.shape[0]) + _loss_array("loss_b", loss_b, ids.shape[0]))
-        self.scores[ids] = loss
-
-    def end_epoch(self, epoch: int, epoch_mean_loss: float) -> None:
-        self.epoch = int(epoch) + 1
-
-    def state_dict(self) -> dict:
-        return {
-            "num_samples": self.num_samples,
-            "epoch": self.epoch,
-            "scores": torch.from_numpy(self.scores.copy()),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        if int(state["num_samples"]) != self.num_samples:
-            raise ValueError(f"state is for {state['num_samples']} samples, this schedule has {self.num_samples}")
-        self.epoch = int(state["epoch"])
-        self.scores = state["scores"].double().numpy().copy()
-        self._plan_epoch = -1
-
     def coreset(self) -> np.ndarray:
         return np.arange(self.num_samples, dtype=np.int64)
 
-    def stats(self) -> dict:
+    def sample_weights(self, sample_ids) -> np.ndarray:
+        """Loss weight of each sample in the epoch in progress."""
+        if self._plan is None or self._plan[0] != self._epoch:
+            raise ValueError(f"sample_weights() before epoch_indices({self._epoch})")
+        ids = check_batch(sample_ids, np.zeros(len(sample_ids)), np.zeros(len(sample_ids)), self.num_samples)[0]
+        return np.where(self._plan[2][ids], 1.0 / (1.0 - self.prune_ratio), 1.0).astype(np.float32)
+
+    def _begin_epoch(self, epoch):
+        well_learned = np.zeros(self.num_samples, dtype=bool)
         seen = np.isfinite(self.scores)
-        return {
-            "strategy": "infobatch",
-            "epoch": self.epoch,
-            "mean_score": float(self.scores[seen].mean()) if seen.any() else None,
-        }
+        if epoch < self.full_data_from and seen.any():
+            well_learned = seen & (self.scores < self.scores[seen].mean())
+        rng = np.random.default_rng([self.seed, epoch])
+        pruned = well_learned & (rng.random(self.num_samples) < self.prune_ratio)
+        self._plan = (epoch, np.flatnonzero(~pruned), well_learned & ~pruned)
+
+    def _keep_indices(self, epoch):
+        return self._plan[1].copy()
+
+    def _observe(self, sample_ids, loss_a, loss_b):
+        ids, loss_a, loss_b = check_batch(sample_ids, loss_a, loss_b, self.num_samples)
+        self.scores[ids] = 0.5 * (loss_a + loss_b)
+
+    def _finish_epoch(self, epoch, epoch_loss):
+        kept = len(self._plan[1])
+        phase = MUTATION if epoch < self.full_data_from and kept < self.num_samples else WARMUP
+        return EpochRecord(epoch, phase, 0, self.num_samples - kept, kept, epoch_loss)
+
+    def _state(self):
+        return {"kind": "InfoBatch", "seed": self.seed, "scores": torch.from_numpy(self.scores.copy())}
+
+    def _parse_state(self, state):
+        _check_kind(state, "InfoBatch")
+        scores = state["scores"]
+        if not torch.is_tensor(scores) or scores.shape != (self.num_samples,):
+            raise ValueError(f"state_dict['scores'] must be a tensor of {self.num_samples} scores")
+        scores = scores.double().numpy().copy()
+
+        def apply():
+            self.scores = scores
+            self._plan = None
+            if self._in_epoch:  # resumed inside an epoch: its plan comes from the saved scores
+                self._begin_epoch(self._epoch)
+        return apply
 
 
 class StaticCoreset(PruningSchedule):
     """Trains on one fixed list of sample ids every epoch."""
 
-    def __init__(self, num_samples: int, keep_ids):
-        self.num_samples = _positive_int("num_samples", num_samples)
+    def __init__(self, num_samples, keep_ids):
+        super().__init__(num_samples)
         ids = np.asarray(keep_ids)
         if ids.ndim != 1 or ids.size == 0:
             raise ValueError(f"keep_ids must be a non-empty 1-d list of ids, got shape {ids.shape}")
@@ -329,17 +251,15 @@ class StaticCoreset(PruningSchedule):
             raise TypeError(f"keep_ids must be integers, got dtype {ids.dtype}")
         bad = np.flatnonzero((ids < 0) | (ids >= self.num_samples))
         if bad.size:
-            raise ValueError(
-                f"keep_ids[{bad[0]}] = {ids[bad[0]]} is outside [0, num_samples={self.num_samples})")
+            raise ValueError(f"keep_ids[{bad[0]}] = {ids[bad[0]]} is outside [0, num_samples={self.num_samples})")
         unique, counts = np.unique(ids, return_counts=True)
         if (counts > 1).any():
             raise ValueError(f"keep_ids lists sample id {unique[counts > 1][0]} more than once")
         self.keep_ids = unique.astype(np.int64)
-        self.epoch = 0
 
     @classmethod
-    def from_file(cls, path, num_samples: int) -> "StaticCoreset":
-        """Reads ids from a .npy file or a text file with one id a line (# comments allowed)."""
+    def from_file(cls, path, num_samples) -> "StaticCoreset":
+        """Ids from a .npy file or a text file with one id a line (# starts a comment)."""
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"coreset file not found: {path}")
@@ -359,30 +279,24 @@ class StaticCoreset(PruningSchedule):
             raise ValueError(f"coreset file {path} lists no sample ids")
         return cls(num_samples, np.asarray(ids, dtype=np.int64))
 
-    def epoch_indices(self, epoch: int) -> np.ndarray:
-        return self.keep_ids.copy()
-
     def is_preparation(self, epoch: int) -> bool:
         return False
-
-    def observe(self, sample_ids, loss_a, loss_b) -> None:
-        return None
-
-    def end_epoch(self, epoch: int, epoch_mean_loss: float) -> None:
-        self.epoch = int(epoch) + 1
-
-    def state_dict(self) -> dict:
-        return {"num_samples": self.num_samples, "epoch": self.epoch, "keep_ids": torch.from_numpy(self.keep_ids)}
-
-    def load_state_dict(self, state: dict) -> None:
-        if int(state["num_samples"]) != self.num_samples:
-            raise ValueError(f"state is for {state['num_samples']} samples, this schedule has {self.num_samples}")
-        if not np.array_equal(state["keep_ids"].numpy(), self.keep_ids):
-            raise ValueError("state was saved with a different coreset id list")
-        self.epoch = int(state["epoch"])
 
     def coreset(self) -> np.ndarray:
         return self.keep_ids.copy()
 
-    def stats(self) -> dict:
-        return {"strategy": "static", "epoch": self.epoch, "kept": int(self.keep_ids.size)}
+    def _keep_indices(self, epoch):
+        return self.keep_ids.copy()
+
+    def _finish_epoch(self, epoch, epoch_loss):
+        kept = len(self.keep_ids)
+        return EpochRecord(epoch, MUTATION, 0, self.num_samples - kept, kept, epoch_loss)
+
+    def _state(self):
+        return {"kind": "StaticCoreset", "keep_ids": torch.from_numpy(self.keep_ids)}
+
+    def _parse_state(self, state):
+        _check_kind(state, "StaticCoreset")
+        if not np.array_equal(state["keep_ids"].numpy(), self.keep_ids):
+            raise ValueError("state_dict was saved with a different coreset id list")
+        return lambda: None

@@ -1,0 +1,220 @@
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scan_fast.schedule import ScanReference
+from scan_fast.schedule.strategies import InfoBatch, NoPruning, RandomPruning, StaticCoreset
+
+
+def _roundtrip(state):
+    """What a checkpoint does: torch.save, then torch.load(weights_only=True)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def _sorted_unique_in_range(ids, n):
+    return ids.dtype == np.int64 and np.all(np.diff(ids) > 0) and (ids.size == 0 or (ids[0] >= 0 and ids[-1] < n))
+
+
+def _run_epoch(schedule, epoch, losses, batches=3):
+    """One epoch as a trainer drives it; returns the kept ids."""
+    kept = schedule.epoch_indices(epoch)
+    for chunk in np.array_split(kept, batches):
+        schedule.observe(chunk, losses[chunk], losses[chunk])
+    schedule.end_epoch(epoch, float(losses[kept].mean()))
+    return kept
+
+
+def test_no_pruning_serves_everything():
+    s = NoPruning(10)
+    for epoch in range(3):
+        np.testing.assert_array_equal(_run_epoch(s, epoch, np.ones(10)), np.arange(10))
+    assert s.stats().sample_steps_saved == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 400), data=st.data())
+def test_random_prunes_exactly_the_given_counts(n, data):
+    counts = data.draw(st.dictionaries(st.integers(0, 7), st.integers(0, n - 1), max_size=5))
+    s = RandomPruning(n, prune_counts=counts, seed=data.draw(st.integers(0, 2**31)))
+    for epoch in range(8):
+        kept = s.epoch_indices(epoch)
+        assert _sorted_unique_in_range(kept, n)
+        assert kept.size == n - counts.get(epoch, 0)
+        np.testing.assert_array_equal(kept, s.epoch_indices(epoch))  # FFCV asks twice
+        s.end_epoch(epoch, 1.0)
+    assert s.stats().sample_steps_saved == sum(v for k, v in counts.items() if k < 8)
+
+
+def test_random_pruning_is_uniform():
+    n, count, epochs = 50, 20, 1500
+    s = RandomPruning(n, prune_counts={e: count for e in range(epochs)}, seed=3)
+    hits = np.zeros(n)
+    for e in range(epochs):
+        hits[s.epoch_indices(e)] += 1
+        s.end_epoch(e, 1.0)
+    expected = epochs * (n - count) / n
+    assert np.abs(hits - expected).max() < 5 * math.sqrt(epochs * 0.6 * 0.4)
+
+
+def _scan_schedule_oracle(epoch_losses, batch_sizes, t_cos=3, threshold=0.3, rho=(0.35, 0.35)):
+    """SCAN's prune count per epoch, written out step by step from docs/scan-method.md."""
+    counts, prev, start, candidates = [], math.inf, None, 0
+    for epoch, loss in enumerate(epoch_losses):
+        step = None if start is None else (epoch - start) % (t_cos + 1)
+        if not step:
+            counts.append(0)
+        else:
+            counts.append(math.floor(0.5 * (1 + math.cos(math.pi * (t_cos - step) / t_cos)) * candidates))
+        if step == 0:
+            candidates = sum(int(b * rho[0]) + int(b * rho[1]) for b in batch_sizes)
+        if start is None:
+            if (prev - loss) / prev < threshold:
+                start = epoch + 1
+            else:
+                prev = loss
+    return counts
+
+
+_LOSSES = [8.0, 4.0, 2.0, 1.8, 1.7, 1.6, 1.5, 1.4, 1.3, 1.2, 1.1, 1.0]
+
+
+@pytest.mark.parametrize("batch_sizes", [[64] * 4, [41, 41, 18]])
+def test_random_follows_scan_schedule(batch_sizes):
+    n = sum(batch_sizes)
+    s = RandomPruning(n, seed=1)
+    got = []
+    for epoch, loss in enumerate(_LOSSES):
+        got.append(n - s.epoch_indices(epoch).size)
+        for ids in np.split(np.arange(n), np.cumsum(batch_sizes)[:-1]):
+            s.observe(ids, np.random.rand(len(ids)), np.random.rand(len(ids)))
+        s.end_epoch(epoch, loss)
+    assert got == _scan_schedule_oracle(_LOSSES, batch_sizes)
+    assert sum(got) > 0
+
+
+def test_random_matches_scan_reference_counts():
+    """Same epoch losses and batches: RandomPruning prunes what ScanReference prunes, epoch by epoch."""
+    n, b = 256, 64
+    scan, rand = ScanReference(n, seed=0), RandomPruning(n, seed=0)
+    rng = np.random.default_rng(0)
+    for epoch, loss in enumerate(_LOSSES):
+        kept_scan, kept_rand = scan.epoch_indices(epoch), rand.epoch_indices(epoch)
+        assert kept_scan.size == kept_rand.size
+        for ids in np.split(np.arange(n), n // b):
+            la = rng.random(b)  # both directions agree: ILL and RED never overlap
+            for s in (scan, rand):
+                s.observe(ids, la, la)
+        scan.end_epoch(epoch, loss)
+        rand.end_epoch(epoch, loss)
+    assert [r.pruned for r in scan.stats().records] == [r.pruned for r in rand.stats().records]
+
+
+def test_random_state_roundtrip_resumes_identically():
+    n = 200
+    losses = np.linspace(1, 2, n)
+    a, b = RandomPruning(n, seed=5), RandomPruning(n, seed=5)
+    for epoch in range(3):
+        _run_epoch(a, epoch, losses * (3 - epoch))
+    b.load_state_dict(_roundtrip(a.state_dict()))
+    for epoch in range(3, 10):
+        np.testing.assert_array_equal(_run_epoch(a, epoch, losses), _run_epoch(b, epoch, losses))
+    assert a.stats().sample_steps_saved > 0
+
+
+def test_infobatch_prunes_below_mean_at_the_ratio_and_rescales():
+    n, ratio = 4000, 0.5
+    losses = np.random.default_rng(0).exponential(size=n)
+    below = losses < losses.mean()
+    s = InfoBatch(n, num_epochs=8, prune_ratio=ratio, delta=0.75)
+    for epoch in range(8):
+        kept = s.epoch_indices(epoch)
+        pruned = np.setdiff1d(np.arange(n), kept)
+        weights = s.sample_weights(kept)
+        if epoch == 0 or epoch >= 6:  # nothing observed yet / int(0.75 * 8) = 6 on: full data
+            assert kept.size == n and np.all(weights == 1.0)
+        else:
+            assert below[pruned].all()  # only below-mean samples are pruned
+            assert abs(pruned.size / below.sum() - ratio) < 0.05
+            np.testing.assert_array_equal(weights == 2.0, below[kept])
+            np.testing.assert_array_equal(weights[~below[kept]], 1.0)
+        for chunk in np.array_split(kept, 3):
+            s.observe(chunk, losses[chunk], losses[chunk])
+        s.end_epoch(epoch, 1.0)
+
+
+def test_infobatch_plan_is_fixed_within_an_epoch_and_resumes():
+    n = 300
+    losses = np.random.default_rng(1).random(n)
+    a, b = InfoBatch(n, num_epochs=10, seed=2), InfoBatch(n, num_epochs=10, seed=2)
+    for epoch in range(3):
+        _run_epoch(a, epoch, losses)
+    b.load_state_dict(_roundtrip(a.state_dict()))
+    first = a.epoch_indices(3)
+    assert first.size < n
+    a.observe(np.arange(n), np.zeros(n), np.zeros(n))  # scores change mid-epoch...
+    np.testing.assert_array_equal(first, a.epoch_indices(3))  # ...the epoch's ids do not
+    np.testing.assert_array_equal(first, b.epoch_indices(3))
+    mid = InfoBatch(n, num_epochs=10, seed=2)
+    mid.load_state_dict(_roundtrip(b.state_dict()))  # saved inside epoch 3
+    np.testing.assert_array_equal(first, mid.epoch_indices(3))
+    np.testing.assert_array_equal(b.sample_weights(first), mid.sample_weights(first))
+
+
+def test_static_coreset_and_its_files(tmp_path):
+    s = StaticCoreset(10, [7, 1, 3])
+    np.testing.assert_array_equal(_run_epoch(s, 0, np.ones(10)), [1, 3, 7])
+    assert s.stats().records[0].pruned == 7
+    path = tmp_path / "ids.txt"
+    path.write_text("# coreset\n4\n2\n\n9\n")
+    np.testing.assert_array_equal(StaticCoreset.from_file(path, 10).epoch_indices(0), [2, 4, 9])
+    np.save(tmp_path / "ids.npy", np.array([0, 5]))
+    np.testing.assert_array_equal(StaticCoreset.from_file(tmp_path / "ids.npy", 10).coreset(), [0, 5])
+    with pytest.raises(ValueError, match="different coreset"):
+        StaticCoreset(10, [1, 2]).load_state_dict(_roundtrip(s.state_dict()))
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: StaticCoreset(10, [1, 10]), ValueError, r"keep_ids\[1\] = 10 is outside"),
+        (lambda: StaticCoreset(10, [1, 1]), ValueError, "sample id 1 more than once"),
+        (lambda: StaticCoreset(10, []), ValueError, "non-empty"),
+        (lambda: StaticCoreset(10, [0.5]), TypeError, "keep_ids must be integers"),
+        (lambda: RandomPruning(10, prune_counts={2: 11}), ValueError, r"prune_counts\[2\] = 11"),
+        (lambda: RandomPruning(10, mode="all"), ValueError, "mode must be one of"),
+        (lambda: InfoBatch(10, num_epochs=5, prune_ratio=1.0), ValueError, "prune_ratio"),
+        (lambda: NoPruning(0), ValueError, "num_samples must be >= 1, got 0"),
+    ],
+)
+def test_bad_arguments_are_named(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_bad_coreset_file_names_the_line(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_text("1\n2\nthree\n")
+    with pytest.raises(ValueError, match=r"ids.txt, line 3: .*'three'"):
+        StaticCoreset.from_file(path, 10)
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        StaticCoreset.from_file(tmp_path / "missing.txt", 10)
+
+
+def test_state_of_another_strategy_is_refused():
+    with pytest.raises(ValueError, match="InfoBatch"):
+        RandomPruning(10).load_state_dict(_roundtrip(InfoBatch(10, num_epochs=2).state_dict()))
+
+
+def test_observe_rejects_out_of_range_ids():
+    s = InfoBatch(5, num_epochs=3)
+    s.epoch_indices(0)
+    with pytest.raises(ValueError, match="7"):
+        s.observe(np.array([1, 7]), np.zeros(2), np.zeros(2))
