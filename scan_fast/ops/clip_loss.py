@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from scan_fast.ops.distributed import gather_features
 from scan_fast.ops.info_nce import (
     DEFAULT_CHUNK_ROWS,
+    autocast_off,
     check_features,
     check_scale,
     common_dtype,
@@ -50,6 +51,7 @@ class ClipLossChunked(torch.autograd.Function):
     """
 
     @staticmethod
+    @autocast_off
     def forward(ctx, image, text, scale, chunk_rows=DEFAULT_CHUNK_ROWS):
         batch = image.shape[0]
         diagonal = scale * (image * text).sum(1)
@@ -84,6 +86,7 @@ class ClipLossChunked(torch.autograd.Function):
         return row_lse - diagonal, col_lse - diagonal
 
     @staticmethod
+    @autocast_off
     def backward(ctx, grad_i2t, grad_t2i):
         image, text, scale, row_lse, col_lse = ctx.saved_tensors
         chunk_rows = ctx.chunk_rows

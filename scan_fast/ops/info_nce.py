@@ -41,6 +41,17 @@ def use_kernels(features: torch.Tensor, dtype: torch.dtype) -> bool:
     return features.is_cuda and dtype in _KERNEL_DTYPES and features.shape[1] <= _KERNEL_MAX_DIM and has_triton()
 
 
+def autocast_off(method):
+    """Run a Function's forward/backward outside autocast: its GEMMs must accumulate in the input dtype."""
+
+    @functools.wraps(method)
+    def wrapper(ctx, *args):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return method(ctx, *args)
+
+    return wrapper
+
+
 # ----------------------------------------------------------------------------- input checks
 
 
@@ -123,6 +134,7 @@ class RowCrossEntropyChunked(torch.autograd.Function):
     """
 
     @staticmethod
+    @autocast_off
     def forward(ctx, q, k, scale, offset, chunk_rows=DEFAULT_CHUNK_ROWS):
         batch = q.shape[0]
         positives = k[offset:offset + batch]
@@ -137,6 +149,7 @@ class RowCrossEntropyChunked(torch.autograd.Function):
         return row_lse - target_logits
 
     @staticmethod
+    @autocast_off
     def backward(ctx, grad_loss):
         q, k, scale, row_lse = ctx.saved_tensors
         offset, chunk_rows = ctx.offset, ctx.chunk_rows

@@ -1,0 +1,143 @@
+"""clip_loss_per_sample (chunked CPU path, and the Triton kernel on CUDA) against the materialised reference."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import requires_cuda
+from scan_fast.ops.clip_loss import ClipLossChunked, clip_loss_per_sample, clip_loss_per_sample_reference
+
+_SHAPE_PARAMS = ("B, D", [(1, 8), (7, 33), (64, 64), (130, 8), (130, 33), (64, 8), (7, 64)])
+_DTYPE_PARAMS = (
+    "dtype, atol, rtol",
+    [
+        (torch.float32, 1e-5, 1e-5),
+        (torch.bfloat16, 2e-2, 2e-2),
+        (torch.float16, 2e-3, 2e-3),
+    ],
+)
+# 16-row chunks: several chunks and a ragged last one for every B above 16
+_CHUNK_ROWS = 16
+
+
+def _features(batch, dim, dtype=torch.float32, device="cpu", scale=1.0):
+    image = F.normalize(torch.randn(batch, dim, device=device), dim=1) * scale
+    text = F.normalize(torch.randn(batch, dim, device=device), dim=1) * scale
+    return image.to(dtype).requires_grad_(), text.to(dtype).requires_grad_()
+
+
+def _losses_and_grads(fn, image, text, logit_scale, grad_i2t, grad_t2i):
+    loss_i2t, loss_t2i = fn(image, text, logit_scale)
+    if grad_i2t is None:  # the mean loss, as open_clip trains
+        total = (loss_i2t.mean() + loss_t2i.mean()) / 2
+    else:
+        total = (loss_i2t * grad_i2t).sum() + (loss_t2i * grad_t2i).sum()
+    grads = torch.autograd.grad(total, [image, text, logit_scale])
+    return (loss_i2t, loss_t2i), grads
+
+
+def _check_against_reference(fn, image, text, atol, rtol, weighted):
+    logit_scale = torch.tensor(14.0, device=image.device, requires_grad=True)
+    batch = image.shape[0]
+    grad_i2t = torch.randn(batch, device=image.device) if weighted else None
+    grad_t2i = torch.randn(batch, device=image.device) if weighted else None
+    ours, our_grads = _losses_and_grads(fn, image, text, logit_scale, grad_i2t, grad_t2i)
+    ref, ref_grads = _losses_and_grads(clip_loss_per_sample_reference, image, text, logit_scale, grad_i2t, grad_t2i)
+    for got, want in zip(ours, ref):
+        assert got.dtype == (torch.float64 if image.dtype == torch.float64 else torch.float32)
+        assert got.shape == (batch,)
+        torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
+    for name, got, want in zip(("image", "text", "logit_scale"), our_grads, ref_grads):
+        assert got.dtype == want.dtype, name
+        torch.testing.assert_close(got, want, atol=atol, rtol=rtol, msg=lambda m: f"grad {name}: {m}")
+
+
+def _chunked(image, text, logit_scale):
+    return clip_loss_per_sample(image, text, logit_scale, chunk_rows=_CHUNK_ROWS)
+
+
+@pytest.mark.parametrize("weighted", [True, False], ids=["random_grads", "mean_loss"])
+@pytest.mark.parametrize(*_DTYPE_PARAMS)
+@pytest.mark.parametrize(*_SHAPE_PARAMS)
+def test_chunked_matches_reference(B, D, dtype, atol, rtol, weighted):
+    image, text = _features(B, D, dtype)
+    _check_against_reference(_chunked, image, text, atol, rtol, weighted)
+
+
+@pytest.mark.parametrize("B", [1, 130, 300])
+def test_default_chunking_matches_reference(B):
+    image, text = _features(B, 16)
+    _check_against_reference(clip_loss_per_sample, image, text, 1e-5, 1e-5, weighted=True)
+
+
+def test_wide_logit_range_takes_the_two_exp_path():
+    # unnormalised features: logits spread over hundreds, beyond the one-exp fast path's safe range
+    image, text = _features(40, 8, torch.float64, scale=12.0)
+    _check_against_reference(_chunked, image, text, 1e-9, 1e-9, weighted=True)
+
+
+def test_gradcheck_float64():
+    image, text = _features(9, 5, torch.float64, scale=1.5)
+    logit_scale = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda i, t, s: ClipLossChunked.apply(i, t, s, 4), (image, text, logit_scale))
+
+
+def test_one_direction_only():
+    image, text = _features(33, 8)
+    for pick in (0, 1):
+        got = torch.autograd.grad(_chunked(image, text, 5.0)[pick].sum(), [image, text])
+        want = torch.autograd.grad(clip_loss_per_sample_reference(image, text, 5.0)[pick].sum(), [image, text])
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_non_contiguous_and_mixed_dtypes():
+    base_image, base_text = _features(21, 12, torch.float64)
+    image = base_image.detach().T.contiguous().T.float().requires_grad_()  # column-major
+    assert not image.is_contiguous()
+    text = base_text.detach().requires_grad_()  # float64: the wider dtype wins
+    loss_i2t, loss_t2i = _chunked(image, text, 7.0)
+    assert loss_i2t.dtype == torch.float64
+    ref_i2t, ref_t2i = clip_loss_per_sample_reference(image.double(), text, 7.0)
+    torch.testing.assert_close(loss_i2t, ref_i2t)
+    torch.testing.assert_close(loss_t2i, ref_t2i)
+    (loss_i2t.sum() + loss_t2i.sum()).backward()
+    assert image.grad.dtype == torch.float32 and text.grad.dtype == torch.float64
+
+
+def test_logit_scale_forms():
+    image, text = _features(10, 6)
+    from_float = clip_loss_per_sample(image, text, 3.5)
+    shaped = torch.tensor([3.5], requires_grad=True)  # open_clip keeps logit_scale as a parameter
+    from_tensor = clip_loss_per_sample(image, text, shaped)
+    torch.testing.assert_close(from_float, from_tensor)
+    from_tensor[0].sum().backward()
+    assert shaped.grad.shape == (1,) and torch.isfinite(shaped.grad).all()
+
+
+@pytest.mark.parametrize(
+    "image, text, logit_scale, error, match",
+    [
+        (torch.randn(4), torch.randn(4), 1.0, ValueError, "image_features must be 2-D"),
+        (torch.randn(4, 3), torch.randn(5, 3), 1.0, ValueError, r"\(4, 3\).*\(5, 3\)"),
+        (torch.randn(4, 3), torch.randn(4, 2), 1.0, ValueError, "same"),
+        (torch.randn(0, 3), torch.randn(0, 3), 1.0, ValueError, "empty batch"),
+        (torch.ones(4, 3, dtype=torch.int64), torch.randn(4, 3), 1.0, TypeError, "image_features.*int64"),
+        (torch.randn(4, 3), torch.randn(4, 3), float("inf"), ValueError, "logit_scale must be finite"),
+        (torch.randn(4, 3), torch.randn(4, 3), torch.tensor(float("nan")), ValueError, "logit_scale"),
+        (torch.randn(4, 3), torch.randn(4, 3), torch.ones(2), ValueError, "logit_scale must be a scalar"),
+        (torch.randn(4, 3), torch.randn(4, 3), "1", TypeError, "logit_scale"),
+        ([[1.0]], torch.randn(1, 1), 1.0, TypeError, "image_features must be a torch.Tensor"),
+    ],
+)
+def test_bad_input(image, text, logit_scale, error, match):
+    with pytest.raises(error, match=match):
+        clip_loss_per_sample(image, text, logit_scale)
+
+
+@requires_cuda
+@pytest.mark.parametrize("weighted", [True, False])
+@pytest.mark.parametrize(*_DTYPE_PARAMS)
+@pytest.mark.parametrize("B, D", [(1, 8), (130, 33), (1000, 512)])
+def test_cuda_matches_reference(B, D, dtype, atol, rtol, weighted):
+    image, text = _features(B, D, dtype, device="cuda")
+    _check_against_reference(clip_loss_per_sample, image, text, max(atol, 1e-4), max(rtol, 1e-4), weighted)
