@@ -1,0 +1,225 @@
+// Python bindings of the index engine (scan_fast._C). Only glue lives here: buffers in
+// and out, the GIL released around every engine call. Input checks with friendly
+// messages are in scan_fast/index.py; the engine re-checks what could corrupt memory.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+
+#include "index_set.hpp"
+
+namespace py = pybind11;
+using scan_fast::CandidateRule;
+using scan_fast::IndexSet;
+
+#define STRINGIFY(x) #x
+#define MACRO_STRINGIFY(x) STRINGIFY(x)
+
+namespace {
+
+template <class T>
+using CArray = py::array_t<T, py::array::c_style>;
+
+template <class Id>
+void bind_id_ops(py::class_<IndexSet>& cls) {
+  cls.def(
+      "add",
+      [](IndexSet& s, const CArray<Id>& ids) {
+        py::gil_scoped_release nogil;
+        s.add(ids.data(), static_cast<size_t>(ids.size()));
+      },
+      py::arg("ids").noconvert(), "Add ids (1-D, contiguous); all are bounds-checked first.");
+  cls.def(
+      "discard",
+      [](IndexSet& s, const CArray<Id>& ids) {
+        py::gil_scoped_release nogil;
+        s.discard(ids.data(), static_cast<size_t>(ids.size()));
+      },
+      py::arg("ids").noconvert(), "Remove ids (1-D, contiguous); all are bounds-checked first.");
+  cls.def(
+      "contains",
+      [](const IndexSet& s, const CArray<Id>& ids) {
+        py::array_t<bool> out(ids.size());
+        bool* dst = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          s.contains(ids.data(), static_cast<size_t>(ids.size()), dst);
+        }
+        return out;
+      },
+      py::arg("ids").noconvert(), "Membership of each id, as a bool array.");
+}
+
+// Sorted ids (members or non-members), uint32 when every id fits, else int64.
+template <class Out, class Fill>
+py::array filled_array(uint64_t size, Fill& fill) {
+  py::array_t<Out> out(static_cast<py::ssize_t>(size));
+  Out* dst = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    fill(dst);
+  }
+  return out;
+}
+
+// Sorted ids (members or non-members): uint32 when every id fits, else int64.
+template <class Fill>
+py::array id_array(const IndexSet& s, uint64_t size, Fill fill) {
+  return s.ids_fit_uint32() ? filled_array<uint32_t>(size, fill) : filled_array<int64_t>(size, fill);
+}
+
+CandidateRule make_rule(std::optional<uint64_t> k, std::optional<double> threshold) {
+  CandidateRule rule;
+  rule.by_threshold = threshold.has_value();
+  rule.k = k.value_or(0);
+  rule.threshold = threshold.value_or(0.0);
+  return rule;
+}
+
+template <class T>
+py::tuple batch_candidates(const CArray<T>& loss_a, const CArray<T>& loss_b, std::optional<uint64_t> k_ill,
+                           std::optional<uint64_t> k_red, std::optional<double> abs_ill,
+                           std::optional<double> abs_red, uint64_t seed, uint64_t stream) {
+  const py::ssize_t batch = loss_a.size();
+  if (loss_b.size() != batch) throw py::value_error("loss_a and loss_b differ in length");
+  py::array_t<bool> ill(batch), red(batch);
+  bool* ill_out = ill.mutable_data();
+  bool* red_out = red.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    scan_fast::batch_candidates(loss_a.data(), loss_b.data(), static_cast<size_t>(batch), make_rule(k_ill, abs_ill),
+                                make_rule(k_red, abs_red), seed, stream, ill_out, red_out);
+  }
+  return py::make_tuple(std::move(ill), std::move(red));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = R"pbdoc(
+        scan-fast index engine
+        ----------------------
+
+        .. currentmodule:: scan_fast._C
+
+        .. autosummary::
+           :toctree: _generate
+
+           IndexSet
+           batch_candidates
+           set_num_threads
+           get_num_threads
+    )pbdoc";
+
+  py::class_<IndexSet> cls(m, "IndexSet", R"pbdoc(
+        A set of sample ids in [0, num_samples), one bit per possible id.
+
+        Use it through scan_fast.index.SampleSet, which validates arguments.
+    )pbdoc");
+  cls.def(py::init<uint64_t>(), py::arg("num_samples"))
+      .def_property_readonly("num_samples", &IndexSet::num_samples)
+      .def("__len__",
+           [](const IndexSet& s) {
+             py::gil_scoped_release nogil;
+             return s.count();
+           })
+      .def("contains_one", [](const IndexSet& s, uint64_t id) { return s.contains(id); }, py::arg("id"))
+      .def("clear", &IndexSet::clear, py::call_guard<py::gil_scoped_release>())
+      .def("copy", [](const IndexSet& s) { return IndexSet(s); }, py::call_guard<py::gil_scoped_release>())
+      .def("__eq__", &IndexSet::operator==, py::call_guard<py::gil_scoped_release>())
+      .def("update", &IndexSet::update, py::arg("other"), py::call_guard<py::gil_scoped_release>())
+      .def("intersection_update", &IndexSet::intersection_update, py::arg("other"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("difference_update", &IndexSet::difference_update, py::arg("other"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("sample", &IndexSet::sample, py::arg("k"), py::arg("seed"), py::arg("stream"),
+           py::call_guard<py::gil_scoped_release>(), "Exactly k members, uniform without replacement.")
+      .def(
+          "to_array",
+          [](const IndexSet& s) {
+            uint64_t size;
+            {
+              py::gil_scoped_release nogil;
+              size = s.count();
+            }
+            return id_array(s, size, [&s](auto* dst) { s.to_array(dst); });
+          },
+          "Sorted members.")
+      .def(
+          "complement",
+          [](const IndexSet& s) {
+            uint64_t size;
+            {
+              py::gil_scoped_release nogil;
+              size = s.num_samples() - s.count();
+            }
+            return id_array(s, size, [&s](auto* dst) { s.complement(dst); });
+          },
+          "Sorted non-members.")
+      .def(
+          "shuffled_complement",
+          [](const IndexSet& s, uint64_t seed, uint64_t stream) {
+            uint64_t size;
+            {
+              py::gil_scoped_release nogil;
+              size = s.num_samples() - s.count();
+            }
+            return id_array(s, size, [&](auto* dst) { s.shuffled_complement(dst, seed, stream); });
+          },
+          py::arg("seed"), py::arg("stream"), "A seeded uniform permutation of the non-members.")
+      .def(
+          "to_bytes",
+          [](const IndexSet& s) {
+            const size_t size = s.serialized_size();
+            PyObject* raw = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size));
+            if (raw == nullptr) throw py::error_already_set();
+            auto out = py::reinterpret_steal<py::bytes>(raw);
+            char* dst = PyBytes_AS_STRING(raw);
+            {
+              py::gil_scoped_release nogil;
+              s.serialize(dst);
+            }
+            return out;
+          },
+          "Header (magic, version, num_samples, checksum) and the bitset words.")
+      .def_static(
+          "from_bytes",
+          [](const py::buffer& data) {
+            py::buffer_info info = data.request();
+            if (info.ndim != 1 || info.itemsize != 1) throw py::type_error("from_bytes needs a 1-D byte buffer");
+            const char* src = static_cast<const char*>(info.ptr);
+            const size_t size = static_cast<size_t>(info.size);
+            py::gil_scoped_release nogil;
+            return IndexSet::deserialize(src, size);
+          },
+          py::arg("data"));
+  bind_id_ops<int64_t>(cls);
+  bind_id_ops<uint32_t>(cls);
+  bind_id_ops<int32_t>(cls);
+  bind_id_ops<uint64_t>(cls);
+
+  const char* candidates_doc = R"pbdoc(
+        The per-batch SCAN candidate rule: (ill_mask, red_mask) over the batch positions.
+
+        For each kind give k (count) or a threshold, not both; see
+        scan_fast.candidates.batch_candidates_reference for the definition.
+    )pbdoc";
+  m.def("batch_candidates", &batch_candidates<float>, py::arg("loss_a").noconvert(), py::arg("loss_b").noconvert(),
+        py::arg("k_ill"), py::arg("k_red"), py::arg("abs_ill"), py::arg("abs_red"), py::arg("seed"),
+        py::arg("stream"), candidates_doc);
+  m.def("batch_candidates", &batch_candidates<double>, py::arg("loss_a").noconvert(),
+        py::arg("loss_b").noconvert(), py::arg("k_ill"), py::arg("k_red"), py::arg("abs_ill"), py::arg("abs_red"),
+        py::arg("seed"), py::arg("stream"), candidates_doc);
+
+  m.def("set_num_threads", &scan_fast::set_num_threads, py::arg("num_threads"),
+        "Threads for the bulk loops; results never depend on it.");
+  m.def("get_num_threads", &scan_fast::get_num_threads);
+  m.attr("MAX_SAMPLES") = IndexSet::kMaxSamples;
+
+#ifdef VERSION_INFO
+  m.attr("__version__") = MACRO_STRINGIFY(VERSION_INFO);
+#else
+  m.attr("__version__") = "dev";
+#endif
+}

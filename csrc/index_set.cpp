@@ -1,0 +1,713 @@
+#include "index_set.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <type_traits>
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the serialised format is little-endian");
+
+namespace scan_fast {
+
+// ---------------------------------------------------------------- threads
+
+namespace {
+
+int default_num_threads() {
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw);
+}
+
+std::atomic<int> g_num_threads{default_num_threads()};
+
+// Below this many words per thread, spawning costs more than it saves.
+constexpr size_t kWordsPerThread = size_t{1} << 16;
+
+size_t parts_for(size_t items, size_t min_items_per_part) {
+  const size_t by_size = std::max<size_t>(1, items / min_items_per_part);
+  return std::min<size_t>(static_cast<size_t>(g_num_threads.load()), by_size);
+}
+
+// Runs body(begin, end, part) over `parts` contiguous slices of [0, items); part 0 runs
+// on the calling thread. Bodies must not throw.
+template <class Body>
+void run_parts(size_t items, size_t parts, Body&& body) {
+  if (parts <= 1) {
+    body(size_t{0}, items, size_t{0});
+    return;
+  }
+  std::vector<std::thread> workers;
+  workers.reserve(parts - 1);
+  for (size_t p = 1; p < parts; ++p) {
+    workers.emplace_back([&body, items, parts, p] { body(items * p / parts, items * (p + 1) / parts, p); });
+  }
+  body(size_t{0}, items / parts, size_t{0});
+  for (auto& w : workers) w.join();
+}
+
+}  // namespace
+
+void set_num_threads(int num_threads) {
+  if (num_threads < 1) {
+    throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(num_threads));
+  }
+  g_num_threads.store(num_threads);
+}
+
+int get_num_threads() { return g_num_threads.load(); }
+
+// ---------------------------------------------------------------- word helpers
+
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// Without -mpopcnt GCC calls a table-based libgcc routine; pick the instruction at load time.
+__attribute__((target_clones("popcnt", "default")))
+#endif
+uint64_t popcount_words(const uint64_t* words, size_t count) {
+  uint64_t total = 0;
+  for (size_t i = 0; i < count; ++i) total += static_cast<uint64_t>(__builtin_popcountll(words[i]));
+  return total;
+}
+
+inline unsigned popcount64(uint64_t x) { return static_cast<unsigned>(__builtin_popcountll(x)); }
+
+// Position of the rank-th (0-based) set bit of x; requires rank < popcount(x).
+inline unsigned select_bit(uint64_t x, uint64_t rank) {
+  for (uint64_t i = 0; i < rank; ++i) x &= x - 1;
+  return static_cast<unsigned>(__builtin_ctzll(x));
+}
+
+inline uint64_t tail_mask(uint64_t num_samples) {
+  const unsigned used = static_cast<unsigned>(num_samples % 64);
+  return used == 0 ? ~uint64_t{0} : (uint64_t{1} << used) - 1;
+}
+
+template <class Id>
+std::string id_to_string(Id v) {
+  if constexpr (std::is_signed_v<Id>) return std::to_string(static_cast<long long>(v));
+  else return std::to_string(static_cast<unsigned long long>(v));
+}
+
+}  // namespace
+
+uint64_t checksum_words(const uint64_t* words, size_t count) {
+  // FNV-1a over 64-bit words in four interleaved lanes (so the multiply chains overlap),
+  // each step folded by a xorshift so high bits reach low ones; lanes joined by mix64.
+  constexpr uint64_t kPrime = 0x100000001b3ULL;
+  uint64_t lane[4] = {0xcbf29ce484222325ULL, 0xcbf29ce484222325ULL ^ 1, 0xcbf29ce484222325ULL ^ 2,
+                      0xcbf29ce484222325ULL ^ 3};
+  for (size_t i = 0; i < count; ++i) {
+    uint64_t& h = lane[i & 3];
+    h = (h ^ words[i]) * kPrime;
+    h ^= h >> 32;
+  }
+  uint64_t out = mix64(count);
+  for (uint64_t h : lane) out = mix64(out ^ h);
+  return out;
+}
+
+// ---------------------------------------------------------------- IndexSet basics
+
+void IndexSet::FreeDeleter::operator()(uint64_t* p) const noexcept { std::free(p); }
+
+IndexSet::IndexSet(uint64_t num_samples) : num_samples_(num_samples), num_words_(0) {
+  if (num_samples < 1 || num_samples > kMaxSamples) {
+    throw std::invalid_argument("num_samples must be in [1, 2**40], got " + std::to_string(num_samples));
+  }
+  num_words_ = static_cast<size_t>((num_samples + 63) / 64);
+  words_.reset(static_cast<uint64_t*>(std::calloc(num_words_, sizeof(uint64_t))));
+  if (!words_) throw std::bad_alloc();
+}
+
+IndexSet::IndexSet(const IndexSet& other) : num_samples_(other.num_samples_), num_words_(other.num_words_) {
+  words_.reset(static_cast<uint64_t*>(std::malloc(num_words_ * sizeof(uint64_t))));
+  if (!words_) throw std::bad_alloc();
+  const uint64_t* src = other.words_.get();
+  uint64_t* dst = words_.get();
+  run_parts(num_words_, parts_for(num_words_, kWordsPerThread), [&](size_t b, size_t e, size_t) {
+    std::memcpy(dst + b, src + b, (e - b) * sizeof(uint64_t));
+  });
+}
+
+IndexSet& IndexSet::operator=(const IndexSet& other) {
+  if (this != &other) *this = IndexSet(other);
+  return *this;
+}
+
+void IndexSet::check_same_size(const IndexSet& other) const {
+  if (other.num_samples_ != num_samples_) {
+    throw std::invalid_argument("the other set has num_samples=" + std::to_string(other.num_samples_) +
+                                ", this one has num_samples=" + std::to_string(num_samples_));
+  }
+}
+
+template <class Id>
+void IndexSet::check_ids(const Id* ids, size_t count) const {
+  // Negative signed ids wrap to >= 2**63 > num_samples, so one unsigned compare suffices.
+  bool any_bad = false;
+  for (size_t i = 0; i < count; ++i) any_bad |= static_cast<uint64_t>(ids[i]) >= num_samples_;
+  if (!any_bad) return;
+  for (size_t i = 0; i < count; ++i) {
+    if (static_cast<uint64_t>(ids[i]) >= num_samples_) {
+      throw std::invalid_argument("ids[" + std::to_string(i) + "] = " + id_to_string(ids[i]) +
+                                  " is out of range for num_samples=" + std::to_string(num_samples_) +
+                                  " (valid ids are 0.." + std::to_string(num_samples_ - 1) + ")");
+    }
+  }
+}
+
+template <class Id>
+void IndexSet::add(const Id* ids, size_t count) {
+  check_ids(ids, count);
+  uint64_t* w = words_.get();
+  for (size_t i = 0; i < count; ++i) {
+    const uint64_t id = static_cast<uint64_t>(ids[i]);
+    w[id >> 6] |= uint64_t{1} << (id & 63);
+  }
+}
+
+template <class Id>
+void IndexSet::discard(const Id* ids, size_t count) {
+  check_ids(ids, count);
+  uint64_t* w = words_.get();
+  for (size_t i = 0; i < count; ++i) {
+    const uint64_t id = static_cast<uint64_t>(ids[i]);
+    w[id >> 6] &= ~(uint64_t{1} << (id & 63));
+  }
+}
+
+template <class Id>
+void IndexSet::contains(const Id* ids, size_t count, bool* out) const {
+  check_ids(ids, count);
+  const uint64_t* w = words_.get();
+  for (size_t i = 0; i < count; ++i) {
+    const uint64_t id = static_cast<uint64_t>(ids[i]);
+    out[i] = (w[id >> 6] >> (id & 63)) & 1;
+  }
+}
+
+bool IndexSet::contains(uint64_t id) const {
+  return id < num_samples_ && ((words_[id >> 6] >> (id & 63)) & 1);
+}
+
+uint64_t IndexSet::count() const {
+  const size_t parts = parts_for(num_words_, kWordsPerThread);
+  std::vector<uint64_t> partial(parts, 0);
+  const uint64_t* w = words_.get();
+  run_parts(num_words_, parts, [&](size_t b, size_t e, size_t p) { partial[p] = popcount_words(w + b, e - b); });
+  uint64_t total = 0;
+  for (uint64_t c : partial) total += c;
+  return total;
+}
+
+void IndexSet::clear() {
+  uint64_t* w = words_.get();
+  run_parts(num_words_, parts_for(num_words_, kWordsPerThread),
+            [&](size_t b, size_t e, size_t) { std::memset(w + b, 0, (e - b) * sizeof(uint64_t)); });
+}
+
+bool IndexSet::operator==(const IndexSet& other) const {
+  return num_samples_ == other.num_samples_ &&
+         std::memcmp(words_.get(), other.words_.get(), num_words_ * sizeof(uint64_t)) == 0;
+}
+
+namespace {
+template <class Op>
+void combine_words(uint64_t* dst, const uint64_t* src, size_t n, Op op) {
+  run_parts(n, parts_for(n, kWordsPerThread), [&](size_t b, size_t e, size_t) {
+    for (size_t i = b; i < e; ++i) dst[i] = op(dst[i], src[i]);
+  });
+}
+}  // namespace
+
+void IndexSet::update(const IndexSet& other) {
+  check_same_size(other);
+  combine_words(words_.get(), other.words_.get(), num_words_, [](uint64_t a, uint64_t b) { return a | b; });
+}
+
+void IndexSet::intersection_update(const IndexSet& other) {
+  check_same_size(other);
+  combine_words(words_.get(), other.words_.get(), num_words_, [](uint64_t a, uint64_t b) { return a & b; });
+}
+
+void IndexSet::difference_update(const IndexSet& other) {
+  check_same_size(other);
+  combine_words(words_.get(), other.words_.get(), num_words_, [](uint64_t a, uint64_t b) { return a & ~b; });
+}
+
+// ---------------------------------------------------------------- id arrays
+
+template <class Out, bool kMembers>
+void IndexSet::write_ids(Out* out) const {
+  const uint64_t* words = words_.get();
+  const size_t last = num_words_ - 1;
+  const uint64_t last_mask = tail_mask(num_samples_);
+  auto word_at = [&](size_t i) -> uint64_t {
+    if constexpr (kMembers) return words[i];
+    else return i == last ? (~words[i] & last_mask) : ~words[i];
+  };
+  // Pass 1 counts each slice, pass 2 writes it at its offset: no intermediate buffer.
+  const size_t parts = parts_for(num_words_, kWordsPerThread);
+  std::vector<uint64_t> offset(parts + 1, 0);
+  run_parts(num_words_, parts, [&](size_t b, size_t e, size_t p) {
+    const uint64_t members = popcount_words(words + b, e - b);
+    if constexpr (kMembers) {
+      offset[p + 1] = members;
+    } else {
+      const uint64_t bits = (e == num_words_) ? num_samples_ - uint64_t{b} * 64 : uint64_t{e - b} * 64;
+      offset[p + 1] = bits - members;
+    }
+  });
+  for (size_t p = 0; p < parts; ++p) offset[p + 1] += offset[p];
+  run_parts(num_words_, parts, [&](size_t b, size_t e, size_t p) {
+    Out* dst = out + offset[p];
+    for (size_t i = b; i < e; ++i) {
+      uint64_t x = word_at(i);
+      const uint64_t base = uint64_t{i} * 64;
+      if (x == ~uint64_t{0}) {  // dense word: a run the compiler vectorises
+        for (unsigned j = 0; j < 64; ++j) dst[j] = static_cast<Out>(base + j);
+        dst += 64;
+        continue;
+      }
+      while (x) {
+        *dst++ = static_cast<Out>(base + static_cast<unsigned>(__builtin_ctzll(x)));
+        x &= x - 1;
+      }
+    }
+  });
+}
+
+template <class Out>
+void IndexSet::to_array(Out* out) const {
+  write_ids<Out, true>(out);
+}
+
+template <class Out>
+void IndexSet::complement(Out* out) const {
+  write_ids<Out, false>(out);
+}
+
+template <class Out>
+void IndexSet::shuffled_complement(Out* out, uint64_t seed, uint64_t stream) const {
+  // Scatter shuffle: every id gets an independent uniform bucket from a hash of (seed,
+  // stream, id), buckets are filled in id order, then each bucket is Fisher-Yates
+  // shuffled with its own counters. Uniform random bucket sizes times uniform orders
+  // within buckets is a uniform permutation; buckets of ~64K ids keep the shuffle in
+  // cache and let threads work on separate buckets. Nothing depends on the thread count.
+  const uint64_t total = num_samples_ - count();
+  if (total == 0) return;
+  constexpr uint64_t kBucketIds = uint64_t{1} << 16;
+  const uint64_t num_buckets = (total + kBucketIds - 1) / kBucketIds;
+  const CounterRng bucket_rng(seed, stream, RngPurpose::kShuffleBucket);
+  const CounterRng within_rng(seed, stream, RngPurpose::kShuffleWithin);
+  auto bucket_of = [&](uint64_t id) -> uint64_t {
+    return static_cast<uint64_t>((static_cast<__uint128_t>(bucket_rng(id)) * num_buckets) >> 64);
+  };
+  const uint64_t* words = words_.get();
+  const size_t last = num_words_ - 1;
+  const uint64_t last_mask = tail_mask(num_samples_);
+  auto for_each_id = [&](size_t b, size_t e, auto&& fn) {
+    for (size_t i = b; i < e; ++i) {
+      uint64_t x = i == last ? (~words[i] & last_mask) : ~words[i];
+      const uint64_t base = uint64_t{i} * 64;
+      while (x) {
+        fn(base + static_cast<unsigned>(__builtin_ctzll(x)));
+        x &= x - 1;
+      }
+    }
+  };
+
+  const size_t parts = parts_for(num_words_, kWordsPerThread);
+  // counts[p][bucket]: how many of slice p's ids fall in bucket; turned into write cursors.
+  std::vector<std::vector<uint64_t>> cursor(parts, std::vector<uint64_t>(num_buckets, 0));
+  run_parts(num_words_, parts, [&](size_t b, size_t e, size_t p) {
+    uint64_t* c = cursor[p].data();
+    for_each_id(b, e, [&](uint64_t id) { ++c[bucket_of(id)]; });
+  });
+  std::vector<uint64_t> bucket_start(num_buckets + 1, 0);
+  uint64_t running = 0;
+  for (uint64_t k = 0; k < num_buckets; ++k) {
+    bucket_start[k] = running;
+    for (size_t p = 0; p < parts; ++p) {
+      const uint64_t c = cursor[p][k];
+      cursor[p][k] = running;
+      running += c;
+    }
+  }
+  bucket_start[num_buckets] = running;
+  run_parts(num_words_, parts, [&](size_t b, size_t e, size_t p) {
+    uint64_t* c = cursor[p].data();
+    for_each_id(b, e, [&](uint64_t id) { out[c[bucket_of(id)]++] = static_cast<Out>(id); });
+  });
+  run_parts(num_buckets, parts_for(num_buckets, 1), [&](size_t b, size_t e, size_t) {
+    for (size_t k = b; k < e; ++k) {
+      Out* first = out + bucket_start[k];
+      const uint64_t size = bucket_start[k + 1] - bucket_start[k];
+      uint64_t counter = uint64_t{k} << 32;  // buckets use disjoint counter ranges
+      for (uint64_t i = size; i > 1; --i) {
+        const uint64_t j = within_rng.bounded(i, counter);
+        std::swap(first[i - 1], first[j]);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- sampling
+
+namespace {
+
+// d distinct values from [0, population), sorted, uniform over all d-subsets. Draws with
+// replacement and keeps the distinct ones until there are d; which values come out
+// depends only on the pattern of repeats, so every d-subset is equally likely. For
+// d > population / 2 it picks the population - d values to leave out instead.
+std::vector<uint64_t> distinct_sorted_ranks(uint64_t population, uint64_t d, const CounterRng& rng) {
+  std::vector<uint64_t> ranks;
+  if (d == 0) return ranks;
+  if (2 * d > population) {
+    const std::vector<uint64_t> excluded = distinct_sorted_ranks(population, population - d, rng);
+    ranks.reserve(d);
+    size_t next = 0;
+    for (uint64_t r = 0; r < population; ++r) {
+      if (next < excluded.size() && excluded[next] == r) ++next;
+      else ranks.push_back(r);
+    }
+    return ranks;
+  }
+  ranks.reserve(d);
+  uint64_t counter = 0;
+  while (ranks.size() < d) {
+    const uint64_t missing = d - ranks.size();
+    for (uint64_t i = 0; i < missing; ++i) ranks.push_back(rng.bounded(population, counter));
+    std::sort(ranks.begin(), ranks.end());
+    ranks.erase(std::unique(ranks.begin(), ranks.end()), ranks.end());
+  }
+  return ranks;
+}
+
+// Calls apply(word, bit) for the set bits of word_at(0..num_words) whose ranks (0-based,
+// in position order) are listed in sorted `ranks`. Skips whole blocks by popcount.
+template <class WordAt, class BlockCount, class Apply>
+void apply_at_ranks(size_t num_words, const std::vector<uint64_t>& ranks, WordAt word_at, BlockCount block_count,
+                    Apply apply) {
+  constexpr size_t kBlock = 1024;
+  size_t r = 0;
+  uint64_t seen = 0;
+  for (size_t b = 0; b < num_words && r < ranks.size(); b += kBlock) {
+    const size_t e = std::min(num_words, b + kBlock);
+    const uint64_t in_block = block_count(b, e);
+    if (ranks[r] >= seen + in_block) {
+      seen += in_block;
+      continue;
+    }
+    for (size_t i = b; i < e && r < ranks.size(); ++i) {
+      const uint64_t x = word_at(i);
+      const uint64_t c = popcount64(x);
+      while (r < ranks.size() && ranks[r] < seen + c) {
+        apply(i, select_bit(x, ranks[r] - seen));
+        ++r;
+      }
+      seen += c;
+    }
+  }
+}
+
+// Each bit is 1 with probability numerator / 2**bits, independently: fold random words
+// with | (binary digit 1) or & (digit 0) from the lowest set digit up.
+inline uint64_t bernoulli_word(const CounterRng& rng, uint64_t word_index, uint64_t numerator, unsigned bits,
+                               unsigned lowest_digit) {
+  uint64_t mask = 0;
+  const uint64_t base = word_index * 32;
+  for (unsigned j = lowest_digit; j < bits; ++j) {
+    const uint64_t r = rng(base + j);
+    mask = ((numerator >> j) & 1) ? (mask | r) : (mask & r);
+  }
+  return mask;
+}
+
+unsigned bit_length(uint64_t x) { return x == 0 ? 0 : 64 - static_cast<unsigned>(__builtin_clzll(x)); }
+
+}  // namespace
+
+IndexSet IndexSet::sample(uint64_t k, uint64_t seed, uint64_t stream) const {
+  // 1. Keep each member independently with probability p ~ k/n (p rounded to `bits`
+  //    binary digits; any p works, a close one keeps step 2 short). Given how many were
+  //    kept, the kept set is a uniform subset of that size.
+  // 2. Remove (or add from the unkept members) a uniform random subset of the
+  //    difference to reach exactly k. A uniform subset of a uniform subset is uniform,
+  //    so the result is uniform over the k-subsets. Step 1 keys its random words by word
+  //    index, step 2 runs on one thread: the result never depends on the thread count.
+  const uint64_t n = count();
+  if (k > n) {
+    throw std::invalid_argument("k=" + std::to_string(k) + " exceeds the number of members (" +
+                                std::to_string(n) + ")");
+  }
+  IndexSet result(num_samples_);
+  if (k == 0) return result;
+  if (k == n) return IndexSet(*this);
+
+  // ~sqrt(n) quantisation error, same order as the binomial spread of step 1.
+  const unsigned bits = std::min(32u, std::max(8u, (bit_length(n) + 1) / 2 + 2));
+  const uint64_t numerator = static_cast<uint64_t>((static_cast<__uint128_t>(k) << bits) / n);
+  const unsigned lowest_digit = numerator == 0 ? bits : static_cast<unsigned>(__builtin_ctzll(numerator));
+  const CounterRng bernoulli(seed, stream, RngPurpose::kSampleBernoulli);
+  const uint64_t* src = words_.get();
+  uint64_t* dst = result.words_.get();
+  const size_t parts = parts_for(num_words_, kWordsPerThread / 8);
+  std::vector<uint64_t> kept_in_part(parts, 0);
+  run_parts(num_words_, parts, [&](size_t b, size_t e, size_t p) {
+    for (size_t i = b; i < e; ++i) {
+      if (src[i] != 0) dst[i] = src[i] & bernoulli_word(bernoulli, i, numerator, bits, lowest_digit);
+    }
+    kept_in_part[p] = popcount_words(dst + b, e - b);
+  });
+  uint64_t kept = 0;
+  for (uint64_t c : kept_in_part) kept += c;
+
+  const CounterRng fix_up(seed, stream, RngPurpose::kSampleFixUp);
+  if (kept > k) {
+    const auto ranks = distinct_sorted_ranks(kept, kept - k, fix_up);
+    apply_at_ranks(
+        num_words_, ranks, [&](size_t i) { return dst[i]; },
+        [&](size_t b, size_t e) { return popcount_words(dst + b, e - b); },
+        [&](size_t i, unsigned bit) { dst[i] &= ~(uint64_t{1} << bit); });
+  } else if (kept < k) {
+    const auto ranks = distinct_sorted_ranks(n - kept, k - kept, fix_up);
+    apply_at_ranks(
+        num_words_, ranks, [&](size_t i) { return src[i] & ~dst[i]; },
+        [&](size_t b, size_t e) { return popcount_words(src + b, e - b) - popcount_words(dst + b, e - b); },
+        [&](size_t i, unsigned bit) { dst[i] |= uint64_t{1} << bit; });
+  }
+  return result;
+}
+
+// ---------------------------------------------------------------- bytes
+
+void IndexSet::serialize(char* out) const {
+  const uint32_t version = kFormatVersion;
+  const uint32_t reserved = 0;
+  const uint64_t checksum = checksum_words(words_.get(), num_words_);
+  std::memcpy(out, kMagic, 8);
+  std::memcpy(out + 8, &version, 4);
+  std::memcpy(out + 12, &reserved, 4);
+  std::memcpy(out + 16, &num_samples_, 8);
+  std::memcpy(out + 24, &checksum, 8);
+  std::memcpy(out + kHeaderBytes, words_.get(), num_words_ * sizeof(uint64_t));
+}
+
+IndexSet IndexSet::deserialize(const char* data, size_t size) {
+  auto fail = [](const std::string& what) { throw std::invalid_argument("invalid SampleSet bytes: " + what); };
+  if (size < kHeaderBytes) {
+    fail("truncated: " + std::to_string(size) + " bytes, the header alone is " + std::to_string(kHeaderBytes));
+  }
+  if (std::memcmp(data, kMagic, 8) != 0) fail("bad magic (not written by SampleSet.to_bytes)");
+  uint32_t version, reserved;
+  uint64_t num_samples, checksum;
+  std::memcpy(&version, data + 8, 4);
+  std::memcpy(&reserved, data + 12, 4);
+  std::memcpy(&num_samples, data + 16, 8);
+  std::memcpy(&checksum, data + 24, 8);
+  if (version != kFormatVersion) {
+    fail("format version " + std::to_string(version) + ", this build reads version " +
+         std::to_string(kFormatVersion));
+  }
+  if (reserved != 0) fail("reserved header field is " + std::to_string(reserved) + ", expected 0");
+  if (num_samples < 1 || num_samples > kMaxSamples) {
+    fail("header num_samples=" + std::to_string(num_samples) + " is outside [1, 2**40]");
+  }
+  const uint64_t words = (num_samples + 63) / 64;
+  const uint64_t expected = kHeaderBytes + words * 8;
+  if (size != expected) {
+    fail(std::string(size < expected ? "truncated" : "trailing data") + ": " + std::to_string(size) +
+         " bytes, expected " + std::to_string(expected) + " for num_samples=" + std::to_string(num_samples));
+  }
+  IndexSet set(num_samples);
+  std::memcpy(set.words_.get(), data + kHeaderBytes, words * 8);
+  const uint64_t actual = checksum_words(set.words_.get(), set.num_words_);
+  if (actual != checksum) fail("payload checksum mismatch (corrupted data)");
+  if ((set.words_[set.num_words_ - 1] & ~tail_mask(num_samples)) != 0) {
+    fail("bits beyond num_samples are set (corrupted data)");
+  }
+  return set;
+}
+
+// ---------------------------------------------------------------- batch candidates
+
+namespace {
+
+template <class T>
+void check_finite(const T* loss, size_t batch, const char* name) {
+  size_t bad = 0;
+  // x - x is 0 for finite x and NaN for NaN/inf; this form vectorises, isfinite does not.
+  for (size_t i = 0; i < batch; ++i) bad += !(loss[i] - loss[i] == T(0));
+  if (bad == 0) return;
+  std::ostringstream msg;
+  msg << name << " has " << bad << " non-finite value" << (bad > 1 ? "s" : "") << " (NaN or inf), first at position";
+  msg << (bad > 1 ? "s " : " ");
+  size_t shown = 0;
+  for (size_t i = 0; i < batch && shown < 5; ++i) {
+    if (!std::isfinite(loss[i])) msg << (shown++ ? ", " : "") << i;
+  }
+  throw std::invalid_argument(msg.str());
+}
+
+// Marks the k highest (kHighest) or lowest losses, ties to the lower position. `bound`
+// is the k-th most extreme value: everything strictly beyond it is in, and the first
+// (k - #beyond) positions equal to it.
+template <class T, bool kHighest>
+void mark_extremes(const T* loss, size_t batch, uint64_t k, T bound, uint8_t* mask) {
+  // Branch-free (vectorised) pass for the strict side; ties are rare, so the second
+  // loop's branch is predictable.
+  uint64_t beyond = 0;
+  for (size_t i = 0; i < batch; ++i) {
+    const uint8_t in = kHighest ? (loss[i] > bound) : (loss[i] < bound);
+    mask[i] = in;
+    beyond += in;
+  }
+  uint64_t ties_wanted = k - beyond;
+  for (size_t i = 0; i < batch && ties_wanted > 0; ++i) {
+    if (loss[i] == bound) {
+      mask[i] = 1;
+      --ties_wanted;
+    }
+  }
+}
+
+template <class T>
+void mark_threshold(const T* loss, size_t batch, double threshold, bool highest, uint8_t* mask) {
+  if (highest) {
+    for (size_t i = 0; i < batch; ++i) mask[i] = static_cast<double>(loss[i]) > threshold;
+  } else {
+    for (size_t i = 0; i < batch; ++i) mask[i] = static_cast<double>(loss[i]) < threshold;
+  }
+}
+
+// ILL and RED masks of one direction. For two k-rules a single copy serves both
+// selections: after nth_element puts the ILL bound at batch - k_ill, the RED bound lies
+// on the side that holds sorted index k_red - 1, so the second selection is shorter.
+template <class T>
+void direction_masks(const T* loss, size_t batch, const CandidateRule& ill, const CandidateRule& red,
+                     std::vector<T>& scratch, uint8_t* ill_mask, uint8_t* red_mask) {
+  const bool need_copy = (!ill.by_threshold && ill.k > 0 && ill.k < batch) ||
+                         (!red.by_threshold && red.k > 0 && red.k < batch);
+  if (need_copy) scratch.assign(loss, loss + batch);
+  T* s = scratch.data();
+  size_t lo = 0, hi = batch;  // the RED bound's sorted index lies in [lo, hi)
+  if (ill.by_threshold) {
+    mark_threshold(loss, batch, ill.threshold, true, ill_mask);
+  } else if (ill.k == 0 || ill.k == batch) {
+    std::fill(ill_mask, ill_mask + batch, static_cast<uint8_t>(ill.k == batch));
+  } else {
+    const size_t at = batch - ill.k;
+    std::nth_element(s, s + at, s + batch);
+    mark_extremes<T, true>(loss, batch, ill.k, s[at], ill_mask);
+    if (!red.by_threshold && red.k > 0 && red.k < batch) {
+      if (red.k - 1 < at) hi = at;
+      else lo = at;
+    }
+  }
+  if (red.by_threshold) {
+    mark_threshold(loss, batch, red.threshold, false, red_mask);
+  } else if (red.k == 0 || red.k == batch) {
+    std::fill(red_mask, red_mask + batch, static_cast<uint8_t>(red.k == batch));
+  } else {
+    const size_t at = red.k - 1;
+    std::nth_element(s + lo, s + at, s + hi);
+    mark_extremes<T, false>(loss, batch, red.k, s[at], red_mask);
+  }
+}
+
+// C = X_a & X_b; when |C| < 0.9 |X_a|, add |X_a| - |C| positions drawn uniformly without
+// replacement from (X_a | X_b) - C (a partial Fisher-Yates over that pool).
+void combine_directions(const uint8_t* x_a, const uint8_t* x_b, size_t batch, const CounterRng& rng,
+                        std::vector<uint32_t>& pool, bool* out) {
+  uint64_t target = 0, have = 0;
+  for (size_t i = 0; i < batch; ++i) {
+    const uint8_t both = x_a[i] & x_b[i];
+    target += x_a[i];
+    have += both;
+    out[i] = both;
+  }
+  if (!(static_cast<double>(have) < 0.9 * static_cast<double>(target))) return;
+  pool.resize(batch);
+  uint32_t* slot = pool.data();
+  size_t size = 0;
+  for (size_t i = 0; i < batch; ++i) {  // branch-free compaction of (X_a | X_b) - C
+    slot[size] = static_cast<uint32_t>(i);
+    size += (x_a[i] ^ x_b[i]) & 1;
+  }
+  const uint64_t need = target - have;
+  uint64_t counter = 0;
+  for (uint64_t j = 0; j < need; ++j) {
+    const uint64_t pick = j + rng.bounded(size - j, counter);
+    std::swap(slot[j], slot[pick]);
+    out[slot[j]] = true;
+  }
+}
+
+template <class T>
+struct CandidateScratch {
+  std::vector<T> values;
+  std::vector<uint8_t> masks;
+  std::vector<uint32_t> pool;
+};
+
+}  // namespace
+
+template <class T>
+void batch_candidates(const T* loss_a, const T* loss_b, size_t batch, const CandidateRule& ill,
+                      const CandidateRule& red, uint64_t seed, uint64_t stream, bool* ill_out, bool* red_out) {
+  for (const CandidateRule* rule : {&ill, &red}) {
+    if (!rule->by_threshold && rule->k > batch) {
+      throw std::invalid_argument("k=" + std::to_string(rule->k) + " exceeds the batch size " +
+                                  std::to_string(batch));
+    }
+    if (rule->by_threshold && std::isnan(rule->threshold)) throw std::invalid_argument("threshold is NaN");
+  }
+  check_finite(loss_a, batch, "loss_a");
+  check_finite(loss_b, batch, "loss_b");
+  thread_local CandidateScratch<T> scratch;  // reused: the schedule calls this once per batch
+  scratch.masks.resize(4 * batch);
+  uint8_t* ill_a = scratch.masks.data();
+  uint8_t* ill_b = ill_a + batch;
+  uint8_t* red_a = ill_b + batch;
+  uint8_t* red_b = red_a + batch;
+  direction_masks(loss_a, batch, ill, red, scratch.values, ill_a, red_a);
+  direction_masks(loss_b, batch, ill, red, scratch.values, ill_b, red_b);
+  combine_directions(ill_a, ill_b, batch, CounterRng(seed, stream, RngPurpose::kTopUpIll), scratch.pool, ill_out);
+  combine_directions(red_a, red_b, batch, CounterRng(seed, stream, RngPurpose::kTopUpRed), scratch.pool, red_out);
+}
+
+// ---------------------------------------------------------------- instantiations
+
+#define SCAN_FAST_ID_OPS(Id)                                              \
+  template void IndexSet::add<Id>(const Id*, size_t);                     \
+  template void IndexSet::discard<Id>(const Id*, size_t);                 \
+  template void IndexSet::contains<Id>(const Id*, size_t, bool*) const;
+SCAN_FAST_ID_OPS(int32_t)
+SCAN_FAST_ID_OPS(int64_t)
+SCAN_FAST_ID_OPS(uint32_t)
+SCAN_FAST_ID_OPS(uint64_t)
+#undef SCAN_FAST_ID_OPS
+
+#define SCAN_FAST_OUT_OPS(Out)                                                 \
+  template void IndexSet::to_array<Out>(Out*) const;                           \
+  template void IndexSet::complement<Out>(Out*) const;                         \
+  template void IndexSet::shuffled_complement<Out>(Out*, uint64_t, uint64_t) const;
+SCAN_FAST_OUT_OPS(uint32_t)
+SCAN_FAST_OUT_OPS(int64_t)
+#undef SCAN_FAST_OUT_OPS
+
+template void batch_candidates<float>(const float*, const float*, size_t, const CandidateRule&,
+                                      const CandidateRule&, uint64_t, uint64_t, bool*, bool*);
+template void batch_candidates<double>(const double*, const double*, size_t, const CandidateRule&,
+                                       const CandidateRule&, uint64_t, uint64_t, bool*, bool*);
+
+}  // namespace scan_fast
