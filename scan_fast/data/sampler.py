@@ -1,0 +1,55 @@
+"""`ScanSampler`: the kept ids of each epoch for a plain PyTorch DataLoader.
+
+Same ids in the same order as the FFCV loader built with the same scan, seed
+and rank (see `scan_fast.data.order`); call `set_epoch(epoch)` before each
+epoch, as with torch's DistributedSampler.
+"""
+from typing import Iterator, Optional
+
+import torch
+from torch.utils.data import Sampler
+
+from .order import KeptIdsSource, shard_length
+
+
+class ScanSampler(Sampler[int]):
+    """Yields this rank's share of `scan.epoch_indices(epoch)` (all ids when scan is None).
+
+    drop_last follows torch's DistributedSampler: with several ranks, True cuts
+    the permuted list to a multiple of world_size (what the FFCV loader does: no
+    id on two ranks); False pads it by repeating its head. With one rank it has
+    no effect. rank/world_size default to the initialised process group, if any.
+    """
+
+    def __init__(self, scan, dataset_len: int, shuffle: bool = True, seed: int = 0,
+                 rank: Optional[int] = None, world_size: Optional[int] = None,
+                 drop_last: bool = False):
+        if not isinstance(dataset_len, int) or dataset_len <= 0:
+            raise ValueError(f"dataset_len must be a positive int, got {dataset_len!r}")
+        rank, world_size = _resolve_rank(rank, world_size)
+        self.source = KeptIdsSource(scan, dataset_len, seed=seed, shuffle=shuffle,
+                                    rank=rank, world_size=world_size, pad=not drop_last)
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.source.order(self.epoch).tolist())
+
+    def __len__(self) -> int:
+        num_kept = len(self.source.kept(self.epoch))
+        world_size = self.source.world_size
+        if self.drop_last or world_size == 1:
+            return shard_length(num_kept, world_size)
+        return -(-num_kept // world_size)
+
+
+def _resolve_rank(rank, world_size):
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return (torch.distributed.get_rank() if rank is None else rank,
+                torch.distributed.get_world_size() if world_size is None else world_size)
+    return (0 if rank is None else rank), (1 if world_size is None else world_size)
