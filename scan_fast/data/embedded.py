@@ -1,0 +1,250 @@
+"""Embedded datasets, written to .beton without any download.
+
+digits: scikit-learn's bundled handwritten digits (1,797 real 8x8 images),
+    upsampled to RGB, captioned "a photo of the digit seven", with a
+    deterministic stratified held-out split for zero-shot / linear-probe eval.
+shapes: generated image-text pairs ("a small red circle in the top left") of
+    any size, with a chosen share of mismatched captions (ill-matched pairs)
+    and of near-duplicates (redundant pairs). The ground truth is saved beside
+    the .beton as <name>.truth.npz + <name>.truth.json. Images are rendered in
+    vectorised blocks on demand while writing, so memory stays flat at 1M+
+    samples. Same arguments, same bytes (with the default single writer).
+"""
+import json
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+from .schema import clip_fields, moco_fields
+from .tokenize import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
+from .writers import WriteSummary, write_samples
+
+KINDS = ("clip", "moco")
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGIT_TEMPLATE = "a photo of the digit {}"
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {
+    "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (240, 220, 30),
+    "purple": (140, 40, 180), "orange": (250, 140, 20), "cyan": (30, 210, 220), "pink": (250, 120, 190),
+}
+POSITIONS = ("top left", "top", "top right", "left", "center", "right",
+             "bottom left", "bottom", "bottom right")
+SIZES = ("small", "large")
+SHAPES_TEMPLATE = "a {size} {colour} {shape} in the {position}"
+
+
+def _check_kind(kind):
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def _fields(kind, context_length, image_kwargs):
+    if kind == "clip":
+        return clip_fields(context_length, with_labels=True, **image_kwargs)
+    return moco_fields(**image_kwargs)
+
+
+def _sample_maker(kind, images_of, tokens_of, label_of):
+    """make_sample(i) in field order without the id: CLIP (image, tokens, label), MoCo (image, label)."""
+    if kind == "clip":
+        return lambda i: (images_of(i), tokens_of(i), int(label_of(i)))
+    return lambda i: (images_of(i), int(label_of(i)))
+
+
+# --------------------------------------------------------------------------- digits
+
+def digits_arrays(resolution: int = 32):
+    """(images uint8 [1797, R, R, 3], labels int64) from sklearn's bundled digits."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    if not 8 <= resolution <= 512:
+        raise ValueError(f"resolution must be in [8, 512], got {resolution}")
+    digits = load_digits()
+    small = torch.from_numpy(digits.images.astype(np.float32) * (255.0 / 16.0))[:, None]
+    big = torch.nn.functional.interpolate(small, size=(resolution, resolution), mode="bilinear",
+                                          align_corners=False)
+    gray = big.round().clamp(0, 255).to(torch.uint8)[:, 0].numpy()
+    return np.repeat(gray[..., None], 3, axis=-1), digits.target.astype(np.int64)
+
+
+def split_held_out(labels: np.ndarray, test_fraction: float, seed: int):
+    """Deterministic stratified split -> (train ids, test ids), both sorted."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    rng = np.random.default_rng([seed, 1797])
+    test = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        test.append(rng.permutation(members)[: int(round(test_fraction * len(members)))])
+    test = np.sort(np.concatenate(test))
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    return train, test
+
+
+def write_digits(out_dir, kind: str = "clip", resolution: int = 32, test_fraction: float = 0.2,
+                 seed: int = 0, image_mode: str = "raw", jpeg_quality: int = 90,
+                 context_length: int = DEFAULT_CONTEXT_LENGTH, progress: bool = True) -> Dict[str, WriteSummary]:
+    """Write digits_train.beton, digits_test.beton and digits.classes.json into out_dir."""
+    _check_kind(kind)
+    images, labels = digits_arrays(resolution)
+    train, test = split_held_out(labels, test_fraction, seed)
+    tokenizer = CaptionTokenizer(context_length)
+    class_tokens = [tokenizer(DIGIT_TEMPLATE.format(name))[0] for name in DIGIT_NAMES]
+    fields = _fields(kind, context_length, dict(image_mode=image_mode, jpeg_quality=jpeg_quality))
+    out_dir = Path(out_dir)
+    summaries = {}
+    for split, ids in (("train", train), ("test", test)):
+        make = _sample_maker(kind, lambda i, ids=ids: images[ids[i]],
+                             lambda i, ids=ids: class_tokens[labels[ids[i]]],
+                             lambda i, ids=ids: labels[ids[i]])
+        summaries[split] = write_samples(out_dir / f"digits_{split}.beton", fields, len(ids), make,
+                                         max_image_bytes=images[0].nbytes, progress=progress)
+    (out_dir / "digits.classes.json").write_text(json.dumps(
+        {"classes": list(DIGIT_NAMES), "template": DIGIT_TEMPLATE,
+         "train_source_rows": train.tolist(), "test_source_rows": test.tolist()}))
+    return summaries
+
+
+# --------------------------------------------------------------------------- shapes
+
+class ShapesGenerator:
+    """Attributes for all samples up front (a few bytes each), pixels rendered per block."""
+
+    def __init__(self, num_samples: int, resolution: int = 32, mismatch_fraction: float = 0.1,
+                 duplicate_fraction: float = 0.1, seed: int = 0):
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        if not 16 <= resolution <= 1024:
+            raise ValueError(f"resolution must be in [16, 1024], got {resolution}")
+        for name, value in (("mismatch_fraction", mismatch_fraction),
+                            ("duplicate_fraction", duplicate_fraction)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        self.num_samples, self.resolution, self.seed = num_samples, resolution, seed
+        self.mismatch_fraction, self.duplicate_fraction = mismatch_fraction, duplicate_fraction
+        self.block = int(np.clip(2 ** 22 // resolution ** 2, 16, 1024))
+        self._palette = np.array(list(COLOURS.values()), dtype=np.float32)
+        self._make_attributes()
+        self._cached_block = (None, None)
+
+    def _make_attributes(self):
+        n, rng = self.num_samples, np.random.default_rng([self.seed, 0])
+        self.shape = rng.integers(0, len(SHAPES), n)
+        self.colour = rng.integers(0, len(COLOURS), n)
+        self.position = rng.integers(0, len(POSITIONS), n)
+        self.size = rng.integers(0, len(SIZES), n)
+        self.offset = rng.uniform(-0.1, 0.1, (n, 2)).astype(np.float32)  # of a grid cell
+        self.background = rng.uniform(90, 160, n).astype(np.float32)
+
+        # Near-duplicates copy an earlier original's attributes, slightly moved and recoloured.
+        is_dup = rng.random(n) < self.duplicate_fraction
+        is_dup[0] = False
+        originals = np.flatnonzero(~is_dup)
+        dup_ids = np.flatnonzero(is_dup)
+        earlier = np.searchsorted(originals, dup_ids)  # originals before each duplicate (>= 1)
+        src = originals[(rng.random(dup_ids.size) * earlier).astype(np.int64)]
+        self.duplicate_of = np.full(n, -1, dtype=np.int64)
+        self.duplicate_of[dup_ids] = src
+        for attr in ("shape", "colour", "position", "size", "background"):
+            getattr(self, attr)[dup_ids] = getattr(self, attr)[src]
+        self.offset[dup_ids] = self.offset[src] + rng.uniform(-0.03, 0.03, (dup_ids.size, 2))
+        self.tint = np.zeros((n, 3), dtype=np.float32)
+        self.tint[dup_ids] = rng.uniform(-10, 10, (dup_ids.size, 3))
+
+        # Mismatched captions describe another shape in another colour.
+        self.mismatched = rng.random(n) < self.mismatch_fraction
+        self.caption_shape = self.shape.copy()
+        self.caption_colour = self.colour.copy()
+        self.caption_position = self.position.copy()
+        bad = np.flatnonzero(self.mismatched)
+        self.caption_shape[bad] = (self.shape[bad] + rng.integers(1, len(SHAPES), bad.size)) % len(SHAPES)
+        self.caption_colour[bad] = (self.colour[bad] + rng.integers(1, len(COLOURS), bad.size)) % len(COLOURS)
+        self.caption_position[bad] = rng.integers(0, len(POSITIONS), bad.size)
+
+    def caption(self, i: int) -> str:
+        return SHAPES_TEMPLATE.format(size=SIZES[self.size[i]], colour=list(COLOURS)[self.caption_colour[i]],
+                                      shape=SHAPES[self.caption_shape[i]],
+                                      position=POSITIONS[self.caption_position[i]])
+
+    def label(self, i: int) -> int:
+        """Class of the image (not the caption): shape x colour, 24 classes."""
+        return int(self.shape[i] * len(COLOURS) + self.colour[i])
+
+    def image(self, i: int) -> np.ndarray:
+        b = i // self.block
+        if self._cached_block[0] != b:
+            self._cached_block = (b, self.render(b * self.block, min(self.num_samples, (b + 1) * self.block)))
+        return self._cached_block[1][i - b * self.block]
+
+    def render(self, start: int, stop: int) -> np.ndarray:
+        """Images of ids [start, stop) as uint8 [B, R, R, 3]; noise seeded by (seed, block)."""
+        r, ids = self.resolution, np.arange(start, stop)
+        cell = r / 3.0
+        row, col = np.divmod(self.position[ids], 3)
+        cx = (col + 0.5 + self.offset[ids, 0]) * cell
+        cy = (row + 0.5 + self.offset[ids, 1]) * cell
+        radius = np.where(self.size[ids] == 1, 0.45, 0.28) * cell
+        grid = np.arange(r, dtype=np.float32) + 0.5
+        dx = grid[None, None, :] - cx[:, None, None]
+        dy = grid[None, :, None] - cy[:, None, None]
+        rad = radius[:, None, None]
+        circle = dx * dx + dy * dy <= rad * rad
+        square = np.maximum(np.abs(dx), np.abs(dy)) <= 0.85 * rad
+        triangle = (np.abs(dy) <= rad) & (np.abs(dx) <= 0.5 * (dy + rad))
+        shape = self.shape[ids][:, None, None]
+        mask = np.where(shape == 0, circle, np.where(shape == 1, square, triangle))
+        rng = np.random.default_rng([self.seed, 1, start])
+        pixels = self.background[ids][:, None, None, None] + rng.normal(0, 6, (len(ids), r, r, 1))
+        colour = self._palette[self.colour[ids]] + self.tint[ids]
+        pixels = np.where(mask[..., None], colour[:, None, None, :], pixels)
+        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+    def truth(self) -> Dict[str, np.ndarray]:
+        return {"mismatched": self.mismatched, "duplicate_of": self.duplicate_of,
+                "shape": self.shape, "colour": self.colour, "position": self.position,
+                "size": self.size, "caption_shape": self.caption_shape,
+                "caption_colour": self.caption_colour, "caption_position": self.caption_position}
+
+
+def write_shapes(target, num_samples: int = 10_000, kind: str = "clip", resolution: int = 32,
+                 mismatch_fraction: float = 0.1, duplicate_fraction: float = 0.1, seed: int = 0,
+                 image_mode: str = "jpg", jpeg_quality: int = 90,
+                 context_length: int = DEFAULT_CONTEXT_LENGTH, num_workers: int = 1,
+                 progress: bool = True) -> WriteSummary:
+    """Write the shapes dataset plus <target minus .beton>.truth.npz / .truth.json."""
+    _check_kind(kind)
+    gen = ShapesGenerator(num_samples, resolution, mismatch_fraction, duplicate_fraction, seed)
+    tokenizer = CaptionTokenizer(context_length)
+    make = _sample_maker(kind, gen.image, lambda i: tokenizer(gen.caption(i))[0], gen.label)
+    fields = _fields(kind, context_length, dict(image_mode=image_mode, jpeg_quality=jpeg_quality))
+    summary = write_samples(target, fields, num_samples, make, max_image_bytes=resolution ** 2 * 3,
+                            num_workers=num_workers, progress=progress)
+    stem = _truth_stem(target)
+    truth = gen.truth()
+    np.savez_compressed(f"{stem}.truth.npz", **truth)
+    meta = {"num_samples": num_samples, "resolution": resolution, "seed": seed,
+            "mismatch_fraction": mismatch_fraction, "duplicate_fraction": duplicate_fraction,
+            "num_mismatched": int(truth["mismatched"].sum()),
+            "num_duplicates": int((truth["duplicate_of"] >= 0).sum()),
+            "template": SHAPES_TEMPLATE, "shapes": list(SHAPES), "colours": list(COLOURS),
+            "positions": list(POSITIONS), "sizes": list(SIZES),
+            "label": "shape * len(colours) + colour"}
+    Path(f"{stem}.truth.json").write_text(json.dumps(meta, indent=1))
+    return summary
+
+
+def _truth_stem(target) -> str:
+    target = str(target)
+    return target[: -len(".beton")] if target.endswith(".beton") else target
+
+
+def load_shapes_truth(target) -> Dict[str, np.ndarray]:
+    """The ground truth saved by write_shapes for `target` (arrays indexed by sample id)."""
+    path = Path(f"{_truth_stem(target)}.truth.npz")
+    if not path.is_file():
+        raise FileNotFoundError(f"no ground truth at {path}; was {target} written by write_shapes?")
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
