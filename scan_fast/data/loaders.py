@@ -1,0 +1,138 @@
+"""FFCV loaders whose every epoch reads exactly the ids a pruning schedule keeps.
+
+`clip_loader` / `moco_loader` build a `ScanLoader` (an ffcv Loader) with a
+traversal order that asks `scan.epoch_indices(epoch)` at the start of each
+epoch (all ids when scan is None): a (seed, epoch)-seeded permutation, an
+equal-length shard per rank under distributed=True (remainder dropped, so no
+id is on two ranks), and `len(loader)` / drop_last computed from that epoch's
+list. Switching to a new list costs one validation pass over it; the .beton
+is never rewritten and the loader never rebuilt.
+"""
+from typing import Optional, Tuple
+
+import torch
+from ffcv.loader import Loader
+from ffcv.loader.loader import ORDER_MAP
+
+from .order import KeptIdsSource, OrderFactory
+from .pipelines import clip_pipelines, moco_pipelines
+from .sampler import _resolve_rank
+from .schema import check_beton
+
+
+class ScanLoader(Loader):
+    """ffcv Loader whose length and drop_last follow each epoch's kept list.
+
+    ffcv fixes len() from the order of the first epoch; here the order of the
+    epoch about to run (or running) is used: `set_epoch(e)` selects it ahead
+    of time (e.g. to size a learning-rate schedule), and `iter()` refreshes it.
+    """
+
+    output_order: Optional[Tuple[int, ...]] = None  # reorders ffcv's outputs when set
+
+    def set_epoch(self, epoch: int) -> None:
+        self.next_epoch = int(epoch)
+        self.first_traversal_order = self.next_traversal_order()
+
+    def __iter__(self):
+        self.first_traversal_order = self.next_traversal_order()
+        batches = super().__iter__()
+        return batches if self.output_order is None else _Reordered(batches, self.output_order)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iter() runs."""
+        return self.next_epoch
+
+
+class _Reordered:
+    def __init__(self, batches, order):
+        self.batches, self.order = batches, order
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.batches)
+        return tuple(batch[i] for i in self.order)
+
+    def close(self):
+        self.batches.close()
+
+
+def _check_common(batch_size, num_workers):
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
+
+
+def build_loader(path, batch_size: int, pipelines, required_fields, scan=None, seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = True, distributed: bool = False,
+                 rank: Optional[int] = None, world_size: Optional[int] = None, num_workers: int = 2,
+                 os_cache: bool = True, batches_ahead: int = 3) -> ScanLoader:
+    """A ScanLoader over `path` with the given per-field pipelines (fields not named are skipped)."""
+    _check_common(batch_size, num_workers)
+    path = str(path)
+    info = check_beton(path, required_fields)
+    if distributed:
+        rank, world_size = _resolve_rank(rank, world_size)
+    elif rank not in (None, 0) or world_size not in (None, 1):
+        raise ValueError(f"rank={rank}, world_size={world_size} given without distributed=True")
+    else:
+        rank, world_size = 0, 1
+    source = KeptIdsSource(scan, info["num_samples"], seed=seed, shuffle=shuffle, rank=rank,
+                           world_size=world_size)
+    key = OrderFactory(source)
+    # ffcv 1.0.2 accepts custom orders only through its ORDER_MAP registry.
+    ORDER_MAP[key] = key
+    try:
+        loader = ScanLoader(path, batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
+                            order=key, distributed=distributed, seed=seed, pipelines=pipelines,
+                            drop_last=drop_last, batches_ahead=batches_ahead)
+    finally:
+        del ORDER_MAP[key]
+    return loader
+
+
+def _disable_other_fields(path, pipelines):
+    from ffcv.reader import Reader
+
+    return {**{name: None for name in Reader(str(path)).handlers}, **pipelines}
+
+
+def clip_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed: int = 0,
+                shuffle: bool = True, drop_last: bool = True, distributed: bool = False,
+                rank: Optional[int] = None, world_size: Optional[int] = None, device="cpu",
+                augment: bool = True, flip: bool = True, crop_scale: Tuple[float, float] = (0.9, 1.0),
+                with_labels: bool = False, num_workers: int = 2, os_cache: bool = True,
+                batches_ahead: int = 3) -> ScanLoader:
+    """Batches of (images float [B,3,R,R], tokens int32 [B,ctx], ids int64 [B][, labels])."""
+    required = ("image", "tokens", "id") + (("label",) if with_labels else ())
+    check_beton(path, required)
+    pipes = clip_pipelines(resolution, device=device, augment=augment, flip=flip,
+                           crop_scale=crop_scale, with_labels=with_labels)
+    return build_loader(path, batch_size, _disable_other_fields(path, pipes), required, scan=scan,
+                        seed=seed, shuffle=shuffle, drop_last=drop_last, distributed=distributed,
+                        rank=rank, world_size=world_size, num_workers=num_workers,
+                        os_cache=os_cache, batches_ahead=batches_ahead)
+
+
+def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed: int = 0,
+                shuffle: bool = True, drop_last: bool = True, distributed: bool = False,
+                rank: Optional[int] = None, world_size: Optional[int] = None, device="cpu",
+                augment: bool = True, crop_scale: Tuple[float, float] = (0.08, 1.0),
+                blur_sigma: Tuple[float, float] = (0.1, 2.0), num_workers: int = 2,
+                os_cache: bool = True, batches_ahead: int = 3) -> ScanLoader:
+    """Batches of (view1, view2, labels, ids) with augment=True, (images, labels, ids) without."""
+    required = ("image", "label", "id")
+    check_beton(path, required)
+    pipes = moco_pipelines(resolution, device=device, augment=augment, crop_scale=crop_scale,
+                           blur_sigma=blur_sigma)
+    loader = build_loader(path, batch_size, _disable_other_fields(path, pipes), required, scan=scan,
+                          seed=seed, shuffle=shuffle, drop_last=drop_last, distributed=distributed,
+                          rank=rank, world_size=world_size, num_workers=num_workers,
+                          os_cache=os_cache, batches_ahead=batches_ahead)
+    if augment:
+        loader.output_order = (0, 3, 1, 2)  # ffcv yields (view1, label, id, view2)
+    return loader

@@ -1,0 +1,79 @@
+"""Per-field FFCV pipelines for CLIP and MoCo v3 (one list of operations per output).
+
+CLIP:  image -> random-resized-crop decode, flip, to tensor/device, CHW, normalise
+       tokens -> int32 (B, context) on device; id (and label) -> int64 (B,) on CPU
+MoCo:  two outputs read the same stored image with independent random crops and
+       augmentations: crop (scale 0.08-1), flip, colour jitter (p 0.8), grayscale
+       (p 0.2), blur (p 1.0 / 0.1), solarise (p 0 / 0.2), normalise; label; id.
+       Left out versus MoCo v3's torchvision recipe: colour jitter applies its four
+       factors in a fixed order (torchvision shuffles it), and blur is a true
+       Gaussian (PIL's GaussianBlur is an iterated box filter).
+With augment=False images are centre-cropped and resized only (evaluation, and
+the exact read-back path used by the round-trip tests).
+"""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.ndarray import NDArrayDecoder
+from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+from ffcv.pipeline import PipelineSpec
+from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+
+from .augment import (IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+                      MocoViewAugment, Normalize)
+
+
+def _check_resolution(resolution):
+    if not isinstance(resolution, int) or resolution < 8:
+        raise ValueError(f"resolution must be an int >= 8, got {resolution!r}")
+
+
+def _image_decoder(resolution: int, augment: bool, crop_scale: Tuple[float, float]):
+    if augment:
+        return RandomResizedCropRGBImageDecoder((resolution, resolution), scale=crop_scale)
+    return CenterCropRGBImageDecoder((resolution, resolution), ratio=1.0)
+
+
+def _image_ops(resolution, augment, crop_scale, flip, device, finish: torch.nn.Module) -> List:
+    ops = [_image_decoder(resolution, augment, crop_scale)]
+    if augment and flip:
+        ops.append(RandomHorizontalFlip())
+    return ops + [ToTensor(), ToDevice(torch.device(device), non_blocking=True), ToTorchImage(), finish]
+
+
+def _int_ops() -> List:
+    return [IntDecoder(), ToTensor(), Squeeze(1)]
+
+
+def clip_pipelines(resolution: int = 224, device="cpu", augment: bool = True, flip: bool = True,
+                   crop_scale: Tuple[float, float] = (0.9, 1.0), with_labels: bool = False,
+                   mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> Dict[str, Optional[List]]:
+    """Pipelines for (image, tokens, id[, label]). open_clip's crop scale is (0.9, 1.0);
+    pass flip=False for captions that name left and right (the shapes dataset)."""
+    _check_resolution(resolution)
+    return {
+        "image": _image_ops(resolution, augment, crop_scale, flip, device, Normalize(mean, std)),
+        "tokens": [NDArrayDecoder(), ToTensor(), ToDevice(torch.device(device), non_blocking=True)],
+        "id": _int_ops(),
+        "label": _int_ops() if with_labels else None,
+    }
+
+
+def moco_pipelines(resolution: int = 224, device="cpu", augment: bool = True,
+                   crop_scale: Tuple[float, float] = (0.08, 1.0),
+                   blur_sigma: Tuple[float, float] = (0.1, 2.0),
+                   mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Dict[str, Optional[object]]:
+    """Pipelines for (view1, view2, label, id); both views read the stored `image`."""
+    _check_resolution(resolution)
+    if not augment:
+        plain = _image_ops(resolution, False, crop_scale, False, device, Normalize(mean, std))
+        return {"image": plain, "label": _int_ops(), "id": _int_ops()}
+    views = {}
+    for name, blur_p, solarize_p in (("image", 1.0, 0.0), ("view2", 0.1, 0.2)):
+        augment_op = MocoViewAugment(blur_p=blur_p, blur_sigma=blur_sigma, solarize_p=solarize_p,
+                                     mean=mean, std=std)
+        ops = _image_ops(resolution, True, crop_scale, True, device, augment_op)
+        views[name] = PipelineSpec("image", decoder=ops[0], transforms=ops[1:])
+    # ffcv emits stored fields in file order, then extra outputs: (view1, label, id, view2).
+    return {"image": views["image"], "label": _int_ops(), "id": _int_ops(), "view2": views["view2"]}
