@@ -33,12 +33,133 @@ def _run_demo(args):
     )
 
 
+def _add_image_flags(p, mode="jpg", max_resolution=256):
+    g = p.add_argument_group("images")
+    g.add_argument("--image-mode", choices=("jpg", "raw"), default=mode,
+                   help="store images as JPEG or raw pixels")
+    g.add_argument("--jpeg-quality", type=int, default=90)
+    if max_resolution is not False:
+        g.add_argument("--max-resolution", type=int, default=max_resolution,
+                       help="resize so the longer side is at most this many pixels")
+
+
+def _add_write_flags(p):
+    g = p.add_argument_group("writing")
+    g.add_argument("--strict", action="store_true",
+                   help="stop at the first bad row instead of skipping it (nothing is written)")
+    g.add_argument("--num-workers", type=int, default=None, help="writer processes (default: all cores)")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_data_parser(sub):
+    p = sub.add_parser("data", help="write datasets to .beton files for the FFCV loaders",
+                       description="Write CLIP or MoCo datasets, or the embedded ones, to .beton.")
+    kinds = p.add_subparsers(dest="data_command", metavar="KIND", required=True)
+
+    clip = kinds.add_parser("clip", help="image-text pairs from a caption table or webdataset shards")
+    src = clip.add_mutually_exclusive_group(required=True)
+    src.add_argument("--table", help="CSV/TSV/JSONL with an image path and a caption per row")
+    src.add_argument("--webdataset", nargs="+", help="tar shards, a folder of them, or a glob")
+    clip.add_argument("--out", required=True, help="target .beton")
+    clip.add_argument("--image-root", help="folder that table image paths are relative to")
+    clip.add_argument("--image-column", help="table column holding the image path")
+    clip.add_argument("--caption-column", help="table column holding the caption")
+    clip.add_argument("--context-length", type=int, default=77)
+    _add_image_flags(clip)
+    _add_write_flags(clip)
+    clip.set_defaults(run=_run_data_clip)
+
+    moco = kinds.add_parser("moco", help="labelled images from an ImageFolder tree (root/class/image)")
+    moco.add_argument("--image-folder", required=True)
+    moco.add_argument("--out", required=True, help="target .beton")
+    _add_image_flags(moco)
+    _add_write_flags(moco)
+    moco.set_defaults(run=_run_data_moco)
+
+    digits = kinds.add_parser("digits", help="scikit-learn's bundled digits with a held-out split")
+    digits.add_argument("--out", required=True, help="folder for digits_{train,test}.beton")
+    digits.add_argument("--kind", choices=("clip", "moco"), default="clip")
+    digits.add_argument("--resolution", type=int, default=32)
+    digits.add_argument("--test-fraction", type=float, default=0.2)
+    digits.add_argument("--seed", type=int, default=0)
+    digits.add_argument("--context-length", type=int, default=77)
+    digits.add_argument("--no-progress", action="store_true")
+    _add_image_flags(digits, mode="raw", max_resolution=False)
+    digits.set_defaults(run=_run_data_digits)
+
+    shapes = kinds.add_parser("shapes", help="generated shape/caption pairs with known noise")
+    shapes.add_argument("--out", required=True, help="target .beton (ground truth goes beside it)")
+    shapes.add_argument("--kind", choices=("clip", "moco"), default="clip")
+    shapes.add_argument("--num-samples", type=int, default=10_000)
+    shapes.add_argument("--resolution", type=int, default=32)
+    shapes.add_argument("--mismatch-fraction", type=float, default=0.1)
+    shapes.add_argument("--duplicate-fraction", type=float, default=0.1)
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--context-length", type=int, default=77)
+    shapes.add_argument("--num-workers", type=int, default=1,
+                        help="writer processes; 1 keeps the bytes reproducible")
+    shapes.add_argument("--no-progress", action="store_true")
+    _add_image_flags(shapes, max_resolution=False)
+    shapes.set_defaults(run=_run_data_shapes)
+
+
+def _image_kwargs(args):
+    kwargs = dict(image_mode=args.image_mode, jpeg_quality=args.jpeg_quality)
+    if hasattr(args, "max_resolution"):
+        kwargs["max_resolution"] = args.max_resolution
+    return kwargs
+
+
+def _run_data_clip(args):
+    from scan_fast.data import write_clip_from_table, write_clip_from_webdataset
+
+    common = dict(context_length=args.context_length, strict=args.strict,
+                  num_workers=args.num_workers, progress=not args.no_progress, **_image_kwargs(args))
+    if args.table:
+        summary = write_clip_from_table(args.table, args.out, image_root=args.image_root,
+                                        image_column=args.image_column,
+                                        caption_column=args.caption_column, **common)
+    else:
+        summary = write_clip_from_webdataset(args.webdataset, args.out, **common)
+    print(summary)
+
+
+def _run_data_moco(args):
+    from scan_fast.data import write_moco_from_image_folder
+
+    print(write_moco_from_image_folder(args.image_folder, args.out, strict=args.strict,
+                                       num_workers=args.num_workers,
+                                       progress=not args.no_progress, **_image_kwargs(args)))
+
+
+def _run_data_digits(args):
+    from scan_fast.data import write_digits
+
+    summaries = write_digits(args.out, kind=args.kind, resolution=args.resolution,
+                             test_fraction=args.test_fraction, seed=args.seed,
+                             context_length=args.context_length, progress=not args.no_progress,
+                             **_image_kwargs(args))
+    for summary in summaries.values():
+        print(summary)
+
+
+def _run_data_shapes(args):
+    from scan_fast.data import write_shapes
+
+    print(write_shapes(args.out, num_samples=args.num_samples, kind=args.kind,
+                       resolution=args.resolution, mismatch_fraction=args.mismatch_fraction,
+                       duplicate_fraction=args.duplicate_fraction, seed=args.seed,
+                       context_length=args.context_length, num_workers=args.num_workers,
+                       progress=not args.no_progress, **_image_kwargs(args)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scan-fast", description="Fast SCAN dataset pruning for contrastive pre-training."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_demo_parser(sub)
+    add_data_parser(sub)
     return parser
 
 
