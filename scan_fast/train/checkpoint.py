@@ -1,0 +1,99 @@
+"""Checkpoints: one dict of state_dicts, written atomically, read with weights_only=True.
+
+A checkpoint holds the model, optimizer, AMP scaler, pruning schedule, the
+epoch to resume at and the global step (the LR is a function of the epoch
+position, so nothing else is needed for it), every random generator (Python,
+numpy, torch CPU and CUDA), the run's config and its per-epoch history. Only
+tensors and plain Python values go in, so `torch.load(weights_only=True)`
+reads it back.
+"""
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+
+FORMAT = "scan-fast-checkpoint-v1"
+
+
+def rng_state() -> dict:
+    version, mt_state, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": [version, list(mt_state), gauss],
+        "numpy": [np_kind, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss),
+                  float(np_gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, *, model, optimizer, scaler, schedule, epoch: int, global_step: int, config: dict,
+                    history: list) -> None:
+    """Write the checkpoint to a temporary file beside `path`, then rename it over `path`."""
+    path = os.fspath(path)
+    state = {
+        "format": FORMAT,
+        "epoch": int(epoch),          # the next epoch to train
+        "global_step": int(global_step),
+        "model": _unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "schedule": schedule.state_dict(),
+        "rng": rng_state(),
+        "config": dict(config),
+        "history": list(history),
+    }
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """The checkpoint dict; ValueError naming the file if it is not one of ours."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated file, foreign pickle: say which file
+        raise ValueError(f"--resume: {path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"--resume: {path} is not a scan-fast checkpoint")
+    return state
+
+
+def restore(state: dict, *, model, optimizer, scaler, schedule) -> None:
+    """Load every part of `state` into the live objects and the random generators."""
+    _unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    schedule.load_state_dict(state["schedule"])
+    set_rng_state(state["rng"])
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model

@@ -1,0 +1,69 @@
+"""`train_clip(config)`: CLIP pre-training with SCAN (or a baseline) on an FFCV .beton."""
+import os
+
+import numpy as np
+
+from scan_fast.train.clip_model import Clip
+from scan_fast.train.config import ClipConfig
+from scan_fast.train.run import fit, make_schedule, seed_everything, setup_runtime
+
+
+def beton_context_length(path) -> int:
+    """Token length stored in a CLIP .beton (the model's context length follows it)."""
+    from ffcv.reader import Reader
+
+    return int(Reader(str(path)).handlers["tokens"].shape[0])
+
+
+def _unpack(batch):
+    images, tokens, ids = batch[:3]
+    return (images, tokens.long()), ids
+
+
+def train_clip(cfg: ClipConfig) -> dict:
+    from scan_fast.data import check_beton, clip_loader
+
+    cfg.validate()
+    info = check_beton(cfg.train_data, ("image", "tokens", "id"))
+    if cfg.val_data is not None:
+        check_beton(cfg.val_data, ("image", "tokens", "id", "label"))
+    runtime = setup_runtime(cfg.device)
+    seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
+    num_samples = info["num_samples"]
+    if num_samples < cfg.batch_size * runtime.world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} x {runtime.world_size} rank(s) is more than the "
+                         f"{num_samples} samples of {cfg.train_data}")
+    model = Clip(cfg.model, context_length=beton_context_length(cfg.train_data), rank=runtime.rank,
+                 world_size=runtime.world_size)
+    schedule = make_schedule(cfg, num_samples)
+    # Captions of the embedded shapes name left and right: never flip.
+    loader = clip_loader(cfg.train_data, cfg.batch_size, model.image_size, scan=schedule, seed=cfg.seed,
+                         distributed=runtime.world_size > 1, rank=runtime.rank, world_size=runtime.world_size,
+                         device=runtime.device, augment=cfg.augment, flip=False, num_workers=cfg.workers)
+    evaluate = None
+    if cfg.val_data is not None:
+        evaluate = _zero_shot(cfg, model, runtime.device)
+    truth = _mismatch_truth(cfg.train_data)
+    return fit(cfg, kind="clip", model=model, loader=loader, schedule=schedule, unpack=_unpack,
+               num_samples=num_samples, runtime=runtime, evaluate=evaluate,
+               after_step=model.clamp_logit_scale, truth_mismatched=truth)
+
+
+def _zero_shot(cfg, model, device):
+    from scan_fast.data import clip_loader
+    from scan_fast.train.evaluate import class_prompts, zero_shot_accuracy
+
+    _names, prompts = class_prompts(cfg.val_data, cfg.zeroshot_classes, cfg.zeroshot_template)
+    val_loader = clip_loader(cfg.val_data, 256, model.image_size, shuffle=False, drop_last=False, device=device,
+                             augment=False, with_labels=True, num_workers=cfg.workers)
+    return lambda: zero_shot_accuracy(model, val_loader, prompts, device)
+
+
+def _mismatch_truth(train_data):
+    """Injected-mismatch flags of an embedded shapes set, or None for other data."""
+    stem = train_data[: -len(".beton")] if train_data.endswith(".beton") else train_data
+    if not os.path.isfile(f"{stem}.truth.npz"):
+        return None
+    from scan_fast.data import load_shapes_truth
+
+    return np.asarray(load_shapes_truth(train_data)["mismatched"], dtype=bool)

@@ -1,0 +1,98 @@
+"""CLIP for SCAN: any open_clip model by name, randomly initialised, with per-sample losses.
+
+`Clip` wraps the open_clip model and `scan_fast.ClipLoss`; its forward returns
+the two per-sample loss vectors (image-to-text, text-to-image) of this rank's
+rows, which the loop reduces (with per-sample weights for InfoBatch) and hands
+to the pruning schedule. Nothing is downloaded: weights start random.
+"""
+import json
+import os
+import tempfile
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from scan_fast.ops import ClipLoss
+
+# A ViT + text transformer small enough to train in minutes on 2 CPU cores
+# (32 px images, 16 tokens); registered with open_clip under this name.
+TINY_CLIP = "scan-tiny-vit"
+TINY_CLIP_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "mlp_ratio": 2.0,
+                   "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2,
+                 "mlp_ratio": 2.0},
+}
+_REGISTERED = {}
+
+
+def register_model_config(name: str, config: dict) -> None:
+    """Make `name` known to open_clip (through its public add_model_config)."""
+    import open_clip
+
+    if _REGISTERED.get(name) == config and name in open_clip.list_models():
+        return
+    folder = os.path.join(tempfile.gettempdir(), f"scan_fast_model_configs_{os.getpid()}")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    open_clip.add_model_config(path)
+    _REGISTERED[name] = config
+
+
+def known_models():
+    import open_clip
+
+    register_model_config(TINY_CLIP, TINY_CLIP_CONFIG)
+    return open_clip.list_models()
+
+
+def create_open_clip(model_name: str, context_length: Optional[int] = None, image_size: Optional[int] = None):
+    """open_clip model `model_name` with random weights; ValueError naming close matches if unknown."""
+    import open_clip
+
+    names = known_models()
+    if model_name not in names:
+        close = [n for n in names if model_name.lower()[:4] in n.lower()][:8]
+        hint = f"; similar: {', '.join(close)}" if close else f"; e.g. {TINY_CLIP}, ViT-B-32, RN50"
+        raise ValueError(f"--model {model_name!r} is not an open_clip model config{hint}")
+    return open_clip.create_model(model_name, pretrained=None, load_weights=False,
+                                  force_context_length=context_length, force_image_size=image_size)
+
+
+class Clip(nn.Module):
+    """open_clip model + per-sample CLIP loss. forward -> (loss_i2t, loss_t2i) of this rank's rows."""
+
+    def __init__(self, model_name: str = TINY_CLIP, context_length: Optional[int] = None,
+                 image_size: Optional[int] = None, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.model = create_open_clip(model_name, context_length, image_size)
+        self.context_length = self.model.context_length
+        self.image_size = _image_size(self.model)
+        # local_loss + gather_with_grad: each rank's rows against all columns, as
+        # open_clip_train recommends for DDP; per-sample losses stay per rank.
+        self.loss = ClipLoss(local_loss=world_size > 1, gather_with_grad=world_size > 1, rank=rank,
+                             world_size=world_size)
+
+    def encode(self, images: torch.Tensor, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_image(images, normalize=True), self.model.encode_text(tokens, normalize=True)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        image_features, text_features = self.encode(images, tokens)
+        loss_i2t, loss_t2i, local = self.loss.per_sample(image_features, text_features, self.model.logit_scale.exp())
+        return loss_i2t[local], loss_t2i[local]
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """As open_clip_train: keep the temperature at most 100 (logit_scale <= ln 100)."""
+        self.model.logit_scale.clamp_(0, 4.6052)
+
+
+def _image_size(model) -> int:
+    size = getattr(model.visual, "image_size", None)
+    if isinstance(size, (tuple, list)):
+        size = size[0]
+    return int(size) if size is not None else 224

@@ -1,0 +1,136 @@
+"""One config dataclass per trainer; `validate()` names the flag of any bad value or combination.
+
+Field names follow open_clip_train (model, train_data, batch_size, lr, wd,
+beta1, beta2, eps, precision, workers, logs, name, resume, seed, ...) and MoCo
+v3's main_moco.py (moco_m, moco_t, moco_dim, moco_mlp_dim, arch) where they
+mean the same; `warmup_epochs` is in epochs because pruned epochs vary in steps.
+"""
+import math
+from dataclasses import dataclass, fields
+from typing import Optional
+
+PRUNE_MODES = ("scan", "none", "random", "infobatch", "static")
+SCAN_TARGETS = ("both", "redundant", "ill_matched")
+PRECISIONS = ("amp", "amp_bf16", "fp32")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class TrainConfig:
+    """What both trainers share: data, optimisation, pruning and the run."""
+    train_data: str = ""
+    val_data: Optional[str] = None
+    batch_size: int = 128
+    workers: int = 2
+    epochs: int = 10
+    lr: float = 5e-4
+    wd: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_epochs: float = 1.0
+    grad_clip_norm: Optional[float] = None
+    precision: str = "amp"  # AMP on GPU; CPU always runs fp32
+    device: str = "auto"
+    seed: int = 0
+    augment: bool = False
+    # pruning
+    prune: str = "scan"
+    rho_ill: float = 0.35
+    rho_red: float = 0.35
+    t_cos: int = 3
+    prune_threshold: float = 0.3
+    prune_target: str = "both"
+    abs_ill: Optional[float] = None
+    abs_red: Optional[float] = None
+    coreset: Optional[str] = None          # --prune static: id list (.txt or .npy)
+    prune_counts: Optional[str] = None     # --prune random: a SCAN run's epochs.csv to match
+    infobatch_ratio: float = 0.5
+    infobatch_delta: float = 0.875
+    # run
+    logs: str = "runs"
+    name: Optional[str] = None
+    resume: Optional[str] = None
+    save_frequency: int = 1
+    eval_frequency: int = 0   # evaluate every N epochs; 0: only after the last
+    tensorboard: bool = True
+    progress: bool = True
+    stop_after_step: Optional[int] = None  # stop (as if killed) after this global step
+
+    def validate(self) -> "TrainConfig":
+        if not self.train_data:
+            raise ValueError("--train-data is required: the .beton to train on")
+        for name in ("batch_size", "workers", "epochs", "t_cos", "save_frequency"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{_flag(name)} must be a positive integer, got {value!r}")
+        if self.eval_frequency < 0:
+            raise ValueError(f"--eval-frequency must be >= 0, got {self.eval_frequency}")
+        for name in ("lr", "wd", "eps", "warmup_epochs"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{_flag(name)} must be a finite number >= 0, got {value!r}")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"--warmup-epochs {self.warmup_epochs} is longer than --epochs {self.epochs}")
+        for name in ("beta1", "beta2", "rho_ill", "rho_red"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{_flag(name)} must be in [0, 1], got {getattr(self, name)!r}")
+        if self.rho_ill + self.rho_red > 1.0 + 1e-12:
+            raise ValueError(f"--rho-ill + --rho-red must be <= 1, got {self.rho_ill} + {self.rho_red}")
+        if not 0.0 <= self.infobatch_ratio < 1.0:
+            raise ValueError(f"--infobatch-ratio must be in [0, 1), got {self.infobatch_ratio}")
+        if not 0.0 <= self.infobatch_delta <= 1.0:
+            raise ValueError(f"--infobatch-delta must be in [0, 1], got {self.infobatch_delta}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.prune not in PRUNE_MODES:
+            raise ValueError(f"--prune must be one of {PRUNE_MODES}, got {self.prune!r}")
+        if self.prune_target not in SCAN_TARGETS:
+            raise ValueError(f"--prune-target must be one of {SCAN_TARGETS}, got {self.prune_target!r}")
+        if (self.prune == "static") != (self.coreset is not None):
+            raise ValueError("--prune static needs --coreset FILE, and --coreset is only used with --prune static"
+                             f" (got --prune {self.prune}, --coreset {self.coreset})")
+        if self.prune_counts is not None and self.prune != "random":
+            raise ValueError(f"--prune-counts only applies to --prune random (got --prune {self.prune})")
+        if self.prune not in ("scan", "random") and (self.abs_ill is not None or self.abs_red is not None):
+            raise ValueError(f"--abs-ill/--abs-red only apply to --prune scan (got --prune {self.prune})")
+        if self.stop_after_step is not None and self.stop_after_step < 1:
+            raise ValueError(f"--stop-after-step must be >= 1, got {self.stop_after_step}")
+        return self
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class ClipConfig(TrainConfig):
+    model: str = "scan-tiny-vit"
+    zeroshot_classes: Optional[str] = None  # class names file for a user ImageFolder-style val set
+    zeroshot_template: str = "a photo of a {}."
+
+
+@dataclass
+class MocoConfig(TrainConfig):
+    arch: str = "vit_tiny_cpu"
+    moco_dim: int = 64
+    moco_mlp_dim: int = 256
+    moco_m: float = 0.99
+    moco_m_cos: bool = True
+    moco_t: float = 0.2
+    lr: float = 1.5e-4
+    wd: float = 0.1
+    beta2: float = 0.999
+    eps: float = 1e-8
+    augment: bool = True
+    knn_k: int = 20
+
+    def validate(self) -> "MocoConfig":
+        super().validate()
+        if not 0.0 <= self.moco_m <= 1.0:
+            raise ValueError(f"--moco-m must be in [0, 1], got {self.moco_m}")
+        if not self.moco_t > 0:
+            raise ValueError(f"--moco-t must be > 0, got {self.moco_t}")
+        return self

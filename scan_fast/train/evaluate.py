@@ -1,0 +1,118 @@
+"""Evaluation: zero-shot classification for CLIP; kNN and linear probe on frozen features for MoCo.
+
+Zero-shot class prompts come from the labelled .beton's metadata (the embedded
+`shapes` and `digits` sets) or from a class-name file with a template (a user
+data set); each class's text embedding is the normalised mean over its prompts.
+"""
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def class_prompts(val_data, classes_file=None, template: str = "a photo of a {}.") -> Tuple[List[str], List[List[str]]]:
+    """(class names, prompts per class) for the labelled set `val_data`, indexed by its labels."""
+    val_data = Path(val_data)
+    stem = str(val_data)[: -len(".beton")] if str(val_data).endswith(".beton") else str(val_data)
+    if classes_file is not None:
+        if not os.path.isfile(classes_file):
+            raise FileNotFoundError(f"--zeroshot-classes: no file at {classes_file}")
+        names = [line.strip() for line in open(classes_file) if line.strip()]
+        if not names:
+            raise ValueError(f"--zeroshot-classes: {classes_file} lists no class names")
+        if "{}" not in template:
+            raise ValueError(f"--zeroshot-template must contain '{{}}', got {template!r}")
+        return names, [[template.format(n)] for n in names]
+    shapes_meta = Path(f"{stem}.truth.json")
+    if shapes_meta.is_file():
+        meta = json.loads(shapes_meta.read_text())
+        names, prompts = [], []
+        for shape, colour in itertools.product(meta["shapes"], meta["colours"]):  # label = shape * C + colour
+            names.append(f"{colour} {shape}")
+            prompts.append([meta["template"].format(size=s, colour=colour, shape=shape, position=p)
+                            for s in meta["sizes"] for p in meta["positions"]])
+        return names, prompts
+    digits_meta = val_data.parent / "digits.classes.json"
+    if digits_meta.is_file():
+        meta = json.loads(digits_meta.read_text())
+        return list(meta["classes"]), [[meta["template"].format(c)] for c in meta["classes"]]
+    raise ValueError(f"no class names for {val_data}: it is not an embedded data set (no {shapes_meta.name} "
+                     f"or digits.classes.json beside it); pass --zeroshot-classes FILE")
+
+
+@torch.no_grad()
+def class_embeddings(clip, prompts: List[List[str]], device) -> torch.Tensor:
+    """(C, D) normalised mean text embedding of each class's prompts."""
+    from scan_fast.data import CaptionTokenizer
+
+    tokenizer = CaptionTokenizer(clip.context_length)
+    rows = []
+    for class_prompts_ in prompts:
+        tokens = torch.from_numpy(np.stack([tokenizer(p)[0] for p in class_prompts_])).long().to(device)
+        text = clip.model.encode_text(tokens, normalize=True).float().mean(0)
+        rows.append(F.normalize(text, dim=0))
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def zero_shot_accuracy(clip, loader, prompts: List[List[str]], device) -> float:
+    """Top-1 accuracy of argmax cosine(image, class text) over a loader of (images, tokens, ids, labels)."""
+    was_training = clip.training
+    clip.eval()
+    classes = class_embeddings(clip, prompts, device)
+    correct = total = 0
+    for images, _tokens, _ids, labels in loader:
+        image = clip.model.encode_image(images.to(device), normalize=True).float()
+        predicted = (image @ classes.T).argmax(1).cpu()
+        if int(labels.max()) >= len(prompts):
+            raise ValueError(f"label {int(labels.max())} in the evaluation data, but only {len(prompts)} classes")
+        correct += int((predicted == labels.cpu()).sum())
+        total += len(labels)
+    clip.train(was_training)
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def extract_features(encoder, loader, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(normalised features, labels) of a loader of (images, labels, ids)."""
+    was_training = encoder.training
+    encoder.eval()
+    feats, labels = [], []
+    for images, batch_labels, _ids in loader:
+        feats.append(F.normalize(encoder(images.to(device)).float(), dim=1).cpu())
+        labels.append(batch_labels.cpu())
+    encoder.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20, temperature: float = 0.07) -> float:
+    """Weighted kNN (Wu et al. 2018, as in MoCo/DINO evaluations) on normalised features."""
+    k = min(k, len(train_x))
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    sims, idx = (test_x @ train_x.T).topk(k, dim=1)
+    votes = torch.zeros(len(test_x), num_classes)
+    votes.scatter_add_(1, train_y[idx], (sims / temperature).exp())
+    return float((votes.argmax(1) == test_y).float().mean())
+
+
+def linear_probe_accuracy(train_x, train_y, test_x, test_y, epochs: int = 100, lr: float = 0.1,
+                          wd: float = 0.0, seed: int = 0) -> float:
+    """Full-batch logistic regression on frozen features (L-BFGS-free, a few hundred SGD steps)."""
+    generator = torch.Generator().manual_seed(seed)
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    head = torch.nn.Linear(train_x.shape[1], num_classes)
+    with torch.no_grad():
+        head.weight.normal_(0, 0.01, generator=generator)
+        head.bias.zero_()
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+    for _ in range(epochs):
+        opt.zero_grad()
+        F.cross_entropy(head(train_x), train_y).backward()
+        opt.step()
+    with torch.no_grad():
+        return float((head(test_x).argmax(1) == test_y).float().mean())

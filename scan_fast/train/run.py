@@ -1,0 +1,268 @@
+"""A training run, whatever the model: processes, schedule, epochs, checkpoints, logs, report.
+
+`fit` drives epochs of `loop.train_one_epoch` over an FFCV loader that reads
+`schedule.epoch_indices(epoch)`, ends each epoch in the schedule, evaluates,
+logs, and checkpoints atomically; with `resume` it continues a killed run
+exactly where its last checkpoint left it.
+"""
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from scan_fast.train.checkpoint import load_checkpoint, restore, save_checkpoint
+from scan_fast.train.loop import NonFiniteLoss, StopTraining, lr_at, train_one_epoch
+from scan_fast.train.report import RunLogger, plot_run, read_prune_counts, write_report
+
+# Checkpoint config keys that must match for a resume to continue the same run.
+_RESUME_KEYS = ("train_data", "prune", "seed", "batch_size", "epochs", "rho_ill", "rho_red", "t_cos",
+                "prune_threshold", "prune_target")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss went NaN/inf; the state before that step was saved."""
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(device: str = "auto") -> Runtime:
+    """Rank and device from torchrun's environment; gloo on CPU, NCCL on GPU."""
+    world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch_device = torch.device(device if device.startswith("cuda:") else f"cuda:{local}")
+        torch.cuda.set_device(torch_device)
+    else:
+        torch_device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Runtime(rank, world_size, torch_device)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_schedule(cfg, num_samples: int):
+    """The pruning schedule `--prune` names, for a data set of `num_samples`."""
+    from scan_fast.schedule.strategies import InfoBatch, NoPruning, RandomPruning, StaticCoreset
+
+    if cfg.prune == "scan":
+        from scan_fast.schedule import Scan
+
+        return Scan(num_samples, rho_ill=cfg.rho_ill, rho_red=cfg.rho_red, t_cos=cfg.t_cos,
+                    prune_threshold=cfg.prune_threshold, mode=cfg.prune_target, seed=cfg.seed,
+                    abs_ill=cfg.abs_ill, abs_red=cfg.abs_red)
+    if cfg.prune == "none":
+        return NoPruning(num_samples)
+    if cfg.prune == "random":
+        counts = read_prune_counts(cfg.prune_counts) if cfg.prune_counts else None
+        return RandomPruning(num_samples, prune_counts=counts, rho_ill=cfg.rho_ill, rho_red=cfg.rho_red,
+                             t_cos=cfg.t_cos, prune_threshold=cfg.prune_threshold, mode=cfg.prune_target,
+                             seed=cfg.seed)
+    if cfg.prune == "infobatch":
+        return InfoBatch(num_samples, cfg.epochs, prune_ratio=cfg.infobatch_ratio, delta=cfg.infobatch_delta,
+                         seed=cfg.seed)
+    return StaticCoreset.from_file(cfg.coreset, num_samples)
+
+
+def run_folder(cfg, kind: str) -> str:
+    return os.path.join(cfg.logs, cfg.name or f"{kind}-{cfg.prune}-seed{cfg.seed}")
+
+
+def param_groups(model, wd: float):
+    """Weight decay on matrices only, not on gains, biases or logit_scale (as open_clip_train)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": wd}]
+
+
+def _autocast(cfg, device):
+    if device.type != "cuda" or cfg.precision == "fp32":
+        return None
+    dtype = torch.bfloat16 if cfg.precision == "amp_bf16" else torch.float16
+    return lambda: torch.autocast("cuda", dtype=dtype)
+
+
+def _phase_hint(schedule, epoch: int, kept: int, num_samples: int) -> str:
+    if schedule.is_preparation(epoch):
+        return "preparation"
+    return "pruning" if kept < num_samples else "full"
+
+
+def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_samples: int, runtime: Runtime,
+        evaluate: Optional[Callable[[], float]] = None, forward_kwargs=None, after_step=None,
+        truth_mismatched: Optional[np.ndarray] = None) -> dict:
+    """Train `cfg.epochs` epochs; returns the run summary (also in report.md on rank 0)."""
+    from tqdm import tqdm
+
+    folder = run_folder(cfg, kind)
+    ckpt_dir = os.path.join(folder, "checkpoints")
+    device = runtime.device
+    model.to(device)
+    train_model = model
+    if runtime.world_size > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                  eps=cfg.eps, foreach=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.precision == "amp")
+
+    start_epoch, global_step, history = 0, 0, []
+    if cfg.resume:
+        path = os.path.join(ckpt_dir, "latest.pt") if cfg.resume == "latest" else cfg.resume
+        state = load_checkpoint(path, map_location=device)
+        changed = [k for k in _RESUME_KEYS if state["config"].get(k) != getattr(cfg, k)]
+        if changed:
+            raise ValueError(f"--resume {path}: the checkpoint was made with different "
+                             + ", ".join(f"--{k.replace('_', '-')} ({state['config'].get(k)!r} there, "
+                                         f"{getattr(cfg, k)!r} here)" for k in changed))
+        restore(state, model=model, optimizer=optimizer, scaler=scaler, schedule=schedule)
+        start_epoch, global_step, history = state["epoch"], state["global_step"], list(state["history"])
+
+    logger = RunLogger(folder, tensorboard=cfg.tensorboard, enabled=runtime.is_main)
+    batch_total = cfg.batch_size * runtime.world_size
+    full_epoch_samples = num_samples // batch_total * batch_total
+
+    def checkpoint(path, epoch):
+        if runtime.is_main:
+            save_checkpoint(path, model=model, optimizer=optimizer, scaler=scaler, schedule=schedule,
+                            epoch=epoch, global_step=global_step, config=cfg.as_dict(), history=history)
+
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            kept = len(schedule.epoch_indices(epoch))
+            loader.set_epoch(epoch)
+            iters = len(loader)
+            phase = _phase_hint(schedule, epoch, kept, num_samples)
+            progress = tqdm(total=iters, desc=f"{kind} epoch {epoch} [{phase}, kept {kept / num_samples:.0%}]",
+                            disable=not (cfg.progress and runtime.is_main), leave=False, dynamic_ncols=True)
+            try:
+                result = train_one_epoch(
+                    train_model, loader, optimizer, scaler, schedule, epoch, iters, base_lr=cfg.lr,
+                    warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, global_step=global_step, unpack=unpack,
+                    forward_kwargs=forward_kwargs, autocast=_autocast(cfg, device),
+                    grad_clip_norm=cfg.grad_clip_norm, after_step=after_step, progress=progress,
+                    stop_after_step=cfg.stop_after_step)
+            except NonFiniteLoss as err:
+                path = os.path.join(ckpt_dir, f"diverged-step{err.global_step}.pt")
+                checkpoint(path, epoch)
+                raise TrainingDiverged(f"{err}; training stopped, state before that step saved to {path}") from None
+            finally:
+                progress.close()
+            global_step += result.steps
+            schedule.end_epoch(epoch, result.mean_loss)
+            if runtime.is_main and schedule.is_preparation(epoch) and hasattr(schedule, "candidates"):
+                _save_candidates(folder, epoch, schedule, result)
+            last = epoch == cfg.epochs - 1
+            score = None
+            if evaluate is not None and runtime.is_main and (
+                    last or (cfg.eval_frequency and (epoch + 1) % cfg.eval_frequency == 0)):
+                score = evaluate()
+            history.append({
+                "epoch": epoch, "phase": _row_phase(schedule, phase), "kept": kept,
+                "pruned": num_samples - kept, "kept_fraction": kept / num_samples, "steps": result.steps,
+                "samples": result.samples, "loss": result.mean_loss,
+                "lr": lr_at(epoch + 1, cfg.lr, cfg.warmup_epochs, cfg.epochs),
+                "seconds": result.seconds, "samples_per_s": result.samples / max(result.seconds, 1e-9),
+                "eval": score})
+            logger.log_epoch(history)
+            if runtime.is_main:
+                print(_epoch_line(kind, history[-1]), flush=True)
+            if last or (epoch + 1) % cfg.save_frequency == 0:
+                checkpoint(os.path.join(ckpt_dir, "latest.pt"), epoch + 1)
+    except StopTraining:
+        logger.close()
+        return {"stopped_at_step": global_step, "folder": folder}
+    logger.close()
+    summary = _summary(cfg, kind, history, full_epoch_samples, folder, truth_mismatched)
+    if runtime.is_main:
+        if hasattr(schedule, "coreset"):
+            np.savetxt(os.path.join(folder, "coreset.txt"), schedule.coreset(), fmt="%d")
+        plots = plot_run(folder, history, _candidate_losses(folder))
+        write_report(folder, f"{kind.upper()} run `{os.path.basename(folder)}` (--prune {cfg.prune})",
+                     summary, history, plots)
+    return summary
+
+
+def _row_phase(schedule, phase_hint):
+    """SCAN's own phase (warmup / preparation / mutation) where the schedule has one."""
+    if type(schedule).__name__ in ("Scan", "ScanReference", "RandomPruning"):
+        return schedule.stats().records[-1].phase
+    return phase_hint
+
+
+def _epoch_line(kind, row):
+    score = f", eval {row['eval']:.4f}" if row["eval"] is not None else ""
+    return (f"{kind} epoch {row['epoch']}: {row['phase']}, kept {row['kept_fraction']:.1%}, loss {row['loss']:.4f}, "
+            f"{row['samples']} samples in {row['seconds']:.1f}s ({row['samples_per_s']:.0f}/s){score}")
+
+
+def _save_candidates(folder, epoch, schedule, result):
+    ids, losses = result.per_sample()
+    np.savez(os.path.join(folder, "candidates.npz"), epoch=epoch, ids=ids, losses=losses,
+             ill=schedule.candidates("ill_matched"), red=schedule.candidates("redundant"))
+
+
+def _candidate_losses(folder):
+    path = os.path.join(folder, "candidates.npz")
+    if not os.path.isfile(path):
+        return None
+    with np.load(path) as data:
+        ids, losses, ill, red = data["ids"], data["losses"], data["ill"], data["red"]
+    in_ill, in_red = np.isin(ids, ill), np.isin(ids, red)
+    return {"ill-matched": losses[in_ill], "redundant": losses[in_red], "other": losses[~in_ill & ~in_red]}
+
+
+def candidate_precision_recall(folder, mismatched: np.ndarray):
+    """Precision and recall of the last preparation's ill-matched candidates against injected mismatches."""
+    path = os.path.join(folder, "candidates.npz")
+    if not os.path.isfile(path):
+        return None, None
+    with np.load(path) as data:
+        ill = data["ill"]
+    hits = int(mismatched[ill].sum())
+    return hits / max(len(ill), 1), hits / max(int(mismatched.sum()), 1)
+
+
+def _summary(cfg, kind, history, full_epoch_samples, folder, truth_mismatched):
+    sample_steps = sum(r["samples"] for r in history)
+    full = full_epoch_samples * len(history)
+    after_warmup = [r for r in history if r["phase"] not in ("warmup",)]
+    summary = {
+        "prune": cfg.prune, "epochs": len(history), "sample_steps": sample_steps,
+        "sample_steps_full_data": full, "pruned_fraction": 1 - sample_steps / full if full else 0.0,
+        "wall_seconds": sum(r["seconds"] for r in history), "final_loss": history[-1]["loss"] if history else None,
+        "eval": history[-1]["eval"] if history else None, "folder": folder,
+    }
+    if cfg.prune == "scan":
+        steps_after = sum(r["samples"] for r in after_warmup)
+        full_after = full_epoch_samples * len(after_warmup)
+        summary["pruned_fraction_after_warmup"] = 1 - steps_after / full_after if full_after else 0.0
+        if truth_mismatched is not None:
+            precision, recall = candidate_precision_recall(folder, truth_mismatched)
+            summary["ill_precision"], summary["ill_recall"] = precision, recall
+    return summary
