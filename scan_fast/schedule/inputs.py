@@ -46,7 +46,7 @@ def to_numpy(name: str, values) -> np.ndarray:
 
 
 def check_batch(sample_ids, loss_a, loss_b, num_samples: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids as int64, loss_a, loss_b as float64) of one batch, or a ValueError/TypeError."""
+    """(ids as int64, loss_a, loss_b as float32/float64) of one batch, or a ValueError/TypeError."""
     ids = to_numpy("sample_ids", sample_ids)
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"sample_ids must have an integer dtype, got {ids.dtype}")
@@ -64,7 +64,8 @@ def check_batch(sample_ids, loss_a, loss_b, num_samples: int) -> Tuple[np.ndarra
             raise TypeError(f"{name} must have a real dtype, got {loss.dtype}")
         if loss.shape[0] != ids.shape[0]:
             raise ValueError(f"{name} has {loss.shape[0]} values but sample_ids has {ids.shape[0]}")
-        loss = loss.astype(np.float64, copy=False)
+        if loss.dtype not in (np.float32, np.float64):
+            loss = loss.astype(np.float64)
         finite = np.isfinite(loss)
         if not finite.all():
             bad = ids[~finite]

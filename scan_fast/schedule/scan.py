@@ -103,11 +103,10 @@ class Scan(PruningSchedule):
         return EpochRecord(epoch, phase, pool, pruned, n - pruned, epoch_loss)
 
     def _state(self):
-        new = self._new or (None, None)
+        new_ill, new_red = (None, None) if self._new is None else (s.to_bytes() for s in self._new)
         return {"kind": "Scan", "config": self.config.as_dict(), "prev_loss": self._prev_loss,
                 "start": self._start, "batch_index": self._batch_index,
-                "ill": self._ill.to_bytes(), "red": self._red.to_bytes(),
-                "new_ill": new[0] and new[0].to_bytes(), "new_red": new[1] and new[1].to_bytes()}
+                "ill": self._ill.to_bytes(), "red": self._red.to_bytes(), "new_ill": new_ill, "new_red": new_red}
 
     def _parse_state(self, state):
         if state["kind"] != "Scan" or state["config"] != self.config.as_dict():
