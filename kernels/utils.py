@@ -7,6 +7,9 @@ import triton
 
 # Read once, like Triton itself: the interpreter flag is fixed when kernels are decorated.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# SCAN_FAST_AUTOTUNE=0 launches one fixed config per kernel: every autotuned config is a separate
+# compile, which dominates short runs over many shapes (the CUDA tests of bench/gpu_check.sh).
+AUTOTUNE = os.environ.get("SCAN_FAST_AUTOTUNE", "1") != "0"
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
