@@ -8,7 +8,6 @@ warm-up ends after a few epochs. Everything is a function of the seed.
 import csv
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,10 +92,14 @@ def simulate_run(num_samples: int, epochs: int, batch_size: int, seed: int, prog
 
 def _write_atomic(path: str, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(temporary, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def _csv_bytes(stats) -> bytes:
@@ -114,17 +117,16 @@ def _plot_png(stats) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     records = stats.records
     colours = {"warmup": "tab:grey", "preparation": "tab:blue", "mutation": "tab:orange"}
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar([r.epoch for r in records], [r.kept / (r.kept + r.pruned) for r in records],
            color=[colours[r.phase] for r in records])
-    for phase, colour in colours.items():
-        ax.bar([], [], color=colour, label=phase)
-    ax.set(xlabel="epoch", ylabel="kept fraction", ylim=(0, 1.05),
+    ax.set(xlabel="epoch", ylabel="kept fraction", ylim=(0, 1.2),
            title=f"SCAN schedule: {100 * stats.pruned_fraction:.1f}% of post-warm-up sample-steps saved")
-    ax.legend(loc="lower left")
+    ax.legend(handles=[Patch(color=c, label=p) for p, c in colours.items()], loc="upper center", ncol=3)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

@@ -41,7 +41,7 @@ class ScheduleStats:
         lines = []
         for n, row in enumerate(cells):
             padded = [c.rjust(w) if n and c[-1:].isdigit() else c.ljust(w) for c, w in zip(row, widths)]
-            lines.append("| " + " | ".join(padded) + " |" if markdown else "  ".join(padded))
+            lines.append("| " + " | ".join(padded) + " |" if markdown else "  ".join(padded).rstrip())
             if n == 0:
                 rule = ["-" * w for w in widths]
                 lines.append("|" + "|".join(f"-{r}-" for r in rule) + "|" if markdown else "  ".join(rule))
