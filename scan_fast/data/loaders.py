@@ -30,6 +30,18 @@ class ScanLoader(Loader):
 
     output_order: Optional[Tuple[int, ...]] = None  # reorders ffcv's outputs when set
 
+    def __init__(self, *args, start_epoch: int = 0, **kwargs):
+        # ffcv's constructor asks for the first epoch's order; a resumed run's first epoch
+        # is start_epoch (a schedule refuses to hand out epochs it has already passed).
+        self._constructing_epoch = int(start_epoch)
+        super().__init__(*args, **kwargs)
+        self._constructing_epoch = None
+        self.next_epoch = int(start_epoch)
+
+    def next_traversal_order(self):
+        epoch = self.next_epoch if self._constructing_epoch is None else self._constructing_epoch
+        return self.traversal_order.sample_order(epoch)
+
     def set_epoch(self, epoch: int) -> None:
         self.next_epoch = int(epoch)
         self.first_traversal_order = self.next_traversal_order()
@@ -70,7 +82,7 @@ def _check_common(batch_size, num_workers):
 def build_loader(path, batch_size: int, pipelines, required_fields, scan=None, seed: int = 0,
                  shuffle: bool = True, drop_last: bool = True, distributed: bool = False,
                  rank: Optional[int] = None, world_size: Optional[int] = None, num_workers: int = 2,
-                 os_cache: bool = True, batches_ahead: int = 3) -> ScanLoader:
+                 os_cache: bool = True, batches_ahead: int = 3, start_epoch: int = 0) -> ScanLoader:
     """A ScanLoader over `path` with the given per-field pipelines (fields not named are skipped)."""
     _check_common(batch_size, num_workers)
     path = str(path)
@@ -89,7 +101,8 @@ def build_loader(path, batch_size: int, pipelines, required_fields, scan=None, s
     try:
         loader = ScanLoader(path, batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
                             order=key, distributed=distributed, seed=seed, pipelines=pipelines,
-                            drop_last=drop_last, batches_ahead=batches_ahead)
+                            drop_last=drop_last, batches_ahead=batches_ahead,
+                            start_epoch=start_epoch)
     finally:
         del ORDER_MAP[key]
     return loader
@@ -106,7 +119,7 @@ def clip_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
                 rank: Optional[int] = None, world_size: Optional[int] = None, device="cpu",
                 augment: bool = True, flip: bool = True, crop_scale: Tuple[float, float] = (0.9, 1.0),
                 with_labels: bool = False, num_workers: int = 2, os_cache: bool = True,
-                batches_ahead: int = 3) -> ScanLoader:
+                batches_ahead: int = 3, start_epoch: int = 0) -> ScanLoader:
     """Batches of (images float [B,3,R,R], tokens int32 [B,ctx], ids int64 [B][, labels])."""
     required = ("image", "tokens", "id") + (("label",) if with_labels else ())
     check_beton(path, required)
@@ -115,7 +128,7 @@ def clip_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
     return build_loader(path, batch_size, _disable_other_fields(path, pipes), required, scan=scan,
                         seed=seed, shuffle=shuffle, drop_last=drop_last, distributed=distributed,
                         rank=rank, world_size=world_size, num_workers=num_workers,
-                        os_cache=os_cache, batches_ahead=batches_ahead)
+                        os_cache=os_cache, batches_ahead=batches_ahead, start_epoch=start_epoch)
 
 
 def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed: int = 0,
@@ -123,7 +136,7 @@ def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
                 rank: Optional[int] = None, world_size: Optional[int] = None, device="cpu",
                 augment: bool = True, crop_scale: Tuple[float, float] = (0.08, 1.0),
                 blur_sigma: Tuple[float, float] = (0.1, 2.0), num_workers: int = 2,
-                os_cache: bool = True, batches_ahead: int = 3) -> ScanLoader:
+                os_cache: bool = True, batches_ahead: int = 3, start_epoch: int = 0) -> ScanLoader:
     """Batches of (view1, view2, labels, ids) with augment=True, (images, labels, ids) without."""
     required = ("image", "label", "id")
     check_beton(path, required)
@@ -132,7 +145,7 @@ def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
     loader = build_loader(path, batch_size, _disable_other_fields(path, pipes), required, scan=scan,
                           seed=seed, shuffle=shuffle, drop_last=drop_last, distributed=distributed,
                           rank=rank, world_size=world_size, num_workers=num_workers,
-                          os_cache=os_cache, batches_ahead=batches_ahead)
+                          os_cache=os_cache, batches_ahead=batches_ahead, start_epoch=start_epoch)
     if augment:
         loader.output_order = (0, 3, 1, 2)  # ffcv yields (view1, label, id, view2)
     return loader

@@ -13,6 +13,9 @@ from ffcv.fields import Field, IntField, NDArrayField, RGBImageField
 from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType
 
 IMAGE_MODES = ("jpg", "raw")
+# ffcv type ids (ffcv.types.TYPE_ID_HANDLER) of fields stored outside the metadata table:
+# RGBImageField, BytesField, NDArrayField, JSONField, TorchTensorField.
+_VARIABLE_SIZE_TYPE_IDS = (2, 3, 4, 5, 6)
 
 
 def image_field(image_mode: str = "jpg", jpeg_quality: int = 90,
@@ -81,13 +84,16 @@ def check_beton(path, required_fields: Iterable[str] = ()) -> Dict[str, int]:
         worst = int(table["sample_id"].max())
         if worst >= num_samples:
             raise ValueError(f"{path} is corrupt: allocation for sample {worst} of {num_samples}")
-    if "image" in names and num_samples:
-        # Every image is its own allocation, so a table missing some samples was cut short.
-        covered = np.bincount(table["sample_id"].astype(np.int64), minlength=num_samples) > 0
-        if not covered.all():
-            first = int(np.flatnonzero(~covered)[0])
-            raise ValueError(f"{path} is truncated: no data for sample {first} "
-                             f"({int((~covered).sum())} of {num_samples} missing)")
+    # Each sample holds one allocation per variable-size field (image, array, bytes), so a
+    # table cut short or a sample written only in part shows up as a missing allocation.
+    per_sample = int(np.isin(descriptors["type_id"], _VARIABLE_SIZE_TYPE_IDS).sum())
+    if per_sample and num_samples:
+        counts = np.bincount(table["sample_id"].astype(np.int64), minlength=num_samples)
+        bad = np.flatnonzero(counts != per_sample)
+        if bad.size:
+            raise ValueError(f"{path} is truncated or corrupt: sample {int(bad[0])} has "
+                             f"{int(counts[bad[0]])} of {per_sample} data regions "
+                             f"({bad.size} of {num_samples} samples affected)")
     missing = [f for f in required_fields if f not in names]
     if missing:
         raise ValueError(f"{path} lacks field(s) {missing}; it has {names}")
