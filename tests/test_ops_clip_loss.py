@@ -75,6 +75,14 @@ def test_wide_logit_range_takes_the_two_exp_path():
     _check_against_reference(_chunked, image, text, 1e-9, 1e-9, weighted=True)
 
 
+def test_chunks_on_both_paths_in_one_batch():
+    # the first chunk's rows are long vectors (wide logits, two-exp path), the others unit ones
+    image, text = _features(50, 8, torch.float64)
+    with torch.no_grad():
+        image[:_CHUNK_ROWS] *= 15.0
+    _check_against_reference(_chunked, image, text, 1e-9, 1e-9, weighted=True)
+
+
 def test_gradcheck_float64():
     image, text = _features(9, 5, torch.float64, scale=1.5)
     logit_scale = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 
 from scan_fast.ops.distributed import gather_features
 from scan_fast.ops.info_nce import (
-    DEFAULT_CHUNK_ROWS,
     autocast_off,
     check_features,
     check_scale,
     common_dtype,
     compute_dtype,
+    default_chunk_rows,
     row_cross_entropy,
     use_kernels,
 )
@@ -38,50 +38,61 @@ def clip_loss_per_sample_reference(image_features: torch.Tensor, text_features: 
             F.cross_entropy(logits.T, targets, reduction="none"))
 
 
+# A chunk takes the one-exp path when every row and column sum of exp(logits - chunk max)
+# is at least exp(-40): the terms fp32 flushes (< exp(-87)) then change no sum by more
+# than B * exp(-47), and the backward's rescaling factors stay below exp(50).
+_MIN_LOG_SUM = -40.0
+
+
 class ClipLossChunked(torch.autograd.Function):
     """Both directions of the per-sample CLIP loss, (chunk x B) logits at a time.
 
-    forward: for each row chunk, the row log-sum-exp directly and the column
-    log-sum-exp by an online (running max) merge across chunks; the diagonal
-    from a row-wise dot product. Saves I, T and the two LSE vectors.
-    backward (upstream g_r, g_c, any values):
-        dlogits = g_r[:, None] * softmax_rows + g_c[None, :] * softmax_cols - diag(g_r + g_c)
-        dI = s * dlogits @ T,  dT = s * dlogits^T @ I,  ds = sum(I * (dlogits @ T))
-    recomputing each chunk of logits from the saved LSEs.
+    forward: per row chunk S = s * I[rows] @ T^T with maximum m, E = exp(S - m)
+    gives the row log-sum-exps (rows lie inside one chunk) and, through an online
+    running-max merge across chunks, the column ones; the diagonal comes from a
+    row-wise dot product. Saves I, T, the two LSE vectors and one m per chunk.
+    backward (upstream g_r, g_c, any values), recomputing each chunk:
+        dS = g_r[:, None] * softmax_rows + g_c[None, :] * softmax_cols - diag(g_r + g_c)
+           = E * (a[:, None] + b[None, :]) - diag(g_r + g_c),
+             a = g_r * exp(m - lse_row), b = g_c * exp(m - lse_col)
+        dI = s * dS @ T,  dT = s * dS^T @ I,  ds = sum(I * (dS @ T))
+    One exp per logit in each pass. A chunk whose logits span too wide a range
+    for that (see _MIN_LOG_SUM) is done with separate row and column exps instead.
     """
 
     @staticmethod
     @autocast_off
-    def forward(ctx, image, text, scale, chunk_rows=DEFAULT_CHUNK_ROWS):
+    def forward(ctx, image, text, scale, chunk_rows):
         batch = image.shape[0]
-        diagonal = scale * (image * text).sum(1)
+        scaled_image = image * scale
+        diagonal = (scaled_image * text).sum(1)
         row_lse = torch.empty(batch, dtype=image.dtype, device=image.device)
         col_max = torch.full((batch,), float("-inf"), dtype=image.dtype, device=image.device)
         col_sum = torch.zeros(batch, dtype=image.dtype, device=image.device)
+        chunk_maxima = []  # per chunk: its max logit, or None where the two-exp path ran
         for start in range(0, batch, chunk_rows):
             rows = slice(start, start + chunk_rows)
-            logits = torch.mm(image[rows] * scale, text.T)
-            row_max = logits.amax(dim=1, keepdim=True)
-            chunk_col_max = logits.amax(dim=0)
-            new_col_max = torch.maximum(col_max, chunk_col_max)
-            # exp(logits - row_max) once; column sums reuse it via a per-row weight
-            # exp(row_max - chunk_max), safe while no column sits ~80 below the chunk max.
-            chunk_max = row_max.max()
-            if bool((chunk_col_max > chunk_max - _SAFE_EXP_RANGE).all()):
-                exp_logits = logits.sub_(row_max).exp_()
-                row_lse[rows] = exp_logits.sum(1).log_().add_(row_max.squeeze(1))
-                weights = (row_max.squeeze(1) - chunk_max).exp_()
-                chunk_col_sum = torch.mv(exp_logits.T, weights)
-                col_sum.mul_((col_max - new_col_max).exp_()).add_(
-                    chunk_col_sum.mul_((chunk_max - new_col_max).exp_()))
-            else:
+            logits = torch.mm(scaled_image[rows], text.T)
+            chunk_max = logits.max()
+            exp_logits = logits.sub_(chunk_max).exp_()
+            row_sum, chunk_col_sum = exp_logits.sum(1), exp_logits.sum(0)
+            min_sum = torch.minimum(row_sum.min(), chunk_col_sum.min())
+            if bool(min_sum.log() >= _MIN_LOG_SUM):
+                chunk_maxima.append(chunk_max)
+                row_lse[rows] = row_sum.log_().add_(chunk_max)
+                chunk_col_max = chunk_max.expand(batch)
+            else:  # logits too spread out for one shared shift: exact per-row and per-column maxima
+                chunk_maxima.append(None)
+                logits = torch.mm(scaled_image[rows], text.T)
                 row_lse[rows] = torch.logsumexp(logits, dim=1)
-                col_sum.mul_((col_max - new_col_max).exp_()).add_(
-                    logits.sub_(new_col_max).exp_().sum(0))
+                chunk_col_max = logits.amax(dim=0)
+                chunk_col_sum = logits.sub_(chunk_col_max).exp_().sum(0)
+            new_col_max = torch.maximum(col_max, chunk_col_max)
+            col_sum.mul_((col_max - new_col_max).exp_()).add_(chunk_col_sum.mul_((chunk_col_max - new_col_max).exp_()))
             col_max = new_col_max
         col_lse = col_sum.log_().add_(col_max)
         ctx.save_for_backward(image, text, scale, row_lse, col_lse)
-        ctx.chunk_rows = chunk_rows
+        ctx.chunk_rows, ctx.chunk_maxima = chunk_rows, chunk_maxima
         ctx.set_materialize_grads(False)
         return row_lse - diagonal, col_lse - diagonal
 
@@ -93,39 +104,33 @@ class ClipLossChunked(torch.autograd.Function):
         need_image, need_text, need_scale = ctx.needs_input_grad[:3]
         if grad_i2t is None and grad_t2i is None:
             return None, None, None, None
+        zeros = torch.zeros_like(row_lse)
+        grad_i2t = zeros if grad_i2t is None else grad_i2t
+        grad_t2i = zeros if grad_t2i is None else grad_t2i
+        scaled_image = image * scale
         grad_image = torch.empty_like(image) if need_image else None
         grad_text = torch.zeros_like(text) if need_text else None
         grad_scale = torch.zeros((), dtype=image.dtype, device=image.device)
-        for start in range(0, image.shape[0], chunk_rows):
+        for chunk, start in enumerate(range(0, image.shape[0], chunk_rows)):
             rows = slice(start, start + chunk_rows)
-            image_rows = image[rows]
-            logits = torch.mm(image_rows * scale, text.T)
-            grad_logits = None
-            if grad_t2i is not None:
+            logits = torch.mm(scaled_image[rows], text.T)
+            chunk_max = ctx.chunk_maxima[chunk]
+            if chunk_max is not None:
+                row_weight = (chunk_max - row_lse[rows]).exp_().mul_(grad_i2t[rows])
+                col_weight = (chunk_max - col_lse).exp_().mul_(grad_t2i)
+                grad_logits = logits.sub_(chunk_max).exp_().mul_(row_weight[:, None] + col_weight)
+            else:
                 grad_logits = torch.sub(logits, col_lse).exp_().mul_(grad_t2i)
-            if grad_i2t is not None:
-                row_part = logits.sub_(row_lse[rows, None]).exp_().mul_(grad_i2t[rows, None])
-                grad_logits = row_part if grad_logits is None else grad_logits.add_(row_part)
-            diagonal_grad = grad_logits.diagonal(offset=start)
-            if grad_i2t is not None:
-                diagonal_grad.sub_(grad_i2t[rows])
-            if grad_t2i is not None:
-                diagonal_grad.sub_(grad_t2i[rows])
+                grad_logits.add_(logits.sub_(row_lse[rows, None]).exp_().mul_(grad_i2t[rows, None]))
+            grad_logits.diagonal(offset=start).sub_(grad_i2t[rows] + grad_t2i[rows])
             grad_logits_text = torch.mm(grad_logits, text)
             if need_image:
                 grad_image[rows] = grad_logits_text * scale
             if need_text:
-                grad_text.addmm_(grad_logits.T, image_rows)
+                grad_text.addmm_(grad_logits.T, scaled_image[rows])
             if need_scale:
-                grad_scale += (image_rows * grad_logits_text).sum()
-        if need_text:
-            grad_text.mul_(scale)
+                grad_scale += (image[rows] * grad_logits_text).sum()
         return grad_image, grad_text, grad_scale if need_scale else None, None
-
-
-# Largest spread (in logits) between a column's chunk maximum and the chunk's
-# maximum for which the one-exp column sum stays clear of fp32 underflow.
-_SAFE_EXP_RANGE = 60.0
 
 
 def _prepare(image_features, text_features, logit_scale, chunk_rows):
@@ -148,7 +153,8 @@ def _clip_loss(image, text, scale, on_kernel, chunk_rows):
         from scan_fast.kernels.clip_loss import ClipLossFunction
 
         return ClipLossFunction.apply(image, text, scale)
-    return ClipLossChunked.apply(image, text, scale, chunk_rows or DEFAULT_CHUNK_ROWS)
+    chunk_rows = chunk_rows or default_chunk_rows(image.shape[0], image.shape[0])
+    return ClipLossChunked.apply(image, text, scale, chunk_rows)
 
 
 def clip_loss_per_sample(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
@@ -158,7 +164,7 @@ def clip_loss_per_sample(image_features: torch.Tensor, text_features: torch.Tens
     Features are (B, D), already normalised; logit_scale is a number or a scalar
     tensor (its gradient is returned). Gradients flow for any upstream weights on
     either vector. Outputs are fp32 (fp64 for fp64 inputs). `chunk_rows` forces the
-    chunked torch path with that chunk size (default: Triton on CUDA, 256 rows otherwise).
+    chunked torch path with that chunk size (default: Triton on CUDA, 16 MiB blocks of logits otherwise).
     """
     return _clip_loss(*_prepare(image_features, text_features, logit_scale, chunk_rows), chunk_rows)
 

@@ -19,9 +19,15 @@ import torch.nn.functional as F
 
 from scan_fast.ops.distributed import concat_all_gather, is_distributed
 
-# Rows per chunk on the CPU path: a (chunk x M) fp32 block is the only
-# quadratic-size buffer; 256 rows keep the GEMMs large and the block in cache-sized pieces.
-DEFAULT_CHUNK_ROWS = 256
+# The CPU path's only quadratic-size buffers are (chunk x M) blocks of logits. 4M
+# elements (16 MiB in fp32) keeps them in a server's L3 while the GEMMs stay large
+# (256 rows at M = 16k, every row below M = 2k); the op count per chunk stays small.
+CHUNK_ELEMENTS = 1 << 22
+MIN_CHUNK_ROWS = 32
+
+
+def default_chunk_rows(rows: int, columns: int) -> int:
+    return max(MIN_CHUNK_ROWS, min(rows, CHUNK_ELEMENTS // columns))
 # The Triton kernels handle these input dtypes and feature dims.
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _KERNEL_MAX_DIM = 2048
@@ -135,7 +141,7 @@ class RowCrossEntropyChunked(torch.autograd.Function):
 
     @staticmethod
     @autocast_off
-    def forward(ctx, q, k, scale, offset, chunk_rows=DEFAULT_CHUNK_ROWS):
+    def forward(ctx, q, k, scale, offset, chunk_rows):
         batch = q.shape[0]
         positives = k[offset:offset + batch]
         target_logits = scale * (q * positives).sum(1)
@@ -183,7 +189,8 @@ def row_cross_entropy(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, off
         from scan_fast.kernels.info_nce import InfoNCEFunction
 
         return InfoNCEFunction.apply(q, k, scale, offset)
-    return RowCrossEntropyChunked.apply(q, k, scale, offset, chunk_rows or DEFAULT_CHUNK_ROWS)
+    chunk_rows = chunk_rows or default_chunk_rows(q.shape[0], k.shape[0])
+    return RowCrossEntropyChunked.apply(q, k, scale, offset, chunk_rows)
 
 
 def check_temperature(temperature) -> float:
