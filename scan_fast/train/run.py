@@ -169,7 +169,8 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
                     stop_after_step=cfg.stop_after_step)
             except NonFiniteLoss as err:
                 path = os.path.join(ckpt_dir, f"diverged-step{err.global_step}.pt")
-                checkpoint(path, epoch)
+                global_step = err.global_step
+                checkpoint(path, epoch)  # for inspection: weights and optimizer before the bad step
                 raise TrainingDiverged(f"{err}; training stopped, state before that step saved to {path}") from None
             finally:
                 progress.close()
@@ -194,9 +195,9 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
                 print(_epoch_line(kind, history[-1]), flush=True)
             if last or (epoch + 1) % cfg.save_frequency == 0:
                 checkpoint(os.path.join(ckpt_dir, "latest.pt"), epoch + 1)
-    except StopTraining:
+    except StopTraining as stop:
         logger.close()
-        return {"stopped_at_step": global_step, "folder": folder}
+        return {"stopped_at_step": stop.global_step, "folder": folder}
     logger.close()
     summary = _summary(cfg, kind, history, full_epoch_samples, folder, truth_mismatched)
     if runtime.is_main:

@@ -1,0 +1,196 @@
+"""argparse subcommands of the trainers: `scan-fast train clip|moco`, `scan-fast coreset export`.
+
+Flags come from the config dataclasses (one flag per field, grouped by
+section); `--config FILE` (YAML or TOML) may hold any of them, with the same
+names (dashes or underscores), and flags on the command line win.
+`scan_fast/cli.py` registers these with `add_train_parsers(sub)` and
+`add_coreset_parser(sub)`.
+"""
+import argparse
+import os
+import sys
+import typing
+from dataclasses import MISSING, fields
+
+from scan_fast.train.config import PRECISIONS, PRUNE_MODES, SCAN_TARGETS, ClipConfig, MocoConfig
+
+SECTIONS = {
+    "data": ("train_data", "val_data", "batch_size", "workers", "augment", "seed", "device"),
+    "model": ("model", "arch", "moco_dim", "moco_mlp_dim", "moco_m", "moco_m_cos", "moco_t"),
+    "optimisation": ("epochs", "lr", "wd", "beta1", "beta2", "eps", "warmup_epochs", "grad_clip_norm",
+                     "precision"),
+    "pruning": ("prune", "rho_ill", "rho_red", "t_cos", "prune_threshold", "prune_target", "abs_ill", "abs_red",
+                "coreset", "prune_counts", "infobatch_ratio", "infobatch_delta"),
+    "evaluation": ("eval_frequency", "zeroshot_classes", "zeroshot_template", "knn_k"),
+    "run": ("logs", "name", "resume", "save_frequency", "tensorboard", "progress", "stop_after_step"),
+}
+HELP = {
+    "train_data": "the training .beton (scan-fast data ...)",
+    "val_data": "labelled .beton for evaluation (zero-shot for CLIP, kNN/linear probe for MoCo)",
+    "batch_size": "batch size per process", "workers": "FFCV decoding threads",
+    "augment": "random-resized-crop augmentation (FFCV's crops are not seeded: resume is exact only without)",
+    "device": "auto, cpu or cuda[:N]", "model": "open_clip model config name (random init, no download)",
+    "arch": "MoCo backbone: vit_small, resnet50, vit_tiny_cpu or resnet_tiny_cpu",
+    "epochs": "epochs to train", "lr": "peak learning rate", "wd": "AdamW weight decay",
+    "warmup_epochs": "linear LR warm-up, in (fractional) epochs", "precision": f"one of {PRECISIONS} (GPU only)",
+    "prune": f"pruning strategy, one of {PRUNE_MODES}", "prune_target": f"SCAN candidates, one of {SCAN_TARGETS}",
+    "rho_ill": "SCAN: share of each batch taken as ill-matched candidates",
+    "rho_red": "SCAN: share of each batch taken as redundant candidates",
+    "t_cos": "SCAN: mutation epochs per cycle", "prune_threshold": "SCAN: warm-up ends below this loss drop",
+    "coreset": "--prune static: file of sample ids to train on (.txt, one a line, or .npy)",
+    "prune_counts": "--prune random: epochs.csv of a SCAN run whose per-epoch counts to match",
+    "infobatch_ratio": "InfoBatch: pruning probability of below-mean samples",
+    "infobatch_delta": "InfoBatch: share of the epochs that may prune (the rest use all data)",
+    "eval_frequency": "evaluate every N epochs (0: after the last only)",
+    "zeroshot_classes": "file of class names (one a line, in label order) for a non-embedded val set",
+    "logs": "folder of all runs", "name": "run folder name (default <kind>-<prune>-seed<seed>)",
+    "resume": "checkpoint to resume, or 'latest' for this run's last one",
+    "stop_after_step": "stop after this global step without saving (tests of resume)",
+}
+
+
+def _field_type(tp):
+    """(argparse type, is_bool) of a dataclass field annotation."""
+    args = typing.get_args(tp)
+    if args and type(None) in args:  # Optional[X]
+        tp = next(a for a in args if a is not type(None))
+    return tp, tp is bool
+
+
+def _add_config_flags(parser, config_cls):
+    by_name = {f.name: f for f in fields(config_cls)}
+    for section, names in SECTIONS.items():
+        present = [n for n in names if n in by_name]
+        if not present:
+            continue
+        group = parser.add_argument_group(section)
+        for name in present:
+            f = by_name[name]
+            tp, is_bool = _field_type(f.type)
+            default = f.default if f.default is not MISSING else None
+            help_text = HELP.get(name, "") + (f" (default: {default})" if default not in (None, "") else "")
+            flag = "--" + name.replace("_", "-")
+            # default None: "not given", so a --config file value can fill it in
+            if is_bool:
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            else:
+                group.add_argument(flag, type=tp, default=None, help=help_text, metavar=name.upper())
+    missing = set(by_name) - {n for names in SECTIONS.values() for n in names}
+    assert not missing, f"config fields without a section: {missing}"
+
+
+def read_config_file(path) -> dict:
+    """Flag values from a YAML or TOML file: {field_name: value}."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config: no file at {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    if path.endswith(".toml"):
+        import tomllib
+
+        try:
+            values = tomllib.loads(raw.decode())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"--config {path}: not valid TOML ({err})") from None
+    else:
+        import yaml
+
+        try:
+            values = yaml.safe_load(raw) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"--config {path}: not valid YAML ({err})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: expected a mapping of flag names to values")
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
+
+
+def config_from_args(args, config_cls):
+    """The config dataclass from parsed flags over the --config file's values."""
+    by_name = {f.name: f for f in fields(config_cls)}
+    values = {}
+    if getattr(args, "config", None):
+        from_file = read_config_file(args.config)
+        unknown = sorted(set(from_file) - set(by_name))
+        if unknown:
+            raise ValueError(f"--config {args.config}: unknown key(s) {unknown}")
+        for name, value in from_file.items():
+            tp, is_bool = _field_type(by_name[name].type)
+            if value is not None and not isinstance(value, tp) and not (tp is float and isinstance(value, int)):
+                raise TypeError(f"--config {args.config}: {name} must be {tp.__name__}, got {value!r}")
+            values[name] = value
+    for name in by_name:
+        if getattr(args, name, None) is not None:  # given on the command line
+            values[name] = getattr(args, name)
+    return config_cls(**values)
+
+
+def add_train_parsers(sub) -> None:
+    train = sub.add_parser("train", help="pre-train CLIP or MoCo v3 with SCAN or a baseline pruning strategy",
+                           description="Pre-train on an FFCV .beton with dataset pruning.")
+    kinds = train.add_subparsers(dest="kind", metavar="KIND", required=True)
+    for kind, config_cls, text in (("clip", ClipConfig, "CLIP (open_clip model) on image-text pairs"),
+                                   ("moco", MocoConfig, "MoCo v3 (ViT or ResNet) on images")):
+        p = kinds.add_parser(kind, help=text, description=f"Train {text}.")
+        p.add_argument("--config", help="YAML or TOML file holding any of the flags below")
+        _add_config_flags(p, config_cls)
+        p.set_defaults(run=_run_train, config_cls=config_cls)
+
+
+def _run_train(args):
+    from scan_fast.train.run import TrainingDiverged
+
+    cfg = config_from_args(args, args.config_cls)
+    if args.kind == "clip":
+        from scan_fast.train.clip import train_clip as train
+    else:
+        from scan_fast.train.moco import train_moco as train
+    try:
+        summary = train(cfg)
+    except TrainingDiverged as err:
+        print(f"scan-fast train {args.kind}: error: {err}", file=sys.stderr)
+        return 3
+    for key, value in summary.items():
+        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    return 0
+
+
+def add_coreset_parser(sub) -> None:
+    coreset = sub.add_parser("coreset", help="coreset files of a SCAN run")
+    actions = coreset.add_subparsers(dest="action", metavar="ACTION", required=True)
+    export = actions.add_parser("export", help="write the coreset of a run's checkpoint as an id list",
+                                description="Write the sample ids SCAN keeps (all but the last preparation's "
+                                            "candidates) as a text file for --prune static.")
+    export.add_argument("checkpoint", help="a SCAN run's checkpoint (e.g. runs/NAME/checkpoints/latest.pt)")
+    export.add_argument("--out", required=True, help="text file to write, one id a line")
+    export.set_defaults(run=_run_coreset_export)
+
+
+def export_coreset(checkpoint: str, out: str) -> int:
+    """Write the coreset of a SCAN checkpoint; returns how many ids were written."""
+    import numpy as np
+
+    from scan_fast.schedule import Scan
+    from scan_fast.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    schedule_state = state["schedule"]
+    if schedule_state.get("kind") not in (None, "Scan") or state["config"].get("prune") != "scan":
+        raise ValueError(f"{checkpoint} is from a --prune {state['config'].get('prune')} run, not a SCAN run")
+    scan = Scan(int(schedule_state["num_samples"]), **_scan_kwargs(state["config"]))
+    scan.load_state_dict(schedule_state)
+    ids = scan.coreset()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    np.savetxt(out, ids, fmt="%d", header=f"coreset of {checkpoint}: {len(ids)} of {scan.num_samples} ids")
+    return len(ids)
+
+
+def _scan_kwargs(config: dict) -> dict:
+    return {"rho_ill": config["rho_ill"], "rho_red": config["rho_red"], "t_cos": config["t_cos"],
+            "prune_threshold": config["prune_threshold"], "mode": config["prune_target"], "seed": config["seed"],
+            "abs_ill": config.get("abs_ill"), "abs_red": config.get("abs_red")}
+
+
+def _run_coreset_export(args):
+    count = export_coreset(args.checkpoint, args.out)
+    print(f"wrote {count} ids to {args.out}")
+    return 0
