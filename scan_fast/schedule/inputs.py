@@ -6,6 +6,7 @@ from typing import Tuple
 import numpy as np
 
 _SHOWN_IDS = 5  # how many offending ids an error message lists
+_LOSS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def check_int(name: str, value, minimum: int = None, maximum: int = None) -> int:
@@ -34,43 +35,52 @@ def check_real(name: str, value, finite: bool = True) -> float:
 
 def to_numpy(name: str, values) -> np.ndarray:
     """numpy view of an array-like or a torch tensor (CPU or CUDA: copied to the host)."""
-    if type(values).__module__.startswith("torch"):
-        values = values.detach()
-        if values.is_floating_point() and values.dtype.itemsize < 4:
-            values = values.float()  # numpy has no bfloat16
-        values = values.cpu().numpy()
-    array = np.asarray(values)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
-    return array
+    if type(values) is not np.ndarray:
+        if type(values).__module__.startswith("torch"):
+            values = values.detach()
+            if values.is_floating_point() and values.dtype.itemsize < 4:
+                values = values.float()  # numpy has no bfloat16
+            values = values.cpu().numpy()
+        values = np.asarray(values)
+    if values.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {values.shape}")
+    return values
 
 
-def check_batch(sample_ids, loss_a, loss_b, num_samples: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids as int64, loss_a, loss_b as float32/float64) of one batch, or a ValueError/TypeError."""
-    ids = to_numpy("sample_ids", sample_ids)
-    if not np.issubdtype(ids.dtype, np.integer):
+def _check_ids(ids: np.ndarray, num_samples: int) -> np.ndarray:
+    if ids.dtype.kind not in "iu":
         raise TypeError(f"sample_ids must have an integer dtype, got {ids.dtype}")
-    if ids.size and (ids.min() < 0 or ids.max() >= num_samples):
+    # one pass: viewed as unsigned, negative ids wrap to values >= num_samples
+    if ids.size and ids.view(f"u{ids.dtype.itemsize}").max() >= num_samples:
         bad = ids[(ids < 0) | (ids >= num_samples)]
         raise ValueError(
             f"sample_ids must be in [0, num_samples={num_samples}); {bad.size} are not, "
             f"first {bad[:_SHOWN_IDS].tolist()}")
-    ids = ids.astype(np.int64, copy=False)
-    losses = []
-    for name, loss in (("loss_a", loss_a), ("loss_b", loss_b)):
-        loss = to_numpy(name, loss)
-        if not (np.issubdtype(loss.dtype, np.floating) or np.issubdtype(loss.dtype, np.integer)) \
-                or loss.dtype == np.bool_:
+    return ids.astype(np.int64, copy=False)
+
+
+def _check_loss(name: str, loss: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    if loss.dtype not in _LOSS_DTYPES:
+        if loss.dtype.kind not in "iuf":
             raise TypeError(f"{name} must have a real dtype, got {loss.dtype}")
-        if loss.shape[0] != ids.shape[0]:
-            raise ValueError(f"{name} has {loss.shape[0]} values but sample_ids has {ids.shape[0]}")
-        if loss.dtype not in (np.float32, np.float64):
-            loss = loss.astype(np.float64)
-        finite = np.isfinite(loss)
-        if not finite.all():
-            bad = ids[~finite]
+        loss = loss.astype(np.float64)
+    if loss.shape[0] != ids.shape[0]:
+        raise ValueError(f"{name} has {loss.shape[0]} values but sample_ids has {ids.shape[0]}")
+    # a float64 sum of finite values is finite unless they are near the float64 limit: then look closer
+    if not math.isfinite(np.add.reduce(loss, dtype=np.float64)):
+        bad = ids[~np.isfinite(loss)]
+        if bad.size:
             raise ValueError(
                 f"{name} has {bad.size} non-finite values (NaN/inf), "
                 f"at sample ids {bad[:_SHOWN_IDS].tolist()}{' ...' if bad.size > _SHOWN_IDS else ''}")
-        losses.append(loss)
-    return ids, losses[0], losses[1]
+    return loss
+
+
+def check_batch(sample_ids, loss_a, loss_b, num_samples: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids as int64, loss_a, loss_b as float32/float64) of one batch, or a ValueError/TypeError.
+
+    Runs once per training batch, so each check is a single pass over the batch.
+    """
+    ids = _check_ids(to_numpy("sample_ids", sample_ids), num_samples)
+    return ids, _check_loss("loss_a", to_numpy("loss_a", loss_a), ids), \
+        _check_loss("loss_b", to_numpy("loss_b", loss_b), ids)

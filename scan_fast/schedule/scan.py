@@ -81,10 +81,11 @@ class Scan(PruningSchedule):
         ill, red = batch_candidates(loss_a, loss_b, k_ill=k_ill, k_red=k_red, abs_ill=self.config.abs_ill,
                                     abs_red=self.config.abs_red, seed=self.config.seed,
                                     stream=batch_stream(self._epoch, self._batch_index))
-        self._new[0].add(ids[ill])
-        self._new[1].add(ids[red])
+        ill_ids, red_ids = ids[ill], ids[red]
+        self._new[0].add(ill_ids)
+        self._new[1].add(red_ids)
         self._batch_index += 1
-        return int(np.count_nonzero(ill)), int(np.count_nonzero(red))
+        return len(ill_ids), len(red_ids)
 
     def _finish_epoch(self, epoch, epoch_loss):
         phase, position = epoch_phase(epoch, self._start, self.config.t_cos)
