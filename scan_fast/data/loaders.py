@@ -7,6 +7,9 @@ equal-length shard per rank under distributed=True (remainder dropped, so no
 id is on two ranks), and `len(loader)` / drop_last computed from that epoch's
 list. Switching to a new list costs one validation pass over it; the .beton
 is never rewritten and the loader never rebuilt.
+
+As with any ffcv Loader, a batch's tensors live in buffers reused a few batches
+later: copy (or move to the GPU) whatever must outlive the step.
 """
 from typing import Optional, Tuple
 
