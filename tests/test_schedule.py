@@ -419,3 +419,9 @@ def test_state_dict_is_plain_python():
     for state in states:
         assert plain(state)
         assert _roundtrip(state) == state
+
+
+@pytest.mark.parametrize(*_SCHEDULES)
+def test_candidates_kind_must_be_a_mode(schedule_type):
+    with pytest.raises(ValueError, match="kind must be one of .* got 'noisy'"):
+        schedule_type(10).candidates("noisy")

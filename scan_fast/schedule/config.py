@@ -9,6 +9,12 @@ MODES = ("both", "redundant", "ill_matched")
 _RHO_SUM_SLACK = 1e-12  # 0.35 + 0.65 must pass despite binary rounding
 
 
+def check_mode(name: str, mode) -> str:
+    if mode not in MODES:
+        raise ValueError(f"{name} must be one of {MODES}, got {mode!r}")
+    return mode
+
+
 @dataclass(frozen=True)
 class ScanConfig:
     num_samples: int
@@ -33,8 +39,7 @@ class ScanConfig:
             raise ValueError(f"rho_ill + rho_red must be <= 1, got {self.rho_ill} + {self.rho_red}")
         fix("t_cos", check_int("t_cos", self.t_cos, minimum=1))
         fix("prune_threshold", check_real("prune_threshold", self.prune_threshold))
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        check_mode("mode", self.mode)
         fix("seed", check_int("seed", self.seed, minimum=0, maximum=2**63 - 1))
         for name in ("abs_ill", "abs_red"):
             if getattr(self, name) is not None:

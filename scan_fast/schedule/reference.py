@@ -12,8 +12,8 @@ import numpy as np
 
 from scan_fast.candidates import batch_candidates_reference
 from scan_fast.schedule.base import PruningSchedule
-from scan_fast.schedule.config import ScanConfig
-from scan_fast.schedule.inputs import check_batch, check_int
+from scan_fast.schedule.config import ScanConfig, check_mode
+from scan_fast.schedule.inputs import check_batch, check_int, check_real
 from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, batch_stream, cosine_rate,
                                       epoch_phase, prune_count, warmup_step)
 from scan_fast.schedule.stats import EpochRecord
@@ -36,7 +36,8 @@ class ScanReference(PruningSchedule):
 
     def candidates(self, kind: str = None) -> np.ndarray:
         """Sorted candidates of the last completed preparation: by mode, or "ill_matched"/"redundant"."""
-        return np.array(sorted(self._by_mode(self._ill, self._red, kind or self.config.mode)), dtype=np.int64)
+        kind = check_mode("kind", kind or self.config.mode)
+        return np.array(sorted(self._by_mode(self._ill, self._red, kind)), dtype=np.int64)
 
     def coreset(self) -> np.ndarray:
         dropped = self._by_mode(self._ill, self._red, self.config.mode)
@@ -106,7 +107,8 @@ class ScanReference(PruningSchedule):
         sets = {}
         for key in ("ill", "red", "new_ill", "new_red"):
             sets[key] = {check_int(f"state_dict['{key}'] id", i, 0, self.num_samples - 1) for i in state[key]}
-        prev_loss, start = float(state["prev_loss"]), state["start"]
+        prev_loss = check_real("state_dict['prev_loss']", state["prev_loss"], finite=False)
+        start = state["start"] if state["start"] is None else check_int("state_dict['start']", state["start"], 0)
         batch_index = check_int("state_dict['batch_index']", state["batch_index"], minimum=0)
 
         def apply():

@@ -12,8 +12,8 @@ import numpy as np
 
 from scan_fast.index import SampleSet, batch_candidates
 from scan_fast.schedule.base import PruningSchedule
-from scan_fast.schedule.config import ScanConfig
-from scan_fast.schedule.inputs import check_batch, check_int
+from scan_fast.schedule.config import ScanConfig, check_mode
+from scan_fast.schedule.inputs import check_batch, check_int, check_real
 from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, batch_stream, cosine_rate,
                                       epoch_phase, mutation_stream, prune_count, warmup_step)
 from scan_fast.schedule.stats import EpochRecord
@@ -44,15 +44,16 @@ class Scan(PruningSchedule):
 
     def candidates(self, kind: str = None) -> np.ndarray:
         """Sorted candidates of the last completed preparation: by mode, or "ill_matched"/"redundant"."""
-        return self._by_mode(kind or self.config.mode).to_array()
+        return self._by_mode(check_mode("kind", kind or self.config.mode)).to_array()
 
     def coreset(self) -> np.ndarray:
         """Sorted ids outside the last completed preparation's candidates (all ids before one)."""
         return self._by_mode(self.config.mode).complement()
 
-    def _by_mode(self, mode, ill=None, red=None) -> SampleSet:
-        ill, red = (self._ill, self._red) if ill is None else (ill, red)
-        return {"both": lambda: ill | red, "redundant": lambda: red, "ill_matched": lambda: ill}[mode]()
+    def _by_mode(self, mode) -> SampleSet:
+        if mode == "both":
+            return self._ill | self._red
+        return self._red if mode == "redundant" else self._ill
 
     def _pruned(self, epoch, position) -> SampleSet:
         if self._pruned_cache is None or self._pruned_cache[0] != epoch:
@@ -118,7 +119,7 @@ class Scan(PruningSchedule):
         if new is None and state["in_epoch"] and self._phase_in(state)[0] == PREPARATION:
             raise ValueError("state_dict is inside a preparation epoch but lacks 'new_ill'/'new_red'")
         start = state["start"] if state["start"] is None else check_int("state_dict['start']", state["start"], 0)
-        prev_loss = float(state["prev_loss"])
+        prev_loss = check_real("state_dict['prev_loss']", state["prev_loss"], finite=False)
         batch_index = check_int("state_dict['batch_index']", state["batch_index"], minimum=0)
 
         def apply():
