@@ -1,10 +1,13 @@
 #include "index_set.hpp"
 
+#include "radix_select.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <sstream>
 #include <stdexcept>
@@ -560,17 +563,20 @@ void check_finite(const T* loss, size_t batch, const char* name) {
 
 // Marks the k highest (kHighest) or lowest losses, ties to the lower position. `bound`
 // is the k-th most extreme value: everything strictly beyond it is in, and the first
-// (k - #beyond) positions equal to it.
+// (k - #beyond) positions equal to it. Loops are branch-free so they vectorise; the
+// usual case (no surplus ties) needs one counting and one marking pass.
 template <class T, bool kHighest>
 void mark_extremes(const T* loss, size_t batch, uint64_t k, T bound, uint8_t* mask) {
-  // Branch-free (vectorised) pass for the strict side; ties are rare, so the second
-  // loop's branch is predictable.
-  uint64_t beyond = 0;
+  uint32_t beyond = 0, equal = 0;
   for (size_t i = 0; i < batch; ++i) {
-    const uint8_t in = kHighest ? (loss[i] > bound) : (loss[i] < bound);
-    mask[i] = in;
-    beyond += in;
+    beyond += kHighest ? (loss[i] > bound) : (loss[i] < bound);
+    equal += loss[i] == bound;
   }
+  if (beyond + uint64_t{equal} == k) {
+    for (size_t i = 0; i < batch; ++i) mask[i] = kHighest ? (loss[i] >= bound) : (loss[i] <= bound);
+    return;
+  }
+  for (size_t i = 0; i < batch; ++i) mask[i] = kHighest ? (loss[i] > bound) : (loss[i] < bound);
   uint64_t ties_wanted = k - beyond;
   for (size_t i = 0; i < batch && ties_wanted > 0; ++i) {
     if (loss[i] == bound) {
@@ -580,48 +586,60 @@ void mark_extremes(const T* loss, size_t batch, uint64_t k, T bound, uint8_t* ma
   }
 }
 
+// The T-valued bound equivalent to comparing double(x) with `threshold`: for every
+// finite x of type T, x > above(t) <=> double(x) > t and x < below(t) <=> double(x) < t.
+// Lets float32 losses be compared as floats (vectorised) with the reference's float64 rule.
+template <class T>
+T bound_above(double threshold) {
+  T bound = static_cast<T>(threshold);
+  if (static_cast<double>(bound) > threshold) bound = std::nextafter(bound, -std::numeric_limits<T>::infinity());
+  return bound;
+}
+
+template <class T>
+T bound_below(double threshold) {
+  T bound = static_cast<T>(threshold);
+  if (static_cast<double>(bound) < threshold) bound = std::nextafter(bound, std::numeric_limits<T>::infinity());
+  return bound;
+}
+
 template <class T>
 void mark_threshold(const T* loss, size_t batch, double threshold, bool highest, uint8_t* mask) {
   if (highest) {
-    for (size_t i = 0; i < batch; ++i) mask[i] = static_cast<double>(loss[i]) > threshold;
+    const T bound = bound_above<T>(threshold);
+    for (size_t i = 0; i < batch; ++i) mask[i] = loss[i] > bound;
   } else {
-    for (size_t i = 0; i < batch; ++i) mask[i] = static_cast<double>(loss[i]) < threshold;
+    const T bound = bound_below<T>(threshold);
+    for (size_t i = 0; i < batch; ++i) mask[i] = loss[i] < bound;
   }
 }
 
-// ILL and RED masks of one direction. For two k-rules a single copy serves both
-// selections: after nth_element puts the ILL bound at batch - k_ill, the RED bound lies
-// on the side that holds sorted index k_red - 1, so the second selection is shorter.
+template <class T>
+struct CandidateScratch {
+  RadixSelector<T> selector;
+  std::vector<uint8_t> masks;
+  std::vector<uint32_t> pool;
+};
+
+// ILL and RED masks of one direction; both k-rules' bounds come from one selection.
 template <class T>
 void direction_masks(const T* loss, size_t batch, const CandidateRule& ill, const CandidateRule& red,
-                     std::vector<T>& scratch, uint8_t* ill_mask, uint8_t* red_mask) {
-  const bool need_copy = (!ill.by_threshold && ill.k > 0 && ill.k < batch) ||
-                         (!red.by_threshold && red.k > 0 && red.k < batch);
-  if (need_copy) scratch.assign(loss, loss + batch);
-  T* s = scratch.data();
-  size_t lo = 0, hi = batch;  // the RED bound's sorted index lies in [lo, hi)
-  if (ill.by_threshold) {
-    mark_threshold(loss, batch, ill.threshold, true, ill_mask);
-  } else if (ill.k == 0 || ill.k == batch) {
-    std::fill(ill_mask, ill_mask + batch, static_cast<uint8_t>(ill.k == batch));
-  } else {
-    const size_t at = batch - ill.k;
-    std::nth_element(s, s + at, s + batch);
-    mark_extremes<T, true>(loss, batch, ill.k, s[at], ill_mask);
-    if (!red.by_threshold && red.k > 0 && red.k < batch) {
-      if (red.k - 1 < at) hi = at;
-      else lo = at;
-    }
+                     CandidateScratch<T>& scratch, uint8_t* ill_mask, uint8_t* red_mask) {
+  using K = SortKey<T>;
+  const bool select_ill = !ill.by_threshold && ill.k > 0 && ill.k < batch;
+  const bool select_red = !red.by_threshold && red.k > 0 && red.k < batch;
+  const size_t ill_rank = batch - ill.k, red_rank = red.k - 1;  // ascending sorted positions
+  K ill_key = 0, red_key = 0;
+  if (select_ill || select_red) {
+    scratch.selector.select2(loss, batch, select_ill ? ill_rank : red_rank, select_red ? red_rank : ill_rank,
+                             &ill_key, &red_key);
   }
-  if (red.by_threshold) {
-    mark_threshold(loss, batch, red.threshold, false, red_mask);
-  } else if (red.k == 0 || red.k == batch) {
-    std::fill(red_mask, red_mask + batch, static_cast<uint8_t>(red.k == batch));
-  } else {
-    const size_t at = red.k - 1;
-    std::nth_element(s + lo, s + at, s + hi);
-    mark_extremes<T, false>(loss, batch, red.k, s[at], red_mask);
-  }
+  if (ill.by_threshold) mark_threshold(loss, batch, ill.threshold, true, ill_mask);
+  else if (select_ill) mark_extremes<T, true>(loss, batch, ill.k, from_sort_key<T>(ill_key), ill_mask);
+  else std::fill(ill_mask, ill_mask + batch, static_cast<uint8_t>(ill.k == batch));
+  if (red.by_threshold) mark_threshold(loss, batch, red.threshold, false, red_mask);
+  else if (select_red) mark_extremes<T, false>(loss, batch, red.k, from_sort_key<T>(red_key), red_mask);
+  else std::fill(red_mask, red_mask + batch, static_cast<uint8_t>(red.k == batch));
 }
 
 // C = X_a & X_b; when |C| < 0.9 |X_a|, add |X_a| - |C| positions drawn uniformly without
@@ -646,24 +664,19 @@ void combine_directions(const uint8_t* x_a, const uint8_t* x_b, size_t batch, co
   const uint64_t need = target - have;
   uint64_t counter = 0;
   for (uint64_t j = 0; j < need; ++j) {
-    const uint64_t pick = j + rng.bounded(size - j, counter);
+    const uint64_t pick = j + (size - j <= UINT32_MAX ? rng.bounded32(static_cast<uint32_t>(size - j), counter)
+                                                      : rng.bounded(size - j, counter));
     std::swap(slot[j], slot[pick]);
     out[slot[j]] = true;
   }
 }
-
-template <class T>
-struct CandidateScratch {
-  std::vector<T> values;
-  std::vector<uint8_t> masks;
-  std::vector<uint32_t> pool;
-};
 
 }  // namespace
 
 template <class T>
 void batch_candidates(const T* loss_a, const T* loss_b, size_t batch, const CandidateRule& ill,
                       const CandidateRule& red, uint64_t seed, uint64_t stream, bool* ill_out, bool* red_out) {
+  if (batch >= (uint64_t{1} << 32)) throw std::invalid_argument("batch size must be below 2**32");
   for (const CandidateRule* rule : {&ill, &red}) {
     if (!rule->by_threshold && rule->k > batch) {
       throw std::invalid_argument("k=" + std::to_string(rule->k) + " exceeds the batch size " +
@@ -679,8 +692,8 @@ void batch_candidates(const T* loss_a, const T* loss_b, size_t batch, const Cand
   uint8_t* ill_b = ill_a + batch;
   uint8_t* red_a = ill_b + batch;
   uint8_t* red_b = red_a + batch;
-  direction_masks(loss_a, batch, ill, red, scratch.values, ill_a, red_a);
-  direction_masks(loss_b, batch, ill, red, scratch.values, ill_b, red_b);
+  direction_masks(loss_a, batch, ill, red, scratch, ill_a, red_a);
+  direction_masks(loss_b, batch, ill, red, scratch, ill_b, red_b);
   combine_directions(ill_a, ill_b, batch, CounterRng(seed, stream, RngPurpose::kTopUpIll), scratch.pool, ill_out);
   combine_directions(red_a, red_b, batch, CounterRng(seed, stream, RngPurpose::kTopUpRed), scratch.pool, red_out);
 }

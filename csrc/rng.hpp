@@ -43,6 +43,9 @@ class CounterRng {
 
   uint64_t operator()(uint64_t counter) const { return mix64(key_ + counter * kGolden); }
 
+  // The two 32-bit halves of value(c): half h of counter c is draw 2c + h.
+  uint32_t half(uint64_t draw) const { return static_cast<uint32_t>((*this)(draw >> 1) >> (32 * (draw & 1))); }
+
   // Uniform integer in [0, range), range >= 1, without modulo bias (Lemire's
   // multiply-and-reject). Consumes counters from `counter` onwards.
   uint64_t bounded(uint64_t range, uint64_t& counter) const {
@@ -56,6 +59,20 @@ class CounterRng {
       }
     }
     return static_cast<uint64_t>(m >> 64);
+  }
+
+  // Same method for range < 2**32 on 32-bit draws (half a hash each); `draw` counts halves.
+  uint32_t bounded32(uint32_t range, uint64_t& draw) const {
+    uint64_t m = static_cast<uint64_t>(half(draw++)) * range;
+    uint32_t low = static_cast<uint32_t>(m);
+    if (low < range) {
+      const uint32_t reject_below = (0u - range) % range;
+      while (low < reject_below) {
+        m = static_cast<uint64_t>(half(draw++)) * range;
+        low = static_cast<uint32_t>(m);
+      }
+    }
+    return static_cast<uint32_t>(m >> 32);
   }
 
  private:

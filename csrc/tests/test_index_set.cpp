@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <set>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "../index_set.hpp"
+#include "../radix_select.hpp"
 
 using scan_fast::CandidateRule;
 using scan_fast::IndexSet;
@@ -300,6 +302,47 @@ static void test_batch_candidates() {
   CHECK_THROWS(scan_fast::batch_candidates(fine, fine, 3, too_many, one, 0, 0, p1, p2), "k=4");
 }
 
+// Order statistics from the radix selector equal those of a full sort, whatever the
+// value distribution (the bins only decide speed).
+template <class T>
+static void check_selector_on(std::vector<T> values, std::mt19937_64& gen) {
+  scan_fast::RadixSelector<T> selector;
+  std::vector<T> sorted = values;
+  std::sort(sorted.begin(), sorted.end());
+  std::uniform_int_distribution<size_t> pick(0, values.size() - 1);
+  for (int t = 0; t < 6; ++t) {
+    const size_t ra = t == 0 ? 0 : pick(gen), rb = t == 0 ? values.size() - 1 : pick(gen);
+    scan_fast::SortKey<T> ka, kb;
+    selector.select2(values.data(), values.size(), ra, rb, &ka, &kb);
+    CHECK(scan_fast::from_sort_key<T>(ka) == sorted[ra]);
+    CHECK(scan_fast::from_sort_key<T>(kb) == sorted[rb]);
+  }
+}
+
+template <class T>
+static void test_selector() {
+  std::mt19937_64 gen(5);
+  std::normal_distribution<double> normal;
+  std::uniform_int_distribution<int> small(0, 3);
+  for (size_t n : {1ul, 2ul, 47ul, 49ul, 500ul, 4096ul, 70000ul}) {
+    std::vector<std::function<T(size_t)>> shapes = {
+        [&](size_t) { return static_cast<T>(normal(gen)); },
+        [&](size_t) { return static_cast<T>(std::exp(normal(gen) * 20)); },                  // huge spread
+        [&](size_t) { return static_cast<T>(small(gen)) * T(0.5) - T(1); },                  // heavy ties
+        [&](size_t i) { return i % 2 ? T(0) : -T(0); },                                      // signed zeros
+        [&](size_t i) { return i == 7 ? std::numeric_limits<T>::max() : T(1) + T(i % 97) * std::numeric_limits<T>::epsilon(); },
+        [&](size_t i) { return i % 3 ? std::numeric_limits<T>::denorm_min() * T(i % 5) : -std::numeric_limits<T>::max(); },
+        [&](size_t i) { return static_cast<T>(std::ldexp(1.0, static_cast<int>(i % 120) - 60)); },  // powers of two
+        [&](size_t i) { return static_cast<T>(i); },                                         // sorted
+    };
+    for (auto& shape : shapes) {
+      std::vector<T> values(n);
+      for (size_t i = 0; i < n; ++i) values[i] = shape(i);
+      check_selector_on(values, gen);
+    }
+  }
+}
+
 int main() {
   scan_fast::set_num_threads(2);
   test_set_ops_against_std_set();
@@ -309,6 +352,8 @@ int main() {
   test_bytes_round_trip_and_corruption();
   test_large_sparse_ids();
   test_batch_candidates();
+  test_selector<float>();
+  test_selector<double>();
   if (g_failures) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return 1;
