@@ -7,6 +7,7 @@
 CUDA tensors go to the Triton kernel; everything else to a chunked torch path
 that never holds more than a (chunk x B) block of logits.
 """
+import math
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -41,96 +42,118 @@ def clip_loss_per_sample_reference(image_features: torch.Tensor, text_features: 
 # A chunk takes the one-exp path when every row and column sum of exp(logits - chunk max)
 # is at least exp(-40): the terms fp32 flushes (< exp(-87)) then change no sum by more
 # than B * exp(-47), and the backward's rescaling factors stay below exp(50).
-_MIN_LOG_SUM = -40.0
+_MIN_SUM = math.exp(-40.0)
 
 
 class ClipLossChunked(torch.autograd.Function):
     """Both directions of the per-sample CLIP loss, (chunk x B) logits at a time.
 
     forward: per row chunk S = s * I[rows] @ T^T with maximum m, E = exp(S - m)
-    gives the row log-sum-exps (rows lie inside one chunk) and, through an online
-    running-max merge across chunks, the column ones; the diagonal comes from a
-    row-wise dot product. Saves I, T, the two LSE vectors and one m per chunk.
+    gives the row sums (rows lie inside one chunk) and the column sums, merged
+    across chunks relative to the running maximum of m; the diagonal comes from
+    a row-wise dot product. Saves I, T, the two LSE vectors, each row's shift m
+    and one m per chunk.
     backward (upstream g_r, g_c, any values), recomputing each chunk:
         dS = g_r[:, None] * softmax_rows + g_c[None, :] * softmax_cols - diag(g_r + g_c)
-           = E * (a[:, None] + b[None, :]) - diag(g_r + g_c),
-             a = g_r * exp(m - lse_row), b = g_c * exp(m - lse_col)
+           = E * (a[:, None] + exp(m - M) * b[None, :]) - diag(g_r + g_c),
+             a = g_r * exp(m - lse_row),  b = g_c * exp(M - lse_col),  M = max m
         dI = s * dS @ T,  dT = s * dS^T @ I,  ds = sum(I * (dS @ T))
-    One exp per logit in each pass. A chunk whose logits span too wide a range
-    for that (see _MIN_LOG_SUM) is done with separate row and column exps instead.
+    That is one exp per logit in each pass, two reused (chunk x B) buffers and
+    one small op per chunk. A chunk whose logits span too wide a range for a
+    shared shift (see _MIN_SUM) uses separate row and column exps instead.
     """
 
     @staticmethod
     @autocast_off
     def forward(ctx, image, text, scale, chunk_rows):
-        batch = image.shape[0]
+        batch, chunk_rows = image.shape[0], min(chunk_rows, image.shape[0])
         scaled_image = image * scale
         diagonal = (scaled_image * text).sum(1)
-        row_lse = torch.empty(batch, dtype=image.dtype, device=image.device)
-        col_max = torch.full((batch,), float("-inf"), dtype=image.dtype, device=image.device)
-        col_sum = torch.zeros(batch, dtype=image.dtype, device=image.device)
-        chunk_maxima = []  # per chunk: its max logit, or None where the two-exp path ran
+        logits_buffer = image.new_empty(chunk_rows, batch)
+        # row i's lse = log(row_sum[i]) + row_shift[i]
+        row_sum, row_shift = image.new_empty(batch), image.new_empty(batch)
+        # one-exp chunks: column sums relative to col_shift, the largest chunk max so far
+        col_sum, col_shift = image.new_zeros(batch), -math.inf
+        wide_col_max = wide_col_sum = None  # the same for the chunks on the two-exp path
+        chunk_shifts = []
         for start in range(0, batch, chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            logits = torch.mm(scaled_image[rows], text.T)
-            chunk_max = logits.max()
-            exp_logits = logits.sub_(chunk_max).exp_()
-            row_sum, chunk_col_sum = exp_logits.sum(1), exp_logits.sum(0)
-            min_sum = torch.minimum(row_sum.min(), chunk_col_sum.min())
-            if bool(min_sum.log() >= _MIN_LOG_SUM):
-                chunk_maxima.append(chunk_max)
-                row_lse[rows] = row_sum.log_().add_(chunk_max)
-                chunk_col_max = chunk_max.expand(batch)
-            else:  # logits too spread out for one shared shift: exact per-row and per-column maxima
-                chunk_maxima.append(None)
-                logits = torch.mm(scaled_image[rows], text.T)
-                row_lse[rows] = torch.logsumexp(logits, dim=1)
-                chunk_col_max = logits.amax(dim=0)
-                chunk_col_sum = logits.sub_(chunk_col_max).exp_().sum(0)
-            new_col_max = torch.maximum(col_max, chunk_col_max)
-            col_sum.mul_((col_max - new_col_max).exp_()).add_(chunk_col_sum.mul_((chunk_col_max - new_col_max).exp_()))
-            col_max = new_col_max
-        col_lse = col_sum.log_().add_(col_max)
-        ctx.save_for_backward(image, text, scale, row_lse, col_lse)
-        ctx.chunk_rows, ctx.chunk_maxima = chunk_rows, chunk_maxima
+            rows = slice(start, min(batch, start + chunk_rows))
+            logits = torch.mm(scaled_image[rows], text.T, out=logits_buffer[: rows.stop - start])
+            shift = logits.max().item()
+            exp_logits = logits.sub_(shift).exp_()
+            torch.sum(exp_logits, 1, out=row_sum[rows])
+            chunk_col_sum = exp_logits.sum(0)
+            if min(row_sum[rows].min().item(), chunk_col_sum.min().item()) >= _MIN_SUM:
+                chunk_shifts.append(shift)
+                row_shift[rows] = shift
+                if shift > col_shift:
+                    col_sum.mul_(math.exp(col_shift - shift))
+                    col_shift = shift
+                col_sum.add_(chunk_col_sum, alpha=math.exp(shift - col_shift))
+                continue
+            # logits too spread out for one shared shift: exact per-row and per-column maxima
+            chunk_shifts.append(None)
+            logits = torch.mm(scaled_image[rows], text.T, out=logits)
+            row_shift[rows] = torch.logsumexp(logits, dim=1)
+            row_sum[rows] = 1.0
+            chunk_col_max = logits.amax(dim=0)
+            chunk_col_sum = logits.sub_(chunk_col_max).exp_().sum(0)
+            if wide_col_max is None:
+                wide_col_max, wide_col_sum = chunk_col_max, chunk_col_sum
+            else:
+                new_max = torch.maximum(wide_col_max, chunk_col_max)
+                wide_col_sum.mul_((wide_col_max - new_max).exp_()).add_(
+                    chunk_col_sum.mul_((chunk_col_max - new_max).exp_()))
+                wide_col_max = new_max
+        row_lse = row_sum.log_().add_(row_shift)
+        col_lse = col_sum.log_().add_(col_shift)
+        if wide_col_max is not None:
+            col_lse = torch.logaddexp(col_lse, wide_col_sum.log_().add_(wide_col_max))
+        ctx.save_for_backward(image, text, scale, row_lse, col_lse, row_shift)
+        ctx.chunk_rows, ctx.chunk_shifts = chunk_rows, chunk_shifts
         ctx.set_materialize_grads(False)
         return row_lse - diagonal, col_lse - diagonal
 
     @staticmethod
     @autocast_off
     def backward(ctx, grad_i2t, grad_t2i):
-        image, text, scale, row_lse, col_lse = ctx.saved_tensors
-        chunk_rows = ctx.chunk_rows
+        image, text, scale, row_lse, col_lse, row_shift = ctx.saved_tensors
+        chunk_rows, chunk_shifts = ctx.chunk_rows, ctx.chunk_shifts
         need_image, need_text, need_scale = ctx.needs_input_grad[:3]
         if grad_i2t is None and grad_t2i is None:
             return None, None, None, None
-        zeros = torch.zeros_like(row_lse)
-        grad_i2t = zeros if grad_i2t is None else grad_i2t
-        grad_t2i = zeros if grad_t2i is None else grad_t2i
+        grad_i2t = torch.zeros_like(row_lse) if grad_i2t is None else grad_i2t
+        grad_t2i = torch.zeros_like(col_lse) if grad_t2i is None else grad_t2i
+        batch = image.shape[0]
         scaled_image = image * scale
-        grad_image = torch.empty_like(image) if need_image else None
+        diagonal_grad = grad_i2t + grad_t2i
+        # a and b of the docstring; M from the one-exp chunks keeps b below exp(40) * g_c
+        col_shift = max((shift for shift in chunk_shifts if shift is not None), default=0.0)
+        row_weight = (row_shift - row_lse).exp_().mul_(grad_i2t)
+        col_weight = (col_shift - col_lse).exp_().mul_(grad_t2i)
+        logits_buffer, weight_buffer = image.new_empty(chunk_rows, batch), image.new_empty(chunk_rows, batch)
+        grad_logits_text = torch.empty_like(image)  # dS @ T
         grad_text = torch.zeros_like(text) if need_text else None
-        grad_scale = torch.zeros((), dtype=image.dtype, device=image.device)
-        for chunk, start in enumerate(range(0, image.shape[0], chunk_rows)):
-            rows = slice(start, start + chunk_rows)
-            logits = torch.mm(scaled_image[rows], text.T)
-            chunk_max = ctx.chunk_maxima[chunk]
-            if chunk_max is not None:
-                row_weight = (chunk_max - row_lse[rows]).exp_().mul_(grad_i2t[rows])
-                col_weight = (chunk_max - col_lse).exp_().mul_(grad_t2i)
-                grad_logits = logits.sub_(chunk_max).exp_().mul_(row_weight[:, None] + col_weight)
+        for chunk, start in enumerate(range(0, batch, chunk_rows)):
+            rows = slice(start, min(batch, start + chunk_rows))
+            size = rows.stop - start
+            logits = torch.mm(scaled_image[rows], text.T, out=logits_buffer[:size])
+            shift = chunk_shifts[chunk]
+            if shift is not None:
+                weights = torch.add(row_weight[rows, None], col_weight, alpha=math.exp(shift - col_shift),
+                                    out=weight_buffer[:size])
+                grad_logits = logits.sub_(shift).exp_().mul_(weights)
             else:
-                grad_logits = torch.sub(logits, col_lse).exp_().mul_(grad_t2i)
+                grad_logits = torch.sub(logits, col_lse, out=weight_buffer[:size]).exp_().mul_(grad_t2i)
                 grad_logits.add_(logits.sub_(row_lse[rows, None]).exp_().mul_(grad_i2t[rows, None]))
-            grad_logits.diagonal(offset=start).sub_(grad_i2t[rows] + grad_t2i[rows])
-            grad_logits_text = torch.mm(grad_logits, text)
-            if need_image:
-                grad_image[rows] = grad_logits_text * scale
+            grad_logits.diagonal(offset=start).sub_(diagonal_grad[rows])
+            if need_image or need_scale:
+                torch.mm(grad_logits, text, out=grad_logits_text[rows])
             if need_text:
                 grad_text.addmm_(grad_logits.T, scaled_image[rows])
-            if need_scale:
-                grad_scale += (image[rows] * grad_logits_text).sum()
-        return grad_image, grad_text, grad_scale if need_scale else None, None
+        grad_scale = (image * grad_logits_text).sum() if need_scale else None
+        grad_image = grad_logits_text.mul_(scale) if need_image else None
+        return grad_image, grad_text, grad_scale, None
 
 
 def _prepare(image_features, text_features, logit_scale, chunk_rows):
