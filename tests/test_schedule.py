@@ -389,6 +389,7 @@ def _corrupt(state):
     (lambda s: {k: v for k, v in s.items() if k != "prev_loss"}, "missing the key 'prev_loss'"),
     (lambda s: {**s, "config": {**s["config"], "seed": 99}}, "not (Scan|ScanReference) with"),
     (lambda s: {**s, "epoch": -3}, "epoch'\\] must be >= 0"),
+    (lambda s: {**s, "start": "soon"}, "start"),
 ])
 @pytest.mark.parametrize(*_SCHEDULES)
 def test_load_state_dict_rejects_bad_state_and_changes_nothing(schedule_type, tamper, match):
@@ -402,6 +403,16 @@ def test_load_state_dict_rejects_bad_state_and_changes_nothing(schedule_type, ta
     assert target.state_dict() == before
     target.load_state_dict(source.state_dict())
     assert target.state_dict() == source.state_dict()
+
+
+def test_load_state_dict_rejects_collection_outside_preparation():
+    scan = _in_preparation(Scan)
+    state = scan.state_dict()
+    scan.end_epoch(2, 1.0)
+    with pytest.raises(ValueError, match="must be set exactly while a preparation epoch is in progress"):
+        scan.load_state_dict({**scan.state_dict(), "new_ill": state["new_ill"], "new_red": state["new_red"]})
+    with pytest.raises(ValueError, match="must be set exactly while a preparation epoch is in progress"):
+        scan.load_state_dict({**state, "new_ill": None})
 
 
 def test_state_dict_is_plain_python():

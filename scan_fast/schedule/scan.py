@@ -34,7 +34,7 @@ class Scan(PruningSchedule):
         self._prev_loss = math.inf  # L_prev of the warm-up test
         self._start = None          # first preparation epoch, once warm-up has ended
         self._ill, self._red = SampleSet(num_samples), SampleSet(num_samples)  # last completed preparation
-        self._new = None            # (ILL, RED) being collected in a preparation epoch
+        self._new = None            # (ILL, RED) being collected: set exactly while a preparation epoch runs
         self._batch_index = 0
         self._pruned_cache = None   # (epoch, prune set): epoch_indices may be asked twice
 
@@ -75,14 +75,14 @@ class Scan(PruningSchedule):
 
     def _observe(self, sample_ids, loss_a, loss_b):
         """Collect one batch's candidates; returns (ILL, RED) counts of the batch."""
-        if not self.is_preparation(self._epoch):
-            return 0, 0  # no host copy of the losses outside preparation epochs
+        if self._new is None:  # not a preparation epoch: no host copy of the losses
+            return 0, 0
         ids, loss_a, loss_b = check_batch(sample_ids, loss_a, loss_b, self.num_samples)
         k_ill, k_red = self.config.batch_counts(len(ids))
         ill, red = batch_candidates(loss_a, loss_b, k_ill=k_ill, k_red=k_red, abs_ill=self.config.abs_ill,
                                     abs_red=self.config.abs_red, seed=self.config.seed,
                                     stream=batch_stream(self._epoch, self._batch_index))
-        ill_ids, red_ids = ids[ill], ids[red]
+        ill_ids, red_ids = np.compress(ill, ids), np.compress(red, ids)  # faster than ids[mask]
         self._new[0].add(ill_ids)
         self._new[1].add(red_ids)
         self._batch_index += 1
@@ -114,21 +114,21 @@ class Scan(PruningSchedule):
         if state["kind"] != "Scan" or state["config"] != self.config.as_dict():
             raise ValueError(f"state_dict is for {state['kind']} with {state['config']}, "
                              f"not Scan with {self.config.as_dict()}")
-        sets = {key: self._load_set(state, key) for key in ("ill", "red", "new_ill", "new_red")}
-        new = None if sets["new_ill"] is None or sets["new_red"] is None else (sets["new_ill"], sets["new_red"])
-        if new is None and state["in_epoch"] and self._phase_in(state)[0] == PREPARATION:
-            raise ValueError("state_dict is inside a preparation epoch but lacks 'new_ill'/'new_red'")
         start = state["start"] if state["start"] is None else check_int("state_dict['start']", state["start"], 0)
         prev_loss = check_real("state_dict['prev_loss']", state["prev_loss"], finite=False)
         batch_index = check_int("state_dict['batch_index']", state["batch_index"], minimum=0)
+        sets = {key: self._load_set(state, key) for key in ("ill", "red", "new_ill", "new_red")}
+        new = None if sets["new_ill"] is None or sets["new_red"] is None else (sets["new_ill"], sets["new_red"])
+        epoch = check_int("state_dict['epoch']", state["epoch"], minimum=0)
+        collecting = state["in_epoch"] is True and epoch_phase(epoch, start, self.config.t_cos)[0] == PREPARATION
+        if (new is not None) != collecting:
+            raise ValueError("state_dict's 'new_ill'/'new_red' must be set exactly while a preparation epoch "
+                             f"is in progress (epoch={epoch}, in_epoch={state['in_epoch']!r})")
 
         def apply():
             self._prev_loss, self._start, self._batch_index = prev_loss, start, batch_index
             self._ill, self._red, self._new, self._pruned_cache = sets["ill"], sets["red"], new, None
         return apply
-
-    def _phase_in(self, state):
-        return epoch_phase(state["epoch"], state["start"], self.config.t_cos)
 
     def _load_set(self, state, key):
         data = state[key]
