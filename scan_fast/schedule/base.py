@@ -31,6 +31,7 @@ class PruningSchedule(ABC):
 
     # -- the loop's calls --------------------------------------------------------------
     def epoch_indices(self, epoch: int) -> np.ndarray:
+        """Sorted ids this epoch trains on; the first call for an epoch begins it."""
         epoch = check_int("epoch", epoch, minimum=0)
         if self._in_epoch and epoch != self._epoch:
             raise ValueError(f"{_OUT_OF_ORDER}epoch_indices({epoch}) while epoch {self._epoch} "
@@ -43,11 +44,16 @@ class PruningSchedule(ABC):
         return self._keep_indices(epoch)
 
     def observe(self, sample_ids, loss_a, loss_b):
+        """One batch: its sample ids and both directions' per-sample losses (numpy or torch, any device).
+
+        Scan returns the batch's (ILL, RED) candidate counts, (0, 0) outside preparation epochs.
+        """
         if not self._in_epoch:
             raise ValueError(f"{_OUT_OF_ORDER}observe() before epoch_indices({self._epoch})")
         return self._observe(sample_ids, loss_a, loss_b)
 
     def end_epoch(self, epoch: int, epoch_loss: float) -> None:
+        """Close `epoch`; epoch_loss is its mean per-sample loss (drives the warm-up test)."""
         epoch = check_int("epoch", epoch, minimum=0)
         if not self._in_epoch or epoch != self._epoch:
             expected = f"end_epoch({self._epoch}, ...)" if self._in_epoch else f"epoch_indices({self._epoch})"
@@ -57,6 +63,7 @@ class PruningSchedule(ABC):
         self._epoch, self._in_epoch = epoch + 1, False
 
     def stats(self) -> ScheduleStats:
+        """Per-epoch records (phase, candidates, pruned, kept) of the completed epochs."""
         return ScheduleStats(list(self._records))
 
     # -- checkpoints ---------------------------------------------------------------------
