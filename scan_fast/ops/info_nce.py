@@ -142,14 +142,15 @@ class RowCrossEntropyChunked(torch.autograd.Function):
     @staticmethod
     @autocast_off
     def forward(ctx, q, k, scale, offset, chunk_rows):
-        batch = q.shape[0]
-        positives = k[offset:offset + batch]
-        target_logits = scale * (q * positives).sum(1)
-        row_lse = torch.empty(batch, dtype=q.dtype, device=q.device)
+        batch, chunk_rows = q.shape[0], min(chunk_rows, q.shape[0])
+        scaled_q = q * scale
+        target_logits = (scaled_q * k[offset:offset + batch]).sum(1)
+        logits_buffer = q.new_empty(chunk_rows, k.shape[0])
+        row_lse = q.new_empty(batch)
         for start in range(0, batch, chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            logits = torch.mm(q[rows] * scale, k.T)
-            row_lse[rows] = torch.logsumexp(logits, dim=1)
+            rows = slice(start, min(batch, start + chunk_rows))
+            logits = torch.mm(scaled_q[rows], k.T, out=logits_buffer[: rows.stop - start])
+            torch.logsumexp(logits, dim=1, out=row_lse[rows])
         ctx.save_for_backward(q, k, scale, row_lse)
         ctx.offset, ctx.chunk_rows = offset, chunk_rows
         return row_lse - target_logits
@@ -160,26 +161,24 @@ class RowCrossEntropyChunked(torch.autograd.Function):
         q, k, scale, row_lse = ctx.saved_tensors
         offset, chunk_rows = ctx.offset, ctx.chunk_rows
         need_q, need_k, need_scale = ctx.needs_input_grad[:3]
-        grad_q = torch.empty_like(q) if need_q else None
+        batch = q.shape[0]
+        scaled_q = q * scale
+        logits_buffer = q.new_empty(chunk_rows, k.shape[0])
+        grad_logits_k = torch.empty_like(q)  # dlogits @ k
         grad_k = torch.zeros_like(k) if need_k else None
-        grad_scale = torch.zeros((), dtype=q.dtype, device=q.device)
-        for start in range(0, q.shape[0], chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            q_rows = q[rows]
-            logits = torch.mm(q_rows * scale, k.T)
+        for start in range(0, batch, chunk_rows):
+            rows = slice(start, min(batch, start + chunk_rows))
+            logits = torch.mm(scaled_q[rows], k.T, out=logits_buffer[: rows.stop - start])
             # g * (softmax - onehot), in place in the logits buffer
             grad_logits = logits.sub_(row_lse[rows, None]).exp_().mul_(grad_loss[rows, None])
             grad_logits.diagonal(offset=start + offset).sub_(grad_loss[rows])
-            grad_logits_k = torch.mm(grad_logits, k)
-            if need_q:
-                grad_q[rows] = grad_logits_k * scale
+            if need_q or need_scale:
+                torch.mm(grad_logits, k, out=grad_logits_k[rows])
             if need_k:
-                grad_k.addmm_(grad_logits.T, q_rows)
-            if need_scale:
-                grad_scale += (q_rows * grad_logits_k).sum()
-        if need_k:
-            grad_k.mul_(scale)
-        return grad_q, grad_k, grad_scale if need_scale else None, None, None
+                grad_k.addmm_(grad_logits.T, scaled_q[rows])
+        grad_scale = (q * grad_logits_k).sum() if need_scale else None
+        grad_q = grad_logits_k.mul_(scale) if need_q else None
+        return grad_q, grad_k, grad_scale, None, None
 
 
 def row_cross_entropy(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, offset: int,
