@@ -15,6 +15,10 @@
 #include <thread>
 #include <type_traits>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the serialised format is little-endian");
 
 namespace scan_fast {
@@ -119,20 +123,45 @@ uint64_t checksum_words(const uint64_t* words, size_t count) {
 
 // ---------------------------------------------------------------- IndexSet basics
 
-void IndexSet::FreeDeleter::operator()(uint64_t* p) const noexcept { std::free(p); }
+namespace {
+constexpr size_t kMapThresholdBytes = size_t{1} << 21;
+}
+
+void WordsDeleter::operator()(uint64_t* p) const noexcept {
+#if defined(__linux__)
+  if (bytes >= kMapThresholdBytes) {
+    munmap(p, bytes);
+    return;
+  }
+#endif
+  std::free(p);
+}
+
+IndexSet::Words IndexSet::allocate_zeroed_words(size_t count) {
+  const size_t bytes = count * sizeof(uint64_t);
+#if defined(__linux__)
+  if (bytes >= kMapThresholdBytes) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    madvise(p, bytes, MADV_HUGEPAGE);  // advisory: ignored where THP is off
+    return Words(static_cast<uint64_t*>(p), WordsDeleter{bytes});
+  }
+#endif
+  auto* p = static_cast<uint64_t*>(std::calloc(count, sizeof(uint64_t)));
+  if (p == nullptr) throw std::bad_alloc();
+  return Words(p, WordsDeleter{bytes});
+}
 
 IndexSet::IndexSet(uint64_t num_samples) : num_samples_(num_samples), num_words_(0) {
   if (num_samples < 1 || num_samples > kMaxSamples) {
     throw std::invalid_argument("num_samples must be in [1, 2**40], got " + std::to_string(num_samples));
   }
   num_words_ = static_cast<size_t>((num_samples + 63) / 64);
-  words_.reset(static_cast<uint64_t*>(std::calloc(num_words_, sizeof(uint64_t))));
-  if (!words_) throw std::bad_alloc();
+  words_ = allocate_zeroed_words(num_words_);
 }
 
 IndexSet::IndexSet(const IndexSet& other) : num_samples_(other.num_samples_), num_words_(other.num_words_) {
-  words_.reset(static_cast<uint64_t*>(std::malloc(num_words_ * sizeof(uint64_t))));
-  if (!words_) throw std::bad_alloc();
+  words_ = allocate_zeroed_words(num_words_);
   const uint64_t* src = other.words_.get();
   uint64_t* dst = words_.get();
   run_parts(num_words_, parts_for(num_words_, kWordsPerThread), [&](size_t b, size_t e, size_t) {
@@ -151,6 +180,10 @@ void IndexSet::check_same_size(const IndexSet& other) const {
                                 ", this one has num_samples=" + std::to_string(num_samples_));
   }
 }
+
+// Ids are random positions in a set far larger than the caches: prefetching a few ahead
+// overlaps the misses.
+constexpr size_t kPrefetchAhead = 16;
 
 template <class Id>
 void IndexSet::check_ids(const Id* ids, size_t count) const {
@@ -172,6 +205,7 @@ void IndexSet::add(const Id* ids, size_t count) {
   check_ids(ids, count);
   uint64_t* w = words_.get();
   for (size_t i = 0; i < count; ++i) {
+    if (i + kPrefetchAhead < count) __builtin_prefetch(w + (static_cast<uint64_t>(ids[i + kPrefetchAhead]) >> 6), 1);
     const uint64_t id = static_cast<uint64_t>(ids[i]);
     w[id >> 6] |= uint64_t{1} << (id & 63);
   }
@@ -182,6 +216,7 @@ void IndexSet::discard(const Id* ids, size_t count) {
   check_ids(ids, count);
   uint64_t* w = words_.get();
   for (size_t i = 0; i < count; ++i) {
+    if (i + kPrefetchAhead < count) __builtin_prefetch(w + (static_cast<uint64_t>(ids[i + kPrefetchAhead]) >> 6), 1);
     const uint64_t id = static_cast<uint64_t>(ids[i]);
     w[id >> 6] &= ~(uint64_t{1} << (id & 63));
   }
@@ -192,6 +227,7 @@ void IndexSet::contains(const Id* ids, size_t count, bool* out) const {
   check_ids(ids, count);
   const uint64_t* w = words_.get();
   for (size_t i = 0; i < count; ++i) {
+    if (i + kPrefetchAhead < count) __builtin_prefetch(w + (static_cast<uint64_t>(ids[i + kPrefetchAhead]) >> 6), 0);
     const uint64_t id = static_cast<uint64_t>(ids[i]);
     out[i] = (w[id >> 6] >> (id & 63)) & 1;
   }

@@ -19,6 +19,12 @@ namespace scan_fast {
 void set_num_threads(int num_threads);
 int get_num_threads();
 
+// Frees IndexSet words: munmap for mapped blocks, free otherwise.
+struct WordsDeleter {
+  size_t bytes = 0;
+  void operator()(uint64_t* p) const noexcept;
+};
+
 // Sample ids in [0, num_samples) stored as one bit each: N/8 bytes, whatever the count.
 // Invariant: the bits at positions >= num_samples in the last word are zero.
 class IndexSet {
@@ -76,18 +82,18 @@ class IndexSet {
   const uint64_t* words() const { return words_.get(); }
 
  private:
-  struct FreeDeleter {
-    void operator()(uint64_t* p) const noexcept;
-  };
+  using Words = std::unique_ptr<uint64_t[], WordsDeleter>;
+  static Words allocate_zeroed_words(size_t count);
   template <class Id> void check_ids(const Id* ids, size_t count) const;
   void check_same_size(const IndexSet& other) const;
   template <class Out, bool kMembers> void write_ids(Out* out) const;
 
   uint64_t num_samples_;
   size_t num_words_;
-  // calloc'd: the kernel hands out zero pages lazily, so a large, sparsely used set
-  // costs only the pages it touches.
-  std::unique_ptr<uint64_t[], FreeDeleter> words_;
+  // Zero pages come lazily from the kernel, so a large, sparsely used set costs only the
+  // pages it touches; large sets ask for huge pages (random ids hit a new 4 KiB page
+  // almost every time, and a TLB miss costs as much as the cache miss).
+  Words words_;
 };
 
 // 64-bit payload checksum of the serialised format (exposed for tests).
