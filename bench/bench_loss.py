@@ -225,7 +225,7 @@ def main():
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     parser.add_argument("--modes", nargs="+", choices=("full", "forward"), default=["full"])
     parser.add_argument("--repeats", type=int, default=3, help="timed CPU runs after the first (memory) run")
-    parser.add_argument("--max-seconds", type=float, default=60.0, help="stop repeating a CPU case after this")
+    parser.add_argument("--max-seconds", type=float, default=30.0, help="stop repeating a CPU case after this")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per provider x shape process")
     parser.add_argument("--csv", help="append rows in Liger's benchmark CSV columns")
     parser.add_argument("--json", help="write all rows as a JSON list")

@@ -28,6 +28,8 @@ MIN_CHUNK_ROWS = 32
 
 def default_chunk_rows(rows: int, columns: int) -> int:
     return max(MIN_CHUNK_ROWS, min(rows, CHUNK_ELEMENTS // columns))
+
+
 # The Triton kernels handle these input dtypes and feature dims.
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _KERNEL_MAX_DIM = 2048
