@@ -1,6 +1,8 @@
 """FFCV loaders: each epoch reads exactly the kept ids, len/drop_last follow the list, ranks are
 disjoint, and what comes out matches what was written. One small .beton per module: the first
 pass of each loader JIT-compiles its pipeline (seconds), so loaders are few and reused."""
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,12 @@ N, RES, BATCH = 300, 16, 32
 
 # numba's dispatcher finalizers complain at interpreter exit about ffcv's compiled pipelines.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_compiled_pipelines():
+    yield
+    gc.collect()  # let those finalizers run here, under the filter above
 
 
 class ShrinkGrowScan:

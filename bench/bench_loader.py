@@ -1,0 +1,310 @@
+"""Benchmark the FFCV data path against the usual alternatives, all in one run.
+
+1. throughput: images/s of the FFCV CLIP pipeline (clip_loader: random-resized-crop
+   decode, flip, normalise, tokens, ids) vs a torchvision Dataset + DataLoader doing
+   the same decode, crop, flip and normalise, on the same generated JPEGs (shapes
+   rendered at 64 px and 224 px, saved as JPEG files, then written to .beton).
+2. switch: moving a loader to a new pruned list at N = 10M ids. Ours validates the
+   list (the only new work) and draws the epoch's (seed, epoch) shuffle, which an
+   unpruned ffcv Random order draws every epoch anyway (shown for reference).
+   Alternatives: rebuilding an ffcv Loader(indices=kept) (measured at the small
+   data size, first batch included) and writing a pruned copy of the .beton
+   (measured at the small size, per-sample cost extrapolated to 0.65 x 10M).
+3. epoch time at kept fractions 1.0, 0.65, 0.35 with one loader switching lists;
+   ratio = t(f) / (f * t(1.0)), target <= 1.1.
+
+    python bench/bench_loader.py                         # ~5 min on 2 cores
+    python bench/bench_loader.py --quick                 # smoke run
+    python bench/bench_loader.py --csv bench_loader.csv  # also append Liger-style CSV rows
+"""
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CSV_COLUMNS = (
+    "kernel_name", "kernel_provider", "kernel_operation_mode", "metric_name", "metric_unit", "x_name", "x_label",
+    "x_value", "y_value_50", "y_value_20", "y_value_80", "extra_benchmark_config_str", "gpu_name", "timestamp",
+    "scan_fast_version",
+)
+BATCH = 128
+
+
+def quantiles(values):
+    """(p50, p20, p80) of repeated measurements."""
+    values = sorted(values)
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q = np.quantile(values, [0.5, 0.2, 0.8])
+    return float(q[0]), float(q[1]), float(q[2])
+
+
+class FixedListScan:
+    """Schedule stand-in: epoch e keeps lists[e] (or a fresh random `fraction` of the ids)."""
+
+    def __init__(self, num_samples, lists=None, fraction=1.0, seed=0):
+        self.num_samples, self.lists, self.fraction, self.seed = num_samples, lists, fraction, seed
+
+    def epoch_indices(self, epoch):
+        if self.lists is not None:
+            return self.lists[epoch]
+        mask = np.random.default_rng([self.seed, epoch]).random(self.num_samples) < self.fraction
+        return np.flatnonzero(mask)
+
+
+def make_data(root: Path, num_samples: int, resolution: int):
+    """Render shapes, save them as JPEG files + a caption CSV, write the .beton from those files."""
+    from PIL import Image
+
+    from scan_fast.data.embedded import ShapesGenerator
+    from scan_fast.data.writers import write_clip_from_table
+
+    folder = root / f"jpeg{resolution}"
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = ShapesGenerator(num_samples, resolution, mismatch_fraction=0.0, duplicate_fraction=0.0, seed=0)
+    rows = ["filepath,caption"]
+    for i in range(num_samples):
+        name = f"{i:07d}.jpg"
+        Image.fromarray(gen.image(i)).save(folder / name, quality=90)
+        rows.append(f"{name},{gen.caption(i)}")
+    table = folder / "captions.csv"
+    table.write_text("\n".join(rows) + "\n")
+    beton = root / f"shapes{resolution}.beton"
+    write_clip_from_table(table, beton, image_mode="jpg", jpeg_quality=90, max_resolution=resolution,
+                          progress=False)
+    return table, beton
+
+
+def torchvision_loader(table: Path, resolution: int, workers: int):
+    import torch
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from scan_fast.data.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from scan_fast.data.writers import read_caption_table
+    from scan_fast.data.tokenize import CaptionTokenizer
+
+    rows, _ = read_caption_table(table)
+    tokenizer = CaptionTokenizer()
+    files = [str(table.parent / image) for _, image, _ in rows]
+    tokens = np.stack([tokenizer(caption)[0] for _, _, caption in rows])
+    transform = T.Compose([T.RandomResizedCrop(resolution, scale=(0.9, 1.0)), T.RandomHorizontalFlip(),
+                           T.ToTensor(), T.Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)])
+
+    class JpegPairs(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            with Image.open(files[i]) as img:
+                return transform(img.convert("RGB")), torch.from_numpy(tokens[i]), i
+
+    return torch.utils.data.DataLoader(JpegPairs(), batch_size=BATCH, shuffle=True, num_workers=workers,
+                                       persistent_workers=True, drop_last=False)
+
+
+def time_epoch(loader):
+    start, images = time.perf_counter(), 0
+    for batch in loader:
+        images += batch[0].shape[0]
+    return time.perf_counter() - start, images
+
+
+def suite_throughput(data, reps, workers):
+    from scan_fast.data.loaders import clip_loader
+
+    rows = []
+    for resolution, (table, beton) in data.items():
+        providers = {"ffcv clip_loader": clip_loader(beton, BATCH, resolution, drop_last=False,
+                                                     num_workers=workers),
+                     "torchvision DataLoader": torchvision_loader(table, resolution, workers)}
+        for loader in providers.values():
+            time_epoch(loader)  # warm-up: numba JIT for ffcv, worker start-up for torch
+        rates = {name: [] for name in providers}
+        for _ in range(reps):  # interleaved, so both see the same background load
+            for name, loader in providers.items():
+                seconds, images = time_epoch(loader)
+                rates[name].append(images / seconds)
+        ref = statistics.median(rates["torchvision DataLoader"])
+        for name, values in rates.items():
+            p50, p20, p80 = quantiles(values)
+            rows.append(dict(suite="throughput", provider=name, setting=f"{resolution}px N={images}",
+                             metric="images/s", unit="img/s", p50=p50, p20=p20, p80=p80, ratio=p50 / ref))
+    return rows
+
+
+def suite_switch(switch_n, small_beton, small_n, small_table, reps, workers):
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import Squeeze, ToTensor
+
+    from scan_fast.data.order import KeptIdsSource, validate_kept_ids
+    from scan_fast.data.loaders import clip_loader
+    from scan_fast.data.writers import write_clip_from_table
+
+    rng = np.random.default_rng(0)
+    lists = [np.flatnonzero(rng.random(switch_n) < f) for f in (0.65, 0.35) * (reps + 1)]
+    validate_kept_ids(lists[0], switch_n)  # compile the numba check outside the timing
+    source = KeptIdsSource(FixedListScan(switch_n, lists), switch_n, seed=0)
+    validate_s, order_s, ffcv_random_s = [], [], []
+    all_ids = np.arange(switch_n, dtype=np.uint64)
+    for epoch in range(1, reps + 1):
+        start = time.perf_counter()
+        validate_kept_ids(lists[epoch], switch_n, epoch)
+        validate_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        source.order(epoch)  # what the loader's order does at an epoch start: validate + shuffle
+        order_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        np.random.default_rng(epoch).permutation(all_ids)  # ffcv's Random order, every epoch
+        ffcv_random_s.append(time.perf_counter() - start)
+
+    # A live loader switching lists (small data): set_epoch re-reads the list, nothing else.
+    scan = FixedListScan(small_n, fraction=0.65)
+    loader = clip_loader(small_beton, BATCH, 64, scan=scan, num_workers=workers)
+    set_epoch_s = []
+    for epoch in range(1, reps + 1):
+        start = time.perf_counter()
+        loader.set_epoch(epoch)
+        set_epoch_s.append(time.perf_counter() - start)
+
+    # Rebuilding an ffcv Loader on the new list, until its first batch (ids only, cheapest pipeline).
+    kept_small = scan.epoch_indices(0)
+    rebuild_s = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        rebuilt = Loader(str(small_beton), batch_size=BATCH, num_workers=workers, order=OrderOption.RANDOM,
+                         indices=kept_small, seed=0,
+                         pipelines={"image": None, "tokens": None, "id": [IntDecoder(), ToTensor(), Squeeze(1)]})
+        next(iter(rebuilt))
+        rebuild_s.append(time.perf_counter() - start)
+
+    # Writing a pruned copy: the kept rows' JPEGs through the table writer (check, decode, encode).
+    lines = small_table.read_text().splitlines()
+    pruned_table = small_table.with_name("pruned.csv")
+    pruned_table.write_text("\n".join([lines[0]] + [lines[1 + i] for i in kept_small]) + "\n")
+    start = time.perf_counter()
+    write_clip_from_table(pruned_table, small_beton.with_name("pruned.beton"), max_resolution=64,
+                          progress=False, num_workers=workers)
+    repack_per_sample = (time.perf_counter() - start) / len(kept_small)
+    repack_10m = repack_per_sample * 0.65 * switch_n
+
+    ours = statistics.median(validate_s)
+    rows = []
+
+    def add(provider, setting, seconds, note=""):
+        p50, p20, p80 = quantiles(seconds)
+        rows.append(dict(suite="switch", provider=provider, setting=setting + note, metric="switch time",
+                         unit="ms", p50=p50 * 1e3, p20=p20 * 1e3, p80=p80 * 1e3, ratio=p50 / ours))
+
+    add("ours: validate new kept list", f"N={switch_n:.0e}", validate_s)
+    add("ours: validate + (seed, epoch) shuffle", f"N={switch_n:.0e}", order_s)
+    add("ffcv Random shuffle, all ids (paid every epoch)", f"N={switch_n:.0e}", ffcv_random_s)
+    add("ours: ScanLoader.set_epoch", f"N={small_n}", set_epoch_s)
+    add("rebuild ffcv Loader(indices=kept) to 1st batch", f"N={small_n}", rebuild_s)
+    add("repack: write pruned .beton copy", f"N={switch_n:.0e}", [repack_10m],
+        f" (extrapolated: {repack_per_sample * 1e3:.2f} ms/sample at N={small_n})")
+    return rows
+
+
+def suite_fractions(data, reps, workers):
+    from scan_fast.data.loaders import clip_loader
+
+    rows = []
+    for resolution, (_, beton) in data.items():
+        n = int(np.fromfile(beton, dtype="<u8", count=2)[1])  # header: num_samples
+        scan = FixedListScan(n, fraction=1.0)
+        loader = clip_loader(beton, BATCH, resolution, scan=scan, drop_last=False, num_workers=workers)
+        time_epoch(loader)  # warm-up (JIT)
+        epoch, times = 1, {f: [] for f in (1.0, 0.65, 0.35)}
+        for _ in range(reps):
+            for fraction in times:
+                scan.fraction = fraction
+                loader.set_epoch(epoch)
+                times[fraction].append(time_epoch(loader)[0])
+                epoch += 1
+        full = statistics.median(times[1.0])
+        for fraction, values in times.items():
+            p50, p20, p80 = quantiles(values)
+            rows.append(dict(suite="kept fraction", provider="ffcv clip_loader",
+                             setting=f"{resolution}px N={n} kept={fraction}", metric="epoch time", unit="s",
+                             p50=p50, p20=p20, p80=p80, ratio=p50 / (fraction * full)))
+    return rows
+
+
+def print_table(rows):
+    headers = {"throughput": "ratio vs torchvision",
+               "switch": "ratio vs ours (validate)",
+               "kept fraction": "t(f) / (f * t(1.0))"}
+    for suite, ratio_name in headers.items():
+        chosen = [r for r in rows if r["suite"] == suite]
+        if not chosen:
+            continue
+        print(f"\n== {suite} ==")
+        print(f"{'provider':<48} {'setting':<58} {'metric':<12} {'p50':>10} {'p20':>10} {'p80':>10}  {ratio_name}")
+        for r in chosen:
+            print(f"{r['provider']:<48} {r['setting']:<58} {r['metric'] + ' ' + r['unit']:<12} "
+                  f"{r['p50']:>10.3f} {r['p20']:>10.3f} {r['p80']:>10.3f}  {r['ratio']:.3f}")
+
+
+def write_csv(path, rows, config):
+    from scan_fast import __version__
+
+    new = not os.path.exists(path)
+    timestamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(CSV_COLUMNS)
+        for r in rows:
+            writer.writerow(("data_loader", r["provider"], r["suite"], r["metric"], r["unit"], "setting", "setting",
+                             r["setting"], r["p50"], r["p20"], r["p80"], json.dumps({**config, "ratio": r["ratio"]}),
+                             "cpu:" + platform.processor(), timestamp, __version__))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n64", type=int, default=4000, help="images at 64 px")
+    parser.add_argument("--n224", type=int, default=1500, help="images at 224 px")
+    parser.add_argument("--switch-n", type=int, default=10_000_000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
+    parser.add_argument("--workdir", help="keep the generated data here (default: a temp folder)")
+    parser.add_argument("--csv", help="append rows in Liger's benchmark CSV columns")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n64, args.n224, args.switch_n, args.reps = 600, 300, 1_000_000, 1
+
+    import torch
+
+    torch.set_num_threads(args.workers)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.workdir or tmp)
+        start = time.perf_counter()
+        data = {64: make_data(root, args.n64, 64), 224: make_data(root, args.n224, 224)}
+        print(f"data written in {time.perf_counter() - start:.1f} s to {root}", flush=True)
+        rows = suite_throughput(data, args.reps, args.workers)
+        rows += suite_switch(args.switch_n, data[64][1], args.n64, data[64][0], args.reps, args.workers)
+        rows += suite_fractions(data, args.reps, args.workers)
+    print_table(rows)
+    config = dict(batch=BATCH, workers=args.workers, reps=args.reps, cpus=os.cpu_count())
+    if args.csv:
+        write_csv(args.csv, rows, config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
