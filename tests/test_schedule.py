@@ -324,9 +324,11 @@ def test_constructor_rejects_bad_input(schedule_type, kwargs, error, match):
 
 
 _BAD_BATCHES = [
-    (lambda: ([0, -1, 2], [1.0, 2, 3], [1.0, 2, 3]), ValueError, r"sample_ids must be in \[0, num_samples=20\); 1 are not, first \[-1\]"),
+    (lambda: ([0, -1, 2], [1.0, 2, 3], [1.0, 2, 3]), ValueError,
+     r"sample_ids must be in \[0, num_samples=20\); 1 are not, first \[-1\]"),
     (lambda: ([0, 20, 21], [1.0, 2, 3], [1.0, 2, 3]), ValueError, r"2 are not, first \[20, 21\]"),
-    (lambda: (np.array([0.0, 1.0]), [1.0, 2], [1.0, 2]), TypeError, "sample_ids must have an integer dtype, got float64"),
+    (lambda: (np.array([0.0, 1.0]), [1.0, 2], [1.0, 2]), TypeError,
+     "sample_ids must have an integer dtype, got float64"),
     (lambda: ([0, 1, 2], [1.0, 2], [1.0, 2, 3]), ValueError, "loss_a has 2 values but sample_ids has 3"),
     (lambda: ([[0, 1]], [[1.0, 2]], [[1.0, 2]]), ValueError, r"sample_ids must be one-dimensional, got shape \(1, 2\)"),
     (lambda: ([4, 5, 6, 7], [1.0, 2, 3, 4], [np.nan, 2, np.inf, np.nan]), ValueError,
@@ -351,7 +353,7 @@ def test_calls_out_of_order(schedule_type):
     scan = schedule_type(10)
     with pytest.raises(ValueError, match=r"out of order: observe\(\) before epoch_indices\(0\)"):
         scan.observe([0], [1.0], [1.0])
-    with pytest.raises(ValueError, match=r"out of order: end_epoch\(0, ...\) but the next call must be epoch_indices\(0\)"):
+    with pytest.raises(ValueError, match=r"out of order: end_epoch\(0, ...\) but the next call must be epoch_indices"):
         scan.end_epoch(0, 1.0)
     with pytest.raises(ValueError, match=r"out of order: epoch_indices\(1\) but the next epoch is 0"):
         scan.epoch_indices(1)
@@ -359,7 +361,7 @@ def test_calls_out_of_order(schedule_type):
     assert scan.epoch_indices(0).tolist() == first.tolist()  # a repeat is fine (FFCV asks twice)
     with pytest.raises(ValueError, match=r"out of order: epoch_indices\(1\) while epoch 0 is in progress"):
         scan.epoch_indices(1)
-    with pytest.raises(ValueError, match=r"out of order: end_epoch\(1, ...\) but the next call must be end_epoch\(0, ...\)"):
+    with pytest.raises(ValueError, match=r"out of order: end_epoch\(1, ...\) but the next call must be end_epoch\(0"):
         scan.end_epoch(1, 1.0)
     with pytest.raises(ValueError, match="epoch_loss must be finite, got nan"):
         scan.end_epoch(0, float("nan"))
