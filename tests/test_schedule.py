@@ -225,17 +225,37 @@ def test_same_seed_same_ids_other_seed_other_prune_set(schedule_type):
 
 
 def test_engine_threads_do_not_change_ids():
+    """Big enough (2**20 ids) for the engine's bulk loops to split across threads."""
     from scan_fast import index
+
+    n, batch_size = 1 << 20, 4096
+    rng = np.random.default_rng(0)
+    losses = rng.random((2, n), dtype=np.float32)
+    order = rng.permutation(n)
+
+    def run():
+        scan, ids_per_epoch = Scan(n, seed=5), []
+        for epoch in range(6):  # warm-up, warm-up, preparation, 3 mutation epochs
+            ids_per_epoch.append(scan.epoch_indices(epoch))
+            if scan.is_preparation(epoch):
+                for start in range(0, n, batch_size):
+                    batch = order[start:start + batch_size]
+                    scan.observe(batch, losses[0, batch], losses[1, batch])
+            scan.end_epoch(epoch, 1.0)
+        return ids_per_epoch, scan.coreset()
 
     before = index.get_num_threads()
     try:
-        logs = []
+        runs = []
         for threads in (1, 2, 4):
             index.set_num_threads(threads)
-            logs.append(_drive(Scan(3000, seed=5), **_DETERMINISM_RUN))
+            runs.append(run())
     finally:
         index.set_num_threads(before)
-    assert logs[0] == logs[1] == logs[2]
+    for ids_per_epoch, coreset in runs[1:]:
+        assert all(np.array_equal(x, y) for x, y in zip(ids_per_epoch, runs[0][0]))
+        assert np.array_equal(coreset, runs[0][1])
+    assert len(runs[0][0][-1]) < n  # the last epoch did prune
 
 
 def _roundtrip(state):
