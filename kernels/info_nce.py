@@ -6,6 +6,8 @@ scale * x_i . y_j over all rows y_j of Y and the target logit scale * x_i . y_{i
 `_info_nce_backward_kernel` gives dX for the row term (X are the queries) and/or
 the column term (X are the keys). `kernels/clip_loss.py` runs them in both directions.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -26,7 +28,8 @@ def _forward_configs():
     if INTERPRET:  # one config: the interpreter would otherwise "benchmark" every one of them
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
     # Hopper (H100) and Ampere (A100) both like 128x128 tiles with 64-wide K steps for bf16,
-    # smaller tiles help small batches fill the SMs. The first one is the untuned default.
+    # smaller tiles help small batches fill the SMs. Configs that do not fit the GPU's shared memory
+    # are pruned; with SCAN_FAST_AUTOTUNE=0 the first remaining one runs.
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
         for bm, bn, bk, w, s in [
@@ -59,21 +62,39 @@ def _backward_configs():
     ]
 
 
+@functools.lru_cache(maxsize=None)
+def _max_shared_memory(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
+
+
+def _shared_memory_bytes(config, elem_size: int, backward: bool) -> int:
+    """Upper estimate of a config's shared memory: every operand tile pipelined num_stages deep, plus
+    one transposed key tile (ptxas for sm_80/sm_90 reports at most this for the configs above)."""
+    kw = config.kwargs
+    tiles = (kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_K"] + (kw["BLOCK_N"] * kw["BLOCK_D"] if backward else 0)
+    return (config.num_stages * tiles + kw["BLOCK_N"] * kw["BLOCK_K"]) * elem_size
+
+
+def _prune(configs, named_args, backward: bool):
+    x = named_args["X_ptr"]
+    limit = _max_shared_memory(x.device)
+    fits = [c for c in configs if _shared_memory_bytes(c, x.element_size(), backward) <= limit] or configs[-1:]
+    # K steps or D blocks wider than the (padded) feature dim only load masked zeros.
+    d = triton.next_power_of_2(named_args["D"])
+    kept = fits
+    for name in ("BLOCK_K", "BLOCK_D") if backward else ("BLOCK_K",):
+        cap = max(d, min(c.kwargs[name] for c in kept))
+        kept = [c for c in kept if c.kwargs[name] <= cap]
+    return kept if AUTOTUNE else kept[:1]
+
+
 def _prune_forward(configs, named_args, **kwargs):
-    if not AUTOTUNE:
-        return configs[:1]
-    # A K step wider than the (padded) feature dim only loads masked zeros.
-    d = max(16, triton.next_power_of_2(named_args["D"]))
-    kept = [c for c in configs if c.kwargs["BLOCK_K"] <= d]
-    return kept or configs[-1:]
+    return _prune(configs, named_args, backward=False)
 
 
 def _prune_backward(configs, named_args, **kwargs):
-    if not AUTOTUNE:
-        return configs[:1]
-    d = max(16, triton.next_power_of_2(named_args["D"]))
-    kept = [c for c in configs if c.kwargs["BLOCK_K"] <= d and c.kwargs["BLOCK_D"] <= max(d, 64)]
-    return kept or configs[-1:]
+    return _prune(configs, named_args, backward=True)
 
 
 @triton.jit

@@ -10,6 +10,9 @@ import triton.language as tl
 
 from scan_fast.kernels.utils import INTERPRET
 
+# A (BLOCK_I x BLOCK_J) tile of pair comparisons per step; this size compiles without spills.
+BLOCK_I_GPU, BLOCK_J_GPU, NUM_WARPS_GPU = 64, 128, 4
+
 
 @triton.jit
 def _direction_masks_kernel(
@@ -20,7 +23,8 @@ def _direction_masks_kernel(
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    i = pid * BLOCK_I + tl.arange(0, BLOCK_I).to(tl.int64)
+    # Positions fit int32 (checked by the launcher); int32 pair tiles halve the registers.
+    i = (pid * BLOCK_I).to(tl.int32) + tl.arange(0, BLOCK_I)
     i_mask = i < N
     li = tl.load(loss_ptr + i, mask=i_mask, other=0.0)
     nan_i = li != li
@@ -32,7 +36,7 @@ def _direction_masks_kernel(
     rank_high = tl.zeros((BLOCK_I,), dtype=tl.int32)
     rank_low = tl.zeros((BLOCK_I,), dtype=tl.int32)
     for j0 in range(0, N, BLOCK_J):
-        j = j0 + tl.arange(0, BLOCK_J).to(tl.int64)
+        j = j0 + tl.arange(0, BLOCK_J)
         j_mask = j < N
         lj = tl.load(loss_ptr + j, mask=j_mask, other=0.0)
         nan_j = lj != lj
@@ -60,6 +64,8 @@ def direction_masks_forward(loss: torch.Tensor, k_ill: int, k_red: int):
     if not loss.is_floating_point():
         raise TypeError(f"loss must be floating point, got {loss.dtype}")
     n = loss.shape[0]
+    if n >= 2**31:
+        raise ValueError(f"loss has {n} entries; batch positions must fit int32")
     for name, k in (("k_ill", k_ill), ("k_red", k_red)):
         if isinstance(k, bool) or not isinstance(k, int):
             raise TypeError(f"{name} must be an int, got {type(k).__name__}")
@@ -71,11 +77,10 @@ def direction_masks_forward(loss: torch.Tensor, k_ill: int, k_red: int):
     red = torch.empty(n, dtype=torch.uint8, device=loss.device)
     if n == 0:
         return ill.bool(), red.bool()
-    block_i = 64 if INTERPRET else 128
-    block_j = 128 if INTERPRET else 256
+    block_i, block_j = (64, 128) if INTERPRET else (BLOCK_I_GPU, BLOCK_J_GPU)
     grid = (triton.cdiv(n, block_i),)
     _direction_masks_kernel[grid](loss, ill, red, n, k_ill, k_red, BLOCK_I=block_i, BLOCK_J=block_j,
-                                  num_warps=4 if INTERPRET else 8)
+                                  num_warps=NUM_WARPS_GPU)
     return ill.view(torch.bool), red.view(torch.bool)
 
 

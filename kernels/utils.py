@@ -46,9 +46,12 @@ def size_bucket(n: int) -> int:
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot precision for fp32 inputs: TF32 only where torch would use it for a matmul too."""
-    if dtype != torch.float32 or INTERPRET:
+    """tl.dot input precision. fp32: TF32 only where torch would use it for a matmul too, else
+    3xTF32 (about fp32 accuracy on tensor cores). 16-bit inputs ignore it: Triton's default."""
+    if INTERPRET:
         return "ieee"
+    if dtype != torch.float32:
+        return "tf32"
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
 
 

@@ -4,6 +4,7 @@ Without a GPU the kernels run in Triton's interpreter on CPU tensors (tests/conf
 """
 import pytest
 import torch
+import triton
 import torch.nn.functional as F
 from conftest import HAS_CUDA, requires_cuda
 
@@ -121,3 +122,29 @@ def test_bad_input(q, k, offset, error, match):
 @pytest.mark.parametrize("dtype, grad_tol", [(torch.float32, 1e-3), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
 def test_cuda_large_batches_match_reference(B, M, offset, D, dtype, grad_tol):
     _check_against_reference(B, M, offset, D, dtype, grad_tol, weighted=True)
+
+
+@pytest.mark.parametrize("limit", [232448, 166912], ids=["H100", "A100"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim", [8, 512])
+@pytest.mark.parametrize("autotune", [True, False])
+def test_config_pruning_fits_shared_memory(monkeypatch, limit, dtype, dim, autotune):
+    # The GPU config lists (not the interpreter's single config) pruned for a device's shared memory.
+    import scan_fast.kernels.info_nce as kernels
+
+    monkeypatch.setattr(kernels, "_max_shared_memory", lambda device: limit)
+    monkeypatch.setattr(kernels, "AUTOTUNE", autotune)
+    named_args = {"X_ptr": torch.empty(0, dtype=dtype), "D": dim}
+    for config_fn, prune_fn, backward in ((kernels._forward_configs, kernels._prune_forward, False),
+                                          (kernels._backward_configs, kernels._prune_backward, True)):
+        monkeypatch.setattr(kernels, "INTERPRET", False)
+        configs = config_fn()
+        kept = prune_fn(configs, named_args)
+        assert kept and (len(kept) == 1 or autotune)
+        element = torch.empty(0, dtype=dtype).element_size()
+        fitting = [c for c in configs if kernels._shared_memory_bytes(c, element, backward) <= limit]
+        narrowest_k = min(c.kwargs["BLOCK_K"] for c in fitting)
+        for config in kept:
+            assert str(config) in set(map(str, fitting))
+            # small D keeps only the narrowest K step that fits, never wider ones
+            assert config.kwargs["BLOCK_K"] <= max(narrowest_k, triton.next_power_of_2(dim))
