@@ -15,13 +15,14 @@ from dataclasses import MISSING, fields
 from scan_fast.train.config import PRECISIONS, PRUNE_MODES, SCAN_TARGETS, ClipConfig, MocoConfig
 
 SECTIONS = {
-    "data": ("train_data", "val_data", "batch_size", "workers", "augment", "seed", "device"),
+    "data": ("train_data", "val_data", "batch_size", "workers", "augment", "resolution", "seed", "device"),
     "model": ("model", "arch", "moco_dim", "moco_mlp_dim", "moco_m", "moco_m_cos", "moco_t"),
     "optimisation": ("epochs", "lr", "wd", "beta1", "beta2", "eps", "warmup_epochs", "grad_clip_norm",
                      "precision"),
     "pruning": ("prune", "rho_ill", "rho_red", "t_cos", "prune_threshold", "prune_target", "abs_ill", "abs_red",
                 "coreset", "prune_counts", "infobatch_ratio", "infobatch_delta"),
-    "evaluation": ("eval_frequency", "zeroshot_classes", "zeroshot_template", "knn_k"),
+    "evaluation": ("eval_frequency", "zeroshot_classes", "zeroshot_template", "knn_k",
+                   "probe_train_data"),
     "run": ("logs", "name", "resume", "save_frequency", "tensorboard", "progress", "stop_after_step"),
 }
 HELP = {
@@ -41,6 +42,8 @@ HELP = {
     "prune_counts": "--prune random: epochs.csv of a SCAN run whose per-epoch counts to match",
     "infobatch_ratio": "InfoBatch: pruning probability of below-mean samples",
     "infobatch_delta": "InfoBatch: share of the epochs that may prune (the rest use all data)",
+    "resolution": "MoCo input size in pixels", "knn_k": "MoCo kNN eval: neighbours",
+    "probe_train_data": "MoCo eval: labelled .beton for the kNN bank and the linear probe (default --train-data)",
     "eval_frequency": "evaluate every N epochs (0: after the last only)",
     "zeroshot_classes": "file of class names (one a line, in label order) for a non-embedded val set",
     "logs": "folder of all runs", "name": "run folder name (default <kind>-<prune>-seed<seed>)",

@@ -125,12 +125,16 @@ class MocoConfig(TrainConfig):
     beta2: float = 0.999
     eps: float = 1e-8
     augment: bool = True
+    resolution: int = 32
     knn_k: int = 20
+    probe_train_data: Optional[str] = None  # labelled .beton for the kNN bank / probe fit (default: train_data)
 
     def validate(self) -> "MocoConfig":
         super().validate()
         if not 0.0 <= self.moco_m <= 1.0:
             raise ValueError(f"--moco-m must be in [0, 1], got {self.moco_m}")
+        if self.resolution < 8:
+            raise ValueError(f"--resolution must be >= 8, got {self.resolution}")
         if not self.moco_t > 0:
             raise ValueError(f"--moco-t must be > 0, got {self.moco_t}")
         return self

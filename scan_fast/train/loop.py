@@ -72,8 +72,13 @@ def train_one_epoch(model, loader, optimizer, scaler, schedule, epoch: int, iter
                     warmup_epochs: float, epochs: int, global_step: int, unpack: Callable,
                     forward_kwargs: Optional[Callable[[float], dict]] = None, autocast=None,
                     grad_clip_norm: Optional[float] = None, after_step: Optional[Callable] = None,
-                    progress=None, stop_after_step: Optional[int] = None) -> EpochResult:
-    """Trains one epoch; `unpack(batch) -> (inputs tuple, ids tensor)`, `model(*inputs) -> (loss_a, loss_b)`."""
+                    progress=None, stop_after_step: Optional[int] = None, pair_reduction: str = "mean") -> EpochResult:
+    """Trains one epoch; `unpack(batch) -> (inputs tuple, ids tensor)`, `model(*inputs) -> (loss_a, loss_b)`.
+
+    The step minimises the batch mean of (loss_a + loss_b) / 2 (CLIP, as open_clip)
+    or of loss_a + loss_b (pair_reduction="sum", MoCo v3's symmetric loss).
+    """
+    pair_weight = 0.5 if pair_reduction == "mean" else 1.0
     model.train()
     result = EpochResult(epoch)
     weights_of = getattr(schedule, "sample_weights", None)
@@ -86,7 +91,7 @@ def train_one_epoch(model, loader, optimizer, scaler, schedule, epoch: int, iter
         inputs, ids = unpack(batch)
         with autocast() if autocast is not None else nullcontext():
             loss_a, loss_b = model(*inputs, **(forward_kwargs(fractional_epoch) if forward_kwargs else {}))
-        per_sample = (loss_a.float() + loss_b.float()) / 2
+        per_sample = (loss_a.float() + loss_b.float()) * pair_weight
         if weights_of is not None:
             weights = torch.as_tensor(weights_of(ids.cpu().numpy()), device=per_sample.device)
             loss = (per_sample * weights).mean()

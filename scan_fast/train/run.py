@@ -115,7 +115,7 @@ def _phase_hint(schedule, epoch: int, kept: int, num_samples: int) -> str:
 
 def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_samples: int, runtime: Runtime,
         evaluate: Optional[Callable[[], float]] = None, forward_kwargs=None, after_step=None,
-        truth_mismatched: Optional[np.ndarray] = None) -> dict:
+        truth_mismatched: Optional[np.ndarray] = None, pair_reduction: str = "mean") -> dict:
     """Train `cfg.epochs` epochs; returns the run summary (also in report.md on rank 0)."""
     from tqdm import tqdm
 
@@ -166,7 +166,7 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
                     warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, global_step=global_step, unpack=unpack,
                     forward_kwargs=forward_kwargs, autocast=_autocast(cfg, device),
                     grad_clip_norm=cfg.grad_clip_norm, after_step=after_step, progress=progress,
-                    stop_after_step=cfg.stop_after_step)
+                    stop_after_step=cfg.stop_after_step, pair_reduction=pair_reduction)
             except NonFiniteLoss as err:
                 path = os.path.join(ckpt_dir, f"diverged-step{err.global_step}.pt")
                 global_step = err.global_step
