@@ -284,6 +284,24 @@ void IndexSet::difference_update(const IndexSet& other) {
 
 // ---------------------------------------------------------------- id arrays
 
+namespace {
+// For each byte value: the positions of its set bits (padded) and how many there are.
+struct ByteBitTable {
+  uint8_t position[256][8];
+  uint8_t count[256];
+  constexpr ByteBitTable() : position(), count() {
+    for (unsigned v = 0; v < 256; ++v) {
+      unsigned n = 0;
+      for (unsigned bit = 0; bit < 8; ++bit) {
+        if (v >> bit & 1) position[v][n++] = static_cast<uint8_t>(bit);
+      }
+      count[v] = static_cast<uint8_t>(n);
+    }
+  }
+};
+constexpr ByteBitTable kByteBits{};
+}  // namespace
+
 template <class Out, bool kMembers>
 void IndexSet::write_ids(Out* out) const {
   const uint64_t* words = words_.get();
@@ -308,12 +326,25 @@ void IndexSet::write_ids(Out* out) const {
   for (size_t p = 0; p < parts; ++p) offset[p + 1] += offset[p];
   run_parts(num_words_, parts, [&](size_t b, size_t e, size_t p) {
     Out* dst = out + offset[p];
+    Out* const end = out + offset[p + 1];  // the next slice's first slot: never written here
     for (size_t i = b; i < e; ++i) {
       uint64_t x = word_at(i);
       const uint64_t base = uint64_t{i} * 64;
-      if (x == ~uint64_t{0}) {  // dense word: a run the compiler vectorises
+      if (x == ~uint64_t{0}) {  // full word: a run the compiler vectorises
         for (unsigned j = 0; j < 64; ++j) dst[j] = static_cast<Out>(base + j);
         dst += 64;
+        continue;
+      }
+      // Dense word: per byte, write all 8 table positions and advance by the popcount
+      // (no per-bit branch). The last byte may write 7 slots past its ids, so only
+      // while a whole word's worth of room is left before `end`.
+      if (popcount64(x) > 24 && end - dst >= 64 + 8) {
+        for (unsigned byte = 0; byte < 8; ++byte) {
+          const unsigned bits = static_cast<unsigned>(x >> (8 * byte)) & 0xff;
+          const uint64_t at = base + 8 * byte;
+          for (unsigned j = 0; j < 8; ++j) dst[j] = static_cast<Out>(at + kByteBits.position[bits][j]);
+          dst += kByteBits.count[bits];
+        }
         continue;
       }
       while (x) {
@@ -390,9 +421,10 @@ void IndexSet::shuffled_complement(Out* out, uint64_t seed, uint64_t stream) con
     for (size_t k = b; k < e; ++k) {
       Out* first = out + bucket_start[k];
       const uint64_t size = bucket_start[k + 1] - bucket_start[k];
-      uint64_t counter = uint64_t{k} << 32;  // buckets use disjoint counter ranges
+      uint64_t draw = uint64_t{k} << 33;  // buckets use disjoint counter ranges
       for (uint64_t i = size; i > 1; --i) {
-        const uint64_t j = within_rng.bounded(i, counter);
+        const uint64_t j = i <= UINT32_MAX ? within_rng.bounded32(static_cast<uint32_t>(i), draw)
+                                           : within_rng.bounded(i, draw);
         std::swap(first[i - 1], first[j]);
       }
     }

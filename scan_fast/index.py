@@ -86,7 +86,11 @@ class SampleSet:
         num_samples = _as_int(num_samples, "num_samples")
         if not 1 <= num_samples <= MAX_SAMPLES:
             raise ValueError(f"num_samples must be in [1, 2**40], got {num_samples}")
-        self._impl = _C.IndexSet(num_samples)
+        try:
+            self._impl = _C.IndexSet(num_samples)
+        except MemoryError:
+            raise MemoryError(f"SampleSet(num_samples={num_samples}) needs {num_samples / 2**33:.1f} GiB of address "
+                              "space for its bitset, which the system refused") from None
 
     @classmethod
     def _wrap(cls, impl) -> "SampleSet":

@@ -234,12 +234,17 @@ def test_sample_inclusion_rate_on_a_large_set():
 
 def test_results_do_not_depend_on_thread_count(threads):
     n = 3_000_017  # several slices per thread
-    s = _set_of(n, np.random.default_rng(2).integers(0, n, 2_000_000))
+    ids = np.random.default_rng(2).integers(0, n, 2_000_000)
+    s = _set_of(n, ids)
+    mask = np.zeros(n, dtype=bool)
+    mask[ids] = True
     results = []
     for count in (1, 2, 3):
         threads(count)
         results.append((s.sample(len(s) // 3, 5, 7), s.shuffled_complement(5, 7), s.complement(), s.to_array(),
                         len(s)))
+    np.testing.assert_array_equal(results[0][2], np.flatnonzero(~mask))  # numpy oracle
+    np.testing.assert_array_equal(results[0][3], np.flatnonzero(mask))
     for other in results[1:]:
         assert other[0] == results[0][0]
         for i in (1, 2, 3):
@@ -297,6 +302,19 @@ def test_batch_candidates_equal_oracle_without_top_up(case):
     np.testing.assert_array_equal(ill, ill_ref)
     np.testing.assert_array_equal(red, red_ref)
     assert ill.dtype == np.bool_ and ill.shape == a.shape
+
+
+@_SETTINGS
+@given(st.sampled_from([32, 64]).flatmap(lambda width: st.lists(
+    st.floats(allow_nan=False, allow_infinity=False, width=width), min_size=1, max_size=400).map(
+    lambda values: np.array(values, dtype=np.float32 if width == 32 else np.float64))), st.data())
+def test_batch_candidates_any_finite_values(loss, data):
+    # Extreme magnitudes, signed zeros and denormals go through the histogram selection.
+    k_ill, k_red = data.draw(st.integers(0, loss.size)), data.draw(st.integers(0, loss.size))
+    ill, red = batch_candidates(loss, loss, k_ill=k_ill, k_red=k_red)
+    ill_ref, red_ref = batch_candidates_reference(loss, loss, k_ill=k_ill, k_red=k_red)
+    np.testing.assert_array_equal(ill, ill_ref)
+    np.testing.assert_array_equal(red, red_ref)
 
 
 @_SETTINGS
