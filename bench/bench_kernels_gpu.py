@@ -96,6 +96,7 @@ def measure(provider: str, batch: int, dim: int, dtype_name: str, device: str):
     inputs, loss_fn = setup(provider, batch, dim, _DTYPES[dtype_name], device)
     rows = []
     loss_value = float(loss_fn().detach())
+    torch.autograd.grad(loss_fn(), inputs)  # warm-up: autotuning allocates its own flush buffer
     # Peak extra memory of forward + backward, above the inputs themselves.
     peak_mb = None
     if device == "cuda":

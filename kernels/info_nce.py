@@ -9,6 +9,7 @@ the column term (X are the keys). `kernels/clip_loss.py` runs them in both direc
 import functools
 
 import torch
+from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
 
@@ -329,6 +330,7 @@ class InfoNCEFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable  # the backward sweeps are not differentiable themselves
     @ensure_contiguous
     def backward(ctx, grad_loss):
         q, k, scale, lse = ctx.saved_tensors
