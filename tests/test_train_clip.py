@@ -60,6 +60,13 @@ def test_scan_run_end_to_end(data, tmp_path):
     assert os.listdir(os.path.join(folder, "tb"))
     state = torch.load(os.path.join(folder, "checkpoints/latest.pt"), weights_only=True)
     assert state["epoch"] == 5 and state["global_step"] == sum(int(r["steps"]) for r in rows)
+    # `scan-fast eval` on the checkpoint reproduces the run's own final zero-shot accuracy
+    assert _cli(["eval", os.path.join(folder, "checkpoints/latest.pt"), "--val-data", data["test"],
+                 "--workers", "1"]) == 0
+    from scan_fast.train.cli import evaluate_checkpoint
+
+    again = evaluate_checkpoint(os.path.join(folder, "checkpoints/latest.pt"), data["test"], workers=1)
+    assert again["zero_shot"] == pytest.approx(summary["eval"])
 
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
@@ -129,12 +136,13 @@ def test_nan_loss_stops_saves_and_names_the_step(data, tmp_path, monkeypatch):
 
 
 def _cli(argv):
-    from scan_fast.train.cli import add_coreset_parser, add_train_parsers
+    from scan_fast.train.cli import add_coreset_parser, add_eval_parser, add_train_parsers
 
     parser = argparse.ArgumentParser(prog="scan-fast")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parsers(sub)
     add_coreset_parser(sub)
+    add_eval_parser(sub)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -3,8 +3,8 @@
 Flags come from the config dataclasses (one flag per field, grouped by
 section); `--config FILE` (YAML or TOML) may hold any of them, with the same
 names (dashes or underscores), and flags on the command line win.
-`scan_fast/cli.py` registers these with `add_train_parsers(sub)` and
-`add_coreset_parser(sub)`.
+`scan_fast/cli.py` registers these with `add_train_parsers(sub)`,
+`add_coreset_parser(sub)` and `add_eval_parser(sub)`.
 """
 import argparse
 import os
@@ -196,4 +196,61 @@ def _scan_kwargs(config: dict) -> dict:
 def _run_coreset_export(args):
     count = export_coreset(args.checkpoint, args.out)
     print(f"wrote {count} ids to {args.out}")
+    return 0
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot (CLIP) or kNN + linear probe (MoCo)",
+                       description="Evaluate a trained checkpoint on a labelled .beton.")
+    p.add_argument("checkpoint", help="a checkpoint written by scan-fast train")
+    p.add_argument("--val-data", required=True, help="labelled .beton to evaluate on")
+    p.add_argument("--zeroshot-classes", help="CLIP: class names file for a non-embedded data set")
+    p.add_argument("--zeroshot-template", default="a photo of a {}.", help="CLIP: prompt template")
+    p.add_argument("--probe-train-data", help="MoCo: labelled .beton for the kNN bank and probe (default: the "
+                                              "checkpoint's --train-data)")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(run=_run_eval)
+
+
+def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_template="a photo of a {}.",
+                        probe_train_data=None, workers=2) -> dict:
+    """{"zero_shot": acc} for a CLIP checkpoint, {"knn": acc, "linear_probe": acc} for a MoCo one."""
+    import torch
+
+    from scan_fast.data import check_beton
+    from scan_fast.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    config = state["config"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if "model" in config:  # CLIP
+        from scan_fast.train.clip import _zero_shot
+        from scan_fast.train.clip_model import Clip
+
+        check_beton(val_data, ("image", "tokens", "id", "label"))
+        model = Clip(config["model"], context_length=state["model"]["model.positional_embedding"].shape[0])
+        model.load_state_dict(state["model"])
+        model.to(device)
+        cfg = ClipConfig(train_data=config["train_data"], val_data=val_data, zeroshot_classes=zeroshot_classes,
+                         zeroshot_template=zeroshot_template, workers=workers)
+        return {"zero_shot": _zero_shot(cfg, model, device)()}
+    from scan_fast.train.moco import _knn
+    from scan_fast.train.moco_model import build_moco
+
+    check_beton(val_data, ("image", "label", "id"))
+    model = build_moco(config["arch"], config["resolution"], config["moco_dim"], config["moco_mlp_dim"],
+                       config["moco_t"])
+    model.load_state_dict(state["model"])
+    model.to(device)
+    cfg = MocoConfig(train_data=config["train_data"], val_data=val_data, probe_train_data=probe_train_data,
+                     resolution=config["resolution"], knn_k=config["knn_k"], workers=workers)
+    knn = _knn(cfg, model, device)
+    return {"knn": knn(), "linear_probe": knn.linear_probe()}
+
+
+def _run_eval(args):
+    results = evaluate_checkpoint(args.checkpoint, args.val_data, args.zeroshot_classes, args.zeroshot_template,
+                                  args.probe_train_data, args.workers)
+    for key, value in results.items():
+        print(f"{key}: {value:.4f}")
     return 0
