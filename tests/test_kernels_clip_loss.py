@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import HAS_CUDA, requires_cuda
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scan_fast.kernels.clip_loss import ClipLossFunction
 from scan_fast.ops.clip_loss import clip_loss_per_sample_reference
@@ -67,6 +69,28 @@ def test_fp32_matches_reference(B, D, weighted):
 @pytest.mark.parametrize("B, D", _HALF_SHAPES)
 def test_half_precision_matches_reference(B, D, dtype, grad_tol, weighted):
     _check_against_reference(B, D, dtype, grad_tol, weighted)
+
+
+@settings(max_examples=12, deadline=None)
+@given(batch=st.integers(1, 70), dim=st.integers(1, 70), scale=st.floats(0.01, 100.0),
+       normalise=st.booleans(), seed=st.integers(0, 2**16))
+def test_random_shapes_and_scales(batch, dim, scale, normalise, seed):
+    # odd sizes straddle the 64-row tiles and the 32-wide K and D steps of the interpreter config
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randn(batch, dim, generator=generator)
+    text = torch.randn(batch, dim, generator=generator)
+    if normalise:
+        image, text = F.normalize(image, dim=1), F.normalize(text, dim=1)
+    image = image.to(DEVICE).requires_grad_()
+    text = text.to(DEVICE).requires_grad_()
+    scale = torch.tensor(scale if normalise else scale / dim, device=DEVICE, requires_grad=True)
+    ours = ClipLossFunction.apply(image, text, scale)
+    ref = clip_loss_per_sample_reference(image, text, scale)
+    for got, want in zip(ours, ref):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    grads = (torch.randn(batch, generator=generator).to(DEVICE), torch.randn(batch, generator=generator).to(DEVICE))
+    _assert_grads_close(torch.autograd.grad(ours, (image, text, scale), grads),
+                        torch.autograd.grad(ref, (image, text, scale), grads), 1e-4)
 
 
 @pytest.mark.parametrize("used", ["i2t", "t2i"])

@@ -7,6 +7,8 @@ import torch
 import triton
 import torch.nn.functional as F
 from conftest import HAS_CUDA, requires_cuda
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scan_fast.kernels.info_nce import InfoNCEFunction
 from scan_fast.ops.info_nce import row_cross_entropy_reference
@@ -66,6 +68,22 @@ def test_fp32_matches_reference(B, M, offset, D, weighted):
 @pytest.mark.parametrize("B, M, offset, D", _HALF_SHAPES)
 def test_half_precision_matches_reference(B, M, offset, D, dtype, grad_tol, weighted):
     _check_against_reference(B, M, offset, D, dtype, grad_tol, weighted)
+
+
+@settings(max_examples=12, deadline=None)
+@given(batch=st.integers(1, 70), world=st.integers(1, 3), dim=st.integers(1, 70), data=st.data())
+def test_random_shapes_and_offsets(batch, world, dim, data):
+    # keys gathered from `world` ranks; this rank's positives start at rank * batch
+    rank = data.draw(st.integers(0, world - 1), label="rank")
+    scale_value = data.draw(st.floats(0.01, 100.0), label="scale")
+    q, k, _ = _inputs(batch, world * batch, dim, torch.float32)
+    scale = torch.tensor(scale_value, device=DEVICE, requires_grad=True)
+    loss = InfoNCEFunction.apply(q, k, scale, rank * batch)
+    ref = row_cross_entropy_reference(q, k, scale, rank * batch)
+    torch.testing.assert_close(loss, ref, atol=1e-4, rtol=1e-4)
+    grad = torch.randn(batch, device=DEVICE)
+    _assert_grads_close(torch.autograd.grad(loss, (q, k, scale), grad),
+                        torch.autograd.grad(ref, (q, k, scale), grad), 1e-4)
 
 
 def test_keys_without_grad_as_in_moco():
