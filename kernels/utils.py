@@ -1,4 +1,4 @@
-"""Helpers shared by the Triton kernels: contiguity, launch settings, input checks."""
+"""Helpers shared by the Triton kernels: contiguity, autotune keys, dot precision, input checks."""
 import functools
 import os
 
@@ -27,17 +27,6 @@ def ensure_contiguous(fn):
         return fn(ctx, *args, **kwargs)
 
     return wrapper
-
-
-def calculate_settings(n: int, max_block: int = 4096):
-    """BLOCK_SIZE (next power of two of n, capped) and num_warps for a 1-D sweep over n elements."""
-    block_size = min(triton.next_power_of_2(max(int(n), 1)), max_block)
-    num_warps = 4
-    if block_size >= 2048:
-        num_warps = 8
-    if block_size >= 4096:
-        num_warps = 16
-    return block_size, num_warps
 
 
 def size_bucket(n: int) -> int:
