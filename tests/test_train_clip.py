@@ -25,7 +25,9 @@ def data(tmp_path_factory):
     write_shapes(train, num_samples=N_TRAIN, mismatch_fraction=0.2, context_length=16, progress=False)
     write_shapes(test, num_samples=48, mismatch_fraction=0.0, duplicate_fraction=0.0, seed=1, context_length=16,
                  progress=False)
-    return {"train": train, "test": test, "folder": folder}
+    moco = str(folder / "moco.beton")  # images without captions: the wrong kind for CLIP
+    write_shapes(moco, num_samples=16, kind="moco", progress=False)
+    return {"train": train, "test": test, "moco": moco, "folder": folder}
 
 
 def _config(data, tmp_path, **overrides):
@@ -90,6 +92,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
     wb = load_checkpoint(os.path.join(tmp_path, "resumed/checkpoints/latest.pt"))["model"]
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"different --prune \('scan' there, 'none' here\)"):
+        train_clip(_config(data, tmp_path, name="resumed", resume="latest", prune="none"))
 
 
 @pytest.mark.parametrize("prune", ["none", "random", "infobatch", "static"])
@@ -166,6 +170,7 @@ def test_cli_config_file_flags_and_coreset_export(data, tmp_path):
     "argv, error, match",
     [
         (["--train-data", "{missing}"], FileNotFoundError, "no .beton file at"),
+        (["--train-data", "{moco}"], ValueError, r"moco.beton lacks field\(s\) \['tokens'\]"),
         (["--train-data", "{test}", "--model", "ViT-Nope-1"], ValueError, "'ViT-Nope-1' is not an open_clip model"),
         (["--train-data", "{test}", "--prune", "static"], ValueError, "--prune static needs --coreset"),
         (["--train-data", "{test}", "--prune", "none", "--prune-counts", "x.csv"], ValueError,
@@ -179,7 +184,8 @@ def test_cli_config_file_flags_and_coreset_export(data, tmp_path):
 )
 def test_cli_errors_name_the_input(data, tmp_path, argv, error, match):
     (tmp_path / "bad.toml").write_text("bogus = 1\n")
-    fill = {"missing": str(tmp_path / "missing.beton"), "test": data["test"], "cfg": str(tmp_path / "bad.toml")}
+    fill = {"missing": str(tmp_path / "missing.beton"), "test": data["test"], "cfg": str(tmp_path / "bad.toml"),
+            "moco": data["moco"]}
     argv = [a.format(**fill) for a in argv]
     with pytest.raises(error, match=match):
         _cli(["train", "clip", "--logs", str(tmp_path), "--no-progress", "--batch-size", "16", "--workers", "1", *argv])
