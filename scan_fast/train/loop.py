@@ -68,6 +68,14 @@ def gather_batch(ids: torch.Tensor, loss_a: torch.Tensor, loss_b: torch.Tensor):
     return local[0].astype(np.int64), local[1], local[2]
 
 
+def _finite_on_all_ranks(loss: torch.Tensor) -> bool:
+    """Every rank must stop at the same step, or the others would wait in the next collective."""
+    finite = torch.isfinite(loss.detach()).float().reshape(1)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
 def train_one_epoch(model, loader, optimizer, scaler, schedule, epoch: int, iters: int, *, base_lr: float,
                     warmup_epochs: float, epochs: int, global_step: int, unpack: Callable,
                     forward_kwargs: Optional[Callable[[float], dict]] = None, autocast=None,
@@ -97,7 +105,7 @@ def train_one_epoch(model, loader, optimizer, scaler, schedule, epoch: int, iter
             loss = (per_sample * weights).mean()
         else:
             loss = per_sample.mean()
-        if not torch.isfinite(loss):
+        if not _finite_on_all_ranks(loss):
             raise NonFiniteLoss(epoch, i, global_step, float(loss))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

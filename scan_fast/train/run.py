@@ -176,7 +176,7 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
                 progress.close()
             global_step += result.steps
             schedule.end_epoch(epoch, result.mean_loss)
-            if runtime.is_main and schedule.is_preparation(epoch) and hasattr(schedule, "candidates"):
+            if runtime.is_main and phase == "preparation" and hasattr(schedule, "candidates"):
                 _save_candidates(folder, epoch, schedule, result)
             last = epoch == cfg.epochs - 1
             score = None
