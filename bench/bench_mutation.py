@@ -9,8 +9,9 @@ of 64 pre-drawn random batches, so drawing them is not timed.
 
 Each provider x N runs in a fresh subprocess that reports its seconds and its peak RSS
 (getrusage ru_maxrss) minus the RSS it had before building the schedule (the
-interpreter, numpy/torch and the loss pool). `ids MB` is the largest id array
-epoch_indices returned: the caller's data, which any implementation must hand out.
+interpreter, numpy/torch and the loss pool). Each epoch's ids are held until the epoch
+ends, as a data loader holds them. `ids MiB` is the largest id array epoch_indices
+returned: the caller's data, which any implementation must hand out.
 
     python bench/bench_mutation.py                      # 1M, 10M, 100M (+ 1B with enough memory)
     python bench/bench_mutation.py --sizes 1e6,1e7 --csv bench_mutation.csv
@@ -58,20 +59,22 @@ def run_cycle(provider: str, num_samples: int, batch_size: int, order: str, seed
         schedule.end_epoch(epoch, 1.0)
 
     start = time.perf_counter()
-    largest_ids = max(largest_ids, schedule.epoch_indices(PREPARATION_EPOCH).nbytes)
+    epoch_ids = schedule.epoch_indices(PREPARATION_EPOCH)  # held for the epoch, as a data loader would
+    largest_ids = max(largest_ids, epoch_ids.nbytes)
     for number, first in enumerate(range(0, num_samples, batch_size)):
         last = min(first + batch_size, num_samples)
         ids = permutation[first:last] if permutation is not None else np.arange(first, last, dtype=np.int64)
         loss_a, loss_b = pool[number % LOSS_POOL]
         schedule.observe(ids, loss_a[:last - first], loss_b[:last - first])
     schedule.end_epoch(PREPARATION_EPOCH, 1.0)
+    del epoch_ids
     prepared = time.perf_counter()
     kept = []
     for epoch in range(PREPARATION_EPOCH + 1, PREPARATION_EPOCH + 1 + T_COS):
-        ids = schedule.epoch_indices(epoch)
-        largest_ids, kept = max(largest_ids, ids.nbytes), kept + [len(ids)]
-        del ids  # handed to the data loader in training
+        epoch_ids = schedule.epoch_indices(epoch)
+        largest_ids, kept = max(largest_ids, epoch_ids.nbytes), kept + [len(epoch_ids)]
         schedule.end_epoch(epoch, 1.0)
+        del epoch_ids  # the loader lets go of an epoch's ids before asking for the next
     done = time.perf_counter()
     return {"provider": provider, "num_samples": num_samples, "prepare_s": prepared - start,
             "mutate_s": done - prepared, "total_s": done - start,
@@ -94,7 +97,7 @@ def _run_worker(provider, num_samples, args) -> dict:
 
 
 def _format_table(rows) -> str:
-    header = ["N", "provider", "prepare s", "mutate s", "total s", "peak MB", "ids MB", "time ratio", "mem ratio"]
+    header = ["N", "provider", "prepare s", "mutate s", "total s", "peak MiB", "ids MiB", "time ratio", "mem ratio"]
     by_size = {}
     for row in rows:
         by_size.setdefault(row["num_samples"], {})[row["provider"]] = row
@@ -128,7 +131,7 @@ def _append_csv(path, rows, args) -> None:
         if new:
             writer.writerow(columns)
         for row in rows:
-            for metric, unit, value in (("time", "s", row["total_s"]), ("memory", "MB", row["peak_mb"])):
+            for metric, unit, value in (("time", "s", row["total_s"]), ("memory", "MiB", row["peak_mb"])):
                 writer.writerow(["scan_cycle", row["provider"], "full", metric, unit, "N", row["num_samples"],
                                  value, value, value, config, device, stamp])
 
@@ -180,7 +183,7 @@ def main(argv=None) -> int:
             rows.append(_run_worker(provider, num_samples, args))
             print(f"  done: {provider} N={num_samples:,} in {rows[-1]['total_s']:.2f} s", file=sys.stderr)
     print(f"SCAN cycle: 1 preparation epoch (batches of {args.batch_size}, ids = {args.order} slices) "
-          f"+ {T_COS} mutation epochs; peak MB = peak RSS above the pre-schedule baseline")
+          f"+ {T_COS} mutation epochs; peak MiB = peak RSS above the pre-schedule baseline")
     print(_format_table(rows))
     if args.csv:
         _append_csv(args.csv, rows, args)
