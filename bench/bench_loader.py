@@ -282,6 +282,8 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
+    parser.add_argument("--suites", default="throughput,switch,fractions",
+                        help="comma-separated subset of throughput,switch,fractions")
     parser.add_argument("--workdir", help="keep the generated data here (default: a temp folder)")
     parser.add_argument("--csv", help="append rows in Liger's benchmark CSV columns")
     args = parser.parse_args(argv)
@@ -296,9 +298,13 @@ def main(argv=None):
         start = time.perf_counter()
         data = {64: make_data(root, args.n64, 64), 224: make_data(root, args.n224, 224)}
         print(f"data written in {time.perf_counter() - start:.1f} s to {root}", flush=True)
-        rows = suite_throughput(data, args.reps, args.workers)
-        rows += suite_switch(args.switch_n, data[64][1], args.n64, data[64][0], args.reps, args.workers)
-        rows += suite_fractions(data, args.reps, args.workers)
+        suites, rows = args.suites.split(","), []
+        if "throughput" in suites:
+            rows += suite_throughput(data, args.reps, args.workers)
+        if "switch" in suites:
+            rows += suite_switch(args.switch_n, data[64][1], args.n64, data[64][0], args.reps, args.workers)
+        if "fractions" in suites:
+            rows += suite_fractions(data, args.reps, args.workers)
     print_table(rows)
     config = dict(batch=BATCH, workers=args.workers, reps=args.reps, cpus=os.cpu_count())
     if args.csv:

@@ -114,6 +114,19 @@ def test_iteration_without_set_epoch_advances_and_tracks_len(clip_beton):
     assert loader.epoch == 4
 
 
+def test_an_epoch_left_early_does_not_disturb_the_next(clip_beton):
+    path, _ = clip_beton
+    scan = ShrinkGrowScan(N, seed=4)
+    loader = _id_loader(path, scan, seed=0, drop_last=False)
+    for epoch in range(3):
+        for k, _ in enumerate(loader):  # leave after two batches; buffers are reused next epoch
+            if k == 1:
+                break
+    loader.set_epoch(3)
+    ids = _epoch_ids(loader)
+    np.testing.assert_array_equal(ids, epoch_order(scan.epoch_indices(3), 0, 3))
+
+
 def test_distributed_ranks_get_equal_disjoint_shards(clip_beton):
     path, _ = clip_beton
     scan, world = ShrinkGrowScan(N, seed=2), 3

@@ -45,6 +45,17 @@ def test_validate_names_the_bad_id(bad, message):
         validate_kept_ids(np.array(bad, dtype=np.int64), 500, epoch=3)
 
 
+def test_validate_keeps_the_schedules_uint32_ids():
+    kept = np.array([1, 5, 9], dtype=np.uint32)
+    out = validate_kept_ids(kept, 10)
+    assert out.dtype == np.uint32
+    np.testing.assert_array_equal(out, kept)
+    with pytest.raises(ValueError, match="kept id 10 is out of range"):
+        validate_kept_ids(np.array([3, 10], dtype=np.uint32), 10)
+    with pytest.raises(ValueError, match="kept id 3 is listed more than once"):
+        validate_kept_ids(np.array([3, 3], dtype=np.uint64), 10)
+
+
 def test_validate_rejects_non_integer_and_2d():
     with pytest.raises(TypeError, match="integers"):
         validate_kept_ids(np.array([0.0, 1.0]), 10)

@@ -23,6 +23,7 @@ _EXPORTS = {
     "ScanLoader": "loaders",
     "ScanSampler": "sampler",
     "check_beton": "schema",
+    "read_samples": "inspect",
 }
 
 __all__ = list(_EXPORTS)

@@ -11,6 +11,7 @@ is never rewritten and the loader never rebuilt.
 As with any ffcv Loader, a batch's tensors live in buffers reused a few batches
 later: copy (or move to the GPU) whatever must outlive the step.
 """
+import queue
 from typing import Optional, Tuple
 
 import torch
@@ -40,6 +41,25 @@ class ScanLoader(Loader):
         super().__init__(*args, **kwargs)
         self._constructing_epoch = None
         self.next_epoch = int(start_epoch)
+        self._running = None
+        self._reuse_batch_buffers()
+
+    def _reuse_batch_buffers(self):
+        """Allocate the batch buffers once, not at every epoch start as ffcv does.
+
+        Fresh buffers cost page faults over hundreds of MB per epoch at 224 px (0.6 s on
+        2 cores), a fixed cost that would keep short, heavily pruned epochs from
+        getting proportionally faster.
+        """
+        allocate, cache = self.graph.allocate_memory, {}
+
+        def allocate_once(batch_size, batches_ahead):
+            key = (batch_size, batches_ahead)
+            if key not in cache:
+                cache[key] = allocate(batch_size, batches_ahead)
+            return cache[key]
+
+        self.graph.allocate_memory = allocate_once
 
     def next_traversal_order(self):
         epoch = self.next_epoch if self._constructing_epoch is None else self._constructing_epoch
@@ -51,13 +71,28 @@ class ScanLoader(Loader):
 
     def __iter__(self):
         self.first_traversal_order = self.next_traversal_order()
-        batches = super().__iter__()
+        if self._running is not None:
+            # The buffers are shared across epochs: stop an epoch left unfinished first.
+            _stop(self._running)
+        if torch.cuda.is_available():
+            torch.cuda.current_stream().synchronize()  # last epoch's batches are no longer read
+        batches = self._running = super().__iter__()
         return batches if self.output_order is None else _Reordered(batches, self.output_order)
 
     @property
     def epoch(self) -> int:
         """The epoch the next iter() runs."""
         return self.next_epoch
+
+
+def _stop(epoch_iterator):
+    """End an ffcv epoch thread, draining its queue so a blocked final put can return."""
+    epoch_iterator.close()
+    while epoch_iterator.is_alive():
+        try:
+            epoch_iterator.output_queue.get(timeout=0.1)
+        except queue.Empty:
+            pass
 
 
 class _Reordered:

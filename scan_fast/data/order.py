@@ -19,6 +19,18 @@ from ffcv.traversal_order.base import TraversalOrder
 
 
 @numba.njit(cache=True, nogil=True)
+def _sorted_unique_in_range(kept, dataset_len):
+    """The common case, branch-free so it vectorises: strictly increasing, inside [0, n)."""
+    size = kept.shape[0]
+    if size == 0:
+        return True
+    bad = False
+    for i in range(1, size):
+        bad |= kept[i] <= kept[i - 1]
+    return not bad and kept[0] >= 0 and kept[size - 1] < dataset_len
+
+
+@numba.njit(cache=True, nogil=True)
 def _first_bad_position(kept, dataset_len):
     """Index of the first id that is out of range or not above its predecessor; -1 if none."""
     previous = -1
@@ -31,7 +43,7 @@ def _first_bad_position(kept, dataset_len):
 
 
 def validate_kept_ids(kept, dataset_len: int, epoch: Optional[int] = None) -> np.ndarray:
-    """Check a kept-id list and return it as a sorted int64 array.
+    """Check a kept-id list and return it sorted (int32/int64/uint32 kept as given, else int64).
 
     Raises ValueError naming the offending id for ids outside [0, dataset_len)
     and for ids listed twice, TypeError for non-integer input.
@@ -42,7 +54,11 @@ def validate_kept_ids(kept, dataset_len: int, epoch: Optional[int] = None) -> np
         raise ValueError(f"kept ids{where} must be a 1-D array, got shape {kept.shape}")
     if kept.size and not np.issubdtype(kept.dtype, np.integer):
         raise TypeError(f"kept ids{where} must be integers, got dtype {kept.dtype}")
-    kept = np.ascontiguousarray(kept, dtype=np.int64)
+    if kept.dtype == np.uint64 or kept.dtype.itemsize < 4:
+        kept = kept.astype(np.int64)  # keep the compiled checks to a few signed/32-bit types
+    kept = np.ascontiguousarray(kept)
+    if kept.size and _sorted_unique_in_range(kept, dataset_len):
+        return kept
     bad = _first_bad_position(kept, dataset_len)
     if bad >= 0 and 0 <= kept[bad] < dataset_len:
         # Unsorted input (allowed) or a repeated id (not allowed): sort a copy and look again.
