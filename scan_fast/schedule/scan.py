@@ -69,8 +69,8 @@ class Scan(PruningSchedule):
 
     def _keep_indices(self, epoch):
         phase, position = epoch_phase(epoch, self._start, self.config.t_cos)
-        if phase != MUTATION:
-            return np.arange(self.num_samples, dtype=np.uint32 if self.num_samples < 2**32 else np.int64)
+        if phase != MUTATION:  # all ids; the engine writes them with its threads (about 2x np.arange at 1B)
+            return SampleSet(self.num_samples).complement()
         return self._pruned(epoch, position).complement()
 
     def _observe(self, sample_ids, loss_a, loss_b):
