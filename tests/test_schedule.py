@@ -322,6 +322,15 @@ def test_observe_takes_torch_tensors(schedule_type, device):
         assert counts == numpy_scan.observe(torch.as_tensor(ids).cpu().numpy(), *as_numpy) == (3, 3)
 
 
+@pytest.mark.parametrize(*_SCHEDULES)
+def test_observe_empty_batch_collects_nothing(schedule_type):
+    scan = _in_preparation(schedule_type)
+    assert scan.observe([], [], []) == scan.observe(torch.empty(0, dtype=torch.long), torch.empty(0), torch.empty(0)) \
+        == (0, 0)
+    scan.end_epoch(2, 1.0)
+    assert len(scan.candidates()) == 0
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"num_samples": 0}, ValueError, "num_samples must be >= 1, got 0"),
     ({"num_samples": 2.5}, TypeError, "num_samples must be an integer, got 2.5"),

@@ -48,10 +48,12 @@ def to_numpy(name: str, values) -> np.ndarray:
 
 
 def _check_ids(ids: np.ndarray, num_samples: int) -> np.ndarray:
+    if ids.size == 0:
+        return np.empty(0, dtype=np.int64)  # [] carries no integer dtype
     if ids.dtype.kind not in "iu":
         raise TypeError(f"sample_ids must have an integer dtype, got {ids.dtype}")
     # one pass: viewed as unsigned, negative ids wrap to values >= num_samples
-    if ids.size and ids.view(f"u{ids.dtype.itemsize}").max() >= num_samples:
+    if ids.view(f"u{ids.dtype.itemsize}").max() >= num_samples:
         bad = ids[(ids < 0) | (ids >= num_samples)]
         raise ValueError(
             f"sample_ids must be in [0, num_samples={num_samples}); {bad.size} are not, "
