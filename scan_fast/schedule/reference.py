@@ -45,7 +45,9 @@ class ScanReference(PruningSchedule):
 
     @staticmethod
     def _by_mode(ill, red, mode):
-        return {"both": ill | red, "redundant": red, "ill_matched": ill}[mode]
+        if mode == "both":
+            return ill | red
+        return red if mode == "redundant" else ill
 
     def _pruned(self, epoch, position):
         candidates = sorted(self._by_mode(self._ill, self._red, self.config.mode))
