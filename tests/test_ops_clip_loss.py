@@ -1,10 +1,13 @@
 """clip_loss_per_sample (chunked CPU path, and the Triton kernel on CUDA) against the materialised reference."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import requires_cuda
-from scan_fast.ops.clip_loss import ClipLossChunked, clip_loss_per_sample, clip_loss_per_sample_reference
+import scan_fast.ops.clip_loss as clip_loss_module
+from conftest import HAS_CUDA, requires_cuda
+from scan_fast.ops.clip_loss import ClipLoss, ClipLossChunked, clip_loss_per_sample, clip_loss_per_sample_reference
 
 _SHAPE_PARAMS = ("B, D", [(1, 8), (7, 33), (64, 64), (130, 8), (130, 33), (64, 8), (7, 64)])
 _DTYPE_PARAMS = (
@@ -140,6 +143,18 @@ def test_logit_scale_forms():
 def test_bad_input(image, text, logit_scale, error, match):
     with pytest.raises(error, match=match):
         clip_loss_per_sample(image, text, logit_scale)
+
+
+@pytest.mark.skipif(HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel "
+                    "only in Triton's interpreter")
+def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setattr(clip_loss_module, "use_kernels", lambda features, dtype: True)
+    image, text = _features(7, 8)
+    loss_i2t, _ = clip_loss_per_sample(image, text, 3.0)
+    assert type(loss_i2t.grad_fn).__name__ == "ClipLossFunctionBackward"
+    _check_against_reference(clip_loss_per_sample, image, text, 1e-5, 1e-5, weighted=True)
+    torch.testing.assert_close(ClipLoss()(image, text, 3.0), ClipLoss(chunk_rows=4)(image, text, 3.0))
 
 
 @requires_cuda

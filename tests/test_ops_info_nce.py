@@ -1,10 +1,13 @@
 """info_nce_per_sample and MocoLoss against the reference and MoCo v3's contrastive_loss."""
+import os
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import requires_cuda
+import scan_fast.ops.info_nce as info_nce_module
+from conftest import HAS_CUDA, requires_cuda
 from scan_fast.ops.info_nce import (
     MocoLoss,
     RowCrossEntropyChunked,
@@ -142,6 +145,17 @@ def test_bad_input(q, k, temperature, offset, error, match):
 def test_moco_loss_rejects_bad_temperature():
     with pytest.raises(ValueError, match="temperature must be finite and > 0, got -1"):
         MocoLoss(T=-1.0)
+
+
+@pytest.mark.skipif(HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel "
+                    "only in Triton's interpreter")
+def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setattr(info_nce_module, "use_kernels", lambda features, dtype: True)
+    q, k = _queries_keys(7, 8, 2)
+    assert type(info_nce_per_sample(q, k, _TEMPERATURE, 7).grad_fn.next_functions[0][0]).__name__ == (
+        "InfoNCEFunctionBackward")
+    _check(info_nce_per_sample, q, k, 7, 1e-5, 1e-5, weighted=True)
 
 
 @requires_cuda

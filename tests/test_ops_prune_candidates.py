@@ -1,13 +1,19 @@
 """prune_candidates follows SCAN's per-batch rule (scan_fast.candidates is the oracle)."""
+import os
+import sys
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import requires_cuda
+from conftest import HAS_CUDA, requires_cuda
 from scan_fast.candidates import candidate_count, direction_set
 from scan_fast.ops.prune_candidates import prune_candidates, prune_candidates_reference
+
+# `scan_fast.ops.prune_candidates` the attribute is the function; the module is this one
+prune_candidates_module = sys.modules["scan_fast.ops.prune_candidates"]
 
 # few distinct values so that ties are common
 _losses = st.integers(1, 60).flatmap(
@@ -130,6 +136,23 @@ def test_bad_input(kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         prune_candidates(**args)
+
+
+@pytest.mark.skipif(HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel "
+                    "only in Triton's interpreter")
+def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):
+    pytest.importorskip("triton")
+    loss_a, loss_b = torch.randint(0, 5, (2, 40)).float()  # ties between positions
+    want = prune_candidates(loss_a, loss_b, generator=torch.Generator().manual_seed(1))
+    kernels = pytest.importorskip("scan_fast.kernels.prune_candidates")
+    calls = []
+    kernel = kernels.direction_masks_triton
+    monkeypatch.setattr(kernels, "direction_masks_triton", lambda *args: calls.append(args) or kernel(*args))
+    monkeypatch.setattr(prune_candidates_module, "use_kernels", lambda loss: True)
+    got = prune_candidates(loss_a, loss_b, generator=torch.Generator().manual_seed(1))
+    assert len(calls) == 2, "one kernel call per direction"
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
 
 
 @requires_cuda

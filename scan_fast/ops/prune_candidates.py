@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from scan_fast.candidates import TOP_UP_FRACTION, batch_candidates_reference, candidate_count
+from scan_fast.ops.info_nce import has_triton
 
 
 def _check_losses(loss_a, loss_b) -> None:
@@ -77,14 +78,15 @@ def _extreme_mask(loss: torch.Tensor, k: int, highest: bool) -> torch.Tensor:
     return mask
 
 
+def use_kernels(loss: torch.Tensor) -> bool:
+    return loss.is_cuda and has_triton()
+
+
 def _direction_masks(loss: torch.Tensor, k_ill: int, k_red: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    if loss.is_cuda:
-        try:
-            from scan_fast.kernels.prune_candidates import direction_masks_triton
-        except ImportError:
-            pass
-        else:
-            return direction_masks_triton(loss, k_ill, k_red)
+    if use_kernels(loss):
+        from scan_fast.kernels.prune_candidates import direction_masks_triton
+
+        return direction_masks_triton(loss, k_ill, k_red)
     return _extreme_mask(loss, k_ill, highest=True), _extreme_mask(loss, k_red, highest=False)
 
 
