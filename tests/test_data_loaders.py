@@ -9,6 +9,7 @@ import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.transforms import Squeeze, ToTensor
 
+from conftest import requires_cuda
 from scan_fast.data.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from scan_fast.data.embedded import write_shapes
 from scan_fast.data.inspect import read_samples
@@ -192,6 +193,29 @@ def test_moco_two_views(tmp_path):
         assert labels.tolist() == [stored["label"][i] for i in ids.tolist()]
         seen += ids.tolist()
     assert sorted(seen) == list(range(64))
+
+
+@requires_cuda
+def test_cuda_pipelines_round_trip(clip_beton):
+    path, stored = clip_beton
+    loader = clip_loader(path, BATCH, RES, device="cuda", augment=False, drop_last=False)
+    mean = torch.tensor(OPENAI_CLIP_MEAN, device="cuda").view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_CLIP_STD, device="cuda").view(1, 3, 1, 1)
+    for images, tokens, ids in loader:
+        assert images.is_cuda and tokens.is_cuda
+        pixels = ((images * std + mean) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for k, i in enumerate(ids.tolist()):
+            np.testing.assert_array_equal(pixels[k], stored["image"][i])
+    views = moco_loader(_moco_copy(path), 16, RES, device="cuda")
+    view1, view2, _, _ = next(iter(views))
+    assert view1.is_cuda and view2.is_cuda and not torch.allclose(view1, view2)
+
+
+def _moco_copy(path):
+    moco = path.with_name("shapes_moco.beton")
+    if not moco.exists():
+        write_shapes(moco, num_samples=64, kind="moco", resolution=RES, progress=False)
+    return moco
 
 
 def test_loader_input_errors(clip_beton, tmp_path):
