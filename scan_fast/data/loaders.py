@@ -20,7 +20,7 @@ from ffcv.loader.loader import ORDER_MAP
 
 from .order import KeptIdsSource, OrderFactory
 from .pipelines import clip_pipelines, moco_pipelines
-from .sampler import _resolve_rank
+from .sampler import resolve_rank
 from .schema import check_beton
 
 
@@ -126,7 +126,7 @@ def build_loader(path, batch_size: int, pipelines, required_fields, scan=None, s
     path = str(path)
     info = check_beton(path, required_fields)
     if distributed:
-        rank, world_size = _resolve_rank(rank, world_size)
+        rank, world_size = resolve_rank(rank, world_size)
     elif rank not in (None, 0) or world_size not in (None, 1):
         raise ValueError(f"rank={rank}, world_size={world_size} given without distributed=True")
     else:

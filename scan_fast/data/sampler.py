@@ -26,7 +26,7 @@ class ScanSampler(Sampler[int]):
                  drop_last: bool = False):
         if not isinstance(dataset_len, int) or dataset_len <= 0:
             raise ValueError(f"dataset_len must be a positive int, got {dataset_len!r}")
-        rank, world_size = _resolve_rank(rank, world_size)
+        rank, world_size = resolve_rank(rank, world_size)
         self.source = KeptIdsSource(scan, dataset_len, seed=seed, shuffle=shuffle,
                                     rank=rank, world_size=world_size, pad=not drop_last)
         self.drop_last = drop_last
@@ -46,7 +46,7 @@ class ScanSampler(Sampler[int]):
         return -(-num_kept // world_size)
 
 
-def _resolve_rank(rank, world_size):
+def resolve_rank(rank, world_size):
     if rank is not None and world_size is not None:
         return rank, world_size
     if torch.distributed.is_available() and torch.distributed.is_initialized():
