@@ -210,8 +210,9 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
 
 
 def _row_phase(schedule, phase_hint):
-    """SCAN's own phase (warmup / preparation / mutation) where the schedule has one."""
-    if type(schedule).__name__ in ("Scan", "ScanReference", "RandomPruning"):
+    """SCAN's own phase (warmup / preparation / mutation) where the schedule follows SCAN's cycle."""
+    name = type(schedule).__name__
+    if name in ("Scan", "ScanReference") or (name == "RandomPruning" and schedule.prune_counts is None):
         return schedule.stats().records[-1].phase
     return phase_hint
 
