@@ -47,17 +47,6 @@ log "env: $(cat "$OUT/env.json" | tr -d '\n')"
 
 SHIM=$(mktemp -d)
 trap 'rm -rf "$SHIM"' EXIT
-# Tests gated by conftest's `requires_cuda` skipif (no marker of that name) are selected by
-# `-m requires_cuda` too: this plugin adds the marker to them.
-cat > "$SHIM/gpu_check_select.py" <<'EOF'
-import pytest
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if any(m.kwargs.get("reason") == "needs an NVIDIA GPU" for m in item.iter_markers("skipif")):
-            item.add_marker(pytest.mark.requires_cuda)
-EOF
 # scan_fast.kernels is kernels/ installed under scan_fast (setup.py package_dir). Without an
 # install, map it with a meta-path finder instead of building the C++ engine here.
 export PYTHONPATH="$SHIM:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -95,7 +84,7 @@ if "$PY" -c "import pytest, hypothesis" 2>/dev/null; then
   step pytest_kernels 140 env SCAN_FAST_AUTOTUNE=0 "$PY" -m pytest -q -rs -p no:cacheprovider \
     --junitxml="$OUT/pytest_kernels.xml" "${KERNEL_TESTS[@]}"
   ignores=(); for f in "${KERNEL_TESTS[@]}"; do ignores+=(--ignore="$f"); done
-  step pytest_cuda 50 "$PY" -m pytest -q -rs -p no:cacheprovider -p gpu_check_select -m requires_cuda \
+  step pytest_cuda 50 "$PY" -m pytest -q -rs -p no:cacheprovider -m requires_cuda \
     --continue-on-collection-errors --junitxml="$OUT/pytest_cuda.xml" "${ignores[@]}" tests
   [[ ${RC[pytest_cuda]} == 5 ]] && RC[pytest_cuda]=0  # exit 5: no other CUDA tests collected
 else

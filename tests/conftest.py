@@ -32,6 +32,14 @@ def _seed_everything():
     yield
 
 
+def pytest_collection_modifyitems(config, items):
+    # `requires_cuda` is a skipif; also mark those tests so `pytest -m requires_cuda`
+    # (bench/gpu_check.sh) selects every CUDA test in the project.
+    for item in items:
+        if any(m.kwargs.get("reason") == requires_cuda.kwargs["reason"] for m in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.requires_cuda)
+
+
 def pytest_configure(config):
     # Two cores: keep torch from oversubscribing when tests run beside each other.
     if torch is not None and not os.environ.get("SCAN_FAST_TEST_THREADS_SET"):

@@ -168,7 +168,6 @@ def test_bad_input(image, text, scale, error, match):
         ClipLossFunction.apply(image.to(DEVICE), text.to(DEVICE), scale)
 
 
-@pytest.mark.requires_cuda  # selected by `pytest -m requires_cuda` (bench/gpu_check.sh)
 @requires_cuda
 @pytest.mark.parametrize("B, D", [(1000, 512), (4097, 768), (2048, 2048)])
 @pytest.mark.parametrize("dtype, grad_tol", [(torch.float32, 1e-3), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
@@ -176,7 +175,6 @@ def test_cuda_large_batches_match_reference(B, D, dtype, grad_tol):
     _check_against_reference(B, D, dtype, grad_tol, weighted=True)
 
 
-@pytest.mark.requires_cuda  # selected by `pytest -m requires_cuda` (bench/gpu_check.sh)
 @requires_cuda
 def test_cuda_memory_is_linear_in_batch():
     batch, dim = 16384, 256

@@ -138,7 +138,6 @@ def test_bad_input(q, k, offset, error, match):
         InfoNCEFunction.apply(q.to(DEVICE), k.to(DEVICE), 1.0, offset)
 
 
-@pytest.mark.requires_cuda  # selected by `pytest -m requires_cuda` (bench/gpu_check.sh)
 @requires_cuda
 @pytest.mark.parametrize("B, M, offset, D", [(1000, 4000, 3000, 256), (4097, 4097, 0, 512), (1024, 2048, 1024, 2048)])
 @pytest.mark.parametrize("dtype, grad_tol", [(torch.float32, 1e-3), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)])

@@ -95,7 +95,6 @@ def test_bad_input(loss, k_ill, k_red, error, match):
         direction_masks_triton(loss, k_ill, k_red)
 
 
-@pytest.mark.requires_cuda  # selected by `pytest -m requires_cuda` (bench/gpu_check.sh)
 @requires_cuda
 @pytest.mark.parametrize("n", [4096, 65537])
 def test_cuda_large_batches_match_oracle(n):
