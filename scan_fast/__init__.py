@@ -19,6 +19,10 @@ _EXPORTS = {
     "prune_candidates": "scan_fast.ops",
     "ClipLoss": "scan_fast.ops",
     "MocoLoss": "scan_fast.ops",
+    # data
+    "clip_loader": "scan_fast.data",
+    "moco_loader": "scan_fast.data",
+    "ScanSampler": "scan_fast.data",
 }
 
 __all__ = ["__version__", *_EXPORTS]
