@@ -43,6 +43,7 @@ class EpochResult:
     samples: int = 0            # sample-steps over all ranks
     loss_sum: float = 0.0       # of the unweighted per-sample losses, over all ranks
     seconds: float = 0.0
+    cpu_seconds: float = 0.0    # this process, all threads: less sensitive than wall time to other load
     ids: list = field(default_factory=list)     # per batch, all ranks (numpy int64)
     losses: list = field(default_factory=list)  # per batch, (loss_a + loss_b) / 2, all ranks
 
@@ -90,7 +91,7 @@ def train_one_epoch(model, loader, optimizer, scaler, schedule, epoch: int, iter
     model.train()
     result = EpochResult(epoch)
     weights_of = getattr(schedule, "sample_weights", None)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for i, batch in enumerate(loader):
         fractional_epoch = epoch + i / max(iters, 1)
         lr = lr_at(fractional_epoch, base_lr, warmup_epochs, epochs)
@@ -127,6 +128,7 @@ def train_one_epoch(model, loader, optimizer, scaler, schedule, epoch: int, iter
         result.samples += len(all_ids)
         result.loss_sum += float(batch_losses.sum())
         result.seconds = time.perf_counter() - start
+        result.cpu_seconds = time.process_time() - cpu_start
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{result.mean_loss:.4f}", lr=f"{lr:.2e}",

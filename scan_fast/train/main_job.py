@@ -123,7 +123,8 @@ def aggregate(rows: List[dict]) -> List[dict]:
     for strategy in dict.fromkeys(r["strategy"] for r in rows):
         group = [r for r in rows if r["strategy"] == strategy]
         agg = {"strategy": strategy, "seeds": len(group)}
-        for key in ("sample_steps", "pruned_fraction", "pruned_fraction_after_warmup", "wall_seconds", "eval",
+        for key in ("sample_steps", "pruned_fraction", "pruned_fraction_after_warmup", "wall_seconds", "cpu_seconds",
+                    "eval",
                     "ill_precision", "ill_recall"):
             agg[key], agg[f"{key}_std"] = _mean_std([r.get(key) for r in group])
         out.append(agg)
@@ -139,15 +140,15 @@ def format_table(rows: List[dict]) -> str:
         text = f"{mean * scale:.{digits}f}{suffix}"
         return text + (f" ± {std * scale:.{digits}f}" if agg["seeds"] > 1 else "")
 
-    header = ("| strategy | seeds | sample-steps | pruned (all / after warm-up) | train wall s | zero-shot acc % "
-              "| ill-matched precision % | ill-matched recall % |")
-    lines = [header, "|" + "---|" * 8]
+    header = ("| strategy | seeds | sample-steps | pruned (all / after warm-up) | train wall s | train CPU s "
+              "| zero-shot acc % | ill-matched precision % | ill-matched recall % |")
+    lines = [header, "|" + "---|" * 9]
     for agg in aggregate(rows):
         pruned = cell(agg, "pruned_fraction", 100, 1, "%")
         if agg["pruned_fraction_after_warmup"] is not None:
             pruned += " / " + cell(agg, "pruned_fraction_after_warmup", 100, 1, "%")
         lines.append(f"| {agg['strategy']} | {agg['seeds']} | {cell(agg, 'sample_steps', 1, 0)} | {pruned} "
-                     f"| {cell(agg, 'wall_seconds')} | {cell(agg, 'eval', 100)} | {cell(agg, 'ill_precision', 100)} "
+                     f"| {cell(agg, 'wall_seconds')} | {cell(agg, 'cpu_seconds')} | {cell(agg, 'eval', 100)} | {cell(agg, 'ill_precision', 100)} "
                      f"| {cell(agg, 'ill_recall', 100)} |")
     return "\n".join(lines)
 

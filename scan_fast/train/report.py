@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 COLUMNS = ("epoch", "phase", "kept", "pruned", "kept_fraction", "steps", "samples", "loss", "lr", "seconds",
-           "samples_per_s", "eval")
+           "cpu_seconds", "samples_per_s", "eval")
 
 
 class RunLogger:

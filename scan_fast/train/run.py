@@ -188,7 +188,7 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
                 "pruned": num_samples - kept, "kept_fraction": kept / num_samples, "steps": result.steps,
                 "samples": result.samples, "loss": result.mean_loss,
                 "lr": lr_at(epoch + 1, cfg.lr, cfg.warmup_epochs, cfg.epochs),
-                "seconds": result.seconds, "samples_per_s": result.samples / max(result.seconds, 1e-9),
+                "seconds": result.seconds, "cpu_seconds": result.cpu_seconds, "samples_per_s": result.samples / max(result.seconds, 1e-9),
                 "eval": score})
             logger.log_epoch(history)
             if runtime.is_main:
@@ -257,7 +257,8 @@ def _summary(cfg, kind, history, full_epoch_samples, folder, truth_mismatched):
     summary = {
         "prune": cfg.prune, "epochs": len(history), "sample_steps": sample_steps,
         "sample_steps_full_data": full, "pruned_fraction": 1 - sample_steps / full if full else 0.0,
-        "wall_seconds": sum(r["seconds"] for r in history), "final_loss": history[-1]["loss"] if history else None,
+        "wall_seconds": sum(r["seconds"] for r in history),
+        "cpu_seconds": sum(r.get("cpu_seconds") or 0.0 for r in history), "final_loss": history[-1]["loss"] if history else None,
         "eval": history[-1]["eval"] if history else None, "folder": folder,
     }
     if cfg.prune == "scan":
