@@ -1,0 +1,35 @@
+"""The main job's table and its argument checks (the runs themselves are covered by test_train_clip)."""
+import pytest
+
+from scan_fast.train.main_job import MainJobConfig, aggregate, format_table
+
+
+def _row(strategy, seed, steps, acc, **extra):
+    return {"strategy": strategy, "seed": seed, "sample_steps": steps, "pruned_fraction": 1 - steps / 100,
+            "wall_seconds": steps / 10, "cpu_seconds": steps / 5, "eval": acc, **extra}
+
+
+def test_aggregate_means_and_stds_over_seeds():
+    rows = [_row("scan", 0, 70, 0.30, pruned_fraction_after_warmup=0.35, ill_precision=0.5, ill_recall=1.0),
+            _row("scan", 1, 70, 0.40, pruned_fraction_after_warmup=0.35, ill_precision=0.7, ill_recall=0.9),
+            _row("none", 0, 100, 0.36), _row("none", 1, 100, 0.38)]
+    scan, none = aggregate(rows)
+    assert scan["strategy"] == "scan" and scan["seeds"] == 2
+    assert scan["eval"] == pytest.approx(0.35) and scan["eval_std"] == pytest.approx(0.05)
+    assert scan["ill_precision"] == pytest.approx(0.6) and none["ill_precision"] is None
+    table = format_table(rows).splitlines()
+    assert table[2].startswith("| scan | 2 | 70 ± 0 | 30.0% ± 0.0 / 35.0% ± 0.0 |")
+    assert "| 35.0 ± 5.0 | 60.0 ± 10.0 | 95.0 ± 5.0 |" in table[2]
+    assert table[3].endswith("| 37.0 ± 1.0 | — | — |")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(strategies=("scan", "bogus")), "unknown"),
+    (dict(strategies=("none", "random")), "random matches a SCAN run"),
+    (dict(num_samples=64, batch_size=128), "fewer than one batch"),
+    (dict(seeds=()), "at least one seed"),
+    (dict(epochs=0), "--epochs must be >= 1"),
+])
+def test_bad_main_job_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MainJobConfig(**kwargs).validate()
