@@ -7,21 +7,21 @@ import argparse
 import sys
 
 
-def add_demo_parser(sub):
+def add_simulate_parser(sub):
     p = sub.add_parser(
-        "demo",
+        "simulate",
         help="run the SCAN engine on a simulated loss stream and print the schedule",
         description="Run the SCAN schedule on a simulated per-sample loss stream.",
     )
-    p.add_argument("--out", default="demo_out", help="folder for the demo's outputs")
+    p.add_argument("--out", default="simulate_out", help="folder for the outputs")
     p.add_argument("--num-samples", type=int, default=200_000)
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=_run_demo)
+    p.set_defaults(run=_run_simulate)
 
 
-def _run_demo(args):
+def _run_simulate(args):
     from scan_fast.simulate import run_demo
 
     return run_demo(
@@ -153,13 +153,42 @@ def _run_data_shapes(args):
                        progress=not args.no_progress, **_image_kwargs(args)))
 
 
+BENCHMARKS = ("mutation", "index", "loss", "loader", "kernels_gpu")
+
+
+def add_bench_parser(sub):
+    p = sub.add_parser("bench", help="run one of the benchmarks in bench/ (source checkout)",
+                       description="Run bench/bench_<name>.py; arguments after the name go to the script.")
+    p.add_argument("name", choices=BENCHMARKS)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / f"bench_{args.name}.py"
+    if not script.exists():
+        raise FileNotFoundError(f"{script} not found: benchmarks ship with the source checkout, not the wheel")
+    return subprocess.run([sys.executable, str(script), *args.bench_args]).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from scan_fast.train.cli import add_coreset_parser, add_eval_parser, add_train_parsers
+    from scan_fast.train.main_job import add_main_job_parser
+
     parser = argparse.ArgumentParser(
         prog="scan-fast", description="Fast SCAN dataset pruning for contrastive pre-training."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_demo_parser(sub)
+    add_main_job_parser(sub, name="demo")
     add_data_parser(sub)
+    add_train_parsers(sub)
+    add_eval_parser(sub)
+    add_coreset_parser(sub)
+    add_simulate_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 
