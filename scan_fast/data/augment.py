@@ -1,9 +1,10 @@
 """Batched image augmentations FFCV 1.0.2 lacks, as torch ops on (B, 3, H, W) floats in [0, 1].
 
 Each op takes per-sample parameters, so one call augments a whole batch with
-independent draws; `tests/test_data_pipelines.py` checks every op against
-torchvision's per-image functional version. Used after FFCV's decode/crop/flip
-for MoCo v3's colour jitter, grayscale, blur and solarise, and for normalising.
+independent draws; `tests/test_data_augment.py` checks every op against
+torchvision's per-image functional version. Used after the keyed decode, crop
+and flip (decoders.py) for MoCo v3's colour jitter, grayscale, blur and
+solarise, and for normalising.
 """
 from typing import Sequence, Tuple
 
@@ -110,9 +111,15 @@ class Normalize(nn.Module):
 
 
 class MocoViewAugment(nn.Module):
-    """MoCo v3's photometric augmentations of one view, each drawn per sample:
+    """MoCo v3's photometric augmentations of one view, each decided per sample:
     colour jitter (p), grayscale (p), Gaussian blur (p), solarise (p), then normalise.
-    Input uint8 (B, 3, H, W) after crop and flip; output float32."""
+
+    forward(x, draws): x uint8 (B, 3, H, W) after crop and flip; draws (B, NUM_DRAWS)
+    uniforms in [0, 1) that decide every random choice (keyed per sample by
+    `KeyedMocoViews`, so a sample's augmentation is reproducible). Output float32.
+    """
+
+    NUM_DRAWS = 9  # jitter coin, 4 jitter factors, grayscale coin, blur coin, blur sigma, solarise coin
 
     def __init__(self, jitter: Tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
                  jitter_p: float = 0.8, grayscale_p: float = 0.2, blur_p: float = 1.0,
@@ -123,25 +130,47 @@ class MocoViewAugment(nn.Module):
         self.blur_p, self.blur_sigma, self.solarize_p = blur_p, blur_sigma, solarize_p
         self.normalize = Normalize(mean, std)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, draws: Tensor) -> Tensor:
+        if draws.shape != (x.shape[0], self.NUM_DRAWS):
+            raise ValueError(f"draws must have shape ({x.shape[0]}, {self.NUM_DRAWS}), got {tuple(draws.shape)}")
         x = x.float().div_(255.0)
-        b, dev = x.shape[0], x.device
+        draws = draws.to(device=x.device, dtype=x.dtype)
 
-        def coin(p):
-            return torch.rand(b, device=dev) < p
-
-        def uniform(lo, hi):
-            return torch.empty(b, device=dev).uniform_(lo, hi)
+        def scaled(column, lo, hi):
+            return lo + (hi - lo) * draws[:, column]
 
         bright, contrast, sat, hue = self.jitter
-        jittered = color_jitter(x, uniform(max(0.0, 1 - bright), 1 + bright),
-                                uniform(max(0.0, 1 - contrast), 1 + contrast),
-                                uniform(max(0.0, 1 - sat), 1 + sat), uniform(-hue, hue))
-        x = _choose(coin(self.jitter_p), jittered, x)
-        x = _choose(coin(self.grayscale_p), grayscale(x).expand_as(x), x)
+        jittered = color_jitter(x, scaled(1, max(0.0, 1 - bright), 1 + bright),
+                                scaled(2, max(0.0, 1 - contrast), 1 + contrast),
+                                scaled(3, max(0.0, 1 - sat), 1 + sat), scaled(4, -hue, hue))
+        x = _choose(draws[:, 0] < self.jitter_p, jittered, x)
+        x = _choose(draws[:, 5] < self.grayscale_p, grayscale(x).expand_as(x), x)
         if self.blur_p > 0:
             kernel_size = min(2 * int(3 * self.blur_sigma[1] + 0.5) + 1, 2 * (min(x.shape[-2:]) // 2) - 1)
-            x = _choose(coin(self.blur_p), gaussian_blur(x, uniform(*self.blur_sigma), kernel_size), x)
+            x = _choose(draws[:, 6] < self.blur_p, gaussian_blur(x, scaled(7, *self.blur_sigma), kernel_size), x)
         if self.solarize_p > 0:
-            x = _choose(coin(self.solarize_p), solarize(x), x)
-        return (x - self.normalize.mean.to(dev)) / self.normalize.std.to(dev)
+            x = _choose(draws[:, 8] < self.solarize_p, solarize(x), x)
+        return (x - self.normalize.mean.to(x.device)) / self.normalize.std.to(x.device)
+
+
+class KeyedMocoViews:
+    """Applies MoCo v3's two photometric view recipes to a loader batch, with draws keyed by
+    (seed, epoch, sample id, view): view 1 blur p 1.0 / solarise p 0, view 2 blur p 0.1 /
+    solarise p 0.2. Batch in: (view1 uint8, view2 uint8, labels, ids); out: float views."""
+
+    def __init__(self, seed: int, blur_sigma: Tuple[float, float] = (0.1, 2.0),
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        self.seed = int(seed)
+        self.views = (MocoViewAugment(blur_p=1.0, blur_sigma=blur_sigma, solarize_p=0.0, mean=mean, std=std),
+                      MocoViewAugment(blur_p=0.1, blur_sigma=blur_sigma, solarize_p=0.2, mean=mean, std=std))
+
+    def __call__(self, batch, epoch: int):
+        from .keyed_random import PHOTOMETRIC_DRAWS, keyed_uniforms
+
+        view1, view2, labels, ids = batch
+        sample_ids = ids.cpu().numpy()
+        out = []
+        for view, (images, augment) in enumerate(zip((view1, view2), self.views)):
+            draws = keyed_uniforms(self.seed, epoch, sample_ids, view, PHOTOMETRIC_DRAWS, augment.NUM_DRAWS)
+            out.append(augment(images, torch.from_numpy(draws)))
+        return out[0], out[1], labels, ids

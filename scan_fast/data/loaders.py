@@ -8,16 +8,21 @@ id is on two ranks), and `len(loader)` / drop_last computed from that epoch's
 list. Switching to a new list costs one validation pass over it; the .beton
 is never rewritten and the loader never rebuilt.
 
+Augmentation is keyed, not drawn: before each epoch the loader gives its image
+decoders (seed, epoch), and every crop, flip and (MoCo) photometric choice is a
+function of those and the sample id, so a seed fixes the images of every epoch.
+
 As with any ffcv Loader, a batch's tensors live in buffers reused a few batches
 later: copy (or move to the GPU) whatever must outlive the step.
 """
 import queue
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from ffcv.loader import Loader
 from ffcv.loader.loader import ORDER_MAP
 
+from .augment import KeyedMocoViews
 from .order import KeptIdsSource, OrderFactory
 from .pipelines import clip_pipelines, moco_pipelines
 from .sampler import resolve_rank
@@ -32,12 +37,14 @@ class ScanLoader(Loader):
     of time (e.g. to size a learning-rate schedule), and `iter()` refreshes it.
     """
 
-    output_order: Optional[Tuple[int, ...]] = None  # reorders ffcv's outputs when set
+    # (ffcv's output tuple, epoch) -> the batch this loader yields; None yields ffcv's tuple
+    batch_transform: Optional[Callable] = None
 
     def __init__(self, *args, start_epoch: int = 0, **kwargs):
         # ffcv's constructor asks for the first epoch's order; a resumed run's first epoch
         # is start_epoch (a schedule refuses to hand out epochs it has already passed).
         self._constructing_epoch = int(start_epoch)
+        self._keyed_decoders = _keyed_decoders(kwargs.get("pipelines") or {})
         super().__init__(*args, **kwargs)
         self._constructing_epoch = None
         self.next_epoch = int(start_epoch)
@@ -76,8 +83,12 @@ class ScanLoader(Loader):
             _stop(self._running)
         if torch.cuda.is_available():
             torch.cuda.current_stream().synchronize()  # last epoch's batches are no longer read
+        for decoder in self._keyed_decoders:  # before ffcv's thread starts decoding
+            decoder.set_key(self.seed, self.next_epoch)
         batches = self._running = super().__iter__()
-        return batches if self.output_order is None else _Reordered(batches, self.output_order)
+        if self.batch_transform is None:
+            return batches
+        return _Transformed(batches, self.batch_transform, self.next_epoch)
 
     @property
     def epoch(self) -> int:
@@ -95,16 +106,24 @@ def _stop(epoch_iterator):
             pass
 
 
-class _Reordered:
-    def __init__(self, batches, order):
-        self.batches, self.order = batches, order
+def _keyed_decoders(pipelines) -> list:
+    """The decoders in `pipelines` (field -> op list or PipelineSpec) whose crops are keyed."""
+    found = []
+    for spec in pipelines.values():
+        ops = spec if isinstance(spec, (list, tuple)) else [getattr(spec, "decoder", None)]
+        found += [op for op in ops if hasattr(op, "set_key")]
+    return found
+
+
+class _Transformed:
+    def __init__(self, batches, transform, epoch):
+        self.batches, self.transform, self.epoch = batches, transform, epoch
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        batch = next(self.batches)
-        return tuple(batch[i] for i in self.order)
+        return self.transform(next(self.batches), self.epoch)
 
     def close(self):
         self.batches.close()
@@ -178,12 +197,17 @@ def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
     """Batches of (view1, view2, labels, ids) with augment=True, (images, labels, ids) without."""
     required = ("image", "label", "id")
     check_beton(path, required)
-    pipes = moco_pipelines(resolution, device=device, augment=augment, crop_scale=crop_scale,
-                           blur_sigma=blur_sigma)
+    pipes = moco_pipelines(resolution, device=device, augment=augment, crop_scale=crop_scale)
     loader = build_loader(path, batch_size, _disable_other_fields(path, pipes), required, scan=scan,
                           seed=seed, shuffle=shuffle, drop_last=drop_last, distributed=distributed,
                           rank=rank, world_size=world_size, num_workers=num_workers,
                           os_cache=os_cache, batches_ahead=batches_ahead, start_epoch=start_epoch)
     if augment:
-        loader.output_order = (0, 3, 1, 2)  # ffcv yields (view1, label, id, view2)
+        photometric = KeyedMocoViews(seed, blur_sigma=blur_sigma)
+
+        def two_views(batch, epoch):  # ffcv yields (view1, label, id, view2)
+            view1, labels, ids, view2 = batch
+            return photometric((view1, view2, labels, ids), epoch)
+
+        loader.batch_transform = two_views
     return loader

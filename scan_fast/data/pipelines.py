@@ -1,13 +1,19 @@
 """Per-field FFCV pipelines for CLIP and MoCo v3 (one list of operations per output).
 
-CLIP:  image -> random-resized-crop decode, flip, to tensor/device, CHW, normalise
-       tokens -> int32 (B, context) on device; id (and label) -> int64 (B,) on CPU
-MoCo:  two outputs read the same stored image with independent random crops and
-       augmentations: crop (scale 0.08-1), flip, colour jitter (p 0.8), grayscale
-       (p 0.2), blur (p 1.0 / 0.1), solarise (p 0 / 0.2), normalise; label; id.
-       Left out versus MoCo v3's torchvision recipe: colour jitter applies its four
-       factors in a fixed order (torchvision shuffles it), and blur is a true
-       Gaussian (PIL's GaussianBlur is an iterated box filter).
+CLIP:  image -> keyed random-resized-crop (+ flip) decode, to tensor/device, CHW,
+       normalise; tokens -> int32 (B, context) on device; id (and label) -> int64
+       (B,) on CPU
+MoCo:  two outputs read the same stored image with independent keyed crops
+       (scale 0.08-1) and flips, as uint8 (B, 3, R, R) on device; label; id. The
+       photometric half of the recipe (colour jitter p 0.8, grayscale p 0.2, blur
+       p 1.0 / 0.1, solarise p 0 / 0.2, normalise) runs on the loader's batches
+       (augment.KeyedMocoViews), because its draws are keyed by sample id, which
+       ffcv's transforms never see. Left out versus MoCo v3's torchvision recipe:
+       colour jitter applies its four factors in a fixed order (torchvision
+       shuffles it), and blur is a true Gaussian (PIL's GaussianBlur is an
+       iterated box filter).
+Every crop and flip is a function of (loader seed, epoch, sample id, view)
+(decoders.py), so runs repeat exactly and a resumed run sees the same images.
 With augment=False images are centre-cropped and resized only (evaluation, and
 the exact read-back path used by the round-trip tests).
 """
@@ -17,13 +23,12 @@ import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.ndarray import NDArrayDecoder
-from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.pipeline import PipelineSpec
-from ffcv.transforms import (NormalizeImage, RandomHorizontalFlip, Squeeze, ToDevice, ToTensor,
-                             ToTorchImage)
+from ffcv.transforms import NormalizeImage, Squeeze, ToDevice, ToTensor, ToTorchImage
 
-from .augment import (IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-                      MocoViewAugment, Normalize)
+from .augment import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Normalize
+from .decoders import KeyedRandomResizedCropDecoder
 
 
 def _check_resolution(resolution):
@@ -31,30 +36,26 @@ def _check_resolution(resolution):
         raise ValueError(f"resolution must be an int >= 8, got {resolution!r}")
 
 
-def _image_decoder(resolution: int, augment: bool, crop_scale: Tuple[float, float]):
+def _image_decoder(resolution: int, augment: bool, crop_scale: Tuple[float, float], flip: bool, view: int = 0):
     if augment:
-        return RandomResizedCropRGBImageDecoder((resolution, resolution), scale=crop_scale)
+        return KeyedRandomResizedCropDecoder((resolution, resolution), scale=crop_scale,
+                                             flip_prob=0.5 if flip else 0.0, view=view)
     return CenterCropRGBImageDecoder((resolution, resolution), ratio=1.0)
 
 
-def _image_ops(resolution, augment, crop_scale, flip, device, finish: torch.nn.Module) -> List:
-    ops = [_image_decoder(resolution, augment, crop_scale)]
-    if augment and flip:
-        ops.append(RandomHorizontalFlip())
-    return ops + [ToTensor(), ToDevice(torch.device(device), non_blocking=True), ToTorchImage(), finish]
+def _uint8_image_ops(decoder, device) -> List:
+    return [decoder, ToTensor(), ToDevice(torch.device(device), non_blocking=True), ToTorchImage()]
 
 
 def _normalized_image_ops(resolution, augment, crop_scale, flip, device, mean, std) -> List:
     """Decode/crop/flip then normalise: on CPU in ffcv's JIT-compiled lookup table (2.5x the
     torch ops at 224 px on 2 cores); on a GPU after the uint8 copy (4x fewer bytes moved)."""
     device = torch.device(device)
+    decoder = _image_decoder(resolution, augment, crop_scale, flip)
     if device.type != "cpu":
-        return _image_ops(resolution, augment, crop_scale, flip, device, Normalize(mean, std))
-    ops = [_image_decoder(resolution, augment, crop_scale)]
-    if augment and flip:
-        ops.append(RandomHorizontalFlip())
+        return _uint8_image_ops(decoder, device) + [Normalize(mean, std)]
     table = NormalizeImage(np.array(mean) * 255, np.array(std) * 255, np.float32)
-    return ops + [table, ToTensor(), ToTorchImage()]
+    return [decoder, table, ToTensor(), ToTorchImage()]
 
 
 def _int_ops() -> List:
@@ -77,18 +78,16 @@ def clip_pipelines(resolution: int = 224, device="cpu", augment: bool = True, fl
 
 def moco_pipelines(resolution: int = 224, device="cpu", augment: bool = True,
                    crop_scale: Tuple[float, float] = (0.08, 1.0),
-                   blur_sigma: Tuple[float, float] = (0.1, 2.0),
                    mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Dict[str, Optional[object]]:
-    """Pipelines for (view1, view2, label, id); both views read the stored `image`."""
+    """Pipelines for (view1 uint8, label, id, view2 uint8) with augment, both views reading the
+    stored `image`; (image normalised, label, id) without."""
     _check_resolution(resolution)
     if not augment:
         plain = _normalized_image_ops(resolution, False, crop_scale, False, device, mean, std)
         return {"image": plain, "label": _int_ops(), "id": _int_ops()}
     views = {}
-    for name, blur_p, solarize_p in (("image", 1.0, 0.0), ("view2", 0.1, 0.2)):
-        augment_op = MocoViewAugment(blur_p=blur_p, blur_sigma=blur_sigma, solarize_p=solarize_p,
-                                     mean=mean, std=std)
-        ops = _image_ops(resolution, True, crop_scale, True, device, augment_op)
+    for view, name in enumerate(("image", "view2")):
+        ops = _uint8_image_ops(_image_decoder(resolution, True, crop_scale, True, view), device)
         views[name] = PipelineSpec("image", decoder=ops[0], transforms=ops[1:])
     # ffcv emits stored fields in file order, then extra outputs: (view1, label, id, view2).
     return {"image": views["image"], "label": _int_ops(), "id": _int_ops(), "view2": views["view2"]}

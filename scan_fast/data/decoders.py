@@ -1,0 +1,131 @@
+"""A random-resized-crop (+ flip) image decoder whose randomness is keyed, not drawn.
+
+`KeyedRandomResizedCropDecoder` decodes like ffcv's
+RandomResizedCropRGBImageDecoder (JPEG or raw, crop and resize straight from
+the stored image, one compiled parallel loop over the batch), but takes every
+crop and flip decision from `keyed_random` by (seed, epoch, sample id, view).
+The loader writes (seed, epoch) into the decoder's key cell before each epoch
+starts; the compiled code reads the cell through its address, because numba
+freezes the contents of arrays it sees at compile time.
+"""
+from dataclasses import replace
+from typing import Callable, Tuple
+
+import numpy as np
+from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
+from ffcv.libffcv import imdecode, resize_crop
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.compiler import Compiler
+from ffcv.pipeline.state import State
+from numba import carray, types
+from numba.extending import intrinsic
+
+from .keyed_random import CROP_DRAWS, FLIP_DRAW, keyed_uniform, sample_key
+
+
+@intrinsic
+def _uint64_pointer(typingctx, address):
+    """An integer address as a uint64* (so compiled code reads the cell's current value)."""
+    signature = types.CPointer(types.uint64)(address)
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
+
+    return signature, codegen
+
+
+def keyed_crop(key, height, width, scale, log_ratio):
+    """torchvision's RandomResizedCrop.get_params with keyed uniforms: up to 10 tries, then centre."""
+    area = height * width
+    for attempt in range(10):
+        first = CROP_DRAWS + 4 * attempt
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * keyed_uniform(key, first))
+        aspect = np.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * keyed_uniform(key, first + 1))
+        w = int(round(np.sqrt(target_area * aspect)))
+        h = int(round(np.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            i = int(keyed_uniform(key, first + 2) * (height - h + 1))
+            j = int(keyed_uniform(key, first + 3) * (width - w + 1))
+            return i, j, h, w
+    in_ratio = width / height
+    if in_ratio < np.exp(log_ratio[0]):
+        w, h = width, int(round(width / np.exp(log_ratio[0])))
+    elif in_ratio > np.exp(log_ratio[1]):
+        h, w = height, int(round(height * np.exp(log_ratio[1])))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _mirror_columns(image):
+    """Flip an (H, W, C) array left-right in place."""
+    width = image.shape[1]
+    for column in range(width // 2):
+        for row in range(image.shape[0]):
+            for channel in range(image.shape[2]):
+                left = image[row, column, channel]
+                image[row, column, channel] = image[row, width - 1 - column, channel]
+                image[row, width - 1 - column, channel] = left
+
+
+class KeyedRandomResizedCropDecoder(SimpleRGBImageDecoder):
+    """Decode, random-resized-crop to `output_size` and flip with probability `flip_prob`,
+    every decision a function of (seed, epoch, sample id, view). `view` tells apart two
+    views decoded from one stored image (MoCo)."""
+
+    def __init__(self, output_size: Tuple[int, int], scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                 flip_prob: float = 0.0, view: int = 0):
+        super().__init__()
+        if not (0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"crop scale must satisfy 0 < low <= high <= 1, got {scale}")
+        if not (0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"crop ratio must satisfy 0 < low <= high, got {ratio}")
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+        self.output_size, self.scale, self.ratio = tuple(output_size), tuple(scale), tuple(ratio)
+        self.flip_prob, self.view = float(flip_prob), int(view)
+        self.key_cell = np.zeros(2, np.uint64)  # (seed, epoch), read by the compiled code
+
+    def set_key(self, seed: int, epoch: int) -> None:
+        """Key the crops of the epoch about to be read (called by the loader before it starts)."""
+        self.key_cell[0], self.key_cell[1] = seed, epoch
+
+    def declare_state_and_memory(self, previous_state: State):
+        # One output image per sample, and a scratch buffer for a full decoded image.
+        largest = np.uint64(self.metadata["width"].max()) * np.uint64(self.metadata["height"].max())
+        shape = (*self.output_size, 3)
+        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("<u1")),
+                (AllocationQuery(shape, np.dtype("<u1")), AllocationQuery((largest * np.uint64(3),), np.dtype("<u1"))))
+
+    def generate_code(self) -> Callable:
+        jpg = IMAGE_MODES["jpg"]
+        mem_read, parallel_range = self.memory_read, Compiler.get_iterator()
+        imdecode_c, resize_crop_c = Compiler.compile(imdecode), Compiler.compile(resize_crop)
+        crop_c, mirror_c = Compiler.compile(keyed_crop), Compiler.compile(_mirror_columns)
+        scale, log_ratio = np.array(self.scale), np.log(np.array(self.ratio))
+        flip_prob, view, cell_address = self.flip_prob, self.view, self.key_cell.ctypes.data
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, scratch = my_storage
+            cell = carray(_uint64_pointer(cell_address), (2,))
+            seed, epoch = cell[0], cell[1]
+            for dst_ix in parallel_range(len(batch_indices)):
+                sample_id = batch_indices[dst_ix]
+                field = metadata[sample_id]
+                data = mem_read(field["data_ptr"], storage_state)
+                height, width = np.uint32(field["height"]), np.uint32(field["width"])
+                if field["mode"] == jpg:
+                    image = scratch[dst_ix]
+                    imdecode_c(data, image, height, width, height, width, 0, 0, 1, 1, False, False)
+                    image = image.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+                else:
+                    image = data.reshape(height, width, 3)
+                key = sample_key(seed, epoch, sample_id, view)
+                i, j, h, w = crop_c(key, height, width, scale, log_ratio)
+                resize_crop_c(image, i, i + h, j, j + w, destination[dst_ix])
+                if keyed_uniform(key, FLIP_DRAW) < flip_prob:
+                    mirror_c(destination[dst_ix])
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
