@@ -11,6 +11,12 @@ if "TRITON_INTERPRET" not in os.environ:
     if not _has_gpu:
         os.environ["TRITON_INTERPRET"] = "1"
 
+# Imported before any test starts a thread: CPython 3.11's AST builder keeps its recursion
+# count per interpreter, not per thread (python/cpython#106905), so hypothesis's plugin
+# importing it lazily at session end, beside a loader thread, could fail with
+# "SystemError: AST constructor recursion depth mismatch".
+import hypothesis  # noqa: F401
+import hypothesis.internal.observability  # noqa: F401
 import numpy as np
 import pytest
 

@@ -2,6 +2,7 @@
 disjoint, and what comes out matches what was written. One small .beton per module: the first
 pass of each loader JIT-compiles its pipeline (seconds), so loaders are few and reused."""
 import gc
+import os
 
 import numpy as np
 import pytest
@@ -240,3 +241,23 @@ def test_loader_input_errors(clip_beton, tmp_path):
         _id_loader(path, OutOfRange())
     with pytest.raises(ValueError, match="without distributed=True"):
         _id_loader(path, None, rank=1, world_size=2)
+
+
+def test_only_numbas_finalizer_key_error_is_silenced():
+    import types
+
+    from scan_fast.data.loaders import _is_numba_finalizer_key_error
+
+    def unraisable(filename, name, exc_type):
+        namespace = {}
+        exec(compile(f"def {name}():\n    raise {exc_type.__name__}('k')\n", filename, "exec"), namespace)
+        try:
+            namespace[name]()
+        except exc_type as err:
+            return types.SimpleNamespace(exc_type=exc_type, exc_value=err, exc_traceback=err.__traceback__)
+
+    numba_file = os.path.join("site-packages", "numba", "core", "dispatcher.py")
+    assert _is_numba_finalizer_key_error(unraisable(numba_file, "finalizer", KeyError))
+    assert not _is_numba_finalizer_key_error(unraisable(numba_file, "finalizer", ValueError))
+    assert not _is_numba_finalizer_key_error(unraisable(numba_file, "other", KeyError))
+    assert not _is_numba_finalizer_key_error(unraisable("mine.py", "finalizer", KeyError))

@@ -72,12 +72,13 @@ def test_scan_run_end_to_end(data, tmp_path):
 
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
-    full = train_clip(_config(data, tmp_path, name="full"))
+    # random crops on: they are keyed by (seed, epoch, id), so the resumed run sees the same images
+    full = train_clip(_config(data, tmp_path, name="full", augment=True))
     # killed in the middle of epoch 3 (the first mutation epoch): no checkpoint of that epoch
-    stopped = train_clip(_config(data, tmp_path, name="resumed", stop_after_step=20))
+    stopped = train_clip(_config(data, tmp_path, name="resumed", augment=True, stop_after_step=20))
     assert stopped["stopped_at_step"] == 20
     assert load_checkpoint(os.path.join(tmp_path, "resumed/checkpoints/latest.pt"))["epoch"] == 3
-    train_clip(_config(data, tmp_path, name="resumed", resume="latest"))
+    train_clip(_config(data, tmp_path, name="resumed", augment=True, resume="latest"))
     a, b = _rows(os.path.join(tmp_path, "full")), _rows(os.path.join(tmp_path, "resumed"))
     assert [(r["epoch"], r["kept"], r["samples"]) for r in a] == [(r["epoch"], r["kept"], r["samples"]) for r in b]
     np.testing.assert_allclose([float(r["loss"]) for r in a], [float(r["loss"]) for r in b], rtol=1e-5)
@@ -93,7 +94,9 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"different --prune \('scan' there, 'none' here\)"):
-        train_clip(_config(data, tmp_path, name="resumed", resume="latest", prune="none"))
+        train_clip(_config(data, tmp_path, name="resumed", augment=True, resume="latest", prune="none"))
+    with pytest.raises(ValueError, match=r"different --augment \(True there, False here\)"):
+        train_clip(_config(data, tmp_path, name="resumed", resume="latest"))
 
 
 @pytest.mark.parametrize("prune", ["none", "random", "infobatch", "static"])

@@ -15,7 +15,9 @@ function of those and the sample id, so a seed fixes the images of every epoch.
 As with any ffcv Loader, a batch's tensors live in buffers reused a few batches
 later: copy (or move to the GPU) whatever must outlive the step.
 """
+import os
 import queue
+import sys
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -76,11 +78,16 @@ class ScanLoader(Loader):
         self.next_epoch = int(epoch)
         self.first_traversal_order = self.next_traversal_order()
 
+    def stop(self) -> None:
+        """End the epoch being read, if any (its thread would otherwise wait on a full queue)."""
+        if self._running is not None:
+            _stop(self._running)
+            self._running = None
+
     def __iter__(self):
         self.first_traversal_order = self.next_traversal_order()
-        if self._running is not None:
-            # The buffers are shared across epochs: stop an epoch left unfinished first.
-            _stop(self._running)
+        # The buffers are shared across epochs: stop an epoch left unfinished first.
+        self.stop()
         if torch.cuda.is_available():
             torch.cuda.current_stream().synchronize()  # last epoch's batches are no longer read
         for decoder in self._keyed_decoders:  # before ffcv's thread starts decoding
@@ -94,6 +101,36 @@ class ScanLoader(Loader):
     def epoch(self) -> int:
         """The epoch the next iter() runs."""
         return self.next_epoch
+
+
+def _is_numba_finalizer_key_error(unraisable) -> bool:
+    if unraisable.exc_type is not KeyError or unraisable.exc_traceback is None:
+        return False
+    tb = unraisable.exc_traceback
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return code.co_name == "finalizer" and code.co_filename.endswith(os.path.join("numba", "core", "dispatcher.py"))
+
+
+def _quiet_numba_finalizer_errors() -> None:
+    """Drop one known-harmless message: when ffcv's per-loader compiled pipelines are garbage
+    collected, numba's dispatcher finalizer (which only releases compiled code) can raise
+    KeyError, printed as "Exception ignored in: <finalize object ...>". Anything else
+    unraisable still reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_scan_fast_quiet", False):
+        return
+
+    def hook(unraisable):
+        if not _is_numba_finalizer_key_error(unraisable):
+            previous(unraisable)
+
+    hook._scan_fast_quiet = True
+    sys.unraisablehook = hook
+
+
+_quiet_numba_finalizer_errors()
 
 
 def _stop(epoch_iterator):

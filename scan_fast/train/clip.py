@@ -36,7 +36,7 @@ def train_clip(cfg: ClipConfig) -> dict:
     model = Clip(cfg.model, context_length=beton_context_length(cfg.train_data), rank=runtime.rank,
                  world_size=runtime.world_size)
     schedule = make_schedule(cfg, num_samples)
-    # Captions of the embedded shapes name left and right: never flip.
+    # No flip, as open_clip's training transform (and the shapes captions name left and right).
     loader = clip_loader(cfg.train_data, cfg.batch_size, model.image_size, scan=schedule, seed=cfg.seed,
                          distributed=runtime.world_size > 1, rank=runtime.rank, world_size=runtime.world_size,
                          device=runtime.device, augment=cfg.augment, flip=False, num_workers=cfg.workers)

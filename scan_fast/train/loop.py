@@ -107,7 +107,7 @@ def train_one_epoch(model, loader, optimizer, scaler, schedule, epoch: int, iter
         else:
             loss = per_sample.mean()
         if not _finite_on_all_ranks(loss):
-            raise NonFiniteLoss(epoch, i, global_step, float(loss))
+            raise NonFiniteLoss(epoch, i, global_step, float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if grad_clip_norm is not None:

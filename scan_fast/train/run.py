@@ -19,7 +19,7 @@ from scan_fast.train.report import RunLogger, plot_run, read_prune_counts, write
 
 # Checkpoint config keys that must match for a resume to continue the same run.
 _RESUME_KEYS = ("train_data", "prune", "seed", "batch_size", "epochs", "rho_ill", "rho_red", "t_cos",
-                "prune_threshold", "prune_target")
+                "prune_threshold", "prune_target", "augment", "model", "arch", "resolution")
 
 
 class TrainingDiverged(RuntimeError):
@@ -135,11 +135,11 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
     if cfg.resume:
         path = os.path.join(ckpt_dir, "latest.pt") if cfg.resume == "latest" else cfg.resume
         state = load_checkpoint(path, map_location=device)
-        changed = [k for k in _RESUME_KEYS if state["config"].get(k) != getattr(cfg, k)]
+        changed = [k for k in _RESUME_KEYS if state["config"].get(k) != getattr(cfg, k, None)]
         if changed:
             raise ValueError(f"--resume {path}: the checkpoint was made with different "
                              + ", ".join(f"--{k.replace('_', '-')} ({state['config'].get(k)!r} there, "
-                                         f"{getattr(cfg, k)!r} here)" for k in changed))
+                                         f"{getattr(cfg, k, None)!r} here)" for k in changed))
         restore(state, model=model, optimizer=optimizer, scaler=scaler, schedule=schedule)
         start_epoch, global_step, history = state["epoch"], state["global_step"], list(state["history"])
 
@@ -196,9 +196,11 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
             if last or (epoch + 1) % cfg.save_frequency == 0:
                 checkpoint(os.path.join(ckpt_dir, "latest.pt"), epoch + 1)
     except StopTraining as stop:
-        logger.close()
         return {"stopped_at_step": stop.global_step, "folder": folder}
-    logger.close()
+    finally:
+        logger.close()
+        if hasattr(loader, "stop"):
+            loader.stop()  # a run that stopped mid-epoch leaves no loader thread behind
     summary = _summary(cfg, kind, history, full_epoch_samples, folder, truth_mismatched)
     if runtime.is_main:
         if hasattr(schedule, "coreset"):
