@@ -5,6 +5,9 @@ import os
 import torch
 import triton
 
+from scan_fast.ops.checks import check_features as shared_check_features
+from scan_fast.ops.checks import common_dtype  # noqa: F401 (the kernels import it from here)
+
 # Read once, like Triton itself: the interpreter flag is fixed when kernels are decorated.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # SCAN_FAST_AUTOTUNE=0 launches one fixed config per kernel: every autotuned config is a separate
@@ -45,20 +48,10 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 def check_features(name: str, x) -> None:
-    """Clear errors for what the kernels cannot take: not a tensor, not 2-D, empty, not floating point."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(x.shape)}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {tuple(x.shape)}")
+    """The ops' feature checks, plus the dtypes the kernels were written for."""
+    shared_check_features(name, x)
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
-
-
-def common_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
-    """Mixed feature dtypes are computed in their promoted dtype (bf16 with fp16 gives fp32)."""
-    return torch.promote_types(a.dtype, b.dtype)
 
 
 def as_scale_tensor(name: str, value, device: torch.device) -> torch.Tensor:

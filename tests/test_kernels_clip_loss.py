@@ -158,8 +158,10 @@ def test_python_float_scale():
     (torch.randn(4), torch.randn(4), 1.0, ValueError, "image_features must be 2-D"),
     (torch.randn(4, 8), torch.randn(5, 8), 1.0, ValueError, r"\(4, 8\).*\(5, 8\)"),
     (torch.randn(4, 8), torch.randn(4, 9), 1.0, ValueError, "same"),
-    (torch.randn(0, 8), torch.randn(0, 8), 1.0, ValueError, "non-empty"),
-    (torch.ones(4, 8, dtype=torch.int64), torch.ones(4, 8), 1.0, TypeError, "image_features must be float32"),
+    (torch.randn(0, 8), torch.randn(0, 8), 1.0, ValueError, "image_features is an empty batch"),
+    (torch.ones(4, 8, dtype=torch.int64), torch.ones(4, 8), 1.0, TypeError, "image_features must have a floating"),
+    (torch.randn(4, 8), torch.randn(4, 8, dtype=torch.float64), 1.0, TypeError,
+     "text_features must be float32, bfloat16 or float16"),
     (torch.randn(4, 8), torch.randn(4, 8), torch.ones(2), ValueError, "logit_scale must be a scalar"),
     (torch.randn(4, 8), torch.randn(4, 8), "1", TypeError, "logit_scale must be a float"),
 ])

@@ -127,11 +127,12 @@ def test_non_contiguous_and_mixed_dtype_inputs():
 @pytest.mark.parametrize("q, k, offset, error, match", [
     (torch.randn(4, 8, 1), torch.randn(4, 8), 0, ValueError, "q must be 2-D"),
     (torch.randn(4, 8), torch.randn(4, 6), 0, ValueError, "same feature dim"),
-    (torch.randn(4, 8), torch.randn(0, 8), 0, ValueError, "k must be non-empty"),
+    (torch.randn(4, 8), torch.randn(0, 8), 0, ValueError, "k is an empty batch"),
     (torch.randn(4, 8), torch.randn(8, 8), 5, ValueError, "offset=5"),
     (torch.randn(4, 8), torch.randn(8, 8), -1, ValueError, "offset=-1"),
     (torch.randn(4, 8), torch.randn(8, 8), 1.0, TypeError, "offset must be an int"),
-    (torch.randn(4, 8), torch.ones(8, 8, dtype=torch.int32), 0, TypeError, "k must be float32"),
+    (torch.randn(4, 8), torch.ones(8, 8, dtype=torch.int32), 0, TypeError, "k must have a floating dtype"),
+    (torch.randn(4, 8, dtype=torch.float64), torch.randn(8, 8), 0, TypeError, "q must be float32, bfloat16"),
 ])
 def test_bad_input(q, k, offset, error, match):
     with pytest.raises(error, match=match):

@@ -14,17 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scan_fast.ops.checks import check_features, common_dtype, compute_dtype
 from scan_fast.ops.distributed import gather_features
-from scan_fast.ops.info_nce import (
-    autocast_off,
-    check_features,
-    check_scale,
-    common_dtype,
-    compute_dtype,
-    default_chunk_rows,
-    row_cross_entropy,
-    use_kernels,
-)
+from scan_fast.ops.info_nce import autocast_off, check_scale, default_chunk_rows, row_cross_entropy, use_kernels
 
 _REDUCTIONS = ("mean", "sum", "none")
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scan_fast.ops.checks import check_features, common_dtype, compute_dtype
 from scan_fast.ops.distributed import concat_all_gather, is_distributed
 
 # The CPU path's only quadratic-size buffers are (chunk x M) blocks of logits.
@@ -63,33 +64,6 @@ def autocast_off(method):
 
 
 # ----------------------------------------------------------------------------- input checks
-
-
-def check_features(name: str, features) -> torch.Tensor:
-    if not isinstance(features, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(features).__name__}")
-    if not features.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype, got {features.dtype}")
-    if features.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(features.shape)}")
-    if features.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(features.shape)})")
-    if features.shape[1] == 0:
-        raise ValueError(f"{name} has feature dim 0 (shape {tuple(features.shape)})")
-    return features
-
-
-def common_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """The widest of the inputs' dtypes (mixed inputs are cast up, not rejected)."""
-    dtype = tensors[0].dtype
-    for tensor in tensors[1:]:
-        dtype = torch.promote_types(dtype, tensor.dtype)
-    return dtype
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp16/bf16 accumulate in fp32; fp32 and fp64 stay as they are."""
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def check_scale(name: str, scale: Union[torch.Tensor, Number], device: torch.device, dtype: torch.dtype,

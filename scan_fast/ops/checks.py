@@ -1,0 +1,30 @@
+"""Input checks shared by the ops and the Triton kernels: one set of messages naming the argument."""
+import torch
+
+
+def check_features(name: str, features) -> torch.Tensor:
+    """A 2-D, non-empty, floating-point (batch, dim) tensor, or a TypeError/ValueError naming `name`."""
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(features).__name__}")
+    if not features.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {features.dtype}")
+    if features.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(features.shape)}")
+    if features.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(features.shape)})")
+    if features.shape[1] == 0:
+        raise ValueError(f"{name} has feature dim 0 (shape {tuple(features.shape)})")
+    return features
+
+
+def common_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The promoted dtype of the inputs (mixed inputs are cast up, not rejected; bf16 with fp16 gives fp32)."""
+    dtype = tensors[0].dtype
+    for tensor in tensors[1:]:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp16/bf16 accumulate in fp32; fp32 and fp64 stay as they are."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
