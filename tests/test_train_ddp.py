@@ -1,4 +1,5 @@
-"""Two gloo processes train CLIP with SCAN: both ranks take identical pruning decisions."""
+"""Two gloo processes train CLIP and MoCo with SCAN: both ranks take identical pruning decisions."""
+import csv
 import os
 import socket
 
@@ -16,18 +17,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world_size, port, train_data, logs, out):
+def _process(rank, world_size, port, target, args):
+    """One rank as torchrun would start it: its environment, one thread, then target(rank, *args)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from scan_fast.train import clip
-    from scan_fast.train.clip import train_clip
-    from scan_fast.train.config import ClipConfig
+    try:
+        target(rank, *args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
-    made, kept = [], {}
-    make_schedule = clip.make_schedule
+
+def _launch(target, *args, world_size=2):
+    """Runs target(rank, *args) in `world_size` processes (a module-level function: they are spawned)."""
+    mp.spawn(_process, args=(world_size, _free_port(), target, args), nprocs=world_size, join=True)
+
+
+def _record_schedule(module, made, kept):
+    """Replaces module.make_schedule (the name the trainer calls) by one that records each epoch's kept ids."""
+    make_schedule = module.make_schedule
 
     def recording_make_schedule(cfg, num_samples):
         schedule = make_schedule(cfg, num_samples)
@@ -41,18 +52,23 @@ def _worker(rank, world_size, port, train_data, logs, out):
         made.append(schedule)
         return schedule
 
-    clip.make_schedule = recording_make_schedule  # the name train_clip calls
-    try:
-        summary = train_clip(ClipConfig(train_data=train_data, batch_size=BATCH, epochs=4, lr=1e-3,
-                                        warmup_epochs=0.5, workers=1, prune_threshold=1.0, logs=logs, name="ddp",
-                                        progress=False, tensorboard=False))
-        scan = made[0]
-        np.savez(os.path.join(out, f"rank{rank}.npz"), ill=scan.candidates("ill_matched"),
-                 red=scan.candidates("redundant"), sample_steps=summary["sample_steps"],
-                 **{f"kept{e}": ids for e, ids in kept.items()})
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    module.make_schedule = recording_make_schedule
+
+
+def _clip_worker(rank, train_data, logs, out):
+    from scan_fast.train import clip
+    from scan_fast.train.clip import train_clip
+    from scan_fast.train.config import ClipConfig
+
+    made, kept = [], {}
+    _record_schedule(clip, made, kept)
+    summary = train_clip(ClipConfig(train_data=train_data, batch_size=BATCH, epochs=4, lr=1e-3,
+                                    warmup_epochs=0.5, workers=1, prune_threshold=1.0, logs=logs, name="ddp",
+                                    progress=False, tensorboard=False))
+    scan = made[0]
+    np.savez(os.path.join(out, f"rank{rank}.npz"), ill=scan.candidates("ill_matched"),
+             red=scan.candidates("redundant"), sample_steps=summary["sample_steps"],
+             **{f"kept{e}": ids for e, ids in kept.items()})
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +81,7 @@ def shapes(tmp_path_factory):
 
 
 def test_two_gloo_ranks_take_identical_pruning_decisions(shapes, tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), shapes, str(tmp_path / "logs"), str(tmp_path)), nprocs=2, join=True)
+    _launch(_clip_worker, shapes, str(tmp_path / "logs"), str(tmp_path))
     with np.load(tmp_path / "rank0.npz") as r0, np.load(tmp_path / "rank1.npz") as r1:
         assert sorted(r0.files) == sorted(r1.files)
         for key in r0.files:
@@ -76,3 +92,84 @@ def test_two_gloo_ranks_take_identical_pruning_decisions(shapes, tmp_path):
         assert int(r0["sample_steps"]) == 3 * N_TRAIN + len(r0["kept3"]) // 32 * 32
     rows = open(tmp_path / "logs/ddp/epochs.csv").read().splitlines()
     assert len(rows) == 5  # header + 4 epochs, written by rank 0 only
+
+
+def _moco_worker(rank, arch, train_data, logs, out):
+    import scan_fast.data
+    from scan_fast.train import moco
+    from scan_fast.train.config import MocoConfig
+
+    made, kept, models = [], {}, []
+    _record_schedule(moco, made, kept)
+    build_moco, moco_loader, unpack = moco.build_moco, scan_fast.data.moco_loader, moco._unpack
+    read, epoch_now = {}, [None]  # the ids this rank's loader hands out, per epoch
+
+    def recording_build_moco(*args, **kwargs):
+        models.append(build_moco(*args, **kwargs))
+        return models[-1]
+
+    def recording_moco_loader(*args, **kwargs):
+        loader = moco_loader(*args, **kwargs)
+        set_epoch = loader.set_epoch
+
+        def recording_set_epoch(epoch):
+            epoch_now[0] = epoch
+            set_epoch(epoch)
+        loader.set_epoch = recording_set_epoch
+        return loader
+
+    def recording_unpack(batch):
+        inputs, ids = unpack(batch)
+        read.setdefault(epoch_now[0], []).append(ids.reshape(-1).cpu().numpy().copy())
+        return inputs, ids
+
+    moco.build_moco, scan_fast.data.moco_loader, moco._unpack = (recording_build_moco, recording_moco_loader,
+                                                                  recording_unpack)
+    summary = moco.train_moco(MocoConfig(train_data=train_data, arch=arch, batch_size=BATCH, epochs=4,
+                                         prune_threshold=1.0, workers=1, logs=logs, name="ddp", progress=False,
+                                         tensorboard=False))
+    scan = made[0]
+    np.savez(os.path.join(out, f"rank{rank}.npz"), ill=scan.candidates("ill_matched"),
+             red=scan.candidates("redundant"), sample_steps=summary["sample_steps"],
+             final_loss=summary["final_loss"], **{f"kept{e}": ids for e, ids in kept.items()},
+             **{f"param:{name}": p.detach().numpy() for name, p in models[0].named_parameters()})
+    np.savez(os.path.join(out, f"read{rank}.npz"), **{f"read{e}": np.concatenate(ids) for e, ids in read.items()})
+
+
+@pytest.fixture(scope="module")
+def moco_shapes(tmp_path_factory):
+    from scan_fast.data import write_shapes
+
+    path = str(tmp_path_factory.mktemp("ddp_moco_data") / "shapes.beton")
+    write_shapes(path, num_samples=N_TRAIN, kind="moco", progress=False)
+    return path
+
+
+@pytest.mark.parametrize("arch", ["vit_tiny_cpu", "resnet_tiny_cpu"])
+def test_two_gloo_ranks_train_moco_with_identical_pruning_and_weights(moco_shapes, tmp_path, arch):
+    _launch(_moco_worker, arch, moco_shapes, str(tmp_path / "logs"), str(tmp_path))
+    with np.load(tmp_path / "rank0.npz") as r0, np.load(tmp_path / "rank1.npz") as r1:
+        assert sorted(r0.files) == sorted(r1.files)
+        for key in r0.files:  # pruning decisions, the loss and every weight of the model agree
+            np.testing.assert_array_equal(r0[key], r1[key], err_msg=key)
+        params = [key for key in r0.files if key.startswith("param:")]
+        assert "param:predictor.0.weight" in params and len(params) > 10
+        if arch.startswith("vit"):
+            assert "param:base_encoder.pos_embed" in params
+        assert all(np.isfinite(r0[key]).all() for key in params)
+        assert np.isfinite(float(r0["final_loss"]))
+        assert len(r0["ill"]) > 0 and len(r0["red"]) > 0
+        kept = {e: r0[f"kept{e}"] for e in range(4)}
+    assert len(kept[0]) == N_TRAIN and len(kept[3]) < N_TRAIN  # the mutation epoch prunes
+    with np.load(tmp_path / "read0.npz") as s0, np.load(tmp_path / "read1.npz") as s1:
+        assert sorted(s0.files) == sorted(s1.files) == [f"read{e}" for e in range(4)]
+        for e in range(4):  # each rank reads its own half of the epoch's kept list, whole batches of it
+            a, b = s0[f"read{e}"], s1[f"read{e}"]
+            assert len(a) == len(b) == len(kept[e]) // 2 // BATCH * BATCH, e
+            assert len(np.unique(a)) == len(a) and not np.intersect1d(a, b).size, e
+            assert np.isin(a, kept[e]).all() and np.isin(b, kept[e]).all(), e
+    with open(tmp_path / "logs/ddp/epochs.csv") as f:
+        rows = list(csv.DictReader(f))  # written by rank 0 only
+    assert [r["phase"] for r in rows] == ["warmup", "warmup", "preparation", "mutation"]
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    assert int(rows[3]["kept"]) == len(kept[3])
