@@ -94,7 +94,7 @@ def test_moco_vit_position_embedding_is_moco_v3_fixed_sincos_table():
     np.testing.assert_allclose(table[row * 4 + col, :16], np.sin(row * omega), atol=1e-6)
     np.testing.assert_allclose(table[row * 4 + col, 32:48], np.sin(col * omega), atol=1e-6)
     # a non-square grid (2 x 4 patches) keeps moco-v3's order: w outer, h inner
-    from scan_fast.train.moco_model import VisionTransformerMoCo
+    from scan_fast.train.vits import VisionTransformerMoCo
 
     wide = VisionTransformerMoCo(img_size=(16, 32), patch_size=8, embed_dim=32, depth=1, num_heads=2)
     assert wide.patch_embed.grid_size == (2, 4)

@@ -5,9 +5,9 @@ momentum encoder; forward(x1, x2, m) updates the momentum encoder and returns
 the two per-sample loss vectors (q1 against k2, q2 against k1) from
 `scan_fast.MocoLoss`, which the pruning schedule observes. Backbones come
 from timm (ViT) and torchvision (ResNet), plus tiny variants for CPU runs.
-The ViTs are moco-v3's `VisionTransformerMoCo` (its `vits.py`): a fixed 2-D
-sin-cos position embedding, moco-v3's weight init, and a frozen random patch
-projection (`stop_grad_conv1`), all on top of timm's `VisionTransformer`.
+The ViTs are moco-v3's `VisionTransformerMoCo` (`scan_fast/train/vits.py`): a
+fixed 2-D sin-cos position embedding, moco-v3's weight init, and a frozen
+random patch projection (`stop_grad_conv1`), on top of timm's `VisionTransformer`.
 """
 import math
 from typing import Tuple
@@ -20,89 +20,16 @@ from scan_fast.ops import MocoLoss
 ARCHS = ("vit_small", "resnet50", "vit_tiny_cpu", "resnet_tiny_cpu")
 
 
-def sincos_2d_position_embedding(grid_size: Tuple[int, int], embed_dim: int,
-                                 temperature: float = 10000.0) -> torch.Tensor:
-    """moco-v3's fixed 2-D sin-cos table, [grid_h * grid_w, embed_dim] (no class-token row).
-
-    Channels are [sin(a w), cos(a w), sin(b w), cos(b w)] with w = temperature^(-k / (D/4)),
-    k < D/4, where row m of the table has a = m // grid_h and b = m % grid_h: moco-v3 builds
-    the grid as meshgrid(arange(grid_w), arange(grid_h)) ('ij') and flattens it. timm
-    flattens patches row-major, so on the square grids used here `a` is the patch's row
-    and `b` its column.
-    """
-    grid_h, grid_w = grid_size
-    if embed_dim % 4:
-        raise ValueError(f"the 2-D sin-cos position embedding needs embed_dim divisible by 4, got {embed_dim}")
-    quarter = embed_dim // 4
-    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    a, b = torch.meshgrid(torch.arange(grid_w, dtype=torch.float64), torch.arange(grid_h, dtype=torch.float64),
-                          indexing="ij")
-    out_a, out_b = torch.outer(a.flatten(), omega), torch.outer(b.flatten(), omega)
-    return torch.cat([out_a.sin(), out_a.cos(), out_b.sin(), out_b.cos()], dim=1).float()
-
-
-def _vit_moco_class():
-    """`VisionTransformerMoCo`, defined on first use so that importing this module does not import timm."""
-    if "VisionTransformerMoCo" in globals():
-        return globals()["VisionTransformerMoCo"]
-    from timm.layers import PatchEmbed
-    from timm.models.vision_transformer import VisionTransformer
-
-    class VisionTransformerMoCo(VisionTransformer):
-        """timm's ViT with moco-v3's stem: fixed sin-cos positions, its init, optionally a frozen patch projection."""
-
-        def __init__(self, stop_grad_conv1: bool = False, **kwargs):
-            super().__init__(**kwargs)
-            if self.cls_token is None or self.num_prefix_tokens != 1 or self.no_embed_class or self.pos_embed is None:
-                raise ValueError("VisionTransformerMoCo needs one class token with a position of its own")
-            self._build_2d_sincos_position_embedding()
-            with torch.no_grad():
-                for name, module in self.named_modules():
-                    if isinstance(module, nn.Linear):
-                        if "qkv" in name:  # xavier-uniform over each of Q, K, V separately
-                            bound = math.sqrt(6.0 / (module.weight.shape[0] // 3 + module.weight.shape[1]))
-                            nn.init.uniform_(module.weight, -bound, bound)
-                        else:
-                            nn.init.xavier_uniform_(module.weight)
-                        if module.bias is not None:
-                            nn.init.zeros_(module.bias)
-                nn.init.normal_(self.cls_token, std=1e-6)
-                if isinstance(self.patch_embed, PatchEmbed):
-                    proj = self.patch_embed.proj
-                    # xavier-uniform on the weight seen as a [embed_dim, in_chans * patch area] matrix
-                    bound = math.sqrt(6.0 / (proj.weight[0].numel() + proj.weight.shape[0]))
-                    nn.init.uniform_(proj.weight, -bound, bound)
-                    if proj.bias is not None:
-                        nn.init.zeros_(proj.bias)
-                    if stop_grad_conv1:
-                        for param in proj.parameters():
-                            param.requires_grad = False
-
-        def _build_2d_sincos_position_embedding(self, temperature: float = 10000.0) -> None:
-            table = sincos_2d_position_embedding(self.patch_embed.grid_size, self.embed_dim, temperature)
-            with torch.no_grad():
-                self.pos_embed.copy_(torch.cat([table.new_zeros(1, self.embed_dim), table])[None])
-            self.pos_embed.requires_grad = False
-
-    VisionTransformerMoCo.__module__, VisionTransformerMoCo.__qualname__ = __name__, "VisionTransformerMoCo"
-    globals()["VisionTransformerMoCo"] = VisionTransformerMoCo  # one class, picklable by its module name
-    return VisionTransformerMoCo
-
-
-def __getattr__(name):
-    if name == "VisionTransformerMoCo":
-        return _vit_moco_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def build_backbone(arch: str, image_size: int) -> nn.Module:
     """A backbone whose classifier (`head` for ViT, `fc` for ResNet) the builder replaces."""
-    if arch == "vit_small":  # moco-v3's vit_small (ViT-S/16 with 12 heads), --stop-grad-conv1
-        return _vit_moco_class()(img_size=image_size, patch_size=16, embed_dim=384, depth=12, num_heads=12,
-                                 mlp_ratio=4.0, qkv_bias=True, stop_grad_conv1=True)
-    if arch == "vit_tiny_cpu":
-        return _vit_moco_class()(img_size=image_size, patch_size=8, embed_dim=64, depth=2, num_heads=2,
-                                 mlp_ratio=2.0, qkv_bias=True, stop_grad_conv1=True)
+    if arch in ("vit_small", "vit_tiny_cpu"):
+        from scan_fast.train.vits import VisionTransformerMoCo
+
+        if arch == "vit_small":  # moco-v3's vit_small (ViT-S/16 with 12 heads), --stop-grad-conv1
+            return VisionTransformerMoCo(img_size=image_size, patch_size=16, embed_dim=384, depth=12,
+                                         num_heads=12, mlp_ratio=4.0, qkv_bias=True, stop_grad_conv1=True)
+        return VisionTransformerMoCo(img_size=image_size, patch_size=8, embed_dim=64, depth=2, num_heads=2,
+                                     mlp_ratio=2.0, qkv_bias=True, stop_grad_conv1=True)
     if arch == "resnet50":
         from torchvision.models import resnet50
 
