@@ -261,3 +261,30 @@ def test_only_numbas_finalizer_key_error_is_silenced():
     assert not _is_numba_finalizer_key_error(unraisable(numba_file, "finalizer", ValueError))
     assert not _is_numba_finalizer_key_error(unraisable(numba_file, "other", KeyError))
     assert not _is_numba_finalizer_key_error(unraisable("mine.py", "finalizer", KeyError))
+
+
+def test_an_error_in_the_loader_thread_is_raised_in_the_training_loop(tmp_path):
+    """ffcv's epoch thread dies on an error and its reader would wait forever; ours raises it."""
+    from ffcv.fields.basics import IntDecoder
+
+    from scan_fast.data.loaders import LoaderError, build_loader
+
+    path = str(tmp_path / "small.beton")
+    write_shapes(path, num_samples=40, kind="moco", progress=False)
+
+    class FailOnSample(torch.nn.Module):
+        def forward(self, ids):
+            if (ids == 33).any():
+                raise ValueError("sample 33 is unreadable")
+            return ids
+
+    pipes = {"image": None, "label": None, "id": [IntDecoder(), ToTensor(), Squeeze(1), FailOnSample()]}
+    loader = build_loader(path, 8, pipes, ("id",), shuffle=False, drop_last=False, num_workers=1)
+    seen = []
+    with pytest.raises(LoaderError, match=r"reading epoch 0 of .*small.beton failed: ValueError: sample 33"):
+        for (ids,) in loader:
+            seen += ids.tolist()
+    assert seen == list(range(32))  # every batch before the bad one arrived
+    loader.set_epoch(1)  # the loader stays usable
+    with pytest.raises(LoaderError, match="reading epoch 1"):
+        list(loader)

@@ -22,7 +22,9 @@ from typing import Callable, Optional, Tuple
 
 import torch
 from ffcv.loader import Loader
+from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.loader.loader import ORDER_MAP
+from ffcv.pipeline.compiler import Compiler
 
 from .augment import KeyedMocoViews
 from .order import KeptIdsSource, OrderFactory
@@ -85,22 +87,66 @@ class ScanLoader(Loader):
             self._running = None
 
     def __iter__(self):
+        epoch = self.next_epoch
         self.first_traversal_order = self.next_traversal_order()
         # The buffers are shared across epochs: stop an epoch left unfinished first.
         self.stop()
         if torch.cuda.is_available():
             torch.cuda.current_stream().synchronize()  # last epoch's batches are no longer read
-        for decoder in self._keyed_decoders:  # before ffcv's thread starts decoding
-            decoder.set_key(self.seed, self.next_epoch)
-        batches = self._running = super().__iter__()
+        for decoder in self._keyed_decoders:  # before the epoch's thread starts decoding
+            decoder.set_key(self.seed, epoch)
+        batches = self._running = self._start_epoch(epoch)
         if self.batch_transform is None:
             return batches
-        return _Transformed(batches, self.batch_transform, self.next_epoch)
+        return _Transformed(batches, self.batch_transform, epoch)
+
+    def _start_epoch(self, epoch: int) -> "_EpochReader":
+        """ffcv's Loader.__iter__, reusing the order just computed, with a thread that reports failures."""
+        Compiler.set_num_threads(self.num_workers)
+        self.next_epoch += 1
+        if self.code is None or self.recompile:
+            self.generate_code()
+        return _EpochReader(self, self.first_traversal_order[:len(self) * self.batch_size], epoch)
 
     @property
     def epoch(self) -> int:
         """The epoch the next iter() runs."""
         return self.next_epoch
+
+
+class LoaderError(RuntimeError):
+    """Reading an epoch failed in the loader's thread; the original error is the cause."""
+
+
+class _EpochReader(EpochIterator):
+    """ffcv's epoch thread, except that an error while reading ends the epoch by raising it in
+    the training loop; ffcv's own thread dies and leaves the loop waiting for a batch forever."""
+
+    def __init__(self, loader, order, epoch: int):
+        self.failure, self.epoch = None, epoch  # set before the base class starts the thread
+        super().__init__(loader, order)
+
+    def run(self):
+        try:
+            super().run()
+        except BaseException as err:  # noqa: BLE001 - handed to the reader, raised there
+            self.failure = err
+            while not self.terminate_event.is_set():
+                try:
+                    self.output_queue.put(None, timeout=0.5)  # ends the epoch for __next__
+                    return
+                except queue.Full:
+                    pass
+
+    def __next__(self):
+        try:
+            return super().__next__()
+        except StopIteration:
+            if self.failure is None:
+                raise
+            err = self.failure
+            raise LoaderError(f"reading epoch {self.epoch} of {self.loader.reader.file_name} failed: "
+                              f"{type(err).__name__}: {err}") from err
 
 
 def _is_numba_finalizer_key_error(unraisable) -> bool:
