@@ -1,9 +1,10 @@
 """Benchmark the FFCV data path against the usual alternatives, all in one run.
 
-1. throughput: images/s of the FFCV CLIP pipeline (clip_loader: random-resized-crop
-   decode, flip, normalise, tokens, ids) vs a torchvision Dataset + DataLoader doing
-   the same decode, crop, flip and normalise, on the same generated JPEGs (shapes
-   rendered at 64 px and 224 px, saved as JPEG files, then written to .beton).
+1. throughput: images/s of the FFCV CLIP pipeline (clip_loader: keyed random-resized-
+   crop decode, flip, normalise, tokens, ids) vs a torchvision Dataset + DataLoader
+   doing the same decode, crop, flip and normalise, on the same generated JPEGs (shapes
+   rendered at 64 px and 224 px, saved as JPEG files, then written to .beton); also
+   ffcv's own (unseeded) crop and flip, to show what keying the draws costs.
 2. switch: moving a loader to a new pruned list at N = 10M ids. Ours validates the
    list (the only new work) and draws the epoch's (seed, epoch) shuffle, which an
    unpruned ffcv Random order draws every epoch anyway (shown for reference).
@@ -115,6 +116,24 @@ def torchvision_loader(table: Path, resolution: int, workers: int):
                                        persistent_workers=True, drop_last=False)
 
 
+def unkeyed_ffcv_loader(beton: Path, resolution: int, workers: int):
+    """clip_loader's pipeline with ffcv's own RandomResizedCrop decoder and flip, whose draws no seed
+    reaches: the price of keyed (reproducible) augmentation is the gap to clip_loader."""
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.ndarray import NDArrayDecoder
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+    from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
+
+    from scan_fast.data.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from scan_fast.data.loaders import build_loader
+
+    image = [RandomResizedCropRGBImageDecoder((resolution, resolution), scale=(0.9, 1.0)), RandomHorizontalFlip(),
+             NormalizeImage(np.array(OPENAI_CLIP_MEAN) * 255, np.array(OPENAI_CLIP_STD) * 255, np.float32),
+             ToTensor(), ToTorchImage()]
+    pipes = {"image": image, "tokens": [NDArrayDecoder(), ToTensor()], "id": [IntDecoder(), ToTensor(), Squeeze(1)]}
+    return build_loader(beton, BATCH, pipes, ("image", "tokens", "id"), drop_last=False, num_workers=workers)
+
+
 def time_epoch(loader):
     start, images = time.perf_counter(), 0
     for batch in loader:
@@ -129,6 +148,7 @@ def suite_throughput(data, reps, workers):
     for resolution, (table, beton) in data.items():
         providers = {"ffcv clip_loader": clip_loader(beton, BATCH, resolution, drop_last=False,
                                                      num_workers=workers),
+                     "ffcv, unkeyed crop": unkeyed_ffcv_loader(beton, resolution, workers),
                      "torchvision DataLoader": torchvision_loader(table, resolution, workers)}
         for loader in providers.values():
             time_epoch(loader)  # warm-up: numba JIT for ffcv, worker start-up for torch
