@@ -19,8 +19,6 @@
     python bench/bench_loader.py --csv bench_loader.csv  # also append Liger-style CSV rows
 """
 import argparse
-import csv
-import datetime
 import json
 import os
 import platform
@@ -35,11 +33,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CSV_COLUMNS = (
-    "kernel_name", "kernel_provider", "kernel_operation_mode", "metric_name", "metric_unit", "x_name", "x_label",
-    "x_value", "y_value_50", "y_value_20", "y_value_80", "extra_benchmark_config_str", "gpu_name", "timestamp",
-    "scan_fast_version",
-)
 BATCH = 128
 
 
@@ -280,18 +273,11 @@ def print_table(rows):
 
 
 def write_csv(path, rows, config):
-    from scan_fast import __version__
+    from liger_csv import append_rows
 
-    new = not os.path.exists(path)
-    timestamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    with open(path, "a", newline="") as handle:
-        writer = csv.writer(handle)
-        if new:
-            writer.writerow(CSV_COLUMNS)
-        for r in rows:
-            writer.writerow(("data_loader", r["provider"], r["suite"], r["metric"], r["unit"], "setting", "setting",
-                             r["setting"], r["p50"], r["p20"], r["p80"], json.dumps({**config, "ratio": r["ratio"]}),
-                             "cpu:" + platform.processor(), timestamp, __version__))
+    append_rows(path, [("data_loader", r["provider"], r["suite"], r["metric"], r["unit"], "setting", "setting",
+                        r["setting"], r["p50"], r["p20"], r["p80"], json.dumps({**config, "ratio": r["ratio"]}),
+                        "cpu:" + platform.processor()) for r in rows])
 
 
 def main(argv=None):

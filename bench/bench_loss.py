@@ -11,8 +11,6 @@ triton.testing.do_bench quantiles, max_memory_allocated over the inputs.
     python bench/bench_loss.py --device cuda --dtype bfloat16 --json out.json --csv out.csv
 """
 import argparse
-import csv
-import datetime
 import json
 import os
 import subprocess
@@ -27,11 +25,6 @@ BASELINE = "open_clip"
 CPU_SIZES = (1024, 4096, 16384)
 CUDA_SIZES = CPU_SIZES + (32768, 65536)
 DIMS = (512, 1024)
-CSV_COLUMNS = (
-    "kernel_name", "kernel_provider", "kernel_operation_mode", "metric_name", "metric_unit", "x_name", "x_label",
-    "x_value", "y_value_50", "y_value_20", "y_value_80", "extra_benchmark_config_str", "gpu_name", "timestamp",
-    "scan_fast_version",
-)
 
 
 def setup(provider, batch, dim, dtype, device):
@@ -201,24 +194,18 @@ def print_table(rows):
 
 
 def write_csv(path, rows, args):
-    from scan_fast import __version__
+    from liger_csv import append_rows
 
-    new = not os.path.exists(path)
-    timestamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    with open(path, "a", newline="") as handle:
-        writer = csv.writer(handle)
-        if new:
-            writer.writerow(CSV_COLUMNS)
-        for r in rows:
-            if "error" in r:
-                continue
-            extra = json.dumps({"D": r["D"], "dtype": r["dtype"], "device": args.device, "threads": r["threads"]})
-            for metric, unit, values in (
-                ("speed", "ms", (r["p50_ms"], r["p20_ms"], r["p80_ms"])),
-                ("memory", "MB", (r["peak_mb"],) * 3),
-            ):
-                writer.writerow(("clip_loss_per_sample", r["provider"], r["mode"], metric, unit, "B", "batch size",
-                                 r["B"], *values, extra, r["gpu_name"], timestamp, __version__))
+    lines = []
+    for r in rows:
+        if "error" in r:
+            continue
+        extra = json.dumps({"D": r["D"], "dtype": r["dtype"], "device": args.device, "threads": r["threads"]})
+        for metric, unit, values in (("speed", "ms", (r["p50_ms"], r["p20_ms"], r["p80_ms"])),
+                                     ("memory", "MB", (r["peak_mb"],) * 3)):
+            lines.append(("clip_loss_per_sample", r["provider"], r["mode"], metric, unit, "B", "batch size", r["B"],
+                          *values, extra, r["gpu_name"]))
+    append_rows(path, lines)
 
 
 def main():
