@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from scan_fast.data.embedded import (COLOURS, DIGIT_NAMES, SHAPES, ShapesGenerator, digits_arrays,
-                                     load_shapes_truth, split_held_out, write_digits, write_shapes)
+from scan_fast.data.embedded import (COLOURS, DIGIT_NAMES, GRID, POSITIONS, RADII, SHAPE_MASKS, SHAPES,
+                                     ShapesGenerator, digits_arrays, load_shapes_truth, split_held_out,
+                                     write_digits, write_shapes)
 from scan_fast.data.inspect import read_samples
 from scan_fast.data.schema import check_beton
 from scan_fast.data.tokenize import CaptionTokenizer
@@ -101,6 +102,8 @@ def test_shapes_round_trip_and_truth(shapes_writes):
     assert meta["num_mismatched"] == truth["mismatched"].sum()
     assert 30 < truth["mismatched"].sum() < 90 and 30 < (truth["duplicate_of"] >= 0).sum() < 90
     # Clean captions describe the image; mismatched ones name another shape and colour.
+    assert meta["shapes"] == list(SHAPES) and len(SHAPES) == 8 and meta["positions"] == list(POSITIONS)
+    assert gen.caption(int(np.flatnonzero(~truth["mismatched"])[0])).split(" in the ")[1] in POSITIONS
     clean = ~truth["mismatched"]
     for attr in ("shape", "colour", "position"):
         np.testing.assert_array_equal(truth[f"caption_{attr}"][clean], truth[attr][clean])
@@ -110,18 +113,39 @@ def test_shapes_round_trip_and_truth(shapes_writes):
     assert back["label"] == (truth["shape"] * len(COLOURS) + truth["colour"]).tolist()
 
 
+def _masks(gen, ids):
+    """The shape masks of samples `ids`, recomputed here from the generator's attributes."""
+    r = gen.resolution
+    cell = r / GRID
+    grid = np.arange(r) + 0.5
+    out = []
+    for i in ids:
+        row, col = divmod(gen.position[i], GRID)
+        cx, cy = (col + 0.5 + gen.offset[i, 0]) * cell, (row + 0.5 + gen.offset[i, 1]) * cell
+        radius = RADII[gen.size[i]] * cell
+        u, v = np.meshgrid((grid - cx) / radius, (grid - cy) / radius)
+        out.append(SHAPE_MASKS[SHAPES[gen.shape[i]]](u, v))
+    return np.stack(out)
+
+
 def test_shapes_pixels_match_the_ground_truth(shapes_writes):
     truth = load_shapes_truth(shapes_writes / "a.beton")
     images = np.stack(read_samples(shapes_writes / "a.beton")["image"]).astype(float)
     gen = ShapesGenerator(300, 24, 0.2, 0.2, seed=4)
     palette = np.array(list(COLOURS.values()), dtype=float)
-    cell = 24 / 3
+    masks = _masks(gen, range(300))
+    cell = 24 // GRID
     for i in range(300):
-        row, col = divmod(truth["position"][i], 3)
-        cx = int((col + 0.5 + gen.offset[i, 0]) * cell)
-        cy = int((row + 0.5 + gen.offset[i, 1]) * cell)
-        # The centre pixel has the named colour (duplicates carry a small tint).
-        np.testing.assert_allclose(images[i, cy, cx], palette[truth["colour"][i]], atol=11)
+        # Inside the mask every pixel has the named colour (duplicates carry a small tint); outside
+        # is grey background; and the shape lies in the quadrant its position names.
+        assert masks[i].sum() >= 4, (i, SHAPES[truth["shape"][i]])
+        np.testing.assert_allclose(images[i][masks[i]], np.broadcast_to(palette[truth["colour"][i]],
+                                                                        (masks[i].sum(), 3)), atol=11)
+        grey = images[i][~masks[i]]
+        assert np.abs(grey - grey.mean(axis=1, keepdims=True)).max() < 1e-9
+        row, col = divmod(truth["position"][i], GRID)
+        ys, xs = np.nonzero(masks[i])
+        assert row * cell <= ys.mean() < (row + 1) * cell and col * cell <= xs.mean() < (col + 1) * cell
     dup = np.flatnonzero(truth["duplicate_of"] >= 0)
     src = truth["duplicate_of"][dup]
     assert (src < dup).all() and (truth["duplicate_of"][src] == -1).all()
@@ -129,6 +153,33 @@ def test_shapes_pixels_match_the_ground_truth(shapes_writes):
     unrelated = np.abs(images[dup] - images[(src + 1) % 300]).mean(axis=(1, 2, 3))
     assert np.median(near) < 0.5 * np.median(unrelated)
     assert set(truth["shape"]) == set(range(len(SHAPES)))
+    assert set(truth["position"]) == set(range(len(POSITIONS))) and len(POSITIONS) == GRID ** 2
+
+
+@pytest.mark.parametrize("resolution, least_difference", [(16, 0.1), (32, 0.15)])
+def test_each_shape_renders_distinctly(resolution, least_difference):
+    """At the same place and size, any two shapes differ in a good share of their pixels (so shape is
+    learnable), and the small size is a clearly smaller version of the large one.
+    Also checks that render() draws exactly these masks in the named colour."""
+    gen = ShapesGenerator(2 * len(SHAPES), resolution, 0.0, 0.0, seed=0)
+    gen.shape[:] = np.tile(np.arange(len(SHAPES)), 2)
+    gen.size[:] = np.repeat([1, 0], len(SHAPES))
+    gen.position[:] = 0
+    gen.offset[:] = 0.0
+    gen.colour[:] = 0
+    masks = _masks(gen, range(2 * len(SHAPES)))
+    images = gen.render(0, 2 * len(SHAPES)).astype(float)
+    red = np.array(COLOURS["red"], dtype=float)
+    np.testing.assert_array_equal(np.abs(images - red).max(axis=-1) < 1, masks)
+    large, small = masks[: len(SHAPES)], masks[len(SHAPES):]
+    for a in range(len(SHAPES)):
+        assert small[a].sum() < 0.75 * large[a].sum()
+        for axis in (0, 1):  # the small one's extent lies within the large one's
+            small_extent, large_extent = np.flatnonzero(small[a].any(axis)), np.flatnonzero(large[a].any(axis))
+            assert large_extent[0] <= small_extent[0] and small_extent[-1] <= large_extent[-1]
+        for b in range(a + 1, len(SHAPES)):
+            differ = (large[a] ^ large[b]).sum() / (large[a] | large[b]).sum()
+            assert differ > least_difference, (SHAPES[a], SHAPES[b], differ)  # circle / square: the closest
 
 
 def test_shapes_render_is_independent_of_block_order():
@@ -153,3 +204,12 @@ def test_shapes_argument_errors(kwargs, message):
 def test_missing_truth_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no ground truth"):
         load_shapes_truth(tmp_path / "nothing.beton")
+
+
+def test_shapes_moco_kind(tmp_path):
+    write_shapes(tmp_path / "m.beton", num_samples=40, kind="moco", resolution=16, image_mode="raw", progress=False)
+    check_beton(tmp_path / "m.beton", ("image", "label", "id"))
+    back = read_samples(tmp_path / "m.beton")
+    gen = ShapesGenerator(40, 16, 0.1, 0.1, seed=0)
+    assert back["label"] == [gen.label(i) for i in range(40)]
+    np.testing.assert_array_equal(back["image"][7], gen.image(7))

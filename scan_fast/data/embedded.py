@@ -3,12 +3,19 @@
 digits: scikit-learn's bundled handwritten digits (1,797 real 8x8 images),
     upsampled to RGB, captioned "a photo of the digit seven", with a
     deterministic stratified held-out split for zero-shot / linear-probe eval.
-shapes: generated image-text pairs ("a small red circle in the top left") of
-    any size, with a chosen share of mismatched captions (ill-matched pairs)
-    and of near-duplicates (redundant pairs). The ground truth is saved beside
-    the .beton as <name>.truth.npz + <name>.truth.json. Images are rendered in
-    vectorised blocks on demand while writing, so memory stays flat at 1M+
-    samples. Same arguments, same bytes (with the default single writer).
+shapes: generated image-text pairs ("a small red ring in the top left") of
+    any size: one of 8 shapes that stay distinct at 32 px (circle, square,
+    triangle, cross, ring, diamond, horizontal and vertical bar), in one of 8
+    colours, small or large, in one quadrant of the image (a large shape spans
+    most of its quadrant: about 13 of 32 pixels across, a small one about 10).
+    A chosen share of the captions is mismatched (ill-matched pairs: another
+    shape and another colour) and a share of the images are near-duplicates of
+    earlier ones (redundant pairs). The label of a sample is its image's
+    shape x colour class (64 classes), the target of zero-shot evaluation.
+    The ground truth is saved beside the .beton as <name>.truth.npz +
+    <name>.truth.json. Images are rendered in vectorised blocks on demand while
+    writing, so memory stays flat at 1M+ samples. Same arguments, same bytes
+    (with the default single writer).
 """
 import json
 from pathlib import Path
@@ -24,14 +31,28 @@ KINDS = ("clip", "moco")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGIT_TEMPLATE = "a photo of the digit {}"
 
-SHAPES = ("circle", "square", "triangle")
+# Each shape is a mask over (u, v), the pixel offset from the shape's centre in units of
+# its radius (v points down). Chosen to differ clearly at 32 px: outline, hole, corners, arms.
+SHAPE_MASKS = {
+    "circle": lambda u, v: u * u + v * v <= 1.0,
+    "square": lambda u, v: np.maximum(np.abs(u), np.abs(v)) <= 0.85,
+    "triangle": lambda u, v: (np.abs(v) <= 1.0) & (np.abs(u) <= 0.5 * (v + 1.0)),
+    "cross": lambda u, v: (np.minimum(np.abs(u), np.abs(v)) <= 0.3) & (np.maximum(np.abs(u), np.abs(v)) <= 1.0),
+    "ring": lambda u, v: (u * u + v * v <= 1.0) & (u * u + v * v >= 0.55 ** 2),
+    "diamond": lambda u, v: np.abs(u) + np.abs(v) <= 1.1,
+    "horizontal bar": lambda u, v: (np.abs(u) <= 1.0) & (np.abs(v) <= 0.35),
+    "vertical bar": lambda u, v: (np.abs(u) <= 0.35) & (np.abs(v) <= 1.0),
+}
+SHAPES = tuple(SHAPE_MASKS)
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (240, 220, 30),
     "purple": (140, 40, 180), "orange": (250, 140, 20), "cyan": (30, 210, 220), "pink": (250, 120, 190),
 }
-POSITIONS = ("top left", "top", "top right", "left", "center", "right",
-             "bottom left", "bottom", "bottom right")
+GRID = 2  # positions: the cells of a GRID x GRID grid, row by row
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
 SIZES = ("small", "large")
+RADII = (0.3, 0.42)  # shape radius by size, in grid cells
+JITTER = 0.05        # largest shift of a shape's centre from its cell's centre, in grid cells
 SHAPES_TEMPLATE = "a {size} {colour} {shape} in the {position}"
 
 
@@ -136,7 +157,7 @@ class ShapesGenerator:
         self.colour = rng.integers(0, len(COLOURS), n)
         self.position = rng.integers(0, len(POSITIONS), n)
         self.size = rng.integers(0, len(SIZES), n)
-        self.offset = rng.uniform(-0.1, 0.1, (n, 2)).astype(np.float32)  # of a grid cell
+        self.offset = rng.uniform(-JITTER, JITTER, (n, 2)).astype(np.float32)  # of a grid cell
         self.background = rng.uniform(90, 160, n).astype(np.float32)
 
         # Near-duplicates copy an earlier original's attributes, slightly moved and recoloured.
@@ -170,7 +191,7 @@ class ShapesGenerator:
                                       position=POSITIONS[self.caption_position[i]])
 
     def label(self, i: int) -> int:
-        """Class of the image (not the caption): shape x colour, 24 classes."""
+        """Class of the image (not the caption): shape x colour, len(SHAPES) * len(COLOURS) classes."""
         return int(self.shape[i] * len(COLOURS) + self.colour[i])
 
     def image(self, i: int) -> np.ndarray:
@@ -182,20 +203,21 @@ class ShapesGenerator:
     def render(self, start: int, stop: int) -> np.ndarray:
         """Images of ids [start, stop) as uint8 [B, R, R, 3]; noise seeded by (seed, block)."""
         r, ids = self.resolution, np.arange(start, stop)
-        cell = r / 3.0
-        row, col = np.divmod(self.position[ids], 3)
+        cell = r / GRID
+        row, col = np.divmod(self.position[ids], GRID)
         cx = (col + 0.5 + self.offset[ids, 0]) * cell
         cy = (row + 0.5 + self.offset[ids, 1]) * cell
-        radius = np.where(self.size[ids] == 1, 0.45, 0.28) * cell
+        radius = np.asarray(RADII, dtype=np.float32)[self.size[ids]] * cell
         grid = np.arange(r, dtype=np.float32) + 0.5
-        dx = grid[None, None, :] - cx[:, None, None]
-        dy = grid[None, :, None] - cy[:, None, None]
-        rad = radius[:, None, None]
-        circle = dx * dx + dy * dy <= rad * rad
-        square = np.maximum(np.abs(dx), np.abs(dy)) <= 0.85 * rad
-        triangle = (np.abs(dy) <= rad) & (np.abs(dx) <= 0.5 * (dy + rad))
-        shape = self.shape[ids][:, None, None]
-        mask = np.where(shape == 0, circle, np.where(shape == 1, square, triangle))
+        u = (grid[None, None, :] - cx[:, None, None]) / radius[:, None, None]  # [B, 1, R]
+        v = (grid[None, :, None] - cy[:, None, None]) / radius[:, None, None]  # [B, R, 1]
+        u, v = np.broadcast_arrays(u, v)
+        mask = np.zeros((len(ids), r, r), dtype=bool)
+        shape = self.shape[ids]
+        for k, draw in enumerate(SHAPE_MASKS.values()):
+            members = np.flatnonzero(shape == k)
+            if members.size:
+                mask[members] = draw(u[members], v[members])
         rng = np.random.default_rng([self.seed, 1, start])
         pixels = self.background[ids][:, None, None, None] + rng.normal(0, 6, (len(ids), r, r, 1))
         colour = self._palette[self.colour[ids]] + self.tint[ids]
@@ -230,8 +252,8 @@ def write_shapes(target, num_samples: int = 10_000, kind: str = "clip", resoluti
             "num_mismatched": int(truth["mismatched"].sum()),
             "num_duplicates": int((truth["duplicate_of"] >= 0).sum()),
             "template": SHAPES_TEMPLATE, "shapes": list(SHAPES), "colours": list(COLOURS),
-            "positions": list(POSITIONS), "sizes": list(SIZES),
-            "label": "shape * len(colours) + colour"}
+            "positions": list(POSITIONS), "sizes": list(SIZES), "grid": GRID, "radii": list(RADII),
+            "jitter": JITTER, "label": "shape * len(colours) + colour"}
     Path(f"{stem}.truth.json").write_text(json.dumps(meta, indent=1))
     return summary
 
