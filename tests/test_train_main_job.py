@@ -33,3 +33,24 @@ def test_aggregate_means_and_stds_over_seeds():
 def test_bad_main_job_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MainJobConfig(**kwargs).validate()
+
+
+def test_build_data_reuses_current_shapes_and_rewrites_stale_ones(tmp_path):
+    import json
+    import os
+
+    from scan_fast.data.embedded import SHAPES
+    from scan_fast.train.main_job import build_data
+
+    paths = build_data(str(tmp_path), num_samples=40, test_samples=16, progress=False)
+    meta_path = paths["train"][: -len(".beton")] + ".truth.json"
+    assert json.loads(open(meta_path).read())["shapes"] == list(SHAPES)
+    written = os.stat(paths["train"]).st_mtime_ns
+    build_data(str(tmp_path), num_samples=40, test_samples=16, progress=False)
+    assert os.stat(paths["train"]).st_mtime_ns == written  # same size, same generator: reused
+    meta = json.loads(open(meta_path).read())
+    meta["shapes"] = ["circle", "square", "triangle"]  # as written by an older generator
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    build_data(str(tmp_path), num_samples=40, test_samples=16, progress=False)
+    assert json.loads(open(meta_path).read())["shapes"] == list(SHAPES)
