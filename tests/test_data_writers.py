@@ -300,3 +300,30 @@ def test_check_beton_rejects_truncated_and_foreign_files(image_dir, tmp_path):
         check_beton(good, ("image", "label"))
     with pytest.raises(FileNotFoundError, match="no .beton file"):
         check_beton(tmp_path / "absent.beton")
+
+
+def test_a_write_whose_every_row_fails_ends_the_process(tmp_path):
+    """The rows the dead workers never took must not keep the interpreter waiting at exit."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "fail.py"
+    script.write_text(textwrap.dedent(f"""
+        from scan_fast.data.schema import moco_fields
+        from scan_fast.data.writers import WriteSummary, write_rows
+
+        def make(i):
+            raise ValueError("x" * 100_000)
+
+        try:
+            write_rows({str(tmp_path / 'out.beton')!r}, moco_fields(), 4000, make, WriteSummary("t"),
+                       num_workers=2, progress=False)
+        except ValueError as err:
+            print("raised:", str(err)[:40], len(str(err)))
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    raised = done.stdout.split()
+    assert raised[:3] == ["raised:", "row", "0"] and int(raised[-1]) < 2100  # long messages are cut
+    assert not (tmp_path / "out.beton").exists()

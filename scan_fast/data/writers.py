@@ -168,6 +168,9 @@ class _CheckedDatasetWriter(DatasetWriter):
                 if w.is_alive():
                     w.terminate()
                     w.join()
+            # Work the dead workers never took stays in the queue's pipe; without this the
+            # interpreter would wait forever at exit for the queue's feeder thread to flush it.
+            work.cancel_join_thread()
             self.metadata_sm.close()
             self.metadata_sm.unlink()
 
@@ -192,7 +195,10 @@ class _Rows:
         try:
             return self.make_sample(i)
         except Exception as err:
-            self.errors.put(f"row {i} ({self.describe(i)}): {err}")
+            message = str(err)
+            if len(message) > 2000:  # keep the report readable (and small enough for the pipe)
+                message = message[:2000] + f"... ({len(message)} characters)"
+            self.errors.put(f"row {i} ({self.describe(i)}): {message}")
             raise
 
 
