@@ -9,6 +9,8 @@
 #   3. the project's other `requires_cuda` tests                            -> pytest_cuda.{log,xml}
 #   4. bench/bench_kernels_gpu.py (bf16, B 4k..64k, D 512/1024, autotuned)  -> results.{md,json}
 #   5. bench/bench_loss.py --device cuda at B=32k, D=512, bf16, if present  -> bench_loss.{log,json,csv}
+#   6. tests/test_train_cuda.py (AMP trainers), only where ffcv and open_clip import (2.5 min more)
+#                                                                            -> pytest_trainers.{log,xml}
 # then summary.md / summary.json. Exits non-zero when a step failed, after writing everything.
 set -euo pipefail
 
@@ -63,7 +65,7 @@ EOF
   log "scan_fast.kernels not installed: mapped to $ROOT/kernels"
 fi
 
-# 2.-5. tests and benchmarks; a failing step is recorded, not fatal --------------------------
+# 2.-6. tests and benchmarks; a failing step is recorded, not fatal --------------------------
 declare -A RC SECONDS_TAKEN
 step() {  # step NAME TIMEOUT_S CMD...
   local name=$1 limit=$2; shift 2
@@ -83,7 +85,8 @@ if "$PY" -c "import pytest, hypothesis" 2>/dev/null; then
   # One fixed config per kernel: autotuning every test shape would spend the budget compiling.
   step pytest_kernels 140 env SCAN_FAST_AUTOTUNE=0 "$PY" -m pytest -q -rs -p no:cacheprovider \
     --junitxml="$OUT/pytest_kernels.xml" "${KERNEL_TESTS[@]}"
-  ignores=(); for f in "${KERNEL_TESTS[@]}"; do ignores+=(--ignore="$f"); done
+  ignores=(--ignore=tests/test_train_cuda.py)  # step 6, which needs ffcv and open_clip
+  for f in "${KERNEL_TESTS[@]}"; do ignores+=(--ignore="$f"); done
   step pytest_cuda 50 "$PY" -m pytest -q -rs -p no:cacheprovider -m requires_cuda \
     --continue-on-collection-errors --junitxml="$OUT/pytest_cuda.xml" "${ignores[@]}" tests
   [[ ${RC[pytest_cuda]} == 5 ]] && RC[pytest_cuda]=0  # exit 5: no other CUDA tests collected
@@ -99,6 +102,14 @@ if [[ -f bench/bench_loss.py ]] && "$PY" bench/bench_loss.py --help 2>/dev/null 
     --json "$OUT/bench_loss.json" --csv "$OUT/bench_loss.csv"
 else
   log "bench/bench_loss.py with --device not found: skipped"
+fi
+
+# 6. the trainers on the GPU (AMP fp16 / bf16, CUDA data path), where ffcv and open_clip are installed
+if "$PY" -c "import pytest, ffcv, open_clip" 2>/dev/null && [[ -f tests/test_train_cuda.py ]]; then
+  step pytest_trainers 150 "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/pytest_trainers.xml" \
+    tests/test_train_cuda.py
+else
+  log "ffcv or open_clip missing: trainer tests on CUDA skipped"
 fi
 
 # summary --------------------------------------------------------------------------------------
