@@ -50,3 +50,22 @@ def pytest_configure(config):
     # Two cores: keep torch from oversubscribing when tests run beside each other.
     if torch is not None and not os.environ.get("SCAN_FAST_TEST_THREADS_SET"):
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def assert_resume_matches(full_folder, resumed_folder, **weight_tolerance):
+    """A resumed run's candidates equal the uninterrupted run's, and so do its final weights:
+    exactly, or within `weight_tolerance` (torch.testing.assert_close's rtol/atol)."""
+    from scan_fast.train.checkpoint import load_checkpoint
+
+    with np.load(os.path.join(full_folder, "candidates.npz")) as a, \
+            np.load(os.path.join(resumed_folder, "candidates.npz")) as b:
+        np.testing.assert_array_equal(a["ill"], b["ill"])
+        np.testing.assert_array_equal(a["red"], b["red"])
+    full = load_checkpoint(os.path.join(full_folder, "checkpoints/latest.pt"))["model"]
+    resumed = load_checkpoint(os.path.join(resumed_folder, "checkpoints/latest.pt"))["model"]
+    assert full.keys() == resumed.keys()
+    for key in full:
+        if weight_tolerance:
+            torch.testing.assert_close(full[key], resumed[key], **weight_tolerance)
+        else:
+            assert torch.equal(full[key], resumed[key]), key

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_resume_matches
 from scan_fast.train.checkpoint import load_checkpoint
 from scan_fast.train.clip import train_clip
 from scan_fast.train.config import ClipConfig
@@ -85,14 +86,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
     for name in ("coreset.txt",):
         np.testing.assert_array_equal(np.loadtxt(os.path.join(tmp_path, "full", name)),
                                       np.loadtxt(os.path.join(tmp_path, "resumed", name)))
-    with np.load(os.path.join(tmp_path, "full/candidates.npz")) as x, \
-            np.load(os.path.join(tmp_path, "resumed/candidates.npz")) as y:
-        np.testing.assert_array_equal(x["ill"], y["ill"])
-        np.testing.assert_array_equal(x["red"], y["red"])
-    wa = load_checkpoint(os.path.join(tmp_path, "full/checkpoints/latest.pt"))["model"]
-    wb = load_checkpoint(os.path.join(tmp_path, "resumed/checkpoints/latest.pt"))["model"]
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5)
+    assert_resume_matches(os.path.join(tmp_path, "full"), os.path.join(tmp_path, "resumed"), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"different --prune \('scan' there, 'none' here\)"):
         train_clip(_config(data, tmp_path, name="resumed", augment=True, resume="latest", prune="none"))
     with pytest.raises(ValueError, match=r"different --augment \(True there, False here\)"):

@@ -132,6 +132,4 @@ def momentum_at(epoch: float, base_m: float, epochs: int, cosine: bool = True) -
     """moco-v3's adjust_moco_momentum: m rises from base_m to 1 along a half cosine."""
     if not cosine:
         return base_m
-    import math
-
     return 1.0 - 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)) * (1.0 - base_m)

@@ -199,8 +199,7 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
         return {"stopped_at_step": stop.global_step, "folder": folder}
     finally:
         logger.close()
-        if hasattr(loader, "stop"):
-            loader.stop()  # a run that stopped mid-epoch leaves no loader thread behind
+        loader.stop()  # a run that stopped mid-epoch leaves no loader thread behind
     summary = _summary(cfg, kind, history, full_epoch_samples, folder, truth_mismatched)
     if runtime.is_main:
         if hasattr(schedule, "coreset"):
