@@ -5,8 +5,8 @@ import os
 import torch
 import triton
 
-from scan_fast.ops.checks import check_features as shared_check_features
-from scan_fast.ops.checks import common_dtype  # noqa: F401 (the kernels import it from here)
+from scan_fast.checks import check_features as shared_check_features
+from scan_fast.checks import common_dtype  # noqa: F401 (the kernels import it from here)
 
 # Read once, like Triton itself: the interpreter flag is fixed when kernels are decorated.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scan_fast.ops.checks import check_features, common_dtype, compute_dtype
+from scan_fast.checks import check_features, common_dtype, compute_dtype
 from scan_fast.ops.distributed import gather_features
 from scan_fast.ops.info_nce import autocast_off, check_scale, default_chunk_rows, row_cross_entropy, use_kernels
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scan_fast.ops.checks import check_features, common_dtype, compute_dtype
+from scan_fast.checks import check_features, common_dtype, compute_dtype
 from scan_fast.ops.distributed import concat_all_gather, is_distributed
 
 # The CPU path's only quadratic-size buffers are (chunk x M) blocks of logits.

@@ -1,4 +1,8 @@
-"""Input checks shared by the ops and the Triton kernels: one set of messages naming the argument."""
+"""Input checks shared by the ops, the kernels and the schedules: one set of messages naming the argument.
+
+Imports nothing of scan_fast, so every layer (kernels, ops, schedule) can depend on it and
+dependencies still point one way.
+"""
 import torch
 
 
