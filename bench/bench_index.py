@@ -4,7 +4,7 @@ Providers, measured in the same run:
   python-set  Python set / random.sample, what the public SCAN code does (N <= 10M);
   numpy-mask  a numpy bool mask per set (np.flatnonzero, Generator.choice);
   scan_fast   SampleSet / batch_candidates (C++).
-Ops: the per-batch candidate rule at B=4096 (reference: scan_fast.candidates.
+Ops: the per-batch candidate rule at B=4096 (reference: scan_fast.schedule.candidates.
 batch_candidates_reference), add of one batch's candidates (2867 random ids), sample of
 25% of a set holding 70% of N, complement of that sample (the mutation epoch's order), and
 the byte round trip. Per-call ops run on a pool of 64 fresh batches, so no branch
@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from scan_fast.candidates import batch_candidates_reference
+from scan_fast.schedule.candidates import batch_candidates_reference
 from scan_fast.index import SampleSet, batch_candidates
 
 B = 4096
@@ -82,8 +82,8 @@ def bench_candidates(rng):
     k = int(B * RHO)
     rows = []
     ours = _time(lambda i: batch_candidates(a[i % POOL], b[i % POOL], k_ill=k, k_red=k, seed=0, stream=i), 7, 2000)
-    gen = np.random.default_rng(0)
-    ref = _time(lambda i: batch_candidates_reference(a[i % POOL], b[i % POOL], k_ill=k, k_red=k, rng=gen), 5, 100)
+    ref = _time(lambda i: batch_candidates_reference(a[i % POOL], b[i % POOL], k_ill=k, k_red=k, seed=0, stream=i),
+                5, 100)
     rows.append(("batch_candidates", B, "reference", ref, None))
     rows.append(("batch_candidates", B, "scan_fast", ours, ref))
     return rows

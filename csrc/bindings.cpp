@@ -203,7 +203,7 @@ PYBIND11_MODULE(_C, m) {
         The per-batch SCAN candidate rule: (ill_mask, red_mask) over the batch positions.
 
         For each kind give k (count) or a threshold, not both; see
-        scan_fast.candidates.batch_candidates_reference for the definition.
+        scan_fast.schedule.candidates for the definition.
     )pbdoc";
   m.def("batch_candidates", &batch_candidates<float>, py::arg("loss_a").noconvert(), py::arg("loss_b").noconvert(),
         py::arg("k_ill"), py::arg("k_red"), py::arg("abs_ill"), py::arg("abs_red"), py::arg("seed"),

@@ -686,7 +686,7 @@ template <class T>
 struct CandidateScratch {
   RadixSelector<T> selector;
   std::vector<uint8_t> masks;
-  std::vector<uint32_t> pool;
+  std::vector<std::pair<uint64_t, uint32_t>> pool;  // top-up candidates
 };
 
 // ILL and RED masks of one direction; both k-rules' bounds come from one selection.
@@ -710,10 +710,11 @@ void direction_masks(const T* loss, size_t batch, const CandidateRule& ill, cons
   else std::fill(red_mask, red_mask + batch, static_cast<uint8_t>(red.k == batch));
 }
 
-// C = X_a & X_b; when |C| < 0.9 |X_a|, add |X_a| - |C| positions drawn uniformly without
-// replacement from (X_a | X_b) - C (a partial Fisher-Yates over that pool).
+// C = X_a & X_b; when 10 |C| < 9 |X_a| (exact, in integers), add the |X_a| - |C| positions of
+// (X_a | X_b) - C with the smallest keyed hash rng(position): a pure function of (seed, stream,
+// position), so numpy and torch (scan_fast/schedule/candidates.py) pick the same positions.
 void combine_directions(const uint8_t* x_a, const uint8_t* x_b, size_t batch, const CounterRng& rng,
-                        std::vector<uint32_t>& pool, bool* out) {
+                        std::vector<std::pair<uint64_t, uint32_t>>& pool, bool* out) {
   uint64_t target = 0, have = 0;
   for (size_t i = 0; i < batch; ++i) {
     const uint8_t both = x_a[i] & x_b[i];
@@ -721,22 +722,16 @@ void combine_directions(const uint8_t* x_a, const uint8_t* x_b, size_t batch, co
     have += both;
     out[i] = both;
   }
-  if (!(static_cast<double>(have) < 0.9 * static_cast<double>(target))) return;
-  pool.resize(batch);
-  uint32_t* slot = pool.data();
-  size_t size = 0;
-  for (size_t i = 0; i < batch; ++i) {  // branch-free compaction of (X_a | X_b) - C
-    slot[size] = static_cast<uint32_t>(i);
-    size += (x_a[i] ^ x_b[i]) & 1;
+  if (!(have * 10 < target * 9)) return;
+  pool.clear();  // (hash, position) of (X_a | X_b) - C
+  for (size_t i = 0; i < batch; ++i) {
+    if ((x_a[i] ^ x_b[i]) & 1) pool.emplace_back(rng(i), static_cast<uint32_t>(i));
   }
-  const uint64_t need = target - have;
-  uint64_t counter = 0;
-  for (uint64_t j = 0; j < need; ++j) {
-    const uint64_t pick = j + (size - j <= UINT32_MAX ? rng.bounded32(static_cast<uint32_t>(size - j), counter)
-                                                      : rng.bounded(size - j, counter));
-    std::swap(slot[j], slot[pick]);
-    out[slot[j]] = true;
-  }
+  const size_t need = static_cast<size_t>(target - have);
+  // hashes are distinct (rng is a bijection of the counter), so the `need` smallest are one set
+  std::nth_element(pool.begin(), pool.begin() + need, pool.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (size_t j = 0; j < need; ++j) out[pool[j].second] = true;
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "rng.hpp"
@@ -106,10 +107,11 @@ struct CandidateRule {
   double threshold = 0.0;  // used when by_threshold
 };
 
-// The per-batch SCAN candidate rule (scan_fast/candidates.py is the oracle):
-// X_d = top-k (ILL, highest loss) or bottom-k (RED, lowest loss) of direction d, ties
-// to the lower position, or loss > / < threshold; C_X = X_a & X_b, topped up at random
-// from (X_a | X_b) - C_X to |X_a| when |C_X| < 0.9 |X_a|. Losses must be finite
+// The per-batch SCAN candidate rule (scan_fast/schedule/candidates.py defines it and holds
+// the oracle): X_d = top-k (ILL, highest loss) or bottom-k (RED, lowest loss) of direction d,
+// ties to the lower position, or loss > / < threshold; C_X = X_a & X_b, and when
+// 10 |C_X| < 9 |X_a| the |X_a| - |C_X| positions of (X_a | X_b) - C_X with the smallest
+// CounterRng(seed, stream, kTopUpIll / kTopUpRed)(position) are added. Losses must be finite
 // (std::invalid_argument otherwise, with the count and first positions).
 template <class T>
 void batch_candidates(const T* loss_a, const T* loss_b, size_t batch, const CandidateRule& ill,

@@ -1,8 +1,8 @@
 """On-device selection of one direction's prune candidates (SCAN's per-batch rule, step 1).
 
 X_ill = the k_ill highest losses, X_red = the k_red lowest, ties to the lower position and NaN
-last in both orders, exactly as `scan_fast.candidates.direction_set` (numpy lexsort) ranks them.
-Combining the two directions and the random top-up stay in torch (`scan_fast.ops.prune_candidates`).
+last in both orders, exactly as `scan_fast.schedule.candidates.direction_set` (numpy lexsort) ranks
+them. Combining the two directions and the keyed top-up stay in torch (`scan_fast.schedule.candidates`).
 """
 import torch
 import triton
@@ -88,6 +88,6 @@ def direction_masks_triton(loss: torch.Tensor, k_ill: int, k_red: int):
     """The k_ill highest and k_red lowest losses of one direction as bool masks on loss's device.
 
     Ties go to the lower position and NaN ranks last in both orders (the rule of
-    `scan_fast.candidates.direction_set`); deterministic, no host sync.
+    `scan_fast.schedule.candidates.direction_set`); deterministic, no host sync.
     """
     return direction_masks_forward(loss, k_ill, k_red)

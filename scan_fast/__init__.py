@@ -16,7 +16,7 @@ _EXPORTS = {
     # ops
     "clip_loss_per_sample": "scan_fast.ops",
     "info_nce_per_sample": "scan_fast.ops",
-    "prune_candidates": "scan_fast.ops",
+    "prune_candidates": "scan_fast.schedule.candidates",
     "ClipLoss": "scan_fast.ops",
     "MocoLoss": "scan_fast.ops",
     # data

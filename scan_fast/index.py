@@ -2,7 +2,8 @@
 
 `SampleSet` stores ids in [0, num_samples) as one bit each (num_samples / 8 bytes), so
 candidate sets of a billion-sample dataset cost 125 MB instead of tens of GB of Python
-ints. `batch_candidates` is scan_fast.candidates.batch_candidates_reference in C++.
+ints. `batch_candidates` is the engine's implementation of the candidate rule that
+scan_fast.schedule.candidates defines (and calls for host arrays).
 Randomness (sample, shuffled_complement, the candidate top-up) comes from a
 counter-based generator keyed by (seed, stream): results are the same on every
 platform and for every thread count (see csrc/rng.hpp).
@@ -277,10 +278,10 @@ def batch_candidates(
     """(ill_mask, red_mask): SCAN's candidates among one batch's positions.
 
     X_d is the k highest (ILL) / lowest (RED) losses of direction d, ties to the lower
-    position, or those with loss > abs_ill / < abs_red; C_X = X_a & X_b, topped up with
-    positions drawn from (X_a | X_b) - C_X to |X_a| when |C_X| < 0.9 |X_a|, the draw
-    fixed by (seed, stream). Losses: 1-D float32/float64 (others converted), equal
-    length, finite. Definition and oracle: scan_fast.candidates.batch_candidates_reference.
+    position, or those with loss > abs_ill / < abs_red; C_X = X_a & X_b, topped up to |X_a|
+    with the smallest-hash positions of (X_a | X_b) - C_X when |C_X| < 0.9 |X_a|, the hash
+    keyed by (seed, stream). Losses: 1-D float32/float64 (others converted), equal length,
+    finite. Definition and oracle: scan_fast.schedule.candidates.
     """
     loss_a = _as_loss(loss_a, "loss_a")
     loss_b = _as_loss(loss_b, "loss_b")

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import scan_fast
 from scan_fast import _C
-from scan_fast.candidates import batch_candidates_reference, direction_set
+from scan_fast.schedule.candidates import batch_candidates_reference, direction_set
 from scan_fast.index import SampleSet, batch_candidates, get_num_threads, set_num_threads
 
 _SETTINGS = settings(max_examples=60, deadline=None)
@@ -319,18 +319,19 @@ def test_batch_candidates_any_finite_values(loss, data):
 
 @_SETTINGS
 @given(_batches(), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
-def test_batch_candidates_top_up_properties(case, seed, stream):
+def test_batch_candidates_equal_oracle_with_top_up(case, seed, stream):
+    """The keyed top-up makes the engine the oracle bit for bit, top-ups included."""
     a, b, k_ill, k_red = case
     ill, red = batch_candidates(a, b, k_ill=k_ill, k_red=k_red, seed=seed, stream=stream)
-    ill_ref, red_ref = batch_candidates_reference(a, b, k_ill=k_ill, k_red=k_red)
-    for mask, ref, k, highest in ((ill, ill_ref, k_ill, True), (red, red_ref, k_red, False)):
+    ill_ref, red_ref = batch_candidates_reference(a, b, k_ill=k_ill, k_red=k_red, seed=seed, stream=stream)
+    np.testing.assert_array_equal(ill, ill_ref)
+    np.testing.assert_array_equal(red, red_ref)
+    for mask, k, highest in ((ill, k_ill, True), (red, k_red, False)):
         x_a, x_b = direction_set(a.astype(np.float64), k, None, highest), direction_set(b.astype(np.float64), k, None, highest)
-        assert mask.sum() == ref.sum()
+        common = int((x_a & x_b).sum())
+        assert mask.sum() == (k if common * 10 < 9 * k else common)
         assert np.all(mask[x_a & x_b])                 # C_X contains X_a & X_b
         assert not np.any(mask & ~(x_a | x_b))         # and nothing outside X_a | X_b
-    again = batch_candidates(a, b, k_ill=k_ill, k_red=k_red, seed=seed, stream=stream)
-    np.testing.assert_array_equal(again[0], ill)
-    np.testing.assert_array_equal(again[1], red)
 
 
 def test_batch_candidates_top_up_depends_on_stream():
@@ -350,10 +351,12 @@ def test_batch_candidates_thresholds(case, abs_ill, abs_red):
     ill_ref, red_ref = batch_candidates_reference(a, a, abs_ill=abs_ill, abs_red=abs_red)
     np.testing.assert_array_equal(ill, ill_ref)
     np.testing.assert_array_equal(red, red_ref)
-    ill, red = batch_candidates(a, b, abs_ill=abs_ill, k_red=1)
-    ill_ref, _ = batch_candidates_reference(a, b, abs_ill=abs_ill, k_red=1)
+    ill, red = batch_candidates(a, b, abs_ill=abs_ill, k_red=1, seed=3, stream=4)
+    ill_ref, red_ref = batch_candidates_reference(a, b, abs_ill=abs_ill, k_red=1, seed=3, stream=4)
+    np.testing.assert_array_equal(ill, ill_ref)
+    np.testing.assert_array_equal(red, red_ref)
     x_a, x_b = a.astype(np.float64) > abs_ill, b.astype(np.float64) > abs_ill
-    assert ill.sum() == ill_ref.sum() and np.all(ill[x_a & x_b]) and not np.any(ill & ~(x_a | x_b))
+    assert np.all(ill[x_a & x_b]) and not np.any(ill & ~(x_a | x_b))
 
 
 def test_batch_candidates_ties_go_to_lower_positions():

@@ -9,7 +9,7 @@ from conftest import HAS_CUDA, requires_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scan_fast.candidates import candidate_count, direction_set
+from scan_fast.schedule.candidates import candidate_count, direction_set
 from scan_fast.kernels.prune_candidates import direction_masks_triton
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"

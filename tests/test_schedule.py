@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scan_fast.candidates import batch_candidates_reference
+from scan_fast.schedule.candidates import batch_candidates_reference
 from scan_fast.schedule import Scan, ScanReference, cosine_rate, epoch_phase, warmup_step
 from scan_fast.schedule.rates import batch_stream, mutation_stream
 

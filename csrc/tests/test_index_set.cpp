@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../index_set.hpp"
+#include "../rng.hpp"
 #include "../radix_select.hpp"
 
 using scan_fast::CandidateRule;
@@ -282,7 +283,16 @@ static void test_batch_candidates() {
         if (both) CHECK(ill_out[i]);
         if (ill_out[i]) CHECK(ill_oracle[i] || ill_b[i]);
       }
-      CHECK(chosen == (common < 0.9 * k_ill ? k_ill : common));
+      CHECK(chosen == (common * 10 < 9 * k_ill ? k_ill : common));
+      // The top-up is exactly the pool positions with the smallest keyed hashes.
+      const scan_fast::CounterRng rng(1, 2, scan_fast::RngPurpose::kTopUpIll);
+      uint64_t largest_added = 0, smallest_left = UINT64_MAX;
+      for (size_t i = 0; i < batch; ++i) {
+        if (ill_oracle[i] == ill_b[i]) continue;  // not in (X_a | X_b) - C
+        if (ill_out[i]) largest_added = std::max(largest_added, rng(i));
+        else smallest_left = std::min(smallest_left, rng(i));
+      }
+      if (chosen > common) CHECK(largest_added < smallest_left);
       std::unique_ptr<bool[]> again(new bool[batch]), again_red(new bool[batch]);
       scan_fast::batch_candidates(a.data(), b.data(), batch, ill, red, 1, 2, again.get(), again_red.get());
       CHECK(std::equal(again.get(), again.get() + batch, ill_out.get()));

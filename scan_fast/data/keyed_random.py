@@ -8,8 +8,8 @@ augmentation uses is computed, not drawn:
     key(seed, epoch, id, view) = mix(mix(mix(mix(seed ^ SALT) + epoch) + id) + view)
     uniform(key, draw)         = top 53 bits of mix(key + draw * GOLDEN) / 2^53
 
-with `mix` the splitmix64 finaliser (the same construction as the C++ engine's
-`csrc/rng.hpp`). A sample's augmentation then depends on nothing but the run's
+with `mix` the splitmix64 finaliser and the constants of `scan_fast.keyed_hash` (the same
+construction as the C++ engine's `csrc/rng.hpp`), compiled here by numba. A sample's augmentation then depends on nothing but the run's
 seed, the epoch and the sample itself: not on the batch it lands in, the rank
 or thread that reads it, or whether the run was resumed.
 
@@ -19,10 +19,12 @@ photometric ops (augment.py).
 import numba
 import numpy as np
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_SALT = np.uint64(0x5CA11DE5EED5EED)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
+from scan_fast import keyed_hash
+
+_GOLDEN = np.uint64(keyed_hash.GOLDEN)
+_SALT = np.uint64(keyed_hash.SALT)
+_M1 = np.uint64(keyed_hash.M1)
+_M2 = np.uint64(keyed_hash.M2)
 _INV_2_53 = 1.0 / 9007199254740992.0
 
 CROP_DRAWS = 0        # 4 per attempt, 10 attempts

@@ -1,4 +1,5 @@
-"""Per-sample contrastive losses and prune-candidate selection.
+"""Per-sample contrastive losses (the candidate rule on tensors, `prune_candidates`, lives with
+the rest of the rule in scan_fast.schedule.candidates).
 
 Each op lives in its own module: a plain materialised `<op>_reference` (the
 oracle for tests and the baseline for benchmarks), a chunked CPU path, and the
@@ -6,7 +7,6 @@ public function that uses the Triton kernel for CUDA tensors.
 """
 from scan_fast.ops.clip_loss import ClipLoss, clip_loss_per_sample, clip_loss_per_sample_reference
 from scan_fast.ops.info_nce import MocoLoss, info_nce_per_sample, info_nce_per_sample_reference
-from scan_fast.ops.prune_candidates import prune_candidates, prune_candidates_reference
 
 __all__ = [
     "ClipLoss",
@@ -15,6 +15,4 @@ __all__ = [
     "clip_loss_per_sample_reference",
     "info_nce_per_sample",
     "info_nce_per_sample_reference",
-    "prune_candidates",
-    "prune_candidates_reference",
 ]

@@ -1,10 +1,16 @@
-"""The interface every pruning schedule shares (Scan; later random, InfoBatch, static, none).
+"""The interface every pruning schedule shares (Scan, ScanReference and the baselines).
 
-A training loop drives it epoch by epoch:
+A training loop drives it epoch by epoch, and calls nothing that is not declared here:
 
-    ids = schedule.epoch_indices(epoch)        # the sample ids this epoch trains on
-    schedule.observe(sample_ids, loss_a, loss_b)  # per batch, per-sample losses
+    ids = schedule.epoch_indices(epoch)          # the sample ids this epoch trains on
+    schedule.phase_name(epoch)                   # for logs
+    if schedule.needs_losses(epoch):             # per batch, per-sample losses of the global batch:
+        schedule.observe_batch(ids, loss_a, loss_b)  #   torch tensors on the device (no host sync), or
+        schedule.observe(ids, loss_a, loss_b)        #   host arrays
+    weights = schedule.sample_weights(ids)       # per-sample loss weights on ids' device, or None
+    schedule.flush()                             # at log steps: device-side results reach the host
     schedule.end_epoch(epoch, epoch_loss)
+    schedule.candidates(kind), schedule.coreset()  # what the last preparation found; the kept ids
 
 epoch_indices(e) may be repeated (a data loader may ask twice) and returns the
 same ids; everything else out of this order raises ValueError. The order is part
@@ -12,14 +18,16 @@ of the state, so a run resumed from state_dict() continues exactly.
 """
 from abc import ABC, abstractmethod
 from dataclasses import asdict
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
+import torch
 
 from scan_fast.schedule.inputs import check_int, check_real
 from scan_fast.schedule.stats import EpochRecord, ScheduleStats
 
 _OUT_OF_ORDER = "epochs called out of order: "
+_MAX_PENDING = 1024  # device batches kept before observe_batch flushes on its own
 
 
 class PruningSchedule(ABC):
@@ -28,6 +36,7 @@ class PruningSchedule(ABC):
         self._epoch = 0          # the epoch in progress, or the next one to begin
         self._in_epoch = False   # epoch_indices(self._epoch) called, end_epoch not yet
         self._records = []
+        self._pending = []       # device-side batches not yet flushed to the host
 
     # -- the loop's calls --------------------------------------------------------------
     def epoch_indices(self, epoch: int) -> np.ndarray:
@@ -44,13 +53,69 @@ class PruningSchedule(ABC):
         return self._keep_indices(epoch)
 
     def observe(self, sample_ids, loss_a, loss_b):
-        """One batch: its sample ids and both directions' per-sample losses (numpy or torch, any device).
+        """One batch: its sample ids and both directions' per-sample losses, as host arrays.
 
         Scan returns the batch's (ILL, RED) candidate counts, (0, 0) outside preparation epochs.
         """
         if not self._in_epoch:
             raise ValueError(f"{_OUT_OF_ORDER}observe() before epoch_indices({self._epoch})")
+        self.flush()  # device batches observed earlier come first
         return self._observe(sample_ids, loss_a, loss_b)
+
+    def observe_batch(self, sample_ids: torch.Tensor, loss_a: torch.Tensor, loss_b: torch.Tensor) -> None:
+        """One batch as tensors on one device: nothing is read back until `flush()`.
+
+        The same result as `observe` on the same values, in the same batch order. Only
+        type and shape are checked here; ids in range and finite losses are the caller's
+        contract (the trainer checks the loss at every log step).
+        """
+        if not self._in_epoch:
+            raise ValueError(f"{_OUT_OF_ORDER}observe_batch() before epoch_indices({self._epoch})")
+        if not all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in (sample_ids, loss_a, loss_b)):
+            raise TypeError("observe_batch takes 1-D torch tensors (sample_ids, loss_a, loss_b)")
+        if not sample_ids.shape == loss_a.shape == loss_b.shape:
+            raise ValueError(f"observe_batch: sample_ids {tuple(sample_ids.shape)}, loss_a {tuple(loss_a.shape)} "
+                             f"and loss_b {tuple(loss_b.shape)} must have one length")
+        pending = self._device_batch(sample_ids, loss_a.detach(), loss_b.detach())
+        if pending is not None:
+            self._pending.append(pending)
+            if len(self._pending) >= _MAX_PENDING:  # bound the device memory of a caller that never flushes
+                self.flush()
+
+    def flush(self) -> None:
+        """Bring the batches `observe_batch` kept on the device into the schedule (one bulk copy)."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._drain(pending)
+
+    def needs_losses(self, epoch: int) -> bool:
+        """Whether `epoch`'s per-sample losses must be observed (known once the epochs before it ended)."""
+        return self.is_preparation(epoch)
+
+    @abstractmethod
+    def is_preparation(self, epoch: int) -> bool:
+        """True when `epoch` collects SCAN candidates (known once the epochs before it ended)."""
+
+    def kept_count(self, epoch: int) -> int:
+        """How many ids `epoch` trains on."""
+        return len(self.epoch_indices(epoch))
+
+    def phase_name(self, epoch: int) -> str:
+        """The epoch's phase for logs: SCAN's own (warmup / preparation / mutation) where the schedule
+        follows SCAN's cycle, else "pruning" or "full"."""
+        return "pruning" if self.kept_count(epoch) < self.num_samples else "full"
+
+    def sample_weights(self, sample_ids) -> Optional[torch.Tensor]:
+        """Per-sample loss weights of a batch (on ids' device), or None for an unweighted mean."""
+        return None
+
+    def candidates(self, kind: Optional[str] = None) -> np.ndarray:
+        """Sorted candidates of the last completed preparation (none for schedules without one)."""
+        return np.zeros(0, dtype=np.int64)
+
+    @abstractmethod
+    def coreset(self) -> np.ndarray:
+        """Sorted ids the schedule would keep: what `coreset export` writes."""
 
     def end_epoch(self, epoch: int, epoch_loss: float) -> None:
         """Close `epoch`; epoch_loss is its mean per-sample loss (drives the warm-up test)."""
@@ -59,6 +124,7 @@ class PruningSchedule(ABC):
             expected = f"end_epoch({self._epoch}, ...)" if self._in_epoch else f"epoch_indices({self._epoch})"
             raise ValueError(f"{_OUT_OF_ORDER}end_epoch({epoch}, ...) but the next call must be {expected}")
         epoch_loss = check_real("epoch_loss", epoch_loss)
+        self.flush()
         self._records.append(self._finish_epoch(epoch, epoch_loss))
         self._epoch, self._in_epoch = epoch + 1, False
 
@@ -69,6 +135,7 @@ class PruningSchedule(ABC):
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Plain Python values only, so torch.load(weights_only=True) can read it back."""
+        self.flush()
         return {"num_samples": self.num_samples, "epoch": self._epoch, "in_epoch": self._in_epoch,
                 "records": [asdict(r) for r in self._records], **self._state()}
 
@@ -90,7 +157,7 @@ class PruningSchedule(ABC):
             raise ValueError(f"state_dict is missing the key {err}") from None
         except TypeError as err:
             raise ValueError(f"state_dict is malformed: {err}") from None
-        self._epoch, self._in_epoch, self._records = epoch, in_epoch, records
+        self._epoch, self._in_epoch, self._records, self._pending = epoch, in_epoch, records, []
         apply_own()
 
     # -- what a strategy defines ----------------------------------------------------------
@@ -103,6 +170,21 @@ class PruningSchedule(ABC):
 
     def _observe(self, sample_ids, loss_a, loss_b):
         """One batch of per-sample losses; ignored unless the strategy needs them."""
+
+    def _device_batch(self, sample_ids: torch.Tensor, loss_a: torch.Tensor, loss_b: torch.Tensor):
+        """What to keep on the device for one batch (None: nothing). By default the batch itself,
+        replayed through `_observe` at the next flush; Scan keeps only its chosen ids."""
+        return (sample_ids, loss_a, loss_b) if self.needs_losses(self._epoch) else None
+
+    def _drain(self, pending: list) -> None:
+        """Apply the kept batches in order: one copy of all ids and one of all losses to the host."""
+        sizes = [ids.shape[0] for ids, _, _ in pending]
+        ids = torch.cat([p[0] for p in pending]).cpu().numpy()
+        losses = torch.stack([torch.cat([p[1].float() for p in pending]),
+                              torch.cat([p[2].float() for p in pending])]).cpu().numpy()
+        bounds = np.cumsum(sizes)[:-1]
+        for batch_ids, batch_losses in zip(np.split(ids, bounds), np.split(losses, bounds, axis=1)):
+            self._observe(batch_ids, batch_losses[0], batch_losses[1])
 
     @abstractmethod
     def _finish_epoch(self, epoch: int, epoch_loss: float) -> EpochRecord:

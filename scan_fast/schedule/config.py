@@ -2,11 +2,10 @@
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from scan_fast.candidates import candidate_count
-from scan_fast.schedule.inputs import check_int, check_real
+from scan_fast.schedule.candidates import candidate_count
+from scan_fast.schedule.inputs import check_fraction, check_int, check_real, check_rho_pair, check_threshold
 
 MODES = ("both", "redundant", "ill_matched")
-_RHO_SUM_SLACK = 1e-12  # 0.35 + 0.65 must pass despite binary rounding
 
 
 def check_mode(name: str, mode) -> str:
@@ -30,20 +29,15 @@ class ScanConfig:
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
         fix("num_samples", check_int("num_samples", self.num_samples, minimum=1))
-        for name in ("rho_ill", "rho_red"):
-            rho = check_real(name, getattr(self, name))
-            if not 0.0 <= rho <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {rho}")
-            fix(name, rho)
-        if self.rho_ill + self.rho_red > 1.0 + _RHO_SUM_SLACK:
-            raise ValueError(f"rho_ill + rho_red must be <= 1, got {self.rho_ill} + {self.rho_red}")
+        fix("rho_ill", check_fraction("rho_ill", self.rho_ill))
+        fix("rho_red", check_fraction("rho_red", self.rho_red))
+        check_rho_pair(self.rho_ill, self.rho_red)
         fix("t_cos", check_int("t_cos", self.t_cos, minimum=1))
         fix("prune_threshold", check_real("prune_threshold", self.prune_threshold))
         check_mode("mode", self.mode)
         fix("seed", check_int("seed", self.seed, minimum=0, maximum=2**63 - 1))
-        for name in ("abs_ill", "abs_red"):
-            if getattr(self, name) is not None:
-                fix(name, check_real(name, getattr(self, name)))
+        fix("abs_ill", check_threshold("abs_ill", self.abs_ill))
+        fix("abs_red", check_threshold("abs_red", self.abs_red))
 
     def batch_counts(self, batch_size: int):
         """(k_ill, k_red) of a batch: int(B * rho), or None where an absolute threshold rules."""

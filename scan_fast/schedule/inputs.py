@@ -1,7 +1,7 @@
 """Validation of what callers hand a schedule: clear errors before any state changes."""
 import math
 import numbers
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -31,6 +31,34 @@ def check_real(name: str, value, finite: bool = True) -> float:
     if finite and not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
+
+
+def check_fraction(name: str, value, below_one: bool = False) -> float:
+    """A real number in [0, 1] (or [0, 1) with below_one)."""
+    value = check_real(name, value)
+    if not (0.0 <= value < 1.0 if below_one else 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be in {'[0, 1)' if below_one else '[0, 1]'}, got {value}")
+    return value
+
+
+_RHO_SUM_SLACK = 1e-12  # 0.35 + 0.65 must pass despite binary rounding
+
+
+def check_rho_pair(rho_ill: float, rho_red: float) -> Tuple[float, float]:
+    """SCAN's two candidate fractions: a sample is pruned as one kind or the other, so they sum to <= 1."""
+    if rho_ill + rho_red > 1.0 + _RHO_SUM_SLACK:
+        raise ValueError(f"rho_ill + rho_red must be <= 1, got {rho_ill} + {rho_red}")
+    return rho_ill, rho_red
+
+
+def check_threshold(name: str, value) -> Optional[float]:
+    """An absolute loss threshold: None, or a finite real number."""
+    return None if value is None else check_real(name, value)
+
+
+def check_u64(name: str, value) -> int:
+    """A seed or stream number: an integer in [0, 2**64)."""
+    return check_int(name, value, minimum=0, maximum=2**64 - 1)
 
 
 def to_numpy(name: str, values) -> np.ndarray:

@@ -1,17 +1,17 @@
 """ScanReference: SCAN written plainly on Python sets, like the authors' public code.
 
-It is the oracle for `Scan` (same schedule, same counts; its own random draws)
-and the baseline of bench/bench_mutation.py. Candidate sets are sets of int ids,
-the prune set is random.sample over them, the per-batch rule is
-scan_fast.candidates.batch_candidates_reference with a numpy Generator.
+It is the oracle for `Scan` (same schedule, same counts and the same candidates; its own
+prune draws) and the baseline of bench/bench_mutation.py. Candidate sets are sets of int
+ids, the prune set is random.sample over them, the per-batch rule is the numpy oracle
+scan_fast.schedule.candidates.batch_candidates_reference.
 """
 import math
 import random
 
 import numpy as np
 
-from scan_fast.candidates import batch_candidates_reference
 from scan_fast.schedule.base import PruningSchedule
+from scan_fast.schedule.candidates import batch_candidates_reference
 from scan_fast.schedule.config import ScanConfig, check_mode
 from scan_fast.schedule.inputs import check_batch, check_int, check_real
 from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, batch_stream, cosine_rate,
@@ -33,6 +33,9 @@ class ScanReference(PruningSchedule):
 
     def is_preparation(self, epoch: int) -> bool:
         return epoch_phase(epoch, self._start, self.config.t_cos)[0] == PREPARATION
+
+    def phase_name(self, epoch: int) -> str:
+        return epoch_phase(epoch, self._start, self.config.t_cos)[0]
 
     def candidates(self, kind: str = None) -> np.ndarray:
         """Sorted candidates of the last completed preparation: by mode, or "ill_matched"/"redundant"."""
@@ -71,9 +74,10 @@ class ScanReference(PruningSchedule):
             return 0, 0
         ids, loss_a, loss_b = check_batch(sample_ids, loss_a, loss_b, self.num_samples)
         k_ill, k_red = self.config.batch_counts(len(ids))
-        rng = np.random.default_rng([self.config.seed, batch_stream(self._epoch, self._batch_index)])
         ill, red = batch_candidates_reference(loss_a, loss_b, k_ill=k_ill, k_red=k_red,
-                                              abs_ill=self.config.abs_ill, abs_red=self.config.abs_red, rng=rng)
+                                              abs_ill=self.config.abs_ill, abs_red=self.config.abs_red,
+                                              seed=self.config.seed,
+                                              stream=batch_stream(self._epoch, self._batch_index))
         self._new_ill.update(ids[ill].tolist())
         self._new_red.update(ids[red].tolist())
         self._batch_index += 1

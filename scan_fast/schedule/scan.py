@@ -1,7 +1,9 @@
 """Scan: the SCAN schedule on the C++ index engine (bitsets of sample ids).
 
-Per preparation batch the engine applies the candidate rule and the ids go into
-bitsets; a mutation epoch draws its prune set from the candidates with a
+Per preparation batch the candidate rule picks ids that go into bitsets: on the
+host by the C++ engine (`observe`), or on the losses' device by the torch/Triton op
+(`observe_batch`, which sends only the chosen ids to the host, at `flush`); both
+give the same ids bit for bit. A mutation epoch draws its prune set from the candidates with a
 counter-based generator keyed by (seed, epoch) and trains on the complement.
 Every random draw is keyed by (seed, epoch, batch) and never by global state,
 so a resumed run repeats an uninterrupted one exactly.
@@ -9,9 +11,11 @@ so a resumed run repeats an uninterrupted one exactly.
 import math
 
 import numpy as np
+import torch
 
-from scan_fast.index import SampleSet, batch_candidates
+from scan_fast.index import SampleSet
 from scan_fast.schedule.base import PruningSchedule
+from scan_fast.schedule.candidates import batch_candidates, masks_on_device, use_kernel
 from scan_fast.schedule.config import ScanConfig, check_mode
 from scan_fast.schedule.inputs import check_batch, check_int, check_real
 from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, batch_stream, cosine_rate,
@@ -41,6 +45,9 @@ class Scan(PruningSchedule):
     def is_preparation(self, epoch: int) -> bool:
         """True when `epoch` collects candidates (known once the epochs before it ended)."""
         return epoch_phase(epoch, self._start, self.config.t_cos)[0] == PREPARATION
+
+    def phase_name(self, epoch: int) -> str:
+        return epoch_phase(epoch, self._start, self.config.t_cos)[0]
 
     def candidates(self, kind: str = None) -> np.ndarray:
         """Sorted candidates of the last completed preparation: by mode, or "ill_matched"/"redundant"."""
@@ -87,6 +94,24 @@ class Scan(PruningSchedule):
         self._new[1].add(red_ids)
         self._batch_index += 1
         return len(ill_ids), len(red_ids)
+
+    def _device_batch(self, sample_ids, loss_a, loss_b):
+        """The batch's chosen ids on the device: (2, B), the id where a position is an ILL (row 0)
+        or RED (row 1) candidate and -1 elsewhere, so the shape does not depend on the data."""
+        if self._new is None:
+            return None
+        k_ill, k_red = self.config.batch_counts(sample_ids.shape[0])
+        ill, red = masks_on_device(loss_a, loss_b, k_ill=k_ill, k_red=k_red, abs_ill=self.config.abs_ill,
+                                   abs_red=self.config.abs_red, seed=self.config.seed,
+                                   stream=batch_stream(self._epoch, self._batch_index), use_kernel=use_kernel(loss_a))
+        self._batch_index += 1
+        ids = sample_ids.to(ill.device, torch.int64)
+        return torch.stack([torch.where(ill, ids, -1), torch.where(red, ids, -1)])
+
+    def _drain(self, pending):
+        chosen = torch.cat(pending, dim=1).cpu().numpy()
+        for kind, row in zip(self._new, chosen):
+            kind.add(row[row >= 0])
 
     def _finish_epoch(self, epoch, epoch_loss):
         phase, position = epoch_phase(epoch, self._start, self.config.t_cos)

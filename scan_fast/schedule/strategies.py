@@ -20,17 +20,10 @@ import torch
 
 from scan_fast.schedule.base import PruningSchedule
 from scan_fast.schedule.config import MODES
-from scan_fast.schedule.inputs import check_batch, check_int, check_real
+from scan_fast.schedule.inputs import check_batch, check_fraction, check_int, check_real
 from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, cosine_rate, epoch_phase, prune_count,
                                       warmup_step)
 from scan_fast.schedule.stats import EpochRecord
-
-
-def _fraction(name, value, below_one=False):
-    value = check_real(name, value)
-    if not (0.0 <= value < 1.0 if below_one else 0.0 <= value <= 1.0):
-        raise ValueError(f"{name} must be in {'[0, 1)' if below_one else '[0, 1]'}, got {value}")
-    return value
 
 
 def _all_but(num_samples: int, pruned: np.ndarray) -> np.ndarray:
@@ -49,6 +42,9 @@ class NoPruning(PruningSchedule):
 
     def is_preparation(self, epoch: int) -> bool:
         return False
+
+    def kept_count(self, epoch: int) -> int:
+        return self.num_samples
 
     def coreset(self) -> np.ndarray:
         return np.arange(self.num_samples, dtype=np.int64)
@@ -81,8 +77,8 @@ class RandomPruning(PruningSchedule):
     def __init__(self, num_samples, prune_counts=None, rho_ill=0.35, rho_red=0.35, t_cos=3,
                  prune_threshold=0.3, mode="both", seed=0):
         super().__init__(num_samples)
-        self.rho_ill = _fraction("rho_ill", rho_ill)
-        self.rho_red = _fraction("rho_red", rho_red)
+        self.rho_ill = check_fraction("rho_ill", rho_ill)
+        self.rho_red = check_fraction("rho_red", rho_red)
         self.t_cos = check_int("t_cos", t_cos, minimum=1)
         self.prune_threshold = check_real("prune_threshold", prune_threshold)
         if mode not in MODES:
@@ -127,10 +123,21 @@ class RandomPruning(PruningSchedule):
         rng = np.random.default_rng([self.seed, epoch])
         return _all_but(self.num_samples, rng.choice(self.num_samples, self.prune_count(epoch), replace=False))
 
+    def phase_name(self, epoch: int) -> str:
+        if self.prune_counts is not None:  # given counts: no cycle of its own
+            return super().phase_name(epoch)
+        return self._phase(epoch)[0]
+
     def _observe(self, sample_ids, loss_a, loss_b):
-        if not self.is_preparation(self._epoch):
-            return
-        batch = len(check_batch(sample_ids, loss_a, loss_b, self.num_samples)[0])
+        if self.is_preparation(self._epoch):
+            self._count(len(check_batch(sample_ids, loss_a, loss_b, self.num_samples)[0]))
+
+    def _device_batch(self, sample_ids, loss_a, loss_b):
+        if self.is_preparation(self._epoch):
+            self._count(sample_ids.shape[0])  # only the batch size matters: nothing to read back
+        return None
+
+    def _count(self, batch):
         ill = int(batch * self.rho_ill) if self.mode in ("both", "ill_matched") else 0
         red = int(batch * self.rho_red) if self.mode in ("both", "redundant") else 0
         self._collecting += ill + red
@@ -177,11 +184,12 @@ class InfoBatch(PruningSchedule):
     def __init__(self, num_samples, num_epochs, prune_ratio=0.5, delta=0.875, seed=0):
         super().__init__(num_samples)
         self.num_epochs = check_int("num_epochs", num_epochs, minimum=1)
-        self.prune_ratio = _fraction("prune_ratio", prune_ratio, below_one=True)
-        self.delta = _fraction("delta", delta)
+        self.prune_ratio = check_fraction("prune_ratio", prune_ratio, below_one=True)
+        self.delta = check_fraction("delta", delta)
         self.seed = check_int("seed", seed, minimum=0)
         self.scores = np.full(self.num_samples, np.inf)
-        self._plan = None  # (epoch, kept ids, upweighted mask), frozen at the epoch's start
+        self._plan = None  # (epoch, kept ids, upweighted ids as bits), frozen at the epoch's start
+        self._device_bits = {}  # device -> the plan's bits there
 
     @property
     def full_data_from(self) -> int:
@@ -193,12 +201,25 @@ class InfoBatch(PruningSchedule):
     def coreset(self) -> np.ndarray:
         return np.arange(self.num_samples, dtype=np.int64)
 
-    def sample_weights(self, sample_ids) -> np.ndarray:
-        """Loss weight of each sample in the epoch in progress."""
+    def needs_losses(self, epoch: int) -> bool:
+        return True  # every observed loss updates the scores
+
+    def sample_weights(self, sample_ids):
+        """Loss weight of each sample in the epoch in progress: a tensor on the ids' device for a
+        tensor (looked up in a bit-packed copy of the upweighted set there), numpy for numpy ids."""
         if self._plan is None or self._plan[0] != self._epoch:
             raise ValueError(f"sample_weights() before epoch_indices({self._epoch})")
+        upweight = 1.0 / (1.0 - self.prune_ratio)
+        if isinstance(sample_ids, torch.Tensor):
+            bits = self._device_bits.get(sample_ids.device)
+            if bits is None:
+                bits = self._device_bits[sample_ids.device] = torch.from_numpy(self._plan[2]).to(sample_ids.device)
+            ids = sample_ids.to(torch.int64)
+            up = (bits[ids >> 3] >> (ids & 7).to(torch.uint8)) & 1
+            return torch.where(up.bool(), upweight, 1.0).to(torch.float32)
         ids = check_batch(sample_ids, np.zeros(len(sample_ids)), np.zeros(len(sample_ids)), self.num_samples)[0]
-        return np.where(self._plan[2][ids], 1.0 / (1.0 - self.prune_ratio), 1.0).astype(np.float32)
+        up = (self._plan[2][ids >> 3] >> (ids & 7).astype(np.uint8)) & 1
+        return np.where(up, upweight, 1.0).astype(np.float32)
 
     def _begin_epoch(self, epoch):
         well_learned = np.zeros(self.num_samples, dtype=bool)
@@ -207,7 +228,9 @@ class InfoBatch(PruningSchedule):
             well_learned = seen & (self.scores < self.scores[seen].mean())
         rng = np.random.default_rng([self.seed, epoch])
         pruned = well_learned & (rng.random(self.num_samples) < self.prune_ratio)
-        self._plan = (epoch, np.flatnonzero(~pruned), well_learned & ~pruned)
+        # the upweighted set as bits (N / 8 bytes), also what sample_weights copies to the device
+        self._plan = (epoch, np.flatnonzero(~pruned), np.packbits(well_learned & ~pruned, bitorder="little"))
+        self._device_bits = {}
 
     def _keep_indices(self, epoch):
         return self._plan[1].copy()
