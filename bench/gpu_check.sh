@@ -11,6 +11,9 @@
 #   5. bench/bench_loss.py --device cuda at B=32k, D=512, bf16, if present  -> bench_loss.{log,json,csv}
 #   6. tests/test_train_cuda.py (AMP trainers), only where ffcv and open_clip import (2.5 min more)
 #                                                                            -> pytest_trainers.{log,xml}
+#   7. bench/bench_train_step.py on CUDA: 200 steps a provider under set_sync_debug_mode("error")
+#      (any host sync inside a step fails the step), step time of --prune scan vs none, where
+#      open_clip imports (1.5 min more)                                       -> train_step.log
 # then summary.md / summary.json. Exits non-zero when a step failed, after writing everything.
 set -euo pipefail
 
@@ -110,6 +113,14 @@ if "$PY" -c "import pytest, ffcv, open_clip" 2>/dev/null && [[ -f tests/test_tra
     tests/test_train_cuda.py
 else
   log "ffcv or open_clip missing: trainer tests on CUDA skipped"
+fi
+
+# 7. the training step on the GPU: no host synchronisation outside log steps, SCAN's step cost
+if "$PY" -c "import open_clip" 2>/dev/null && [[ -f bench/bench_train_step.py ]]; then
+  step train_step 90 "$PY" bench/bench_train_step.py --device cuda --sync-debug --batches 512 4096 \
+    --steps 200 --rounds 1 --log-every 1000
+else
+  log "open_clip missing: training-step check on CUDA skipped"
 fi
 
 # summary --------------------------------------------------------------------------------------

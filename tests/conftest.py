@@ -53,16 +53,17 @@ def pytest_configure(config):
 
 
 def assert_resume_matches(full_folder, resumed_folder, **weight_tolerance):
-    """A resumed run's candidates equal the uninterrupted run's, and so do its final weights:
-    exactly, or within `weight_tolerance` (torch.testing.assert_close's rtol/atol)."""
+    """A resumed run's schedule state (candidate bitsets, records) equals the uninterrupted run's,
+    and so do its final weights: exactly, or within `weight_tolerance` (torch.testing.assert_close's
+    rtol/atol)."""
     from scan_fast.train.checkpoint import load_checkpoint
 
-    with np.load(os.path.join(full_folder, "candidates.npz")) as a, \
-            np.load(os.path.join(resumed_folder, "candidates.npz")) as b:
-        np.testing.assert_array_equal(a["ill"], b["ill"])
-        np.testing.assert_array_equal(a["red"], b["red"])
-    full = load_checkpoint(os.path.join(full_folder, "checkpoints/latest.pt"))["model"]
-    resumed = load_checkpoint(os.path.join(resumed_folder, "checkpoints/latest.pt"))["model"]
+    full_state = load_checkpoint(os.path.join(full_folder, "checkpoints/latest.pt"))
+    resumed_state = load_checkpoint(os.path.join(resumed_folder, "checkpoints/latest.pt"))
+    for key in ("ill", "red", "epoch", "start"):
+        assert full_state["schedule"][key] == resumed_state["schedule"][key], key
+    assert full_state["schedule"]["ill"] or full_state["schedule"]["red"]
+    full, resumed = full_state["model"], resumed_state["model"]
     assert full.keys() == resumed.keys()
     for key in full:
         if weight_tolerance:

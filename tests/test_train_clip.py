@@ -45,12 +45,13 @@ def _rows(folder):
 
 
 def test_scan_run_end_to_end(data, tmp_path):
-    summary = train_clip(_config(data, tmp_path, val_data=data["test"], tensorboard=True))
+    summary = train_clip(_config(data, tmp_path, val_data=data["test"], tensorboard=True, save_losses=True))
     folder = summary["folder"]
     rows = _rows(folder)
     assert [r["phase"] for r in rows] == ["warmup", "warmup", "preparation", "mutation", "mutation"]
     with np.load(os.path.join(folder, "candidates.npz")) as cand:
         num_candidates = len(np.union1d(cand["ill"], cand["red"]))
+        assert cand["losses"].dtype == np.float16 and len(cand["ids"]) == int(rows[2]["samples"])
     # rate(1) = 0.25, rate(2) = 0.75 of the candidates (docs/scan-method.md)
     assert [int(r["pruned"]) for r in rows[3:]] == [num_candidates // 4, int(0.75 * num_candidates)]
     assert num_candidates > 0.5 * N_TRAIN
@@ -75,6 +76,7 @@ def test_scan_run_end_to_end(data, tmp_path):
 def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
     # random crops on: they are keyed by (seed, epoch, id), so the resumed run sees the same images
     full = train_clip(_config(data, tmp_path, name="full", augment=True))
+    assert not os.path.exists(os.path.join(full["folder"], "candidates.npz")), "losses are saved only on request"
     # killed in the middle of epoch 3 (the first mutation epoch): no checkpoint of that epoch
     stopped = train_clip(_config(data, tmp_path, name="resumed", augment=True, stop_after_step=20))
     assert stopped["stopped_at_step"] == 20
@@ -118,7 +120,7 @@ def test_each_prune_mode_trains_the_stated_counts(data, tmp_path, prune):
         assert pruned[0] == 0 and 0 < pruned[1] < N_TRAIN // 2 + 20 and pruned[2] == 0
 
 
-def test_nan_loss_stops_saves_and_names_the_step(data, tmp_path, monkeypatch):
+def _nan_at_call(monkeypatch, bad_call):
     from scan_fast.train import clip_model
 
     original, calls = clip_model.Clip.forward, []
@@ -126,13 +128,28 @@ def test_nan_loss_stops_saves_and_names_the_step(data, tmp_path, monkeypatch):
     def forward(self, images, tokens):
         loss_a, loss_b = original(self, images, tokens)
         calls.append(1)
-        return (loss_a * float("nan"), loss_b) if len(calls) == 3 else (loss_a, loss_b)
+        return (loss_a * float("nan"), loss_b) if len(calls) == bad_call else (loss_a, loss_b)
 
     monkeypatch.setattr(clip_model.Clip, "forward", forward)
-    with pytest.raises(TrainingDiverged, match=r"epoch 0, step 2 of the epoch \(global step 2\)"):
+
+
+@pytest.mark.parametrize("log_every", [1, 50])
+def test_nan_loss_stops_names_the_step_and_writes_no_checkpoint(data, tmp_path, monkeypatch, log_every):
+    _nan_at_call(monkeypatch, 3)  # global step 2, in epoch 0 (6 steps an epoch)
+    checked_at = 3 if log_every == 1 else 6  # the next log step, or the epoch's end
+    with pytest.raises(TrainingDiverged, match=rf"epoch 0, step 2 of the epoch \(global step 2\), found by the "
+                                               rf"check after global step {checked_at}.*no checkpoint was written"):
+        train_clip(_config(data, tmp_path, name="nan", log_every=log_every))
+    assert not os.path.exists(os.path.join(tmp_path, "nan/checkpoints"))
+
+
+def test_nan_loss_after_a_checkpoint_keeps_the_finite_one(data, tmp_path, monkeypatch):
+    _nan_at_call(monkeypatch, 8)  # global step 7: epoch 1, after epoch 0's checkpoint
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step 1 of the epoch \(global step 7\).*the last "
+                                               r"checkpoint, .*latest.pt, is from before it"):
         train_clip(_config(data, tmp_path, name="nan"))
-    state = load_checkpoint(os.path.join(tmp_path, "nan/checkpoints/diverged-step2.pt"))
-    assert state["global_step"] == 2
+    state = load_checkpoint(os.path.join(tmp_path, "nan/checkpoints/latest.pt"))
+    assert state["epoch"] == 1 and state["global_step"] == 6
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
@@ -152,7 +169,7 @@ def test_cli_config_file_flags_and_coreset_export(data, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"train-data: {data['train']}\nbatch_size: {BATCH}\nepochs: 4\nworkers: 1\n"
                       f"prune_threshold: 1.0\nlogs: {tmp_path}\nname: from-yaml\nprogress: false\n"
-                      "tensorboard: false\n")
+                      "tensorboard: false\nsave-losses: true\n")
     assert _cli(["train", "clip", "--config", str(config), "--epochs", "3"]) == 0  # the flag beats the file
     assert len(_rows(tmp_path / "from-yaml")) == 3
     out = tmp_path / "coreset.txt"

@@ -33,7 +33,7 @@ def _rows(folder):
 def test_moco_vit_with_scan_end_to_end(data, tmp_path):
     cfg = MocoConfig(train_data=data["train"], val_data=data["test"], arch="vit_tiny_cpu", batch_size=BATCH,
                      epochs=4, prune_threshold=1.0, workers=1, logs=str(tmp_path), progress=False,
-                     tensorboard=False)
+                     tensorboard=False, save_losses=True)
     summary = train_moco(cfg)
     rows = _rows(summary["folder"])
     assert [r["phase"] for r in rows] == ["warmup", "warmup", "preparation", "mutation"]

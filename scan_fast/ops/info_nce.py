@@ -70,19 +70,16 @@ def check_scale(name: str, scale: Union[torch.Tensor, Number], device: torch.dev
                 positive: bool = False) -> torch.Tensor:
     """A scalar as a 0-dim tensor of `dtype` (gradient kept when it is a tensor).
 
-    Numbers and CPU tensors are checked for finiteness (and sign); a CUDA tensor is checked
-    for shape and dtype only: reading its value back would stall the step on the host, and a
-    non-finite scale shows up as a non-finite loss, which the trainer checks at log steps.
+    A number is checked for finiteness (and sign); a tensor for shape only, on every device
+    alike: reading its value would stall a CUDA step on the host, and a non-finite scale
+    shows up as a non-finite loss, which the trainer checks at its log steps.
     """
     if isinstance(scale, torch.Tensor):
         if scale.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got shape {tuple(scale.shape)}")
         if not (scale.is_floating_point()):
             scale = scale.to(torch.float32)
-        tensor = scale.reshape(()).to(device=device, dtype=dtype)
-        if scale.is_cuda:
-            return tensor
-        value = float(scale.detach().reshape(()))  # a CPU tensor: no device round trip
+        return scale.reshape(()).to(device=device, dtype=dtype)
     elif isinstance(scale, Number) and not isinstance(scale, bool):
         value = float(scale)
         tensor = torch.tensor(value, device=device, dtype=dtype)

@@ -23,7 +23,8 @@ SECTIONS = {
                 "coreset", "prune_counts", "infobatch_ratio", "infobatch_delta"),
     "evaluation": ("eval_frequency", "zeroshot_classes", "zeroshot_template", "knn_k",
                    "probe_train_data"),
-    "run": ("logs", "name", "resume", "save_frequency", "tensorboard", "progress", "stop_after_step"),
+    "run": ("logs", "name", "resume", "save_frequency", "tensorboard", "progress", "log_every", "save_losses",
+            "stop_after_step"),
 }
 HELP = {
     "train_data": "the training .beton (scan-fast data ...)",
@@ -49,6 +50,10 @@ HELP = {
     "logs": "folder of all runs", "name": "run folder name (default <kind>-<prune>-seed<seed>)",
     "resume": "checkpoint to resume, or 'latest' for this run's last one",
     "stop_after_step": "stop after this global step without saving (tests of resume)",
+    "log_every": "steps between the loop's host reads: the non-finite loss check, progress, and moving "
+                 "the candidates found on the device to the host",
+    "save_losses": "save each preparation epoch's per-sample losses (float16) as candidates.npz and plot "
+                   "their histogram in the report (memory and disk grow with the epoch)",
 }
 
 

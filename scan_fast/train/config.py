@@ -58,12 +58,14 @@ class TrainConfig:
     eval_frequency: int = 0   # evaluate every N epochs; 0: only after the last
     tensorboard: bool = True
     progress: bool = True
+    log_every: int = 50       # steps between host reads: loss check, progress, candidate flush
+    save_losses: bool = False  # write each preparation epoch's per-sample losses (candidates.npz, histogram)
     stop_after_step: Optional[int] = None  # stop (as if killed) after this global step
 
     def validate(self) -> "TrainConfig":
         if not self.train_data:
             raise ValueError("--train-data is required: the .beton to train on")
-        for name in ("batch_size", "workers", "epochs", "t_cos", "save_frequency"):
+        for name in ("batch_size", "workers", "epochs", "t_cos", "save_frequency", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{_flag(name)} must be a positive integer, got {value!r}")

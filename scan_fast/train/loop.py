@@ -1,21 +1,27 @@
 """One training epoch, shared by the CLIP and MoCo trainers (after moco-v3's main_moco.py).
 
 The model's forward returns the two per-sample loss vectors of its rows; the
-loop reduces them (weighted when the schedule asks, as InfoBatch does), steps
-the optimizer, and feeds every batch's per-sample losses, gathered across
-ranks, to the pruning schedule so that every rank takes the same decisions.
+loop reduces them (weighted when the schedule asks, as InfoBatch does) and steps
+the optimizer. Nothing in a step waits on the host, as in open_clip's and
+nanoGPT's loops: the finiteness check and the loss sums accumulate on the device
+and are read every `log_every` steps and at the epoch's end; in epochs whose
+schedule wants the losses, every rank's per-sample losses are gathered on the
+device and handed to the schedule there (`observe_batch`), which sends only the
+chosen ids to the host, in bulk, when the loop flushes it at a log step.
 The learning rate is a pure function of the fractional epoch, so an epoch that
 pruning made shorter still follows the same warm-up + cosine curve.
 """
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+_NO_BAD_STEP = torch.iinfo(torch.int64).max
 
 
 def lr_at(epoch: float, base_lr: float, warmup_epochs: float, epochs: int, min_lr: float = 0.0) -> float:
@@ -28,12 +34,42 @@ def lr_at(epoch: float, base_lr: float, warmup_epochs: float, epochs: int, min_l
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss of a step is NaN or infinite; training stops before the optimizer steps."""
+    """The loss of a step was NaN or infinite; found at the next check (a log step or the epoch's end)."""
 
-    def __init__(self, epoch: int, step: int, global_step: int, value: float):
-        super().__init__(f"non-finite loss {value} at epoch {epoch}, step {step} of the epoch "
-                         f"(global step {global_step}); the optimizer did not take that step")
-        self.epoch, self.step, self.global_step, self.value = epoch, step, global_step, value
+    def __init__(self, epoch: int, step: int, global_step: int, checked_at: int):
+        super().__init__(f"non-finite loss at epoch {epoch}, step {step} of the epoch (global step {global_step}), "
+                         f"found by the check after global step {checked_at} (the loss is checked every "
+                         f"--log-every steps and at each epoch's end)")
+        self.epoch, self.step, self.global_step, self.checked_at = epoch, step, global_step, checked_at
+
+
+class StopTraining(Exception):
+    """Raised after the step a caller asked to stop at (simulates a killed run in tests)."""
+
+    def __init__(self, global_step: int):
+        super().__init__(f"stopped after global step {global_step}")
+        self.global_step = global_step
+
+
+@dataclass
+class Step:
+    """What one optimisation step needs, fixed for a run (moco-v3's train() arguments, in one place)."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: object                   # a scan_fast.schedule.PruningSchedule
+    unpack: Callable                   # batch -> (model inputs tuple, ids tensor)
+    base_lr: float
+    warmup_epochs: float
+    epochs: int
+    forward_kwargs: Optional[Callable[[float], dict]] = None  # fractional epoch -> extra forward kwargs
+    autocast: Optional[Callable] = None
+    grad_clip_norm: Optional[float] = None
+    after_step: Optional[Callable] = None
+    pair_reduction: str = "mean"       # "mean": (loss_a + loss_b) / 2 (CLIP); "sum": loss_a + loss_b (MoCo v3)
+    log_every: int = 50                # steps between host reads (finiteness, progress, candidate flush)
+    stop_after_step: Optional[int] = None
+    keep_losses: bool = False          # keep (ids, mean loss) of the epoch for --save-losses
 
 
 @dataclass
@@ -44,103 +80,145 @@ class EpochResult:
     loss_sum: float = 0.0       # of the unweighted per-sample losses, over all ranks
     seconds: float = 0.0
     cpu_seconds: float = 0.0    # this process, all threads: less sensitive than wall time to other load
-    ids: list = field(default_factory=list)     # per batch, all ranks (numpy int64)
-    losses: list = field(default_factory=list)  # per batch, (loss_a + loss_b) / 2, all ranks
+    losses: Optional[tuple] = None  # (ids, mean per-sample loss as float16) of every sample, with keep_losses
 
     @property
     def mean_loss(self) -> float:
         return self.loss_sum / max(self.samples, 1)
 
-    def per_sample(self):
-        """(ids, mean per-sample loss) of every sample trained on this epoch."""
-        if not self.ids:
-            return np.zeros(0, np.int64), np.zeros(0)
-        return np.concatenate(self.ids), np.concatenate(self.losses)
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def gather_batch(ids: torch.Tensor, loss_a: torch.Tensor, loss_b: torch.Tensor):
-    """The batch of every rank, in rank order (identical on all ranks), as numpy."""
-    local = torch.stack([ids.to(loss_a.device, torch.float64), loss_a.double(), loss_b.double()])
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, local.contiguous())
-        local = torch.cat(parts, dim=1)
-    local = local.cpu().numpy()
-    return local[0].astype(np.int64), local[1], local[2]
+    """Every rank's (ids, loss_a, loss_b) on the device, in global-position order.
+
+    Rank r of W reads positions r, r + W, ... of the epoch's order, so its j-th sample is
+    global position j * W + r: transposing the gathered (W, B) blocks puts the global batch
+    in that order, the same whatever the world size (elastic resume relies on it).
+    """
+    ids = ids.to(loss_a.device, torch.int64, non_blocking=True)
+    losses = torch.stack([loss_a.detach().float(), loss_b.detach().float()])
+    if not _distributed():
+        return ids, losses[0], losses[1]
+    world = dist.get_world_size()
+    id_parts = [torch.empty_like(ids) for _ in range(world)]
+    loss_parts = [torch.empty_like(losses) for _ in range(world)]
+    dist.all_gather(id_parts, ids.contiguous())
+    dist.all_gather(loss_parts, losses.contiguous())
+    all_ids = torch.stack(id_parts, dim=1).reshape(-1)                 # (B, W) -> global positions
+    all_losses = torch.stack(loss_parts, dim=2).reshape(2, -1)         # (2, B, W) -> (2, global positions)
+    return all_ids, all_losses[0], all_losses[1]
 
 
-def _finite_on_all_ranks(loss: torch.Tensor) -> bool:
-    """Every rank must stop at the same step, or the others would wait in the next collective."""
-    finite = torch.isfinite(loss.detach()).float().reshape(1)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    return bool(finite.item())
+class FiniteMonitor:
+    """The first global step whose loss was not finite, kept on the device until `check` reads it."""
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((), _NO_BAD_STEP, dtype=torch.int64, device=device)
+
+    def add(self, loss: torch.Tensor, global_step: int) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        self.first_bad = torch.where(bad, torch.clamp(self.first_bad, max=global_step), self.first_bad)
+
+    def check(self) -> Optional[int]:
+        """The first bad step over all ranks (one host read, one collective), or None."""
+        first = self.first_bad.clone()
+        if _distributed():  # every rank must stop at the same check, or the others would wait
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        value = int(first)
+        return None if value == _NO_BAD_STEP else value
 
 
-def train_one_epoch(model, loader, optimizer, scaler, schedule, epoch: int, iters: int, *, base_lr: float,
-                    warmup_epochs: float, epochs: int, global_step: int, unpack: Callable,
-                    forward_kwargs: Optional[Callable[[float], dict]] = None, autocast=None,
-                    grad_clip_norm: Optional[float] = None, after_step: Optional[Callable] = None,
-                    progress=None, stop_after_step: Optional[int] = None, pair_reduction: str = "mean") -> EpochResult:
-    """Trains one epoch; `unpack(batch) -> (inputs tuple, ids tensor)`, `model(*inputs) -> (loss_a, loss_b)`.
+def _reduce_sum(value: torch.Tensor) -> float:
+    if _distributed():
+        value = value.clone()
+        dist.all_reduce(value)
+    return float(value)
+
+
+def train_one_epoch(step: Step, loader, epoch: int, iters: int, global_step: int, progress=None) -> EpochResult:
+    """Trains one epoch; `step.model(*inputs) -> (loss_a, loss_b)` per-sample losses of this rank's rows.
 
     The step minimises the batch mean of (loss_a + loss_b) / 2 (CLIP, as open_clip)
-    or of loss_a + loss_b (pair_reduction="sum", MoCo v3's symmetric loss).
+    or of loss_a + loss_b (pair_reduction="sum", MoCo v3's symmetric loss), times the
+    schedule's sample weights where it gives them.
     """
-    pair_weight = 0.5 if pair_reduction == "mean" else 1.0
+    pair_weight = 0.5 if step.pair_reduction == "mean" else 1.0
+    schedule, model, optimizer, scaler = step.schedule, step.model, step.optimizer, step.scaler
+    world = dist.get_world_size() if _distributed() else 1
+    collect = schedule.needs_losses(epoch)
     model.train()
     result = EpochResult(epoch)
-    weights_of = getattr(schedule, "sample_weights", None)
+    first_step = global_step
+    monitor = loss_sum = None
+    kept_ids, kept_losses = [], []
     start, cpu_start = time.perf_counter(), time.process_time()
+
+    def check(at_step):
+        bad = monitor.check()
+        if bad is not None:
+            raise NonFiniteLoss(epoch, bad - first_step, bad, at_step)
+        schedule.flush()
+
     for i, batch in enumerate(loader):
         fractional_epoch = epoch + i / max(iters, 1)
-        lr = lr_at(fractional_epoch, base_lr, warmup_epochs, epochs)
+        lr = lr_at(fractional_epoch, step.base_lr, step.warmup_epochs, step.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        inputs, ids = unpack(batch)
-        with autocast() if autocast is not None else nullcontext():
-            loss_a, loss_b = model(*inputs, **(forward_kwargs(fractional_epoch) if forward_kwargs else {}))
+        inputs, ids = step.unpack(batch)
+        with step.autocast() if step.autocast is not None else nullcontext():
+            loss_a, loss_b = model(*inputs, **(step.forward_kwargs(fractional_epoch) if step.forward_kwargs else {}))
         per_sample = (loss_a.float() + loss_b.float()) * pair_weight
-        if weights_of is not None:
-            weights = torch.as_tensor(weights_of(ids.cpu().numpy()), device=per_sample.device)
-            loss = (per_sample * weights).mean()
-        else:
-            loss = per_sample.mean()
-        if not _finite_on_all_ranks(loss):
-            raise NonFiniteLoss(epoch, i, global_step, float(loss.detach()))
+        weights = schedule.sample_weights(ids)
+        loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
+        if monitor is None:
+            monitor, loss_sum = FiniteMonitor(loss.device), torch.zeros((), dtype=torch.float64, device=loss.device)
+        monitor.add(loss, global_step)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if grad_clip_norm is not None:
+        if step.grad_clip_norm is not None:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip_norm)
         scaler.step(optimizer)
         scaler.update()
-        if after_step is not None:
-            after_step()
+        if step.after_step is not None:
+            step.after_step()
         global_step += 1
 
-        all_ids, all_a, all_b = gather_batch(ids, loss_a.detach(), loss_b.detach())
-        schedule.observe(all_ids, all_a, all_b)
-        batch_losses = (all_a + all_b) / 2
-        result.ids.append(all_ids)
-        result.losses.append(batch_losses)
+        detached_a, detached_b = loss_a.detach().float(), loss_b.detach().float()
+        loss_sum += (detached_a + detached_b).sum(dtype=torch.float64) / 2
+        if collect:
+            all_ids, all_a, all_b = gather_batch(ids, detached_a, detached_b)
+            schedule.observe_batch(all_ids, all_a, all_b)
+            if step.keep_losses:
+                kept_ids.append(all_ids)
+                kept_losses.append(((all_a + all_b) / 2).half())
         result.steps += 1
-        result.samples += len(all_ids)
-        result.loss_sum += float(batch_losses.sum())
-        result.seconds = time.perf_counter() - start
-        result.cpu_seconds = time.process_time() - cpu_start
+        result.samples += int(ids.shape[0]) * world  # host-known shape: no sync
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{result.mean_loss:.4f}", lr=f"{lr:.2e}",
-                                 samples_s=f"{result.samples / max(result.seconds, 1e-9):.0f}")
-        if stop_after_step is not None and global_step >= stop_after_step:
+        if result.steps % step.log_every == 0:  # a log step: the only host reads inside the epoch
+            check(global_step)
+            result.loss_sum = _reduce_sum(loss_sum)
+            if progress is not None:
+                progress.set_postfix(loss=f"{result.mean_loss:.4f}", lr=f"{lr:.2e}",
+                                     samples_s=f"{result.samples / max(time.perf_counter() - start, 1e-9):.0f}")
+        if step.stop_after_step is not None and global_step >= step.stop_after_step:
             raise StopTraining(global_step)
+    if monitor is not None:
+        check(global_step)
+        result.loss_sum = _reduce_sum(loss_sum)
+    if kept_ids:
+        result.losses = (torch.cat(kept_ids).cpu().numpy(), torch.cat(kept_losses).cpu().numpy())
+    result.seconds = time.perf_counter() - start
+    result.cpu_seconds = time.process_time() - cpu_start
     return result
 
 
-class StopTraining(Exception):
-    """Raised after the step a caller asked to stop at (simulates a killed run in tests)."""
-
-    def __init__(self, global_step: int):
-        super().__init__(f"stopped after global step {global_step}")
-        self.global_step = global_step
+def per_sample_losses(result: EpochResult):
+    """(ids, mean per-sample loss) kept by an epoch run with keep_losses, or empty arrays."""
+    if result.losses is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.float16)
+    return result.losses

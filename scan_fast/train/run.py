@@ -1,9 +1,9 @@
 """A training run, whatever the model: processes, schedule, epochs, checkpoints, logs, report.
 
 `fit` drives epochs of `loop.train_one_epoch` over an FFCV loader that reads
-`schedule.epoch_indices(epoch)`, ends each epoch in the schedule, evaluates,
-logs, and checkpoints atomically; with `resume` it continues a killed run
-exactly where its last checkpoint left it.
+the schedule's order, ends each epoch in the schedule, evaluates, logs, and
+checkpoints atomically; with `resume` it continues a killed run exactly where
+its last checkpoint left it. It calls only what `PruningSchedule` declares.
 """
 import os
 from dataclasses import dataclass
@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from scan_fast.train.checkpoint import load_checkpoint, restore, save_checkpoint
-from scan_fast.train.loop import NonFiniteLoss, StopTraining, lr_at, train_one_epoch
+from scan_fast.train.loop import NonFiniteLoss, Step, StopTraining, lr_at, per_sample_losses, train_one_epoch
 from scan_fast.train.report import RunLogger, plot_run, read_prune_counts, write_report
 
 # Checkpoint config keys that must match for a resume to continue the same run.
@@ -23,7 +23,7 @@ _RESUME_KEYS = ("train_data", "prune", "seed", "batch_size", "epochs", "rho_ill"
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss went NaN/inf; the state before that step was saved."""
+    """The loss went NaN/inf; training stopped and no checkpoint was written after it."""
 
 
 @dataclass
@@ -107,12 +107,6 @@ def _autocast(cfg, device):
     return lambda: torch.autocast("cuda", dtype=dtype)
 
 
-def _phase_hint(schedule, epoch: int, kept: int, num_samples: int) -> str:
-    if schedule.is_preparation(epoch):
-        return "preparation"
-    return "pruning" if kept < num_samples else "full"
-
-
 def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_samples: int, runtime: Runtime,
         evaluate: Optional[Callable[[], float]] = None, forward_kwargs=None, after_step=None,
         truth_mismatched: Optional[np.ndarray] = None, pair_reduction: str = "mean") -> dict:
@@ -152,31 +146,31 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
             save_checkpoint(path, model=model, optimizer=optimizer, scaler=scaler, schedule=schedule,
                             epoch=epoch, global_step=global_step, config=cfg.as_dict(), history=history)
 
+    step = Step(model=train_model, optimizer=optimizer, scaler=scaler, schedule=schedule, unpack=unpack,
+                base_lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, forward_kwargs=forward_kwargs,
+                autocast=_autocast(cfg, device), grad_clip_norm=cfg.grad_clip_norm, after_step=after_step,
+                pair_reduction=pair_reduction, log_every=cfg.log_every, stop_after_step=cfg.stop_after_step,
+                keep_losses=cfg.save_losses)
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            kept = len(schedule.epoch_indices(epoch))
+            kept = schedule.kept_count(epoch)
+            phase = schedule.phase_name(epoch)
             loader.set_epoch(epoch)
             iters = len(loader)
-            phase = _phase_hint(schedule, epoch, kept, num_samples)
             progress = tqdm(total=iters, desc=f"{kind} epoch {epoch} [{phase}, kept {kept / num_samples:.0%}]",
                             disable=not (cfg.progress and runtime.is_main), leave=False, dynamic_ncols=True)
             try:
-                result = train_one_epoch(
-                    train_model, loader, optimizer, scaler, schedule, epoch, iters, base_lr=cfg.lr,
-                    warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, global_step=global_step, unpack=unpack,
-                    forward_kwargs=forward_kwargs, autocast=_autocast(cfg, device),
-                    grad_clip_norm=cfg.grad_clip_norm, after_step=after_step, progress=progress,
-                    stop_after_step=cfg.stop_after_step, pair_reduction=pair_reduction)
+                result = train_one_epoch(step, loader, epoch, iters, global_step, progress)
             except NonFiniteLoss as err:
-                path = os.path.join(ckpt_dir, f"diverged-step{err.global_step}.pt")
-                global_step = err.global_step
-                checkpoint(path, epoch)  # for inspection: weights and optimizer before the bad step
-                raise TrainingDiverged(f"{err}; training stopped, state before that step saved to {path}") from None
+                latest = os.path.join(ckpt_dir, "latest.pt")
+                last = f"the last checkpoint, {latest}, is from before it" if os.path.isfile(latest) else \
+                    "no checkpoint was written"
+                raise TrainingDiverged(f"{err}; training stopped and {last}") from None
             finally:
                 progress.close()
             global_step += result.steps
             schedule.end_epoch(epoch, result.mean_loss)
-            if runtime.is_main and phase == "preparation" and hasattr(schedule, "candidates"):
+            if runtime.is_main and cfg.save_losses and schedule.is_preparation(epoch):
                 _save_candidates(folder, epoch, schedule, result)
             last = epoch == cfg.epochs - 1
             score = None
@@ -184,7 +178,7 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
                     last or (cfg.eval_frequency and (epoch + 1) % cfg.eval_frequency == 0)):
                 score = evaluate()
             history.append({
-                "epoch": epoch, "phase": _row_phase(schedule, phase), "kept": kept,
+                "epoch": epoch, "phase": phase, "kept": kept,
                 "pruned": num_samples - kept, "kept_fraction": kept / num_samples, "steps": result.steps,
                 "samples": result.samples, "loss": result.mean_loss,
                 "lr": lr_at(epoch + 1, cfg.lr, cfg.warmup_epochs, cfg.epochs),
@@ -200,22 +194,13 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
     finally:
         logger.close()
         loader.stop()  # a run that stopped mid-epoch leaves no loader thread behind
-    summary = _summary(cfg, kind, history, full_epoch_samples, folder, truth_mismatched)
+    summary = _summary(cfg, kind, history, full_epoch_samples, folder, schedule, truth_mismatched)
     if runtime.is_main:
-        if hasattr(schedule, "coreset"):
-            np.savetxt(os.path.join(folder, "coreset.txt"), schedule.coreset(), fmt="%d")
+        np.savetxt(os.path.join(folder, "coreset.txt"), schedule.coreset(), fmt="%d")
         plots = plot_run(folder, history, _candidate_losses(folder))
         write_report(folder, f"{kind.upper()} run `{os.path.basename(folder)}` (--prune {cfg.prune})",
                      summary, history, plots)
     return summary
-
-
-def _row_phase(schedule, phase_hint):
-    """SCAN's own phase (warmup / preparation / mutation) where the schedule follows SCAN's cycle."""
-    name = type(schedule).__name__
-    if name in ("Scan", "ScanReference") or (name == "RandomPruning" and schedule.prune_counts is None):
-        return schedule.stats().records[-1].phase
-    return phase_hint
 
 
 def _epoch_line(kind, row):
@@ -225,7 +210,8 @@ def _epoch_line(kind, row):
 
 
 def _save_candidates(folder, epoch, schedule, result):
-    ids, losses = result.per_sample()
+    """--save-losses: the preparation epoch's per-sample losses (float16) beside its candidates."""
+    ids, losses = per_sample_losses(result)
     np.savez(os.path.join(folder, "candidates.npz"), epoch=epoch, ids=ids, losses=losses,
              ill=schedule.candidates("ill_matched"), red=schedule.candidates("redundant"))
 
@@ -240,18 +226,13 @@ def _candidate_losses(folder):
     return {"ill-matched": losses[in_ill], "redundant": losses[in_red], "other": losses[~in_ill & ~in_red]}
 
 
-def candidate_precision_recall(folder, mismatched: np.ndarray):
-    """Precision and recall of the last preparation's ill-matched candidates against injected mismatches."""
-    path = os.path.join(folder, "candidates.npz")
-    if not os.path.isfile(path):
-        return None, None
-    with np.load(path) as data:
-        ill = data["ill"]
+def candidate_precision_recall(ill: np.ndarray, mismatched: np.ndarray):
+    """Precision and recall of the ill-matched candidates `ill` against the injected mismatches."""
     hits = int(mismatched[ill].sum())
     return hits / max(len(ill), 1), hits / max(int(mismatched.sum()), 1)
 
 
-def _summary(cfg, kind, history, full_epoch_samples, folder, truth_mismatched):
+def _summary(cfg, kind, history, full_epoch_samples, folder, schedule, truth_mismatched):
     sample_steps = sum(r["samples"] for r in history)
     full = full_epoch_samples * len(history)
     after_warmup = [r for r in history if r["phase"] not in ("warmup",)]
@@ -266,7 +247,7 @@ def _summary(cfg, kind, history, full_epoch_samples, folder, truth_mismatched):
         steps_after = sum(r["samples"] for r in after_warmup)
         full_after = full_epoch_samples * len(after_warmup)
         summary["pruned_fraction_after_warmup"] = 1 - steps_after / full_after if full_after else 0.0
-        if truth_mismatched is not None:
-            precision, recall = candidate_precision_recall(folder, truth_mismatched)
+        if truth_mismatched is not None and any(r["phase"] == "preparation" for r in history):
+            precision, recall = candidate_precision_recall(schedule.candidates("ill_matched"), truth_mismatched)
             summary["ill_precision"], summary["ill_recall"] = precision, recall
     return summary

@@ -1,0 +1,119 @@
+"""The training step makes no host read outside log steps (scan_fast.train.host_reads counts them).
+
+An epoch of S steps with no log step inside it must read the host the same number of times
+whatever S is (the reads of the end-of-epoch check only), for every schedule and phase,
+preparation epochs included: per-step reads are zero. On a GPU, bench/gpu_check.sh checks
+the same with torch.cuda.set_sync_debug_mode("error").
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scan_fast.ops import clip_loss_per_sample
+from scan_fast.schedule import Scan
+from scan_fast.schedule.strategies import InfoBatch, NoPruning
+from scan_fast.train.host_reads import count_host_reads
+from scan_fast.train.loop import NonFiniteLoss, Step, train_one_epoch
+
+N, BATCH = 256, 16
+
+
+class TinyClip(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.image, self.text = nn.Linear(8, 16), nn.Linear(8, 16)
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x, y):
+        return clip_loss_per_sample(F.normalize(self.image(x), dim=1), F.normalize(self.text(y), dim=1),
+                                    self.logit_scale.exp())
+
+
+def _schedule(kind, epoch):
+    """A schedule at the start of `epoch` (the epochs before it run without training)."""
+    schedule = {"scan": lambda: Scan(N, prune_threshold=1.0), "infobatch": lambda: InfoBatch(N, 10),
+                "none": lambda: NoPruning(N)}[kind]()
+    for e in range(epoch):
+        kept = schedule.epoch_indices(e)
+        if schedule.needs_losses(e):
+            for start in range(0, len(kept) - BATCH + 1, BATCH):
+                ids = kept[start:start + BATCH]
+                schedule.observe(ids, torch.rand(BATCH).numpy(), torch.rand(BATCH).numpy())
+        schedule.end_epoch(e, 1.0)
+    return schedule
+
+
+def _reads(kind, epoch, steps, log_every=10**6):
+    torch.manual_seed(0)
+    schedule = _schedule(kind, epoch)
+    kept = schedule.epoch_indices(epoch)
+    batches = [(torch.randn(BATCH, 8), torch.randn(BATCH, 8), torch.from_numpy(kept[i * BATCH:(i + 1) * BATCH]))
+               for i in range(steps)]
+    model = TinyClip()
+    step = Step(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
+                scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=schedule,
+                unpack=lambda b: ((b[0], b[1]), b[2]), base_lr=1e-3, warmup_epochs=0.0, epochs=10,
+                log_every=log_every)
+    with count_host_reads() as reads:
+        result = train_one_epoch(step, batches, epoch, steps, global_step=0)
+    assert result.steps == steps
+    return reads, schedule
+
+
+@pytest.mark.parametrize("kind, epoch, phase", [("scan", 0, "warmup"), ("scan", 2, "preparation"),
+                                                ("scan", 3, "mutation"), ("infobatch", 1, "pruning"),
+                                                ("none", 0, "full")])
+def test_no_host_reads_inside_the_epoch(kind, epoch, phase):
+    short, schedule = _reads(kind, epoch, 3)
+    assert schedule.phase_name(epoch) == phase
+    long, _ = _reads(kind, epoch, 9)
+    assert long.count == short.count, f"reads per step: {long.where} vs {short.where}"
+    assert short.count <= 6, short.where  # the end-of-epoch check, loss sum and one flush
+
+
+def test_log_steps_are_where_the_host_is_read():
+    every_epoch, _ = _reads("scan", 2, 8)
+    every_two, _ = _reads("scan", 2, 8, log_every=2)
+    assert every_two.count > every_epoch.count  # four checks inside the epoch
+
+
+def test_preparation_on_the_device_finds_the_host_paths_candidates():
+    _, on_device = _reads("scan", 2, 9)
+    on_device.end_epoch(2, 1.0)
+    host = _schedule("scan", 2)
+    kept = host.epoch_indices(2)
+    torch.manual_seed(0)
+    # the same model, data and steps, with the losses fed through observe() on the host
+    batches = [(torch.randn(BATCH, 8), torch.randn(BATCH, 8), torch.from_numpy(kept[i * BATCH:(i + 1) * BATCH]))
+               for i in range(9)]
+    model = TinyClip()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    from scan_fast.train.loop import lr_at
+    for i, (x, y, ids) in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(2 + i / 9, 1e-3, 0.0, 10)
+        loss_a, loss_b = model(x, y)
+        loss = ((loss_a + loss_b) * 0.5).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        host.observe(ids.numpy(), loss_a.detach().numpy(), loss_b.detach().numpy())
+    host.end_epoch(2, 1.0)
+    assert (host.candidates() == on_device.candidates()).all() and len(host.candidates()) > 0
+
+
+def test_a_non_finite_loss_is_found_at_the_next_check():
+    schedule = _schedule("none", 0)
+    kept = schedule.epoch_indices(0)
+    batches = [(torch.randn(BATCH, 8), torch.randn(BATCH, 8), torch.from_numpy(kept[i * BATCH:(i + 1) * BATCH]))
+               for i in range(6)]
+    batches[3] = (batches[3][0] * float("nan"), batches[3][1], batches[3][2])
+    model = TinyClip()
+    step = Step(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
+                scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=schedule,
+                unpack=lambda b: ((b[0], b[1]), b[2]), base_lr=1e-3, warmup_epochs=0.0, epochs=10, log_every=5)
+    with pytest.raises(NonFiniteLoss, match=r"step 3 of the epoch \(global step 13\), found by the check after "
+                                            r"global step 15") as err:
+        train_one_epoch(step, batches, 0, 6, global_step=10)
+    assert err.value.global_step == 13 and err.value.checked_at == 15
