@@ -173,3 +173,21 @@ def test_two_gloo_ranks_train_moco_with_identical_pruning_and_weights(moco_shape
     assert [r["phase"] for r in rows] == ["warmup", "warmup", "preparation", "mutation"]
     assert all(np.isfinite(float(r["loss"])) for r in rows)
     assert int(rows[3]["kept"]) == len(kept[3])
+
+
+def _gather_worker(rank, world_size):
+    import torch.distributed as dist
+
+    from scan_fast.train.loop import gather_batch
+
+    dist.init_process_group("gloo")
+    local = torch.arange(8) * world_size + rank  # this rank's rows: global positions rank, rank + W, ...
+    ids, loss_a, loss_b = gather_batch(local, local.float() / 2, -local.float())
+    assert ids.tolist() == list(range(8 * world_size)), ids.tolist()
+    assert torch.equal(loss_a, ids.float() / 2) and torch.equal(loss_b, -ids.float())
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_gathered_losses_are_in_global_position_order(world_size):
+    """The schedule sees a global batch in the same order whatever the world size (elastic resume)."""
+    _launch(_gather_worker, world_size, world_size=world_size)
