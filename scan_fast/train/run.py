@@ -121,8 +121,11 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
     if runtime.world_size > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    # fused on CUDA: GradScaler then hands the inf check to the optimizer's kernel instead of
+    # reading found_inf on the host every step (torch's _step_supports_amp_scaling)
+    implementation = {"fused": True} if device.type == "cuda" else {"foreach": True}
     optimizer = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  eps=cfg.eps, foreach=True)
+                                  eps=cfg.eps, **implementation)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.precision == "amp")
 
     start_epoch, global_step, history = 0, 0, []
