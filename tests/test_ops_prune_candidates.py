@@ -129,6 +129,7 @@ def test_top_up_is_uniform_over_the_pool():
         (dict(loss_a=torch.empty(0), loss_b=torch.empty(0)), ValueError, "empty batch"),
         (dict(loss_a=torch.tensor([0.0, float("nan"), 1, 2, 3])), ValueError, "loss_a contains NaN at position 1"),
         (dict(abs_ill="high"), TypeError, "abs_ill"),
+        (dict(abs_ill=float("nan")), ValueError, "abs_ill is NaN"),
     ],
 )
 def test_bad_input(kwargs, error, match):

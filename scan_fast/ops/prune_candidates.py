@@ -47,8 +47,10 @@ def _check_fraction(name: str, rho) -> float:
 def _check_threshold(name: str, value) -> Optional[float]:
     if value is None:
         return None
-    if not isinstance(value, Number) or isinstance(value, bool) or math.isnan(value):
+    if not isinstance(value, Number) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number or None, got {value!r}")
+    if math.isnan(value):
+        raise ValueError(f"{name} is NaN: pass a loss threshold, or None for the rho fraction")
     return float(value)
 
 
