@@ -117,7 +117,8 @@ def _run(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_
     cfg = ClipConfig(train_data=data["train"], val_data=data["test"], batch_size=job.batch_size,
                      epochs=job.epochs, lr=job.lr, warmup_epochs=job.warmup_epochs, seed=seed, prune=prune,
                      prune_counts=prune_counts, workers=job.workers, logs=os.path.join(job.out, "runs"),
-                     name=f"{prune}-seed{seed}", progress=job.progress, tensorboard=True)
+                     name=f"{prune}-seed{seed}", progress=job.progress, tensorboard=True,
+                     overwrite=True)  # the job's runs are its own outputs, made again on every call
     return train_clip(cfg)
 
 
