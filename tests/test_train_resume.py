@@ -69,6 +69,13 @@ def test_a_new_run_in_a_used_folder_is_refused_and_overwrite_replaces_it(data, t
     assert not (tmp_path / "ref/notes.txt").exists() and (tmp_path / "ref/checkpoints/latest.pt").exists()
     with pytest.raises(ValueError, match="--resume continues the run in its folder and --overwrite replaces it"):
         train_clip(_config(data, tmp_path, name="ref", epochs=1, resume="latest", overwrite=True))
+    from scan_fast.train.resume import open_run
+
+    (tmp_path / "a-file").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="run folder .*a-file is a file, not a folder"):
+            open_run(_config(data, tmp_path, name="a-file", overwrite=overwrite), str(tmp_path / "a-file"), 1, True)
+    assert (tmp_path / "a-file").read_text() == "mine"
 
 
 def test_default_run_folders_differ_between_experiments(data, tmp_path):

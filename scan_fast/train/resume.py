@@ -81,14 +81,14 @@ def open_run(cfg, folder: str, world_size: int, is_main: bool, map_location="cpu
         if is_main:
             remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))
         return state
-    if os.path.isdir(folder) and os.listdir(folder):
-        if not cfg.overwrite:
-            raise ValueError(f"run folder {folder} already holds a run: pass --resume latest to continue it, "
-                             "--overwrite to replace it, or --name for another folder")
-        if is_main:
-            shutil.rmtree(folder)
-    elif os.path.exists(folder) and not os.path.isdir(folder):
+    if os.path.exists(folder) and not os.path.isdir(folder):
         raise ValueError(f"run folder {folder} is a file, not a folder: pass --name or --logs for another one")
+    if cfg.overwrite:
+        if is_main and os.path.isdir(folder):  # the other processes never look: it may vanish under them
+            shutil.rmtree(folder)
+    elif os.path.isdir(folder) and os.listdir(folder):
+        raise ValueError(f"run folder {folder} already holds a run: pass --resume latest to continue it, "
+                         "--overwrite to replace it, or --name for another folder")
     return None
 
 
