@@ -52,8 +52,11 @@ HELP = {
     "resume": "checkpoint to resume, or 'latest' for this run's last one; the training flags must be the "
               "checkpoint's (docs/architecture.md lists those that may change)",
     "overwrite": "replace the run folder if it already holds a run (without it, a new run refuses it)",
-    "dist_timeout": "seconds a collective waits for the other processes before the run fails",
-    "progress": "progress bars (shown on a terminal only; otherwise one line per epoch)",
+    "dist_timeout": "seconds a collective waits for the other processes before the run fails (the other ranks "
+                    "wait while rank 0 evaluates: keep it above the evaluation's time)",
+    "progress": "a progress bar within each epoch, drawn on a terminal only (the line that sums up each epoch "
+                "is always printed)",
+    "save_frequency": "checkpoint every N epochs (and after the last), before evaluating",
     "stop_after_step": "stop after this global step without saving (tests of resume)",
 }
 
