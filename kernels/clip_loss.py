@@ -5,8 +5,8 @@ image-to-text losses are InfoNCE(q=I, k=T) and text-to-image losses InfoNCE(q=T,
 so this module drives the tiled sweeps of `kernels/info_nce.py` in both directions.
 """
 import torch
-from torch.autograd.function import once_differentiable
 
+from scan_fast.checks import first_order_only
 from scan_fast.kernels.info_nce import info_nce_sweep_backward, info_nce_sweep_forward
 from scan_fast.kernels.utils import as_scale_tensor, check_features, common_dtype, ensure_contiguous
 
@@ -91,7 +91,7 @@ class ClipLossFunction(torch.autograd.Function):
         return loss_i2t, loss_t2i
 
     @staticmethod
-    @once_differentiable  # the backward sweeps are not differentiable themselves
+    @first_order_only("clip_loss_per_sample (Triton)")  # the backward sweeps are not differentiable themselves
     @ensure_contiguous
     def backward(ctx, grad_i2t, grad_t2i):
         image_features, text_features, scale, lse_row, lse_col = ctx.saved_tensors

@@ -9,10 +9,10 @@ the column term (X are the keys). `kernels/clip_loss.py` runs them in both direc
 import functools
 
 import torch
-from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
 
+from scan_fast.checks import first_order_only
 from scan_fast.kernels.utils import (
     AUTOTUNE,
     INTERPRET,
@@ -330,7 +330,7 @@ class InfoNCEFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @once_differentiable  # the backward sweeps are not differentiable themselves
+    @first_order_only("info_nce_per_sample (Triton)")  # the backward sweeps are not differentiable themselves
     @ensure_contiguous
     def backward(ctx, grad_loss):
         q, k, scale, lse = ctx.saved_tensors

@@ -3,6 +3,8 @@
 Imports nothing of scan_fast, so every layer (kernels, ops, schedule) can depend on it and
 dependencies still point one way.
 """
+import functools
+
 import torch
 
 
@@ -19,6 +21,34 @@ def check_features(name: str, features) -> torch.Tensor:
     if features.shape[1] == 0:
         raise ValueError(f"{name} has feature dim 0 (shape {tuple(features.shape)})")
     return features
+
+
+def check_chunk_rows(chunk_rows):
+    """None (the op picks) or a positive int, or a TypeError/ValueError naming `chunk_rows`."""
+    if chunk_rows is None:
+        return None
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int):
+        raise TypeError(f"chunk_rows must be a positive int or None, got {chunk_rows!r}")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    return chunk_rows
+
+
+def first_order_only(op: str):
+    """Decorates an autograd Function's backward that is not differentiable itself.
+
+    With create_graph=True (grad mode is on inside backward) it raises naming `op`,
+    instead of an error from deep inside the backward or a gradient with no graph.
+    """
+    def decorate(backward):
+        @functools.wraps(backward)
+        def wrapper(ctx, *grads):
+            if torch.is_grad_enabled():
+                raise RuntimeError(f"{op}: double backward (create_graph=True) is not supported; "
+                                   "its gradient is computed by a backward that is not differentiable")
+            return backward(ctx, *grads)
+        return wrapper
+    return decorate
 
 
 def common_dtype(*tensors: torch.Tensor) -> torch.dtype:

@@ -74,7 +74,7 @@ def simulate_run(num_samples: int, epochs: int, batch_size: int, seed: int, prog
     population = SimulatedLosses(num_samples, seed=seed)
     scan = schedule_type(num_samples, seed=seed, **scan_kwargs)
     order_rng = np.random.default_rng([seed, 2])
-    for epoch in tqdm(range(epochs), desc="epochs", disable=not progress):
+    for epoch in tqdm(range(epochs), desc="epochs", disable=None if progress else True):  # None: terminal only
         ids = scan.epoch_indices(epoch)
         loss_a, loss_b = population.epoch_losses(epoch)
         if scan.is_preparation(epoch):

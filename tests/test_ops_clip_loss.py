@@ -154,6 +154,31 @@ def test_a_tensor_scale_is_not_read_back():
     assert not torch.isfinite(got[0]).any() and not torch.isfinite(got[1]).any()
 
 
+@pytest.mark.parametrize("chunk_rows, error, match", [(-3, ValueError, "chunk_rows must be >= 1, got -3"),
+                                                      (0, ValueError, "chunk_rows must be >= 1, got 0"),
+                                                      (2.5, TypeError, "chunk_rows must be a positive int")])
+def test_bad_chunk_rows_is_named(chunk_rows, error, match):
+    image, text = _features(6, 4)
+    with pytest.raises(error, match=match):
+        clip_loss_per_sample(image, text, 2.0, chunk_rows=chunk_rows)
+    with pytest.raises(error, match=match):
+        ClipLoss(chunk_rows=chunk_rows)(image, text, 2.0)
+
+
+@pytest.mark.parametrize("on_kernel", [False, pytest.param(True, marks=pytest.mark.skipif(
+    HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel only in Triton's "
+                                                                  "interpreter"))])
+def test_double_backward_says_it_is_not_supported(monkeypatch, on_kernel):
+    if on_kernel:
+        monkeypatch.setattr(clip_loss_module, "use_kernels", lambda features, dtype: True)
+    image, text = _features(6, 4)
+    loss_i2t, loss_t2i = clip_loss_per_sample(image, text, 2.0)
+    with pytest.raises(RuntimeError, match="clip_loss_per_sample.*double backward .* is not supported"):
+        torch.autograd.grad((loss_i2t + loss_t2i).sum(), image, create_graph=True)
+    (grad,) = torch.autograd.grad((loss_i2t + loss_t2i).sum(), image)  # first order still works
+    assert torch.isfinite(grad).all()
+
+
 @pytest.mark.skipif(HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel "
                     "only in Triton's interpreter")
 def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):

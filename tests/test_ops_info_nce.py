@@ -142,6 +142,15 @@ def test_bad_input(q, k, temperature, offset, error, match):
         info_nce_per_sample(q, k, temperature, offset)
 
 
+def test_bad_chunk_rows_and_double_backward_are_named():
+    q, k = _queries_keys(6, 4, 1)
+    with pytest.raises(ValueError, match="chunk_rows must be >= 1, got -3"):
+        info_nce_per_sample(q, k, _TEMPERATURE, chunk_rows=-3)
+    loss = info_nce_per_sample(q, k, _TEMPERATURE)
+    with pytest.raises(RuntimeError, match="info_nce_per_sample: double backward .* is not supported"):
+        torch.autograd.grad(loss.sum(), q, create_graph=True)
+
+
 def test_moco_loss_rejects_bad_temperature():
     with pytest.raises(ValueError, match="temperature must be finite and > 0, got -1"):
         MocoLoss(T=-1.0)

@@ -418,7 +418,7 @@ def _corrupt(state):
     (_corrupt, "state_dict\\['ill'\\]"),
     (lambda s: {**s, "ill": b"\x00" * 7 if isinstance(s["ill"], bytes) else ["x"]}, "state_dict\\['ill'\\]"),
     (lambda s: {k: v for k, v in s.items() if k != "prev_loss"}, "missing the key 'prev_loss'"),
-    (lambda s: {**s, "config": {**s["config"], "seed": 99}}, "not (Scan|ScanReference) with"),
+    (lambda s: {**s, "config": {**s["config"], "seed": 99}}, "saved by a (Scan|ScanReference) with seed=99"),
     (lambda s: {**s, "epoch": -3}, "epoch'\\] must be >= 0"),
     (lambda s: {**s, "start": "soon"}, "start"),
 ])

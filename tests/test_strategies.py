@@ -213,6 +213,26 @@ def test_state_of_another_strategy_is_refused():
         RandomPruning(10).load_state_dict(_roundtrip(InfoBatch(10, num_epochs=2).state_dict()))
 
 
+@pytest.mark.parametrize("saved, loaded, match", [
+    (lambda: InfoBatch(10, num_epochs=4, prune_ratio=0.5), lambda: InfoBatch(10, num_epochs=4, prune_ratio=0.3),
+     r"prune_ratio=0.5; this schedule has prune_ratio=0.3"),
+    (lambda: InfoBatch(10, num_epochs=4, delta=0.5), lambda: InfoBatch(10, num_epochs=4), r"delta=0.5"),
+    (lambda: InfoBatch(10, num_epochs=4, seed=1), lambda: InfoBatch(10, num_epochs=4), r"seed=1"),
+    (lambda: InfoBatch(10, num_epochs=4), lambda: InfoBatch(10, num_epochs=6), r"num_epochs=4"),
+    (lambda: RandomPruning(10, rho_ill=0.2), lambda: RandomPruning(10), r"rho_ill=0.2"),
+    (lambda: RandomPruning(10, t_cos=2, mode="redundant"), lambda: RandomPruning(10),
+     r"t_cos=2, mode='redundant'"),
+    (lambda: RandomPruning(10, prune_counts={1: 3}), lambda: RandomPruning(10, prune_counts={1: 4}),
+     r"prune_counts=\[\[1, 3\]\]"),
+])
+def test_state_saved_with_another_configuration_is_refused_naming_the_knobs(saved, loaded, match):
+    target = loaded()
+    before = target.state_dict()
+    with pytest.raises(ValueError, match=match):
+        target.load_state_dict(_roundtrip(saved().state_dict()))
+    assert str(target.state_dict()) == str(before)  # left unchanged
+
+
 def test_observe_rejects_out_of_range_ids():
     s = InfoBatch(5, num_epochs=3)
     s.epoch_indices(0)

@@ -150,7 +150,8 @@ class _CheckedDatasetWriter(DatasetWriter):
         try:
             for w in workers:
                 w.start()
-            with tqdm(total=num_samples, desc="writing", disable=not self.progress) as bar:
+            # disable=None: bars on a terminal only, so a log file does not fill with redrawn bars
+            with tqdm(total=num_samples, desc="writing", disable=None if self.progress else True) as bar:
                 while finished < len(workers):
                     try:
                         allocations.extend(allocations_queue.get(timeout=0.1))
@@ -256,7 +257,7 @@ def _check_images(refs: Sequence, where: Sequence[str], summary: WriteSummary, s
     good, largest = [], 0
     with ThreadPoolExecutor(max_workers=num_workers) as pool:
         for i, nbytes, err in tqdm(pool.map(check, range(len(refs))), total=len(refs),
-                                   desc="checking", disable=not progress):
+                                   desc="checking", disable=None if progress else True):
             if err is None:
                 good.append(i)
                 largest = max(largest, nbytes)

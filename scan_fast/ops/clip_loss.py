@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scan_fast.checks import check_features, common_dtype, compute_dtype
+from scan_fast.checks import check_chunk_rows, check_features, common_dtype, compute_dtype, first_order_only
 from scan_fast.ops.distributed import gather_features
 from scan_fast.ops.info_nce import autocast_off, check_scale, default_chunk_rows, row_cross_entropy, use_kernels
 
@@ -107,6 +107,7 @@ class ClipLossChunked(torch.autograd.Function):
         return row_lse - diagonal, col_lse - diagonal
 
     @staticmethod
+    @first_order_only("clip_loss_per_sample")
     @autocast_off
     def backward(ctx, grad_i2t, grad_t2i):
         image, text, scale, row_lse, col_lse, row_shift = ctx.saved_tensors
@@ -151,6 +152,7 @@ class ClipLossChunked(torch.autograd.Function):
 def _prepare(image_features, text_features, logit_scale, chunk_rows):
     check_features("image_features", image_features)
     check_features("text_features", text_features)
+    check_chunk_rows(chunk_rows)
     if image_features.shape != text_features.shape:
         raise ValueError(
             f"image_features {tuple(image_features.shape)} and text_features {tuple(text_features.shape)} "

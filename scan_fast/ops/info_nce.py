@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scan_fast.checks import check_features, common_dtype, compute_dtype
+from scan_fast.checks import check_chunk_rows, check_features, common_dtype, compute_dtype, first_order_only
 from scan_fast.ops.distributed import concat_all_gather, is_distributed
 
 # The CPU path's only quadratic-size buffers are (chunk x M) blocks of logits.
@@ -138,6 +138,7 @@ class RowCrossEntropyChunked(torch.autograd.Function):
         return row_lse - target_logits
 
     @staticmethod
+    @first_order_only("info_nce_per_sample")
     @autocast_off
     def backward(ctx, grad_loss):
         q, k, scale, row_lse = ctx.saved_tensors
@@ -208,6 +209,7 @@ def info_nce_per_sample(q: torch.Tensor, k: torch.Tensor, temperature: float, of
     if q.shape[1] != k.shape[1]:
         raise ValueError(f"q and k feature dims differ: q {tuple(q.shape)}, k {tuple(k.shape)}")
     temperature = check_temperature(temperature)
+    check_chunk_rows(chunk_rows)
     if offset is None:
         import torch.distributed as dist
 

@@ -1,4 +1,5 @@
-"""The interface every pruning schedule shares (Scan, ScanReference and the baselines).
+"""The interface every pruning schedule shares: Scan, ScanReference and the baselines (none, random,
+InfoBatch, static).
 
 A training loop drives it epoch by epoch, and calls nothing that is not declared here:
 
@@ -14,7 +15,9 @@ A training loop drives it epoch by epoch, and calls nothing that is not declared
 
 epoch_indices(e) may be repeated (a data loader may ask twice) and returns the
 same ids; everything else out of this order raises ValueError. The order is part
-of the state, so a run resumed from state_dict() continues exactly.
+of the state, so a run resumed from state_dict() continues exactly. Each
+strategy's state carries its full configuration, and loading a state saved with
+another configuration raises ValueError naming the knobs that differ.
 """
 from abc import ABC, abstractmethod
 from dataclasses import asdict
@@ -28,6 +31,15 @@ from scan_fast.schedule.stats import EpochRecord, ScheduleStats
 
 _OUT_OF_ORDER = "epochs called out of order: "
 _MAX_PENDING = 1024  # device batches kept before observe_batch flushes on its own
+
+
+def check_saved_config(kind: str, saved: dict, own: dict) -> None:
+    """ValueError naming each knob whose saved value differs from this schedule's."""
+    differing = [k for k in own if saved.get(k) != own[k]]
+    if differing:
+        raise ValueError(f"state_dict was saved by a {kind} with "
+                         + ", ".join(f"{k}={saved.get(k)!r}" for k in differing) + "; this schedule has "
+                         + ", ".join(f"{k}={own[k]!r}" for k in differing))
 
 
 class PruningSchedule(ABC):

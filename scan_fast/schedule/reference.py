@@ -10,7 +10,7 @@ import random
 
 import numpy as np
 
-from scan_fast.schedule.base import PruningSchedule
+from scan_fast.schedule.base import PruningSchedule, check_saved_config
 from scan_fast.schedule.candidates import batch_candidates_reference
 from scan_fast.schedule.config import ScanConfig, check_mode
 from scan_fast.schedule.inputs import check_batch, check_int, check_real
@@ -107,9 +107,9 @@ class ScanReference(PruningSchedule):
                 "new_ill": sorted(self._new_ill), "new_red": sorted(self._new_red)}
 
     def _parse_state(self, state):
-        if state["kind"] != "ScanReference" or state["config"] != self.config.as_dict():
-            raise ValueError(f"state_dict is for {state['kind']} with {state['config']}, "
-                             f"not ScanReference with {self.config.as_dict()}")
+        if state["kind"] != "ScanReference":
+            raise ValueError(f"state_dict is for {state['kind']}, not ScanReference")
+        check_saved_config("ScanReference", state["config"], self.config.as_dict())
         sets = {}
         for key in ("ill", "red", "new_ill", "new_red"):
             sets[key] = {check_int(f"state_dict['{key}'] id", i, 0, self.num_samples - 1) for i in state[key]}

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from scan_fast.index import SampleSet
-from scan_fast.schedule.base import PruningSchedule
+from scan_fast.schedule.base import PruningSchedule, check_saved_config
 from scan_fast.schedule.candidates import batch_candidates, masks_on_device, use_kernel
 from scan_fast.schedule.config import ScanConfig, check_mode
 from scan_fast.schedule.inputs import check_batch, check_int, check_real
@@ -136,9 +136,9 @@ class Scan(PruningSchedule):
                 "ill": self._ill.to_bytes(), "red": self._red.to_bytes(), "new_ill": new_ill, "new_red": new_red}
 
     def _parse_state(self, state):
-        if state["kind"] != "Scan" or state["config"] != self.config.as_dict():
-            raise ValueError(f"state_dict is for {state['kind']} with {state['config']}, "
-                             f"not Scan with {self.config.as_dict()}")
+        if state["kind"] != "Scan":
+            raise ValueError(f"state_dict is for {state['kind']}, not Scan")
+        check_saved_config("Scan", state["config"], self.config.as_dict())
         start = state["start"] if state["start"] is None else check_int("state_dict['start']", state["start"], 0)
         prev_loss = check_real("state_dict['prev_loss']", state["prev_loss"], finite=False)
         batch_index = check_int("state_dict['batch_index']", state["batch_index"], minimum=0)

@@ -10,7 +10,8 @@
 - `StaticCoreset`: one fixed id list every epoch (e.g. an exported coreset).
 
 Every epoch's kept ids are a pure function of the seed, the epoch and the state
-at the epoch's start, so a resumed run repeats the same ids.
+at the epoch's start, so a resumed run repeats the same ids. Each state_dict
+carries the strategy's configuration, checked on load.
 """
 import math
 import os
@@ -18,7 +19,7 @@ import os
 import numpy as np
 import torch
 
-from scan_fast.schedule.base import PruningSchedule
+from scan_fast.schedule.base import PruningSchedule, check_saved_config
 from scan_fast.schedule.config import MODES
 from scan_fast.schedule.inputs import check_batch, check_fraction, check_int, check_real
 from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, cosine_rate, epoch_phase, prune_count,
@@ -154,14 +155,18 @@ class RandomPruning(PruningSchedule):
         return EpochRecord(epoch, phase, self._candidates if phase != WARMUP else 0, pruned,
                            self.num_samples - pruned, epoch_loss)
 
+    def _config(self):
+        counts = None if self.prune_counts is None else sorted([e, c] for e, c in self.prune_counts.items())
+        return {"rho_ill": self.rho_ill, "rho_red": self.rho_red, "t_cos": self.t_cos,
+                "prune_threshold": self.prune_threshold, "mode": self.mode, "seed": self.seed, "prune_counts": counts}
+
     def _state(self):
-        return {"kind": "RandomPruning", "seed": self.seed, "prev_loss": self._prev_loss, "start": self._start,
-                "candidates": self._candidates, "collecting": self._collecting}
+        return {"kind": "RandomPruning", "config": self._config(), "prev_loss": self._prev_loss,
+                "start": self._start, "candidates": self._candidates, "collecting": self._collecting}
 
     def _parse_state(self, state):
         _check_kind(state, "RandomPruning")
-        if state["seed"] != self.seed:
-            raise ValueError(f"state_dict was saved with seed={state['seed']}, this schedule has seed={self.seed}")
+        check_saved_config("RandomPruning", state["config"], self._config())
         values = (float(state["prev_loss"]), state["start"], check_int("candidates", state["candidates"], minimum=0),
                   check_int("collecting", state["collecting"], minimum=0))
 
@@ -244,11 +249,16 @@ class InfoBatch(PruningSchedule):
         phase = MUTATION if epoch < self.full_data_from and kept < self.num_samples else WARMUP
         return EpochRecord(epoch, phase, 0, self.num_samples - kept, kept, epoch_loss)
 
+    def _config(self):
+        return {"num_epochs": self.num_epochs, "prune_ratio": self.prune_ratio, "delta": self.delta,
+                "seed": self.seed}
+
     def _state(self):
-        return {"kind": "InfoBatch", "seed": self.seed, "scores": torch.from_numpy(self.scores.copy())}
+        return {"kind": "InfoBatch", "config": self._config(), "scores": torch.from_numpy(self.scores.copy())}
 
     def _parse_state(self, state):
         _check_kind(state, "InfoBatch")
+        check_saved_config("InfoBatch", state["config"], self._config())
         scores = state["scores"]
         if not torch.is_tensor(scores) or scores.shape != (self.num_samples,):
             raise ValueError(f"state_dict['scores'] must be a tensor of {self.num_samples} scores")

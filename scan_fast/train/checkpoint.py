@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 FORMAT = "scan-fast-checkpoint-v1"
+_TMP_PREFIX, _TMP_SUFFIX = ".ckpt-", ".tmp"  # a write in progress, renamed over the target when complete
 
 
 def rng_state() -> dict:
@@ -59,7 +60,7 @@ def save_checkpoint(path, *, model, optimizer, scaler, schedule, epoch: int, glo
     }
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -72,17 +73,25 @@ def save_checkpoint(path, *, model, optimizer, scaler, schedule, epoch: int, glo
         raise
 
 
+def remove_stale_temporaries(folder) -> None:
+    """Delete the temporary files of checkpoint writes that a killed process left in `folder`."""
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.startswith(_TMP_PREFIX) and name.endswith(_TMP_SUFFIX):
+                os.unlink(os.path.join(folder, name))
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     """The checkpoint dict; ValueError naming the file if it is not one of ours."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+        raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated file, foreign pickle: say which file
-        raise ValueError(f"--resume: {path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"--resume: {path} is not a scan-fast checkpoint")
+        raise ValueError(f"{path} is not a scan-fast checkpoint")
     return state
 
 

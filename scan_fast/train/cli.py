@@ -23,8 +23,8 @@ SECTIONS = {
                 "coreset", "prune_counts", "infobatch_ratio", "infobatch_delta"),
     "evaluation": ("eval_frequency", "zeroshot_classes", "zeroshot_template", "knn_k",
                    "probe_train_data"),
-    "run": ("logs", "name", "resume", "save_frequency", "tensorboard", "progress", "log_every", "save_losses",
-            "stop_after_step"),
+    "run": ("logs", "name", "resume", "overwrite", "save_frequency", "tensorboard", "progress", "log_every",
+            "save_losses", "stop_after_step", "dist_timeout"),
 }
 HELP = {
     "train_data": "the training .beton (scan-fast data ...)",
@@ -47,8 +47,16 @@ HELP = {
     "probe_train_data": "MoCo eval: labelled .beton for the kNN bank and the linear probe (default --train-data)",
     "eval_frequency": "evaluate every N epochs (0: after the last only)",
     "zeroshot_classes": "file of class names (one a line, in label order) for a non-embedded val set",
-    "logs": "folder of all runs", "name": "run folder name (default <kind>-<prune>-seed<seed>)",
-    "resume": "checkpoint to resume, or 'latest' for this run's last one",
+    "logs": "folder of all runs",
+    "name": "run folder name (default <kind>-<prune>-seed<seed>-<digest of the training flags>)",
+    "resume": "checkpoint to resume, or 'latest' for this run's last one; the training flags must be the "
+              "checkpoint's (docs/architecture.md lists those that may change)",
+    "overwrite": "replace the run folder if it already holds a run (without it, a new run refuses it)",
+    "dist_timeout": "seconds a collective waits for the other processes before the run fails (the other ranks "
+                    "wait while rank 0 evaluates: keep it above the evaluation's time)",
+    "progress": "a progress bar within each epoch, drawn on a terminal only (the line that sums up each epoch "
+                "is always printed)",
+    "save_frequency": "checkpoint every N epochs (and after the last), before evaluating",
     "stop_after_step": "stop after this global step without saving (tests of resume)",
     "log_every": "steps between the loop's host reads: the non-finite loss check, progress, and moving "
                  "the candidates found on the device to the host",
@@ -112,6 +120,24 @@ def read_config_file(path) -> dict:
     return {str(k).replace("-", "_"): v for k, v in values.items()}
 
 
+def _config_value(path, name, value, annotation):
+    """A config file's value as the field's type, or a TypeError naming the key."""
+    tp, is_bool = _field_type(annotation)
+    if value is None and type(None) in typing.get_args(annotation):
+        return None
+    if is_bool == isinstance(value, bool):  # true/false is neither a number nor a name
+        if isinstance(value, tp):
+            return value
+        if tp is float and isinstance(value, int):
+            return float(value)
+        if tp is float and isinstance(value, str):
+            try:  # PyYAML reads 5e-4 as a string (YAML 1.1 floats need a dot: 5.0e-4)
+                return float(value)
+            except ValueError:
+                pass
+    raise TypeError(f"--config {path}: {name} must be {tp.__name__}, got {value!r}")
+
+
 def config_from_args(args, config_cls):
     """The config dataclass from parsed flags over the --config file's values."""
     by_name = {f.name: f for f in fields(config_cls)}
@@ -122,10 +148,7 @@ def config_from_args(args, config_cls):
         if unknown:
             raise ValueError(f"--config {args.config}: unknown key(s) {unknown}")
         for name, value in from_file.items():
-            tp, is_bool = _field_type(by_name[name].type)
-            if value is not None and not isinstance(value, tp) and not (tp is float and isinstance(value, int)):
-                raise TypeError(f"--config {args.config}: {name} must be {tp.__name__}, got {value!r}")
-            values[name] = value
+            values[name] = _config_value(args.config, name, value, by_name[name].type)
     for name in by_name:
         if getattr(args, name, None) is not None:  # given on the command line
             values[name] = getattr(args, name)

@@ -27,7 +27,7 @@ def train_clip(cfg: ClipConfig) -> dict:
     info = check_beton(cfg.train_data, ("image", "tokens", "id"))
     if cfg.val_data is not None:
         check_beton(cfg.val_data, ("image", "tokens", "id", "label"))
-    runtime = setup_runtime(cfg.device)
+    runtime = setup_runtime(cfg.device, cfg.dist_timeout)
     seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
     num_samples = info["num_samples"]
     if num_samples < cfg.batch_size * runtime.world_size:

@@ -54,6 +54,7 @@ class TrainConfig:
     logs: str = "runs"
     name: Optional[str] = None
     resume: Optional[str] = None
+    overwrite: bool = False   # replace what the run folder holds (a new run refuses a folder in use)
     save_frequency: int = 1
     eval_frequency: int = 0   # evaluate every N epochs; 0: only after the last
     tensorboard: bool = True
@@ -61,6 +62,7 @@ class TrainConfig:
     log_every: int = 50       # steps between host reads: loss check, progress, candidate flush
     save_losses: bool = False  # write each preparation epoch's per-sample losses (candidates.npz, histogram)
     stop_after_step: Optional[int] = None  # stop (as if killed) after this global step
+    dist_timeout: float = 600.0  # seconds a collective waits for the other ranks (gloo's default: 30 min)
 
     def validate(self) -> "TrainConfig":
         if not self.train_data:
@@ -97,8 +99,16 @@ class TrainConfig:
                              f" (got --prune {self.prune}, --coreset {self.coreset})")
         if self.prune_counts is not None and self.prune != "random":
             raise ValueError(f"--prune-counts only applies to --prune random (got --prune {self.prune})")
-        if self.prune not in ("scan", "random") and (self.abs_ill is not None or self.abs_red is not None):
+        if self.prune != "scan" and (self.abs_ill is not None or self.abs_red is not None):
             raise ValueError(f"--abs-ill/--abs-red only apply to --prune scan (got --prune {self.prune})")
+        for name in ("abs_ill", "abs_red"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{_flag(name)} must be a finite loss value, got {value!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in its folder and --overwrite replaces it: pass one")
+        if not (math.isfinite(self.dist_timeout) and self.dist_timeout > 0):
+            raise ValueError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout!r}")
         if self.stop_after_step is not None and self.stop_after_step < 1:
             raise ValueError(f"--stop-after-step must be >= 1, got {self.stop_after_step}")
         return self

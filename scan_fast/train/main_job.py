@@ -118,6 +118,7 @@ def _run(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_
                      epochs=job.epochs, lr=job.lr, warmup_epochs=job.warmup_epochs, seed=seed, prune=prune,
                      prune_counts=prune_counts, workers=job.workers, logs=os.path.join(job.out, "runs"),
                      name=f"{prune}-seed{seed}", progress=job.progress, tensorboard=True,
+                     overwrite=True,  # the job's runs are its own outputs, made again on every call
                      save_losses=prune == "scan")  # the report's loss histogram of the candidates; 8k samples
     return train_clip(cfg)
 

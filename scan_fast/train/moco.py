@@ -17,7 +17,7 @@ def train_moco(cfg: MocoConfig) -> dict:
     for path in (cfg.val_data, cfg.probe_train_data):
         if path is not None:
             check_beton(path, ("image", "label", "id"))
-    runtime = setup_runtime(cfg.device)
+    runtime = setup_runtime(cfg.device, cfg.dist_timeout)
     seed_everything(cfg.seed)
     num_samples = info["num_samples"]
     if num_samples < cfg.batch_size * runtime.world_size:

@@ -5,6 +5,7 @@ the schedule's order, ends each epoch in the schedule, evaluates, logs, and
 checkpoints atomically; with `resume` it continues a killed run exactly where
 its last checkpoint left it. It calls only what `PruningSchedule` declares.
 """
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -13,13 +14,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from scan_fast.train.checkpoint import load_checkpoint, restore, save_checkpoint
+from scan_fast.train.checkpoint import restore, save_checkpoint
 from scan_fast.train.loop import NonFiniteLoss, Step, StopTraining, lr_at, per_sample_losses, train_one_epoch
 from scan_fast.train.report import RunLogger, plot_run, read_prune_counts, write_report
-
-# Checkpoint config keys that must match for a resume to continue the same run.
-_RESUME_KEYS = ("train_data", "prune", "seed", "batch_size", "epochs", "rho_ill", "rho_red", "t_cos",
-                "prune_threshold", "prune_target", "augment", "model", "arch", "resolution")
+from scan_fast.train.resume import checkpoint_config, open_run, run_folder
 
 
 class TrainingDiverged(RuntimeError):
@@ -37,8 +35,12 @@ class Runtime:
         return self.rank == 0
 
 
-def setup_runtime(device: str = "auto") -> Runtime:
-    """Rank and device from torchrun's environment; gloo on CPU, NCCL on GPU."""
+def setup_runtime(device: str = "auto", timeout_s: Optional[float] = None) -> Runtime:
+    """Rank and device from torchrun's environment; gloo on CPU, NCCL on GPU.
+
+    timeout_s bounds every collective: a rank that hangs (not dies) makes the
+    others fail after it instead of waiting for the backend's default (30 min).
+    """
     world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
@@ -52,7 +54,8 @@ def setup_runtime(device: str = "auto") -> Runtime:
     else:
         torch_device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        timeout = None if timeout_s is None else datetime.timedelta(seconds=timeout_s)
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
     return Runtime(rank, world_size, torch_device)
 
 
@@ -87,10 +90,6 @@ def make_schedule(cfg, num_samples: int):
     return StaticCoreset.from_file(cfg.coreset, num_samples)
 
 
-def run_folder(cfg, kind: str) -> str:
-    return os.path.join(cfg.logs, cfg.name or f"{kind}-{cfg.prune}-seed{cfg.seed}")
-
-
 def param_groups(model, wd: float):
     """Weight decay on matrices only, not on gains, biases or logit_scale (as open_clip_train)."""
     decay, no_decay = [], []
@@ -113,9 +112,10 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
     """Train `cfg.epochs` epochs; returns the run summary (also in report.md on rank 0)."""
     from tqdm import tqdm
 
-    folder = run_folder(cfg, kind)
+    folder = run_folder(cfg, kind, runtime.world_size)
     ckpt_dir = os.path.join(folder, "checkpoints")
     device = runtime.device
+    state = open_run(cfg, folder, runtime.world_size, runtime.is_main, map_location=device)  # before any write
     model.to(device)
     train_model = model
     if runtime.world_size > 1:
@@ -129,14 +129,7 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.precision == "amp")
 
     start_epoch, global_step, history = 0, 0, []
-    if cfg.resume:
-        path = os.path.join(ckpt_dir, "latest.pt") if cfg.resume == "latest" else cfg.resume
-        state = load_checkpoint(path, map_location=device)
-        changed = [k for k in _RESUME_KEYS if state["config"].get(k) != getattr(cfg, k, None)]
-        if changed:
-            raise ValueError(f"--resume {path}: the checkpoint was made with different "
-                             + ", ".join(f"--{k.replace('_', '-')} ({state['config'].get(k)!r} there, "
-                                         f"{getattr(cfg, k, None)!r} here)" for k in changed))
+    if state is not None:
         restore(state, model=model, optimizer=optimizer, scaler=scaler, schedule=schedule)
         start_epoch, global_step, history = state["epoch"], state["global_step"], list(state["history"])
 
@@ -147,7 +140,8 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
     def checkpoint(path, epoch):
         if runtime.is_main:
             save_checkpoint(path, model=model, optimizer=optimizer, scaler=scaler, schedule=schedule,
-                            epoch=epoch, global_step=global_step, config=cfg.as_dict(), history=history)
+                            epoch=epoch, global_step=global_step, history=history,
+                            config=checkpoint_config(cfg, runtime.world_size))
 
     step = Step(model=train_model, optimizer=optimizer, scaler=scaler, schedule=schedule, unpack=unpack,
                 base_lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, forward_kwargs=forward_kwargs,
@@ -161,7 +155,8 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
             loader.set_epoch(epoch)
             iters = len(loader)
             progress = tqdm(total=iters, desc=f"{kind} epoch {epoch} [{phase}, kept {kept / num_samples:.0%}]",
-                            disable=not (cfg.progress and runtime.is_main), leave=False, dynamic_ncols=True)
+                            disable=None if cfg.progress and runtime.is_main else True,  # None: bars on a terminal only
+                            leave=False, dynamic_ncols=True)
             try:
                 result = train_one_epoch(step, loader, epoch, iters, global_step, progress)
             except NonFiniteLoss as err:
@@ -176,22 +171,24 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
             if runtime.is_main and cfg.save_losses and schedule.is_preparation(epoch):
                 _save_candidates(folder, epoch, schedule, result)
             last = epoch == cfg.epochs - 1
-            score = None
-            if evaluate is not None and runtime.is_main and (
-                    last or (cfg.eval_frequency and (epoch + 1) % cfg.eval_frequency == 0)):
-                score = evaluate()
             history.append({
                 "epoch": epoch, "phase": phase, "kept": kept,
                 "pruned": num_samples - kept, "kept_fraction": kept / num_samples, "steps": result.steps,
                 "samples": result.samples, "loss": result.mean_loss,
                 "lr": lr_at(epoch + 1, cfg.lr, cfg.warmup_epochs, cfg.epochs),
                 "seconds": result.seconds, "cpu_seconds": result.cpu_seconds, "samples_per_s": result.samples / max(result.seconds, 1e-9),
-                "eval": score})
+                "eval": None})
+            save = last or (epoch + 1) % cfg.save_frequency == 0
+            if save:  # before evaluating: a failed evaluation must not lose the epoch's training
+                checkpoint(os.path.join(ckpt_dir, "latest.pt"), epoch + 1)
+            if evaluate is not None and runtime.is_main and (
+                    last or (cfg.eval_frequency and (epoch + 1) % cfg.eval_frequency == 0)):
+                history[-1]["eval"] = evaluate()
+                if save:  # again, with the score in the saved history
+                    checkpoint(os.path.join(ckpt_dir, "latest.pt"), epoch + 1)
             logger.log_epoch(history)
             if runtime.is_main:
                 print(_epoch_line(kind, history[-1]), flush=True)
-            if last or (epoch + 1) % cfg.save_frequency == 0:
-                checkpoint(os.path.join(ckpt_dir, "latest.pt"), epoch + 1)
     except StopTraining as stop:
         return {"stopped_at_step": stop.global_step, "folder": folder}
     finally:
