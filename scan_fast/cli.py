@@ -216,11 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reported_errors() -> tuple:
+    """Errors that are the user's to fix, printed as one line: bad values and files, and a data
+    file that fails while an epoch reads it (the loader's LoaderError names the file)."""
+    loaders = sys.modules.get("scan_fast.data.loaders")
+    return (ValueError, TypeError, FileNotFoundError) + ((loaders.LoaderError,) if loaders else ())
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.run(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except _reported_errors() as err:
         print(f"scan-fast {args.command}: error: {err}", file=sys.stderr)
         return 2
     return int(result or 0)

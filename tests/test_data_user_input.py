@@ -275,3 +275,22 @@ def test_a_killed_writer_leaves_no_workers_segment_or_temporary_file(tmp_path):
                WriteSummary("t"), progress=False)
     assert [p for p in os.listdir(tmp_path / "kill") if ".partial-" in p] == []
     assert check_beton(target)["num_samples"] == 2
+
+
+def test_damaged_token_bytes_stop_training_with_one_line(pairs, tmp_path, capsys):
+    """Token ids beyond the vocabulary used to end in an IndexError traceback inside the model."""
+    from scan_fast.data.tokenize import CaptionTokenizer
+
+    beton = pairs.with_suffix(".beton")
+    write_clip_from_table(pairs, beton, context_length=16, image_mode="raw", **QUIET)
+    data = bytearray(beton.read_bytes())
+    stored = CaptionTokenizer(16)("picture number 1")[0].tobytes()
+    at = data.find(stored)
+    assert at > 0
+    data[at:at + len(stored)] = b"\xff" * len(stored)
+    beton.write_bytes(bytes(data))
+    code = main(["train", "clip", "--train-data", str(beton), "--batch-size", "3", "--epochs", "1",
+                 "--workers", "1", "--logs", str(tmp_path / "runs"), "--no-progress", "--no-tensorboard"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "token ids outside the vocabulary" in err and str(beton) in err and "Traceback" not in err
