@@ -87,7 +87,7 @@ def add_data_parser(sub):
     for name, text in (("labelled", "labelled images from an ImageFolder tree (root/class/image): MoCo's "
                                     "training data, or an evaluation set for CLIP zero-shot and MoCo"),
                        ("moco", "the same as 'labelled'")):
-        labelled = kinds.add_parser(name, help=text, description=text.capitalize() + ". Labels follow the "
+        labelled = kinds.add_parser(name, help=text, description=text[0].upper() + text[1:] + ". Labels follow the "
                                     "sorted class folder names, saved beside --out as OUT.classes.json.")
         labelled.add_argument("--image-folder", required=True, help="root folder: one sub-folder per class")
         labelled.add_argument("--out", required=True, help="target .beton")
