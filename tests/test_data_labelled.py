@@ -152,3 +152,14 @@ def test_eval_errors_are_one_line(user_data, checkpoint, tmp_path, capsys):
     torch.save({"format": FORMAT, "config": {"model": "scan-tiny-vit"}}, tmp_path / "nomodel.pt")
     assert main(["eval", str(tmp_path / "nomodel.pt"), "--val-data", val]) == 2
     assert "no model entry" in capsys.readouterr().err
+
+
+def test_a_val_set_without_labels_says_how_to_write_one(user_data, checkpoint, tmp_path, capsys):
+    path, _ = checkpoint
+    unlabelled = tmp_path / "pairs_only.beton"
+    assert main(["data", "clip", "--table", str(user_data / "pairs.csv"), "--context-length", "16",
+                 "--out", str(unlabelled), "--num-workers", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(path), "--val-data", str(unlabelled)]) == 2
+    err = capsys.readouterr().err
+    assert "--val-data:" in err and "lacks field(s) ['label']" in err and "scan-fast data labelled" in err

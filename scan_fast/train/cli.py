@@ -229,10 +229,10 @@ def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_te
     """{"zero_shot": acc} for a CLIP checkpoint, {"knn": acc, "linear_probe": acc} for a MoCo one."""
     import torch
 
-    from scan_fast.data import check_beton
     from scan_fast.train.checkpoint import load_checkpoint
+    from scan_fast.train.evaluate import check_labelled
 
-    check_beton(val_data, ("image", "label", "id"))
+    check_labelled(val_data)
     state = load_checkpoint(checkpoint)
     absent = [key for key in ("model", "config") if not isinstance(state.get(key), dict)]
     if absent:

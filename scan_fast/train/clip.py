@@ -26,7 +26,9 @@ def train_clip(cfg: ClipConfig) -> dict:
     cfg.validate()
     info = check_beton(cfg.train_data, ("image", "tokens", "id"))
     if cfg.val_data is not None:
-        check_beton(cfg.val_data, ("image", "label", "id"))
+        from scan_fast.train.evaluate import check_labelled
+
+        check_labelled(cfg.val_data)
     runtime = setup_runtime(cfg.device)
     seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
     num_samples = info["num_samples"]

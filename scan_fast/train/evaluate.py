@@ -65,6 +65,18 @@ def class_prompts(val_data, classes_file=None, template: str = "a photo of a {}.
                      f"pass --zeroshot-classes FILE")
 
 
+def check_labelled(val_data) -> None:
+    """--val-data must be a labelled .beton; the error says how to write one."""
+    from scan_fast.data.schema import check_beton
+
+    try:
+        check_beton(val_data, ("image", "label", "id"))
+    except ValueError as err:
+        hint = ("; write labelled sets with scan-fast data labelled (an ImageFolder) or data clip --label-column"
+                if "lacks field" in str(err) else "")
+        raise ValueError(f"--val-data: {err}{hint}") from None
+
+
 def zero_shot_classes(val_data, classes_file=None, template: str = "a photo of a {}.") -> List[List[str]]:
     """Prompts per class of `val_data`, after checking that every label of the set has a class name."""
     from scan_fast.data.classes import check_class_names
