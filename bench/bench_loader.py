@@ -92,8 +92,8 @@ def torchvision_loader(table: Path, resolution: int, workers: int):
 
     rows, _ = read_caption_table(table)
     tokenizer = CaptionTokenizer()
-    files = [str(table.parent / image) for _, image, _ in rows]
-    tokens = np.stack([tokenizer(caption)[0] for _, _, caption in rows])
+    files = [str(table.parent / row.image) for row in rows]
+    tokens = np.stack([tokenizer(row.caption)[0] for row in rows])
     transform = T.Compose([T.RandomResizedCrop(resolution, scale=(0.9, 1.0)), T.RandomHorizontalFlip(),
                            T.ToTensor(), T.Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)])
 

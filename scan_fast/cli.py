@@ -43,11 +43,24 @@ def _add_image_flags(p, mode="jpg", max_resolution=256):
                        help="resize so the longer side is at most this many pixels")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _add_write_flags(p):
     g = p.add_argument_group("writing")
     g.add_argument("--strict", action="store_true",
                    help="stop at the first bad row instead of skipping it (nothing is written)")
-    g.add_argument("--num-workers", type=int, default=None, help="writer processes (default: all cores)")
+    g.add_argument("--num-workers", type=positive_int, default=None,
+                   help="writer processes (default: all cores)")
+    g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -64,17 +77,23 @@ def add_data_parser(sub):
     clip.add_argument("--image-root", help="folder that table image paths are relative to")
     clip.add_argument("--image-column", help="table column holding the image path")
     clip.add_argument("--caption-column", help="table column holding the caption")
+    clip.add_argument("--label-column", help="table column holding a class name: also writes labels (and the "
+                                             "class names beside --out), so the set can be a zero-shot --val-data")
     clip.add_argument("--context-length", type=int, default=77)
     _add_image_flags(clip)
     _add_write_flags(clip)
     clip.set_defaults(run=_run_data_clip)
 
-    moco = kinds.add_parser("moco", help="labelled images from an ImageFolder tree (root/class/image)")
-    moco.add_argument("--image-folder", required=True)
-    moco.add_argument("--out", required=True, help="target .beton")
-    _add_image_flags(moco)
-    _add_write_flags(moco)
-    moco.set_defaults(run=_run_data_moco)
+    for name, text in (("labelled", "labelled images from an ImageFolder tree (root/class/image): MoCo's "
+                                    "training data, or an evaluation set for CLIP zero-shot and MoCo"),
+                       ("moco", "the same as 'labelled'")):
+        labelled = kinds.add_parser(name, help=text, description=text[0].upper() + text[1:] + ". Labels follow the "
+                                    "sorted class folder names, saved beside --out as OUT.classes.json.")
+        labelled.add_argument("--image-folder", required=True, help="root folder: one sub-folder per class")
+        labelled.add_argument("--out", required=True, help="target .beton")
+        _add_image_flags(labelled)
+        _add_write_flags(labelled)
+        labelled.set_defaults(run=_run_data_labelled)
 
     digits = kinds.add_parser("digits", help="scikit-learn's bundled digits with a held-out split")
     digits.add_argument("--out", required=True, help="folder for digits_{train,test}.beton")
@@ -88,7 +107,7 @@ def add_data_parser(sub):
     digits.set_defaults(run=_run_data_digits)
 
     shapes = kinds.add_parser("shapes", help="generated shape/caption pairs with known noise")
-    shapes.add_argument("--out", required=True, help="target .beton (ground truth goes beside it)")
+    shapes.add_argument("--out", required=True, help="target .beton file (ground truth goes beside it)")
     shapes.add_argument("--kind", choices=("clip", "moco"), default="clip")
     shapes.add_argument("--num-samples", type=int, default=10_000)
     shapes.add_argument("--resolution", type=int, default=32)
@@ -98,6 +117,7 @@ def add_data_parser(sub):
     shapes.add_argument("--context-length", type=int, default=77)
     shapes.add_argument("--num-workers", type=int, default=1,
                         help="writer processes; 1 keeps the bytes reproducible")
+    shapes.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     shapes.add_argument("--no-progress", action="store_true")
     _add_image_flags(shapes, max_resolution=False)
     shapes.set_defaults(run=_run_data_shapes)
@@ -113,23 +133,25 @@ def _image_kwargs(args):
 def _run_data_clip(args):
     from scan_fast.data import write_clip_from_table, write_clip_from_webdataset
 
-    common = dict(context_length=args.context_length, strict=args.strict,
+    common = dict(context_length=args.context_length, strict=args.strict, overwrite=args.overwrite,
                   num_workers=args.num_workers, progress=not args.no_progress, **_image_kwargs(args))
     if args.table:
         summary = write_clip_from_table(args.table, args.out, image_root=args.image_root,
-                                        image_column=args.image_column,
-                                        caption_column=args.caption_column, **common)
+                                        image_column=args.image_column, caption_column=args.caption_column,
+                                        label_column=args.label_column, **common)
     else:
+        if args.label_column:
+            raise ValueError("--label-column applies to --table only")
         summary = write_clip_from_webdataset(args.webdataset, args.out, **common)
     print(summary)
 
 
-def _run_data_moco(args):
-    from scan_fast.data import write_moco_from_image_folder
+def _run_data_labelled(args):
+    from scan_fast.data import write_labelled_from_image_folder
 
-    print(write_moco_from_image_folder(args.image_folder, args.out, strict=args.strict,
-                                       num_workers=args.num_workers,
-                                       progress=not args.no_progress, **_image_kwargs(args)))
+    print(write_labelled_from_image_folder(args.image_folder, args.out, strict=args.strict,
+                                           num_workers=args.num_workers, overwrite=args.overwrite,
+                                           progress=not args.no_progress, **_image_kwargs(args)))
 
 
 def _run_data_digits(args):
@@ -145,7 +167,9 @@ def _run_data_digits(args):
 
 def _run_data_shapes(args):
     from scan_fast.data import write_shapes
+    from scan_fast.outputs import check_output
 
+    check_output(args.out, overwrite=args.overwrite)  # before any work
     print(write_shapes(args.out, num_samples=args.num_samples, kind=args.kind,
                        resolution=args.resolution, mismatch_fraction=args.mismatch_fraction,
                        duplicate_fraction=args.duplicate_fraction, seed=args.seed,
@@ -192,11 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reported_errors() -> tuple:
+    """Errors that are the user's to fix, printed as one line: bad values and files, and a data
+    file that fails while an epoch reads it (the loader's LoaderError names the file)."""
+    loaders = sys.modules.get("scan_fast.data.loaders")
+    return (ValueError, TypeError, FileNotFoundError) + ((loaders.LoaderError,) if loaders else ())
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.run(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except _reported_errors() as err:
         print(f"scan-fast {args.command}: error: {err}", file=sys.stderr)
         return 2
     return int(result or 0)

@@ -142,9 +142,9 @@ def test_bad_rows_are_skipped_with_reasons(image_dir, tmp_path):
     assert reasons[f"{table}:5 (junk.jpg)"].startswith("undecodable image")
     assert reasons[f"{table}:6 (img1.png)"].startswith("empty caption")
     assert reasons[f"{table}:7"].startswith("missing image path")
-    assert reasons[f"{table}:8"].startswith("missing column")
+    assert reasons[f"{table}:8"] == "wrong field count: row has 1 fields, the header has 2"
     assert summary.skip_counts == {"missing image file": 1, "zero-byte image": 1, "undecodable image": 1,
-                                   "empty caption": 1, "missing image path": 1, "missing column": 1}
+                                   "empty caption": 1, "missing image path": 1, "wrong field count": 1}
     back = read_samples(target)
     np.testing.assert_array_equal(back["image"][0], images["img0.png"])
     np.testing.assert_array_equal(back["image"][1], images["img4.png"])

@@ -46,6 +46,10 @@ def test_build_data_reuses_current_shapes_and_rewrites_stale_ones(tmp_path):
     from scan_fast.train.main_job import build_data
 
     paths = build_data(str(tmp_path), num_samples=40, test_samples=16, progress=False)
+    assert sorted(paths) == ["test", "train"]
+    assert sorted(os.listdir(tmp_path / "data")) == sorted(  # the data the job uses, nothing else
+        os.path.basename(p[: -len(".beton")]) + suffix for p in paths.values()
+        for suffix in (".beton", ".beton.summary.json", ".truth.json", ".truth.npz"))
     meta_path = paths["train"][: -len(".beton")] + ".truth.json"
     assert json.loads(open(meta_path).read())["shapes"] == list(SHAPES)
     written = os.stat(paths["train"]).st_mtime_ns

@@ -47,3 +47,11 @@ def read_samples(path, ids: Optional[Sequence[int]] = None) -> Dict[str, List]:
                 values.append(int(meta))
         out[name] = values
     return out
+
+
+def read_labels(path) -> np.ndarray:
+    """The `label` column of a labelled .beton (from its metadata table: no image is read)."""
+    check_beton(path, ("label",))
+    reader = Reader(str(path))
+    index = list(reader.handlers).index("label")
+    return np.asarray(reader.metadata[f"f{index}"], dtype=np.int64)

@@ -26,7 +26,7 @@ from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.loader.loader import ORDER_MAP
 from ffcv.pipeline.compiler import Compiler
 
-from .augment import KeyedMocoViews
+from .augment import IMAGENET_MEAN, IMAGENET_STD, KeyedMocoViews
 from .order import KeptIdsSource, OrderFactory
 from .pipelines import clip_pipelines, moco_pipelines
 from .sampler import resolve_rank
@@ -293,4 +293,23 @@ def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
             return photometric((view1, view2, labels, ids), epoch)
 
         loader.batch_transform = two_views
+    return loader
+
+
+def labelled_loader(path, batch_size: int, resolution: int = 224, *, device="cpu", mean=IMAGENET_MEAN,
+                    std=IMAGENET_STD, num_workers: int = 2, os_cache: bool = True) -> ScanLoader:
+    """Evaluation batches of (images float [B,3,R,R] centre-cropped and normalised, labels, ids),
+    in file order with the last batch kept, from any .beton with image, label and id fields
+    (`data labelled`, or a CLIP set written with labels: its tokens are not read)."""
+    from ffcv.reader import Reader
+
+    required = ("image", "label", "id")
+    check_beton(path, required)
+    pipes = moco_pipelines(resolution, device=device, augment=False, mean=mean, std=std)
+    loader = build_loader(path, batch_size, _disable_other_fields(path, pipes), required, shuffle=False,
+                          drop_last=False, num_workers=num_workers, os_cache=os_cache)
+    emitted = [name for name in Reader(str(path)).handlers if name in required]  # ffcv: file order
+    pick = [emitted.index(name) for name in required]
+    if pick != [0, 1, 2]:
+        loader.batch_transform = lambda batch, epoch: tuple(batch[i] for i in pick)
     return loader

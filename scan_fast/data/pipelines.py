@@ -25,10 +25,12 @@ from ffcv.fields.basics import IntDecoder
 from ffcv.fields.ndarray import NDArrayDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.pipeline import PipelineSpec
+from ffcv.pipeline.operation import Operation
 from ffcv.transforms import NormalizeImage, Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Normalize
 from .decoders import KeyedRandomResizedCropDecoder
+from .tokenize import vocab_size
 
 
 def _check_resolution(resolution):
@@ -58,6 +60,31 @@ def _normalized_image_ops(resolution, augment, crop_scale, flip, device, mean, s
     return [decoder, table, ToTensor(), ToTorchImage()]
 
 
+class CheckTokens(Operation):
+    """Stops the epoch when a batch holds token ids the tokenizer cannot give (a .beton whose
+    bytes were damaged): in the loader thread, on the CPU copy, so the training step waits on
+    nothing, instead of an index error deep in the model's embedding lookup."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = int(vocab_size)
+
+    def generate_code(self):
+        vocab_size = self.vocab_size
+
+        def check_tokens(tokens, _dst):
+            if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
+                raise ValueError(f"token ids outside the vocabulary [0, {vocab_size}) (found "
+                                 f"{int(tokens.min())}..{int(tokens.max())}): the file is damaged; "
+                                 f"write it again with scan-fast data clip")
+            return tokens
+
+        return check_tokens
+
+    def declare_state_and_memory(self, previous_state):
+        return previous_state, None
+
+
 def _int_ops() -> List:
     return [IntDecoder(), ToTensor(), Squeeze(1)]
 
@@ -70,7 +97,8 @@ def clip_pipelines(resolution: int = 224, device="cpu", augment: bool = True, fl
     _check_resolution(resolution)
     return {
         "image": _normalized_image_ops(resolution, augment, crop_scale, flip, device, mean, std),
-        "tokens": [NDArrayDecoder(), ToTensor(), ToDevice(torch.device(device), non_blocking=True)],
+        "tokens": [NDArrayDecoder(), ToTensor(), CheckTokens(vocab_size()),
+                   ToDevice(torch.device(device), non_blocking=True)],
         "id": _int_ops(),
         "label": _int_ops() if with_labels else None,
     }

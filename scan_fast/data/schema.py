@@ -1,7 +1,9 @@
 """What a scan-fast .beton holds, and a check that a file really is one.
 
 CLIP:  image (RGB), tokens (int32 x context), id (int64)  [+ label for labelled data]
-MoCo:  image (RGB), label (int64), id (int64)
+Labelled (MoCo training, and evaluation for both trainers):  image (RGB), label (int64), id (int64)
+
+A labelled set's class names, in label order, are saved beside it (see classes.py).
 
 `id` is the row index in the file; it is what pruning schedules keep or drop.
 """
@@ -41,8 +43,12 @@ def clip_fields(context_length: int, with_labels: bool = False, **image_kwargs) 
     return fields
 
 
-def moco_fields(**image_kwargs) -> Dict[str, Field]:
+def labelled_fields(**image_kwargs) -> Dict[str, Field]:
+    """A labelled image set: MoCo's training data, and evaluation data for either trainer."""
     return {"image": image_field(**image_kwargs), "label": IntField(), "id": IntField()}
+
+
+moco_fields = labelled_fields
 
 
 def check_beton(path, required_fields: Iterable[str] = ()) -> Dict[str, int]:

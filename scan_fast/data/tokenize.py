@@ -19,6 +19,11 @@ def _simple_tokenizer():
     return SimpleTokenizer()
 
 
+def vocab_size() -> int:
+    """Token ids the tokenizer can give are in [0, vocab_size())."""
+    return len(_simple_tokenizer().encoder)
+
+
 class CaptionTokenizer:
     """Turns one caption into `context_length` int32 token ids.
 

@@ -1,6 +1,6 @@
 """Write CLIP and MoCo datasets to .beton files.
 
-Sources: a folder of images with a CSV/TSV/JSONL table of (image path, caption)
+Sources: a folder of images with a CSV/TSV/JSONL table of (image path, caption[, label])
 (img2dataset's layout), webdataset tar shards (jpg/png + txt), an ImageFolder
 tree, or in-memory samples (the embedded datasets).
 
@@ -11,13 +11,14 @@ is renamed onto the target only when complete. Row i of the file gets id i.
 A `WriteSummary` (rows read, written, skipped and why, captions truncated) is
 returned and saved as `<target>.summary.json`.
 """
-import csv
 import ctypes
 import glob
 import io
 import json
 import os
 import queue
+import signal
+import sys
 import tarfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -27,26 +28,22 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from ffcv.fields.rgb_image import resizer
 from ffcv.memory_allocator import MemoryAllocator
 from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from .schema import clip_fields, moco_fields
+from scan_fast.outputs import check_output, partial_path, remove_stale_partials
+
+from .classes import save_class_names
+from .schema import clip_fields, labelled_fields
+from .tables import BadRow, label_names, read_caption_table  # noqa: F401 - read_caption_table re-exported
 from .tokenize import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-IMAGE_COLUMNS = ("image", "image_path", "filepath", "file", "path", "filename", "img")
-CAPTION_COLUMNS = ("caption", "text", "title", "txt")
 DEFAULT_PAGE_SIZE = MIN_PAGE_SIZE  # grown to fit the largest sample
-
-
-class BadRow(ValueError):
-    """A row that cannot be written; `kind` is the short reason counted in the summary."""
-
-    def __init__(self, kind: str, detail: str = ""):
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind = kind
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 @dataclass
@@ -80,13 +77,23 @@ class WriteSummary:
 
 # --------------------------------------------------------------------------- images
 
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """uint8 HxWx3. 16-bit grey (PNG mode I;16 or I) is scaled to 8 bits: PIL's convert("RGB")
+    clips every value above 255, which turns a 16-bit image almost white."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        grey = np.asarray(img).astype(np.float64)
+        grey = np.clip(np.rint(grey * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(img.convert("RGB"))
+
+
 def decode_image(data: bytes) -> np.ndarray:
     """Bytes of an image file -> uint8 HxWx3 RGB; BadRow for empty or undecodable data."""
     if len(data) == 0:
         raise BadRow("zero-byte image")
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"))
+            return _to_rgb(img)
     except UnidentifiedImageError:
         raise BadRow("undecodable image", "not a recognised image format") from None
     except Exception as err:  # PIL raises a zoo of types for broken files
@@ -145,7 +152,7 @@ class _CheckedDatasetWriter(DatasetWriter):
         allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
         args = (work, self.metadata_sm, self.metadata_type, self.fields, allocator, done,
                 allocations_queue, *extra_worker_args)
-        workers = [Process(target=work_fn, args=args) for _ in range(self.num_workers)]
+        workers = [Process(target=_worker, args=(os.getpid(), work_fn, *args)) for _ in range(self.num_workers)]
         allocations, finished = [], 0
         try:
             for w in workers:
@@ -182,6 +189,26 @@ class _CheckedDatasetWriter(DatasetWriter):
             return f"a writer process exited with code {exitcode} (its traceback is above)"
 
 
+def _worker(parent_pid: int, work_fn, *args):
+    """A writer process that ends with its parent: one killed by SIGKILL can run no clean-up, and
+    its workers would otherwise wait forever on a pipe, holding the shared metadata segment."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's clean-up handler
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(1)
+    work_fn(*args)
+
+
+class _Terminated(BaseException):
+    """SIGTERM during a write: unwinds like Ctrl-C, so the temporary file and the workers go."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 class _Rows:
     """Indexable view handed to ffcv's workers: sample i = make_sample(i), errors reported by row."""
 
@@ -214,20 +241,28 @@ def write_rows(target, fields: Dict, num_rows: int, make_sample: Callable[[int],
                summary: WriteSummary, describe: Callable[[int], str] = str,
                num_workers: int = 1, max_sample_bytes: int = 0, progress: bool = True) -> WriteSummary:
     """Write samples 0..num_rows-1 to `target` via a temporary file renamed into place on success."""
-    target = Path(target)
+    target = check_output(target)
     if num_rows == 0:
         raise ValueError(f"nothing to write to {target}: no valid rows "
                          f"({len(summary.skipped)} skipped: {summary.skip_counts})")
+    num_workers = _default_workers(num_workers)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    remove_stale_partials(target)
+    partial = partial_path(target)
     errors: Queue = Queue()
     writer = _CheckedDatasetWriter(str(partial), fields, _page_size_for(max_sample_bytes),
                                    max(1, min(num_workers, num_rows)), errors, progress)
+    on_main_thread = _is_main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
         writer.from_indexed_dataset(_Rows(num_rows, make_sample, describe, errors),
                                     chunksize=max(1, min(256, num_rows // max(1, num_workers))))
         os.replace(partial, target)
+    except _Terminated:
+        raise SystemExit(128 + signal.SIGTERM) from None
     finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         if partial.exists():
             partial.unlink()
     summary.rows_written = num_rows
@@ -235,22 +270,41 @@ def write_rows(target, fields: Dict, num_rows: int, make_sample: Callable[[int],
     return summary
 
 
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def _default_workers(num_workers: Optional[int]) -> int:
-    return num_workers if num_workers is not None else max(1, os.cpu_count() or 1)
+    if num_workers is None:
+        return max(1, os.cpu_count() or 1)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers (--num-workers) must be a positive integer, got {num_workers!r}")
+    return num_workers
 
 
 # --------------------------------------------------------------------------- row checks
 
+def _stored_image(data: bytes, max_resolution: Optional[int]) -> np.ndarray:
+    """The pixels the .beton stores: decoded, then shrunk by ffcv's own resizer to max_resolution."""
+    return resizer(decode_image(data), max_resolution)
+
+
 def _check_images(refs: Sequence, where: Sequence[str], summary: WriteSummary, strict: bool,
-                  num_workers: int, progress: bool,
+                  num_workers: int, progress: bool, max_resolution: Optional[int],
                   extra_check: Optional[Callable[[int], None]] = None) -> Tuple[List[int], int]:
-    """Decode every image once; return (indices of good rows, largest decoded image in bytes)."""
+    """Decode every image once; return (indices of good rows, largest stored image in bytes).
+
+    The size is taken after the --max-resolution shrink: pages sized for one huge original
+    would make every page (and the file) that large.
+    """
 
     def check(i):
         try:
             if extra_check is not None:
                 extra_check(i)
-            return i, decode_image(refs[i].read()).nbytes, None
+            return i, _stored_image(refs[i].read(), max_resolution).nbytes, None
         except BadRow as err:
             return i, 0, err
 
@@ -268,34 +322,45 @@ def _check_images(refs: Sequence, where: Sequence[str], summary: WriteSummary, s
     return good, largest
 
 
-def _write_image_rows(target, fields, refs, where, extras: List[tuple], summary, strict,
+def _write_image_rows(target, fields, refs, where, extras: List[dict], summary, strict,
                       num_workers, progress, extra_check=None) -> WriteSummary:
-    """Common tail of the file-based writers: check, then write (image, *extras[i], id)."""
+    """Common tail of the file-based writers: check, then write each good row's image, the
+    fields in its `extras` dict and id = its row in the written file."""
     num_workers = _default_workers(num_workers)
-    good, largest = _check_images(refs, where, summary, strict, num_workers, progress, extra_check)
+    max_resolution = fields["image"].max_resolution
+    good, largest = _check_images(refs, where, summary, strict, num_workers, progress, max_resolution,
+                                  extra_check)
+    names = list(fields)
 
-    def make_sample(i):  # fields: image, <extras>, id
+    def make_sample(i):
         row = good[i]
-        return (decode_image(refs[row].read()), *extras[row], i)
+        values = {**extras[row], "image": _stored_image(refs[row].read(), max_resolution), "id": i}
+        return tuple(values[name] for name in names)
 
     return write_rows(target, fields, len(good), make_sample, summary,
                       describe=lambda i: where[good[i]], num_workers=num_workers,
                       max_sample_bytes=largest, progress=progress)
 
 
-def _tokenize_captions(captions: List[Optional[str]], where: List[str], tokenizer, summary, strict):
+def _skip_or_stop(summary: WriteSummary, where: str, err: BadRow, strict: bool) -> None:
+    if strict:
+        raise ValueError(f"{where}: {err} (strict=True: nothing was written)")
+    summary.skip(where, err)
+
+
+def _tokenize_captions(captions: List, where: List[str], tokenizer, summary, strict):
     """Tokens per row (None for rows with an unusable caption, which are skipped)."""
     tokens = []
     for i, caption in enumerate(captions):
         try:
             if caption is None:
                 raise BadRow("missing caption")
+            if not isinstance(caption, str):
+                raise BadRow("caption is not text", f"{type(caption).__name__} {caption!r}"[:200])
             ids, truncated = tokenizer(caption)
         except ValueError as err:
-            err = err if isinstance(err, BadRow) else BadRow("empty caption", str(err))
-            if strict:
-                raise ValueError(f"{where[i]}: {err} (strict=True: nothing was written)") from None
-            summary.skip(where[i], err)
+            _skip_or_stop(summary, where[i], err if isinstance(err, BadRow) else BadRow("empty caption", str(err)),
+                          strict)
             tokens.append(None)
             continue
         summary.captions_truncated += int(truncated)
@@ -304,114 +369,59 @@ def _tokenize_captions(captions: List[Optional[str]], where: List[str], tokenize
 
 
 def _write_clip_rows(target, refs, captions, where, summary, context_length, strict, num_workers,
-                     progress, image_kwargs):
+                     progress, image_kwargs, labels: Optional[List[int]] = None,
+                     classes: Optional[List[str]] = None):
     tokenizer = CaptionTokenizer(context_length)
     tokens = _tokenize_captions(captions, where, tokenizer, summary, strict)
     keep = [i for i, t in enumerate(tokens) if t is not None]
-    return _write_image_rows(target, clip_fields(context_length, **image_kwargs),
-                             [refs[i] for i in keep], [where[i] for i in keep],
-                             [(tokens[i],) for i in keep], summary, strict, num_workers, progress)
+    extras = [{"tokens": tokens[i], **({} if labels is None else {"label": labels[i]})} for i in keep]
+    fields = clip_fields(context_length, with_labels=labels is not None, **image_kwargs)
+    summary = _write_image_rows(target, fields, [refs[i] for i in keep], [where[i] for i in keep], extras,
+                                summary, strict, num_workers, progress)
+    if classes is not None:
+        save_class_names(target, classes)
+    return summary
 
 
 # --------------------------------------------------------------------------- CLIP from a table
 
-def _pick_column(wanted: Optional[str], candidates: Sequence[str], columns: Sequence[str],
-                 role: str, source: str) -> str:
-    if wanted is not None:
-        if wanted not in columns:
-            raise ValueError(f"{source}: no {role} column {wanted!r}; columns are {list(columns)}")
-        return wanted
-    for name in candidates:
-        if name in columns:
-            return name
-    raise ValueError(f"{source}: no {role} column (looked for {list(candidates)}); "
-                     f"columns are {list(columns)}; pass the name explicitly")
-
-
-def read_caption_table(table, image_column: Optional[str] = None,
-                       caption_column: Optional[str] = None):
-    """Parse a CSV/TSV/JSONL table -> (rows, bad) with rows = [(where, image, caption)].
-
-    `where` is "file:line". Lines that are not JSON or lack a column go to `bad`
-    as (where, BadRow); a header without the needed columns raises ValueError.
-    """
-    table = Path(table)
-    if not table.is_file():
-        raise FileNotFoundError(f"caption table {table} does not exist")
-    suffix = table.suffix.lower()
-    rows, bad = [], []
-    with open(table, newline="", encoding="utf-8") as fp:
-        if suffix in (".csv", ".tsv"):
-            reader = csv.DictReader(fp, delimiter="\t" if suffix == ".tsv" else ",")
-            columns = reader.fieldnames or []
-            img_col = _pick_column(image_column, IMAGE_COLUMNS, columns, "image", str(table))
-            cap_col = _pick_column(caption_column, CAPTION_COLUMNS, columns, "caption", str(table))
-            for record in reader:
-                where = f"{table}:{reader.line_num}"
-                if record.get(img_col) is None or record.get(cap_col) is None:
-                    bad.append((where, BadRow("missing column",
-                                              f"row has {len(record) - (None in record)} fields")))
-                    continue
-                rows.append((where, record[img_col], record[cap_col]))
-        elif suffix in (".jsonl", ".json"):
-            img_col = cap_col = None
-            for line_no, line in enumerate(fp, start=1):
-                where = f"{table}:{line_no}"
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    if not isinstance(record, dict):
-                        raise ValueError("not an object")
-                except ValueError as err:
-                    bad.append((where, BadRow("bad JSON line", str(err))))
-                    continue
-                if img_col is None:  # columns are fixed by the first object
-                    img_col = _pick_column(image_column, IMAGE_COLUMNS, list(record), "image", where)
-                    cap_col = _pick_column(caption_column, CAPTION_COLUMNS, list(record), "caption", where)
-                missing = [c for c in (img_col, cap_col) if c not in record]
-                if missing:
-                    bad.append((where, BadRow("missing column", ", ".join(missing))))
-                    continue
-                rows.append((where, record[img_col], record[cap_col]))
-        else:
-            raise ValueError(f"caption table {table}: unknown format {suffix!r} "
-                             f"(expected .csv, .tsv or .jsonl)")
-    return rows, bad
-
-
 def write_clip_from_table(table, target, image_root=None, image_column: Optional[str] = None,
-                          caption_column: Optional[str] = None,
+                          caption_column: Optional[str] = None, label_column: Optional[str] = None,
                           context_length: int = DEFAULT_CONTEXT_LENGTH, image_mode: str = "jpg",
                           jpeg_quality: int = 90, max_resolution: Optional[int] = 256,
                           strict: bool = False, num_workers: Optional[int] = None,
-                          progress: bool = True) -> WriteSummary:
+                          progress: bool = True, overwrite: bool = True) -> WriteSummary:
     """CLIP .beton from a folder of images and a CSV/TSV/JSONL of (image path, caption).
 
     Relative image paths are resolved against `image_root` (default: the table's folder).
+    With `label_column` the set is labelled too (usable for zero-shot evaluation): labels follow
+    the sorted class names of that column, saved beside the target (classes.py).
     """
+    target = check_output(target, inputs=[table], overwrite=overwrite)
+    _default_workers(num_workers)
     root = Path(image_root) if image_root is not None else Path(table).parent
-    rows, bad = read_caption_table(table, image_column, caption_column)
+    rows, bad = read_caption_table(table, image_column, caption_column, label_column)
     summary = WriteSummary(path=str(target), rows_read=len(rows) + len(bad))
     for where, err in bad:
-        if strict:
-            raise ValueError(f"{where}: {err} (strict=True: nothing was written)")
-        summary.skip(where, err)
-    refs, captions, where_list = [], [], []
-    for where, image, caption in rows:
-        if not isinstance(image, str) or not image.strip():
-            err = BadRow("missing image path", repr(image))
-            if strict:
-                raise ValueError(f"{where}: {err} (strict=True: nothing was written)")
-            summary.skip(where, err)
-            continue
-        refs.append(FileImage(str(root / image)))
-        captions.append(caption if isinstance(caption, str) else None)
-        where_list.append(f"{where} ({image})")
-    return _write_clip_rows(target, refs, captions, where_list, summary, context_length, strict,
-                            num_workers, progress,
-                            dict(image_mode=image_mode, jpeg_quality=jpeg_quality,
-                                 max_resolution=max_resolution))
+        _skip_or_stop(summary, where, err, strict)
+    usable = []
+    for row in rows:
+        if not isinstance(row.image, str) or not row.image.strip():
+            _skip_or_stop(summary, row.where, BadRow("missing image path", repr(row.image)), strict)
+        elif label_column is not None and (row.label is None or not str(row.label).strip()):
+            _skip_or_stop(summary, row.where, BadRow("missing label", f"column {label_column!r} is empty"), strict)
+        else:
+            usable.append(row)
+    classes = labels = None
+    if label_column is not None:
+        classes = label_names([row.label for row in usable])
+        index = {name: i for i, name in enumerate(classes)}
+        labels = [index[str(row.label).strip()] for row in usable]
+    return _write_clip_rows(target, [FileImage(str(root / row.image)) for row in usable],
+                            [row.caption for row in usable], [f"{row.where} ({row.image})" for row in usable],
+                            summary, context_length, strict, num_workers, progress,
+                            dict(image_mode=image_mode, jpeg_quality=jpeg_quality, max_resolution=max_resolution),
+                            labels=labels, classes=classes)
 
 
 # --------------------------------------------------------------------------- CLIP from webdataset
@@ -435,50 +445,73 @@ def _expand_shards(shards) -> List[str]:
     return paths
 
 
-def read_webdataset_samples(shards):
-    """Group tar members by key (webdataset convention: name up to the first dot of the basename).
-
-    Returns [(where, TarImage or None, caption or None)], where = "shard:key".
-    """
-    samples = []
-    for shard in _expand_shards(shards):
+def _read_shard(shard: str):
+    """(samples, problem) of one shard: samples as read_webdataset_samples; problem is a BadRow
+    when the shard ends early (a cut download): the members before the cut are kept."""
+    try:
+        tar = tarfile.open(shard, "r:")
+    except tarfile.TarError as err:
+        raise ValueError(f"webdataset shard {shard} is not a readable tar file: {err}") from None
+    size = os.path.getsize(shard)
+    groups: Dict[str, Dict[str, tarfile.TarInfo]] = {}
+    problem = None
+    with tar:
         try:
-            tar = tarfile.open(shard, "r:")
-        except tarfile.TarError as err:
-            raise ValueError(f"webdataset shard {shard} is not a readable tar file: {err}") from None
-        groups: Dict[str, Dict[str, tarfile.TarInfo]] = {}
-        with tar:
             for member in tar:
                 if not member.isfile():
                     continue
+                if member.offset_data + member.size > size:
+                    raise tarfile.ReadError(f"member {member.name} ends at byte "
+                                            f"{member.offset_data + member.size}, the file has {size}")
                 folder, base = os.path.split(member.name)
                 key, _, ext = base.partition(".")
                 groups.setdefault(os.path.join(folder, key), {})[ext.lower()] = member
-            for key, members in groups.items():
-                image = next((members[e] for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
-                caption = None
-                if "txt" in members:
-                    caption = tar.extractfile(members["txt"]).read().decode("utf-8", "replace")
-                ref = TarImage(shard, image.offset_data, image.size) if image is not None else None
-                samples.append((f"{shard}:{key}", ref, caption))
-    return samples
+        except (tarfile.TarError, EOFError) as err:
+            problem = BadRow("truncated shard", f"{err}; the {len(groups)} samples before it are kept")
+        samples = []
+        for key, members in groups.items():
+            image = next((members[e] for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
+            caption = None
+            if "txt" in members:
+                caption = tar.extractfile(members["txt"]).read().decode("utf-8", "replace")
+            ref = TarImage(shard, image.offset_data, image.size) if image is not None else None
+            samples.append((f"{shard}:{key}", ref, caption))
+    return samples, problem
+
+
+def read_webdataset_samples(shards):
+    """Group tar members by key (webdataset convention: name up to the first dot of the basename).
+
+    Returns (samples, bad): samples = [(where, TarImage or None, caption or None)] with
+    where = "shard:key"; bad = [(shard, BadRow)] for shards cut short.
+    """
+    samples, bad = [], []
+    for shard in _expand_shards(shards):
+        found, problem = _read_shard(shard)
+        samples += found
+        if problem is not None:
+            bad.append((shard, problem))
+    return samples, bad
 
 
 def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CONTEXT_LENGTH,
                                image_mode: str = "jpg", jpeg_quality: int = 90,
                                max_resolution: Optional[int] = 256, strict: bool = False,
-                               num_workers: Optional[int] = None, progress: bool = True) -> WriteSummary:
+                               num_workers: Optional[int] = None, progress: bool = True,
+                               overwrite: bool = True) -> WriteSummary:
     """CLIP .beton from webdataset tar shards holding <key>.jpg/.png + <key>.txt."""
-    samples = read_webdataset_samples(shards)
+    paths = _expand_shards(shards)
+    target = check_output(target, inputs=paths, overwrite=overwrite)
+    _default_workers(num_workers)
+    samples, bad = read_webdataset_samples(paths)
     summary = WriteSummary(path=str(target), rows_read=len(samples))
+    for where, err in bad:
+        _skip_or_stop(summary, where, err, strict)
     refs, captions, where_list = [], [], []
     for where, ref, caption in samples:
         missing = "image" if ref is None else "text" if caption is None else None
         if missing:
-            err = BadRow(f"no {missing} in sample")
-            if strict:
-                raise ValueError(f"{where}: {err} (strict=True: nothing was written)")
-            summary.skip(where, err)
+            _skip_or_stop(summary, where, BadRow(f"no {missing} in sample"), strict)
             continue
         refs.append(ref)
         captions.append(caption)
@@ -489,34 +522,46 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
                                  max_resolution=max_resolution))
 
 
-# --------------------------------------------------------------------------- MoCo from ImageFolder
+# --------------------------------------------------------------------------- labelled images from ImageFolder
 
-def write_moco_from_image_folder(root, target, image_mode: str = "jpg", jpeg_quality: int = 90,
-                                 max_resolution: Optional[int] = 256, strict: bool = False,
-                                 num_workers: Optional[int] = None, progress: bool = True) -> WriteSummary:
-    """MoCo .beton from root/<class>/<image>; labels follow sorted class names
-    (as torchvision's ImageFolder), saved to `<target>.classes.json`."""
+def write_labelled_from_image_folder(root, target, image_mode: str = "jpg", jpeg_quality: int = 90,
+                                     max_resolution: Optional[int] = 256, strict: bool = False,
+                                     num_workers: Optional[int] = None, progress: bool = True,
+                                     overwrite: bool = True) -> WriteSummary:
+    """Labelled .beton (image, label, id) from root/<class>/<image>: MoCo's training data, or an
+    evaluation set for either trainer. Labels follow sorted class names (as torchvision's
+    ImageFolder), saved beside the target (classes.py). A class folder without images is an
+    error, as in torchvision: keeping it would give a class no sample can have."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
+    target = check_output(target, overwrite=overwrite)
+    _default_workers(num_workers)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"image folder {root} has no class sub-folders")
-    refs, labels, where = [], [], []
+    refs, extras, where, empty = [], [], [], []
     for label, name in enumerate(classes):
-        for path in sorted((root / name).rglob("*")):
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-                refs.append(FileImage(str(path)))
-                labels.append((label,))
-                where.append(str(path))
-    if not refs:
-        raise ValueError(f"image folder {root} holds no images with extensions {IMAGE_EXTENSIONS}")
+        found = [p for p in sorted((root / name).rglob("*"))
+                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not found:
+            empty.append(name)
+        for path in found:
+            refs.append(FileImage(str(path)))
+            extras.append({"label": label})
+            where.append(str(path))
+    if empty:
+        raise ValueError(f"image folder {root}: class folder(s) {empty} hold no images with extensions "
+                         f"{IMAGE_EXTENSIONS}; remove them or add images")
     summary = WriteSummary(path=str(target), rows_read=len(refs))
-    summary = _write_image_rows(target, moco_fields(image_mode=image_mode, jpeg_quality=jpeg_quality,
-                                                    max_resolution=max_resolution),
-                                refs, where, labels, summary, strict, num_workers, progress)
-    Path(f"{target}.classes.json").write_text(json.dumps(classes))
+    summary = _write_image_rows(target, labelled_fields(image_mode=image_mode, jpeg_quality=jpeg_quality,
+                                                        max_resolution=max_resolution),
+                                refs, where, extras, summary, strict, num_workers, progress)
+    save_class_names(target, classes)
     return summary
+
+
+write_moco_from_image_folder = write_labelled_from_image_folder
 
 
 # --------------------------------------------------------------------------- in-memory samples

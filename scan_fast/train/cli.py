@@ -28,9 +28,11 @@ SECTIONS = {
 }
 HELP = {
     "train_data": "the training .beton (scan-fast data ...)",
-    "val_data": "labelled .beton for evaluation (zero-shot for CLIP, kNN/linear probe for MoCo)",
+    "val_data": "labelled .beton for evaluation (zero-shot for CLIP, kNN/linear probe for MoCo): "
+                "scan-fast data labelled, or data clip --label-column",
     "batch_size": "batch size per process", "workers": "FFCV decoding threads",
-    "augment": "random-resized-crop augmentation (FFCV's crops are not seeded: resume is exact only without)",
+    "augment": "random-resized-crop augmentation (crops are keyed by seed, epoch and sample id, so a resumed "
+               "run sees the same images)",
     "device": "auto, cpu or cuda[:N]", "model": "open_clip model config name (random init, no download)",
     "arch": "MoCo backbone: vit_small, resnet50, vit_tiny_cpu or resnet_tiny_cpu",
     "epochs": "epochs to train", "lr": "peak learning rate", "wd": "AdamW weight decay",
@@ -46,7 +48,9 @@ HELP = {
     "resolution": "MoCo input size in pixels", "knn_k": "MoCo kNN eval: neighbours",
     "probe_train_data": "MoCo eval: labelled .beton for the kNN bank and the linear probe (default --train-data)",
     "eval_frequency": "evaluate every N epochs (0: after the last only)",
-    "zeroshot_classes": "file of class names (one a line, in label order) for a non-embedded val set",
+    "zeroshot_classes": "file of class names, one a line in label order (default: the names saved beside "
+                        "--val-data)",
+    "zeroshot_template": "prompt for each class name, with one {} where the name goes",
     "logs": "folder of all runs",
     "name": "run folder name (default <kind>-<prune>-seed<seed>-<digest of the training flags>)",
     "resume": "checkpoint to resume, or 'latest' for this run's last one; the training flags must be the "
@@ -193,16 +197,19 @@ def add_coreset_parser(sub) -> None:
                                             "candidates) as a text file for --prune static.")
     export.add_argument("checkpoint", help="a SCAN run's checkpoint (e.g. runs/NAME/checkpoints/latest.pt)")
     export.add_argument("--out", required=True, help="text file to write, one id a line")
+    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     export.set_defaults(run=_run_coreset_export)
 
 
-def export_coreset(checkpoint: str, out: str) -> int:
+def export_coreset(checkpoint: str, out: str, overwrite: bool = True) -> int:
     """Write the coreset of a SCAN checkpoint; returns how many ids were written."""
     import numpy as np
 
+    from scan_fast.outputs import check_output, partial_path
     from scan_fast.schedule import Scan
     from scan_fast.train.checkpoint import load_checkpoint
 
+    check_output(out, inputs=[checkpoint], overwrite=overwrite)
     state = load_checkpoint(checkpoint)
     schedule_state = state["schedule"]
     if schedule_state.get("kind") not in (None, "Scan") or state["config"].get("prune") != "scan":
@@ -211,7 +218,9 @@ def export_coreset(checkpoint: str, out: str) -> int:
     scan.load_state_dict(schedule_state)
     ids = scan.coreset()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    np.savetxt(out, ids, fmt="%d", header=f"coreset of {checkpoint}: {len(ids)} of {scan.num_samples} ids")
+    partial = partial_path(out)
+    np.savetxt(partial, ids, fmt="%d", header=f"coreset of {checkpoint}: {len(ids)} of {scan.num_samples} ids")
+    os.replace(partial, out)
     return len(ids)
 
 
@@ -222,7 +231,7 @@ def _scan_kwargs(config: dict) -> dict:
 
 
 def _run_coreset_export(args):
-    count = export_coreset(args.checkpoint, args.out)
+    count = export_coreset(args.checkpoint, args.out, overwrite=args.overwrite)
     print(f"wrote {count} ids to {args.out}")
     return 0
 
@@ -231,9 +240,12 @@ def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot (CLIP) or kNN + linear probe (MoCo)",
                        description="Evaluate a trained checkpoint on a labelled .beton.")
     p.add_argument("checkpoint", help="a checkpoint written by scan-fast train")
-    p.add_argument("--val-data", required=True, help="labelled .beton to evaluate on")
-    p.add_argument("--zeroshot-classes", help="CLIP: class names file for a non-embedded data set")
-    p.add_argument("--zeroshot-template", default="a photo of a {}.", help="CLIP: prompt template")
+    p.add_argument("--val-data", required=True, help="labelled .beton to evaluate on (scan-fast data labelled, "
+                                                     "or data clip --label-column)")
+    p.add_argument("--zeroshot-classes", help="CLIP: class names file, one a line in label order (default: the "
+                                              "names saved beside --val-data)")
+    p.add_argument("--zeroshot-template", default="a photo of a {}.",
+                   help="CLIP: prompt for each class name, with one {} where the name goes")
     p.add_argument("--probe-train-data", help="MoCo: labelled .beton for the kNN bank and probe (default: the "
                                               "checkpoint's --train-data)")
     p.add_argument("--workers", type=int, default=2)
@@ -245,19 +257,28 @@ def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_te
     """{"zero_shot": acc} for a CLIP checkpoint, {"knn": acc, "linear_probe": acc} for a MoCo one."""
     import torch
 
-    from scan_fast.data import check_beton
     from scan_fast.train.checkpoint import load_checkpoint
+    from scan_fast.train.evaluate import check_labelled
 
+    check_labelled(val_data)
     state = load_checkpoint(checkpoint)
+    absent = [key for key in ("model", "config") if not isinstance(state.get(key), dict)]
+    if absent:
+        raise ValueError(f"{checkpoint}: not a complete scan-fast checkpoint (no {' or '.join(absent)} entry)")
     config = state["config"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if "model" in config:  # CLIP
         from scan_fast.train.clip import _zero_shot
         from scan_fast.train.clip_model import Clip
+        from scan_fast.train.evaluate import zero_shot_classes
 
-        check_beton(val_data, ("image", "tokens", "id", "label"))
-        model = Clip(config["model"], context_length=state["model"]["model.positional_embedding"].shape[0])
-        model.load_state_dict(state["model"])
+        zero_shot_classes(val_data, zeroshot_classes, zeroshot_template)  # before the model is built
+        positions = state["model"].get("model.positional_embedding")
+        if positions is None:
+            raise ValueError(f"{checkpoint}: not a CLIP checkpoint of scan-fast (its model has no "
+                             f"model.positional_embedding)")
+        model = Clip(config["model"], context_length=positions.shape[0])
+        _load_weights(model, state["model"], checkpoint)
         model.to(device)
         cfg = ClipConfig(train_data=config["train_data"], val_data=val_data, zeroshot_classes=zeroshot_classes,
                          zeroshot_template=zeroshot_template, workers=workers)
@@ -265,15 +286,32 @@ def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_te
     from scan_fast.train.moco import _knn
     from scan_fast.train.moco_model import build_moco
 
-    check_beton(val_data, ("image", "label", "id"))
     model = build_moco(config["arch"], config["resolution"], config["moco_dim"], config["moco_mlp_dim"],
                        config["moco_t"])
-    model.load_state_dict(state["model"])
+    _load_weights(model, state["model"], checkpoint)
     model.to(device)
     cfg = MocoConfig(train_data=config["train_data"], val_data=val_data, probe_train_data=probe_train_data,
                      resolution=config["resolution"], knn_k=config["knn_k"], workers=workers)
     knn = _knn(cfg, model, device)
     return {"knn": knn(), "linear_probe": knn.linear_probe()}
+
+
+def _load_weights(model, weights, checkpoint) -> None:
+    """load_state_dict, with a one-line error naming the checkpoint and the keys or sizes that differ."""
+    if not isinstance(weights, dict):
+        raise ValueError(f"{checkpoint}: its 'model' entry is not a state dict")
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{checkpoint}: its weights do not fit the model its config names "
+                         f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                         f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        sizes = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        raise ValueError(f"{checkpoint}: its weights do not fit the model its config names "
+                         f"({sizes[0] if sizes else err})") from None
 
 
 def _run_eval(args):

@@ -26,7 +26,9 @@ def train_clip(cfg: ClipConfig) -> dict:
     cfg.validate()
     info = check_beton(cfg.train_data, ("image", "tokens", "id"))
     if cfg.val_data is not None:
-        check_beton(cfg.val_data, ("image", "tokens", "id", "label"))
+        from scan_fast.train.evaluate import check_labelled
+
+        check_labelled(cfg.val_data)
     runtime = setup_runtime(cfg.device, cfg.dist_timeout)
     seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
     num_samples = info["num_samples"]
@@ -50,12 +52,15 @@ def train_clip(cfg: ClipConfig) -> dict:
 
 
 def _zero_shot(cfg, model, device):
-    from scan_fast.data import clip_loader
-    from scan_fast.train.evaluate import class_prompts, zero_shot_accuracy
+    """The zero-shot evaluation of `cfg.val_data`; class names are checked against its labels here,
+    before any training."""
+    from scan_fast.data import labelled_loader
+    from scan_fast.data.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from scan_fast.train.evaluate import zero_shot_accuracy, zero_shot_classes
 
-    _names, prompts = class_prompts(cfg.val_data, cfg.zeroshot_classes, cfg.zeroshot_template)
-    val_loader = clip_loader(cfg.val_data, 256, model.image_size, shuffle=False, drop_last=False, device=device,
-                             augment=False, with_labels=True, num_workers=cfg.workers)
+    prompts = zero_shot_classes(cfg.val_data, cfg.zeroshot_classes, cfg.zeroshot_template)
+    val_loader = labelled_loader(cfg.val_data, 256, model.image_size, device=device, mean=OPENAI_CLIP_MEAN,
+                                 std=OPENAI_CLIP_STD, num_workers=cfg.workers)
     return lambda: zero_shot_accuracy(model, val_loader, prompts, device)
 
 

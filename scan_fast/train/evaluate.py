@@ -1,12 +1,14 @@
 """Evaluation: zero-shot classification for CLIP; kNN and linear probe on frozen features for MoCo.
 
-Zero-shot class prompts come from the labelled .beton's metadata (the embedded
-`shapes` and `digits` sets) or from a class-name file with a template (a user
-data set); each class's text embedding is the normalised mean over its prompts.
+Zero-shot works on any labelled .beton (image, label, id; tokens are not needed). Class
+prompts come from a class-name file with a template, else from the names saved beside the set
+(`scan-fast data labelled`, `data clip --label-column`), else from the metadata of the embedded
+`shapes` and `digits` sets; each class's text embedding is the normalised mean over its prompts.
+`zero_shot_classes` checks the names against the set's labels, so a trainer calls it before training.
 """
 import itertools
 import json
-import os
+import string
 from pathlib import Path
 from typing import List, Tuple
 
@@ -15,19 +17,36 @@ import torch
 import torch.nn.functional as F
 
 
+def check_template(template: str) -> str:
+    """A prompt template holds exactly one empty {} field (where the class name goes)."""
+    try:
+        fields_ = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template)
+                   if name is not None]
+    except ValueError as err:  # an unmatched brace
+        raise ValueError(f"--zeroshot-template {template!r}: {err} (write a literal brace as {{{{ or }}}})") from None
+    if fields_ != [("", "", None)]:
+        raise ValueError(f"--zeroshot-template {template!r} must hold exactly one {{}} (where the class name "
+                         f"goes) and no other {{...}} field")
+    return template
+
+
 def class_prompts(val_data, classes_file=None, template: str = "a photo of a {}.") -> Tuple[List[str], List[List[str]]]:
     """(class names, prompts per class) for the labelled set `val_data`, indexed by its labels."""
+    from scan_fast.data.classes import load_class_names, read_names_file
+
     val_data = Path(val_data)
     stem = str(val_data)[: -len(".beton")] if str(val_data).endswith(".beton") else str(val_data)
     if classes_file is not None:
-        if not os.path.isfile(classes_file):
-            raise FileNotFoundError(f"--zeroshot-classes: no file at {classes_file}")
-        names = [line.strip() for line in open(classes_file) if line.strip()]
-        if not names:
-            raise ValueError(f"--zeroshot-classes: {classes_file} lists no class names")
-        if "{}" not in template:
-            raise ValueError(f"--zeroshot-template must contain '{{}}', got {template!r}")
+        try:
+            names = read_names_file(classes_file)
+        except (OSError, ValueError) as err:
+            raise type(err)(f"--zeroshot-classes: {err}") from None
+        check_template(template)
         return names, [[template.format(n)] for n in names]
+    beside = load_class_names(val_data)
+    if beside is not None:
+        check_template(template)
+        return beside, [[template.format(n)] for n in beside]
     shapes_meta = Path(f"{stem}.truth.json")
     if shapes_meta.is_file():
         meta = json.loads(shapes_meta.read_text())
@@ -41,8 +60,32 @@ def class_prompts(val_data, classes_file=None, template: str = "a photo of a {}.
     if digits_meta.is_file():
         meta = json.loads(digits_meta.read_text())
         return list(meta["classes"]), [[meta["template"].format(c)] for c in meta["classes"]]
-    raise ValueError(f"no class names for {val_data}: it is not an embedded data set (no {shapes_meta.name} "
-                     f"or digits.classes.json beside it); pass --zeroshot-classes FILE")
+    raise ValueError(f"no class names for {val_data}: no {val_data.name}.classes.json beside it (written by "
+                     f"scan-fast data labelled / data clip --label-column) and it is not an embedded data set; "
+                     f"pass --zeroshot-classes FILE")
+
+
+def check_labelled(val_data) -> None:
+    """--val-data must be a labelled .beton; the error says how to write one."""
+    from scan_fast.data.schema import check_beton
+
+    try:
+        check_beton(val_data, ("image", "label", "id"))
+    except ValueError as err:
+        hint = ("; write labelled sets with scan-fast data labelled (an ImageFolder) or data clip --label-column"
+                if "lacks field" in str(err) else "")
+        raise ValueError(f"--val-data: {err}{hint}") from None
+
+
+def zero_shot_classes(val_data, classes_file=None, template: str = "a photo of a {}.") -> List[List[str]]:
+    """Prompts per class of `val_data`, after checking that every label of the set has a class name."""
+    from scan_fast.data.classes import check_class_names
+    from scan_fast.data.inspect import read_labels
+
+    names, prompts = class_prompts(val_data, classes_file, template)
+    source = f"--zeroshot-classes {classes_file}" if classes_file else f"the class names for {val_data}"
+    check_class_names(names, read_labels(val_data), val_data, source)
+    return prompts
 
 
 @torch.no_grad()
@@ -61,16 +104,15 @@ def class_embeddings(clip, prompts: List[List[str]], device) -> torch.Tensor:
 
 @torch.no_grad()
 def zero_shot_accuracy(clip, loader, prompts: List[List[str]], device) -> float:
-    """Top-1 accuracy of argmax cosine(image, class text) over a loader of (images, tokens, ids, labels)."""
+    """Top-1 accuracy of argmax cosine(image, class text) over a loader of (images, labels, ids)
+    (data.labelled_loader); labels are checked against the classes beforehand (zero_shot_classes)."""
     was_training = clip.training
     clip.eval()
     classes = class_embeddings(clip, prompts, device)
     correct = total = 0
-    for images, _tokens, _ids, labels in loader:
+    for images, labels, _ids in loader:
         image = clip.model.encode_image(images.to(device), normalize=True).float()
         predicted = (image @ classes.T).argmax(1).cpu()
-        if int(labels.max()) >= len(prompts):
-            raise ValueError(f"label {int(labels.max())} in the evaluation data, but only {len(prompts)} classes")
         correct += int((predicted == labels.cpu()).sum())
         total += len(labels)
     clip.train(was_training)

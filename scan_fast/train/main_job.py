@@ -2,7 +2,7 @@
 
 Builds `shapes` (8 shapes x 8 colours, small or large, in one of 4 quadrants;
 20% mismatched captions, 10% near-duplicates) with a clean held-out split for
-zero-shot evaluation over its 64 shape x colour classes, and `digits`; trains the tiny CLIP
+zero-shot evaluation over its 64 shape x colour classes; trains the tiny CLIP
 once per strategy and seed at equal epochs (random prunes exactly the counts
 of the SCAN run of the same seed, read from its epochs.csv), and prints one
 table: sample-steps, training wall time, zero-shot accuracy, and for SCAN the
@@ -57,7 +57,7 @@ def build_data(out: str, num_samples: int, test_samples: int, progress: bool = T
     for shapes, the same vocabulary and geometry: data of an older generator is rewritten)."""
     import json
 
-    from scan_fast.data import check_beton, write_digits, write_shapes
+    from scan_fast.data import check_beton, write_shapes
     from scan_fast.data.embedded import COLOURS, GRID, JITTER, POSITIONS, RADII, SHAPES, SHAPES_TEMPLATE, SIZES
     from scan_fast.train.clip_model import TINY_CLIP_CONFIG
 
@@ -65,8 +65,7 @@ def build_data(out: str, num_samples: int, test_samples: int, progress: bool = T
     folder = os.path.join(out, "data")
     os.makedirs(folder, exist_ok=True)
     paths = {"train": os.path.join(folder, f"shapes{num_samples}.beton"),
-             "test": os.path.join(folder, f"shapes_test{test_samples}.beton"),
-             "digits_train": os.path.join(folder, "digits", "digits_train.beton")}
+             "test": os.path.join(folder, f"shapes_test{test_samples}.beton")}
 
     def missing(path, n=None):
         try:
@@ -93,8 +92,6 @@ def build_data(out: str, num_samples: int, test_samples: int, progress: bool = T
     if stale_shapes(paths["test"], test_samples):
         write_shapes(paths["test"], num_samples=test_samples, mismatch_fraction=0.0, duplicate_fraction=0.0,
                      seed=1, context_length=context, progress=progress)
-    if missing(paths["digits_train"]):
-        write_digits(os.path.join(folder, "digits"), context_length=context, progress=progress)
     return paths
 
 
