@@ -1,0 +1,192 @@
+#include "shard.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "parallel.hpp"
+#include "rng.hpp"
+
+namespace scan_fast {
+
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// Without -mpopcnt GCC calls a table-based libgcc routine; pick the instruction at load time.
+#define SCAN_FAST_POPCNT_CLONES __attribute__((target_clones("popcnt", "default")))
+#else
+#define SCAN_FAST_POPCNT_CLONES
+#endif
+
+inline unsigned popcount64(uint64_t x) { return static_cast<unsigned>(__builtin_popcountll(x)); }
+
+// Position of the k-th (0-based) set bit of x, k < popcount(x): halve the window 6 times.
+inline unsigned nth_set_bit(uint64_t x, unsigned k) {
+  unsigned pos = 0;
+  for (unsigned width = 32; width != 0; width >>= 1) {
+    const uint64_t low = x & ((uint64_t{1} << width) - 1);
+    const unsigned c = popcount64(low);
+    if (k >= c) {
+      k -= c;
+      x >>= width;
+      pos += width;
+    } else {
+      x = low;
+    }
+  }
+  return pos;
+}
+
+unsigned bit_length(uint64_t x) { return x == 0 ? 0 : 64 - static_cast<unsigned>(__builtin_clzll(x)); }
+
+}  // namespace
+
+// ---------------------------------------------------------------- keyed permutation
+
+KeyedPermutation::KeyedPermutation(uint64_t size, uint64_t seed, uint64_t stream) : size_(size) {
+  if (size == 0) throw std::invalid_argument("KeyedPermutation needs size >= 1");
+  half_bits_ = std::max(1u, (bit_length(size - 1) + 1) / 2);
+  half_mask_ = (uint64_t{1} << half_bits_) - 1;
+  const CounterRng rng(seed, stream, RngPurpose::kShardOrder);
+  for (int r = 0; r < kRounds; ++r) keys_[r] = rng(static_cast<uint64_t>(r));
+}
+
+// One pass of the network over [0, 2^(2h)): (L, R) -> (R, L ^ F_r(R)) per round.
+uint64_t KeyedPermutation::network(uint64_t x) const {
+  uint64_t left = x >> half_bits_, right = x & half_mask_;
+  for (int r = 0; r < kRounds; ++r) {
+    const uint64_t mixed = left ^ (mix64(right ^ keys_[r]) & half_mask_);
+    left = right;
+    right = mixed;
+  }
+  return (left << half_bits_) | right;
+}
+
+uint64_t KeyedPermutation::operator()(uint64_t position) const {
+  uint64_t x = network(position);
+  while (x >= size_) x = network(x);  // cycle-walking: stays a bijection of [0, size)
+  return x;
+}
+
+// ---------------------------------------------------------------- rank / select
+
+namespace {
+
+SCAN_FAST_POPCNT_CLONES
+void count_blocks(const uint64_t* words, size_t num_words, uint64_t tail, bool members, size_t first_block,
+                  size_t last_block, uint64_t* counts) {
+  for (size_t b = first_block; b < last_block; ++b) {
+    const size_t end = std::min(num_words, (b + 1) * RankSelect::kWordsPerBlock);
+    uint64_t total = 0;
+    for (size_t w = b * RankSelect::kWordsPerBlock; w < end; ++w) {
+      uint64_t word = members ? words[w] : ~words[w];
+      if (w + 1 == num_words) word &= tail;
+      total += popcount64(word);
+    }
+    counts[b + 1] = total;
+  }
+}
+
+uint64_t tail_bits(uint64_t num_samples) {
+  const unsigned used = static_cast<unsigned>(num_samples % 64);
+  return used == 0 ? ~uint64_t{0} : (uint64_t{1} << used) - 1;
+}
+
+}  // namespace
+
+RankSelect::RankSelect(const IndexSet& set, bool members) : set_(&set), members_(members) {
+  const size_t num_words = set.num_words();
+  const size_t blocks = (num_words + kWordsPerBlock - 1) / kWordsPerBlock;
+  before_.assign(blocks + 1, 0);
+  const uint64_t tail = tail_bits(set.num_samples());
+  run_parts(blocks, parts_for(blocks, kWordsPerThread / kWordsPerBlock), [&](size_t b, size_t e, size_t) {
+    count_blocks(set.words(), num_words, tail, members, b, e, before_.data());
+  });
+  for (size_t b = 0; b < blocks; ++b) before_[b + 1] += before_[b];
+}
+
+size_t RankSelect::block_of(uint64_t q, size_t lo, size_t hi) const {
+  // The last block b in [lo, hi) with before_[b] <= q.
+  const auto it = std::upper_bound(before_.begin() + lo + 1, before_.begin() + hi, q);
+  return static_cast<size_t>(it - before_.begin()) - 1;
+}
+
+uint64_t RankSelect::kept_word(size_t w) const {
+  uint64_t word = members_ ? set_->words()[w] : ~set_->words()[w];
+  if (w + 1 == set_->num_words()) word &= tail_bits(set_->num_samples());
+  return word;
+}
+
+uint64_t RankSelect::select_in_block(uint64_t q, size_t block) const {
+  uint64_t rest = q - before_[block];
+  const size_t end = std::min(set_->num_words(), (block + 1) * kWordsPerBlock);
+  for (size_t w = block * kWordsPerBlock; w < end; ++w) {
+    const uint64_t word = kept_word(w);
+    const unsigned c = popcount64(word);
+    if (rest < c) return w * 64 + nth_set_bit(word, static_cast<unsigned>(rest));
+    rest -= c;
+  }
+  throw std::logic_error("RankSelect: position " + std::to_string(q) + " is not in block " + std::to_string(block));
+}
+
+// ---------------------------------------------------------------- shards
+
+namespace {
+
+// Positions per bucket: a bucket's directory entries and bitset words (about 2^17 bytes
+// of bitset at full density) stay in cache while its positions are answered.
+constexpr unsigned kBucketBits = 20;
+
+SCAN_FAST_POPCNT_CLONES
+void select_buckets(const RankSelect& kept, const std::vector<uint64_t>& bucket_start,
+                    const std::vector<uint64_t>& order, unsigned shift, size_t first, size_t last, int64_t* out) {
+  const uint64_t size = kept.size();
+  for (size_t bucket = first; bucket < last; ++bucket) {
+    if (bucket_start[bucket] == bucket_start[bucket + 1]) continue;
+    const uint64_t low = uint64_t{bucket} << shift;
+    const uint64_t high = std::min(size - 1, low + (uint64_t{1} << shift) - 1);
+    const size_t lo = kept.block_of(low), hi = kept.block_of(high) + 1;
+    for (uint64_t i = bucket_start[bucket]; i < bucket_start[bucket + 1]; ++i) {
+      const uint64_t j = order[i];
+      const uint64_t q = static_cast<uint64_t>(out[j]);
+      out[j] = static_cast<int64_t>(kept.select_in_block(q, kept.block_of(q, lo, hi)));
+    }
+  }
+}
+
+}  // namespace
+
+void shard_ids(const RankSelect& kept, bool shuffle, uint64_t seed, uint64_t stream, uint64_t start,
+               uint64_t step, uint64_t count, int64_t* out) {
+  if (count == 0) return;
+  const uint64_t size = kept.size();
+  if (size == 0) throw std::invalid_argument("shard_ids: the kept set is empty");
+  const KeyedPermutation permute(size, seed, stream);
+
+  // 1. The kept position of every shard entry, written where its id will go.
+  run_parts(count, parts_for(count, 1 << 16), [&](size_t b, size_t e, size_t) {
+    for (size_t j = b; j < e; ++j) {
+      const uint64_t p = static_cast<uint64_t>((static_cast<__uint128_t>(j) * step + start) % size);
+      out[j] = static_cast<int64_t>(shuffle ? permute(p) : p);
+    }
+  });
+
+  // 2. Entries grouped by bucket of nearby positions (a counting sort of their indices).
+  const unsigned shift = std::max(kBucketBits, bit_length(size - 1)) - kBucketBits;
+  const size_t buckets = static_cast<size_t>(((size - 1) >> shift) + 1);
+  std::vector<uint64_t> bucket_start(buckets + 1, 0);
+  for (uint64_t j = 0; j < count; ++j) ++bucket_start[(static_cast<uint64_t>(out[j]) >> shift) + 1];
+  for (size_t b = 0; b < buckets; ++b) bucket_start[b + 1] += bucket_start[b];
+  std::vector<uint64_t> order(count);
+  {
+    std::vector<uint64_t> next(bucket_start.begin(), bucket_start.end() - 1);
+    for (uint64_t j = 0; j < count; ++j) order[next[static_cast<uint64_t>(out[j]) >> shift]++] = j;
+  }
+
+  // 3. Position -> id, bucket by bucket; each entry is written by exactly one thread.
+  run_parts(buckets, parts_for(buckets, 1), [&](size_t b, size_t e, size_t) {
+    select_buckets(kept, bucket_start, order, shift, b, e, out);
+  });
+}
+
+}  // namespace scan_fast
