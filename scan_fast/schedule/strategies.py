@@ -56,6 +56,11 @@ class NoPruning(PruningSchedule):
     def _keep_indices(self, epoch):
         return np.arange(self.num_samples, dtype=np.int64)
 
+    def _kept_set(self, epoch):
+        from scan_fast.schedule.shard import KeptSet  # needs the compiled engine
+
+        return KeptSet.everything(self.num_samples)
+
     def _finish_epoch(self, epoch, epoch_loss):
         return EpochRecord(epoch, WARMUP, 0, 0, self.num_samples, epoch_loss)
 
