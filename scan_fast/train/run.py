@@ -1,7 +1,7 @@
 """A training run, whatever the model: processes, schedule, epochs, checkpoints, logs, report.
 
 `fit` drives epochs of `loop.train_one_epoch` over an FFCV loader that reads
-`schedule.epoch_indices(epoch)`, ends each epoch in the schedule, evaluates,
+this rank's shard of `schedule.epoch_kept_set(epoch)`, ends each epoch in the schedule, evaluates,
 logs, and checkpoints atomically; with `resume` it continues a killed run
 exactly where its last checkpoint left it.
 """
@@ -154,7 +154,7 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
 
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            kept = len(schedule.epoch_indices(epoch))
+            kept = len(schedule.epoch_kept_set(epoch))  # a count: the global list is never built
             loader.set_epoch(epoch)
             iters = len(loader)
             phase = _phase_hint(schedule, epoch, kept, num_samples)
