@@ -136,10 +136,12 @@ namespace {
 // Positions per bucket: a bucket's directory entries and bitset words (about 2^17 bytes
 // of bitset at full density) stay in cache while its positions are answered.
 constexpr unsigned kBucketBits = 20;
+// Entries sorted into buckets at a time: bounds the scratch to 4 bytes x 2^24 = 64 MiB.
+constexpr uint64_t kChunk = uint64_t{1} << 24;
 
 SCAN_FAST_POPCNT_CLONES
-void select_buckets(const RankSelect& kept, const std::vector<uint64_t>& bucket_start,
-                    const std::vector<uint64_t>& order, unsigned shift, size_t first, size_t last, int64_t* out) {
+void select_buckets(const RankSelect& kept, const uint64_t* bucket_start, const uint32_t* order, unsigned shift,
+                    size_t first, size_t last, int64_t* out) {
   const uint64_t size = kept.size();
   for (size_t bucket = first; bucket < last; ++bucket) {
     if (bucket_start[bucket] == bucket_start[bucket + 1]) continue;
@@ -147,9 +149,9 @@ void select_buckets(const RankSelect& kept, const std::vector<uint64_t>& bucket_
     const uint64_t high = std::min(size - 1, low + (uint64_t{1} << shift) - 1);
     const size_t lo = kept.block_of(low), hi = kept.block_of(high) + 1;
     for (uint64_t i = bucket_start[bucket]; i < bucket_start[bucket + 1]; ++i) {
-      const uint64_t j = order[i];
-      const uint64_t q = static_cast<uint64_t>(out[j]);
-      out[j] = static_cast<int64_t>(kept.select_in_block(q, kept.block_of(q, lo, hi)));
+      int64_t& entry = out[order[i]];
+      const uint64_t q = static_cast<uint64_t>(entry);
+      entry = static_cast<int64_t>(kept.select_in_block(q, kept.block_of(q, lo, hi)));
     }
   }
 }
@@ -171,22 +173,27 @@ void shard_ids(const RankSelect& kept, bool shuffle, uint64_t seed, uint64_t str
     }
   });
 
-  // 2. Entries grouped by bucket of nearby positions (a counting sort of their indices).
   const unsigned shift = std::max(kBucketBits, bit_length(size - 1)) - kBucketBits;
   const size_t buckets = static_cast<size_t>(((size - 1) >> shift) + 1);
-  std::vector<uint64_t> bucket_start(buckets + 1, 0);
-  for (uint64_t j = 0; j < count; ++j) ++bucket_start[(static_cast<uint64_t>(out[j]) >> shift) + 1];
-  for (size_t b = 0; b < buckets; ++b) bucket_start[b + 1] += bucket_start[b];
-  std::vector<uint64_t> order(count);
-  {
-    std::vector<uint64_t> next(bucket_start.begin(), bucket_start.end() - 1);
-    for (uint64_t j = 0; j < count; ++j) order[next[static_cast<uint64_t>(out[j]) >> shift]++] = j;
+  std::vector<uint64_t> bucket_start(buckets + 1);
+  std::vector<uint64_t> next(buckets);
+  std::vector<uint32_t> order(std::min(count, kChunk));
+  for (uint64_t chunk = 0; chunk < count; chunk += kChunk) {
+    int64_t* part = out + chunk;
+    const uint64_t part_size = std::min(kChunk, count - chunk);
+    // 2. The chunk's entries grouped by bucket of nearby positions (a counting sort of their indices).
+    std::fill(bucket_start.begin(), bucket_start.end(), 0);
+    for (uint64_t j = 0; j < part_size; ++j) ++bucket_start[(static_cast<uint64_t>(part[j]) >> shift) + 1];
+    for (size_t b = 0; b < buckets; ++b) bucket_start[b + 1] += bucket_start[b];
+    std::copy(bucket_start.begin(), bucket_start.end() - 1, next.begin());
+    for (uint64_t j = 0; j < part_size; ++j) {
+      order[next[static_cast<uint64_t>(part[j]) >> shift]++] = static_cast<uint32_t>(j);
+    }
+    // 3. Position -> id, bucket by bucket; each entry is written by exactly one thread.
+    run_parts(buckets, parts_for(buckets, 1), [&](size_t b, size_t e, size_t) {
+      select_buckets(kept, bucket_start.data(), order.data(), shift, b, e, part);
+    });
   }
-
-  // 3. Position -> id, bucket by bucket; each entry is written by exactly one thread.
-  run_parts(buckets, parts_for(buckets, 1), [&](size_t b, size_t e, size_t) {
-    select_buckets(kept, bucket_start, order, shift, b, e, out);
-  });
 }
 
 }  // namespace scan_fast

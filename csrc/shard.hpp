@@ -5,8 +5,8 @@
 // keyed pseudo-random order, positions 0..K-1; a shard is the ids at positions
 // (start + j * step) mod K for j < count. Rank r of W reads start = r, step = W,
 // count = floor(K / W). Every id depends on (set, seed, stream, position) only, never on
-// the thread count. Memory: the directory is 8 bytes per 512 samples, plus 16 bytes per
-// id of the shard (the output and a bucket order).
+// the thread count. Memory: the directory is 8 bytes per 512 samples, the output 8 bytes
+// per id of the shard, and at most 64 MiB of scratch (the bucket order of 2^24 entries).
 #pragma once
 
 #include <cstddef>

@@ -244,8 +244,8 @@ def keyed_shard(kept: SampleSet, *, members: bool, seed: int, stream: int, start
     The kept ids are the members of `kept` (members=True) or its non-members; K is
     their count. Their order is a keyed bijection of the positions [0, K) fixed by
     (seed, stream), sorted order when shuffle=False; no list of all K ids is ever
-    built (the engine keeps 8 bytes per 512 samples of rank directory and about
-    16 bytes per returned id). Definition and oracle: scan_fast.schedule.shard.
+    built (the engine keeps 8 bytes per 512 samples of rank directory and at most
+    64 MiB of scratch besides the 8 bytes per returned id). Definition and oracle: scan_fast.schedule.shard.
     """
     if not isinstance(kept, SampleSet):
         raise TypeError(f"kept must be a SampleSet, got {type(kept).__name__}")

@@ -417,6 +417,17 @@ static void test_rank_select_and_shards() {
       }
     }
   }
+  // More entries than one bucket-sort chunk (2^24): still a permutation of the kept ids.
+  const uint64_t big = (uint64_t{1} << 24) + 4099;
+  const IndexSet nothing(big);
+  const scan_fast::RankSelect everything(nothing, false);
+  std::vector<int64_t> order(big);
+  scan_fast::shard_ids(everything, true, 1, 1, 0, 1, big, order.data());
+  CHECK(order[0] != 0 || order[1] != 1);
+  std::sort(order.begin(), order.end());
+  bool identity = true;
+  for (uint64_t i = 0; i < big; ++i) identity &= order[i] == static_cast<int64_t>(i);
+  CHECK(identity);
   const scan_fast::RankSelect none(IndexSet(100), true);
   int64_t out[1];
   CHECK_THROWS(scan_fast::shard_ids(none, true, 0, 0, 0, 1, 1, out), "empty");

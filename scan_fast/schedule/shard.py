@@ -13,7 +13,8 @@ Why strided: global batch i of a global batch size G = W * b holds order positio
 global batch and still see the same batches.
 
 Cost on each rank: the kept set as a bitset (N / 8 bytes), the engine's rank
-directory (N / 64 bytes) and 16 bytes per id of the shard; nothing of size K.
+directory (N / 64 bytes), 8 bytes per id of the shard and at most 64 MiB of
+scratch; nothing of size K.
 `epoch_shard_reference` is the same definition written plainly in numpy over the
 materialised list: the oracle for tests and the baseline of bench/bench_scale.py.
 """
