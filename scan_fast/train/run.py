@@ -18,8 +18,24 @@ from scan_fast.train.loop import NonFiniteLoss, StopTraining, lr_at, train_one_e
 from scan_fast.train.report import RunLogger, plot_run, read_prune_counts, write_report
 
 # Checkpoint config keys that must match for a resume to continue the same run.
-_RESUME_KEYS = ("train_data", "prune", "seed", "batch_size", "epochs", "rho_ill", "rho_red", "t_cos",
+# --batch-size is compared as the global batch instead (check_resume_world_size).
+_RESUME_KEYS = ("train_data", "prune", "seed", "epochs", "rho_ill", "rho_red", "t_cos",
                 "prune_threshold", "prune_target", "augment", "model", "arch", "resolution")
+
+
+def check_resume_world_size(path, saved: dict, batch_size: int, world_size: int) -> None:
+    """A run may resume on another number of ranks if the global batch (batch_size x world_size) is unchanged.
+
+    The schedule's state does not depend on the world size and global batch i holds
+    the same ids for every world size (scan_fast/schedule/shard.py), so such a run
+    continues on the same batches. Checkpoints without a saved world size compare
+    --batch-size alone.
+    """
+    saved_world = saved.get("world_size", world_size)
+    if saved.get("batch_size") is None or saved["batch_size"] * saved_world != batch_size * world_size:
+        raise ValueError(f"--resume {path}: the checkpoint was made with --batch-size {saved.get('batch_size')!r} "
+                         f"on {saved_world} rank(s), this run has --batch-size {batch_size} on {world_size} rank(s); "
+                         "the world size may change only at the same global batch (batch size x ranks)")
 
 
 class TrainingDiverged(RuntimeError):
@@ -140,6 +156,7 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
             raise ValueError(f"--resume {path}: the checkpoint was made with different "
                              + ", ".join(f"--{k.replace('_', '-')} ({state['config'].get(k)!r} there, "
                                          f"{getattr(cfg, k, None)!r} here)" for k in changed))
+        check_resume_world_size(path, state["config"], cfg.batch_size, runtime.world_size)
         restore(state, model=model, optimizer=optimizer, scaler=scaler, schedule=schedule)
         start_epoch, global_step, history = state["epoch"], state["global_step"], list(state["history"])
 
@@ -150,7 +167,8 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
     def checkpoint(path, epoch):
         if runtime.is_main:
             save_checkpoint(path, model=model, optimizer=optimizer, scaler=scaler, schedule=schedule,
-                            epoch=epoch, global_step=global_step, config=cfg.as_dict(), history=history)
+                            epoch=epoch, global_step=global_step, history=history,
+                            config={**cfg.as_dict(), "world_size": runtime.world_size})
 
     try:
         for epoch in range(start_epoch, cfg.epochs):
