@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <stdexcept>
-#include <string>
 
 #include "parallel.hpp"
 #include "rng.hpp"
@@ -19,23 +18,6 @@ namespace {
 #endif
 
 inline unsigned popcount64(uint64_t x) { return static_cast<unsigned>(__builtin_popcountll(x)); }
-
-// Position of the k-th (0-based) set bit of x, k < popcount(x): halve the window 6 times.
-inline unsigned nth_set_bit(uint64_t x, unsigned k) {
-  unsigned pos = 0;
-  for (unsigned width = 32; width != 0; width >>= 1) {
-    const uint64_t low = x & ((uint64_t{1} << width) - 1);
-    const unsigned c = popcount64(low);
-    if (k >= c) {
-      k -= c;
-      x >>= width;
-      pos += width;
-    } else {
-      x = low;
-    }
-  }
-  return pos;
-}
 
 unsigned bit_length(uint64_t x) { return x == 0 ? 0 : 64 - static_cast<unsigned>(__builtin_clzll(x)); }
 
@@ -94,39 +76,14 @@ uint64_t tail_bits(uint64_t num_samples) {
 
 }  // namespace
 
-RankSelect::RankSelect(const IndexSet& set, bool members) : set_(&set), members_(members) {
-  const size_t num_words = set.num_words();
-  const size_t blocks = (num_words + kWordsPerBlock - 1) / kWordsPerBlock;
+RankSelect::RankSelect(const IndexSet& set, bool members)
+    : words_(set.words()), num_words_(set.num_words()), tail_(tail_bits(set.num_samples())), members_(members) {
+  const size_t blocks = (num_words_ + kWordsPerBlock - 1) / kWordsPerBlock;
   before_.assign(blocks + 1, 0);
-  const uint64_t tail = tail_bits(set.num_samples());
   run_parts(blocks, parts_for(blocks, kWordsPerThread / kWordsPerBlock), [&](size_t b, size_t e, size_t) {
-    count_blocks(set.words(), num_words, tail, members, b, e, before_.data());
+    count_blocks(words_, num_words_, tail_, members, b, e, before_.data());
   });
   for (size_t b = 0; b < blocks; ++b) before_[b + 1] += before_[b];
-}
-
-size_t RankSelect::block_of(uint64_t q, size_t lo, size_t hi) const {
-  // The last block b in [lo, hi) with before_[b] <= q.
-  const auto it = std::upper_bound(before_.begin() + lo + 1, before_.begin() + hi, q);
-  return static_cast<size_t>(it - before_.begin()) - 1;
-}
-
-uint64_t RankSelect::kept_word(size_t w) const {
-  uint64_t word = members_ ? set_->words()[w] : ~set_->words()[w];
-  if (w + 1 == set_->num_words()) word &= tail_bits(set_->num_samples());
-  return word;
-}
-
-uint64_t RankSelect::select_in_block(uint64_t q, size_t block) const {
-  uint64_t rest = q - before_[block];
-  const size_t end = std::min(set_->num_words(), (block + 1) * kWordsPerBlock);
-  for (size_t w = block * kWordsPerBlock; w < end; ++w) {
-    const uint64_t word = kept_word(w);
-    const unsigned c = popcount64(word);
-    if (rest < c) return w * 64 + nth_set_bit(word, static_cast<unsigned>(rest));
-    rest -= c;
-  }
-  throw std::logic_error("RankSelect: position " + std::to_string(q) + " is not in block " + std::to_string(block));
 }
 
 // ---------------------------------------------------------------- shards

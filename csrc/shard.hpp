@@ -40,9 +40,27 @@ class KeyedPermutation {
   uint64_t keys_[kRounds];
 };
 
+// Position of the k-th (0-based) set bit of x, k < popcount(x): halve the window 6 times.
+inline unsigned nth_set_bit(uint64_t x, unsigned k) {
+  unsigned pos = 0;
+  for (unsigned width = 32; width != 0; width >>= 1) {
+    const uint64_t low = x & ((uint64_t{1} << width) - 1);
+    const unsigned c = static_cast<unsigned>(__builtin_popcountll(low));
+    if (k >= c) {
+      k -= c;
+      x >>= width;
+      pos += width;
+    } else {
+      x = low;
+    }
+  }
+  return pos;
+}
+
 // Position -> id over the members (or the non-members) of an IndexSet: the kept count
 // before every block of 8 words, select by binary search over the blocks and a scan of
 // one block. Holds a pointer to the set, which must outlive it and stay unchanged.
+// The lookups are inline so that shard.cpp's popcnt build of its loop inlines them.
 class RankSelect {
  public:
   static constexpr size_t kWordsPerBlock = 8;
@@ -51,18 +69,44 @@ class RankSelect {
 
   uint64_t size() const { return before_.back(); }  // kept ids
   size_t num_blocks() const { return before_.size() - 1; }
-  // The block holding kept position q (q < size()), searched in blocks [lo, hi).
-  size_t block_of(uint64_t q, size_t lo, size_t hi) const;
-  size_t block_of(uint64_t q) const { return block_of(q, 0, num_blocks()); }
-  // The id at kept position q, found in block `block` (block == block_of(q)).
-  uint64_t select_in_block(uint64_t q, size_t block) const;
-  uint64_t select(uint64_t q) const { return select_in_block(q, block_of(q)); }
   size_t directory_bytes() const { return before_.size() * sizeof(uint64_t); }
 
- private:
-  uint64_t kept_word(size_t w) const;
+  // The block holding kept position q (q < size()), searched in blocks [lo, hi): the last
+  // block b there with before_[b] <= q.
+  size_t block_of(uint64_t q, size_t lo, size_t hi) const {
+    const uint64_t* before = before_.data();
+    size_t count = hi - lo;
+    while (count > 1) {  // branch-free lower half / upper half steps
+      const size_t half = count / 2;
+      lo = before[lo + half] <= q ? lo + half : lo;
+      count -= half;
+    }
+    return lo;
+  }
+  size_t block_of(uint64_t q) const { return block_of(q, 0, num_blocks()); }
 
-  const IndexSet* set_;
+  // The id at kept position q, found in block `block` (block == block_of(q)).
+  uint64_t select_in_block(uint64_t q, size_t block) const {
+    uint64_t rest = q - before_[block];
+    size_t w = block * kWordsPerBlock;
+    for (;; ++w) {  // the block holds position q, so the loop ends inside it
+      const uint64_t word = kept_word(w);
+      const unsigned c = static_cast<unsigned>(__builtin_popcountll(word));
+      if (rest < c) return w * 64 + nth_set_bit(word, static_cast<unsigned>(rest));
+      rest -= c;
+    }
+  }
+  uint64_t select(uint64_t q) const { return select_in_block(q, block_of(q)); }
+
+ private:
+  uint64_t kept_word(size_t w) const {
+    const uint64_t word = members_ ? words_[w] : ~words_[w];
+    return w + 1 == num_words_ ? word & tail_ : word;
+  }
+
+  const uint64_t* words_;
+  size_t num_words_;
+  uint64_t tail_;  // the valid bits of the last word
   bool members_;
   std::vector<uint64_t> before_;  // before_[b] = kept ids in blocks < b; num_blocks + 1 entries
 };
