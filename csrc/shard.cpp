@@ -93,11 +93,16 @@ namespace {
 // Positions per bucket: a bucket's directory entries and bitset words (about 2^17 bytes
 // of bitset at full density) stay in cache while its positions are answered.
 constexpr unsigned kBucketBits = 20;
-// Entries sorted into buckets at a time: bounds the scratch to 4 bytes x 2^24 = 64 MiB.
-constexpr uint64_t kChunk = uint64_t{1} << 24;
+// Entries sorted into buckets at a time: bounds the scratch to 16 bytes x 2^22 = 64 MiB.
+constexpr uint64_t kChunk = uint64_t{1} << 22;
+
+struct Entry {
+  uint64_t position;  // in the kept order
+  uint64_t index;     // in the shard
+};
 
 SCAN_FAST_POPCNT_CLONES
-void select_buckets(const RankSelect& kept, const uint64_t* bucket_start, const uint32_t* order, unsigned shift,
+void select_buckets(const RankSelect& kept, const uint64_t* bucket_start, const Entry* entries, unsigned shift,
                     size_t first, size_t last, int64_t* out) {
   const uint64_t size = kept.size();
   for (size_t bucket = first; bucket < last; ++bucket) {
@@ -106,9 +111,8 @@ void select_buckets(const RankSelect& kept, const uint64_t* bucket_start, const 
     const uint64_t high = std::min(size - 1, low + (uint64_t{1} << shift) - 1);
     const size_t lo = kept.block_of(low), hi = kept.block_of(high) + 1;
     for (uint64_t i = bucket_start[bucket]; i < bucket_start[bucket + 1]; ++i) {
-      int64_t& entry = out[order[i]];
-      const uint64_t q = static_cast<uint64_t>(entry);
-      entry = static_cast<int64_t>(kept.select_in_block(q, kept.block_of(q, lo, hi)));
+      const uint64_t q = entries[i].position;
+      out[entries[i].index] = static_cast<int64_t>(kept.select_in_block(q, kept.block_of(q, lo, hi)));
     }
   }
 }
@@ -122,10 +126,20 @@ void shard_ids(const RankSelect& kept, bool shuffle, uint64_t seed, uint64_t str
   if (size == 0) throw std::invalid_argument("shard_ids: the kept set is empty");
   const KeyedPermutation permute(size, seed, stream);
 
-  // 1. The kept position of every shard entry, written where its id will go.
+  // 1. The kept position of every shard entry, written where its id will go. A rank's
+  //    positions wrap at most once (start < K, count * step <= K + step), so one
+  //    subtraction replaces the 128-bit modulo of the general case.
+  const bool wraps_once = start < size && step <= size &&
+                          (count - 1) <= (2 * size - 1 - start) / step;
   run_parts(count, parts_for(count, 1 << 16), [&](size_t b, size_t e, size_t) {
     for (size_t j = b; j < e; ++j) {
-      const uint64_t p = static_cast<uint64_t>((static_cast<__uint128_t>(j) * step + start) % size);
+      uint64_t p;
+      if (wraps_once) {
+        p = start + j * step;
+        p = p >= size ? p - size : p;
+      } else {
+        p = static_cast<uint64_t>((static_cast<__uint128_t>(j) * step + start) % size);
+      }
       out[j] = static_cast<int64_t>(shuffle ? permute(p) : p);
     }
   });
@@ -134,21 +148,21 @@ void shard_ids(const RankSelect& kept, bool shuffle, uint64_t seed, uint64_t str
   const size_t buckets = static_cast<size_t>(((size - 1) >> shift) + 1);
   std::vector<uint64_t> bucket_start(buckets + 1);
   std::vector<uint64_t> next(buckets);
-  std::vector<uint32_t> order(std::min(count, kChunk));
+  std::vector<Entry> entries(std::min(count, kChunk));
   for (uint64_t chunk = 0; chunk < count; chunk += kChunk) {
-    int64_t* part = out + chunk;
     const uint64_t part_size = std::min(kChunk, count - chunk);
-    // 2. The chunk's entries grouped by bucket of nearby positions (a counting sort of their indices).
+    // 2. The chunk's entries grouped by bucket of nearby positions (a counting sort).
     std::fill(bucket_start.begin(), bucket_start.end(), 0);
-    for (uint64_t j = 0; j < part_size; ++j) ++bucket_start[(static_cast<uint64_t>(part[j]) >> shift) + 1];
+    for (uint64_t j = chunk; j < chunk + part_size; ++j) ++bucket_start[(static_cast<uint64_t>(out[j]) >> shift) + 1];
     for (size_t b = 0; b < buckets; ++b) bucket_start[b + 1] += bucket_start[b];
     std::copy(bucket_start.begin(), bucket_start.end() - 1, next.begin());
-    for (uint64_t j = 0; j < part_size; ++j) {
-      order[next[static_cast<uint64_t>(part[j]) >> shift]++] = static_cast<uint32_t>(j);
+    for (uint64_t j = chunk; j < chunk + part_size; ++j) {
+      const uint64_t position = static_cast<uint64_t>(out[j]);
+      entries[next[position >> shift]++] = Entry{position, j};
     }
     // 3. Position -> id, bucket by bucket; each entry is written by exactly one thread.
     run_parts(buckets, parts_for(buckets, 1), [&](size_t b, size_t e, size_t) {
-      select_buckets(kept, bucket_start.data(), order.data(), shift, b, e, part);
+      select_buckets(kept, bucket_start.data(), entries.data(), shift, b, e, out);
     });
   }
 }

@@ -6,7 +6,7 @@
 // (start + j * step) mod K for j < count. Rank r of W reads start = r, step = W,
 // count = floor(K / W). Every id depends on (set, seed, stream, position) only, never on
 // the thread count. Memory: the directory is 8 bytes per 512 samples, the output 8 bytes
-// per id of the shard, and at most 64 MiB of scratch (the bucket order of 2^24 entries).
+// per id of the shard, and at most 64 MiB of scratch (2^22 entries sorted by bucket).
 #pragma once
 
 #include <cstddef>

@@ -417,8 +417,8 @@ static void test_rank_select_and_shards() {
       }
     }
   }
-  // More entries than one bucket-sort chunk (2^24): still a permutation of the kept ids.
-  const uint64_t big = (uint64_t{1} << 24) + 4099;
+  // More entries than one bucket-sort chunk (2^22): still a permutation of the kept ids.
+  const uint64_t big = (uint64_t{1} << 22) * 2 + 4099;
   const IndexSet nothing(big);
   const scan_fast::RankSelect everything(nothing, false);
   std::vector<int64_t> order(big);
@@ -428,6 +428,16 @@ static void test_rank_select_and_shards() {
   bool identity = true;
   for (uint64_t i = 0; i < big; ++i) identity &= order[i] == static_cast<int64_t>(i);
   CHECK(identity);
+  // Positions that wrap many times (start and step beyond K) take the general modulo path.
+  {
+    const scan_fast::RankSelect small(nothing, false);
+    const uint64_t k = small.size(), start = 5 * k + 3, step = 3 * k + 1;
+    std::vector<int64_t> wrapped(10);
+    scan_fast::shard_ids(small, false, 0, 0, start, step, 10, wrapped.data());
+    for (uint64_t j = 0; j < 10; ++j) {
+      CHECK(wrapped[j] == static_cast<int64_t>((start + j * step) % k));
+    }
+  }
   const scan_fast::RankSelect none(IndexSet(100), true);
   int64_t out[1];
   CHECK_THROWS(scan_fast::shard_ids(none, true, 0, 0, 0, 1, 1, out), "empty");
