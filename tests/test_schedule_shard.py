@@ -179,3 +179,21 @@ def test_epoch_shard_begins_the_epoch_and_keeps_the_order_of_calls():
         scan.epoch_kept_set(1)
     scan.end_epoch(0, 1.0)
     assert not np.array_equal(scan.epoch_shard(1, 0, 2), first)
+
+
+def test_loaders_and_sampler_read_shards_without_the_kept_list():
+    """KeptIdsSource and ScanSampler take a schedule's kept bitset; epoch_indices is never called."""
+    from scan_fast.data.order import KeptIdsSource
+    from scan_fast.data.sampler import ScanSampler
+
+    class NoList(Scan):
+        def epoch_indices(self, epoch):
+            raise AssertionError("the global kept list was asked for")
+
+    scan = NoList(500, seed=1)
+    source = KeptIdsSource(scan, 500, seed=4, rank=1, world_size=3)
+    np.testing.assert_array_equal(source.order(0), epoch_shard_reference(np.arange(500), 0, 1, 3, seed=4))
+    sampler = ScanSampler(scan, 500, seed=4, rank=1, world_size=3, drop_last=True)
+    assert list(sampler) == source.order(0).tolist() and len(sampler) == 166
+    with pytest.raises(ValueError, match="the schedule is for 500 samples, the data set has 400"):
+        KeptIdsSource(scan, 400)
