@@ -197,3 +197,19 @@ def test_loaders_and_sampler_read_shards_without_the_kept_list():
     assert list(sampler) == source.order(0).tolist() and len(sampler) == 166
     with pytest.raises(ValueError, match="the schedule is for 500 samples, the data set has 400"):
         KeptIdsSource(scan, 400)
+
+
+def test_the_source_recomputes_a_shard_when_a_reloaded_state_changes_the_epoch():
+    from scan_fast.data.order import KeptIdsSource
+
+    scan = Scan(400, seed=2, prune_threshold=0.9)
+    _run_schedule(scan, epochs=3)  # epoch 2 prepared: epoch 3 prunes
+    pruning_state = scan.state_dict()
+    full = Scan(400, seed=2, prune_threshold=0.9)
+    for epoch in range(3):  # no preparation: epoch 3 keeps everything
+        full.epoch_kept_set(epoch)
+        full.end_epoch(epoch, 1.0)
+    source = KeptIdsSource(full, 400, seed=1)
+    assert len(source.order(3)) == 400
+    full.load_state_dict(pruning_state)
+    assert len(source.order(3)) == len(scan.epoch_kept_set(3)) < 400

@@ -98,10 +98,10 @@ def epoch_order(kept, seed: int, epoch: int, shuffle: bool = True,
 class KeptIdsSource:
     """This rank's ids of each epoch, from a pruning schedule, with a one-entry cache.
 
-    FFCV asks for epoch 0's order twice and `set_epoch` asks once more. A
-    PruningSchedule keeps the same ids for the same epoch, so its shard is cached
-    per epoch; a plain object's `epoch_indices` list is compared with the cached one
-    and the order recomputed as soon as the list changes.
+    FFCV asks for epoch 0's order twice and `set_epoch` asks once more. The
+    epoch's kept set (a schedule's bitset, or a plain object's validated
+    `epoch_indices` list) is compared with the cached one, and the shard
+    recomputed as soon as it changes.
     """
 
     def __init__(self, scan, dataset_len: int, seed: int = 0, shuffle: bool = True,
@@ -136,10 +136,14 @@ class KeptIdsSource:
 
     def _lookup(self, epoch: int) -> list:
         cached = self._cached
-        if self.scan is None or isinstance(self.scan, PruningSchedule):
+        if self.scan is None:
             if cached is None or cached[0] != epoch:
-                kept = (KeptSet.everything(self.dataset_len) if self.scan is None
-                        else self.scan.epoch_kept_set(epoch))
+                self._cached = [epoch, None, KeptSet.everything(self.dataset_len), None]
+            return self._cached
+        if isinstance(self.scan, PruningSchedule):
+            kept = self.scan.epoch_kept_set(epoch)
+            # Equal bitsets (a compare of N/8 bytes) keep the shard; a reloaded state may change an epoch's ids.
+            if cached is None or cached[0] != epoch or cached[2] != kept:
                 self._cached = [epoch, None, kept, None]
             return self._cached
         raw = self.scan.epoch_indices(epoch)
