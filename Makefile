@@ -42,13 +42,16 @@ ctest: setup
 	$(VENV)/bin/cmake --build $(CMAKE_BUILD) --target test_index_set -j2
 	cd $(CMAKE_BUILD) && ../../$(VENV)/bin/ctest --output-on-failure
 
+# Multi-process trainer runs (marked slow: minutes on 2 cores) run with the benchmarks instead.
 pytest: setup
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -m "not slow"
 
 bench: setup
 	$(PY) bench/bench_mutation.py
 	$(PY) bench/bench_loss.py --sizes 1024 4096 16384 --dims 512
 	$(PY) bench/bench_loader.py
+	$(PY) bench/bench_scale.py
+	$(PY) -m pytest -q -ra -m slow
 
 clean:
 	rm -rf build $(CMAKE_BUILD) scan_fast/_C*.so *.egg-info

@@ -1,7 +1,10 @@
 """Benchmark one SCAN cycle: Scan (C++ index engine) against ScanReference (Python sets).
 
 A cycle is one preparation epoch (observe() on every batch of `--batch-size` ids with
-random per-sample losses) and the t_cos = 3 mutation epochs (epoch_indices() each).
+random per-sample losses) and the t_cos = 3 mutation epochs. Each epoch is handed out
+the way the loaders take it: Scan gives its kept set as a bitset (epoch_kept_set(); each
+rank then computes its own shard from it, measured by bench/bench_scale.py),
+ScanReference its sorted id list (epoch_indices()).
 Batch ids are consecutive slices of arange(N) (`--order arange`, default) or of a
 random permutation made by the engine (`--order permutation`; the permutation itself
 is held before the baseline is read, so it is not counted). Losses come from a pool
@@ -9,9 +12,9 @@ of 64 pre-drawn random batches, so drawing them is not timed.
 
 Each provider x N runs in a fresh subprocess that reports its seconds and its peak RSS
 (getrusage ru_maxrss) minus the RSS it had before building the schedule (the
-interpreter, numpy/torch and the loss pool). Each epoch's ids are held until the epoch
-ends, as a data loader holds them. `ids MiB` is the largest id array epoch_indices
-returned: the caller's data, which any implementation must hand out.
+interpreter, numpy/torch and the loss pool). Each epoch's hand-out is held until the
+epoch ends, as a data loader holds it. `ids MiB` is the largest hand-out: the id list's
+bytes, or the bitset's N/8 (an upper bound: a full-data epoch's set is never written).
 
     python bench/bench_mutation.py                      # 1M, 10M, 100M (+ 1B with enough memory)
     python bench/bench_mutation.py --sizes 1e6,1e7 --csv bench_mutation.csv
@@ -53,14 +56,19 @@ def run_cycle(provider: str, num_samples: int, batch_size: int, order: str, seed
     baseline = _peak_rss_bytes()
 
     schedule = schedule_type(num_samples, t_cos=T_COS, seed=seed)
+    hand_out = schedule.epoch_kept_set if provider == "scan" else schedule.epoch_indices
+
+    def size_of(kept):
+        return kept.nbytes if isinstance(kept, np.ndarray) else -(-kept.num_samples // 8)
+
     largest_ids = 0
     for epoch in range(PREPARATION_EPOCH):  # warm-up, not timed
-        largest_ids = max(largest_ids, schedule.epoch_indices(epoch).nbytes)
+        largest_ids = max(largest_ids, size_of(hand_out(epoch)))
         schedule.end_epoch(epoch, 1.0)
 
     start = time.perf_counter()
-    epoch_ids = schedule.epoch_indices(PREPARATION_EPOCH)  # held for the epoch, as a data loader would
-    largest_ids = max(largest_ids, epoch_ids.nbytes)
+    epoch_ids = hand_out(PREPARATION_EPOCH)  # held for the epoch, as a data loader would
+    largest_ids = max(largest_ids, size_of(epoch_ids))
     for number, first in enumerate(range(0, num_samples, batch_size)):
         last = min(first + batch_size, num_samples)
         ids = permutation[first:last] if permutation is not None else np.arange(first, last, dtype=np.int64)
@@ -71,8 +79,8 @@ def run_cycle(provider: str, num_samples: int, batch_size: int, order: str, seed
     prepared = time.perf_counter()
     kept = []
     for epoch in range(PREPARATION_EPOCH + 1, PREPARATION_EPOCH + 1 + T_COS):
-        epoch_ids = schedule.epoch_indices(epoch)
-        largest_ids, kept = max(largest_ids, epoch_ids.nbytes), kept + [len(epoch_ids)]
+        epoch_ids = hand_out(epoch)
+        largest_ids, kept = max(largest_ids, size_of(epoch_ids)), kept + [len(epoch_ids)]
         schedule.end_epoch(epoch, 1.0)
         del epoch_ids  # the loader lets go of an epoch's ids before asking for the next
     done = time.perf_counter()
@@ -140,7 +148,7 @@ def _default_sizes():
     import psutil
 
     sizes = [10**6, 10**7, 10**8]
-    if psutil.virtual_memory().available > 12 * GIB:  # 1B: ~4 GB of ids + bitsets, with room to spare
+    if psutil.virtual_memory().available > 12 * GIB:  # 1B: bitsets (125 MB each), with room to spare
         sizes.append(10**9)
     return sizes
 

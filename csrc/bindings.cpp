@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "index_set.hpp"
+#include "shard.hpp"
 
 namespace py = pybind11;
 using scan_fast::CandidateRule;
@@ -108,6 +109,7 @@ PYBIND11_MODULE(_C, m) {
 
            IndexSet
            batch_candidates
+           shard_ids
            set_num_threads
            get_num_threads
     )pbdoc";
@@ -211,6 +213,25 @@ PYBIND11_MODULE(_C, m) {
   m.def("batch_candidates", &batch_candidates<double>, py::arg("loss_a").noconvert(),
         py::arg("loss_b").noconvert(), py::arg("k_ill"), py::arg("k_red"), py::arg("abs_ill"), py::arg("abs_red"),
         py::arg("seed"), py::arg("stream"), candidates_doc);
+
+  m.def(
+      "shard_ids",
+      [](const IndexSet& s, bool members, bool shuffle, uint64_t seed, uint64_t stream, uint64_t start,
+         uint64_t step, uint64_t count) {
+        py::array_t<int64_t> out(static_cast<py::ssize_t>(count));
+        int64_t* dst = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          const scan_fast::RankSelect kept(s, members);
+          scan_fast::shard_ids(kept, shuffle, seed, stream, start, step, count, dst);
+        }
+        return out;
+      },
+      py::arg("set"), py::arg("members"), py::arg("shuffle"), py::arg("seed"), py::arg("stream"), py::arg("start"),
+      py::arg("step"), py::arg("count"), R"pbdoc(
+        Ids at positions (start + j * step) mod K, j < count, of the kept ids (the set's
+        members, or its non-members) in the keyed order of (seed, stream); int64.
+    )pbdoc");
 
   m.def("set_num_threads", &scan_fast::set_num_threads, py::arg("num_threads"),
         "Threads for the bulk loops; results never depend on it.");

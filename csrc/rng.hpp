@@ -31,6 +31,7 @@ enum class RngPurpose : uint64_t {
   kSampleFixUp = 4,
   kShuffleBucket = 5,
   kShuffleWithin = 6,
+  kShardOrder = 7,
 };
 
 class CounterRng {

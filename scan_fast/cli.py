@@ -177,7 +177,7 @@ def _run_data_shapes(args):
                        progress=not args.no_progress, **_image_kwargs(args)))
 
 
-BENCHMARKS = ("mutation", "index", "loss", "loader", "kernels_gpu")
+BENCHMARKS = ("mutation", "index", "loss", "loader", "kernels_gpu", "scale")
 
 
 def add_bench_parser(sub):

@@ -20,7 +20,7 @@ import numpy as np
 
 from scan_fast import _C
 
-__all__ = ["SampleSet", "batch_candidates", "set_num_threads", "get_num_threads", "MAX_SAMPLES"]
+__all__ = ["SampleSet", "batch_candidates", "keyed_shard", "set_num_threads", "get_num_threads", "MAX_SAMPLES"]
 
 MAX_SAMPLES: int = _C.MAX_SAMPLES  # 2**40
 _U64 = 2**64
@@ -236,6 +236,26 @@ class SampleSet:
 
     def __reduce__(self):
         return (SampleSet.from_bytes, (self.to_bytes(),))
+
+
+def keyed_shard(kept: SampleSet, *, members: bool, seed: int, stream: int, start: int, step: int, count: int,
+                shuffle: bool = True) -> np.ndarray:
+    """Ids at positions (start + j * step) mod K, j < count, of the kept ids in a keyed order (int64).
+
+    The kept ids are the members of `kept` (members=True) or its non-members; K is
+    their count. Their order is a keyed bijection of the positions [0, K) fixed by
+    (seed, stream), sorted order when shuffle=False; no list of all K ids is ever
+    built (the engine keeps 8 bytes per 512 samples of rank directory and at most
+    64 MiB of scratch besides the 8 bytes per returned id). Definition and oracle: scan_fast.schedule.shard.
+    """
+    if not isinstance(kept, SampleSet):
+        raise TypeError(f"kept must be a SampleSet, got {type(kept).__name__}")
+    seed, stream = _as_u64(seed, "seed"), _as_u64(stream, "stream")
+    start, step, count = (_as_u64(v, name) for v, name in ((start, "start"), (step, "step"), (count, "count")))
+    size = len(kept) if members else kept.num_samples - len(kept)
+    if count and not size:
+        raise ValueError(f"no kept ids to take {count} from")
+    return _C.shard_ids(kept._impl, bool(members), bool(shuffle), seed, stream, start, step, count)
 
 
 def _as_loss(loss, name: str) -> np.ndarray:

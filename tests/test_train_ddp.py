@@ -42,13 +42,13 @@ def _record_schedule(module, made, kept):
 
     def recording_make_schedule(cfg, num_samples):
         schedule = make_schedule(cfg, num_samples)
-        original = schedule.epoch_indices
+        original = schedule.epoch_kept_set
 
-        def epoch_indices(epoch):
+        def epoch_kept_set(epoch):
             ids = original(epoch)
-            kept[epoch] = ids.copy()
+            kept[epoch] = ids.to_array()
             return ids
-        schedule.epoch_indices = epoch_indices
+        schedule.epoch_kept_set = epoch_kept_set
         made.append(schedule)
         return schedule
 

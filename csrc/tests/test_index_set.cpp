@@ -18,6 +18,7 @@
 #include "../index_set.hpp"
 #include "../rng.hpp"
 #include "../radix_select.hpp"
+#include "../shard.hpp"
 
 using scan_fast::CandidateRule;
 using scan_fast::IndexSet;
@@ -353,6 +354,105 @@ static void test_selector() {
   }
 }
 
+static void test_keyed_permutation_is_a_bijection() {
+  for (uint64_t size : {uint64_t{1}, uint64_t{2}, uint64_t{3}, uint64_t{5}, uint64_t{64}, uint64_t{65},
+                        uint64_t{1000}, uint64_t{4097}}) {
+    const scan_fast::KeyedPermutation permute(size, 3, 9);
+    std::vector<char> seen(size, 0);
+    for (uint64_t p = 0; p < size; ++p) {
+      const uint64_t q = permute(p);
+      CHECK(q < size);
+      if (q < size) seen[q] += 1;
+    }
+    CHECK(std::all_of(seen.begin(), seen.end(), [](char c) { return c == 1; }));
+  }
+  const scan_fast::KeyedPermutation a(1000, 3, 9), b(1000, 3, 10), c(1000, 4, 9);
+  int same_b = 0, same_c = 0;
+  for (uint64_t p = 0; p < 1000; ++p) {
+    same_b += a(p) == b(p);
+    same_c += a(p) == c(p);
+  }
+  CHECK(same_b < 20 && same_c < 20);  // another stream or seed, another order (about 1 fixed point)
+  CHECK_THROWS(scan_fast::KeyedPermutation(0, 0, 0), "size >= 1");
+}
+
+// Rank/select and shards against the sorted kept list, for members and non-members.
+static void test_rank_select_and_shards() {
+  std::mt19937_64 gen(5);
+  for (uint64_t n : {uint64_t{1}, uint64_t{70}, uint64_t{513}, uint64_t{3'000'017}}) {
+    IndexSet s(n);
+    auto ids = random_ids(gen, n, static_cast<size_t>(n / 3 + 1));
+    s.add(ids.data(), ids.size());
+    for (bool members : {true, false}) {
+      std::vector<int64_t> kept;
+      if (members) {
+        kept = members_of(s);
+      } else {
+        kept.resize(n - s.count());
+        s.complement(kept.data());
+      }
+      const scan_fast::RankSelect select(s, members);
+      CHECK(select.size() == kept.size());
+      const size_t probes = std::min<size_t>(kept.size(), 2000);
+      for (size_t i = 0; i < probes; ++i) {
+        const uint64_t q = kept.size() <= 2000 ? i : gen() % kept.size();
+        CHECK(select.select(q) == static_cast<uint64_t>(kept[q]));
+      }
+      if (kept.empty()) continue;
+      // Shards: W ranks, each floor(K / W) ids, disjoint, from the kept list, in keyed order.
+      const uint64_t k = kept.size();
+      for (uint64_t world : {uint64_t{1}, uint64_t{3}, uint64_t{64}}) {
+        if (k < world) continue;
+        const uint64_t count = k / world;
+        std::vector<int64_t> all;
+        for (uint64_t rank = 0; rank < world; ++rank) {
+          std::vector<int64_t> one(count), four(count), sorted(count);
+          scan_fast::set_num_threads(1);
+          scan_fast::shard_ids(select, true, 7, 2, rank, world, count, one.data());
+          scan_fast::set_num_threads(4);
+          scan_fast::shard_ids(select, true, 7, 2, rank, world, count, four.data());
+          scan_fast::set_num_threads(2);
+          CHECK(one == four);
+          scan_fast::shard_ids(select, false, 7, 2, rank, world, count, sorted.data());
+          for (uint64_t j = 0; j < count; ++j) CHECK(sorted[j] == kept[rank + j * world]);
+          const scan_fast::KeyedPermutation permute(k, 7, 2);
+          for (uint64_t j = 0; j < std::min<uint64_t>(count, 500); ++j) {
+            CHECK(one[j] == kept[permute(rank + j * world)]);
+          }
+          all.insert(all.end(), one.begin(), one.end());
+        }
+        std::sort(all.begin(), all.end());
+        CHECK(std::adjacent_find(all.begin(), all.end()) == all.end());
+        CHECK(all.size() == count * world);
+      }
+    }
+  }
+  // More entries than one bucket-sort chunk (2^22): still a permutation of the kept ids.
+  const uint64_t big = (uint64_t{1} << 22) * 2 + 4099;
+  const IndexSet nothing(big);
+  const scan_fast::RankSelect everything(nothing, false);
+  std::vector<int64_t> order(big);
+  scan_fast::shard_ids(everything, true, 1, 1, 0, 1, big, order.data());
+  CHECK(order[0] != 0 || order[1] != 1);
+  std::sort(order.begin(), order.end());
+  bool identity = true;
+  for (uint64_t i = 0; i < big; ++i) identity &= order[i] == static_cast<int64_t>(i);
+  CHECK(identity);
+  // Positions that wrap many times (start and step beyond K) take the general modulo path.
+  {
+    const scan_fast::RankSelect small(nothing, false);
+    const uint64_t k = small.size(), start = 5 * k + 3, step = 3 * k + 1;
+    std::vector<int64_t> wrapped(10);
+    scan_fast::shard_ids(small, false, 0, 0, start, step, 10, wrapped.data());
+    for (uint64_t j = 0; j < 10; ++j) {
+      CHECK(wrapped[j] == static_cast<int64_t>((start + j * step) % k));
+    }
+  }
+  const scan_fast::RankSelect none(IndexSet(100), true);
+  int64_t out[1];
+  CHECK_THROWS(scan_fast::shard_ids(none, true, 0, 0, 0, 1, 1, out), "empty");
+}
+
 int main() {
   scan_fast::set_num_threads(2);
   test_set_ops_against_std_set();
@@ -364,6 +464,8 @@ int main() {
   test_batch_candidates();
   test_selector<float>();
   test_selector<double>();
+  test_keyed_permutation_is_a_bijection();
+  test_rank_select_and_shards();
   if (g_failures) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return 1;

@@ -1,12 +1,12 @@
 """FFCV loaders whose every epoch reads exactly the ids a pruning schedule keeps.
 
 `clip_loader` / `moco_loader` build a `ScanLoader` (an ffcv Loader) with a
-traversal order that asks `scan.epoch_indices(epoch)` at the start of each
-epoch (all ids when scan is None): a (seed, epoch)-seeded permutation, an
-equal-length shard per rank under distributed=True (remainder dropped, so no
-id is on two ranks), and `len(loader)` / drop_last computed from that epoch's
-list. Switching to a new list costs one validation pass over it; the .beton
-is never rewritten and the loader never rebuilt.
+traversal order that reads this rank's shard of each epoch from the schedule
+(all ids when scan is None; see scan_fast/data/order.py): the kept ids in an
+order keyed by (seed, epoch), an equal-length strided share per rank under
+distributed=True (remainder dropped, so no id is on two ranks), and
+`len(loader)` / drop_last computed from that shard. No rank builds the global
+kept list; the .beton is never rewritten and the loader never rebuilt.
 
 Augmentation is keyed, not drawn: before each epoch the loader gives its image
 decoders (seed, epoch), and every crop, flip and (MoCo) photometric choice is a

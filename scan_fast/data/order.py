@@ -1,21 +1,29 @@
 """Per-epoch traversal order over the ids a pruning schedule keeps.
 
-`scan.epoch_indices(epoch)` gives the sorted kept ids of an epoch; this module
-turns them into the order one rank reads: a permutation seeded by
-(seed, epoch), then an equal-length strided shard per rank. The same functions
-serve the FFCV order (`KeptIdsOrder`) and the plain PyTorch `ScanSampler`, so
-both read the same ids in the same order.
+Each rank reads its shard of the epoch (scan_fast/schedule/shard.py): the kept
+ids in an order keyed by (seed, epoch), rank r of W taking order positions r,
+r + W, r + 2W, ... The shard comes from the schedule's kept bitset
+(`schedule.epoch_kept_set(epoch)`), so no rank ever holds the global kept list
+or a global permutation. The same functions serve the FFCV order
+(`KeptIdsOrder`) and the plain PyTorch `ScanSampler`, so both read the same ids
+in the same order.
 
-Distributed remainder: the permuted list is cut to a multiple of world_size
-(like torch's `DistributedSampler(drop_last=True)`), so no id is on two ranks
-and every rank gets the same number of ids. Which ids fall off changes every
-epoch with the permutation.
+Distributed remainder: every rank reads floor(K / W) ids (like torch's
+`DistributedSampler(drop_last=True)`), so no id is on two ranks and every rank
+gets the same number of ids. The at most W - 1 ids left over are the tail of the
+keyed order, so which ones fall off changes every epoch.
+
+Any object with an `epoch_indices(epoch)` method (a list per epoch) works too:
+its list is validated and turned into a bitset first.
 """
 from typing import Optional, Sequence
 
 import numba
 import numpy as np
 from ffcv.traversal_order.base import TraversalOrder
+
+from scan_fast.schedule.base import PruningSchedule
+from scan_fast.schedule.shard import KeptSet, epoch_shard
 
 
 @numba.njit(cache=True, nogil=True)
@@ -75,54 +83,37 @@ def validate_kept_ids(kept, dataset_len: int, epoch: Optional[int] = None) -> np
     return kept
 
 
-def shard_length(num_kept: int, world_size: int) -> int:
-    """Ids per rank: the remainder of num_kept / world_size is dropped."""
-    return num_kept // world_size
-
-
-def epoch_order(kept: np.ndarray, seed: int, epoch: int, shuffle: bool = True,
+def epoch_order(kept, seed: int, epoch: int, shuffle: bool = True,
                 rank: int = 0, world_size: int = 1, pad: bool = False) -> np.ndarray:
-    """The ids rank `rank` reads in `epoch`, in order.
+    """The ids rank `rank` reads in `epoch` from an explicit list of kept ids, in order (int64).
 
-    `kept` must already be validated. With pad=True the list is instead
-    lengthened to a multiple of world_size by repeating its head (torch's
-    `DistributedSampler(drop_last=False)`), which puts a few ids on two ranks.
+    The same order the loaders read for the same kept ids. With pad=True each rank
+    reads ceil(K / W) ids instead, the last ones repeating the head of the order
+    (torch's `DistributedSampler(drop_last=False)`), which puts a few ids on two ranks.
     """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-    order = np.random.default_rng([seed, epoch]).permutation(kept) if shuffle else kept
-    if world_size == 1:
-        return order
-    if pad:
-        total = -(-order.size // world_size) * world_size
-        order = np.concatenate([order, np.resize(order, total - order.size)])
-    else:
-        total = shard_length(order.size, world_size) * world_size
-        if total == 0:
-            raise ValueError(
-                f"epoch {epoch} keeps {order.size} ids, fewer than world_size={world_size}")
-    return order[rank:total:world_size]
-
-
-def all_ids(dataset_len: int) -> np.ndarray:
-    return np.arange(dataset_len, dtype=np.int64)
+    kept = validate_kept_ids(kept, np.iinfo(np.int64).max, epoch)
+    return epoch_shard(KeptSet.of(kept, int(kept[-1]) + 1), epoch, rank, world_size, seed, shuffle, pad)
 
 
 class KeptIdsSource:
-    """Per-epoch kept ids with validation and a one-entry cache.
+    """This rank's ids of each epoch, from a pruning schedule, with a one-entry cache.
 
-    FFCV asks for epoch 0's order twice and `set_epoch` asks once more; the
-    permutation is reused while the schedule returns the same list for the
-    same epoch, and recomputed as soon as the list changes.
+    FFCV asks for epoch 0's order twice and `set_epoch` asks once more. The
+    epoch's kept set (a schedule's bitset, or a plain object's validated
+    `epoch_indices` list) is compared with the cached one, and the shard
+    recomputed as soon as it changes.
     """
 
     def __init__(self, scan, dataset_len: int, seed: int = 0, shuffle: bool = True,
                  rank: int = 0, world_size: int = 1, pad: bool = False):
-        if scan is not None and not callable(getattr(scan, "epoch_indices", None)):
+        if scan is not None and not isinstance(scan, PruningSchedule) and not callable(
+                getattr(scan, "epoch_indices", None)):
             raise TypeError(
-                f"scan must have an epoch_indices(epoch) method, got {type(scan).__name__}")
+                f"scan must be a PruningSchedule or have an epoch_indices(epoch) method, got {type(scan).__name__}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if isinstance(scan, PruningSchedule) and scan.num_samples != dataset_len:
+            raise ValueError(f"the schedule is for {scan.num_samples} samples, the data set has {dataset_len}")
         self.scan = scan
         self.dataset_len = int(dataset_len)
         self.seed = int(seed)
@@ -130,25 +121,36 @@ class KeptIdsSource:
         self.rank = rank
         self.world_size = world_size
         self.pad = pad
-        self._cached = None  # (epoch, kept, order)
+        self._cached = None  # (epoch, kept list or None, kept set, order)
 
-    def kept(self, epoch: int) -> np.ndarray:
-        if self.scan is None:
-            return all_ids(self.dataset_len)
-        raw = self.scan.epoch_indices(epoch)
-        cached = self._cached
-        if cached is not None and cached[0] == epoch and np.array_equal(cached[1], raw):
-            return cached[1]
-        return validate_kept_ids(raw, self.dataset_len, epoch)
+    def kept(self, epoch: int) -> KeptSet:
+        """The epoch's kept ids as a bitset."""
+        return self._lookup(epoch)[2]
 
     def order(self, epoch: int) -> np.ndarray:
-        kept = self.kept(epoch)
+        """This rank's ids of `epoch`, in order (int64)."""
+        entry = self._lookup(epoch)
+        if entry[3] is None:
+            entry[3] = epoch_shard(entry[2], epoch, self.rank, self.world_size, self.seed, self.shuffle, self.pad)
+        return entry[3]
+
+    def _lookup(self, epoch: int) -> list:
         cached = self._cached
-        if cached is not None and cached[0] == epoch and cached[1] is kept:
-            return cached[2]
-        order = epoch_order(kept, self.seed, epoch, self.shuffle, self.rank, self.world_size, self.pad)
-        self._cached = (epoch, kept, order)
-        return order
+        if self.scan is None:
+            if cached is None or cached[0] != epoch:
+                self._cached = [epoch, None, KeptSet.everything(self.dataset_len), None]
+            return self._cached
+        if isinstance(self.scan, PruningSchedule):
+            kept = self.scan.epoch_kept_set(epoch)
+            # Equal bitsets (a compare of N/8 bytes) keep the shard; a reloaded state may change an epoch's ids.
+            if cached is None or cached[0] != epoch or cached[2] != kept:
+                self._cached = [epoch, None, kept, None]
+            return self._cached
+        raw = self.scan.epoch_indices(epoch)
+        if cached is None or cached[0] != epoch or not np.array_equal(cached[1], raw):
+            kept = validate_kept_ids(raw, self.dataset_len, epoch)
+            self._cached = [epoch, np.array(raw, copy=True), KeptSet.of(kept, self.dataset_len), None]
+        return self._cached
 
 
 class KeptIdsOrder(TraversalOrder):
@@ -161,14 +163,11 @@ class KeptIdsOrder(TraversalOrder):
                 f"dataset_len={source.dataset_len} but {loader.fname} holds "
                 f"{loader.reader.num_samples} samples")
         self.source = source
-        self._last = (None, None)
 
     def sample_order(self, epoch: int) -> Sequence[int]:
-        order = self.source.order(epoch)
-        if self._last[0] is not order:
-            # FFCV's own orders hand out uint64 ids; the JIT-compiled readers are typed on that.
-            self._last = (order, order.astype(np.uint64))
-        return self._last[1]
+        # FFCV's own orders hand out uint64 ids; the JIT-compiled readers are typed on that.
+        # The shard's int64 ids are non-negative, so the view is free.
+        return self.source.order(epoch).view(np.uint64)
 
 
 class OrderFactory:

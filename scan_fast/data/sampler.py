@@ -9,11 +9,13 @@ from typing import Iterator, Optional
 import torch
 from torch.utils.data import Sampler
 
-from .order import KeptIdsSource, shard_length
+from scan_fast.schedule.shard import shard_length
+
+from .order import KeptIdsSource
 
 
 class ScanSampler(Sampler[int]):
-    """Yields this rank's share of `scan.epoch_indices(epoch)` (all ids when scan is None).
+    """Yields this rank's share of the epoch's kept ids (all ids when scan is None).
 
     drop_last follows torch's DistributedSampler: with several ranks, True cuts
     the permuted list to a multiple of world_size (what the FFCV loader does: no
@@ -39,11 +41,7 @@ class ScanSampler(Sampler[int]):
         return iter(self.source.order(self.epoch).tolist())
 
     def __len__(self) -> int:
-        num_kept = len(self.source.kept(self.epoch))
-        world_size = self.source.world_size
-        if self.drop_last or world_size == 1:
-            return shard_length(num_kept, world_size)
-        return -(-num_kept // world_size)
+        return shard_length(len(self.source.kept(self.epoch)), self.source.world_size, pad=not self.drop_last)
 
 
 def resolve_rank(rank, world_size):

@@ -3,7 +3,8 @@ InfoBatch, static).
 
 A training loop drives it epoch by epoch, and calls nothing that is not declared here:
 
-    ids = schedule.epoch_indices(epoch)          # the sample ids this epoch trains on
+    ids = schedule.epoch_indices(epoch)          # the sample ids this epoch trains on (sorted list), or
+    ids = schedule.epoch_shard(epoch, rank, world_size, seed)  # this rank's ids, in order, without the list
     schedule.phase_name(epoch)                   # for logs
     if schedule.needs_losses(epoch):             # per batch, per-sample losses of the global batch:
         schedule.observe_batch(ids, loss_a, loss_b)  #   torch tensors on the device (no host sync), or
@@ -13,7 +14,7 @@ A training loop drives it epoch by epoch, and calls nothing that is not declared
     schedule.end_epoch(epoch, epoch_loss)
     schedule.candidates(kind), schedule.coreset()  # what the last preparation found; the kept ids
 
-epoch_indices(e) may be repeated (a data loader may ask twice) and returns the
+epoch_indices(e) / epoch_shard(e, ...) may be repeated (a data loader may ask twice) and returns the
 same ids; everything else out of this order raises ValueError. The order is part
 of the state, so a run resumed from state_dict() continues exactly. Each
 strategy's state carries its full configuration, and loading a state saved with
@@ -53,16 +54,37 @@ class PruningSchedule(ABC):
     # -- the loop's calls --------------------------------------------------------------
     def epoch_indices(self, epoch: int) -> np.ndarray:
         """Sorted ids this epoch trains on; the first call for an epoch begins it."""
+        return self._keep_indices(self._enter_epoch(epoch, "epoch_indices"))
+
+    def epoch_shard(self, epoch: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                    shuffle: bool = True) -> np.ndarray:
+        """The ids rank `rank` of `world_size` reads in `epoch`, in order, as a 1-D int64 array.
+
+        The kept ids in an order keyed by (seed, epoch); rank r reads order positions
+        r, r + W, r + 2W, ... (floor(K / W) ids, the same count on every rank, none on two
+        ranks). Computed from the kept bitset, never from the global list or a global
+        permutation (scan_fast/schedule/shard.py). Begins the epoch like epoch_indices.
+        """
+        from scan_fast.schedule.shard import epoch_shard  # needs the compiled engine: imported on use
+
+        epoch = self._enter_epoch(epoch, "epoch_shard")
+        return epoch_shard(self._kept_set(epoch), epoch, rank, world_size, seed, shuffle)
+
+    def epoch_kept_set(self, epoch: int) -> "KeptSet":
+        """The ids this epoch trains on as a bitset (KeptSet); begins the epoch like epoch_indices."""
+        return self._kept_set(self._enter_epoch(epoch, "epoch_kept_set"))
+
+    def _enter_epoch(self, epoch, caller: str) -> int:
         epoch = check_int("epoch", epoch, minimum=0)
         if self._in_epoch and epoch != self._epoch:
-            raise ValueError(f"{_OUT_OF_ORDER}epoch_indices({epoch}) while epoch {self._epoch} "
+            raise ValueError(f"{_OUT_OF_ORDER}{caller}({epoch}) while epoch {self._epoch} "
                              f"is in progress; call end_epoch({self._epoch}, loss) first")
         if not self._in_epoch:
             if epoch != self._epoch:
-                raise ValueError(f"{_OUT_OF_ORDER}epoch_indices({epoch}) but the next epoch is {self._epoch}")
+                raise ValueError(f"{_OUT_OF_ORDER}{caller}({epoch}) but the next epoch is {self._epoch}")
             self._begin_epoch(epoch)
             self._in_epoch = True
-        return self._keep_indices(epoch)
+        return epoch
 
     def observe(self, sample_ids, loss_a, loss_b):
         """One batch: its sample ids and both directions' per-sample losses, as host arrays.
@@ -109,8 +131,8 @@ class PruningSchedule(ABC):
         """True when `epoch` collects SCAN candidates (known once the epochs before it ended)."""
 
     def kept_count(self, epoch: int) -> int:
-        """How many ids `epoch` trains on."""
-        return len(self.epoch_indices(epoch))
+        """How many ids `epoch` trains on (a count of the kept set: the id list is never built)."""
+        return len(self.epoch_kept_set(epoch))
 
     def phase_name(self, epoch: int) -> str:
         """The epoch's phase for logs: SCAN's own (warmup / preparation / mutation) where the schedule
@@ -179,6 +201,12 @@ class PruningSchedule(ABC):
     @abstractmethod
     def _keep_indices(self, epoch: int) -> np.ndarray:
         """Sorted ids trained on in `epoch`; the same on every call for one epoch."""
+
+    def _kept_set(self, epoch: int) -> "KeptSet":
+        """The ids of _keep_indices(epoch) as a bitset; strategies that hold one return it directly."""
+        from scan_fast.schedule.shard import KeptSet
+
+        return KeptSet.of(self._keep_indices(epoch), self.num_samples)
 
     def _observe(self, sample_ids, loss_a, loss_b):
         """One batch of per-sample losses; ignored unless the strategy needs them."""

@@ -20,6 +20,7 @@ from scan_fast.schedule.config import ScanConfig, check_mode
 from scan_fast.schedule.inputs import check_batch, check_int, check_real
 from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, batch_stream, cosine_rate,
                                       epoch_phase, mutation_stream, prune_count, warmup_step)
+from scan_fast.schedule.shard import KeptSet
 from scan_fast.schedule.stats import EpochRecord
 
 
@@ -79,6 +80,12 @@ class Scan(PruningSchedule):
         if phase != MUTATION:  # all ids; the engine writes them with its threads (about 2x np.arange at 1B)
             return SampleSet(self.num_samples).complement()
         return self._pruned(epoch, position).complement()
+
+    def _kept_set(self, epoch):
+        phase, position = epoch_phase(epoch, self._start, self.config.t_cos)
+        if phase != MUTATION:
+            return KeptSet.everything(self.num_samples)
+        return KeptSet(self._pruned(epoch, position), members=False)
 
     def _observe(self, sample_ids, loss_a, loss_b):
         """Collect one batch's candidates; returns (ILL, RED) counts of the batch."""

@@ -44,14 +44,16 @@ class NoPruning(PruningSchedule):
     def is_preparation(self, epoch: int) -> bool:
         return False
 
-    def kept_count(self, epoch: int) -> int:
-        return self.num_samples
-
     def coreset(self) -> np.ndarray:
         return np.arange(self.num_samples, dtype=np.int64)
 
     def _keep_indices(self, epoch):
         return np.arange(self.num_samples, dtype=np.int64)
+
+    def _kept_set(self, epoch):
+        from scan_fast.schedule.shard import KeptSet  # needs the compiled engine
+
+        return KeptSet.everything(self.num_samples)
 
     def _finish_epoch(self, epoch, epoch_loss):
         return EpochRecord(epoch, WARMUP, 0, 0, self.num_samples, epoch_loss)

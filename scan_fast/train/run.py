@@ -1,9 +1,10 @@
 """A training run, whatever the model: processes, schedule, epochs, checkpoints, logs, report.
 
 `fit` drives epochs of `loop.train_one_epoch` over an FFCV loader that reads
-the schedule's order, ends each epoch in the schedule, evaluates, logs, and
-checkpoints atomically; with `resume` it continues a killed run exactly where
-its last checkpoint left it. It calls only what `PruningSchedule` declares.
+this rank's shard of the schedule's kept set for the epoch, ends each epoch in the
+schedule, evaluates, logs, and checkpoints atomically; with `resume` it continues
+a killed run exactly where its last checkpoint left it. It calls only what
+`PruningSchedule` declares.
 """
 import datetime
 import os
