@@ -36,7 +36,8 @@ def _softplus(v):
     # of easy negatives, around the initial bias of -10, sit right there).
     x = tl.exp(-tl.abs(v))
     u = 1.0 + x
-    log1p = tl.where(u == 1.0, x, tl.log(u) * x / (u - 1.0))
+    exact = u == 1.0
+    log1p = tl.where(exact, x, tl.log(u) * x / tl.where(exact, 1.0, u - 1.0))
     return tl.maximum(v, 0.0) + log1p
 
 
