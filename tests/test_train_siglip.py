@@ -29,8 +29,6 @@ def test_loss_follows_the_model_config_unless_given():
     # open_clip_train --siglip's initialisation
     assert siglip.model.logit_scale.item() == pytest.approx(math.log(10))
     assert siglip.model.logit_bias.item() == -10.0
-    clip = Clip(TINY_SIGLIP, context_length=16, loss="clip")
-    assert clip.loss_name == "clip" and type(clip.loss).__name__ == "ClipLoss"
     with pytest.raises(ValueError, match="--loss must be one of .* got 'sigmoid'"):
         ClipConfig(train_data="x.beton", loss="sigmoid").validate()
 
@@ -56,13 +54,13 @@ def test_forward_returns_the_sigmoid_pair_whose_mean_is_open_clips_loss():
 
 
 def test_scan_run_with_the_sigmoid_loss(data, tmp_path):  # noqa: F811
-    summary = train_clip(_config(data, tmp_path, model=TINY_SIGLIP, val_data=data["test"]))
+    summary = train_clip(_config(data, tmp_path, epochs=4, model=TINY_SIGLIP, val_data=data["test"]))
     rows = _rows(summary["folder"])
-    assert [r["phase"] for r in rows] == ["warmup", "warmup", "preparation", "mutation", "mutation"]
+    assert [r["phase"] for r in rows] == ["warmup", "warmup", "preparation", "mutation"]
     with np.load(os.path.join(summary["folder"], "candidates.npz")) as cand:
         num_candidates = len(np.union1d(cand["ill"], cand["red"]))
     assert num_candidates > 0.5 * N_TRAIN
-    assert [int(r["pruned"]) for r in rows[3:]] == [num_candidates // 4, int(0.75 * num_candidates)]
+    assert int(rows[3]["pruned"]) == num_candidates // 4  # rate(1) = 0.25 of the candidates
     assert 0.0 <= summary["eval"] <= 1.0
     state = load_checkpoint(os.path.join(summary["folder"], "checkpoints/latest.pt"))
     assert state["config"]["loss"] is None and state["model"]["model.logit_bias"].item() != -10.0  # trained
@@ -72,7 +70,8 @@ def test_scan_run_with_the_sigmoid_loss(data, tmp_path):  # noqa: F811
     assert again["zero_shot"] == pytest.approx(summary["eval"])
 
 
-@pytest.mark.parametrize("prune", ["none", "random", "infobatch", "static"])
+# `none` is the SCAN run's warm-up
+@pytest.mark.parametrize("prune", ["random", "infobatch", "static"])
 def test_every_baseline_trains_with_the_sigmoid_loss(data, tmp_path, prune):  # noqa: F811
     extra = {}
     if prune == "static":
@@ -86,7 +85,7 @@ def test_every_baseline_trains_with_the_sigmoid_loss(data, tmp_path, prune):  # 
     summary = train_clip(_config(data, tmp_path, epochs=2, prune=prune, loss="siglip", **extra))
     rows = _rows(summary["folder"])
     pruned = [int(r["pruned"]) for r in rows]
-    assert pruned == {"none": [0, 0], "static": [N_TRAIN // 2] * 2, "random": [0, 20]}.get(prune, pruned)
+    assert pruned == {"static": [N_TRAIN // 2] * 2, "random": [0, 20]}.get(prune, pruned)
     if prune == "infobatch":  # epoch 0 has no scores; epoch 1 prunes some below-mean samples
         assert pruned[0] == 0 and 0 < pruned[1] < N_TRAIN
     assert all(math.isfinite(float(r["loss"])) for r in rows)
