@@ -99,21 +99,27 @@ class SigmoidLossChunked(torch.autograd.Function):
         return grad_x, grad_y, grad_scale, (grad_bias if need_bias else None), None, None
 
 
-def _check_pair(image_features, text_features):
+def _prepare(image_features, text_features, logit_scale, logit_bias, chunk_rows):
+    """(image, text, scale, bias, on_kernel): checked inputs, cast to the dtype their path computes in.
+
+    The kernels read scale and bias through pointers (no host sync), so on CUDA they pass as given;
+    the CPU path checks their values.
+    """
     check_features("image_features", image_features)
     check_features("text_features", text_features)
     if image_features.shape != text_features.shape:
         raise ValueError(
             f"image_features {tuple(image_features.shape)} and text_features {tuple(text_features.shape)} "
             "must have the same (batch, dim)")
-
-
-def _prepare_scalars(logit_scale, logit_bias, features, on_kernel):
-    """The kernels read scale and bias through pointers (no host sync); the CPU path checks their values."""
-    if on_kernel:
-        return logit_scale, logit_bias
-    return (check_scale("logit_scale", logit_scale, features.device, features.dtype),
-            check_scale("logit_bias", logit_bias, features.device, features.dtype))
+    dtype = common_dtype(image_features, text_features)
+    on_kernel = chunk_rows is None and use_kernels(image_features, dtype)
+    if not on_kernel:
+        dtype = compute_dtype(dtype)
+        device = image_features.device
+        logit_scale = check_scale("logit_scale", logit_scale, device, dtype)
+        logit_bias = check_scale("logit_bias", logit_bias, device, dtype)
+    image, text = (f.to(dtype).contiguous() for f in (image_features, text_features))
+    return image, text, logit_scale, logit_bias, on_kernel
 
 
 def _sigmoid_loss(x, y, scale, bias, offset, on_kernel, chunk_rows):
@@ -124,12 +130,6 @@ def _sigmoid_loss(x, y, scale, bias, offset, on_kernel, chunk_rows):
         return SigLipLossFunction.apply(x, y, scale, bias, offset)
     chunk_rows = chunk_rows or default_chunk_rows(x.shape[0], y.shape[0])
     return SigmoidLossChunked.apply(x, y, scale, bias, offset, chunk_rows)
-
-
-def _cast(features, on_kernel):
-    dtype = common_dtype(*features)
-    dtype = dtype if on_kernel else compute_dtype(dtype)
-    return [f.to(dtype).contiguous() for f in features]
 
 
 def siglip_loss_per_sample(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, logit_bias,
@@ -144,10 +144,7 @@ def siglip_loss_per_sample(image_features: torch.Tensor, text_features: torch.Te
     either vector. Outputs are fp32 (fp64 for fp64 inputs). `chunk_rows` forces the
     chunked torch path with that chunk size (default: Triton on CUDA, 16 MiB blocks of logits otherwise).
     """
-    _check_pair(image_features, text_features)
-    on_kernel = chunk_rows is None and use_kernels(image_features, common_dtype(image_features, text_features))
-    image, text = _cast((image_features, text_features), on_kernel)
-    scale, bias = _prepare_scalars(logit_scale, logit_bias, image, on_kernel)
+    image, text, scale, bias, on_kernel = _prepare(image_features, text_features, logit_scale, logit_bias, chunk_rows)
     return _sigmoid_loss(image, text, scale, bias, 0, on_kernel, chunk_rows)
 
 
@@ -200,11 +197,8 @@ class SigLipLoss(nn.Module):
         """(image_loss, text_loss), each (B,), of this rank's samples against the whole (gathered) batch."""
         if self.world_size == 1:
             return siglip_loss_per_sample(image_features, text_features, logit_scale, logit_bias, self.chunk_rows)
-        _check_pair(image_features, text_features)
-        on_kernel = self.chunk_rows is None and use_kernels(
-            image_features, common_dtype(image_features, text_features))
-        image, text = _cast((image_features, text_features), on_kernel)
-        scale, bias = _prepare_scalars(logit_scale, logit_bias, image, on_kernel)
+        image, text, scale, bias, on_kernel = _prepare(image_features, text_features, logit_scale, logit_bias,
+                                                       self.chunk_rows)
         batch = image.shape[0]
         all_text = all_gather_with_grad(text)
         offset = self.rank * batch
