@@ -113,7 +113,6 @@ class ClipConfig(TrainConfig):
     zeroshot_classes: Optional[str] = None  # class names file for a user ImageFolder-style val set
     zeroshot_template: str = "a photo of a {}."
 
-
     def validate(self) -> "ClipConfig":
         super().validate()
         if self.loss is not None and self.loss not in LOSSES:

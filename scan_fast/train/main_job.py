@@ -3,8 +3,9 @@
 Builds `shapes` (8 shapes x 8 colours, small or large, in one of 4 quadrants;
 20% mismatched captions, 10% near-duplicates) with a clean held-out split for
 zero-shot evaluation over its 64 shape x colour classes, and `digits`; trains the tiny CLIP
-(`--loss siglip`: the same towers with the sigmoid loss) once per strategy and seed at equal epochs (random prunes exactly the counts
-of the SCAN run of the same seed, read from its epochs.csv), and prints one
+(`--loss siglip`: the same towers with the sigmoid loss) once per strategy and seed at equal
+epochs (random prunes exactly the counts of the SCAN run of the same seed, read from its
+epochs.csv), and prints one
 table: sample-steps, training wall time, zero-shot accuracy, and for SCAN the
 precision / recall of its ill-matched candidates against the injected
 mismatches. Each run's report and plots, and the comparison report, are
