@@ -239,8 +239,8 @@ def write_csv(path, rows, args):
         extra = json.dumps({"D": r["D"], "dtype": r["dtype"], "device": args.device, "threads": r["threads"]})
         for metric, unit, values in (("speed", "ms", (r["p50_ms"], r["p20_ms"], r["p80_ms"])),
                                      ("memory", "MB", (r["peak_mb"],) * 3)):
-            lines.append((f"{args.loss}_loss_per_sample", r["provider"], r["mode"], metric, unit, "B", "batch size", r["B"],
-                          *values, extra, r["gpu_name"]))
+            lines.append((f"{args.loss}_loss_per_sample", r["provider"], r["mode"], metric, unit, "B", "batch size",
+                          r["B"], *values, extra, r["gpu_name"]))
     append_rows(path, lines)
 
 

@@ -122,7 +122,8 @@ def _siglip_loss_backward_kernel(
         dz = tl.where(row_mask[:, None] & col_mask[None, :], tl.where(is_target, -p, p), 0.0)
         dscale += tl.sum(dz * dot, axis=1)
         dbias += tl.sum(dz, axis=1)
-        y = tl.load(Y_ptr + cols[:, None] * Y_stride + dims[None, :], mask=col_mask[:, None] & dim_mask[None, :], other=0.0)
+        y = tl.load(Y_ptr + cols[:, None] * Y_stride + dims[None, :],
+                    mask=col_mask[:, None] & dim_mask[None, :], other=0.0)
         acc = _mma(dz.to(y.dtype), y, acc, UPCAST, PRECISION)
     tl.store(dX_ptr + rows[:, None] * dX_stride + dims[None, :], (acc * scale).to(dX_ptr.dtype.element_ty),
              mask=row_mask[:, None] & dim_mask[None, :])
