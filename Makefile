@@ -49,6 +49,7 @@ pytest: setup
 bench: setup
 	$(PY) bench/bench_mutation.py
 	$(PY) bench/bench_loss.py --sizes 1024 4096 16384 --dims 512
+	$(PY) bench/bench_loss.py --loss siglip --sizes 1024 4096 16384 --dims 512
 	$(PY) bench/bench_loader.py
 	$(PY) bench/bench_scale.py
 	$(PY) -m pytest -q -ra -m slow

@@ -1,13 +1,15 @@
-"""Forward + backward time and peak extra memory of the per-sample CLIP loss.
+"""Forward + backward time and peak extra memory of the per-sample CLIP or SigLIP loss.
 
-Providers: the materialised reference (scan_fast.ops), open_clip's ClipLoss and
-scan_fast.ClipLoss, plus the GEMM floor (the four B x B x D products any exact
+Providers: the materialised reference (scan_fast.ops: a naive per-sample PyTorch
+version), open_clip's ClipLoss / SigLipLoss and scan_fast.ClipLoss / SigLipLoss
+(--loss clip / siglip), plus the GEMM floor (the four B x B x D products any exact
 forward + backward needs, in 1024-row blocks). Each provider x shape runs in a fresh process. CPU:
 repeated wall-clock timings, peak RSS over the pre-call RSS. CUDA:
 triton.testing.do_bench quantiles, max_memory_allocated over the inputs.
 
     python bench/bench_loss.py                                    # CPU, B in 1k/4k/16k, D in 512/1024
     python bench/bench_loss.py --sizes 1024 4096 16384 --dims 512
+    python bench/bench_loss.py --loss siglip --sizes 1024 4096 16384 --dims 512
     python bench/bench_loss.py --device cuda --dtype bfloat16 --json out.json --csv out.csv
 """
 import argparse
@@ -25,9 +27,10 @@ BASELINE = "open_clip"
 CPU_SIZES = (1024, 4096, 16384)
 CUDA_SIZES = CPU_SIZES + (32768, 65536)
 DIMS = (512, 1024)
+LOSSES = ("clip", "siglip")
 
 
-def setup(provider, batch, dim, dtype, device):
+def setup(provider, batch, dim, dtype, device, loss_name="clip"):
     """A closure running one forward (+ backward) pass of `provider`, with inputs built once."""
     import torch
     import torch.nn.functional as F
@@ -40,6 +43,8 @@ def setup(provider, batch, dim, dtype, device):
     logit_scale = torch.tensor(100.0, device=device).log().requires_grad_()
     inputs = [image, text, logit_scale]
 
+    if loss_name == "siglip" and provider != "gemm_floor":
+        return _setup_siglip(provider, image, text, device)
     if provider == "reference":
         from scan_fast.ops import clip_loss_per_sample_reference
 
@@ -72,6 +77,37 @@ def setup(provider, batch, dim, dtype, device):
             return None
     else:
         raise ValueError(f"unknown provider {provider!r}; choose from {PROVIDERS}")
+
+    return _modes(loss, inputs)
+
+
+def _setup_siglip(provider, image, text, device):
+    """The SigLIP providers at open_clip's initial logit_scale = exp(log 10), logit_bias = -10."""
+    import torch
+
+    logit_scale = torch.tensor(10.0, device=device).log().requires_grad_()
+    logit_bias = torch.tensor([-10.0], device=device, requires_grad=True)
+    if provider == "reference":
+        from scan_fast.ops import siglip_loss_per_sample_reference
+
+        def loss():
+            return siglip_loss_per_sample_reference(image, text, logit_scale.exp(), logit_bias)[0].mean()
+    elif provider in ("open_clip", "scan_fast"):
+        if provider == "open_clip":
+            from open_clip.loss import SigLipLoss
+        else:
+            from scan_fast.ops import SigLipLoss
+        loss_fn = SigLipLoss()
+
+        def loss():
+            return loss_fn(image, text, logit_scale.exp(), logit_bias)
+    else:
+        raise ValueError(f"unknown provider {provider!r}; choose from {PROVIDERS}")
+    return _modes(loss, [image, text, logit_scale, logit_bias])
+
+
+def _modes(loss, inputs):
+    import torch
 
     def forward():
         with torch.no_grad():
@@ -140,12 +176,12 @@ def measure_cuda(fn):
     return q50, q20, q80, peak_mb
 
 
-def worker(provider, mode, batch, dim, dtype_name, device, repeats, max_seconds):
+def worker(provider, mode, batch, dim, dtype_name, device, repeats, max_seconds, loss_name):
     """Runs in a fresh process; prints one JSON line."""
     import torch
 
     dtype = getattr(torch, dtype_name)
-    fns = setup(provider, batch, dim, dtype, device)
+    fns = setup(provider, batch, dim, dtype, device, loss_name)
     if device == "cuda":
         result = measure_cuda(fns[mode])
     else:
@@ -157,7 +193,7 @@ def worker(provider, mode, batch, dim, dtype_name, device, repeats, max_seconds)
 
 def run_case(args, provider, mode, batch, dim):
     command = [sys.executable, __file__, "--worker", provider, mode, str(batch), str(dim), args.dtype, args.device,
-               str(args.repeats), str(args.max_seconds)]
+               str(args.repeats), str(args.max_seconds), args.loss]
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1]}
@@ -203,13 +239,15 @@ def write_csv(path, rows, args):
         extra = json.dumps({"D": r["D"], "dtype": r["dtype"], "device": args.device, "threads": r["threads"]})
         for metric, unit, values in (("speed", "ms", (r["p50_ms"], r["p20_ms"], r["p80_ms"])),
                                      ("memory", "MB", (r["peak_mb"],) * 3)):
-            lines.append(("clip_loss_per_sample", r["provider"], r["mode"], metric, unit, "B", "batch size", r["B"],
-                          *values, extra, r["gpu_name"]))
+            lines.append((f"{args.loss}_loss_per_sample", r["provider"], r["mode"], metric, unit, "B", "batch size",
+                          r["B"], *values, extra, r["gpu_name"]))
     append_rows(path, lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--loss", choices=LOSSES, default="clip",
+                        help="clip: ClipLoss providers; siglip: SigLipLoss providers (sigmoid loss with a bias)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--sizes", type=int, nargs="+", help="batch sizes (default: 1k 4k 16k; +32k 64k on cuda)")
     parser.add_argument("--dims", type=int, nargs="+", default=list(DIMS))
@@ -244,7 +282,7 @@ def main():
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        provider, mode, batch, dim, dtype_name, device, repeats, max_seconds = sys.argv[2:10]
-        worker(provider, mode, int(batch), int(dim), dtype_name, device, int(repeats), float(max_seconds))
+        provider, mode, batch, dim, dtype_name, device, repeats, max_seconds, loss_name = sys.argv[2:11]
+        worker(provider, mode, int(batch), int(dim), dtype_name, device, int(repeats), float(max_seconds), loss_name)
     else:
         main()

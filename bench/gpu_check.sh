@@ -3,12 +3,14 @@
 #
 #   bench/gpu_check.sh OUT_DIR          # on a machine with an NVIDIA GPU, torch and triton
 #
-# Steps, each under its own timeout (7.5 minutes together at most), so the run ends within 8 on an H100:
+# Steps, each under its own timeout (9.5 minutes together at most, step 6 aside), so the run ends within 10 on an H100:
 #   1. environment: GPU name, driver, torch/triton/python versions          -> env.json
 #   2. kernel tests natively on CUDA (interpreter shapes + large-B cases)   -> pytest_kernels.{log,xml}
 #   3. the project's other `requires_cuda` tests                            -> pytest_cuda.{log,xml}
 #   4. bench/bench_kernels_gpu.py (bf16, B 4k..64k, D 512/1024, autotuned)  -> results.{md,json}
 #   5. bench/bench_loss.py --device cuda at B=32k, D=512, bf16, if present  -> bench_loss.{log,json,csv}
+#   5b. the same with --loss siglip against open_clip's SigLipLoss, bf16, D=768, B=16k and 64k
+#                                                                            -> bench_loss_siglip.{log,json,csv}
 #   6. tests/test_train_cuda.py (AMP trainers), only where ffcv and open_clip import (2.5 min more)
 #                                                                            -> pytest_trainers.{log,xml}
 #   7. bench/bench_train_step.py on CUDA: 200 steps a provider under set_sync_debug_mode("error")
@@ -83,7 +85,8 @@ step() {  # step NAME TIMEOUT_S CMD...
   tail -n 3 "$OUT/$name.log" | sed 's/^/    /' | tee -a "$OUT/gpu_check.log"
 }
 
-KERNEL_TESTS=(tests/test_kernels_clip_loss.py tests/test_kernels_info_nce.py tests/test_kernels_prune_candidates.py)
+KERNEL_TESTS=(tests/test_kernels_clip_loss.py tests/test_kernels_info_nce.py tests/test_kernels_prune_candidates.py
+              tests/test_kernels_siglip_loss.py)
 if "$PY" -c "import pytest, hypothesis" 2>/dev/null; then
   # One fixed config per kernel: autotuning every test shape would spend the budget compiling.
   step pytest_kernels 140 env SCAN_FAST_AUTOTUNE=0 "$PY" -m pytest -q -rs -p no:cacheprovider \
@@ -103,6 +106,9 @@ if [[ -f bench/bench_loss.py ]] && "$PY" bench/bench_loss.py --help 2>/dev/null 
   # One process per provider and shape there: only the target point fits the budget.
   step bench_loss 75 "$PY" bench/bench_loss.py --device cuda --dtype bfloat16 --sizes 32768 --dims 512 \
     --json "$OUT/bench_loss.json" --csv "$OUT/bench_loss.csv"
+  step bench_loss_siglip 120 "$PY" bench/bench_loss.py --loss siglip --device cuda --dtype bfloat16 \
+    --sizes 16384 65536 --dims 768 --providers open_clip scan_fast \
+    --json "$OUT/bench_loss_siglip.json" --csv "$OUT/bench_loss_siglip.csv"
 else
   log "bench/bench_loss.py with --device not found: skipped"
 fi

@@ -1,4 +1,4 @@
-"""scan-fast: dynamic bootstrapping dataset pruning (SCAN) for CLIP and MoCo v3.
+"""scan-fast: dynamic bootstrapping dataset pruning (SCAN) for CLIP, SigLIP and MoCo v3.
 
 Public names are imported lazily so that `import scan_fast` stays cheap and
 works on machines without a GPU or Triton.
@@ -17,8 +17,10 @@ _EXPORTS = {
     "clip_loss_per_sample": "scan_fast.ops",
     "info_nce_per_sample": "scan_fast.ops",
     "prune_candidates": "scan_fast.schedule.candidates",
+    "siglip_loss_per_sample": "scan_fast.ops",
     "ClipLoss": "scan_fast.ops",
     "MocoLoss": "scan_fast.ops",
+    "SigLipLoss": "scan_fast.ops",
     # data
     "clip_loader": "scan_fast.data",
     "moco_loader": "scan_fast.data",

@@ -73,3 +73,10 @@ def gather_features(
         gathered[0][rank] = image_features
         gathered[1][rank] = text_features
     return torch.cat(gathered[0], dim=0), torch.cat(gathered[1], dim=0)
+
+
+def all_reduce_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of `tensor` over every rank; the backward sums the ranks' gradients the same way."""
+    import torch.distributed.nn  # registers the autograd-aware collectives
+
+    return torch.distributed.nn.all_reduce(tensor)

@@ -16,7 +16,7 @@ from scan_fast.train.config import PRECISIONS, PRUNE_MODES, SCAN_TARGETS, ClipCo
 
 SECTIONS = {
     "data": ("train_data", "val_data", "batch_size", "workers", "augment", "resolution", "seed", "device"),
-    "model": ("model", "arch", "moco_dim", "moco_mlp_dim", "moco_m", "moco_m_cos", "moco_t"),
+    "model": ("model", "loss", "arch", "moco_dim", "moco_mlp_dim", "moco_m", "moco_m_cos", "moco_t"),
     "optimisation": ("epochs", "lr", "wd", "beta1", "beta2", "eps", "warmup_epochs", "grad_clip_norm",
                      "precision"),
     "pruning": ("prune", "rho_ill", "rho_red", "t_cos", "prune_threshold", "prune_target", "abs_ill", "abs_red",
@@ -34,6 +34,8 @@ HELP = {
     "augment": "random-resized-crop augmentation (crops are keyed by seed, epoch and sample id, so a resumed "
                "run sees the same images)",
     "device": "auto, cpu or cuda[:N]", "model": "open_clip model config name (random init, no download)",
+    "loss": "CLIP loss: clip (InfoNCE) or siglip (sigmoid, learnt bias); default: the model config's, siglip "
+            "for open_clip's *-SigLIP* names and scan-tiny-vit-siglip",
     "arch": "MoCo backbone: vit_small, resnet50, vit_tiny_cpu or resnet_tiny_cpu",
     "epochs": "epochs to train", "lr": "peak learning rate", "wd": "AdamW weight decay",
     "warmup_epochs": "linear LR warm-up, in (fractional) epochs", "precision": f"one of {PRECISIONS} (GPU only)",
@@ -277,7 +279,7 @@ def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_te
         if positions is None:
             raise ValueError(f"{checkpoint}: not a CLIP checkpoint of scan-fast (its model has no "
                              f"model.positional_embedding)")
-        model = Clip(config["model"], context_length=positions.shape[0])
+        model = Clip(config["model"], context_length=positions.shape[0], loss=config.get("loss"))
         _load_weights(model, state["model"], checkpoint)
         model.to(device)
         cfg = ClipConfig(train_data=config["train_data"], val_data=val_data, zeroshot_classes=zeroshot_classes,

@@ -36,7 +36,7 @@ def train_clip(cfg: ClipConfig) -> dict:
         raise ValueError(f"--batch-size {cfg.batch_size} x {runtime.world_size} rank(s) is more than the "
                          f"{num_samples} samples of {cfg.train_data}")
     model = Clip(cfg.model, context_length=beton_context_length(cfg.train_data), rank=runtime.rank,
-                 world_size=runtime.world_size)
+                 world_size=runtime.world_size, loss=cfg.loss)
     schedule = make_schedule(cfg, num_samples)
     # No flip, as open_clip's training transform (and the shapes captions name left and right).
     loader = clip_loader(cfg.train_data, cfg.batch_size, model.image_size, scan=schedule, seed=cfg.seed,

@@ -1,11 +1,13 @@
 """CLIP for SCAN: any open_clip model by name, randomly initialised, with per-sample losses.
 
-`Clip` wraps the open_clip model and `scan_fast.ClipLoss`; its forward returns
-the two per-sample loss vectors (image-to-text, text-to-image) of this rank's
-rows, which the loop reduces (with per-sample weights for InfoBatch) and hands
-to the pruning schedule. Nothing is downloaded: weights start random.
+`Clip` wraps the open_clip model and `scan_fast.ClipLoss` (or `scan_fast.SigLipLoss`
+for the sigmoid loss); its forward returns the two per-sample loss vectors
+(image-to-text and text-to-image, or SigLIP's image and text losses) of this
+rank's rows, which the loop reduces (with per-sample weights for InfoBatch) and
+hands to the pruning schedule. Nothing is downloaded: weights start random.
 """
 import json
+import math
 import os
 import tempfile
 from typing import Optional, Tuple
@@ -13,7 +15,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from scan_fast.ops import ClipLoss
+from scan_fast.ops import ClipLoss, SigLipLoss
+from scan_fast.train.config import LOSSES
 
 # A ViT + text transformer small enough to train in minutes on 2 CPU cores
 # (32 px images, 16 tokens); registered with open_clip under this name.
@@ -25,7 +28,18 @@ TINY_CLIP_CONFIG = {
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2,
                  "mlp_ratio": 2.0},
 }
+# The same towers trained with the sigmoid loss (its name selects it, as open_clip's *-SigLIP* names do).
+TINY_SIGLIP = "scan-tiny-vit-siglip"
+TINY_SIGLIP_CONFIG = {**TINY_CLIP_CONFIG, "init_logit_bias": -10}
+# open_clip_train's --siglip initialisation: logit_scale = log 10 (a scale of 10), logit_bias = -10
+SIGLIP_INIT = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0}
 _REGISTERED = {}
+
+
+def default_loss(model_name: str) -> str:
+    """The loss a model config is made for: "siglip" for open_clip's *-SigLIP* configs and
+    TINY_SIGLIP, "clip" for every other one."""
+    return "siglip" if "siglip" in model_name.lower() else "clip"
 
 
 def register_model_config(name: str, config: dict) -> None:
@@ -47,11 +61,14 @@ def known_models():
     import open_clip
 
     register_model_config(TINY_CLIP, TINY_CLIP_CONFIG)
+    register_model_config(TINY_SIGLIP, TINY_SIGLIP_CONFIG)
     return open_clip.list_models()
 
 
-def create_open_clip(model_name: str, context_length: Optional[int] = None, image_size: Optional[int] = None):
-    """open_clip model `model_name` with random weights; ValueError naming close matches if unknown."""
+def create_open_clip(model_name: str, context_length: Optional[int] = None, image_size: Optional[int] = None,
+                     **model_kwargs):
+    """open_clip model `model_name` with random weights; ValueError naming close matches if unknown.
+    `model_kwargs` override the config's constructor arguments (e.g. SIGLIP_INIT)."""
     import open_clip
 
     names = known_models()
@@ -60,28 +77,44 @@ def create_open_clip(model_name: str, context_length: Optional[int] = None, imag
         hint = f"; similar: {', '.join(close)}" if close else f"; e.g. {TINY_CLIP}, ViT-B-32, RN50"
         raise ValueError(f"--model {model_name!r} is not an open_clip model config{hint}")
     return open_clip.create_model(model_name, pretrained=None, load_weights=False,
-                                  force_context_length=context_length, force_image_size=image_size)
+                                  force_context_length=context_length, force_image_size=image_size, **model_kwargs)
 
 
 class Clip(nn.Module):
-    """open_clip model + per-sample CLIP loss. forward -> (loss_i2t, loss_t2i) of this rank's rows."""
+    """open_clip model + per-sample contrastive loss. forward -> (loss_a, loss_b) of this rank's rows.
+
+    loss "clip": (loss_i2t, loss_t2i), cross-entropy of the rows and columns of the logits;
+    "siglip": (image loss, text loss), the row and column sums of the sigmoid loss, with a
+    learnt logit_bias (initialised as open_clip_train --siglip). Their mean over the batch,
+    (loss_a + loss_b) / 2, is open_clip's ClipLoss / SigLipLoss. Default: default_loss(model_name).
+    """
 
     def __init__(self, model_name: str = TINY_CLIP, context_length: Optional[int] = None,
-                 image_size: Optional[int] = None, rank: int = 0, world_size: int = 1):
+                 image_size: Optional[int] = None, rank: int = 0, world_size: int = 1, loss: Optional[str] = None):
         super().__init__()
-        self.model = create_open_clip(model_name, context_length, image_size)
+        self.loss_name = loss or default_loss(model_name)
+        if self.loss_name not in LOSSES:
+            raise ValueError(f"--loss must be one of {LOSSES}, got {loss!r}")
+        siglip = self.loss_name == "siglip"
+        self.model = create_open_clip(model_name, context_length, image_size, **(SIGLIP_INIT if siglip else {}))
         self.context_length = self.model.context_length
         self.image_size = _image_size(self.model)
-        # local_loss + gather_with_grad: each rank's rows against all columns, as
-        # open_clip_train recommends for DDP; per-sample losses stay per rank.
-        self.loss = ClipLoss(local_loss=world_size > 1, gather_with_grad=world_size > 1, rank=rank,
-                             world_size=world_size)
+        if siglip:
+            self.loss = SigLipLoss(rank=rank, world_size=world_size)
+        else:
+            # local_loss + gather_with_grad: each rank's rows against all columns, as
+            # open_clip_train recommends for DDP; per-sample losses stay per rank.
+            self.loss = ClipLoss(local_loss=world_size > 1, gather_with_grad=world_size > 1, rank=rank,
+                                 world_size=world_size)
 
     def encode(self, images: torch.Tensor, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.model.encode_image(images, normalize=True), self.model.encode_text(tokens, normalize=True)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         image_features, text_features = self.encode(images, tokens)
+        if self.loss_name == "siglip":
+            return self.loss.per_sample(image_features, text_features, self.model.logit_scale.exp(),
+                                        self.model.logit_bias)
         loss_i2t, loss_t2i, local = self.loss.per_sample(image_features, text_features, self.model.logit_scale.exp())
         return loss_i2t[local], loss_t2i[local]
 

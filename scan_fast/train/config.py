@@ -12,6 +12,7 @@ from typing import Optional
 PRUNE_MODES = ("scan", "none", "random", "infobatch", "static")
 SCAN_TARGETS = ("both", "redundant", "ill_matched")
 PRECISIONS = ("amp", "amp_bf16", "fp32")
+LOSSES = ("clip", "siglip")
 
 
 def _flag(name: str) -> str:
@@ -120,8 +121,15 @@ class TrainConfig:
 @dataclass
 class ClipConfig(TrainConfig):
     model: str = "scan-tiny-vit"
+    loss: Optional[str] = None  # "clip" or "siglip"; None: the model config's (SigLIP for *-SigLIP* names)
     zeroshot_classes: Optional[str] = None  # class names file for a user ImageFolder-style val set
     zeroshot_template: str = "a photo of a {}."
+
+    def validate(self) -> "ClipConfig":
+        super().validate()
+        if self.loss is not None and self.loss not in LOSSES:
+            raise ValueError(f"--loss must be one of {LOSSES}, got {self.loss!r}")
+        return self
 
 
 @dataclass

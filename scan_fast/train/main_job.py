@@ -3,8 +3,9 @@
 Builds `shapes` (8 shapes x 8 colours, small or large, in one of 4 quadrants;
 20% mismatched captions, 10% near-duplicates) with a clean held-out split for
 zero-shot evaluation over its 64 shape x colour classes; trains the tiny CLIP
-once per strategy and seed at equal epochs (random prunes exactly the counts
-of the SCAN run of the same seed, read from its epochs.csv), and prints one
+(`--loss siglip`: the same towers with the sigmoid loss) once per strategy and seed at equal
+epochs (random prunes exactly the counts of the SCAN run of the same seed, read from its
+epochs.csv), and prints one
 table: sample-steps, training wall time, zero-shot accuracy, and for SCAN the
 precision / recall of its ill-matched candidates against the injected
 mismatches. Each run's report and plots, and the comparison report, are
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from scan_fast.train.config import LOSSES
 
 STRATEGIES = ("scan", "none", "random", "infobatch")
 
@@ -35,6 +38,7 @@ class MainJobConfig:
     strategies: Sequence[str] = STRATEGIES
     workers: int = 2
     progress: bool = True
+    loss: str = "clip"  # "siglip": the tiny SigLIP config, SCAN's pair = (image loss, text loss)
 
     def validate(self) -> "MainJobConfig":
         unknown = [s for s in self.strategies if s not in STRATEGIES]
@@ -49,6 +53,8 @@ class MainJobConfig:
             raise ValueError(f"--num-samples {self.num_samples} is fewer than one batch ({self.batch_size})")
         if not self.seeds:
             raise ValueError("--seeds: give at least one seed")
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss must be one of {LOSSES}, got {self.loss!r}")
         return self
 
 
@@ -109,9 +115,11 @@ def _compile_data_pipeline(data: Dict[str, str], job: MainJobConfig) -> None:
 
 def _run(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_counts: Optional[str]) -> dict:
     from scan_fast.train.clip import train_clip
+    from scan_fast.train.clip_model import TINY_CLIP, TINY_SIGLIP
     from scan_fast.train.config import ClipConfig
 
-    cfg = ClipConfig(train_data=data["train"], val_data=data["test"], batch_size=job.batch_size,
+    cfg = ClipConfig(model=TINY_SIGLIP if job.loss == "siglip" else TINY_CLIP, loss=job.loss,
+                     train_data=data["train"], val_data=data["test"], batch_size=job.batch_size,
                      epochs=job.epochs, lr=job.lr, warmup_epochs=job.warmup_epochs, seed=seed, prune=prune,
                      prune_counts=prune_counts, workers=job.workers, logs=os.path.join(job.out, "runs"),
                      name=f"{prune}-seed{seed}", progress=job.progress, tensorboard=True,
@@ -225,7 +233,7 @@ def write_comparison(job: MainJobConfig, rows: List[dict], table: str, seconds: 
         per_run.append(f"| {r['strategy']} | {r['seed']} | {r['sample_steps']} | {r['wall_seconds']:.1f} "
                        f"| {100 * r['eval']:.1f}% | [{rel}]({rel}) |")
     text = "\n".join([
-        "# SCAN vs baselines on the embedded shapes data (tiny CLIP, CPU)", "",
+        f"# SCAN vs baselines on the embedded shapes data (tiny {_MODEL_NAMES[job.loss]}, CPU)", "",
         f"{job.num_samples} training pairs (20% mismatched captions, 10% near-duplicates), "
         f"{job.test_samples} clean held-out pairs for {len(SHAPES) * len(COLOURS)}-way (shape x colour) zero-shot "
         f"classification; {job.epochs} epochs, "
@@ -237,6 +245,9 @@ def write_comparison(job: MainJobConfig, rows: List[dict], table: str, seconds: 
     with open(path, "w") as f:
         f.write(text)
     return path
+
+
+_MODEL_NAMES = {"clip": "CLIP", "siglip": "SigLIP (sigmoid loss)"}
 
 
 def add_main_job_parser(sub, name: str = "demo") -> None:
@@ -252,6 +263,8 @@ def add_main_job_parser(sub, name: str = "demo") -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per strategy and seed")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), help=f"subset of {STRATEGIES}")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--loss", choices=LOSSES, default=MainJobConfig.loss,
+                   help="clip: the tiny CLIP (default); siglip: the same towers with the sigmoid loss")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
     p.set_defaults(run=_run_main_job)
 
@@ -259,5 +272,6 @@ def add_main_job_parser(sub, name: str = "demo") -> None:
 def _run_main_job(args):
     run_main_job(MainJobConfig(out=args.out, num_samples=args.num_samples, test_samples=args.test_samples,
                                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seeds=tuple(args.seeds),
-                               strategies=tuple(args.strategies), workers=args.workers, progress=args.progress))
+                               strategies=tuple(args.strategies), workers=args.workers, progress=args.progress,
+                               loss=args.loss))
     return 0
