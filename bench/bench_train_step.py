@@ -10,7 +10,10 @@ all alike), each a `train_one_epoch` of the tiny CLIP model over in-memory batch
 
 Reported: median step time (ms) per provider and batch size, the ratio to `none`, and host
 reads per step counted by scan_fast.train.host_reads (epochs of two lengths, so the end-of-epoch
-reads cancel). Target: preparation <= 1.03x none, mutation ~1.00x, 0 host reads per step.
+reads cancel). Whole-step ratios on a shared 2-core machine move by a few percent from load alone,
+so the preparation step's own bookkeeping (gather_batch + observe_batch, and the flush of
+--log-every steps' ids, amortised) is also timed alone, as a share of the `none` step.
+Target: preparation <= 1.03x none, mutation ~1.00x, 0 host reads per step.
 On a GPU (--device cuda) --sync-debug runs every step under
 torch.cuda.set_sync_debug_mode("error"), which raises on any synchronisation outside the
 epoch's end (bench/gpu_check.sh step 7).
@@ -24,11 +27,16 @@ import time
 import numpy as np
 import torch
 
+# AdamW's tiny second moments turn denormal on the CPU and slow every step about 30x (a GPU flushes
+# them). Flushed before any thread pool starts, so the step SCAN's bookkeeping is compared with is
+# the arithmetic, not denormal stalls.
+torch.set_flush_denormal(True)
+
 from scan_fast.schedule import Scan
 from scan_fast.schedule.strategies import NoPruning
 from scan_fast.train.clip_model import Clip
 from scan_fast.train.host_reads import count_host_reads
-from scan_fast.train.loop import Step, train_one_epoch
+from scan_fast.train.loop import Step, gather_batch, train_one_epoch
 
 PROVIDERS = ("none", "mutation", "preparation")
 CONTEXT = 16
@@ -57,7 +65,7 @@ def _sync_guarded(batches):
     torch.cuda.set_sync_debug_mode(0)
 
 
-def _epoch(model, provider, batch, steps, log_every, device="cpu", sync_debug=False):
+def _epoch(model, provider, batch, steps, log_every, device="cpu", sync_debug=False, count_reads=False):
     """(seconds per step, host reads) of one epoch of `steps` steps."""
     schedule, epoch = _schedule(provider, max(4 * batch * steps, 1024))
     kept = schedule.epoch_indices(epoch)
@@ -72,15 +80,35 @@ def _epoch(model, provider, batch, steps, log_every, device="cpu", sync_debug=Fa
                 after_step=model.clamp_logit_scale, log_every=log_every,
                 autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device != "cpu" else None)
     loader = _sync_guarded(batches) if sync_debug else batches
-    with count_host_reads() as reads:
-        if device != "cpu":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        train_one_epoch(step, loader, epoch, steps, global_step=0)
-        if device != "cpu":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-    return seconds / steps, reads.count
+    if count_reads:  # patched tensor methods cost time: count and time in separate epochs
+        with count_host_reads() as reads:
+            train_one_epoch(step, loader, epoch, steps, global_step=0)
+        return None, reads.count
+    if device != "cpu":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    train_one_epoch(step, loader, epoch, steps, global_step=0)
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps, None
+
+
+def _bookkeeping(batch, log_every, device, repeats=200):
+    """Seconds per step of a preparation step's schedule work alone: gather, device rule, amortised flush."""
+    schedule, epoch = _schedule("preparation", max(batch * repeats, 1024))
+    kept = torch.from_numpy(schedule.epoch_indices(epoch)).to(device)
+    generator = torch.Generator().manual_seed(1)
+    losses = torch.rand(2, repeats, batch, generator=generator).to(device)
+    start = time.perf_counter()
+    for i in range(repeats):
+        ids, loss_a, loss_b = gather_batch(kept[i * batch:(i + 1) * batch], losses[0, i], losses[1, i])
+        schedule.observe_batch(ids, loss_a, loss_b)
+        if (i + 1) % log_every == 0:
+            schedule.flush()
+    schedule.flush()
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
 
 
 def main():
@@ -98,7 +126,8 @@ def main():
     model = Clip(context_length=CONTEXT).to(args.device)
     print(f"# tiny CLIP ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters), "
           f"{torch.get_num_threads()} threads, {args.steps} steps an epoch, log every {args.log_every} steps")
-    print(f"{'batch':>6} {'provider':>12} {'ms/step':>9} {'vs none':>8} {'host reads/step':>16}")
+    print(f"{'batch':>6} {'provider':>12} {'ms/step':>9} {'vs none':>8} {'host reads/step':>16} "
+          f"{'bookkeeping alone':>18}")
     for batch in args.batches:
         times = {p: [] for p in PROVIDERS}
         for provider in PROVIDERS:  # warm-up: allocator, autograd graph, thread pools
@@ -110,10 +139,15 @@ def main():
         base = statistics.median(times["none"])
         for provider in PROVIDERS:
             # reads per step: two epoch lengths with no log step inside, so the end-of-epoch reads cancel
-            short = _epoch(model, provider, batch, 2, 10**9, args.device)[1]
-            long = _epoch(model, provider, batch, 4, 10**9, args.device)[1]
+            short = _epoch(model, provider, batch, 2, 10**9, args.device, count_reads=True)[1]
+            long = _epoch(model, provider, batch, 4, 10**9, args.device, count_reads=True)[1]
             median = statistics.median(times[provider])
-            print(f"{batch:>6} {provider:>12} {median * 1e3:>9.1f} {median / base:>7.3f}x {(long - short) / 2:>16.1f}")
+            alone = ""
+            if provider == "preparation":
+                seconds = _bookkeeping(batch, args.log_every, args.device)
+                alone = f"{seconds * 1e3:.2f} ms = {seconds / base:.1%}"
+            print(f"{batch:>6} {provider:>12} {median * 1e3:>9.1f} {median / base:>7.3f}x {(long - short) / 2:>16.1f} "
+                  f"{alone:>18}")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,32 @@ def _record_schedule(module, made, kept):
     module.make_schedule = recording_make_schedule
 
 
+def _record_reads(module, loader_name, read):
+    """Replaces scan_fast.data.<loader_name> and module._unpack by ones that record, per epoch, the ids
+    this rank's loader hands out."""
+    import scan_fast.data
+
+    make_loader, unpack, epoch_now = getattr(scan_fast.data, loader_name), module._unpack, [None]
+
+    def recording_loader(*args, **kwargs):
+        loader = make_loader(*args, **kwargs)
+        set_epoch = loader.set_epoch
+
+        def recording_set_epoch(epoch):
+            epoch_now[0] = epoch
+            set_epoch(epoch)
+        loader.set_epoch = recording_set_epoch
+        return loader
+
+    def recording_unpack(batch):
+        inputs, ids = unpack(batch)
+        read.setdefault(epoch_now[0], []).append(ids.reshape(-1).cpu().numpy().copy())
+        return inputs, ids
+
+    setattr(scan_fast.data, loader_name, recording_loader)
+    module._unpack = recording_unpack
+
+
 def _clip_worker(rank, train_data, logs, out):
     from scan_fast.train import clip
     from scan_fast.train.clip import train_clip
@@ -95,36 +121,19 @@ def test_two_gloo_ranks_take_identical_pruning_decisions(shapes, tmp_path):
 
 
 def _moco_worker(rank, arch, train_data, logs, out):
-    import scan_fast.data
     from scan_fast.train import moco
     from scan_fast.train.config import MocoConfig
 
-    made, kept, models = [], {}, []
+    made, kept, models, read = [], {}, [], {}
     _record_schedule(moco, made, kept)
-    build_moco, moco_loader, unpack = moco.build_moco, scan_fast.data.moco_loader, moco._unpack
-    read, epoch_now = {}, [None]  # the ids this rank's loader hands out, per epoch
+    _record_reads(moco, "moco_loader", read)
+    build_moco = moco.build_moco
 
     def recording_build_moco(*args, **kwargs):
         models.append(build_moco(*args, **kwargs))
         return models[-1]
 
-    def recording_moco_loader(*args, **kwargs):
-        loader = moco_loader(*args, **kwargs)
-        set_epoch = loader.set_epoch
-
-        def recording_set_epoch(epoch):
-            epoch_now[0] = epoch
-            set_epoch(epoch)
-        loader.set_epoch = recording_set_epoch
-        return loader
-
-    def recording_unpack(batch):
-        inputs, ids = unpack(batch)
-        read.setdefault(epoch_now[0], []).append(ids.reshape(-1).cpu().numpy().copy())
-        return inputs, ids
-
-    moco.build_moco, scan_fast.data.moco_loader, moco._unpack = (recording_build_moco, recording_moco_loader,
-                                                                  recording_unpack)
+    moco.build_moco = recording_build_moco
     summary = moco.train_moco(MocoConfig(train_data=train_data, arch=arch, batch_size=BATCH, epochs=4,
                                          prune_threshold=1.0, workers=1, logs=logs, name="ddp", progress=False,
                                          tensorboard=False))

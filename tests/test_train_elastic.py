@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scan_fast.train.resume import check_resume
-from test_train_ddp import _launch
+from test_train_ddp import _launch, _record_reads, _record_schedule
 
 N_TRAIN, GLOBAL_BATCH, EPOCHS = 192, 32, 5
 
@@ -32,42 +32,12 @@ def test_a_changed_global_batch_is_refused_naming_batch_size_and_both_world_size
 
 def _clip_worker(rank, train_data, logs, name, world, out, overrides):
     """One rank of a CLIP run; saves the kept ids of every epoch it began, the ids it read and the candidates."""
-    import scan_fast.data
     from scan_fast.train import clip
     from scan_fast.train.config import ClipConfig
 
-    make_schedule, clip_loader, unpack = clip.make_schedule, scan_fast.data.clip_loader, clip._unpack
-    made, kept, read, epoch_now = [], {}, {}, [None]
-
-    def recording_make_schedule(cfg, num_samples):
-        schedule = make_schedule(cfg, num_samples)
-        original = schedule.epoch_kept_set
-
-        def epoch_kept_set(epoch):
-            ids = original(epoch)
-            kept[epoch] = ids.to_array()
-            return ids
-        schedule.epoch_kept_set = epoch_kept_set
-        made.append(schedule)
-        return schedule
-
-    def recording_clip_loader(*args, **kwargs):
-        loader = clip_loader(*args, **kwargs)
-        set_epoch = loader.set_epoch
-
-        def recording_set_epoch(epoch):
-            epoch_now[0] = epoch
-            set_epoch(epoch)
-        loader.set_epoch = recording_set_epoch
-        return loader
-
-    def recording_unpack(batch):
-        inputs, ids = unpack(batch)
-        read.setdefault(epoch_now[0], []).append(ids.reshape(-1).cpu().numpy().copy())
-        return inputs, ids
-
-    clip.make_schedule, scan_fast.data.clip_loader, clip._unpack = (recording_make_schedule, recording_clip_loader,
-                                                                    recording_unpack)
+    made, kept, read = [], {}, {}
+    _record_schedule(clip, made, kept)
+    _record_reads(clip, "clip_loader", read)
     clip.train_clip(ClipConfig(train_data=train_data, batch_size=GLOBAL_BATCH // world, epochs=EPOCHS, lr=1e-3,
                                warmup_epochs=0.5, workers=1, prune_threshold=1.0, logs=logs, name=name,
                                progress=False, tensorboard=False, **overrides))
