@@ -52,6 +52,7 @@ bench: setup
 	$(PY) bench/bench_loss.py --loss siglip --sizes 1024 4096 16384 --dims 512
 	$(PY) bench/bench_loader.py
 	$(PY) bench/bench_scale.py
+	$(PY) bench/bench_train_step.py
 	$(PY) -m pytest -q -ra -m slow
 
 clean:
