@@ -16,6 +16,8 @@
 #   7. bench/bench_train_step.py on CUDA: 200 steps a provider under set_sync_debug_mode("error")
 #      (any host sync inside a step fails the step), step time of --prune scan vs none, where
 #      open_clip imports (1.5 min more)                                       -> train_step.log
+# Steps 6 and 7 need open_clip (and ffcv) carried to the machine; together with the rest they pass
+# 10 minutes, so run them as a second call: GPU_CHECK_STEPS="pytest_trainers train_step" bench/gpu_check.sh OUT.
 # then summary.md / summary.json. Exits non-zero when a step failed, after writing everything.
 set -euo pipefail
 
@@ -72,8 +74,11 @@ fi
 
 # 2.-6. tests and benchmarks; a failing step is recorded, not fatal --------------------------
 declare -A RC SECONDS_TAKEN
-step() {  # step NAME TIMEOUT_S CMD...
+step() {  # step NAME TIMEOUT_S CMD...; GPU_CHECK_STEPS="name ..." runs only the steps named
   local name=$1 limit=$2; shift 2
+  if [[ -n "${GPU_CHECK_STEPS:-}" && " $GPU_CHECK_STEPS " != *" $name "* ]]; then
+    log "$name: not in GPU_CHECK_STEPS, skipped"; return 0
+  fi
   local t0; t0=$(date +%s)
   log "$name: $*"
   set +e

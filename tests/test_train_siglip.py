@@ -54,7 +54,7 @@ def test_forward_returns_the_sigmoid_pair_whose_mean_is_open_clips_loss():
 
 
 def test_scan_run_with_the_sigmoid_loss(data, tmp_path):  # noqa: F811
-    summary = train_clip(_config(data, tmp_path, epochs=4, model=TINY_SIGLIP, val_data=data["test"]))
+    summary = train_clip(_config(data, tmp_path, epochs=4, model=TINY_SIGLIP, val_data=data["test"], save_losses=True))
     rows = _rows(summary["folder"])
     assert [r["phase"] for r in rows] == ["warmup", "warmup", "preparation", "mutation"]
     with np.load(os.path.join(summary["folder"], "candidates.npz")) as cand:

@@ -262,8 +262,8 @@ def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_te
     from scan_fast.train.checkpoint import load_checkpoint
     from scan_fast.train.evaluate import check_labelled
 
-    check_labelled(val_data)
     state = load_checkpoint(checkpoint)
+    check_labelled(val_data)
     absent = [key for key in ("model", "config") if not isinstance(state.get(key), dict)]
     if absent:
         raise ValueError(f"{checkpoint}: not a complete scan-fast checkpoint (no {' or '.join(absent)} entry)")
