@@ -117,3 +117,24 @@ def test_a_non_finite_loss_is_found_at_the_next_check():
                                             r"global step 15") as err:
         train_one_epoch(step, batches, 0, 6, global_step=10)
     assert err.value.global_step == 13 and err.value.checked_at == 15
+
+
+def test_a_loader_that_reuses_its_id_buffer_is_read_right():
+    """FFCV hands out the same id buffer for later batches: what the schedule keeps must be a copy."""
+    torch.manual_seed(0)
+    schedule = _schedule("infobatch", 0)
+    kept = schedule.epoch_indices(0)
+    buffer = torch.empty(BATCH, dtype=torch.int64)
+
+    def reusing_loader():
+        for i in range(6):
+            buffer.copy_(torch.from_numpy(kept[i * BATCH:(i + 1) * BATCH]))
+            yield torch.randn(BATCH, 8), torch.randn(BATCH, 8), buffer
+
+    model = TinyClip()
+    step = Step(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
+                scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=schedule,
+                unpack=lambda b: ((b[0], b[1]), b[2]), base_lr=1e-3, warmup_epochs=0.0, epochs=10, log_every=100)
+    train_one_epoch(step, reusing_loader(), 0, 6, global_step=0)
+    seen = torch.from_numpy(schedule.scores).isfinite()
+    assert int(seen.sum()) == 6 * BATCH and bool(seen[torch.from_numpy(kept[:6 * BATCH])].all())

@@ -214,7 +214,10 @@ class PruningSchedule(ABC):
     def _device_batch(self, sample_ids: torch.Tensor, loss_a: torch.Tensor, loss_b: torch.Tensor):
         """What to keep on the device for one batch (None: nothing). By default the batch itself,
         replayed through `_observe` at the next flush; Scan keeps only its chosen ids."""
-        return (sample_ids, loss_a, loss_b) if self.needs_losses(self._epoch) else None
+        if not self.needs_losses(self._epoch):
+            return None
+        # copies: the caller may reuse its buffers for the next batch before the flush (FFCV does)
+        return sample_ids.clone(), loss_a.clone(), loss_b.clone()
 
     def _drain(self, pending: list) -> None:
         """Apply the kept batches in order: one copy of all ids and one of all losses to the host."""

@@ -98,7 +98,8 @@ def gather_batch(ids: torch.Tensor, loss_a: torch.Tensor, loss_b: torch.Tensor):
     global position j * W + r: transposing the gathered (W, B) blocks puts the global batch
     in that order, the same whatever the world size (elastic resume relies on it).
     """
-    ids = ids.to(loss_a.device, torch.int64, non_blocking=True)
+    # a copy: loaders (FFCV) reuse their batch buffers, and the schedule may keep these ids past the step
+    ids = ids.to(loss_a.device, torch.int64, non_blocking=True, copy=True)
     losses = torch.stack([loss_a.detach().float(), loss_b.detach().float()])
     if not _distributed():
         return ids, losses[0], losses[1]
