@@ -6,7 +6,6 @@ import inspect
 import logging
 import os
 import socket
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 import scan_fast
 import scan_fast.ops.siglip_loss as siglip_loss_module
 from conftest import HAS_CUDA, requires_cuda
+from test_open_clip_compat import _train_two_steps  # open_clip_train's loop over two tiny batches
 from scan_fast.ops.siglip_loss import (
     SigLipLoss,
     SigmoidLossChunked,
@@ -347,26 +347,6 @@ class _TinySigLip(nn.Module):
             "logit_scale": self.logit_scale.exp(),
             "logit_bias": self.logit_bias,
         }
-
-
-class _Loader(list):
-    num_batches = 2
-    num_samples = 2 * 16
-
-
-def _train_two_steps(loss_fn, model, accum_freq=1):
-    train = pytest.importorskip("open_clip_train.train")
-    torch.manual_seed(1)
-    batches = _Loader([(torch.randn(16, 12), torch.randint(0, 50, (16, 5))) for _ in range(2 * accum_freq)])
-    batches.num_batches = len(batches)
-    data = {"train": SimpleNamespace(dataloader=batches, set_epoch=lambda epoch: None)}
-    args = SimpleNamespace(
-        device="cpu", precision="fp32", distill=False, accum_freq=accum_freq, skip_scheduler=True, horovod=False,
-        grad_clip_norm=None, log_every_n_steps=1, batch_size=16, world_size=1, rank=0, local_rank=0, wandb=False,
-    )
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    train.train_one_epoch(model, data, loss_fn, 0, optimizer, None, None, None, args)
-    return model
 
 
 @pytest.mark.parametrize("accum_freq", [1, 2])
