@@ -85,6 +85,15 @@ class KeyedRandomResizedCropDecoder(SimpleRGBImageDecoder):
         self.output_size, self.scale, self.ratio = tuple(output_size), tuple(scale), tuple(ratio)
         self.flip_prob, self.view = float(flip_prob), int(view)
         self.key_cell = np.zeros(2, np.uint64)  # (seed, epoch), read by the compiled code
+        self.id_source = None  # the batch's sample ids, when the loader decodes staged rows
+
+    def set_id_source(self, ids: np.ndarray) -> None:
+        """Key crops by `ids[position in batch]` (a uint64 array the loader fills before each batch)
+        instead of the row index ffcv passes: a staged batch's rows are 0..B-1, not sample ids.
+        Call before the pipeline is compiled."""
+        if ids.dtype != np.uint64 or not ids.flags.c_contiguous:
+            raise TypeError("the id source must be a contiguous uint64 array")
+        self.id_source = ids
 
     def set_key(self, seed: int, epoch: int) -> None:
         """Key the crops of the epoch about to be read (called by the loader before it starts)."""
@@ -104,14 +113,19 @@ class KeyedRandomResizedCropDecoder(SimpleRGBImageDecoder):
         crop_c, mirror_c = Compiler.compile(keyed_crop), Compiler.compile(_mirror_columns)
         scale, log_ratio = np.array(self.scale), np.log(np.array(self.ratio))
         flip_prob, view, cell_address = self.flip_prob, self.view, self.key_cell.ctypes.data
+        staged = self.id_source is not None
+        ids_address = self.id_source.ctypes.data if staged else 0
+        ids_length = len(self.id_source) if staged else 0
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, scratch = my_storage
             cell = carray(_uint64_pointer(cell_address), (2,))
             seed, epoch = cell[0], cell[1]
+            ids = carray(_uint64_pointer(ids_address), (ids_length,))
             for dst_ix in parallel_range(len(batch_indices)):
-                sample_id = batch_indices[dst_ix]
-                field = metadata[sample_id]
+                row = batch_indices[dst_ix]
+                sample_id = ids[dst_ix] if staged else row
+                field = metadata[row]
                 data = mem_read(field["data_ptr"], storage_state)
                 height, width = np.uint32(field["height"]), np.uint32(field["width"])
                 if field["mode"] == jpg:

@@ -1,12 +1,17 @@
 """FFCV loaders whose every epoch reads exactly the ids a pruning schedule keeps.
 
-`clip_loader` / `moco_loader` build a `ScanLoader` (an ffcv Loader) with a
-traversal order that reads this rank's shard of each epoch from the schedule
-(all ids when scan is None; see scan_fast/data/order.py): the kept ids in an
-order keyed by (seed, epoch), an equal-length strided share per rank under
-distributed=True (remainder dropped, so no id is on two ranks), and
+`clip_loader` / `moco_loader` build a `ScanLoader` (an ffcv Loader) over a .beton
+file or a part folder (dataset.py) that reads this rank's shard of each epoch
+from the schedule (all ids when scan is None; see scan_fast/data/order.py): the
+kept ids in an order keyed by (seed, epoch), an equal-length strided share per
+rank under distributed=True (remainder dropped, so no id is on two ranks), and
 `len(loader)` / drop_last computed from that shard. No rank builds the global
-kept list; the .beton is never rewritten and the loader never rebuilt.
+kept list or the epoch's order (the shard is computed a chunk at a time); the
+data is never rewritten and the loader never rebuilt.
+
+Opening costs O(1) per sample: the files are memory-mapped (beton.py), and each
+batch's rows and stored bytes are gathered from their parts into one small
+staging buffer that ffcv's compiled pipelines read (staging.py).
 
 Augmentation is keyed, not drawn: before each epoch the loader gives its image
 decoders (seed, epoch), and every crop, flip and (MoCo) photometric choice is a
@@ -18,42 +23,77 @@ later: copy (or move to the GPU) whatever must outlive the step.
 import os
 import queue
 import sys
-from typing import Callable, Optional, Tuple
+from queue import Queue
+from threading import Event, Thread
+from typing import Callable, Iterator, Optional, Tuple
 
+import numpy as np
 import torch
 from ffcv.loader import Loader
 from ffcv.loader.epoch_iterator import EpochIterator
-from ffcv.loader.loader import ORDER_MAP
+from ffcv.pipeline import PipelineSpec
 from ffcv.pipeline.compiler import Compiler
+from ffcv.pipeline.graph import Graph
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, KeyedMocoViews
-from .order import KeptIdsSource, OrderFactory
+from .dataset import Dataset, open_dataset
+from .order import KeptIdsSource
 from .pipelines import clip_pipelines, moco_pipelines
 from .sampler import resolve_rank
-from .schema import check_beton
+from .staging import BatchStager, StagedMemory
 
 
 class ScanLoader(Loader):
-    """ffcv Loader whose length and drop_last follow each epoch's kept list.
+    """An ffcv Loader over a `Dataset` (one .beton or a part folder) whose every epoch reads this
+    rank's shard of the kept ids, staged batch by batch (staging.py).
 
-    ffcv fixes len() from the order of the first epoch; here the order of the
-    epoch about to run (or running) is used: `set_epoch(e)` selects it ahead
-    of time (e.g. to size a learning-rate schedule), and `iter()` refreshes it.
+    Built without ffcv's Reader and memory managers (their per-sample copies and dicts) and
+    without a list of the epoch: the shard is computed a chunk at a time as batches are read.
+    ffcv's pipelines, graph, compiled code and epoch thread are used as they are. len() and
+    drop_last follow the epoch about to run: `set_epoch(e)` selects it ahead of time (e.g. to
+    size a learning-rate schedule), and `iter()` starts it.
     """
 
     # (ffcv's output tuple, epoch) -> the batch this loader yields; None yields ffcv's tuple
     batch_transform: Optional[Callable] = None
 
-    def __init__(self, *args, start_epoch: int = 0, **kwargs):
-        # ffcv's constructor asks for the first epoch's order; a resumed run's first epoch
-        # is start_epoch (a schedule refuses to hand out epochs it has already passed).
-        self._constructing_epoch = int(start_epoch)
-        self._keyed_decoders = _keyed_decoders(kwargs.get("pipelines") or {})
-        super().__init__(*args, **kwargs)
-        self._constructing_epoch = None
-        self.next_epoch = int(start_epoch)
+    def __init__(self, dataset: Dataset, source: KeptIdsSource, batch_size: int, pipelines, *, seed: int = 0,
+                 num_workers: int = 2, drop_last: bool = True, distributed: bool = False,
+                 batches_ahead: int = 3, start_epoch: int = 0):
+        self.dataset, self.source = dataset, source
+        self.fname = dataset.path
+        self.batch_size, self.batches_ahead, self.seed = int(batch_size), int(batches_ahead), int(seed)
+        self.num_workers, self.drop_last, self.distributed = int(num_workers), drop_last, distributed
+        self.code, self.recompile = None, False
+        Compiler.set_num_threads(self.num_workers)
+        self.stager = BatchStager(dataset)
+        self.memory_manager = StagedMemory()
+        self.reader = _StagedReader(dataset, self.stager.declare_metadata())
+        self.pipeline_specs, self.field_name_to_f_ix = {}, {}
+        for f_ix, name in enumerate(dataset.handlers):
+            self.field_name_to_f_ix[name] = f_ix
+        for name, spec in pipelines.items():
+            if spec is None:
+                continue  # a field not read
+            if not isinstance(spec, PipelineSpec):
+                spec = PipelineSpec(name, decoder=None, transforms=spec)
+            self.pipeline_specs[name] = spec
+        # ffcv emits stored fields in file order, then extra outputs (as its own Loader does)
+        stored = [n for n in dataset.handlers if n in self.pipeline_specs]
+        extra = [n for n in self.pipeline_specs if n not in dataset.handlers]
+        self.pipeline_specs = {n: self.pipeline_specs[n] for n in stored + extra}
+        self._keyed_decoders = _keyed_decoders(pipelines)
+        self.batch_ids = np.zeros(self.batch_size, np.uint64)  # global ids of the batch being decoded
+        for decoder in self._keyed_decoders:
+            decoder.set_id_source(self.batch_ids)
+        self.graph = Graph(self.pipeline_specs, dataset.handlers, self.field_name_to_f_ix,
+                           self.reader.metadata, self.memory_manager.compile_reader())
+        self._positions = np.arange(self.batch_size, dtype=np.uint64)
+        self.next_epoch = self._len_epoch = int(start_epoch)
         self._running = None
         self._reuse_batch_buffers()
+        self.generate_code()
+        len(self)  # the first epoch's kept ids are checked now, not in the loader's thread
 
     def _reuse_batch_buffers(self):
         """Allocate the batch buffers once, not at every epoch start as ffcv does.
@@ -72,13 +112,13 @@ class ScanLoader(Loader):
 
         self.graph.allocate_memory = allocate_once
 
-    def next_traversal_order(self):
-        epoch = self.next_epoch if self._constructing_epoch is None else self._constructing_epoch
-        return self.traversal_order.sample_order(epoch)
+    def __len__(self) -> int:
+        """Batches of the epoch about to run (after set_epoch) or running (after iter)."""
+        count = self.source.length(self._len_epoch)
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        self.next_epoch = int(epoch)
-        self.first_traversal_order = self.next_traversal_order()
+        self.next_epoch = self._len_epoch = int(epoch)
 
     def stop(self) -> None:
         """End the epoch being read, if any (its thread would otherwise wait on a full queue)."""
@@ -86,32 +126,52 @@ class ScanLoader(Loader):
             _stop(self._running)
             self._running = None
 
+    def batches(self, epoch: int) -> Iterator[np.ndarray]:
+        """The id arrays of the epoch's batches on this rank, computed a chunk of the shard at a time."""
+        size, count = self.batch_size, self.source.length(epoch)
+        if self.drop_last:
+            count -= count % size
+        chunk = max(size, (1 << 18) // size * size)
+        return _batches_of(self.source.order_chunks(epoch, count, chunk), size)
+
     def __iter__(self):
         epoch = self.next_epoch
-        self.first_traversal_order = self.next_traversal_order()
-        # The buffers are shared across epochs: stop an epoch left unfinished first.
-        self.stop()
+        self.stop()  # the buffers are shared across epochs: stop an epoch left unfinished first
         if torch.cuda.is_available():
             torch.cuda.current_stream().synchronize()  # last epoch's batches are no longer read
         for decoder in self._keyed_decoders:  # before the epoch's thread starts decoding
             decoder.set_key(self.seed, epoch)
-        batches = self._running = self._start_epoch(epoch)
-        if self.batch_transform is None:
-            return batches
-        return _Transformed(batches, self.batch_transform, epoch)
-
-    def _start_epoch(self, epoch: int) -> "_EpochReader":
-        """ffcv's Loader.__iter__, reusing the order just computed, with a thread that reports failures."""
         Compiler.set_num_threads(self.num_workers)
-        self.next_epoch += 1
-        if self.code is None or self.recompile:
-            self.generate_code()
-        return _EpochReader(self, self.first_traversal_order[:len(self) * self.batch_size], epoch)
+        batches = self.batches(epoch)
+        self._len_epoch, self.next_epoch = epoch, epoch + 1
+        reader = self._running = _EpochReader(self, batches, epoch)
+        if self.batch_transform is None:
+            return reader
+        return _Transformed(reader, self.batch_transform, epoch)
 
     @property
     def epoch(self) -> int:
         """The epoch the next iter() runs."""
         return self.next_epoch
+
+    def close(self) -> None:
+        self.stop()
+        self.dataset.close()
+
+
+def _batches_of(chunks: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    for ids in chunks:
+        for first in range(0, len(ids), size):
+            yield ids[first:first + size]
+
+
+class _StagedReader:
+    """What ffcv's graph and epoch thread read from a Reader: the fields and a metadata table
+    (here the one-row table of the set-up; batches bring their own)."""
+
+    def __init__(self, dataset: Dataset, metadata: np.ndarray):
+        self.handlers, self.metadata = dataset.handlers, metadata
+        self.num_samples, self.file_name = dataset.num_samples, dataset.path
 
 
 class LoaderError(RuntimeError):
@@ -119,12 +179,32 @@ class LoaderError(RuntimeError):
 
 
 class _EpochReader(EpochIterator):
-    """ffcv's epoch thread, except that an error while reading ends the epoch by raising it in
-    the training loop; ffcv's own thread dies and leaves the loop waiting for a batch forever."""
+    """ffcv's epoch thread over staged batches (staging.py), except that an error while reading
+    ends the epoch by raising it in the training loop; ffcv's own thread dies and leaves the
+    loop waiting for a batch forever."""
 
-    def __init__(self, loader, order, epoch: int):
-        self.failure, self.epoch = None, epoch  # set before the base class starts the thread
-        super().__init__(loader, order)
+    def __init__(self, loader: ScanLoader, batches: Iterator[np.ndarray], epoch: int):
+        # EpochIterator.__init__ without its list of every batch of the epoch
+        Thread.__init__(self, daemon=True)
+        self.failure, self.epoch = None, epoch
+        self.loader, self.order, self.metadata = loader, None, None
+        self.current_batch_slot, self.iter_ixes, self.closed = 0, batches, False
+        self.output_queue, self.terminate_event = Queue(loader.batches_ahead), Event()
+        self.memory_context = loader.memory_manager.schedule_epoch(None)
+        self.memory_context.__enter__()
+        self.storage_state = None
+        if torch.cuda.is_available():
+            self.current_stream = torch.cuda.current_stream()
+        self.cuda_streams = [(torch.cuda.Stream() if torch.cuda.is_available() else None)
+                             for _ in range(loader.batches_ahead + 2)]
+        self.memory_allocations = loader.graph.allocate_memory(loader.batch_size, loader.batches_ahead + 2)
+        self.start()
+
+    def run_pipeline(self, b_ix, batch_ids, batch_slot, cuda_event):
+        loader = self.loader
+        self.metadata, self.storage_state = loader.stager.stage(batch_ids)
+        loader.batch_ids[:len(batch_ids)] = batch_ids
+        return super().run_pipeline(b_ix, loader._positions[:len(batch_ids)], batch_slot, cuda_event)
 
     def run(self):
         try:
@@ -145,7 +225,7 @@ class _EpochReader(EpochIterator):
             if self.failure is None:
                 raise
             err = self.failure
-            raise LoaderError(f"reading epoch {self.epoch} of {self.loader.reader.file_name} failed: "
+            raise LoaderError(f"reading epoch {self.epoch} of {self.loader.fname} failed: "
                               f"{type(err).__name__}: {err}") from err
 
 
@@ -222,53 +302,41 @@ def _check_common(batch_size, num_workers):
 def build_loader(path, batch_size: int, pipelines, required_fields, scan=None, seed: int = 0,
                  shuffle: bool = True, drop_last: bool = True, distributed: bool = False,
                  rank: Optional[int] = None, world_size: Optional[int] = None, num_workers: int = 2,
-                 os_cache: bool = True, batches_ahead: int = 3, start_epoch: int = 0) -> ScanLoader:
-    """A ScanLoader over `path` with the given per-field pipelines (fields not named are skipped)."""
+                 batches_ahead: int = 3, start_epoch: int = 0) -> ScanLoader:
+    """A ScanLoader over `path` (a .beton or a part folder, or an open `Dataset`) with the given
+    per-field pipelines (stored fields not named are not read)."""
     _check_common(batch_size, num_workers)
-    path = str(path)
-    info = check_beton(path, required_fields)
+    dataset = path if isinstance(path, Dataset) else open_dataset(path)
+    dataset.require(required_fields)
     if distributed:
         rank, world_size = resolve_rank(rank, world_size)
     elif rank not in (None, 0) or world_size not in (None, 1):
         raise ValueError(f"rank={rank}, world_size={world_size} given without distributed=True")
     else:
         rank, world_size = 0, 1
-    source = KeptIdsSource(scan, info["num_samples"], seed=seed, shuffle=shuffle, rank=rank,
+    source = KeptIdsSource(scan, dataset.num_samples, seed=seed, shuffle=shuffle, rank=rank,
                            world_size=world_size)
-    key = OrderFactory(source)
-    # ffcv 1.0.2 accepts custom orders only through its ORDER_MAP registry.
-    ORDER_MAP[key] = key
-    try:
-        loader = ScanLoader(path, batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
-                            order=key, distributed=distributed, seed=seed, pipelines=pipelines,
-                            drop_last=drop_last, batches_ahead=batches_ahead,
-                            start_epoch=start_epoch)
-    finally:
-        del ORDER_MAP[key]
-    return loader
-
-
-def _disable_other_fields(path, pipelines):
-    from ffcv.reader import Reader
-
-    return {**{name: None for name in Reader(str(path)).handlers}, **pipelines}
+    pipelines = {**{name: None for name in dataset.handlers}, **pipelines}
+    return ScanLoader(dataset, source, batch_size, pipelines, seed=seed, num_workers=num_workers,
+                      drop_last=drop_last, distributed=distributed, batches_ahead=batches_ahead,
+                      start_epoch=start_epoch)
 
 
 def clip_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed: int = 0,
                 shuffle: bool = True, drop_last: bool = True, distributed: bool = False,
                 rank: Optional[int] = None, world_size: Optional[int] = None, device="cpu",
                 augment: bool = True, flip: bool = True, crop_scale: Tuple[float, float] = (0.9, 1.0),
-                with_labels: bool = False, num_workers: int = 2, os_cache: bool = True,
+                with_labels: bool = False, num_workers: int = 2,
                 batches_ahead: int = 3, start_epoch: int = 0) -> ScanLoader:
-    """Batches of (images float [B,3,R,R], tokens int32 [B,ctx], ids int64 [B][, labels])."""
+    """Batches of (images float [B,3,R,R], tokens int32 [B,ctx], ids int64 [B][, labels]) from a
+    .beton or a part folder."""
     required = ("image", "tokens", "id") + (("label",) if with_labels else ())
-    check_beton(path, required)
     pipes = clip_pipelines(resolution, device=device, augment=augment, flip=flip,
                            crop_scale=crop_scale, with_labels=with_labels)
-    return build_loader(path, batch_size, _disable_other_fields(path, pipes), required, scan=scan,
+    return build_loader(path, batch_size, pipes, required, scan=scan,
                         seed=seed, shuffle=shuffle, drop_last=drop_last, distributed=distributed,
                         rank=rank, world_size=world_size, num_workers=num_workers,
-                        os_cache=os_cache, batches_ahead=batches_ahead, start_epoch=start_epoch)
+                        batches_ahead=batches_ahead, start_epoch=start_epoch)
 
 
 def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed: int = 0,
@@ -276,15 +344,14 @@ def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
                 rank: Optional[int] = None, world_size: Optional[int] = None, device="cpu",
                 augment: bool = True, crop_scale: Tuple[float, float] = (0.08, 1.0),
                 blur_sigma: Tuple[float, float] = (0.1, 2.0), num_workers: int = 2,
-                os_cache: bool = True, batches_ahead: int = 3, start_epoch: int = 0) -> ScanLoader:
+                batches_ahead: int = 3, start_epoch: int = 0) -> ScanLoader:
     """Batches of (view1, view2, labels, ids) with augment=True, (images, labels, ids) without."""
     required = ("image", "label", "id")
-    check_beton(path, required)
     pipes = moco_pipelines(resolution, device=device, augment=augment, crop_scale=crop_scale)
-    loader = build_loader(path, batch_size, _disable_other_fields(path, pipes), required, scan=scan,
+    loader = build_loader(path, batch_size, pipes, required, scan=scan,
                           seed=seed, shuffle=shuffle, drop_last=drop_last, distributed=distributed,
                           rank=rank, world_size=world_size, num_workers=num_workers,
-                          os_cache=os_cache, batches_ahead=batches_ahead, start_epoch=start_epoch)
+                          batches_ahead=batches_ahead, start_epoch=start_epoch)
     if augment:
         photometric = KeyedMocoViews(seed, blur_sigma=blur_sigma)
 
@@ -297,18 +364,15 @@ def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
 
 
 def labelled_loader(path, batch_size: int, resolution: int = 224, *, device="cpu", mean=IMAGENET_MEAN,
-                    std=IMAGENET_STD, num_workers: int = 2, os_cache: bool = True) -> ScanLoader:
+                    std=IMAGENET_STD, num_workers: int = 2) -> ScanLoader:
     """Evaluation batches of (images float [B,3,R,R] centre-cropped and normalised, labels, ids),
-    in file order with the last batch kept, from any .beton with image, label and id fields
-    (`data labelled`, or a CLIP set written with labels: its tokens are not read)."""
-    from ffcv.reader import Reader
-
+    in file order with the last batch kept, from any .beton or part folder with image, label and id
+    fields (`data labelled`, or a CLIP set written with labels: its tokens are not read)."""
     required = ("image", "label", "id")
-    check_beton(path, required)
     pipes = moco_pipelines(resolution, device=device, augment=False, mean=mean, std=std)
-    loader = build_loader(path, batch_size, _disable_other_fields(path, pipes), required, shuffle=False,
-                          drop_last=False, num_workers=num_workers, os_cache=os_cache)
-    emitted = [name for name in Reader(str(path)).handlers if name in required]  # ffcv: file order
+    loader = build_loader(path, batch_size, pipes, required, shuffle=False,
+                          drop_last=False, num_workers=num_workers)
+    emitted = [name for name in loader.dataset.handlers if name in required]  # ffcv: file order
     pick = [emitted.index(name) for name in required]
     if pick != [0, 1, 2]:
         loader.batch_transform = lambda batch, epoch: tuple(batch[i] for i in pick)

@@ -16,14 +16,17 @@ keyed order, so which ones fall off changes every epoch.
 Any object with an `epoch_indices(epoch)` method (a list per epoch) works too:
 its list is validated and turned into a bitset first.
 """
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numba
 import numpy as np
 from ffcv.traversal_order.base import TraversalOrder
 
 from scan_fast.schedule.base import PruningSchedule
-from scan_fast.schedule.shard import KeptSet, epoch_shard
+from scan_fast.schedule.shard import KeptSet, epoch_shard, epoch_shard_part, shard_length
+
+# Ids of a shard computed at a time by the loaders (8 bytes each).
+CHUNK_IDS = 1 << 18
 
 
 @numba.njit(cache=True, nogil=True)
@@ -133,6 +136,19 @@ class KeptIdsSource:
         if entry[3] is None:
             entry[3] = epoch_shard(entry[2], epoch, self.rank, self.world_size, self.seed, self.shuffle, self.pad)
         return entry[3]
+
+    def length(self, epoch: int) -> int:
+        """How many ids this rank reads in `epoch` (without computing them)."""
+        return shard_length(len(self._lookup(epoch)[2]), self.world_size, self.pad)
+
+    def order_chunks(self, epoch: int, count: int, chunk: int = CHUNK_IDS) -> Iterator[np.ndarray]:
+        """The first `count` ids of `order(epoch)`, computed `chunk` at a time as they are consumed:
+        a loader holds one chunk of its shard, not the shard (8 bytes per id of the epoch)."""
+        kept = self._lookup(epoch)[2]
+        count = min(int(count), self.length(epoch))
+        for first in range(0, count, chunk):
+            yield epoch_shard_part(kept, epoch, self.rank, self.world_size, self.seed, self.shuffle,
+                                   first, min(chunk, count - first), self.pad)
 
     def _lookup(self, epoch: int) -> list:
         cached = self._cached

@@ -30,12 +30,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from ffcv.fields.rgb_image import resizer
 from ffcv.memory_allocator import MemoryAllocator
+from ffcv.types import ALLOC_TABLE_TYPE
 from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from scan_fast.outputs import check_output, partial_path, remove_stale_partials
 
+from .beton import BetonFile, save_record
 from .classes import save_class_names
 from .schema import clip_fields, labelled_fields
 from .tables import BadRow, label_names, read_caption_table  # noqa: F401 - read_caption_table re-exported
@@ -182,6 +184,20 @@ class _CheckedDatasetWriter(DatasetWriter):
             self.metadata_sm.close()
             self.metadata_sm.unlink()
 
+    def finalize(self, allocations) -> None:
+        """ffcv's finalize, with the allocation table sorted by pointer: the order the loaders look
+        stored values up in (beton.py), so a loader never has to sort it."""
+        table = np.array([tuple(a) for a in allocations], dtype=ALLOC_TABLE_TYPE)
+        table.sort(order="ptr", kind="stable")
+        with open(self.fname, "r+b") as fp:
+            fp.seek(self.metadata_start)
+            fp.write(self.metadata_sm.buf)
+            fp.seek(0, os.SEEK_END)
+            self.header["alloc_table_ptr"] = fp.tell()
+            fp.write(table.tobytes())
+            fp.seek(0)
+            fp.write(self.header.tobytes())
+
     def _worker_error(self, exitcode) -> str:
         try:
             return self.errors.get(timeout=1.0)
@@ -257,7 +273,12 @@ def write_rows(target, fields: Dict, num_rows: int, make_sample: Callable[[int],
     try:
         writer.from_indexed_dataset(_Rows(num_rows, make_sample, describe, errors),
                                     chunksize=max(1, min(256, num_rows // max(1, num_workers))))
+        written = BetonFile(partial)
+        written.check_all()  # the full per-sample check, once, while the file is in the page cache
+        record = {**written.describe(), "file": target.name}
+        written.close()
         os.replace(partial, target)
+        save_record(target, record)
     except _Terminated:
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:

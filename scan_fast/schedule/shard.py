@@ -25,7 +25,7 @@ import numpy as np
 from scan_fast.index import SampleSet, keyed_shard
 from scan_fast.schedule.inputs import check_int
 
-__all__ = ["KeptSet", "epoch_shard", "shard_length", "order_stream", "epoch_shard_reference",
+__all__ = ["KeptSet", "epoch_shard", "epoch_shard_part", "shard_length", "order_stream", "epoch_shard_reference",
            "keyed_permutation_reference"]
 
 
@@ -89,6 +89,19 @@ def epoch_shard(kept: KeptSet, epoch: int, rank: int = 0, world_size: int = 1, s
     seed = check_int("seed", seed, minimum=0)
     return keyed_shard(kept.ids, members=kept.members, seed=seed, stream=order_stream(epoch), start=rank,
                        step=world_size, count=shard_length(num_kept, world_size, pad), shuffle=shuffle)
+
+
+def epoch_shard_part(kept: KeptSet, epoch: int, rank: int, world_size: int, seed: int, shuffle: bool,
+                     first: int, count: int, pad: bool = False) -> np.ndarray:
+    """Entries [first, first + count) of `epoch_shard(...)`, computed alone (a loader's chunk)."""
+    num_kept = len(kept)
+    epoch, rank, world_size = _check_shard_args(num_kept, epoch, rank, world_size, pad)
+    total = shard_length(num_kept, world_size, pad)
+    if not 0 <= first <= first + count <= total:
+        raise ValueError(f"entries [{first}, {first + count}) lie outside the shard's {total}")
+    start = (rank + first * world_size) % num_kept
+    return keyed_shard(kept.ids, members=kept.members, seed=check_int("seed", seed, minimum=0),
+                       stream=order_stream(epoch), start=start, step=world_size, count=count, shuffle=shuffle)
 
 
 # -- the oracle: the same definition on the materialised list ------------------------------

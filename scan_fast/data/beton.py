@@ -1,0 +1,409 @@
+"""One .beton file, opened at a cost that does not grow with its samples.
+
+ffcv's `Reader` copies the metadata and allocation tables into every process
+(np.fromfile) and its `MemoryManager` builds a Python dict and set per sample;
+at 10^9 samples that is about 1 KB a sample on every rank. `BetonFile` instead
+
+- reads the header and field table (O(1)) and checks what is O(1) to check:
+  the header, the field table, that the metadata and allocation tables lie in
+  the file, and that the allocation table has one entry per variable-size field
+  of every sample (a table cut short fails here);
+- memory-maps the metadata and allocation tables (`metadata`, `table`), so the
+  ranks of a node share them through the page cache and nothing is copied;
+- finds a stored value's size through the *pointer index*: the allocation
+  table sorted by pointer. Our writers write the table in that order; for a
+  file written otherwise (ffcv's own DatasetWriter) the sorted copy is built
+  once, chunk by chunk with memory that does not grow with the file, and
+  cached beside it (`<file>.ptrs.npy`).
+
+`describe()` is the one O(N) pass over a file (chunked): whether its table is
+sorted by pointer, the largest stored image of each image field (what the
+decoders size their buffers by) and a fingerprint. Writers record it (in a
+part folder's manifest, or beside a single file as `<file>.index.json`), so a
+loader never repeats it. `check_all()` is the full per-sample check, for
+`scan-fast data check` and write time.
+"""
+import hashlib
+import json
+import mmap
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numba
+import numpy as np
+from ffcv.fields import BytesField, JSONField, NDArrayField, RGBImageField
+from ffcv.types import (ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType, get_handlers,
+                        get_metadata_type)
+
+# Rows handled at a time by the chunked passes (24 bytes each in the allocation table).
+CHUNK_ROWS = 1 << 21
+INDEX_SUFFIX = ".index.json"
+SORTED_TABLE_SUFFIX = ".ptrs.npy"
+_FINGERPRINT_BYTES = 4096
+
+
+class DataError(ValueError):
+    """A data set file or folder that cannot be read as one; the message names it."""
+
+
+def pointer_subfield(field) -> Optional[str]:
+    """Where a field's metadata keeps the address of its stored bytes: a sub-field name, "" when
+    the metadata is the address itself (arrays), None for fields stored in the metadata."""
+    if isinstance(field, RGBImageField):
+        return "data_ptr"
+    if isinstance(field, (BytesField, JSONField)):
+        return "ptr"
+    if isinstance(field, NDArrayField):  # TorchTensorField too
+        return ""
+    return None
+
+
+class BetonFile:
+    """A memory-mapped .beton: header, fields, metadata and allocation tables (see the module docstring).
+
+    `record` is what `describe()` returned for this file when it was written (from a manifest or the
+    index file beside it); when given, the file must still match it (size and fingerprint).
+    """
+
+    def __init__(self, path, record: Optional[dict] = None):
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise DataError(f"no .beton file at {self.path}")
+        self.size = os.path.getsize(self.path)
+        self._read_header()
+        if record is not None:
+            self._match(record)
+        self.record = record
+        self._mmap = None
+        self._sorted_table = None
+
+    # -- O(1) opening ---------------------------------------------------------------------------
+    def _read_header(self):
+        path, size = self.path, self.size
+        if size < HeaderType.itemsize:
+            raise DataError(f"{path} is not a .beton: {size} bytes, shorter than the header")
+        with open(path, "rb") as f:
+            head = f.read(HeaderType.itemsize)
+            header = np.frombuffer(head, dtype=HeaderType, count=1)[0]
+            if int(header["version"]) != CURRENT_VERSION:
+                raise DataError(f"{path} is not a .beton (format version {int(header['version'])}, "
+                                f"expected {CURRENT_VERSION})")
+            num_fields, num_samples = int(header["num_fields"]), int(header["num_samples"])
+            page_size, table_ptr = int(header["page_size"]), int(header["alloc_table_ptr"])
+            if not 0 < num_fields <= 64 or page_size <= 0 or page_size & (page_size - 1):
+                raise DataError(f"{path} is not a .beton (implausible header: {num_fields} fields, "
+                                f"page size {page_size})")
+            descriptors_end = HeaderType.itemsize + num_fields * FieldDescType.itemsize
+            if descriptors_end > size:
+                raise DataError(f"{path} is truncated: {size} bytes, field table ends at {descriptors_end}")
+            self.descriptor_bytes = f.read(num_fields * FieldDescType.itemsize)
+            self.header_bytes = head
+        descriptors = np.frombuffer(self.descriptor_bytes, dtype=FieldDescType)
+        self.field_names = [bytes(d["name"]).rstrip(b"\0").decode("ascii", "replace") for d in descriptors]
+        try:
+            handlers = get_handlers(descriptors)
+        except (KeyError, ValueError, TypeError) as err:
+            raise DataError(f"{path} has a field ffcv cannot read: {err}") from None
+        if any(h is None for h in handlers):
+            raise DataError(f"{path} has custom fields {[n for n, h in zip(self.field_names, handlers) if h is None]}, "
+                            f"which scan-fast cannot read")
+        self.handlers = dict(zip(self.field_names, handlers))
+        self.metadata_type = get_metadata_type(handlers)
+        self.num_samples, self.page_size, self.table_ptr = num_samples, page_size, table_ptr
+        self.metadata_offset = descriptors_end
+        metadata_end = descriptors_end + num_samples * self.metadata_type.itemsize
+        if table_ptr == 0 or table_ptr > size or (size - table_ptr) % ALLOC_TABLE_TYPE.itemsize:
+            raise DataError(f"{path} is truncated or unfinished: allocation table at byte {table_ptr}, "
+                            f"file has {size} bytes")
+        if metadata_end > table_ptr:
+            raise DataError(f"{path} is truncated or corrupt: its {num_samples} samples' metadata ends at byte "
+                            f"{metadata_end}, past the allocation table at {table_ptr}")
+        self.num_allocations = (size - table_ptr) // ALLOC_TABLE_TYPE.itemsize
+        self.per_sample = sum(pointer_subfield(h) is not None for h in handlers)
+        # Each sample holds one allocation per variable-size field, so a table cut short or a
+        # sample written only in part shows up as a count that is off.
+        if self.num_allocations != self.per_sample * num_samples:
+            raise DataError(f"{path} is truncated or corrupt: {self.num_allocations} data regions for "
+                            f"{num_samples} samples of {self.per_sample} variable-size field(s)")
+
+    def fingerprint(self) -> str:
+        """A digest of what identifies the file at O(1) cost: its size, header, field table and the
+        first and last bytes of its allocation table."""
+        digest = hashlib.sha256()
+        digest.update(str(self.size).encode())
+        digest.update(self.header_bytes)
+        digest.update(self.descriptor_bytes)
+        with open(self.path, "rb") as f:
+            f.seek(self.table_ptr)
+            digest.update(f.read(_FINGERPRINT_BYTES))
+            f.seek(max(self.table_ptr, self.size - _FINGERPRINT_BYTES))
+            digest.update(f.read(_FINGERPRINT_BYTES))
+        return digest.hexdigest()[:32]
+
+    def fields_digest(self) -> str:
+        """Identifies the field table: files with equal digests hold the same fields."""
+        return hashlib.sha256(self.descriptor_bytes).hexdigest()[:32]
+
+    def _match(self, record: dict):
+        if int(record["bytes"]) != self.size:
+            raise DataError(f"{self.path} has {self.size} bytes, its record says {record['bytes']}: "
+                            f"the file was cut, replaced or rewritten")
+        if int(record["num_samples"]) != self.num_samples or record["fingerprint"] != self.fingerprint():
+            raise DataError(f"{self.path} does not match its record (fingerprint or sample count differ): "
+                            f"the file was replaced or rewritten")
+
+    # -- mapped tables ----------------------------------------------------------------------------
+    def _map(self):
+        if self._mmap is None:
+            with open(self.path, "rb") as f:
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return self._mmap
+
+    @property
+    def data(self) -> np.ndarray:
+        """The whole file as read-only bytes (mapped, not read)."""
+        return np.frombuffer(self._map(), dtype=np.uint8)
+
+    @property
+    def metadata(self) -> np.ndarray:
+        """The metadata table (mapped): one record per sample, field i as "f{i}"."""
+        return np.frombuffer(self._map(), dtype=self.metadata_type, count=self.num_samples,
+                             offset=self.metadata_offset)
+
+    @property
+    def table(self) -> np.ndarray:
+        """The allocation table (mapped) in file order: (sample_id, ptr, size) per stored value."""
+        return np.frombuffer(self._map(), dtype=ALLOC_TABLE_TYPE, count=self.num_allocations,
+                             offset=self.table_ptr)
+
+    def pointer_index(self) -> np.ndarray:
+        """The allocation table sorted by pointer: the file's own table when it is written so,
+        else a sorted copy built once and cached beside the file (or in the user cache)."""
+        if self._sorted_table is None:
+            record = self.record if self.record is not None else self.describe()
+            if record["ptr_sorted"]:
+                self._sorted_table = self.table
+            else:
+                self._sorted_table = np.load(_sorted_table_file(self), mmap_mode="r")
+        return self._sorted_table
+
+    def close(self):
+        self._sorted_table = None
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:  # views still alive: the mapping goes with them
+                pass
+            self._mmap = None
+
+    # -- the O(N) passes, chunked -------------------------------------------------------------------
+    def chunks(self, array: np.ndarray, rows: int = CHUNK_ROWS) -> Iterator[Tuple[int, np.ndarray]]:
+        for start in range(0, len(array), rows):
+            yield start, array[start:start + rows]
+
+    def describe(self) -> dict:
+        """What a loader needs to know that takes a pass over the file: see the module docstring."""
+        table, previous_end, ptr_sorted = self.table, 0, True
+        for _, part in self.chunks(table):
+            ptr = part["ptr"]
+            if ptr_sorted:
+                ptr_sorted = bool(ptr[0] >= previous_end and np.all(ptr[1:] >= ptr[:-1] + part["size"][:-1]))
+                previous_end = int(ptr[-1]) + int(part["size"][-1])
+        bounds = {}
+        for i, (name, field) in enumerate(self.handlers.items()):
+            if isinstance(field, RGBImageField):
+                height = width = 0
+                for _, part in self.chunks(self.metadata[f"f{i}"]):
+                    if len(part):
+                        height, width = max(height, int(part["height"].max())), max(width, int(part["width"].max()))
+                bounds[name] = [height, width]
+        return {"file": os.path.basename(self.path), "bytes": self.size, "num_samples": self.num_samples,
+                "fingerprint": self.fingerprint(), "fields_digest": self.fields_digest(),
+                "ptr_sorted": ptr_sorted, "image_bounds": bounds}
+
+    def check_all(self, progress=None) -> None:
+        """The full per-sample check (chunked): every stored value lies in the data region without
+        overlapping another, and each sample's metadata points at allocations of that sample; an
+        `id` field holds the row. Raises DataError naming the first bad sample."""
+        data_start = self.metadata_offset + self.num_samples * self.metadata_type.itemsize
+        index = self.pointer_index()
+        previous_end = data_start
+        for start, part in self.chunks(index):
+            ptr, size = part["ptr"].astype(np.int64), part["size"].astype(np.int64)
+            ends = ptr + size
+            bad = np.flatnonzero((ptr < np.concatenate(([previous_end], ends[:-1]))) | (ends > self.table_ptr)
+                                 | (part["sample_id"] >= np.uint64(self.num_samples)))
+            if bad.size:
+                k = int(bad[0])
+                raise DataError(f"{self.path} is corrupt: the data region at byte {int(ptr[k])} "
+                                f"({int(size[k])} bytes, sample {int(part['sample_id'][k])}) overlaps another, "
+                                f"lies outside the data region or names a sample past {self.num_samples}")
+            if len(ends):
+                previous_end = int(ends[-1])
+        names = list(self.handlers)
+        for start, rows in self.chunks(self.metadata):
+            sample = np.arange(start, start + len(rows), dtype=np.uint64)
+            for i, name in enumerate(names):
+                sub = pointer_subfield(self.handlers[name])
+                column = rows[f"f{i}"]
+                if sub is None:
+                    if name == "id":
+                        bad = np.flatnonzero(column.astype(np.int64) != sample.astype(np.int64))
+                        if bad.size:
+                            k = int(bad[0])
+                            raise DataError(f"{self.path}: sample {start + k} has id {int(column[k])}, "
+                                            f"not its row (ids must be 0 .. N-1 in file order)")
+                    continue
+                ptrs = np.ascontiguousarray(column[sub] if sub else column, dtype=np.uint64)
+                found = find_pointers(index["ptr"], ptrs)
+                owner = np.where(found >= 0, index["sample_id"][np.maximum(found, 0)], np.uint64(2 ** 63))
+                bad = np.flatnonzero((found < 0) | (owner != sample))
+                if bad.size:
+                    k = int(bad[0])
+                    raise DataError(f"{self.path} is corrupt: sample {start + k}'s {name} points at byte "
+                                    f"{int(ptrs[k])}, which is not a data region of that sample")
+            if progress is not None:
+                progress(len(rows))
+
+
+@numba.njit(nogil=True, cache=True)
+def find_pointers(sorted_ptrs, queries):
+    """Index in `sorted_ptrs` (ascending, any stride) of each query; -1 where absent.
+    Binary search in compiled code: numpy's searchsorted would copy a strided table first."""
+    out = np.empty(queries.shape[0], np.int64)
+    n = sorted_ptrs.shape[0]
+    for q in range(queries.shape[0]):
+        value, lo, hi = queries[q], 0, n
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if sorted_ptrs[mid] < value:
+                lo = mid + 1
+            else:
+                hi = mid
+        out[q] = lo if lo < n and sorted_ptrs[lo] == value else -1
+    return out
+
+
+# ------------------------------------------------------------------ records beside a single file
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "scan-fast" / "index"
+
+
+def _beside_or_cache(path: str, suffix: str, fingerprint: str) -> List[Path]:
+    """Where a cached file may live: beside the data, else in the user cache (read-only data)."""
+    return [Path(path + suffix), _cache_dir() / f"{fingerprint}{suffix}"]
+
+
+def _write_atomically(target: Path, write) -> bool:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(partial, 0o666 & ~_umask())
+        os.replace(partial, target)
+        return True
+    except OSError:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        return False
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_record(path, record: dict) -> None:
+    """Keep `describe()`'s record beside a single file (or in the user cache if its folder is read-only)."""
+    payload = json.dumps(record, indent=1).encode()
+    for target in _beside_or_cache(os.fspath(path), INDEX_SUFFIX, record["fingerprint"]):
+        if _write_atomically(target, lambda f: f.write(payload)):
+            return
+
+
+def load_record(beton: BetonFile, progress: bool = True) -> dict:
+    """The record of a single file: read from beside it, or built once (one chunked pass) and saved."""
+    fingerprint = beton.fingerprint()
+    for candidate in _beside_or_cache(beton.path, INDEX_SUFFIX, fingerprint):
+        try:
+            record = json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("fingerprint") == fingerprint and int(record.get("bytes", -1)) == beton.size:
+            return record
+    if progress:
+        print(f"indexing {beton.path} once ({beton.num_samples} samples); the index is kept beside it",
+              flush=True)
+    record = beton.describe()
+    if not record["ptr_sorted"]:
+        _build_sorted_table(beton, fingerprint)
+    save_record(beton.path, record)
+    return record
+
+
+def _sorted_table_file(beton: BetonFile) -> Path:
+    fingerprint = beton.fingerprint()
+    for candidate in _beside_or_cache(beton.path, SORTED_TABLE_SUFFIX, fingerprint):
+        if candidate.is_file():
+            try:
+                table = np.load(candidate, mmap_mode="r")
+            except (OSError, ValueError):
+                continue
+            if table.dtype == ALLOC_TABLE_TYPE and len(table) == beton.num_allocations:
+                return candidate
+    return _build_sorted_table(beton, fingerprint)
+
+
+def _build_sorted_table(beton: BetonFile, fingerprint: str) -> Path:
+    """Sort the allocation table by pointer out of core: sort chunks into runs, then merge the runs
+    block by block. Memory: about two chunks, whatever the file's size."""
+    table = beton.table
+    for target in _beside_or_cache(beton.path, SORTED_TABLE_SUFFIX, fingerprint):
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".sorting.") as scratch:
+                runs = []
+                for k, (_, part) in enumerate(beton.chunks(table)):
+                    run = os.path.join(scratch, f"run{k}.npy")
+                    np.save(run, np.sort(np.array(part), order="ptr", kind="stable"))
+                    runs.append(np.load(run, mmap_mode="r"))
+                fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+                with os.fdopen(fd, "wb") as out:
+                    np.lib.format.write_array_header_1_0(
+                        out, {"descr": np.lib.format.dtype_to_descr(ALLOC_TABLE_TYPE), "fortran_order": False,
+                              "shape": (len(table),)})
+                    for block in _merge_runs(runs):
+                        out.write(block.tobytes())
+                os.chmod(partial, 0o666 & ~_umask())
+                os.replace(partial, target)
+            return target
+        except OSError:
+            continue
+    raise DataError(f"cannot write the sorted allocation table of {beton.path} beside it or in {_cache_dir()}")
+
+
+def _merge_runs(runs: List[np.ndarray], block: int = 1 << 16) -> Iterator[np.ndarray]:
+    """Merge runs sorted by "ptr" (pointers are unique): each round takes from every run what lies at
+    or below the smallest of the runs' block maxima, which is then complete."""
+    position = [0] * len(runs)
+    while True:
+        live = [i for i, run in enumerate(runs) if position[i] < len(run)]
+        if not live:
+            return
+        heads = {i: runs[i][position[i]:position[i] + block] for i in live}
+        cutoff = min(int(heads[i]["ptr"][-1]) for i in live)
+        taken = []
+        for i in live:
+            count = int(np.searchsorted(heads[i]["ptr"], np.uint64(cutoff), side="right"))
+            taken.append(heads[i][:count])
+            position[i] += count
+        yield np.sort(np.concatenate(taken), order="ptr", kind="stable")

@@ -1,0 +1,137 @@
+"""A batch's stored bytes, gathered from its parts into one small region ffcv's pipelines read.
+
+ffcv's compiled pipelines index one metadata table by sample and read stored
+values through one memory reader. Instead of a table and a file of the whole data
+set (ffcv: private copies of both tables and per-sample dicts in every process),
+each batch is *staged*: its metadata rows are copied from the mapped parts, its
+stored values (JPEG bytes, token arrays) are copied into one contiguous buffer,
+the rows' pointers are rebased onto that buffer, and the `id` column gets the
+global ids. The pipelines then run on batch positions 0..B-1 with ffcv's own
+OS-cache reader over the buffer (state: bytes, sorted pointers, sizes), so its
+decoders and compiled read path are unchanged. The extra cost is one copy of the
+batch's stored bytes, small beside decoding them.
+"""
+from typing import List, Tuple
+
+import numba
+import numpy as np
+from ffcv.fields import IntField
+from ffcv.memory_managers.base import MemoryContext, MemoryManager
+from ffcv.pipeline.compiler import Compiler
+
+from .beton import DataError, find_pointers, pointer_subfield
+from .dataset import Dataset
+
+
+@numba.njit(nogil=True, cache=True)
+def _copy_regions(source, source_ptrs, sizes, destination, destination_ptrs):
+    for k in range(source_ptrs.shape[0]):
+        src, dst, size = source_ptrs[k], destination_ptrs[k], sizes[k]
+        destination[dst:dst + size] = source[src:src + size]
+
+
+class BatchStager:
+    """Stages batches of global ids of `dataset` (see the module docstring)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        names = list(dataset.handlers)
+        self.pointer_fields: List[Tuple[str, str]] = [
+            (f"f{i}", pointer_subfield(h)) for i, h in enumerate(dataset.handlers.values())
+            if pointer_subfield(h) is not None]
+        self.id_column = (f"f{names.index('id')}" if "id" in names
+                          and isinstance(dataset.handlers["id"], IntField) else None)
+        self.buffer = np.zeros(1 << 16, np.uint8)
+
+    def declare_metadata(self) -> np.ndarray:
+        """A one-row table for the pipelines' set-up: its image sizes are the data set's largest, which
+        is what ffcv's decoders size their buffers by (they take the maximum over the table)."""
+        row = np.zeros(1, self.dataset.metadata_type)
+        for i, (name, field) in enumerate(self.dataset.handlers.items()):
+            bounds = self.dataset.image_bounds().get(name)
+            if bounds is not None:
+                row[f"f{i}"]["height"], row[f"f{i}"]["width"] = bounds
+        return row
+
+    def stage(self, ids: np.ndarray):
+        """(metadata of the batch's rows, ffcv OS-cache memory state over the staging buffer)."""
+        dataset, n, fields = self.dataset, len(ids), self.pointer_fields
+        ids = np.asarray(ids, dtype=np.int64)
+        if n and (ids.min() < 0 or ids.max() >= dataset.num_samples):
+            bad = ids[(ids < 0) | (ids >= dataset.num_samples)][0]
+            raise DataError(f"sample id {int(bad)} is outside {dataset.path} ({dataset.num_samples} samples)")
+        metadata = np.empty(n, dataset.metadata_type)
+        source = np.empty((n, len(fields)), np.uint64)
+        sizes = np.empty((n, len(fields)), np.uint64)
+        part_of = dataset.part_of(ids)
+        order = np.argsort(part_of, kind="stable")
+        bounds = np.flatnonzero(np.diff(part_of[order])) + 1
+        runs = [(int(part_of[order[a]]), order[a:b]) for a, b in zip(np.r_[0, bounds], np.r_[bounds, n]) if b > a]
+        for p, sel in runs:
+            part = dataset.part(p)
+            rows = part.metadata[ids[sel] - dataset.offsets[p]]
+            metadata[sel] = rows
+            index = part.pointer_index()
+            for k, (column, sub) in enumerate(fields):
+                ptrs = np.ascontiguousarray(rows[column][sub] if sub else rows[column], dtype=np.uint64)
+                found = find_pointers(index["ptr"], ptrs)
+                if (found < 0).any():
+                    bad = int(np.flatnonzero(found < 0)[0])
+                    raise DataError(f"{part.path} is corrupt: sample {int(ids[sel][bad] - dataset.offsets[p])} "
+                                    f"points at byte {int(ptrs[bad])}, which holds no stored value "
+                                    f"(scan-fast data check {part.path})")
+                source[sel, k] = ptrs
+                sizes[sel, k] = index["size"][found]
+        # Row-major layout (sample by sample); every value gets at least one byte so that
+        # pointers are strictly increasing and the reader's search finds each one.
+        spans = np.maximum(sizes.reshape(-1), np.uint64(1))
+        starts = np.zeros(spans.size, np.uint64)
+        if spans.size:
+            np.cumsum(spans[:-1], out=starts[1:])
+        total = int(starts[-1] + spans[-1]) if spans.size else 0
+        if total > self.buffer.size:
+            self.buffer = np.zeros(max(total, 2 * self.buffer.size), np.uint8)
+        destination = starts.reshape(n, len(fields))
+        for p, sel in runs:
+            _copy_regions(self.dataset.part(p).data, source[sel].reshape(-1), sizes[sel].reshape(-1),
+                          self.buffer, destination[sel].reshape(-1))
+        for k, (column, sub) in enumerate(fields):
+            if sub:
+                metadata[column][sub] = destination[:, k]
+            else:
+                metadata[column] = destination[:, k]
+        if self.id_column is not None:
+            metadata[self.id_column] = ids
+        return metadata, (self.buffer, starts, sizes.reshape(-1))
+
+
+class _StagedContext(MemoryContext):
+    state = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+class StagedMemory(MemoryManager):
+    """ffcv's memory-manager interface over staged batches: the state is set per batch by the epoch
+    reader; the compiled read is ffcv's OS-cache one (a search over the batch's sorted pointers)."""
+
+    def __init__(self):  # no reader and no per-sample tables
+        self.context = _StagedContext()
+
+    def schedule_epoch(self, batches):
+        return self.context
+
+    @property
+    def state_type(self):
+        return numba.types.Tuple([numba.uint8[::1], numba.uint64[::1], numba.uint64[::1]])
+
+    def compile_reader(self):
+        def read(address, mem_state):
+            size = mem_state[2][np.searchsorted(mem_state[1], address)]
+            return mem_state[0][address:address + size]
+
+        return Compiler.compile(read, numba.uint8[::1](numba.uint64, self.state_type))
