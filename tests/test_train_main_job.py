@@ -47,14 +47,20 @@ def test_build_data_reuses_current_shapes_and_rewrites_stale_ones(tmp_path):
 
     paths = build_data(str(tmp_path), num_samples=40, test_samples=16, progress=False)
     assert sorted(paths) == ["test", "train"]
+    train, test = os.path.basename(paths["train"]), os.path.basename(paths["test"])[: -len(".beton")]
     assert sorted(os.listdir(tmp_path / "data")) == sorted(  # the data the job uses, nothing else
-        os.path.basename(p[: -len(".beton")]) + suffix for p in paths.values()
-        for suffix in (".beton", ".beton.summary.json", ".truth.json", ".truth.npz"))
-    meta_path = paths["train"][: -len(".beton")] + ".truth.json"
+        [train] + [train + suffix for suffix in (".truth.json", ".truth.npz")]
+        + [test + suffix for suffix in (".beton", ".beton.summary.json", ".beton.index.json", ".truth.json",
+                                        ".truth.npz")])
+    # the training set is a part folder of 4 parts: the main job reads data as a large set is read
+    assert sorted(os.listdir(paths["train"])) == ["manifest.json"] + [
+        f"part-{i:05d}.beton{suffix}" for i in range(4) for suffix in ("", ".index.json", ".summary.json")]
+    meta_path = paths["train"] + ".truth.json"
     assert json.loads(open(meta_path).read())["shapes"] == list(SHAPES)
-    written = os.stat(paths["train"]).st_mtime_ns
+    manifest = os.path.join(paths["train"], "manifest.json")
+    written = os.stat(manifest).st_mtime_ns
     build_data(str(tmp_path), num_samples=40, test_samples=16, progress=False)
-    assert os.stat(paths["train"]).st_mtime_ns == written  # same size, same generator: reused
+    assert os.stat(manifest).st_mtime_ns == written  # same size, same generator: reused
     meta = json.loads(open(meta_path).read())
     meta["shapes"] = ["circle", "square", "triangle"]  # as written by an older generator
     with open(meta_path, "w") as f:

@@ -25,6 +25,7 @@ import numpy as np
 
 from .schema import clip_fields, moco_fields
 from .tokenize import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
+from .parts import clear_folder, part_ranges, write_sample_parts
 from .writers import WriteSummary, write_samples
 
 KINDS = ("clip", "moco")
@@ -235,15 +236,29 @@ def write_shapes(target, num_samples: int = 10_000, kind: str = "clip", resoluti
                  mismatch_fraction: float = 0.1, duplicate_fraction: float = 0.1, seed: int = 0,
                  image_mode: str = "jpg", jpeg_quality: int = 90,
                  context_length: int = DEFAULT_CONTEXT_LENGTH, num_workers: int = 1,
-                 progress: bool = True) -> WriteSummary:
-    """Write the shapes dataset plus <target minus .beton>.truth.npz / .truth.json."""
+                 progress: bool = True, samples_per_part: Optional[int] = None) -> WriteSummary:
+    """Write the shapes dataset plus <target minus .beton>.truth.npz / .truth.json.
+
+    With `samples_per_part`, `target` is a part folder (dataset.py) of parts of that many samples:
+    the same rows in the same order as a single file, so the same data set."""
     _check_kind(kind)
     gen = ShapesGenerator(num_samples, resolution, mismatch_fraction, duplicate_fraction, seed)
     tokenizer = CaptionTokenizer(context_length)
     make = _sample_maker(kind, gen.image, lambda i: tokenizer(gen.caption(i))[0], gen.label)
     fields = _fields(kind, context_length, dict(image_mode=image_mode, jpeg_quality=jpeg_quality))
-    summary = write_samples(target, fields, num_samples, make, max_image_bytes=resolution ** 2 * 3,
-                            num_workers=num_workers, progress=progress)
+    if samples_per_part is None:
+        summary = write_samples(target, fields, num_samples, make, max_image_bytes=resolution ** 2 * 3,
+                                num_workers=num_workers, progress=progress)
+    else:
+        part_ranges(num_samples, samples_per_part)  # checks the size first
+        clear_folder(target)
+
+        def write_part(path, start, stop):
+            return write_samples(path, fields, stop - start, lambda row: make(start + row),
+                                 max_image_bytes=resolution ** 2 * 3, num_workers=num_workers, progress=progress)
+
+        write_sample_parts(target, samples_per_part, num_samples, write_part)
+        summary = WriteSummary(path=str(target), rows_read=num_samples, rows_written=num_samples)
     stem = _truth_stem(target)
     truth = gen.truth()
     np.savez_compressed(f"{stem}.truth.npz", **truth)
@@ -259,7 +274,7 @@ def write_shapes(target, num_samples: int = 10_000, kind: str = "clip", resoluti
 
 
 def _truth_stem(target) -> str:
-    target = str(target)
+    target = str(target).rstrip("/")
     return target[: -len(".beton")] if target.endswith(".beton") else target
 
 

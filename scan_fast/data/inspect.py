@@ -9,49 +9,46 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from ffcv.fields import IntField, NDArrayField, RGBImageField
-from ffcv.reader import Reader
 from PIL import Image
 
-from .schema import check_beton
+from .beton import find_pointers
+from .dataset import open_dataset
 
 
 def read_samples(path, ids: Optional[Sequence[int]] = None) -> Dict[str, List]:
-    """{field name: [value per requested id]} for the image, ndarray and int fields."""
-    check_beton(path)
-    reader = Reader(str(path))
-    data = np.memmap(str(path), dtype=np.uint8, mode="r")
-    ptrs = reader.alloc_table["ptr"]
-    order = np.argsort(ptrs)
-    sorted_ptrs, sorted_sizes = ptrs[order], reader.alloc_table["size"][order]
+    """{field name: [value per requested id]} for the image, ndarray and int fields of a .beton or
+    part folder (global ids; an `id` field reads back as the global id)."""
+    dataset = open_dataset(path)
+    ids = range(dataset.num_samples) if ids is None else ids
+    out = {name: [] for name, field in dataset.handlers.items()
+           if isinstance(field, (RGBImageField, NDArrayField, IntField))}
+    for i in ids:
+        p = int(dataset.part_of(np.array([int(i)]))[0])
+        part, row = dataset.part(p), int(i) - int(dataset.offsets[p])
+        meta, index = part.metadata[row], part.pointer_index()
 
-    def stored_bytes(ptr):
-        k = np.searchsorted(sorted_ptrs, ptr)
-        return data[int(ptr): int(ptr) + int(sorted_sizes[k])]
+        def stored_bytes(ptr):
+            k = int(find_pointers(index["ptr"], np.array([ptr], np.uint64))[0])
+            return part.data[int(ptr): int(ptr) + int(index["size"][k])]
 
-    ids = range(reader.num_samples) if ids is None else ids
-    out = {}
-    for f_ix, (name, field) in enumerate(reader.handlers.items()):
-        column = reader.metadata[f"f{f_ix}"]
-        values = []
-        for i in ids:
-            meta = column[int(i)]
+        for f_ix, (name, field) in enumerate(dataset.handlers.items()):
+            value = meta[f"f{f_ix}"]
             if isinstance(field, RGBImageField):
-                raw = stored_bytes(meta["data_ptr"])
-                if meta["mode"] == 0:  # jpg
-                    values.append(np.asarray(Image.open(io.BytesIO(raw.tobytes())).convert("RGB")))
+                raw = stored_bytes(value["data_ptr"])
+                if value["mode"] == 0:  # jpg
+                    out[name].append(np.asarray(Image.open(io.BytesIO(raw.tobytes())).convert("RGB")))
                 else:
-                    values.append(np.array(raw).reshape(meta["height"], meta["width"], 3))
+                    out[name].append(np.array(raw).reshape(value["height"], value["width"], 3))
             elif isinstance(field, NDArrayField):
-                values.append(np.array(stored_bytes(meta)).view(field.dtype).reshape(field.shape))
+                out[name].append(np.array(stored_bytes(value)).view(field.dtype).reshape(field.shape))
             elif isinstance(field, IntField):
-                values.append(int(meta))
-        out[name] = values
+                out[name].append(int(i) if name == "id" else int(value))
     return out
 
 
 def read_labels(path) -> np.ndarray:
-    """The `label` column of a labelled .beton (from its metadata table: no image is read)."""
-    check_beton(path, ("label",))
-    reader = Reader(str(path))
-    index = list(reader.handlers).index("label")
-    return np.asarray(reader.metadata[f"f{index}"], dtype=np.int64)
+    """The `label` column of a labelled .beton or part folder (from the metadata: no image is read)."""
+    dataset = open_dataset(path, ("label",))
+    column = f"f{list(dataset.handlers).index('label')}"
+    return np.concatenate([np.asarray(dataset.part(p).metadata[column], dtype=np.int64)
+                           for p in range(dataset.num_parts)])

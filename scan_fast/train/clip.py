@@ -9,10 +9,10 @@ from scan_fast.train.run import fit, make_schedule, seed_everything, setup_runti
 
 
 def beton_context_length(path) -> int:
-    """Token length stored in a CLIP .beton (the model's context length follows it)."""
-    from ffcv.reader import Reader
+    """Token length stored in a CLIP .beton or part folder (the model's context length follows it)."""
+    from scan_fast.data.dataset import open_dataset
 
-    return int(Reader(str(path)).handlers["tokens"].shape[0])
+    return int(open_dataset(path, ("tokens",)).handlers["tokens"].shape[0])
 
 
 def _unpack(batch):

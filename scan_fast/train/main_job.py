@@ -21,6 +21,7 @@ import numpy as np
 from scan_fast.train.config import LOSSES
 
 STRATEGIES = ("scan", "none", "random", "infobatch")
+TRAIN_PARTS = 4
 
 
 @dataclass
@@ -64,13 +65,16 @@ def build_data(out: str, num_samples: int, test_samples: int, progress: bool = T
     import json
 
     from scan_fast.data import check_beton, write_shapes
-    from scan_fast.data.embedded import COLOURS, GRID, JITTER, POSITIONS, RADII, SHAPES, SHAPES_TEMPLATE, SIZES
+    from scan_fast.data.embedded import (COLOURS, GRID, JITTER, POSITIONS, RADII, SHAPES, SHAPES_TEMPLATE, SIZES,
+                                         _truth_stem)
     from scan_fast.train.clip_model import TINY_CLIP_CONFIG
 
     context = TINY_CLIP_CONFIG["text_cfg"]["context_length"]
     folder = os.path.join(out, "data")
     os.makedirs(folder, exist_ok=True)
-    paths = {"train": os.path.join(folder, f"shapes{num_samples}.beton"),
+    # The training set is a part folder (4 parts), so the main job reads data the way a large
+    # data set is read; the rows and their order are those of a single file.
+    paths = {"train": os.path.join(folder, f"shapes{num_samples}"),
              "test": os.path.join(folder, f"shapes_test{test_samples}.beton")}
 
     def missing(path, n=None):
@@ -87,14 +91,15 @@ def build_data(out: str, num_samples: int, test_samples: int, progress: bool = T
         if missing(path, n):
             return True
         try:
-            meta = json.loads(open(path[: -len(".beton")] + ".truth.json").read())
+            meta = json.loads(open(_truth_stem(path) + ".truth.json").read())
         except (OSError, ValueError):
             return True
         return any(meta.get(key) != value for key, value in vocabulary.items())
 
     if stale_shapes(paths["train"], num_samples):
         write_shapes(paths["train"], num_samples=num_samples, mismatch_fraction=0.2, duplicate_fraction=0.1,
-                     seed=0, context_length=context, progress=progress)
+                     seed=0, context_length=context, progress=progress,
+                     samples_per_part=-(-num_samples // TRAIN_PARTS))
     if stale_shapes(paths["test"], test_samples):
         write_shapes(paths["test"], num_samples=test_samples, mismatch_fraction=0.0, duplicate_fraction=0.0,
                      seed=1, context_length=context, progress=progress)
@@ -205,7 +210,7 @@ def write_comparison(job: MainJobConfig, rows: List[dict], table: str, seconds: 
 
     import matplotlib
 
-    from scan_fast.data.embedded import COLOURS, SHAPES
+    from scan_fast.data.embedded import _truth_stem, COLOURS, SHAPES
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
