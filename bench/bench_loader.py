@@ -13,6 +13,9 @@
    (measured at the small size, per-sample cost extrapolated to 0.65 x 10M).
 3. epoch time at kept fractions 1.0, 0.65, 0.35 with one loader switching lists;
    ratio = t(f) / (f * t(1.0)), target <= 1.1.
+4. parts: images/s of clip_loader over the same rows as one .beton and as a folder of 4
+   parts (target >= 0.95x), and over the one file through ffcv's own Reader and OS-cache
+   read path (the loader before batches were staged), interleaved in one run.
 
     python bench/bench_loader.py                         # ~5 min on 2 cores
     python bench/bench_loader.py --quick                 # smoke run
@@ -257,8 +260,56 @@ def suite_fractions(data, reps, workers):
     return rows
 
 
+def _ffcv_read_path_loader(beton: Path, resolution: int, workers: int):
+    """clip_loader's pipelines on ffcv's own Loader (its Reader and OS-cache memory manager) with the
+    same keyed shard order: how batches were read before they were staged from mapped parts."""
+    from ffcv.loader import Loader
+    from ffcv.loader.loader import ORDER_MAP
+    from ffcv.reader import Reader
+
+    from scan_fast.data.order import KeptIdsSource, OrderFactory
+    from scan_fast.data.pipelines import clip_pipelines
+
+    reader = Reader(str(beton))
+    key = OrderFactory(KeptIdsSource(None, int(reader.num_samples), seed=0))
+    ORDER_MAP[key] = key
+    try:
+        pipes = {**{n: None for n in reader.handlers}, **clip_pipelines(resolution)}
+        return Loader(str(beton), batch_size=BATCH, num_workers=workers, order=key, pipelines=pipes, seed=0,
+                      drop_last=False)
+    finally:
+        del ORDER_MAP[key]
+
+
+def suite_parts(root: Path, num_samples: int, reps: int, workers: int):
+    from scan_fast.data.embedded import write_shapes
+    from scan_fast.data.loaders import clip_loader
+
+    single, folder = root / "parts_single.beton", root / "parts_folder"
+    write_shapes(single, num_samples=num_samples, resolution=64, progress=False)
+    write_shapes(folder, num_samples=num_samples, resolution=64, progress=False,
+                 samples_per_part=-(-num_samples // 4))
+    providers = {"one file": clip_loader(single, BATCH, 64, drop_last=False, num_workers=workers),
+                 "4-part folder": clip_loader(folder, BATCH, 64, drop_last=False, num_workers=workers),
+                 "one file, ffcv's read path (before)": _ffcv_read_path_loader(single, 64, workers)}
+    for loader in providers.values():
+        time_epoch(loader)  # warm-up (JIT)
+    rates = {name: [] for name in providers}
+    for _ in range(reps):
+        for name, loader in providers.items():
+            seconds, images = time_epoch(loader)
+            rates[name].append(images / seconds)
+    ref = statistics.median(rates["one file"])
+    rows = []
+    for name, values in rates.items():
+        p50, p20, p80 = quantiles(values)
+        rows.append(dict(suite="parts", provider=name, setting=f"64px N={num_samples}", metric="images/s",
+                         unit="img/s", p50=p50, p20=p20, p80=p80, ratio=p50 / ref))
+    return rows
+
+
 def print_table(rows):
-    headers = {"throughput": "ratio vs torchvision",
+    headers = {"throughput": "ratio vs torchvision", "parts": "ratio vs one file",
                "switch": "ratio vs ours (validate)",
                "kept fraction": "t(f) / (f * t(1.0))"}
     for suite, ratio_name in headers.items():
@@ -288,13 +339,14 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
-    parser.add_argument("--suites", default="throughput,switch,fractions",
-                        help="comma-separated subset of throughput,switch,fractions")
+    parser.add_argument("--suites", default="throughput,switch,fractions,parts",
+                        help="comma-separated subset of throughput,switch,fractions,parts")
+    parser.add_argument("--parts-n", type=int, default=8000, help="images at 64 px in the parts suite")
     parser.add_argument("--workdir", help="keep the generated data here (default: a temp folder)")
     parser.add_argument("--csv", help="append rows in Liger's benchmark CSV columns")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n64, args.n224, args.switch_n, args.reps = 600, 300, 1_000_000, 1
+        args.n64, args.n224, args.switch_n, args.reps, args.parts_n = 600, 300, 1_000_000, 1, 600
 
     import torch
 
@@ -311,6 +363,8 @@ def main(argv=None):
             rows += suite_switch(args.switch_n, data[64][1], args.n64, data[64][0], args.reps, args.workers)
         if "fractions" in suites:
             rows += suite_fractions(data, args.reps, args.workers)
+        if "parts" in suites:
+            rows += suite_parts(root, args.parts_n, args.reps, args.workers)
     print_table(rows)
     config = dict(batch=BATCH, workers=args.workers, reps=args.reps, cpus=os.cpu_count())
     if args.csv:
