@@ -153,6 +153,36 @@ def test_nan_loss_after_a_checkpoint_keeps_the_finite_one(data, tmp_path, monkey
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.parametrize("flags, match", [
+    (["--lr", "1e39"], r"--lr must be a finite number >= 0 and at most 3.403e\+38 \(float32's largest\), got 1e\+39"),
+    (["--wd", "-1"], "--wd must be a finite number >= 0"),
+    (["--eps", "inf"], "--eps must be a finite number >= 0 .*got inf"),
+    (["--grad-clip-norm", "-1"], r"--grad-clip-norm must be a finite number > 0 .*no clipping\), got -1.0"),
+    (["--grad-clip-norm", "nan"], "--grad-clip-norm must be a finite number > 0 .*got nan"),
+    (["--grad-clip-norm", "0"], "--grad-clip-norm must be a finite number > 0 .*got 0.0"),
+    (["--prune-threshold", "-1"], r"--prune-threshold must be in \[0, 1\] .*got -1.0"),
+    (["--abs-ill", "-5"], "--abs-ill must be a loss value > 0 .*got -5.0"),
+    (["--abs-red", "1e39"], "--abs-red must be a loss value > 0 .*fits in float32, got 1e"),
+    (["--dist-timeout", "1e30"], "--dist-timeout must be a positive number of seconds"),
+])
+def test_out_of_range_float_flags_are_refused_in_one_line(tmp_path, capsys, flags, match):
+    import re
+
+    from scan_fast.cli import main
+
+    code = main(["train", "clip", "--train-data", str(tmp_path / "never-read.beton"), "--logs", str(tmp_path), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and re.search(match, err), err
+    assert not os.listdir(tmp_path)  # refused before anything is written
+
+
+def test_moco_temperature_must_fit_in_float32():
+    from scan_fast.train.config import MocoConfig
+
+    with pytest.raises(ValueError, match="--moco-t must be a finite number > 0"):
+        MocoConfig(train_data="x.beton", moco_t=1e39).validate()
+
+
 def _cli(argv):
     from scan_fast.train.cli import add_coreset_parser, add_eval_parser, add_train_parsers
 

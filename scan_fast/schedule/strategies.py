@@ -21,7 +21,7 @@ import torch
 
 from scan_fast.schedule.base import PruningSchedule, check_saved_config
 from scan_fast.schedule.config import MODES
-from scan_fast.schedule.inputs import check_batch, check_fraction, check_int, check_real
+from scan_fast.schedule.inputs import check_batch, check_fraction, check_int, check_prune_threshold, check_real
 from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, cosine_rate, epoch_phase, prune_count,
                                       warmup_step)
 from scan_fast.schedule.stats import EpochRecord
@@ -83,7 +83,7 @@ class RandomPruning(PruningSchedule):
         self.rho_ill = check_fraction("rho_ill", rho_ill)
         self.rho_red = check_fraction("rho_red", rho_red)
         self.t_cos = check_int("t_cos", t_cos, minimum=1)
-        self.prune_threshold = check_real("prune_threshold", prune_threshold)
+        self.prune_threshold = check_prune_threshold("prune_threshold", prune_threshold)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
