@@ -135,18 +135,20 @@ def _nan_at_call(monkeypatch, bad_call):
 
 @pytest.mark.parametrize("log_every", [1, 50])
 def test_nan_loss_stops_names_the_step_and_writes_no_checkpoint(data, tmp_path, monkeypatch, log_every):
-    _nan_at_call(monkeypatch, 3)  # global step 2, in epoch 0 (6 steps an epoch)
+    _nan_at_call(monkeypatch, 3)  # the 3rd step, in epoch 0 (6 steps an epoch); steps are counted from 1
     checked_at = 3 if log_every == 1 else 6  # the next log step, or the epoch's end
-    with pytest.raises(TrainingDiverged, match=rf"epoch 0, step 2 of the epoch \(global step 2\), found by the "
-                                               rf"check after global step {checked_at}.*no checkpoint was written"):
+    with pytest.raises(TrainingDiverged, match=rf"epoch 0, step 3 of the epoch \(global step 3; epochs count from 0, "
+                                               rf"steps from 1\), found by the check after global step {checked_at}"
+                                               rf".*no checkpoint was written"):
         train_clip(_config(data, tmp_path, name="nan", log_every=log_every))
     assert not os.path.exists(os.path.join(tmp_path, "nan/checkpoints"))
 
 
 def test_nan_loss_after_a_checkpoint_keeps_the_finite_one(data, tmp_path, monkeypatch):
-    _nan_at_call(monkeypatch, 8)  # global step 7: epoch 1, after epoch 0's checkpoint
-    with pytest.raises(TrainingDiverged, match=r"epoch 1, step 1 of the epoch \(global step 7\).*the last "
-                                               r"checkpoint, .*latest.pt, is from before it"):
+    _nan_at_call(monkeypatch, 8)  # the 8th step: the 2nd of epoch 1, after epoch 0's checkpoint
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step 2 of the epoch \(global step 8;.*the last "
+                                               r"checkpoint, .*latest.pt, is from before it \(saved after epoch 0, "
+                                               r"global step 6\)"):
         train_clip(_config(data, tmp_path, name="nan"))
     state = load_checkpoint(os.path.join(tmp_path, "nan/checkpoints/latest.pt"))
     assert state["epoch"] == 1 and state["global_step"] == 6
@@ -181,6 +183,59 @@ def test_moco_temperature_must_fit_in_float32():
 
     with pytest.raises(ValueError, match="--moco-t must be a finite number > 0"):
         MocoConfig(train_data="x.beton", moco_t=1e39).validate()
+
+
+def _break_weights_at_step(monkeypatch, bad_step):
+    """After optimizer step `bad_step` (from 1) a weight becomes NaN while every loss stays finite until
+    then: what only a check of the state itself can find."""
+    from scan_fast.train import clip_model
+
+    original, calls = clip_model.Clip.clamp_logit_scale, []
+
+    def after_step(self):
+        original(self)
+        calls.append(1)
+        if len(calls) == bad_step:
+            with torch.no_grad():
+                self.model.logit_scale.fill_(float("nan"))
+
+    monkeypatch.setattr(clip_model.Clip, "clamp_logit_scale", after_step)
+
+
+@pytest.mark.parametrize("bad_step, saved", [(6, None), (12, 1)])
+def test_non_finite_weights_are_never_checkpointed(data, tmp_path, monkeypatch, bad_step, saved):
+    _break_weights_at_step(monkeypatch, bad_step)  # the last step of epoch 0 (6 steps an epoch), or of epoch 1
+    latest = os.path.join(tmp_path, "w/checkpoints/latest.pt")
+    epoch = bad_step // 6 - 1
+    where = "no checkpoint was written" if saved is None else \
+        rf"the last checkpoint, {latest}, is from before it \(saved after epoch 0, global step 6\)"
+    with pytest.raises(TrainingDiverged, match=rf"non-finite state after epoch {epoch} \(global step {bad_step}\): "
+                                               rf"model weight model.logit_scale holds NaN or inf.*training stopped "
+                                               rf"and {where}$"):
+        train_clip(_config(data, tmp_path, name="w", epochs=3, prune="none"))
+    if saved is None:
+        assert not os.path.exists(latest)
+    else:
+        state = load_checkpoint(latest)
+        assert state["epoch"] == saved
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_save_checkpoint_refuses_non_finite_optimizer_state(tmp_path):
+    from scan_fast.schedule.strategies import NoPruning
+    from scan_fast.train.checkpoint import NonFiniteState, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    kwargs = dict(model=model, optimizer=optimizer, scaler=torch.amp.GradScaler("cpu", enabled=False),
+                  schedule=NoPruning(4), epoch=1, global_step=1, config={}, history=[])
+    save_checkpoint(tmp_path / "ok.pt", **kwargs)  # finite: written
+    optimizer.state[model.bias]["exp_avg_sq"][1] = float("inf")
+    with pytest.raises(NonFiniteState, match="optimizer state 'exp_avg_sq' of bias holds NaN or inf"):
+        save_checkpoint(tmp_path / "bad.pt", **kwargs)
+    assert sorted(os.listdir(tmp_path)) == ["ok.pt"]  # nothing written, no temporary left
 
 
 def _cli(argv):

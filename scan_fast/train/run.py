@@ -15,14 +15,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from scan_fast.train.checkpoint import restore, save_checkpoint
+from scan_fast.train.checkpoint import first_non_finite, restore, save_checkpoint
 from scan_fast.train.loop import NonFiniteLoss, Step, StopTraining, lr_at, per_sample_losses, train_one_epoch
 from scan_fast.train.report import RunLogger, plot_run, read_prune_counts, write_report
 from scan_fast.train.resume import checkpoint_config, open_run, run_folder
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss went NaN/inf; training stopped and no checkpoint was written after it."""
+    """The loss, a weight or the optimizer state went NaN/inf; training stopped and no checkpoint was
+    written after it (every checkpoint on disk is finite)."""
 
 
 @dataclass
@@ -138,11 +139,29 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
     batch_total = cfg.batch_size * runtime.world_size
     full_epoch_samples = num_samples // batch_total * batch_total
 
-    def checkpoint(path, epoch):
+    latest = os.path.join(ckpt_dir, "latest.pt")
+    saved = {"epoch": start_epoch if state is not None else None, "step": global_step}  # what latest.pt holds
+
+    def safe_checkpoint():
+        """Where the run's last finite state is, for a message about a stopped run."""
+        if not os.path.isfile(latest):
+            return "no checkpoint was written"
+        after = "" if saved["epoch"] is None else \
+            f" (saved after epoch {saved['epoch'] - 1}, global step {saved['step']})"
+        return f"the last checkpoint, {latest}, is from before it{after}"
+
+    def checkpoint(epoch):
+        # every rank checks (the weights are the same on all), so all stop together; nothing non-finite is saved
+        bad = first_non_finite(model, optimizer)
+        if bad is not None:
+            raise TrainingDiverged(f"non-finite state after epoch {epoch - 1} (global step {global_step}): {bad} "
+                                   f"holds NaN or inf although the losses checked were finite (an optimizer step "
+                                   f"after the last check broke it); training stopped and {safe_checkpoint()}")
         if runtime.is_main:
-            save_checkpoint(path, model=model, optimizer=optimizer, scaler=scaler, schedule=schedule,
+            save_checkpoint(latest, model=model, optimizer=optimizer, scaler=scaler, schedule=schedule,
                             epoch=epoch, global_step=global_step, history=history,
                             config=checkpoint_config(cfg, runtime.world_size))
+            saved.update(epoch=epoch, step=global_step)
 
     step = Step(model=train_model, optimizer=optimizer, scaler=scaler, schedule=schedule, unpack=unpack,
                 base_lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, forward_kwargs=forward_kwargs,
@@ -161,10 +180,7 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
             try:
                 result = train_one_epoch(step, loader, epoch, iters, global_step, progress)
             except NonFiniteLoss as err:
-                latest = os.path.join(ckpt_dir, "latest.pt")
-                last = f"the last checkpoint, {latest}, is from before it" if os.path.isfile(latest) else \
-                    "no checkpoint was written"
-                raise TrainingDiverged(f"{err}; training stopped and {last}") from None
+                raise TrainingDiverged(f"{err}; training stopped and {safe_checkpoint()}") from None
             finally:
                 progress.close()
             global_step += result.steps
@@ -181,12 +197,12 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
                 "eval": None})
             save = last or (epoch + 1) % cfg.save_frequency == 0
             if save:  # before evaluating: a failed evaluation must not lose the epoch's training
-                checkpoint(os.path.join(ckpt_dir, "latest.pt"), epoch + 1)
+                checkpoint(epoch + 1)
             if evaluate is not None and runtime.is_main and (
                     last or (cfg.eval_frequency and (epoch + 1) % cfg.eval_frequency == 0)):
                 history[-1]["eval"] = evaluate()
                 if save:  # again, with the score in the saved history
-                    checkpoint(os.path.join(ckpt_dir, "latest.pt"), epoch + 1)
+                    checkpoint(epoch + 1)
             logger.log_epoch(history)
             if runtime.is_main:
                 print(_epoch_line(kind, history[-1]), flush=True)
