@@ -238,6 +238,63 @@ def test_save_checkpoint_refuses_non_finite_optimizer_state(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ok.pt"]  # nothing written, no temporary left
 
 
+@pytest.fixture(scope="module")
+def seven(tmp_path_factory):
+    from scan_fast.data import write_shapes
+
+    path = str(tmp_path_factory.mktemp("seven") / "s7.beton")
+    write_shapes(path, num_samples=7, context_length=16, progress=False)
+    return path
+
+
+@pytest.mark.parametrize("prune, extra, fewest", [
+    ("scan", {}, 3),          # one batch of 7: int(7 x 0.35) = 2 candidates a kind; rate 1.0 at position 3
+    ("random", {}, 3),        # the same counts, drawn from all samples
+    ("infobatch", {}, 4),     # expected: 7 - 0.5 x 6 below-mean samples, rounded up
+    ("static", {"ids": [0, 2, 4, 6]}, 4),
+])
+def test_a_run_whose_epoch_could_train_no_step_is_refused(seven, tmp_path, prune, extra, fewest):
+    from scan_fast.train.run import check_epochs_fill_a_batch, make_schedule
+
+    if "ids" in extra:
+        np.savetxt(tmp_path / "c.txt", extra.pop("ids"), fmt="%d")
+        extra["coreset"] = str(tmp_path / "c.txt")
+    cfg = ClipConfig(train_data=seven, batch_size=7, epochs=8, prune=prune, logs=str(tmp_path), **extra)
+    with pytest.raises(ValueError, match=rf"^--batch-size 7 x 1 rank\(s\) = 7 samples a step, but --prune {prune}"
+                                         rf"( is expected to keep| keeps) as few as {fewest} of the 7 samples of "
+                                         rf".*s7.beton in an epoch of this 8-epoch run, which would then train no "
+                                         rf"step: lower --batch-size or prune less$"):
+        check_epochs_fill_a_batch(cfg, make_schedule(cfg, 7), 7, 1)
+    if prune != "static":  # 7 batches of 7: enough is kept
+        check_epochs_fill_a_batch(cfg, make_schedule(cfg, 49), 49, 1)
+    if prune in ("scan", "random"):  # no mutation epoch before epoch 3: a 3-epoch run never prunes
+        short = ClipConfig(train_data=seven, batch_size=7, epochs=3, prune=prune, logs=str(tmp_path))
+        check_epochs_fill_a_batch(short, make_schedule(short, 7), 7, 1)
+
+
+def test_cli_refuses_the_seven_sample_scan_run_in_one_line(seven, tmp_path, capsys):
+    from scan_fast.cli import main
+
+    code = main(["train", "clip", "--train-data", seven, "--batch-size", "7", "--epochs", "8", "--prune", "scan",
+                 "--logs", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--prune scan keeps as few as 3 of the 7 samples" in err and not (tmp_path / "runs").exists()
+
+
+def test_an_epoch_without_a_step_logs_nan_and_warns(seven, tmp_path, monkeypatch, capsys):
+    from scan_fast.train import clip
+
+    monkeypatch.setattr(clip, "check_epochs_fill_a_batch", lambda *args: None)  # past the start check
+    np.savetxt(tmp_path / "c.txt", [0, 1, 2], fmt="%d")
+    summary = train_clip(ClipConfig(train_data=seven, batch_size=4, epochs=1, prune="static",
+                                    coreset=str(tmp_path / "c.txt"), workers=1, logs=str(tmp_path),
+                                    progress=False, tensorboard=False))
+    rows = _rows(summary["folder"])
+    assert rows[0]["steps"] == "0" and rows[0]["loss"] == "nan" and np.isnan(summary["final_loss"])
+    assert "warning: epoch 0 trained no step: it kept 3 ids, fewer than one global batch of 4" in capsys.readouterr().err
+
+
 def _cli(argv):
     from scan_fast.train.cli import add_coreset_parser, add_eval_parser, add_train_parsers
 

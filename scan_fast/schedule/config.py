@@ -46,5 +46,12 @@ class ScanConfig:
         k_red = None if self.abs_red is not None else candidate_count(batch_size, self.rho_red)
         return k_ill, k_red
 
+    def per_batch_candidates(self, batch_size: int) -> int:
+        """The most candidates (by mode) one batch can give: int(B * rho) per kind, or all B under a threshold."""
+        k_ill, k_red = self.batch_counts(batch_size)
+        ill = batch_size if k_ill is None else k_ill
+        red = batch_size if k_red is None else k_red
+        return {"both": min(batch_size, ill + red), "ill_matched": ill, "redundant": red}[self.mode]
+
     def as_dict(self) -> dict:
         return asdict(self)

@@ -88,7 +88,8 @@ class EpochResult:
 
     @property
     def mean_loss(self) -> float:
-        return self.loss_sum / max(self.samples, 1)
+        """The epoch's mean per-sample loss; NaN for an epoch that trained no step (it has no loss)."""
+        return self.loss_sum / self.samples if self.samples else math.nan
 
 
 def _distributed() -> bool:

@@ -8,6 +8,7 @@ a killed run exactly where its last checkpoint left it. It calls only what
 """
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -90,6 +91,22 @@ def make_schedule(cfg, num_samples: int):
         return InfoBatch(num_samples, cfg.epochs, prune_ratio=cfg.infobatch_ratio, delta=cfg.infobatch_delta,
                          seed=cfg.seed)
     return StaticCoreset.from_file(cfg.coreset, num_samples)
+
+
+def check_epochs_fill_a_batch(cfg, schedule, num_samples: int, world_size: int) -> None:
+    """Refuse a run in which an epoch could train no step: when the fewest ids the schedule can keep
+    in an epoch of this run (`PruningSchedule.min_kept_count`, from its knobs) is below one global batch
+    (--batch-size x processes; the loaders drop a last partial batch). Called before the model is built."""
+    global_batch = cfg.batch_size * world_size
+    batch = f"--batch-size {cfg.batch_size} x {world_size} rank(s)"
+    if num_samples < global_batch:
+        raise ValueError(f"{batch} is more than the {num_samples} samples of {cfg.train_data}")
+    fewest = schedule.min_kept_count(cfg.epochs, global_batch)
+    if fewest < global_batch:
+        keeps = "is expected to keep" if cfg.prune == "infobatch" else "keeps"  # InfoBatch's draw is random
+        raise ValueError(f"{batch} = {global_batch} samples a step, but --prune {cfg.prune} {keeps} as few "
+                         f"as {fewest} of the {num_samples} samples of {cfg.train_data} in an epoch of this "
+                         f"{cfg.epochs}-epoch run, which would then train no step: lower --batch-size or prune less")
 
 
 def param_groups(model, wd: float):
@@ -184,7 +201,7 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
             finally:
                 progress.close()
             global_step += result.steps
-            schedule.end_epoch(epoch, result.mean_loss)
+            schedule.end_epoch(epoch, _schedule_loss(result, history, epoch, kept, cfg, runtime))
             if runtime.is_main and cfg.save_losses and schedule.is_preparation(epoch):
                 _save_candidates(folder, epoch, schedule, result)
             last = epoch == cfg.epochs - 1
@@ -218,6 +235,21 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
         write_report(folder, f"{kind.upper()} run `{os.path.basename(folder)}` (--prune {cfg.prune})",
                      summary, history, plots)
     return summary
+
+
+def _schedule_loss(result, history, epoch, kept, cfg, runtime) -> float:
+    """The epoch loss the schedule's warm-up test sees. The start check (check_epochs_fill_a_batch) rules
+    out epochs without a step except for an unlucky InfoBatch draw (whose schedule ignores the loss);
+    should one happen anyway, its loss is logged as NaN (EpochResult.mean_loss) with a one-line warning,
+    and the schedule sees the last measured epoch's loss instead of a loss of 0 that nothing measured."""
+    if result.steps:
+        return result.mean_loss
+    if runtime.is_main:
+        print(f"scan-fast train: warning: epoch {epoch} trained no step: it kept {kept} ids, fewer than one global "
+              f"batch of {cfg.batch_size * runtime.world_size} (--batch-size {cfg.batch_size} x "
+              f"{runtime.world_size} rank(s)); its loss is logged as NaN", file=sys.stderr, flush=True)
+    measured = [r["loss"] for r in history if r["steps"] and np.isfinite(r["loss"])]
+    return measured[-1] if measured else 0.0  # none measured: epoch 0 without a step, refused at the start
 
 
 def _epoch_line(kind, row):
