@@ -295,6 +295,20 @@ def test_an_epoch_without_a_step_logs_nan_and_warns(seven, tmp_path, monkeypatch
     assert "warning: epoch 0 trained no step: it kept 3 ids, fewer than one global batch of 4" in capsys.readouterr().err
 
 
+def test_warmup_only_checkpoint_is_not_exported_and_has_the_usual_file_mode(seven, tmp_path):
+    from scan_fast.train.cli import export_coreset
+
+    summary = train_clip(ClipConfig(train_data=seven, batch_size=7, epochs=1, workers=1, logs=str(tmp_path),
+                                    progress=False, tensorboard=False))
+    latest = os.path.join(summary["folder"], "checkpoints", "latest.pt")
+    mode = lambda path: os.stat(path).st_mode & 0o777  # noqa: E731
+    assert mode(latest) == mode(os.path.join(summary["folder"], "epochs.csv"))  # not mkstemp's 0600
+    with pytest.raises(ValueError, match=r"latest.pt: the run has not completed a preparation epoch \(it holds 1 "
+                                         r"epoch\(s\), all warm-up\).*coreset would be every id"):
+        export_coreset(latest, str(tmp_path / "coreset.txt"))
+    assert not (tmp_path / "coreset.txt").exists()
+
+
 def _cli(argv):
     from scan_fast.train.cli import add_coreset_parser, add_eval_parser, add_train_parsers
 
