@@ -331,6 +331,9 @@ def write_csv(path, rows, config):
                         "cpu:" + platform.processor()) for r in rows])
 
 
+SUITES = ("throughput", "switch", "fractions", "parts")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n64", type=int, default=4000, help="images at 64 px")
@@ -339,12 +342,15 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
-    parser.add_argument("--suites", default="throughput,switch,fractions,parts",
-                        help="comma-separated subset of throughput,switch,fractions,parts")
+    parser.add_argument("--suites", default=",".join(SUITES),
+                        help=f"comma-separated subset of {','.join(SUITES)} (another name is an error)")
     parser.add_argument("--parts-n", type=int, default=8000, help="images at 64 px in the parts suite")
     parser.add_argument("--workdir", help="keep the generated data here (default: a temp folder)")
     parser.add_argument("--csv", help="append rows in Liger's benchmark CSV columns")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.suites.split(",")) - set(SUITES))
+    if unknown:
+        parser.error(f"--suites: unknown suite(s) {unknown}; choose from {','.join(SUITES)}")
     if args.quick:
         args.n64, args.n224, args.switch_n, args.reps, args.parts_n = 600, 300, 1_000_000, 1, 600
 

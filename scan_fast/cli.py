@@ -72,7 +72,8 @@ def add_data_parser(sub):
     clip = kinds.add_parser("clip", help="image-text pairs from a caption table or webdataset shards")
     src = clip.add_mutually_exclusive_group(required=True)
     src.add_argument("--table", help="CSV/TSV/JSONL with an image path and a caption per row")
-    src.add_argument("--webdataset", nargs="+", help="tar shards, a folder of them, or a glob")
+    src.add_argument("--webdataset", nargs="+", help="tar shards, a folder of them, or a glob (a repeated key, or a "
+                                                     "shard cut short, is a skipped row: --strict stops)")
     clip.add_argument("--out", required=True, help="target .beton")
     clip.add_argument("--image-root", help="folder that table image paths are relative to")
     clip.add_argument("--image-column", help="table column holding the image path")

@@ -30,3 +30,18 @@ def test_bench_names_match_the_scripts():
         assert (bench / f"bench_{name}.py").exists(), name
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "no-such-benchmark"])
+
+
+def test_bench_loader_refuses_an_unknown_suite(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_loader.py"
+    spec = importlib.util.spec_from_file_location("bench_loader_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--suites", "throughput,swtich"])  # stops before any data is generated
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and "--suites: unknown suite(s) ['swtich']; choose from throughput,switch,fractions" \
+        in err[-1]

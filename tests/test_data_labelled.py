@@ -103,6 +103,16 @@ def test_names_that_do_not_cover_the_labels_stop_training_before_it_starts(user_
     assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
 
 
+def test_more_names_than_labels_are_refused(user_data, tmp_path):
+    names = tmp_path / "five.txt"
+    names.write_text("a\nb\nc\nzebra\nyak\n")  # the set holds labels 0..2
+    with pytest.raises(ValueError, match=r"--zeroshot-classes .*five.txt names 5 classes, but .*val.beton holds labels "
+                                         r"0..2 \(3 classes\): the 2 extra name\(s\) from 'zebra' on"):
+        zero_shot_classes(user_data / "val.beton", str(names))
+    names.write_text("a\nb\nc\n")
+    assert len(zero_shot_classes(user_data / "val.beton", str(names))) == 3
+
+
 @pytest.fixture(scope="module")
 def checkpoint(user_data):
     """A CLIP checkpoint of untrained weights (eval needs only model and config)."""

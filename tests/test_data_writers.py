@@ -232,6 +232,55 @@ def test_webdataset_round_trip_and_incomplete_samples(image_dir, tmp_path):
     np.testing.assert_array_equal(back["tokens"][1], CaptionTokenizer()("third caption")[0])
 
 
+def _pairs(images, keys):
+    """(name, payload) members of one image-caption sample per key, in order."""
+    members = []
+    for i, key in enumerate(keys):
+        members += [(f"{key}.png", _png_bytes(images[f"img{i % 4}.png"])), (f"{key}.txt", f"caption {i}".encode())]
+    return members
+
+
+def test_webdataset_duplicate_keys_are_skipped_rows_naming_shard_and_key(image_dir, tmp_path):
+    _, images = image_dir
+    shard = tmp_path / "dup.tar"
+    _tar(shard, _pairs(images, ["a", "b", "c", "a", "b", "a"]))  # a three times, b twice
+    summary = write_clip_from_webdataset(shard, tmp_path / "dup.beton", image_mode="raw", max_resolution=None,
+                                         **QUIET)
+    assert summary.rows_written == 3 and summary.skip_counts == {"duplicate key": 3}
+    where = [w for w, _ in summary.skipped]
+    assert sorted(where) == [f"{shard}:a", f"{shard}:a", f"{shard}:b"]
+    assert "a.png, a.png, a.txt, a.txt repeat(s) the key of an earlier sample" in dict(summary.skipped)[f"{shard}:a"]
+    back = read_samples(tmp_path / "dup.beton")  # the first sample of each key is the one written
+    np.testing.assert_array_equal(back["image"][0], images["img0.png"])
+    np.testing.assert_array_equal(back["tokens"][1], CaptionTokenizer()("caption 1")[0])
+    with pytest.raises(ValueError, match=r"dup.tar:a: duplicate key: .*\(strict=True: nothing was written\)"):
+        write_clip_from_webdataset(shard, tmp_path / "strict.beton", strict=True, **QUIET)
+
+
+@pytest.mark.parametrize("cut, reason", [
+    ("boundary", r"no end-of-archive marker at byte 3072 \(the file has 3072 bytes\)"),
+    ("header", r"a member header cut short at byte 3072 \(the file has 3172 bytes\)"),
+    ("marker", r"no end-of-archive marker at byte 4096 \(the file has 4608 bytes\)"),  # one zero block of two
+])
+def test_webdataset_shard_cut_without_its_end_marker_is_truncated(image_dir, tmp_path, cut, reason):
+    _, images = image_dir
+    _tar(tmp_path / "whole.tar", _pairs(images, ["k0", "k1"]))
+    data = (tmp_path / "whole.tar").read_bytes()
+    with tarfile.open(tmp_path / "whole.tar") as tar:
+        offsets = [m.offset for m in tar.getmembers()]  # 512-byte header + one block of data each; the PNGs fit
+    end = {"boundary": offsets[3], "header": offsets[3] + 100, "marker": 4096 + 512}[cut]
+    shard = tmp_path / f"{cut}.tar"
+    shard.write_bytes(data[:end])
+    summary = write_clip_from_webdataset(shard, tmp_path / f"{cut}.beton", image_mode="raw", max_resolution=None,
+                                         **QUIET)
+    import re
+    truncated = [r for w, r in summary.skipped if w == str(shard)]
+    assert len(truncated) == 1 and re.search(reason, truncated[0]), summary.skipped
+    assert summary.skip_counts["truncated shard"] == 1
+    with pytest.raises(ValueError, match=rf"{cut}.tar: truncated shard: .*strict=True"):
+        write_clip_from_webdataset(shard, tmp_path / "strict.beton", strict=True, **QUIET)
+
+
 def test_webdataset_input_errors(tmp_path):
     (tmp_path / "bad.tar").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ValueError, match=r"bad\.tar is not a readable tar file"):

@@ -140,7 +140,7 @@ def test_streams_never_collide():
     ([10.0, 7.0, 6.0, 5.0], 0.3, 3),    # a drop of exactly the threshold is not below it
     ([1.0, 2.0, 3.0], 0.3, 2),          # loss going up counts as no drop
     ([10.0, 5.0, 2.0, 1.0, 0.1], 0.3, None),  # still falling fast: warm-up goes on
-    ([3.0, 3.0], -1.0, None),           # a threshold no drop is below
+    ([3.0, 3.0], 0.0, None),            # no drop is below a threshold of 0
 ])
 @pytest.mark.parametrize(*_SCHEDULES)
 def test_warmup_start(schedule_type, losses, threshold, start):
@@ -342,6 +342,11 @@ def test_observe_empty_batch_collects_nothing(schedule_type):
     ({"mode": "noisy"}, ValueError, "mode must be one of .* got 'noisy'"),
     ({"prune_threshold": float("inf")}, ValueError, "prune_threshold must be finite, got inf"),
     ({"abs_ill": float("nan")}, ValueError, "abs_ill must be finite, got nan"),
+    ({"prune_threshold": -1.0}, ValueError, r"prune_threshold must be in \[0, 1\] .*got -1.0"),
+    ({"prune_threshold": 1.5}, ValueError, r"prune_threshold must be in \[0, 1\] .*got 1.5"),
+    ({"abs_ill": -5.0}, ValueError, "abs_ill must be a loss value > 0 .*got -5.0"),
+    ({"abs_red": 0.0}, ValueError, "abs_red must be a loss value > 0 .*got 0.0"),
+    ({"abs_ill": 1e39}, ValueError, "abs_ill must be a loss value > 0 .*fits in float32, got 1e"),
     ({"abs_red": "low"}, TypeError, "abs_red must be a real number, got 'low'"),
     ({"seed": -1}, ValueError, "seed must be >= 0, got -1"),
 ])

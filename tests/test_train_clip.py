@@ -135,22 +135,178 @@ def _nan_at_call(monkeypatch, bad_call):
 
 @pytest.mark.parametrize("log_every", [1, 50])
 def test_nan_loss_stops_names_the_step_and_writes_no_checkpoint(data, tmp_path, monkeypatch, log_every):
-    _nan_at_call(monkeypatch, 3)  # global step 2, in epoch 0 (6 steps an epoch)
+    _nan_at_call(monkeypatch, 3)  # the 3rd step, in epoch 0 (6 steps an epoch); steps are counted from 1
     checked_at = 3 if log_every == 1 else 6  # the next log step, or the epoch's end
-    with pytest.raises(TrainingDiverged, match=rf"epoch 0, step 2 of the epoch \(global step 2\), found by the "
-                                               rf"check after global step {checked_at}.*no checkpoint was written"):
+    with pytest.raises(TrainingDiverged, match=rf"epoch 0, step 3 of the epoch \(global step 3; epochs count from 0, "
+                                               rf"steps from 1\), found by the check after global step {checked_at}"
+                                               rf".*no checkpoint was written"):
         train_clip(_config(data, tmp_path, name="nan", log_every=log_every))
     assert not os.path.exists(os.path.join(tmp_path, "nan/checkpoints"))
 
 
 def test_nan_loss_after_a_checkpoint_keeps_the_finite_one(data, tmp_path, monkeypatch):
-    _nan_at_call(monkeypatch, 8)  # global step 7: epoch 1, after epoch 0's checkpoint
-    with pytest.raises(TrainingDiverged, match=r"epoch 1, step 1 of the epoch \(global step 7\).*the last "
-                                               r"checkpoint, .*latest.pt, is from before it"):
+    _nan_at_call(monkeypatch, 8)  # the 8th step: the 2nd of epoch 1, after epoch 0's checkpoint
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step 2 of the epoch \(global step 8;.*the last "
+                                               r"checkpoint, .*latest.pt, is from before it \(saved after epoch 0, "
+                                               r"global step 6\)"):
         train_clip(_config(data, tmp_path, name="nan"))
     state = load_checkpoint(os.path.join(tmp_path, "nan/checkpoints/latest.pt"))
     assert state["epoch"] == 1 and state["global_step"] == 6
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--lr", "1e39"], r"--lr must be a finite number >= 0 and at most 3.403e\+38 \(float32's largest\), got 1e\+39"),
+    (["--wd", "-1"], "--wd must be a finite number >= 0"),
+    (["--eps", "inf"], "--eps must be a finite number >= 0 .*got inf"),
+    (["--grad-clip-norm", "-1"], r"--grad-clip-norm must be a finite number > 0 .*no clipping\), got -1.0"),
+    (["--grad-clip-norm", "nan"], "--grad-clip-norm must be a finite number > 0 .*got nan"),
+    (["--grad-clip-norm", "0"], "--grad-clip-norm must be a finite number > 0 .*got 0.0"),
+    (["--prune-threshold", "-1"], r"--prune-threshold must be in \[0, 1\] .*got -1.0"),
+    (["--abs-ill", "-5"], "--abs-ill must be a loss value > 0 .*got -5.0"),
+    (["--abs-red", "1e39"], "--abs-red must be a loss value > 0 .*fits in float32, got 1e"),
+    (["--dist-timeout", "1e30"], "--dist-timeout must be a positive number of seconds"),
+])
+def test_out_of_range_float_flags_are_refused_in_one_line(tmp_path, capsys, flags, match):
+    import re
+
+    from scan_fast.cli import main
+
+    code = main(["train", "clip", "--train-data", str(tmp_path / "never-read.beton"), "--logs", str(tmp_path), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and re.search(match, err), err
+    assert not os.listdir(tmp_path)  # refused before anything is written
+
+
+def test_moco_temperature_must_fit_in_float32():
+    from scan_fast.train.config import MocoConfig
+
+    with pytest.raises(ValueError, match="--moco-t must be a finite number > 0"):
+        MocoConfig(train_data="x.beton", moco_t=1e39).validate()
+
+
+def _break_weights_at_step(monkeypatch, bad_step):
+    """After optimizer step `bad_step` (from 1) a weight becomes NaN while every loss stays finite until
+    then: what only a check of the state itself can find."""
+    from scan_fast.train import clip_model
+
+    original, calls = clip_model.Clip.clamp_logit_scale, []
+
+    def after_step(self):
+        original(self)
+        calls.append(1)
+        if len(calls) == bad_step:
+            with torch.no_grad():
+                self.model.logit_scale.fill_(float("nan"))
+
+    monkeypatch.setattr(clip_model.Clip, "clamp_logit_scale", after_step)
+
+
+@pytest.mark.parametrize("bad_step, saved", [(6, None), (12, 1)])
+def test_non_finite_weights_are_never_checkpointed(data, tmp_path, monkeypatch, bad_step, saved):
+    _break_weights_at_step(monkeypatch, bad_step)  # the last step of epoch 0 (6 steps an epoch), or of epoch 1
+    latest = os.path.join(tmp_path, "w/checkpoints/latest.pt")
+    epoch = bad_step // 6 - 1
+    where = "no checkpoint was written" if saved is None else \
+        rf"the last checkpoint, {latest}, is from before it \(saved after epoch 0, global step 6\)"
+    with pytest.raises(TrainingDiverged, match=rf"non-finite state after epoch {epoch} \(global step {bad_step}\): "
+                                               rf"model weight model.logit_scale holds NaN or inf.*training stopped "
+                                               rf"and {where}$"):
+        train_clip(_config(data, tmp_path, name="w", epochs=3, prune="none"))
+    if saved is None:
+        assert not os.path.exists(latest)
+    else:
+        state = load_checkpoint(latest)
+        assert state["epoch"] == saved
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_save_checkpoint_refuses_non_finite_optimizer_state(tmp_path):
+    from scan_fast.schedule.strategies import NoPruning
+    from scan_fast.train.checkpoint import NonFiniteState, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    kwargs = dict(model=model, optimizer=optimizer, scaler=torch.amp.GradScaler("cpu", enabled=False),
+                  schedule=NoPruning(4), epoch=1, global_step=1, config={}, history=[])
+    save_checkpoint(tmp_path / "ok.pt", **kwargs)  # finite: written
+    optimizer.state[model.bias]["exp_avg_sq"][1] = float("inf")
+    with pytest.raises(NonFiniteState, match="optimizer state 'exp_avg_sq' of bias holds NaN or inf"):
+        save_checkpoint(tmp_path / "bad.pt", **kwargs)
+    assert sorted(os.listdir(tmp_path)) == ["ok.pt"]  # nothing written, no temporary left
+
+
+@pytest.fixture(scope="module")
+def seven(tmp_path_factory):
+    from scan_fast.data import write_shapes
+
+    path = str(tmp_path_factory.mktemp("seven") / "s7.beton")
+    write_shapes(path, num_samples=7, context_length=16, progress=False)
+    return path
+
+
+@pytest.mark.parametrize("prune, extra, fewest", [
+    ("scan", {}, 3),          # one batch of 7: int(7 x 0.35) = 2 candidates a kind; rate 1.0 at position 3
+    ("random", {}, 3),        # the same counts, drawn from all samples
+    ("infobatch", {}, 4),     # expected: 7 - 0.5 x 6 below-mean samples, rounded up
+    ("static", {"ids": [0, 2, 4, 6]}, 4),
+])
+def test_a_run_whose_epoch_could_train_no_step_is_refused(seven, tmp_path, prune, extra, fewest):
+    from scan_fast.train.run import check_epochs_fill_a_batch, make_schedule
+
+    if "ids" in extra:
+        np.savetxt(tmp_path / "c.txt", extra.pop("ids"), fmt="%d")
+        extra["coreset"] = str(tmp_path / "c.txt")
+    cfg = ClipConfig(train_data=seven, batch_size=7, epochs=8, prune=prune, logs=str(tmp_path), **extra)
+    with pytest.raises(ValueError, match=rf"^--batch-size 7 x 1 rank\(s\) = 7 samples a step, but --prune {prune}"
+                                         rf"( is expected to keep| keeps) as few as {fewest} of the 7 samples of "
+                                         rf".*s7.beton in an epoch of this 8-epoch run, which would then train no "
+                                         rf"step: lower --batch-size or prune less$"):
+        check_epochs_fill_a_batch(cfg, make_schedule(cfg, 7), 7, 1)
+    if prune != "static":  # 7 batches of 7: enough is kept
+        check_epochs_fill_a_batch(cfg, make_schedule(cfg, 49), 49, 1)
+    if prune in ("scan", "random"):  # no mutation epoch before epoch 3: a 3-epoch run never prunes
+        short = ClipConfig(train_data=seven, batch_size=7, epochs=3, prune=prune, logs=str(tmp_path))
+        check_epochs_fill_a_batch(short, make_schedule(short, 7), 7, 1)
+
+
+def test_cli_refuses_the_seven_sample_scan_run_in_one_line(seven, tmp_path, capsys):
+    from scan_fast.cli import main
+
+    code = main(["train", "clip", "--train-data", seven, "--batch-size", "7", "--epochs", "8", "--prune", "scan",
+                 "--logs", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--prune scan keeps as few as 3 of the 7 samples" in err and not (tmp_path / "runs").exists()
+
+
+def test_an_epoch_without_a_step_logs_nan_and_warns(seven, tmp_path, monkeypatch, capsys):
+    from scan_fast.train import clip
+
+    monkeypatch.setattr(clip, "check_epochs_fill_a_batch", lambda *args: None)  # past the start check
+    np.savetxt(tmp_path / "c.txt", [0, 1, 2], fmt="%d")
+    summary = train_clip(ClipConfig(train_data=seven, batch_size=4, epochs=1, prune="static",
+                                    coreset=str(tmp_path / "c.txt"), workers=1, logs=str(tmp_path),
+                                    progress=False, tensorboard=False))
+    rows = _rows(summary["folder"])
+    assert rows[0]["steps"] == "0" and rows[0]["loss"] == "nan" and np.isnan(summary["final_loss"])
+    assert "warning: epoch 0 trained no step: it kept 3 ids, fewer than one global batch of 4" in capsys.readouterr().err
+
+
+def test_warmup_only_checkpoint_is_not_exported_and_has_the_usual_file_mode(seven, tmp_path):
+    from scan_fast.train.cli import export_coreset
+
+    summary = train_clip(ClipConfig(train_data=seven, batch_size=7, epochs=1, workers=1, logs=str(tmp_path),
+                                    progress=False, tensorboard=False))
+    latest = os.path.join(summary["folder"], "checkpoints", "latest.pt")
+    mode = lambda path: os.stat(path).st_mode & 0o777  # noqa: E731
+    assert mode(latest) == mode(os.path.join(summary["folder"], "epochs.csv"))  # not mkstemp's 0600
+    with pytest.raises(ValueError, match=r"latest.pt: the run has not completed a preparation epoch \(it holds 1 "
+                                         r"epoch\(s\), all warm-up\).*coreset would be every id"):
+        export_coreset(latest, str(tmp_path / "coreset.txt"))
+    assert not (tmp_path / "coreset.txt").exists()
 
 
 def _cli(argv):

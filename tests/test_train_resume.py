@@ -177,7 +177,7 @@ def test_absolute_thresholds_are_refused_outside_scan(data, tmp_path):
     for prune in ("random", "none"):
         with pytest.raises(ValueError, match=f"--abs-ill/--abs-red only apply to --prune scan .*--prune {prune}"):
             _config(data, tmp_path, prune=prune, abs_ill=3.0).validate()
-    with pytest.raises(ValueError, match="--abs-ill must be a finite loss value, got nan"):
+    with pytest.raises(ValueError, match="--abs-ill must be finite, got nan"):
         _config(data, tmp_path, abs_ill=float("nan")).validate()
 
 

@@ -113,10 +113,11 @@ def test_a_non_finite_loss_is_found_at_the_next_check():
     step = Step(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
                 scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=schedule,
                 unpack=lambda b: ((b[0], b[1]), b[2]), base_lr=1e-3, warmup_epochs=0.0, epochs=10, log_every=5)
-    with pytest.raises(NonFiniteLoss, match=r"step 3 of the epoch \(global step 13\), found by the check after "
-                                            r"global step 15") as err:
+    # batch 3 is the 4th step of the epoch and the 14th of the run; the check runs after the 15th (log_every 5)
+    with pytest.raises(NonFiniteLoss, match=r"step 4 of the epoch \(global step 14; epochs count from 0, steps from "
+                                            r"1\), found by the check after global step 15") as err:
         train_one_epoch(step, batches, 0, 6, global_step=10)
-    assert err.value.global_step == 13 and err.value.checked_at == 15
+    assert err.value.step == 4 and err.value.global_step == 14 and err.value.checked_at == 15
 
 
 def test_a_loader_that_reuses_its_id_buffer_is_read_right():

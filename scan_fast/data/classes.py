@@ -53,9 +53,12 @@ def read_names_file(path) -> List[str]:
     return names
 
 
-def check_class_names(names: Sequence[str], labels: np.ndarray, data, source: str) -> None:
+def check_class_names(names: Sequence[str], labels: np.ndarray, data, source: str,
+                      extra_names: bool = True) -> None:
     """Every label of `data` must name a class: 0 <= label < len(names), and names must be distinct.
 
+    With extra_names=False (names a user gave) there must be no name past the largest label either:
+    zero-shot would score every image against those classes too (distractors nobody asked for).
     `source` says where the names came from (a file, or 'beside the set'); it is in the message.
     """
     labels = np.asarray(labels)
@@ -64,6 +67,11 @@ def check_class_names(names: Sequence[str], labels: np.ndarray, data, source: st
     if len(labels) and int(labels.max()) >= len(names):
         raise ValueError(f"{data} holds labels up to {int(labels.max())}, but {source} names only "
                          f"{len(names)} classes; give one name per label, in label order")
+    classes = int(labels.max()) + 1 if len(labels) else 0
+    if not extra_names and len(names) > classes:
+        raise ValueError(f"{source} names {len(names)} classes, but {data} holds labels 0..{classes - 1} "
+                         f"({classes} classes): the {len(names) - classes} extra name(s) from {names[classes]!r} on "
+                         f"would be classes no image has; give one name per label, in label order")
     seen = set()
     for name in names:
         if name in seen:

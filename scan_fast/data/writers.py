@@ -466,29 +466,65 @@ def _expand_shards(shards) -> List[str]:
     return paths
 
 
+_TAR_BLOCK = 512
+_END_OF_ARCHIVE = 2 * _TAR_BLOCK  # a complete tar ends with two zero blocks
+
+
 def _read_shard(shard: str):
-    """(samples, problem) of one shard: samples as read_webdataset_samples; problem is a BadRow
-    when the shard ends early (a cut download): the members before the cut are kept."""
+    """(samples, problems) of one shard: samples as read_webdataset_samples; problems are
+    (where, BadRow) pairs for what cannot be written as read:
+
+    - a truncated shard (a cut download): a member whose data runs past the file's end, a header
+      cut short, or a shard cut at a member boundary (no end-of-archive marker, the two zero blocks
+      a complete tar ends with); the members before the cut are kept;
+    - a duplicate key: a member whose key and extension an earlier member of the shard already has.
+      Keys name samples, so a repeat is not written twice or silently overwritten: the first sample
+      with the key is kept and each repeat is reported (one skipped row per repeated sample).
+    """
     try:
         tar = tarfile.open(shard, "r:")
     except tarfile.TarError as err:
         raise ValueError(f"webdataset shard {shard} is not a readable tar file: {err}") from None
     size = os.path.getsize(shard)
     groups: Dict[str, Dict[str, tarfile.TarInfo]] = {}
-    problem = None
+    repeats: Dict[str, Dict[str, List[str]]] = {}  # key -> extension -> names of the repeated members
+    problems = []
     with tar:
         try:
             for member in tar:
-                if not member.isfile():
-                    continue
                 if member.offset_data + member.size > size:
                     raise tarfile.ReadError(f"member {member.name} ends at byte "
                                             f"{member.offset_data + member.size}, the file has {size}")
+                if not member.isfile():
+                    continue
                 folder, base = os.path.split(member.name)
                 key, _, ext = base.partition(".")
-                groups.setdefault(os.path.join(folder, key), {})[ext.lower()] = member
+                key, ext = os.path.join(folder, key), ext.lower()
+                members = groups.setdefault(key, {})
+                if ext in members:
+                    repeats.setdefault(key, {}).setdefault(ext, []).append(member.name)
+                else:
+                    members[ext] = member
+            # tarfile stops quietly at the end of the file or at a header cut short: look for the marker
+            with open(shard, "rb") as f:
+                f.seek(tar.offset)
+                marker = f.read(_END_OF_ARCHIVE)
+            if len(marker) < _END_OF_ARCHIVE or any(marker):
+                if marker.strip(b"\0") and len(marker) >= _TAR_BLOCK:  # a whole block that is no header
+                    problems.append((shard, BadRow("unreadable shard", f"no valid member header at byte "
+                                                   f"{tar.offset}; the {len(groups)} samples before it are kept")))
+                else:
+                    what = "a member header cut short" if marker.strip(b"\0") else "no end-of-archive marker"
+                    raise tarfile.ReadError(f"{what} at byte {tar.offset} (the file has {size} bytes)")
         except (tarfile.TarError, EOFError) as err:
-            problem = BadRow("truncated shard", f"{err}; the {len(groups)} samples before it are kept")
+            problems.append((shard, BadRow("truncated shard",
+                                           f"{err}; the {len(groups)} samples before it are kept")))
+        for key, by_ext in repeats.items():
+            names = sorted(name for repeated in by_ext.values() for name in repeated)
+            for _ in range(max(len(repeated) for repeated in by_ext.values())):
+                problems.append((f"{shard}:{key}", BadRow(
+                    "duplicate key", f"{', '.join(names)} repeat(s) the key of an earlier sample of the shard; "
+                                     f"the first sample with this key is kept")))
         samples = []
         for key, members in groups.items():
             image = next((members[e] for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
@@ -497,21 +533,21 @@ def _read_shard(shard: str):
                 caption = tar.extractfile(members["txt"]).read().decode("utf-8", "replace")
             ref = TarImage(shard, image.offset_data, image.size) if image is not None else None
             samples.append((f"{shard}:{key}", ref, caption))
-    return samples, problem
+    return samples, problems
 
 
 def read_webdataset_samples(shards):
     """Group tar members by key (webdataset convention: name up to the first dot of the basename).
 
     Returns (samples, bad): samples = [(where, TarImage or None, caption or None)] with
-    where = "shard:key"; bad = [(shard, BadRow)] for shards cut short.
+    where = "shard:key"; bad = [(where, BadRow)] for shards cut short (where = the shard) and for
+    repeated keys (where = "shard:key"; each repeated sample is one entry, the first is kept).
     """
     samples, bad = [], []
     for shard in _expand_shards(shards):
-        found, problem = _read_shard(shard)
+        found, problems = _read_shard(shard)
         samples += found
-        if problem is not None:
-            bad.append((shard, problem))
+        bad += problems
     return samples, bad
 
 

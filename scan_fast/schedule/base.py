@@ -134,6 +134,13 @@ class PruningSchedule(ABC):
         """How many ids `epoch` trains on (a count of the kept set: the id list is never built)."""
         return len(self.epoch_kept_set(epoch))
 
+    def min_kept_count(self, epochs: int, global_batch: int) -> int:
+        """The fewest ids an epoch of a run of `epochs` epochs at `global_batch` samples a step can keep,
+        from the knobs alone (before any epoch; InfoBatch, whose draw is random, gives its expected
+        fewest). A trainer refuses a run in which this is below one global batch: such an epoch would
+        train no step."""
+        return self.num_samples
+
     def phase_name(self, epoch: int) -> str:
         """The epoch's phase for logs: SCAN's own (warmup / preparation / mutation) where the schedule
         follows SCAN's cycle, else "pruning" or "full"."""

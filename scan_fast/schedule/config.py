@@ -3,7 +3,8 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from scan_fast.schedule.candidates import candidate_count
-from scan_fast.schedule.inputs import check_fraction, check_int, check_real, check_rho_pair, check_threshold
+from scan_fast.schedule.inputs import (check_fraction, check_int, check_prune_threshold, check_rho_pair,
+                                      check_threshold)
 
 MODES = ("both", "redundant", "ill_matched")
 
@@ -33,7 +34,7 @@ class ScanConfig:
         fix("rho_red", check_fraction("rho_red", self.rho_red))
         check_rho_pair(self.rho_ill, self.rho_red)
         fix("t_cos", check_int("t_cos", self.t_cos, minimum=1))
-        fix("prune_threshold", check_real("prune_threshold", self.prune_threshold))
+        fix("prune_threshold", check_prune_threshold("prune_threshold", self.prune_threshold))
         check_mode("mode", self.mode)
         fix("seed", check_int("seed", self.seed, minimum=0, maximum=2**63 - 1))
         fix("abs_ill", check_threshold("abs_ill", self.abs_ill))
@@ -44,6 +45,13 @@ class ScanConfig:
         k_ill = None if self.abs_ill is not None else candidate_count(batch_size, self.rho_ill)
         k_red = None if self.abs_red is not None else candidate_count(batch_size, self.rho_red)
         return k_ill, k_red
+
+    def per_batch_candidates(self, batch_size: int) -> int:
+        """The most candidates (by mode) one batch can give: int(B * rho) per kind, or all B under a threshold."""
+        k_ill, k_red = self.batch_counts(batch_size)
+        ill = batch_size if k_ill is None else k_ill
+        red = batch_size if k_red is None else k_red
+        return {"both": min(batch_size, ill + red), "ill_matched": ill, "redundant": red}[self.mode]
 
     def as_dict(self) -> dict:
         return asdict(self)

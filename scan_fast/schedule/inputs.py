@@ -51,9 +51,31 @@ def check_rho_pair(rho_ill: float, rho_red: float) -> Tuple[float, float]:
     return rho_ill, rho_red
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # knobs compared with float32 losses on the device must fit in float32
+
+
 def check_threshold(name: str, value) -> Optional[float]:
-    """An absolute loss threshold: None, or a finite real number."""
-    return None if value is None else check_real(name, value)
+    """An absolute loss threshold: None, or a finite number > 0 that fits in float32.
+
+    Per-sample losses are >= 0, so a threshold <= 0 would make every sample ill-matched
+    (abs_ill) or none redundant (abs_red).
+    """
+    if value is None:
+        return None
+    value = check_real(name, value)
+    if not 0.0 < value <= FLOAT32_MAX:
+        raise ValueError(f"{name} must be a loss value > 0 (per-sample losses are >= 0) that fits in float32, "
+                         f"got {value}")
+    return value
+
+
+def check_prune_threshold(name: str, value) -> float:
+    """The warm-up's relative loss drop threshold, in [0, 1]: below 0 warm-up could never end, and a
+    relative drop of non-negative losses is at most 1."""
+    value = check_real(name, value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1] (a relative drop of the epoch loss), got {value}")
+    return value
 
 
 def check_u64(name: str, value) -> int:

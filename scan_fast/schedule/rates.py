@@ -56,6 +56,26 @@ def warmup_step(prev_loss: float, loss: float, prune_threshold: float) -> Tuple[
     return False, loss
 
 
+# The first warm-up epoch never ends warm-up, so pruning starts at epoch 2 at the earliest (a preparation
+# epoch) and epoch 3 is the earliest mutation epoch.
+EARLIEST_MUTATION = 3
+
+
+def fewest_kept_in_cycles(num_samples: int, epochs: int, t_cos: int, global_batch: int, per_batch: int) -> int:
+    """The fewest ids any epoch of a run of `epochs` can keep under SCAN's cycle (Scan, and RandomPruning
+    without given counts).
+
+    A preparation epoch trains num_samples // global_batch global batches and takes at most `per_batch`
+    candidates from each; a mutation epoch at position j prunes floor(rate(j) x candidates). The largest
+    position the run can reach is min(t_cos, epochs - EARLIEST_MUTATION).
+    """
+    last_position = min(t_cos, epochs - EARLIEST_MUTATION)
+    if last_position < 1:
+        return num_samples
+    candidates = min(num_samples, num_samples // global_batch * per_batch)
+    return num_samples - prune_count(cosine_rate(last_position, t_cos), candidates)
+
+
 def mutation_stream(epoch: int) -> int:
     """Random stream of a mutation epoch's prune sample."""
     return epoch * _EPOCH_STRIDE

@@ -15,7 +15,7 @@ from scan_fast.schedule.candidates import batch_candidates_reference
 from scan_fast.schedule.config import ScanConfig, check_mode
 from scan_fast.schedule.inputs import check_batch, check_int, check_real
 from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, batch_stream, cosine_rate,
-                                      epoch_phase, prune_count, warmup_step)
+                                      epoch_phase, fewest_kept_in_cycles, prune_count, warmup_step)
 from scan_fast.schedule.stats import EpochRecord
 
 
@@ -30,6 +30,10 @@ class ScanReference(PruningSchedule):
         self._ill, self._red = set(), set()          # candidates of the last completed preparation
         self._new_ill, self._new_red = set(), set()  # candidates being collected
         self._batch_index = 0
+
+    def min_kept_count(self, epochs: int, global_batch: int) -> int:
+        return fewest_kept_in_cycles(self.num_samples, epochs, self.config.t_cos, global_batch,
+                                     self.config.per_batch_candidates(global_batch))
 
     def is_preparation(self, epoch: int) -> bool:
         return epoch_phase(epoch, self._start, self.config.t_cos)[0] == PREPARATION

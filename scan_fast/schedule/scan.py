@@ -19,7 +19,7 @@ from scan_fast.schedule.candidates import batch_candidates, masks_on_device, use
 from scan_fast.schedule.config import ScanConfig, check_mode
 from scan_fast.schedule.inputs import check_batch, check_int, check_real
 from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, batch_stream, cosine_rate,
-                                      epoch_phase, mutation_stream, prune_count, warmup_step)
+                                      epoch_phase, fewest_kept_in_cycles, mutation_stream, prune_count, warmup_step)
 from scan_fast.schedule.shard import KeptSet
 from scan_fast.schedule.stats import EpochRecord
 
@@ -42,6 +42,10 @@ class Scan(PruningSchedule):
         self._new = None            # (ILL, RED) being collected: set exactly while a preparation epoch runs
         self._batch_index = 0
         self._pruned_cache = None   # (epoch, prune set): epoch_indices may be asked twice
+
+    def min_kept_count(self, epochs: int, global_batch: int) -> int:
+        return fewest_kept_in_cycles(self.num_samples, epochs, self.config.t_cos, global_batch,
+                                     self.config.per_batch_candidates(global_batch))
 
     def is_preparation(self, epoch: int) -> bool:
         """True when `epoch` collects candidates (known once the epochs before it ended)."""

@@ -21,9 +21,9 @@ import torch
 
 from scan_fast.schedule.base import PruningSchedule, check_saved_config
 from scan_fast.schedule.config import MODES
-from scan_fast.schedule.inputs import check_batch, check_fraction, check_int, check_real
-from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, cosine_rate, epoch_phase, prune_count,
-                                      warmup_step)
+from scan_fast.schedule.inputs import check_batch, check_fraction, check_int, check_prune_threshold, check_real
+from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, cosine_rate, epoch_phase,
+                                      fewest_kept_in_cycles, prune_count, warmup_step)
 from scan_fast.schedule.stats import EpochRecord
 
 
@@ -83,7 +83,7 @@ class RandomPruning(PruningSchedule):
         self.rho_ill = check_fraction("rho_ill", rho_ill)
         self.rho_red = check_fraction("rho_red", rho_red)
         self.t_cos = check_int("t_cos", t_cos, minimum=1)
-        self.prune_threshold = check_real("prune_threshold", prune_threshold)
+        self.prune_threshold = check_prune_threshold("prune_threshold", prune_threshold)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
@@ -119,6 +119,11 @@ class RandomPruning(PruningSchedule):
     def coreset(self) -> np.ndarray:
         return np.arange(self.num_samples, dtype=np.int64)
 
+    def min_kept_count(self, epochs: int, global_batch: int) -> int:
+        if self.prune_counts is not None:
+            return self.num_samples - max([c for e, c in self.prune_counts.items() if e < epochs], default=0)
+        return fewest_kept_in_cycles(self.num_samples, epochs, self.t_cos, global_batch, self._per_batch(global_batch))
+
     def _begin_epoch(self, epoch):
         self._collecting = 0
 
@@ -141,9 +146,12 @@ class RandomPruning(PruningSchedule):
         return None
 
     def _count(self, batch):
+        self._collecting += self._per_batch(batch)
+
+    def _per_batch(self, batch):
         ill = int(batch * self.rho_ill) if self.mode in ("both", "ill_matched") else 0
         red = int(batch * self.rho_red) if self.mode in ("both", "redundant") else 0
-        self._collecting += ill + red
+        return ill + red
 
     def _finish_epoch(self, epoch, epoch_loss):
         phase, _ = self._phase(epoch)
@@ -207,6 +215,13 @@ class InfoBatch(PruningSchedule):
 
     def coreset(self) -> np.ndarray:
         return np.arange(self.num_samples, dtype=np.int64)
+
+    def min_kept_count(self, epochs: int, global_batch: int) -> int:
+        """The expected fewest: epoch 0 is full (no scores yet) and epochs from full_data_from on are full;
+        in between at most num_samples - 1 samples score below the mean, each pruned with prune_ratio."""
+        if min(epochs, self.full_data_from) < 2:
+            return self.num_samples
+        return math.ceil(self.num_samples - self.prune_ratio * (self.num_samples - 1))
 
     def needs_losses(self, epoch: int) -> bool:
         return True  # every observed loss updates the scores
@@ -319,6 +334,9 @@ class StaticCoreset(PruningSchedule):
 
     def coreset(self) -> np.ndarray:
         return self.keep_ids.copy()
+
+    def min_kept_count(self, epochs: int, global_batch: int) -> int:
+        return len(self.keep_ids)
 
     def _keep_indices(self, epoch):
         return self.keep_ids.copy()

@@ -10,6 +10,7 @@ reads it back.
 import os
 import random
 import tempfile
+from typing import Optional
 
 import numpy as np
 import torch
@@ -42,10 +43,47 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class NonFiniteState(RuntimeError):
+    """A checkpoint was not written: the named model or optimizer tensor holds NaN or inf."""
+
+    def __init__(self, name: str):
+        super().__init__(f"{name} holds NaN or inf")
+        self.name = name
+
+
+def first_non_finite(model, optimizer) -> Optional[str]:
+    """The name of the first model or optimizer-state tensor holding NaN or inf, or None when all are finite.
+
+    One fused max-abs reduction per device (`torch._foreach_norm` with ord=inf, which propagates NaN)
+    and one host read of its result: cheap enough for every checkpoint, and no read inside a step.
+    """
+    named = [(f"model weight {name}", t) for name, t in _unwrap(model).state_dict().items()]
+    names = {id(p): name for name, p in _unwrap(model).named_parameters()}
+    for param, values in optimizer.state.items():
+        for key, value in values.items():
+            named.append((f"optimizer state {key!r} of {names.get(id(param), 'a parameter')}", value))
+    by_device = {}
+    for name, tensor in named:
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and tensor.numel():
+            by_device.setdefault(tensor.device, []).append((name, tensor.detach()))
+    for entries in by_device.values():
+        norms = torch.stack([n.float() for n in torch._foreach_norm([t for _, t in entries], float("inf"))])
+        finite = torch.isfinite(norms).cpu()
+        if not bool(finite.all()):
+            return entries[int((~finite).nonzero()[0])][0]
+    return None
+
+
 def save_checkpoint(path, *, model, optimizer, scaler, schedule, epoch: int, global_step: int, config: dict,
                     history: list) -> None:
-    """Write the checkpoint to a temporary file beside `path`, then rename it over `path`."""
+    """Write the checkpoint to a temporary file beside `path`, then rename it over `path`.
+
+    Refuses (NonFiniteState, nothing written) when a model weight or optimizer state holds NaN or inf.
+    """
     path = os.fspath(path)
+    bad = first_non_finite(model, optimizer)
+    if bad is not None:
+        raise NonFiniteState(bad)
     state = {
         "format": FORMAT,
         "epoch": int(epoch),          # the next epoch to train
@@ -66,11 +104,18 @@ def save_checkpoint(path, *, model, optimizer, scaler, schedule, epoch: int, glo
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600: give it the mode any other file gets
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temporaries(folder) -> None:

@@ -38,11 +38,15 @@ HELP = {
             "for open_clip's *-SigLIP* names and scan-tiny-vit-siglip",
     "arch": "MoCo backbone: vit_small, resnet50, vit_tiny_cpu or resnet_tiny_cpu",
     "epochs": "epochs to train", "lr": "peak learning rate", "wd": "AdamW weight decay",
-    "warmup_epochs": "linear LR warm-up, in (fractional) epochs", "precision": f"one of {PRECISIONS} (GPU only)",
+    "warmup_epochs": "linear LR warm-up, in (fractional) epochs",
+    "grad_clip_norm": "clip the gradients' total norm to this value, a number > 0 (not given: no clipping)", "precision": f"one of {PRECISIONS} (GPU only)",
     "prune": f"pruning strategy, one of {PRUNE_MODES}", "prune_target": f"SCAN candidates, one of {SCAN_TARGETS}",
     "rho_ill": "SCAN: share of each batch taken as ill-matched candidates",
     "rho_red": "SCAN: share of each batch taken as redundant candidates",
-    "t_cos": "SCAN: mutation epochs per cycle", "prune_threshold": "SCAN: warm-up ends below this loss drop",
+    "t_cos": "SCAN: mutation epochs per cycle",
+    "prune_threshold": "SCAN: warm-up ends when the epoch loss drops by less than this share, in [0, 1]",
+    "abs_ill": "SCAN: ill-matched candidates are the losses above this value (> 0) instead of --rho-ill's share",
+    "abs_red": "SCAN: redundant candidates are the losses below this value (> 0) instead of --rho-red's share",
     "coreset": "--prune static: file of sample ids to train on (.txt, one a line, or .npy)",
     "prune_counts": "--prune random: epochs.csv of a SCAN run whose per-epoch counts to match",
     "infobatch_ratio": "InfoBatch: pruning probability of below-mean samples",
@@ -50,8 +54,8 @@ HELP = {
     "resolution": "MoCo input size in pixels", "knn_k": "MoCo kNN eval: neighbours",
     "probe_train_data": "MoCo eval: labelled .beton for the kNN bank and the linear probe (default --train-data)",
     "eval_frequency": "evaluate every N epochs (0: after the last only)",
-    "zeroshot_classes": "file of class names, one a line in label order (default: the names saved beside "
-                        "--val-data)",
+    "zeroshot_classes": "file of class names, one a line in label order, one per label (default: the names "
+                        "saved beside --val-data)",
     "zeroshot_template": "prompt for each class name, with one {} where the name goes",
     "logs": "folder of all runs",
     "name": "run folder name (default <kind>-<prune>-seed<seed>-<digest of the training flags>)",
@@ -196,7 +200,8 @@ def add_coreset_parser(sub) -> None:
     actions = coreset.add_subparsers(dest="action", metavar="ACTION", required=True)
     export = actions.add_parser("export", help="write the coreset of a run's checkpoint as an id list",
                                 description="Write the sample ids SCAN keeps (all but the last preparation's "
-                                            "candidates) as a text file for --prune static.")
+                                            "candidates) as a text file for --prune static. A checkpoint from "
+                                            "before the run's first completed preparation epoch is refused.")
     export.add_argument("checkpoint", help="a SCAN run's checkpoint (e.g. runs/NAME/checkpoints/latest.pt)")
     export.add_argument("--out", required=True, help="text file to write, one id a line")
     export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -218,6 +223,10 @@ def export_coreset(checkpoint: str, out: str, overwrite: bool = True) -> int:
         raise ValueError(f"{checkpoint} is from a --prune {state['config'].get('prune')} run, not a SCAN run")
     scan = Scan(int(schedule_state["num_samples"]), **_scan_kwargs(state["config"]))
     scan.load_state_dict(schedule_state)
+    if not any(record.phase == "preparation" for record in scan.stats().records):
+        raise ValueError(f"{checkpoint}: the run has not completed a preparation epoch (it holds "
+                         f"{len(scan.stats().records)} epoch(s), all warm-up), so SCAN has chosen no candidates "
+                         f"and its coreset would be every id; export from a checkpoint after a preparation epoch")
     ids = scan.coreset()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     partial = partial_path(out)
@@ -244,8 +253,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("checkpoint", help="a checkpoint written by scan-fast train")
     p.add_argument("--val-data", required=True, help="labelled .beton to evaluate on (scan-fast data labelled, "
                                                      "or data clip --label-column)")
-    p.add_argument("--zeroshot-classes", help="CLIP: class names file, one a line in label order (default: the "
-                                              "names saved beside --val-data)")
+    p.add_argument("--zeroshot-classes", help="CLIP: class names file, one a line in label order, one per label "
+                                              "(default: the names saved beside --val-data)")
     p.add_argument("--zeroshot-template", default="a photo of a {}.",
                    help="CLIP: prompt for each class name, with one {} where the name goes")
     p.add_argument("--probe-train-data", help="MoCo: labelled .beton for the kNN bank and probe (default: the "

@@ -5,7 +5,7 @@ import numpy as np
 
 from scan_fast.train.clip_model import Clip
 from scan_fast.train.config import ClipConfig
-from scan_fast.train.run import fit, make_schedule, seed_everything, setup_runtime
+from scan_fast.train.run import check_epochs_fill_a_batch, fit, make_schedule, seed_everything, setup_runtime
 
 
 def beton_context_length(path) -> int:
@@ -32,12 +32,10 @@ def train_clip(cfg: ClipConfig) -> dict:
     runtime = setup_runtime(cfg.device, cfg.dist_timeout)
     seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
     num_samples = info["num_samples"]
-    if num_samples < cfg.batch_size * runtime.world_size:
-        raise ValueError(f"--batch-size {cfg.batch_size} x {runtime.world_size} rank(s) is more than the "
-                         f"{num_samples} samples of {cfg.train_data}")
+    schedule = make_schedule(cfg, num_samples)
+    check_epochs_fill_a_batch(cfg, schedule, num_samples, runtime.world_size)  # before the model is built
     model = Clip(cfg.model, context_length=beton_context_length(cfg.train_data), rank=runtime.rank,
                  world_size=runtime.world_size, loss=cfg.loss)
-    schedule = make_schedule(cfg, num_samples)
     # No flip, as open_clip's training transform (and the shapes captions name left and right).
     loader = clip_loader(cfg.train_data, cfg.batch_size, model.image_size, scan=schedule, seed=cfg.seed,
                          distributed=runtime.world_size > 1, rank=runtime.rank, world_size=runtime.world_size,

@@ -9,14 +9,36 @@ import math
 from dataclasses import dataclass, fields
 from typing import Optional
 
+from scan_fast.schedule.inputs import FLOAT32_MAX, check_prune_threshold, check_threshold
+
 PRUNE_MODES = ("scan", "none", "random", "infobatch", "static")
 SCAN_TARGETS = ("both", "redundant", "ill_matched")
 PRECISIONS = ("amp", "amp_bf16", "fp32")
 LOSSES = ("clip", "siglip")
 
 
+_MAX_TIMEOUT_S = 10.0 ** 9  # datetime.timedelta holds at most 999999999 days
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _number(name: str, value):
+    """`value` unless it is not a number (a config file may hold anything): then a ValueError naming the flag."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"{_flag(name)} must be a number, got {value!r}")
+    return value
+
+
+def _check_float(name: str, value, minimum: float, above_minimum: bool = False, hint: str = "") -> float:
+    """A float flag that reaches tensors: finite, >= (or >) minimum and at most float32's largest value."""
+    value = _number(name, value)
+    low_ok = value > minimum if above_minimum else value >= minimum
+    if not (math.isfinite(value) and low_ok and value <= FLOAT32_MAX):
+        raise ValueError(f"{_flag(name)} must be a finite number {'>' if above_minimum else '>='} {minimum:g} and "
+                         f"at most {FLOAT32_MAX:.4g} (float32's largest){hint}, got {value!r}")
+    return value
 
 
 @dataclass
@@ -75,9 +97,10 @@ class TrainConfig:
         if self.eval_frequency < 0:
             raise ValueError(f"--eval-frequency must be >= 0, got {self.eval_frequency}")
         for name in ("lr", "wd", "eps", "warmup_epochs"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{_flag(name)} must be a finite number >= 0, got {value!r}")
+            _check_float(name, getattr(self, name), minimum=0.0)
+        if self.grad_clip_norm is not None:  # torch's clip_grad_norm_ flips the gradients for a negative norm
+            _check_float("grad_clip_norm", self.grad_clip_norm, minimum=0.0, above_minimum=True,
+                         hint=" (leave it out for no clipping)")
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"--warmup-epochs {self.warmup_epochs} is longer than --epochs {self.epochs}")
         for name in ("beta1", "beta2", "rho_ill", "rho_red"):
@@ -102,14 +125,14 @@ class TrainConfig:
             raise ValueError(f"--prune-counts only applies to --prune random (got --prune {self.prune})")
         if self.prune != "scan" and (self.abs_ill is not None or self.abs_red is not None):
             raise ValueError(f"--abs-ill/--abs-red only apply to --prune scan (got --prune {self.prune})")
+        check_prune_threshold("--prune-threshold", _number("prune_threshold", self.prune_threshold))
         for name in ("abs_ill", "abs_red"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"{_flag(name)} must be a finite loss value, got {value!r}")
+            check_threshold(_flag(name), _number(name, getattr(self, name)))
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the run in its folder and --overwrite replaces it: pass one")
-        if not (math.isfinite(self.dist_timeout) and self.dist_timeout > 0):
-            raise ValueError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout!r}")
+        if not (math.isfinite(self.dist_timeout) and 0 < self.dist_timeout <= _MAX_TIMEOUT_S):
+            raise ValueError(f"--dist-timeout must be a positive number of seconds (at most {_MAX_TIMEOUT_S:.0f}), "
+                             f"got {self.dist_timeout!r}")
         if self.stop_after_step is not None and self.stop_after_step < 1:
             raise ValueError(f"--stop-after-step must be >= 1, got {self.stop_after_step}")
         return self
@@ -153,8 +176,7 @@ class MocoConfig(TrainConfig):
         super().validate()
         if not 0.0 <= self.moco_m <= 1.0:
             raise ValueError(f"--moco-m must be in [0, 1], got {self.moco_m}")
+        _check_float("moco_t", self.moco_t, minimum=0.0, above_minimum=True)
         if self.resolution < 8:
             raise ValueError(f"--resolution must be >= 8, got {self.resolution}")
-        if not self.moco_t > 0:
-            raise ValueError(f"--moco-t must be > 0, got {self.moco_t}")
         return self

@@ -84,7 +84,7 @@ def zero_shot_classes(val_data, classes_file=None, template: str = "a photo of a
 
     names, prompts = class_prompts(val_data, classes_file, template)
     source = f"--zeroshot-classes {classes_file}" if classes_file else f"the class names for {val_data}"
-    check_class_names(names, read_labels(val_data), val_data, source)
+    check_class_names(names, read_labels(val_data), val_data, source, extra_names=classes_file is None)
     return prompts
 
 

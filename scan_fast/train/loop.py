@@ -34,12 +34,16 @@ def lr_at(epoch: float, base_lr: float, warmup_epochs: float, epochs: int, min_l
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss of a step was NaN or infinite; found at the next check (a log step or the epoch's end)."""
+    """The loss of a step was NaN or infinite; found at the next check (a log step or the epoch's end).
+
+    Steps are counted from 1 (step 1 is an epoch's first; global step G is the G-th optimizer step of
+    the run, as --stop-after-step and the checkpoints' global_step count them); epochs from 0, as in the logs.
+    """
 
     def __init__(self, epoch: int, step: int, global_step: int, checked_at: int):
-        super().__init__(f"non-finite loss at epoch {epoch}, step {step} of the epoch (global step {global_step}), "
-                         f"found by the check after global step {checked_at} (the loss is checked every "
-                         f"--log-every steps and at each epoch's end)")
+        super().__init__(f"non-finite loss at epoch {epoch}, step {step} of the epoch (global step {global_step}; "
+                         f"epochs count from 0, steps from 1), found by the check after global step {checked_at} "
+                         f"(the loss is checked every --log-every steps and at each epoch's end)")
         self.epoch, self.step, self.global_step, self.checked_at = epoch, step, global_step, checked_at
 
 
@@ -84,7 +88,8 @@ class EpochResult:
 
     @property
     def mean_loss(self) -> float:
-        return self.loss_sum / max(self.samples, 1)
+        """The epoch's mean per-sample loss; NaN for an epoch that trained no step (it has no loss)."""
+        return self.loss_sum / self.samples if self.samples else math.nan
 
 
 def _distributed() -> bool:
@@ -160,7 +165,7 @@ def train_one_epoch(step: Step, loader, epoch: int, iters: int, global_step: int
     def check(at_step):
         bad = monitor.check()
         if bad is not None:
-            raise NonFiniteLoss(epoch, bad - first_step, bad, at_step)
+            raise NonFiniteLoss(epoch, bad - first_step + 1, bad + 1, at_step)  # monitor keeps 0-based step indices
         schedule.flush()
 
     for i, batch in enumerate(loader):

@@ -1,7 +1,7 @@
 """`train_moco(config)`: MoCo v3 pre-training with SCAN (or a baseline) on an FFCV .beton."""
 from scan_fast.train.config import MocoConfig
 from scan_fast.train.moco_model import build_moco, momentum_at
-from scan_fast.train.run import fit, make_schedule, seed_everything, setup_runtime
+from scan_fast.train.run import check_epochs_fill_a_batch, fit, make_schedule, seed_everything, setup_runtime
 
 
 def _unpack(batch):
@@ -20,13 +20,11 @@ def train_moco(cfg: MocoConfig) -> dict:
     runtime = setup_runtime(cfg.device, cfg.dist_timeout)
     seed_everything(cfg.seed)
     num_samples = info["num_samples"]
-    if num_samples < cfg.batch_size * runtime.world_size:
-        raise ValueError(f"--batch-size {cfg.batch_size} x {runtime.world_size} rank(s) is more than the "
-                         f"{num_samples} samples of {cfg.train_data}")
+    schedule = make_schedule(cfg, num_samples)
+    check_epochs_fill_a_batch(cfg, schedule, num_samples, runtime.world_size)  # before the model is built
     model = build_moco(cfg.arch, cfg.resolution, cfg.moco_dim, cfg.moco_mlp_dim, cfg.moco_t)
     if runtime.device.type == "cuda" and runtime.world_size > 1:
         model = torch_sync_bn(model)
-    schedule = make_schedule(cfg, num_samples)
     if not cfg.augment:
         raise ValueError("--no-augment: MoCo needs two augmented views of each image")
     loader = moco_loader(cfg.train_data, cfg.batch_size, cfg.resolution, scan=schedule, seed=cfg.seed,

@@ -8,6 +8,7 @@ a killed run exactly where its last checkpoint left it. It calls only what
 """
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -15,14 +16,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from scan_fast.train.checkpoint import restore, save_checkpoint
+from scan_fast.train.checkpoint import first_non_finite, restore, save_checkpoint
 from scan_fast.train.loop import NonFiniteLoss, Step, StopTraining, lr_at, per_sample_losses, train_one_epoch
 from scan_fast.train.report import RunLogger, plot_run, read_prune_counts, write_report
 from scan_fast.train.resume import checkpoint_config, open_run, run_folder
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss went NaN/inf; training stopped and no checkpoint was written after it."""
+    """The loss, a weight or the optimizer state went NaN/inf; training stopped and no checkpoint was
+    written after it (every checkpoint on disk is finite)."""
 
 
 @dataclass
@@ -91,6 +93,22 @@ def make_schedule(cfg, num_samples: int):
     return StaticCoreset.from_file(cfg.coreset, num_samples)
 
 
+def check_epochs_fill_a_batch(cfg, schedule, num_samples: int, world_size: int) -> None:
+    """Refuse a run in which an epoch could train no step: when the fewest ids the schedule can keep
+    in an epoch of this run (`PruningSchedule.min_kept_count`, from its knobs) is below one global batch
+    (--batch-size x processes; the loaders drop a last partial batch). Called before the model is built."""
+    global_batch = cfg.batch_size * world_size
+    batch = f"--batch-size {cfg.batch_size} x {world_size} rank(s)"
+    if num_samples < global_batch:
+        raise ValueError(f"{batch} is more than the {num_samples} samples of {cfg.train_data}")
+    fewest = schedule.min_kept_count(cfg.epochs, global_batch)
+    if fewest < global_batch:
+        keeps = "is expected to keep" if cfg.prune == "infobatch" else "keeps"  # InfoBatch's draw is random
+        raise ValueError(f"{batch} = {global_batch} samples a step, but --prune {cfg.prune} {keeps} as few "
+                         f"as {fewest} of the {num_samples} samples of {cfg.train_data} in an epoch of this "
+                         f"{cfg.epochs}-epoch run, which would then train no step: lower --batch-size or prune less")
+
+
 def param_groups(model, wd: float):
     """Weight decay on matrices only, not on gains, biases or logit_scale (as open_clip_train)."""
     decay, no_decay = [], []
@@ -138,11 +156,29 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
     batch_total = cfg.batch_size * runtime.world_size
     full_epoch_samples = num_samples // batch_total * batch_total
 
-    def checkpoint(path, epoch):
+    latest = os.path.join(ckpt_dir, "latest.pt")
+    saved = {"epoch": start_epoch if state is not None else None, "step": global_step}  # what latest.pt holds
+
+    def safe_checkpoint():
+        """Where the run's last finite state is, for a message about a stopped run."""
+        if not os.path.isfile(latest):
+            return "no checkpoint was written"
+        after = "" if saved["epoch"] is None else \
+            f" (saved after epoch {saved['epoch'] - 1}, global step {saved['step']})"
+        return f"the last checkpoint, {latest}, is from before it{after}"
+
+    def checkpoint(epoch):
+        # every rank checks (the weights are the same on all), so all stop together; nothing non-finite is saved
+        bad = first_non_finite(model, optimizer)
+        if bad is not None:
+            raise TrainingDiverged(f"non-finite state after epoch {epoch - 1} (global step {global_step}): {bad} "
+                                   f"holds NaN or inf although the losses checked were finite (an optimizer step "
+                                   f"after the last check broke it); training stopped and {safe_checkpoint()}")
         if runtime.is_main:
-            save_checkpoint(path, model=model, optimizer=optimizer, scaler=scaler, schedule=schedule,
+            save_checkpoint(latest, model=model, optimizer=optimizer, scaler=scaler, schedule=schedule,
                             epoch=epoch, global_step=global_step, history=history,
                             config=checkpoint_config(cfg, runtime.world_size))
+            saved.update(epoch=epoch, step=global_step)
 
     step = Step(model=train_model, optimizer=optimizer, scaler=scaler, schedule=schedule, unpack=unpack,
                 base_lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, forward_kwargs=forward_kwargs,
@@ -161,14 +197,11 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
             try:
                 result = train_one_epoch(step, loader, epoch, iters, global_step, progress)
             except NonFiniteLoss as err:
-                latest = os.path.join(ckpt_dir, "latest.pt")
-                last = f"the last checkpoint, {latest}, is from before it" if os.path.isfile(latest) else \
-                    "no checkpoint was written"
-                raise TrainingDiverged(f"{err}; training stopped and {last}") from None
+                raise TrainingDiverged(f"{err}; training stopped and {safe_checkpoint()}") from None
             finally:
                 progress.close()
             global_step += result.steps
-            schedule.end_epoch(epoch, result.mean_loss)
+            schedule.end_epoch(epoch, _schedule_loss(result, history, epoch, kept, cfg, runtime))
             if runtime.is_main and cfg.save_losses and schedule.is_preparation(epoch):
                 _save_candidates(folder, epoch, schedule, result)
             last = epoch == cfg.epochs - 1
@@ -181,12 +214,12 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
                 "eval": None})
             save = last or (epoch + 1) % cfg.save_frequency == 0
             if save:  # before evaluating: a failed evaluation must not lose the epoch's training
-                checkpoint(os.path.join(ckpt_dir, "latest.pt"), epoch + 1)
+                checkpoint(epoch + 1)
             if evaluate is not None and runtime.is_main and (
                     last or (cfg.eval_frequency and (epoch + 1) % cfg.eval_frequency == 0)):
                 history[-1]["eval"] = evaluate()
                 if save:  # again, with the score in the saved history
-                    checkpoint(os.path.join(ckpt_dir, "latest.pt"), epoch + 1)
+                    checkpoint(epoch + 1)
             logger.log_epoch(history)
             if runtime.is_main:
                 print(_epoch_line(kind, history[-1]), flush=True)
@@ -202,6 +235,21 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
         write_report(folder, f"{kind.upper()} run `{os.path.basename(folder)}` (--prune {cfg.prune})",
                      summary, history, plots)
     return summary
+
+
+def _schedule_loss(result, history, epoch, kept, cfg, runtime) -> float:
+    """The epoch loss the schedule's warm-up test sees. The start check (check_epochs_fill_a_batch) rules
+    out epochs without a step except for an unlucky InfoBatch draw (whose schedule ignores the loss);
+    should one happen anyway, its loss is logged as NaN (EpochResult.mean_loss) with a one-line warning,
+    and the schedule sees the last measured epoch's loss instead of a loss of 0 that nothing measured."""
+    if result.steps:
+        return result.mean_loss
+    if runtime.is_main:
+        print(f"scan-fast train: warning: epoch {epoch} trained no step: it kept {kept} ids, fewer than one global "
+              f"batch of {cfg.batch_size * runtime.world_size} (--batch-size {cfg.batch_size} x "
+              f"{runtime.world_size} rank(s)); its loss is logged as NaN", file=sys.stderr, flush=True)
+    measured = [r["loss"] for r in history if r["steps"] and np.isfinite(r["loss"])]
+    return measured[-1] if measured else 0.0  # none measured: epoch 0 without a step, refused at the start
 
 
 def _epoch_line(kind, row):
