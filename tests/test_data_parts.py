@@ -143,7 +143,8 @@ def test_each_part_is_a_beton_ffcvs_own_loader_reads(same_rows):
     from ffcv.loader import Loader, OrderOption
 
     _, folder = same_rows
-    loader = Loader(str(folder / "part-00001.beton"), batch_size=64, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+    loader = Loader(str(folder / "part-00001.beton"), batch_size=64, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    drop_last=False,
                     pipelines={"image": None, "tokens": None, "id": [IntDecoder(), ToTensor(), Squeeze(1)]})
     ids = np.concatenate([b[0].numpy().copy() for b in loader])
     np.testing.assert_array_equal(ids, np.arange(PER_PART))  # rows of the part; global = 40 + row
@@ -192,7 +193,8 @@ def test_the_shard_computed_in_chunks_is_the_shard(n, world, chunk, pad, shuffle
     whole = source.order(4)
     assert source.length(4) == len(whole)
     count = data.draw(st.integers(0, len(whole)))
-    parts = list(source.order_chunks(4, count, chunk))
+    first = data.draw(st.none() | st.integers(1, 60))
+    parts = list(source.order_chunks(4, count, chunk, first=first))
     assert all(len(p) <= chunk for p in parts)
     np.testing.assert_array_equal(np.concatenate(parts) if parts else np.zeros(0, np.int64), whole[:count])
     assert isinstance(source.kept(4), KeptSet)

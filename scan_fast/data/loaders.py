@@ -37,7 +37,7 @@ from ffcv.pipeline.graph import Graph
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, KeyedMocoViews
 from .dataset import Dataset, open_dataset
-from .order import KeptIdsSource
+from .order import CHUNK_IDS, KeptIdsSource
 from .pipelines import clip_pipelines, moco_pipelines
 from .sampler import resolve_rank
 from .staging import BatchStager, StagedMemory
@@ -127,12 +127,13 @@ class ScanLoader(Loader):
             self._running = None
 
     def batches(self, epoch: int) -> Iterator[np.ndarray]:
-        """The id arrays of the epoch's batches on this rank, computed a chunk of the shard at a time."""
+        """The id arrays of the epoch's batches on this rank, computed a chunk of the shard at a time
+        (the first chunks small, so the first batch waits for little)."""
         size, count = self.batch_size, self.source.length(epoch)
         if self.drop_last:
             count -= count % size
-        chunk = max(size, (1 << 18) // size * size)
-        return _batches_of(self.source.order_chunks(epoch, count, chunk), size)
+        return _batches_of(self.source.order_chunks(epoch, count, max(size, CHUNK_IDS // size * size),
+                                                    first=4 * size), size)
 
     def __iter__(self):
         epoch = self.next_epoch

@@ -141,14 +141,19 @@ class KeptIdsSource:
         """How many ids this rank reads in `epoch` (without computing them)."""
         return shard_length(len(self._lookup(epoch)[2]), self.world_size, self.pad)
 
-    def order_chunks(self, epoch: int, count: int, chunk: int = CHUNK_IDS) -> Iterator[np.ndarray]:
-        """The first `count` ids of `order(epoch)`, computed `chunk` at a time as they are consumed:
-        a loader holds one chunk of its shard, not the shard (8 bytes per id of the epoch)."""
+    def order_chunks(self, epoch: int, count: int, chunk: int = CHUNK_IDS,
+                     first: Optional[int] = None) -> Iterator[np.ndarray]:
+        """The first `count` ids of `order(epoch)`, computed at most `chunk` at a time as they are
+        consumed: a loader holds one chunk of its shard, not the shard (8 bytes per id of the epoch).
+        With `first`, chunks start at that size and double up to `chunk`."""
         kept = self._lookup(epoch)[2]
         count = min(int(count), self.length(epoch))
-        for first in range(0, count, chunk):
+        size, done = min(chunk, first or chunk), 0
+        while done < count:
+            step = min(size, count - done)
             yield epoch_shard_part(kept, epoch, self.rank, self.world_size, self.seed, self.shuffle,
-                                   first, min(chunk, count - first), self.pad)
+                                   done, step, self.pad)
+            done, size = done + step, min(chunk, 2 * size)
 
     def _lookup(self, epoch: int) -> list:
         cached = self._cached

@@ -27,8 +27,8 @@ SECTIONS = {
             "save_losses", "stop_after_step", "dist_timeout"),
 }
 HELP = {
-    "train_data": "the training .beton (scan-fast data ...)",
-    "val_data": "labelled .beton for evaluation (zero-shot for CLIP, kNN/linear probe for MoCo): "
+    "train_data": "the training data: a .beton or a part folder (scan-fast data ...)",
+    "val_data": "labelled .beton or part folder for evaluation (zero-shot for CLIP, kNN/linear probe for MoCo): "
                 "scan-fast data labelled, or data clip --label-column",
     "batch_size": "batch size per process", "workers": "FFCV decoding threads",
     "augment": "random-resized-crop augmentation (crops are keyed by seed, epoch and sample id, so a resumed "
@@ -39,7 +39,8 @@ HELP = {
     "arch": "MoCo backbone: vit_small, resnet50, vit_tiny_cpu or resnet_tiny_cpu",
     "epochs": "epochs to train", "lr": "peak learning rate", "wd": "AdamW weight decay",
     "warmup_epochs": "linear LR warm-up, in (fractional) epochs",
-    "grad_clip_norm": "clip the gradients' total norm to this value, a number > 0 (not given: no clipping)", "precision": f"one of {PRECISIONS} (GPU only)",
+    "grad_clip_norm": "clip the gradients' total norm to this value, a number > 0 (not given: no clipping)",
+    "precision": f"one of {PRECISIONS} (GPU only)",
     "prune": f"pruning strategy, one of {PRUNE_MODES}", "prune_target": f"SCAN candidates, one of {SCAN_TARGETS}",
     "rho_ill": "SCAN: share of each batch taken as ill-matched candidates",
     "rho_red": "SCAN: share of each batch taken as redundant candidates",
@@ -52,7 +53,8 @@ HELP = {
     "infobatch_ratio": "InfoBatch: pruning probability of below-mean samples",
     "infobatch_delta": "InfoBatch: share of the epochs that may prune (the rest use all data)",
     "resolution": "MoCo input size in pixels", "knn_k": "MoCo kNN eval: neighbours",
-    "probe_train_data": "MoCo eval: labelled .beton for the kNN bank and the linear probe (default --train-data)",
+    "probe_train_data": ("MoCo eval: labelled .beton or part folder for the kNN bank and the linear probe "
+                         "(default --train-data)"),
     "eval_frequency": "evaluate every N epochs (0: after the last only)",
     "zeroshot_classes": "file of class names, one a line in label order, one per label (default: the names "
                         "saved beside --val-data)",
@@ -167,7 +169,7 @@ def config_from_args(args, config_cls):
 
 def add_train_parsers(sub) -> None:
     train = sub.add_parser("train", help="pre-train CLIP or MoCo v3 with SCAN or a baseline pruning strategy",
-                           description="Pre-train on an FFCV .beton with dataset pruning.")
+                           description="Pre-train on an FFCV .beton or part folder with dataset pruning.")
     kinds = train.add_subparsers(dest="kind", metavar="KIND", required=True)
     for kind, config_cls, text in (("clip", ClipConfig, "CLIP (open_clip model) on image-text pairs"),
                                    ("moco", MocoConfig, "MoCo v3 (ViT or ResNet) on images")):
@@ -249,15 +251,16 @@ def _run_coreset_export(args):
 
 def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot (CLIP) or kNN + linear probe (MoCo)",
-                       description="Evaluate a trained checkpoint on a labelled .beton.")
+                       description="Evaluate a trained checkpoint on a labelled .beton or part folder.")
     p.add_argument("checkpoint", help="a checkpoint written by scan-fast train")
-    p.add_argument("--val-data", required=True, help="labelled .beton to evaluate on (scan-fast data labelled, "
-                                                     "or data clip --label-column)")
+    p.add_argument("--val-data", required=True, help="labelled .beton or part folder to evaluate on "
+                   "(scan-fast data labelled, or data clip --label-column)")
     p.add_argument("--zeroshot-classes", help="CLIP: class names file, one a line in label order, one per label "
                                               "(default: the names saved beside --val-data)")
     p.add_argument("--zeroshot-template", default="a photo of a {}.",
                    help="CLIP: prompt for each class name, with one {} where the name goes")
-    p.add_argument("--probe-train-data", help="MoCo: labelled .beton for the kNN bank and probe (default: the "
+    p.add_argument("--probe-train-data", help="MoCo: labelled .beton or part folder for the kNN bank and probe "
+                   "(default: the "
                                               "checkpoint's --train-data)")
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(run=_run_eval)

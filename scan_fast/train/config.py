@@ -89,7 +89,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         if not self.train_data:
-            raise ValueError("--train-data is required: the .beton to train on")
+            raise ValueError("--train-data is required: the .beton or part folder to train on")
         for name in ("batch_size", "workers", "epochs", "t_cos", "save_frequency", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
