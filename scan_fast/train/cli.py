@@ -260,8 +260,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--zeroshot-template", default="a photo of a {}.",
                    help="CLIP: prompt for each class name, with one {} where the name goes")
     p.add_argument("--probe-train-data", help="MoCo: labelled .beton or part folder for the kNN bank and probe "
-                   "(default: the "
-                                              "checkpoint's --train-data)")
+                   "(default: the checkpoint's --train-data)")
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(run=_run_eval)
 
