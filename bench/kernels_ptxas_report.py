@@ -12,7 +12,7 @@ must have a launch signature in `SIGNATURES` below, or the report fails; every o
 function must be called by one (it is compiled inside it). Autotuned kernels are compiled
 with each config of their autotuner (what a GPU launch would try). The launch is specialised
 like a real one with 16-aligned pointers and D, strides divisible by 16 (e.g. D = 512).
-The "estimate" column is `kernels/info_nce.py::_shared_memory_bytes`, which prunes configs at launch.
+The "estimate" column is `kernels/tiles.py::shared_memory_bytes`, which prunes configs at launch.
 
 Checks (`--check`): every config compiles; the estimate is never below the compiler's shared
 memory (else pruning would launch a config that does not fit); a kernel that is not pruned
@@ -133,7 +133,7 @@ def _fill(mapping, **values):
 
 def report(archs, dtypes, package="scan_fast.kernels", out=sys.stdout):
     """Compile every kernel's configs; print a markdown table; return (failed checks, warnings)."""
-    from scan_fast.kernels.info_nce import _shared_memory_bytes as shared_memory_bytes
+    from scan_fast.kernels.tiles import shared_memory_bytes
 
     kernels, uncalled = discover_kernels(package)
     failures, warnings = [f"jit helper {name} is called by no kernel, so it is never compiled" for name in uncalled], []
