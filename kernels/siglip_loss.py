@@ -7,10 +7,10 @@ pruning, and the backward's dX steps are shared with the InfoNCE kernels (`kerne
 the sigmoid epilogues are this file's.
 """
 import torch
-from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
 
+from scan_fast.checks import first_order_only
 from scan_fast.kernels.tiles import (
     accumulate_dx,
     backward_configs,
@@ -223,7 +223,7 @@ class SigLipLossFunction(torch.autograd.Function):
         return row_loss, col_loss
 
     @staticmethod
-    @once_differentiable  # the backward sweeps are not differentiable themselves
+    @first_order_only("siglip_loss_per_sample (Triton)")  # the backward sweeps are not differentiable themselves
     @ensure_contiguous
     def backward(ctx, grad_row, grad_col):
         x, y, scale, bias = ctx.saved_tensors

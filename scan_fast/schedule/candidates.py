@@ -27,6 +27,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from scan_fast.checks import has_triton
 from scan_fast.index import batch_candidates  # noqa: F401  (the engine: host arrays)
 from scan_fast.keyed_hash import SIGN_BIT, counter_hashes, stream_key
 from scan_fast.schedule.inputs import check_fraction, check_rho_pair, check_threshold, check_u64
@@ -175,13 +176,7 @@ def masks_on_device(loss_a: torch.Tensor, loss_b: torch.Tensor, *, k_ill: Option
 
 
 def use_kernel(loss: torch.Tensor) -> bool:
-    if not loss.is_cuda:
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return loss.is_cuda and has_triton()
 
 
 def prune_candidates(loss_a: torch.Tensor, loss_b: torch.Tensor, rho_ill: float = 0.35, rho_red: float = 0.35,
