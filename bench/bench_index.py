@@ -5,7 +5,9 @@ Providers, measured in the same run:
   numpy-mask  a numpy bool mask per set (np.flatnonzero, Generator.choice);
   scan_fast   SampleSet / batch_candidates (C++).
 Ops: the per-batch candidate rule at B=4096 (reference: scan_fast.schedule.candidates.
-batch_candidates_reference), add of one batch's candidates (2867 random ids), sample of
+batch_candidates_reference) on losses whose directions mostly agree and on independent ones
+(a keyed top-up in both kinds of every batch), `Scan.observe` of one such 4096 batch in a
+preparation epoch at N = 2M (reference: ScanReference, Python sets), add of one batch's candidates (2867 random ids), sample of
 25% of a set holding 70% of N, complement of that sample (the mutation epoch's order), and
 the byte round trip. Per-call ops run on a pool of 64 fresh batches, so no branch
 predictor learns one batch. Times are wall p50 (p20, p80) over repeats and the median
@@ -17,6 +19,7 @@ provider in a fresh process, with its peak RSS (VmHWM) and the size of the id ar
 
     python bench/bench_index.py                 # N = 1e7 and 1e9 (~3 min, ~8 GB peak)
     python bench/bench_index.py --sizes 1e7     # quick
+    python bench/bench_index.py --candidates-only   # the per-batch rows alone (~1 min)
 """
 import argparse
 import json
@@ -30,8 +33,9 @@ import time
 
 import numpy as np
 
-from scan_fast.schedule.candidates import batch_candidates_reference
 from scan_fast.index import SampleSet, batch_candidates
+from scan_fast.schedule import Scan, ScanReference
+from scan_fast.schedule.candidates import batch_candidates_reference
 
 B = 4096
 RHO = 0.35
@@ -71,21 +75,47 @@ def _time(fn, repeats, calls=1):
     return (*_quantiles(wall), statistics.median(cpu))
 
 
-def _losses(rng):
+def _losses(rng, independent=False):
+    """POOL batches of both directions' losses: two noisy copies of one loss (the directions
+    mostly agree, so the top-up is rare), or two independent draws (a top-up in every batch)."""
+    if independent:
+        return rng.random((POOL, B), dtype=np.float32), rng.random((POOL, B), dtype=np.float32)
     base = np.exp(rng.standard_normal((POOL, B))).astype(np.float32)
     noise = lambda: (1 + 0.5 * rng.random((POOL, B), dtype=np.float32))  # noqa: E731
     return base * noise(), base * noise()
 
 
+def _preparing(schedule_type, n):
+    """A schedule of n samples inside its first preparation epoch (equal losses end warm-up)."""
+    schedule = schedule_type(n, t_cos=3, seed=0)
+    epoch = 0
+    while not schedule.needs_losses(epoch):
+        schedule.epoch_kept_set(epoch)
+        schedule.end_epoch(epoch, 1.0)
+        epoch += 1
+    schedule.epoch_kept_set(epoch)
+    return schedule
+
+
 def bench_candidates(rng):
-    a, b = _losses(rng)
     k = int(B * RHO)
     rows = []
-    ours = _time(lambda i: batch_candidates(a[i % POOL], b[i % POOL], k_ill=k, k_red=k, seed=0, stream=i), 7, 2000)
-    ref = _time(lambda i: batch_candidates_reference(a[i % POOL], b[i % POOL], k_ill=k, k_red=k, seed=0, stream=i),
-                5, 100)
-    rows.append(("batch_candidates", B, "reference", ref, None))
-    rows.append(("batch_candidates", B, "scan_fast", ours, ref))
+    for label, independent in (("candidates agree", False), ("candidates top-up", True)):
+        a, b = _losses(rng, independent)
+        ours = _time(lambda i: batch_candidates(a[i % POOL], b[i % POOL], k_ill=k, k_red=k, seed=0, stream=i),
+                     7, 2000)
+        ref = _time(lambda i: batch_candidates_reference(a[i % POOL], b[i % POOL], k_ill=k, k_red=k, seed=0,
+                                                         stream=i), 5, 100)
+        rows.append((label, B, "reference", ref, None))
+        rows.append((label, B, "scan_fast", ours, ref))
+    # Scan.observe of one 4096 batch in a preparation epoch (checks, rule, ids into two bitsets),
+    # against ScanReference (Python sets, as the public code); independent losses: top-ups always.
+    n = 2_000_000
+    ids = [np.arange(j * B, (j + 1) * B, dtype=np.int64) for j in range(POOL)]
+    for provider, schedule_type, repeats, calls in (("python-set", ScanReference, 5, 50), ("scan_fast", Scan, 7, 1000)):
+        schedule = _preparing(schedule_type, n)
+        timing = _time(lambda i: schedule.observe(ids[i % POOL], a[i % POOL], b[i % POOL]), repeats, calls)
+        rows.append(("Scan.observe", n, provider, timing, rows[-1][3] if provider == "scan_fast" else None))
     return rows
 
 
@@ -199,6 +229,8 @@ def _fmt(t):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1e7,1e9", help="comma-separated N values")
+    parser.add_argument("--candidates-only", action="store_true",
+                        help="only the per-batch rows (batch_candidates, Scan.observe): seconds, not minutes")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -207,12 +239,14 @@ def main():
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     rng = np.random.default_rng(0)
     rows = bench_candidates(rng)
-    for n in sizes:
+    for n in [] if args.candidates_only else sizes:
         rows += bench_sets(n, rng)
     print(f"{'op':<18} {'N':>13} {'provider':<11} {'wall p50 ms (p20, p80)':>30} {'cpu ms':>10} {'x ref':>8}")
     for op, n, provider, timing, ref in rows:
         ratio = f"{ref[0] / timing[0]:8.1f}" if ref is not None else ""
         print(f"{op:<18} {n:>13,} {provider:<11} {_fmt(timing):>41} {ratio}")
+    if args.candidates_only:
+        return
 
     n = max(sizes)
     print(f"\nmutation epoch at N={n:,}: sample 25% of a 70% set, complement; fresh process each")

@@ -658,11 +658,18 @@ void mark_threshold(const T* loss, size_t batch, double threshold, bool highest,
   }
 }
 
+// The top-up's pool (X_a | X_b) - C: its positions and their keyed hashes.
+struct TopUpScratch {
+  std::vector<uint32_t> positions;
+  std::vector<uint64_t> hashes;
+  HashSelector selector;
+};
+
 template <class T>
 struct CandidateScratch {
   RadixSelector<T> selector;
   std::vector<uint8_t> masks;
-  std::vector<std::pair<uint64_t, uint32_t>> pool;  // top-up candidates
+  TopUpScratch top_up;
 };
 
 // ILL and RED masks of one direction; both k-rules' bounds come from one selection.
@@ -689,8 +696,10 @@ void direction_masks(const T* loss, size_t batch, const CandidateRule& ill, cons
 // C = X_a & X_b; when 10 |C| < 9 |X_a| (exact, in integers), add the |X_a| - |C| positions of
 // (X_a | X_b) - C with the smallest keyed hash rng(position): a pure function of (seed, stream,
 // position), so numpy and torch (scan_fast/schedule/candidates.py) pick the same positions.
+// Only the pool is hashed; the bound (the need-th smallest hash) comes from a histogram
+// select, and the pool is marked against it without branches.
 void combine_directions(const uint8_t* x_a, const uint8_t* x_b, size_t batch, const CounterRng& rng,
-                        std::vector<std::pair<uint64_t, uint32_t>>& pool, bool* out) {
+                        TopUpScratch& scratch, bool* out) {
   uint64_t target = 0, have = 0;
   for (size_t i = 0; i < batch; ++i) {
     const uint8_t both = x_a[i] & x_b[i];
@@ -699,15 +708,21 @@ void combine_directions(const uint8_t* x_a, const uint8_t* x_b, size_t batch, co
     out[i] = both;
   }
   if (!(have * 10 < target * 9)) return;
-  pool.clear();  // (hash, position) of (X_a | X_b) - C
-  for (size_t i = 0; i < batch; ++i) {
-    if ((x_a[i] ^ x_b[i]) & 1) pool.emplace_back(rng(i), static_cast<uint32_t>(i));
+  scratch.positions.resize(batch);
+  uint32_t* slot = scratch.positions.data();
+  size_t size = 0;
+  for (size_t i = 0; i < batch; ++i) {  // branch-free compaction of the pool
+    slot[size] = static_cast<uint32_t>(i);
+    size += (x_a[i] ^ x_b[i]) & 1;
   }
+  scratch.hashes.resize(size);
+  uint64_t* hashes = scratch.hashes.data();
+  for (size_t j = 0; j < size; ++j) hashes[j] = rng(slot[j]);
+  // need = |X_a - X_b| >= 1 here, and the pool holds X_a - X_b, so need <= size. Hashes are
+  // distinct (rng is a bijection of the counter): exactly `need` of them are <= the bound.
   const size_t need = static_cast<size_t>(target - have);
-  // hashes are distinct (rng is a bijection of the counter), so the `need` smallest are one set
-  std::nth_element(pool.begin(), pool.begin() + need, pool.end(),
-                   [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (size_t j = 0; j < need; ++j) out[pool[j].second] = true;
+  const uint64_t bound = scratch.selector.select(hashes, size, need - 1);
+  for (size_t j = 0; j < size; ++j) out[slot[j]] = hashes[j] <= bound;  // pool positions are not in C
 }
 
 }  // namespace
@@ -733,8 +748,8 @@ void batch_candidates(const T* loss_a, const T* loss_b, size_t batch, const Cand
   uint8_t* red_b = red_a + batch;
   direction_masks(loss_a, batch, ill, red, scratch, ill_a, red_a);
   direction_masks(loss_b, batch, ill, red, scratch, ill_b, red_b);
-  combine_directions(ill_a, ill_b, batch, CounterRng(seed, stream, RngPurpose::kTopUpIll), scratch.pool, ill_out);
-  combine_directions(red_a, red_b, batch, CounterRng(seed, stream, RngPurpose::kTopUpRed), scratch.pool, red_out);
+  combine_directions(ill_a, ill_b, batch, CounterRng(seed, stream, RngPurpose::kTopUpIll), scratch.top_up, ill_out);
+  combine_directions(red_a, red_b, batch, CounterRng(seed, stream, RngPurpose::kTopUpRed), scratch.top_up, red_out);
 }
 
 // ---------------------------------------------------------------- instantiations

@@ -234,4 +234,35 @@ class RadixSelector {
   std::vector<uint16_t> bins_;
 };
 
+// The rank-th smallest of `count` 64-bit keys spread evenly over [0, 2**64), such as the
+// keyed hashes of the candidate top-up: one histogram of the top bits (about one key a
+// bin) finds the bin holding the rank, nth_element finishes inside it. Exact for any
+// keys; only the speed relies on the spread. The keys are read, never reordered.
+class HashSelector {
+ public:
+  static constexpr unsigned kMaxBits = 12;
+
+  uint64_t select(const uint64_t* keys, size_t count, size_t rank) {
+    unsigned bits = 1;
+    while (bits < kMaxBits && (size_t{1} << bits) < count) ++bits;
+    const unsigned shift = 64 - bits;
+    std::fill(counts_, counts_ + (size_t{1} << bits), 0u);
+    for (size_t i = 0; i < count; ++i) ++counts_[keys[i] >> shift];
+    size_t before = 0;
+    uint64_t bin = 0;
+    while (before + counts_[bin] <= rank) before += counts_[bin++];
+    bucket_.resize(counts_[bin]);
+    size_t kept = 0;
+    for (size_t i = 0; i < count; ++i) {  // about one key in `count` matches: a well-predicted branch
+      if ((keys[i] >> shift) == bin) bucket_[kept++] = keys[i];
+    }
+    std::nth_element(bucket_.begin(), bucket_.begin() + (rank - before), bucket_.begin() + kept);
+    return bucket_[rank - before];
+  }
+
+ private:
+  uint32_t counts_[size_t{1} << kMaxBits];
+  std::vector<uint64_t> bucket_;
+};
+
 }  // namespace scan_fast

@@ -1,20 +1,31 @@
 """Per-sample InfoNCE (row direction) with Triton: one tiled sweep forward, recompute backward.
 
-The two kernels here are the building blocks of both contrastive losses:
+The two kernels here are the building blocks of the softmax losses, CLIP's and MoCo v3's:
 `_info_nce_forward_kernel` gives, for each row x_i of X, the log-sum-exp of
 scale * x_i . y_j over all rows y_j of Y and the target logit scale * x_i . y_{i+offset};
 `_info_nce_backward_kernel` gives dX for the row term (X are the queries) and/or
-the column term (X are the keys). `kernels/clip_loss.py` runs them in both directions.
+the column term (X are the keys). `kernels/clip_loss.py` runs them in both directions;
+MoCo v3 (`InfoNCEFunction`) runs the row direction. The tiles, configs and the backward's
+dX steps are shared with the SigLIP kernels (`kernels/tiles.py`); the epilogues are this file's.
 """
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from scan_fast.checks import first_order_only
+from scan_fast.kernels.tiles import (
+    accumulate_dx,
+    backward_configs,
+    column_tile,
+    forward_configs,
+    prune_backward,
+    prune_forward,
+    row_block,
+    row_dim_grid,
+    row_grid,
+    store_dx,
+)
 from scan_fast.kernels.utils import (
-    AUTOTUNE,
     INTERPRET,
     as_scale_tensor,
     check_features,
@@ -25,109 +36,7 @@ from scan_fast.kernels.utils import (
 )
 
 
-def _forward_configs():
-    if INTERPRET:  # one config: the interpreter would otherwise "benchmark" every one of them
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
-    # Hopper (H100) and Ampere (A100) both like 128x128 tiles with 64-wide K steps for bf16,
-    # smaller tiles help small batches fill the SMs. Configs that do not fit the GPU's shared memory
-    # are pruned; with SCAN_FAST_AUTOTUNE=0 the first remaining one runs.
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s in [
-            (128, 128, 64, 8, 3),
-            (128, 128, 32, 8, 4),
-            (128, 64, 64, 4, 3),
-            (64, 128, 64, 4, 3),
-            (64, 64, 64, 4, 4),
-            (64, 64, 32, 4, 2),
-        ]
-    ]
-
-
-def _backward_configs():
-    if INTERPRET:  # BLOCK_K/BLOCK_D below 64 so the tests exercise the K loop and the D grid
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "BLOCK_D": 32}, num_warps=4, num_stages=1)]
-    # BLOCK_D below D makes each D block recompute the tiles of S, so wide BLOCK_D (a 64 x 512 fp32
-    # accumulator is 128 registers a thread at 8 warps) competes with smaller, spill-free ones.
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd}, num_warps=w, num_stages=s)
-        for bm, bn, bk, bd, w, s in [
-            (64, 64, 64, 256, 8, 2),
-            (128, 64, 64, 128, 8, 2),
-            (128, 64, 64, 256, 8, 2),
-            (64, 64, 64, 512, 8, 2),
-            (64, 64, 64, 128, 4, 3),
-            (128, 128, 32, 128, 8, 2),
-            (64, 32, 64, 64, 4, 3),
-        ]
-    ]
-
-
-@functools.lru_cache(maxsize=None)
-def _max_shared_memory(device: torch.device) -> int:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
-
-
-def _shared_memory_bytes(config, elem_size: int, backward: bool) -> int:
-    """Upper estimate of a config's shared memory: every operand tile pipelined num_stages deep, plus
-    one transposed key tile (ptxas for sm_80/sm_90 reports at most this for the configs above)."""
-    kw = config.kwargs
-    tiles = (kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_K"] + (kw["BLOCK_N"] * kw["BLOCK_D"] if backward else 0)
-    return (config.num_stages * tiles + kw["BLOCK_N"] * kw["BLOCK_K"]) * elem_size
-
-
-def _prune(configs, named_args, backward: bool):
-    x = named_args["X_ptr"]
-    limit = _max_shared_memory(x.device)
-    fits = [c for c in configs if _shared_memory_bytes(c, x.element_size(), backward) <= limit] or configs[-1:]
-    # K steps or D blocks wider than the (padded) feature dim only load masked zeros.
-    d = triton.next_power_of_2(named_args["D"])
-    kept = fits
-    for name in ("BLOCK_K", "BLOCK_D") if backward else ("BLOCK_K",):
-        cap = max(d, min(c.kwargs[name] for c in kept))
-        kept = [c for c in kept if c.kwargs[name] <= cap]
-    return kept if AUTOTUNE else kept[:1]
-
-
-def _prune_forward(configs, named_args, **kwargs):
-    return _prune(configs, named_args, backward=False)
-
-
-def _prune_backward(configs, named_args, **kwargs):
-    return _prune(configs, named_args, backward=True)
-
-
-@triton.jit
-def _mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    # The interpreter multiplies bf16 tiles wrongly; fp32 products of bf16/fp16 values are
-    # exact, which is also what the tensor cores compute, so upcasting there changes nothing.
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc, input_precision=PRECISION)
-
-
-@triton.jit
-def _tile_dot(
-    X_ptr, X_stride, rows, row_mask,
-    Y_ptr, Y_stride, cols, col_mask,
-    D,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-):
-    # dot[m, n] = sum_k X[rows[m], k] * Y[cols[n], k], accumulated in fp32 over K steps.
-    dot = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_mask = ks < D
-        x = tl.load(X_ptr + rows[:, None] * X_stride + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        y = tl.load(Y_ptr + cols[:, None] * Y_stride + ks[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
-        dot = _mma(x, tl.trans(y), dot, UPCAST, PRECISION)
-    return dot
-
-
-@triton.autotune(configs=_forward_configs(), key=["SIZE_BUCKET", "D"], prune_configs_by={"early_config_prune": _prune_forward})
+@triton.autotune(configs=forward_configs(), key=["SIZE_BUCKET", "D"], prune_configs_by={"early_config_prune": prune_forward})
 @triton.jit
 def _info_nce_forward_kernel(
     X_ptr, X_stride,  # (NX, D) rows whose log-sum-exp we want (queries)
@@ -140,9 +49,7 @@ def _info_nce_forward_kernel(
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    row_mask = rows < NX
+    rows, row_mask = row_block(tl.program_id(0).to(tl.int64), NX, BLOCK_M)
     scale = tl.load(scale_ptr).to(tl.float32)
 
     # Online log-sum-exp over column tiles (flash-attention style), in fp32:
@@ -152,10 +59,8 @@ def _info_nce_forward_kernel(
     l = tl.zeros((BLOCK_M,), dtype=tl.float32)
     target = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for n0 in range(0, NY, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        col_mask = cols < NY
-        dot = _tile_dot(X_ptr, X_stride, rows, row_mask, Y_ptr, Y_stride, cols, col_mask, D,
-                        BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+        cols, col_mask, dot = column_tile(n0, X_ptr, X_stride, rows, row_mask, Y_ptr, Y_stride, NY, D,
+                                          BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
         s = tl.where(col_mask[None, :], dot * scale, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
         l = l * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), axis=1)
@@ -165,8 +70,8 @@ def _info_nce_forward_kernel(
     tl.store(target_ptr + rows, target, mask=row_mask)
 
 
-@triton.autotune(configs=_backward_configs(), key=["SIZE_BUCKET", "D", "HAS_ROW", "HAS_COL"],
-                 prune_configs_by={"early_config_prune": _prune_backward})
+@triton.autotune(configs=backward_configs(), key=["SIZE_BUCKET", "D", "HAS_ROW", "HAS_COL"],
+                 prune_configs_by={"early_config_prune": prune_backward})
 @triton.jit
 def _info_nce_backward_kernel(
     X_ptr, X_stride,  # (NX, D) rows we differentiate
@@ -182,12 +87,9 @@ def _info_nce_backward_kernel(
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_m = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    row_mask = rows < NX
-    dims = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
-    dim_mask = dims < D
+    rows, row_mask = row_block(tl.program_id(0).to(tl.int64), NX, BLOCK_M)
+    dims, dim_mask = row_block(pid_d, D, BLOCK_D)
     scale = tl.load(scale_ptr).to(tl.float32)
     if HAS_ROW:
         g_row = tl.load(grad_row_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
@@ -200,10 +102,8 @@ def _info_nce_backward_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     dscale = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for n0 in range(0, NY, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        col_mask = cols < NY
-        dot = _tile_dot(X_ptr, X_stride, rows, row_mask, Y_ptr, Y_stride, cols, col_mask, D,
-                        BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+        cols, col_mask, dot = column_tile(n0, X_ptr, X_stride, rows, row_mask, Y_ptr, Y_stride, NY, D,
+                                          BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
         s = dot * scale
         dlogits = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         if HAS_ROW:
@@ -217,11 +117,8 @@ def _info_nce_backward_kernel(
         # Padded rows are never stored; padded columns load y = 0 (so dot = 0) and g_col = 0,
         # hence add nothing to acc or dscale: no mask needed on dlogits.
         dscale += tl.sum(dlogits * dot, axis=1)
-        y = tl.load(Y_ptr + cols[:, None] * Y_stride + dims[None, :], mask=col_mask[:, None] & dim_mask[None, :], other=0.0)
-        # As flash attention does with P: the tensor cores take dlogits in the input dtype.
-        acc = _mma(dlogits.to(y.dtype), y, acc, UPCAST, PRECISION)
-    tl.store(dX_ptr + rows[:, None] * dX_stride + dims[None, :], (acc * scale).to(dX_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & dim_mask[None, :])
+        acc = accumulate_dx(acc, dlogits, Y_ptr, Y_stride, cols, col_mask, dims, dim_mask, UPCAST, PRECISION)
+    store_dx(dX_ptr, dX_stride, rows, row_mask, dims, dim_mask, acc, scale)
     if pid_d == 0:
         tl.store(dscale_ptr + rows, dscale, mask=row_mask)
 
@@ -235,8 +132,7 @@ def info_nce_sweep_forward(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor
     ny = y.shape[0]
     lse = torch.empty(nx, dtype=torch.float32, device=x.device)
     target = torch.empty(nx, dtype=torch.float32, device=x.device)
-    grid = lambda meta: (triton.cdiv(nx, meta["BLOCK_M"]),)  # noqa: E731
-    _info_nce_forward_kernel[grid](
+    _info_nce_forward_kernel[row_grid(nx)](
         x, x.stride(0), y, y.stride(0), scale, lse, target,
         nx, ny, d, int(offset), size_bucket(max(nx, ny)),
         UPCAST=INTERPRET, PRECISION=dot_precision(x.dtype),
@@ -258,8 +154,7 @@ def info_nce_sweep_backward(x, y, scale, row=None, col=None):
     unused = torch.empty(0, dtype=torch.float32, device=x.device)
     g_row, lse_row, row_offset = row if row is not None else (unused, unused, 0)
     g_col, lse_col, col_offset = col if col is not None else (unused, unused, 0)
-    grid = lambda meta: (triton.cdiv(nx, meta["BLOCK_M"]), triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
-    _info_nce_backward_kernel[grid](
+    _info_nce_backward_kernel[row_dim_grid(nx, d)](
         x, x.stride(0), y, y.stride(0), scale,
         g_row, lse_row, g_col, lse_col,
         dx, dx.stride(0), dscale_rows,

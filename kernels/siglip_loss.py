@@ -3,20 +3,25 @@
 The sigmoid loss has no normaliser: every logit's loss is its own softplus, so the forward
 needs no log-sum-exp and both directions come out of one sweep (row sums in registers,
 column sums by atomic adds into a (NY,) vector). The tiles, the autotune configs and their
-pruning are those of the InfoNCE kernels (`kernels/info_nce.py`).
+pruning, and the backward's dX steps are shared with the InfoNCE kernels (`kernels/tiles.py`);
+the sigmoid epilogues are this file's.
 """
 import torch
-from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
 
-from scan_fast.kernels.info_nce import (
-    _backward_configs,
-    _forward_configs,
-    _mma,
-    _prune_backward,
-    _prune_forward,
-    _tile_dot,
+from scan_fast.checks import first_order_only
+from scan_fast.kernels.tiles import (
+    accumulate_dx,
+    backward_configs,
+    column_tile,
+    forward_configs,
+    prune_backward,
+    prune_forward,
+    row_block,
+    row_dim_grid,
+    row_grid,
+    store_dx,
 )
 from scan_fast.kernels.utils import (
     INTERPRET,
@@ -41,8 +46,8 @@ def _softplus(v):
     return tl.maximum(v, 0.0) + log1p
 
 
-@triton.autotune(configs=_forward_configs(), key=["SIZE_BUCKET", "D"],
-                 prune_configs_by={"early_config_prune": _prune_forward}, reset_to_zero=["col_loss_ptr"])
+@triton.autotune(configs=forward_configs(), key=["SIZE_BUCKET", "D"],
+                 prune_configs_by={"early_config_prune": prune_forward}, reset_to_zero=["col_loss_ptr"])
 @triton.jit
 def _siglip_loss_forward_kernel(
     X_ptr, X_stride,  # (NX, D) rows (images)
@@ -55,9 +60,7 @@ def _siglip_loss_forward_kernel(
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    row_mask = rows < NX
+    rows, row_mask = row_block(tl.program_id(0).to(tl.int64), NX, BLOCK_M)
     scale = tl.load(scale_ptr).to(tl.float32)
     bias = tl.load(bias_ptr).to(tl.float32)
 
@@ -65,10 +68,8 @@ def _siglip_loss_forward_kernel(
     # Row sums stay in registers; each tile adds its column sums to the shared vector.
     row_loss = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for n0 in range(0, NY, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        col_mask = cols < NY
-        dot = _tile_dot(X_ptr, X_stride, rows, row_mask, Y_ptr, Y_stride, cols, col_mask, D,
-                        BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+        cols, col_mask, dot = column_tile(n0, X_ptr, X_stride, rows, row_mask, Y_ptr, Y_stride, NY, D,
+                                          BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
         z = dot * scale + bias
         v = tl.where(cols[None, :] == rows[:, None] + offset, -z, z)
         loss = tl.where(row_mask[:, None] & col_mask[None, :], _softplus(v), 0.0)
@@ -77,8 +78,8 @@ def _siglip_loss_forward_kernel(
     tl.store(row_loss_ptr + rows, row_loss, mask=row_mask)
 
 
-@triton.autotune(configs=_backward_configs(), key=["SIZE_BUCKET", "D"],
-                 prune_configs_by={"early_config_prune": _prune_backward})
+@triton.autotune(configs=backward_configs(), key=["SIZE_BUCKET", "D"],
+                 prune_configs_by={"early_config_prune": prune_backward})
 @triton.jit
 def _siglip_loss_backward_kernel(
     X_ptr, X_stride,  # (NX, D) rows we differentiate
@@ -93,12 +94,9 @@ def _siglip_loss_backward_kernel(
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_m = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    row_mask = rows < NX
-    dims = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
-    dim_mask = dims < D
+    rows, row_mask = row_block(tl.program_id(0).to(tl.int64), NX, BLOCK_M)
+    dims, dim_mask = row_block(pid_d, D, BLOCK_D)
     scale = tl.load(scale_ptr).to(tl.float32)
     bias = tl.load(bias_ptr).to(tl.float32)
     g_row = tl.load(grad_row_ptr + rows, mask=row_mask, other=0.0)
@@ -110,10 +108,8 @@ def _siglip_loss_backward_kernel(
     dscale = tl.zeros((BLOCK_M,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for n0 in range(0, NY, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        col_mask = cols < NY
-        dot = _tile_dot(X_ptr, X_stride, rows, row_mask, Y_ptr, Y_stride, cols, col_mask, D,
-                        BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
+        cols, col_mask, dot = column_tile(n0, X_ptr, X_stride, rows, row_mask, Y_ptr, Y_stride, NY, D,
+                                          BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, PRECISION)
         g_col = tl.load(grad_col_ptr + cols, mask=col_mask, other=0.0)
         z = dot * scale + bias
         is_target = cols[None, :] == rows[:, None] + offset
@@ -122,11 +118,8 @@ def _siglip_loss_backward_kernel(
         dz = tl.where(row_mask[:, None] & col_mask[None, :], tl.where(is_target, -p, p), 0.0)
         dscale += tl.sum(dz * dot, axis=1)
         dbias += tl.sum(dz, axis=1)
-        y = tl.load(Y_ptr + cols[:, None] * Y_stride + dims[None, :],
-                    mask=col_mask[:, None] & dim_mask[None, :], other=0.0)
-        acc = _mma(dz.to(y.dtype), y, acc, UPCAST, PRECISION)
-    tl.store(dX_ptr + rows[:, None] * dX_stride + dims[None, :], (acc * scale).to(dX_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & dim_mask[None, :])
+        acc = accumulate_dx(acc, dz, Y_ptr, Y_stride, cols, col_mask, dims, dim_mask, UPCAST, PRECISION)
+    store_dx(dX_ptr, dX_stride, rows, row_mask, dims, dim_mask, acc, scale)
     if pid_d == 0:
         tl.store(dscale_ptr + rows, dscale, mask=row_mask)
         tl.store(dbias_ptr + rows, dbias, mask=row_mask)
@@ -140,8 +133,7 @@ def siglip_loss_forward(x, y, scale, bias, offset: int):
     ny = y.shape[0]
     row_loss = torch.empty(nx, dtype=torch.float32, device=x.device)
     col_loss = torch.zeros(ny, dtype=torch.float32, device=x.device)
-    grid = lambda meta: (triton.cdiv(nx, meta["BLOCK_M"]),)  # noqa: E731
-    _siglip_loss_forward_kernel[grid](
+    _siglip_loss_forward_kernel[row_grid(nx)](
         x, x.stride(0), y, y.stride(0), scale, bias, row_loss, col_loss,
         nx, ny, d, int(offset), size_bucket(max(nx, ny)),
         UPCAST=INTERPRET, PRECISION=dot_precision(x.dtype),
@@ -160,8 +152,7 @@ def siglip_loss_sweep_backward(x, y, scale, bias, grad_row, grad_col, offset: in
     dx = torch.empty_like(x)
     dscale_rows = torch.empty(nx, dtype=torch.float32, device=x.device)
     dbias_rows = torch.empty(nx, dtype=torch.float32, device=x.device)
-    grid = lambda meta: (triton.cdiv(nx, meta["BLOCK_M"]), triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
-    _siglip_loss_backward_kernel[grid](
+    _siglip_loss_backward_kernel[row_dim_grid(nx, d)](
         x, x.stride(0), y, y.stride(0), scale, bias, grad_row, grad_col,
         dx, dx.stride(0), dscale_rows, dbias_rows,
         nx, ny, d, int(offset), size_bucket(max(nx, ny)),
@@ -232,7 +223,7 @@ class SigLipLossFunction(torch.autograd.Function):
         return row_loss, col_loss
 
     @staticmethod
-    @once_differentiable  # the backward sweeps are not differentiable themselves
+    @first_order_only("siglip_loss_per_sample (Triton)")  # the backward sweeps are not differentiable themselves
     @ensure_contiguous
     def backward(ctx, grad_row, grad_col):
         x, y, scale, bias = ctx.saved_tensors

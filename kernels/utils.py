@@ -6,6 +6,7 @@ import torch
 import triton
 
 from scan_fast.checks import check_features as shared_check_features
+from scan_fast.checks import check_scalar
 from scan_fast.checks import common_dtype  # noqa: F401 (the kernels import it from here)
 
 # Read once, like Triton itself: the interpreter flag is fixed when kernels are decorated.
@@ -59,14 +60,11 @@ def as_scale_tensor(name: str, value, device: torch.device) -> torch.Tensor:
 
     Read by the kernels through a pointer, so a CUDA scale never forces a host sync.
     """
+    value = check_scalar(name, value)
     if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating-point scalar, got {value.dtype}")
         if value.device != device:
             raise ValueError(f"{name} is on {value.device} but the features are on {device}")
         return value.reshape(()).to(torch.float32).contiguous()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
-    return torch.tensor(float(value), dtype=torch.float32, device=device)
+    return torch.tensor(value, dtype=torch.float32, device=device)

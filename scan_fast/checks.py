@@ -1,11 +1,23 @@
-"""Input checks shared by the ops, the kernels and the schedules: one set of messages naming the argument.
+"""Input checks shared by the ops, the kernels and the schedules: one set of messages naming the argument,
+the first-order-only guard of the backwards, and the one probe for Triton.
 
 Imports nothing of scan_fast, so every layer (kernels, ops, schedule) can depend on it and
 dependencies still point one way.
 """
 import functools
+import numbers
 
 import torch
+
+
+@functools.lru_cache(maxsize=None)
+def has_triton() -> bool:
+    """Whether Triton imports: the kernels serve CUDA tensors only then (a CPU install may lack it)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def check_features(name: str, features) -> torch.Tensor:
@@ -21,6 +33,20 @@ def check_features(name: str, features) -> torch.Tensor:
     if features.shape[1] == 0:
         raise ValueError(f"{name} has feature dim 0 (shape {tuple(features.shape)})")
     return features
+
+
+def check_scalar(name: str, value):
+    """A one-element tensor (returned as is) or a real number (returned as a float), or a
+    TypeError/ValueError naming `name`: the one check of a loss's scale and bias arguments,
+    before the ops and the kernels turn them into tensors. A tensor's value is not read (that
+    would stall a CUDA step on the host)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{name} must be a float or a scalar tensor, got {type(value).__name__}")
 
 
 def check_chunk_rows(chunk_rows):

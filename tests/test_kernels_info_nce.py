@@ -152,19 +152,19 @@ def test_cuda_large_batches_match_reference(B, M, offset, D, dtype, grad_tol):
 @pytest.mark.parametrize("autotune", [True, False])
 def test_config_pruning_fits_shared_memory(monkeypatch, limit, dtype, dim, autotune):
     # The GPU config lists (not the interpreter's single config) pruned for a device's shared memory.
-    import scan_fast.kernels.info_nce as kernels
+    import scan_fast.kernels.tiles as kernels
 
-    monkeypatch.setattr(kernels, "_max_shared_memory", lambda device: limit)
+    monkeypatch.setattr(kernels, "max_shared_memory", lambda device: limit)
     monkeypatch.setattr(kernels, "AUTOTUNE", autotune)
     named_args = {"X_ptr": torch.empty(0, dtype=dtype), "D": dim}
-    for config_fn, prune_fn, backward in ((kernels._forward_configs, kernels._prune_forward, False),
-                                          (kernels._backward_configs, kernels._prune_backward, True)):
+    for config_fn, prune_fn, backward in ((kernels.forward_configs, kernels.prune_forward, False),
+                                          (kernels.backward_configs, kernels.prune_backward, True)):
         monkeypatch.setattr(kernels, "INTERPRET", False)
         configs = config_fn()
         kept = prune_fn(configs, named_args)
         assert kept and (len(kept) == 1 or autotune)
         element = torch.empty(0, dtype=dtype).element_size()
-        fitting = [c for c in configs if kernels._shared_memory_bytes(c, element, backward) <= limit]
+        fitting = [c for c in configs if kernels.shared_memory_bytes(c, element, backward) <= limit]
         narrowest_k = min(c.kwargs["BLOCK_K"] for c in fitting)
         for config in kept:
             assert str(config) in set(map(str, fitting))

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import scan_fast.ops.clip_loss as clip_loss_module
+import scan_fast.ops.base as ops_base
 from conftest import HAS_CUDA, requires_cuda
 from scan_fast.ops.clip_loss import ClipLoss, ClipLossChunked, clip_loss_per_sample, clip_loss_per_sample_reference
 
@@ -170,7 +170,7 @@ def test_bad_chunk_rows_is_named(chunk_rows, error, match):
                                                                   "interpreter"))])
 def test_double_backward_says_it_is_not_supported(monkeypatch, on_kernel):
     if on_kernel:
-        monkeypatch.setattr(clip_loss_module, "use_kernels", lambda features, dtype: True)
+        monkeypatch.setattr(ops_base, "use_kernels", lambda features, dtype: True)
     image, text = _features(6, 4)
     loss_i2t, loss_t2i = clip_loss_per_sample(image, text, 2.0)
     with pytest.raises(RuntimeError, match="clip_loss_per_sample.*double backward .* is not supported"):
@@ -183,7 +183,7 @@ def test_double_backward_says_it_is_not_supported(monkeypatch, on_kernel):
                     "only in Triton's interpreter")
 def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
-    monkeypatch.setattr(clip_loss_module, "use_kernels", lambda features, dtype: True)
+    monkeypatch.setattr(ops_base, "use_kernels", lambda features, dtype: True)
     image, text = _features(7, 8)
     loss_i2t, _ = clip_loss_per_sample(image, text, 3.0)
     assert type(loss_i2t.grad_fn).__name__ == "ClipLossFunctionBackward"

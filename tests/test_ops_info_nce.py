@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import scan_fast.ops.info_nce as info_nce_module
+import scan_fast.ops.base as ops_base
 from conftest import HAS_CUDA, requires_cuda
 from scan_fast.ops.info_nce import (
     MocoLoss,
@@ -160,7 +160,7 @@ def test_moco_loss_rejects_bad_temperature():
                     "only in Triton's interpreter")
 def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
-    monkeypatch.setattr(info_nce_module, "use_kernels", lambda features, dtype: True)
+    monkeypatch.setattr(ops_base, "use_kernels", lambda features, dtype: True)
     q, k = _queries_keys(7, 8, 2)
     assert type(info_nce_per_sample(q, k, _TEMPERATURE, 7).grad_fn.next_functions[0][0]).__name__ == (
         "InfoNCEFunctionBackward")

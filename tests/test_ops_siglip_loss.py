@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import scan_fast
-import scan_fast.ops.siglip_loss as siglip_loss_module
+import scan_fast.ops.base as ops_base
 from conftest import HAS_CUDA, requires_cuda
 from test_open_clip_compat import _train_two_steps  # open_clip_train's loop over two tiny batches
 from scan_fast.ops.siglip_loss import (
@@ -177,11 +177,25 @@ def test_tensor_scalars_are_not_read_back():
     assert not torch.isfinite(image_loss).any() and not torch.isfinite(text_loss).any()
 
 
+@pytest.mark.parametrize("on_kernel", [False, pytest.param(True, marks=pytest.mark.skipif(
+    HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel only in Triton's "
+                                                                  "interpreter"))])
+def test_double_backward_says_it_is_not_supported(monkeypatch, on_kernel):
+    if on_kernel:
+        monkeypatch.setattr(ops_base, "use_kernels", lambda features, dtype: True)
+    image, text = _features(6, 4)
+    image_loss, text_loss = siglip_loss_per_sample(image, text, 2.0, -1.0)
+    with pytest.raises(RuntimeError, match="siglip_loss_per_sample.*double backward .* is not supported"):
+        torch.autograd.grad((image_loss + text_loss).sum(), image, create_graph=True)
+    (grad,) = torch.autograd.grad((image_loss + text_loss).sum(), image)  # first order still works
+    assert torch.isfinite(grad).all()
+
+
 @pytest.mark.skipif(HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel "
                     "only in Triton's interpreter")
 def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
-    monkeypatch.setattr(siglip_loss_module, "use_kernels", lambda features, dtype: True)
+    monkeypatch.setattr(ops_base, "use_kernels", lambda features, dtype: True)
     image, text = _features(7, 8)
     image_loss, _ = siglip_loss_per_sample(image, text, 3.0, -1.0)
     assert type(image_loss.grad_fn).__name__ == "SigLipLossFunctionBackward"

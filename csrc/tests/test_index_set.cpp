@@ -354,6 +354,34 @@ static void test_selector() {
   }
 }
 
+// The hash selector's order statistics equal a full sort's for any keys: evenly spread
+// hashes (its use), keys crowded into one top-bits bin, and repeated keys.
+static void test_hash_selector() {
+  std::mt19937_64 gen(6);
+  scan_fast::HashSelector selector;
+  const scan_fast::CounterRng rng(3, 4, scan_fast::RngPurpose::kTopUpRed);
+  for (size_t n : {1ul, 2ul, 3ul, 100ul, 1866ul, 5000ul}) {
+    std::vector<std::function<uint64_t(size_t)>> shapes = {
+        [&](size_t i) { return rng(i); },
+        [&](size_t) { return gen() >> 40; },                    // all in the lowest bin
+        [&](size_t i) { return UINT64_MAX - (i % 7); },         // top bin, heavy ties
+        [&](size_t i) { return i % 2 ? gen() : uint64_t{0}; },  // half zeros
+    };
+    for (auto& shape : shapes) {
+      std::vector<uint64_t> keys(n);
+      for (size_t i = 0; i < n; ++i) keys[i] = shape(i);
+      std::vector<uint64_t> sorted = keys;
+      std::sort(sorted.begin(), sorted.end());
+      const std::vector<uint64_t> before = keys;
+      std::uniform_int_distribution<size_t> pick(0, n - 1);
+      for (size_t rank : {size_t{0}, n - 1, pick(gen), pick(gen), pick(gen)}) {
+        CHECK(selector.select(keys.data(), n, rank) == sorted[rank]);
+      }
+      CHECK(keys == before);  // read, never reordered
+    }
+  }
+}
+
 static void test_keyed_permutation_is_a_bijection() {
   for (uint64_t size : {uint64_t{1}, uint64_t{2}, uint64_t{3}, uint64_t{5}, uint64_t{64}, uint64_t{65},
                         uint64_t{1000}, uint64_t{4097}}) {
@@ -464,6 +492,7 @@ int main() {
   test_batch_candidates();
   test_selector<float>();
   test_selector<double>();
+  test_hash_selector();
   test_keyed_permutation_is_a_bijection();
   test_rank_select_and_shards();
   if (g_failures) {

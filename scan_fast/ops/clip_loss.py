@@ -11,14 +11,12 @@ import math
 from typing import Callable, Optional, Tuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from scan_fast.checks import check_chunk_rows, check_features, common_dtype, compute_dtype, first_order_only
+from scan_fast.checks import common_dtype, compute_dtype, first_order_only
+from scan_fast.ops.base import PairLossModule, autocast_off, check_scale, default_chunk_rows, prepare_pair
 from scan_fast.ops.distributed import gather_features
-from scan_fast.ops.info_nce import autocast_off, check_scale, default_chunk_rows, row_cross_entropy, use_kernels
-
-_REDUCTIONS = ("mean", "sum", "none")
+from scan_fast.ops.info_nce import row_cross_entropy
 
 
 def clip_loss_per_sample_reference(image_features: torch.Tensor, text_features: torch.Tensor,
@@ -150,19 +148,9 @@ class ClipLossChunked(torch.autograd.Function):
 
 
 def _prepare(image_features, text_features, logit_scale, chunk_rows):
-    check_features("image_features", image_features)
-    check_features("text_features", text_features)
-    check_chunk_rows(chunk_rows)
-    if image_features.shape != text_features.shape:
-        raise ValueError(
-            f"image_features {tuple(image_features.shape)} and text_features {tuple(text_features.shape)} "
-            "must have the same (batch, dim)")
-    dtype = common_dtype(image_features, text_features)
-    on_kernel = chunk_rows is None and use_kernels(image_features, dtype)
-    scale = check_scale("logit_scale", logit_scale, image_features.device, compute_dtype(dtype))
-    if not on_kernel:
-        dtype = compute_dtype(dtype)
-    return image_features.to(dtype).contiguous(), text_features.to(dtype).contiguous(), scale, on_kernel
+    image, text, kernel = prepare_pair(image_features, text_features, chunk_rows)
+    scale = check_scale("logit_scale", logit_scale, image.device, compute_dtype(image.dtype))
+    return image, text, scale, kernel
 
 
 def _clip_loss(image, text, scale, on_kernel, chunk_rows):
@@ -186,7 +174,7 @@ def clip_loss_per_sample(image_features: torch.Tensor, text_features: torch.Tens
     return _clip_loss(*_prepare(image_features, text_features, logit_scale, chunk_rows), chunk_rows)
 
 
-class ClipLoss(nn.Module):
+class ClipLoss(PairLossModule):
     """Drop-in for `open_clip.loss.ClipLoss` that also yields per-sample losses.
 
     Same constructor, forward signature, scalar and `{"contrastive_loss": ...}`
@@ -213,21 +201,10 @@ class ClipLoss(nn.Module):
         on_per_sample: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None,
         chunk_rows: Optional[int] = None,
     ):
-        super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        super().__init__(cache_labels, rank, world_size, reduction, on_per_sample, chunk_rows)
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
-        self.cache_labels = cache_labels  # accepted for compatibility: no label tensor is built
-        self.rank = rank
-        self.world_size = world_size
         self.use_horovod = use_horovod
-        self.reduction = reduction
-        self.on_per_sample = on_per_sample
-        self.chunk_rows = chunk_rows
-        self.last_per_sample: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def per_sample(self, image_features, text_features, logit_scale):
         """(loss_i2t, loss_t2i, local_slice): the per-sample losses the scalar averages over,
@@ -251,9 +228,7 @@ class ClipLoss(nn.Module):
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False):
         loss_i2t, loss_t2i, local = self.per_sample(image_features, text_features, logit_scale)
-        self.last_per_sample = (loss_i2t[local].detach(), loss_t2i[local].detach())
-        if self.on_per_sample is not None:
-            self.on_per_sample(*self.last_per_sample)
+        self._record(loss_i2t[local], loss_t2i[local])
         if self.reduction == "none":
             total = (loss_i2t[local] + loss_t2i[local]) / 2
         elif self.reduction == "sum":

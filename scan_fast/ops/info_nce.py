@@ -8,89 +8,17 @@ them), offset = rank * B, and multiplies the loss by 2 * T. The distributed CLIP
 loss reuses the same row cross-entropy (local rows against gathered columns,
 with gradients for both sides).
 """
-import functools
 import math
 from numbers import Number
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from scan_fast.checks import check_chunk_rows, check_features, common_dtype, compute_dtype, first_order_only
+from scan_fast.ops.base import autocast_off, check_reduction, default_chunk_rows, on_kernel
 from scan_fast.ops.distributed import concat_all_gather, is_distributed
-
-# The CPU path's only quadratic-size buffers are (chunk x M) blocks of logits.
-# 16M elements (64 MiB in fp32) each: 1024 rows at M = 16k, all rows up to M = 4k.
-# Measured at B = 16k on 2 cores: 256-row chunks take ~3x as long as 1024-row ones
-# (every chunk re-reads and re-writes the whole (M x D) dT accumulator, and the
-# GEMMs' inner dimension is the chunk); 2048 rows gain little more and cost 2x memory.
-CHUNK_ELEMENTS = 1 << 24
-MIN_CHUNK_ROWS = 32
-
-
-def default_chunk_rows(rows: int, columns: int) -> int:
-    return max(MIN_CHUNK_ROWS, min(rows, CHUNK_ELEMENTS // columns))
-
-
-# The Triton kernels handle these input dtypes and feature dims.
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_KERNEL_MAX_DIM = 2048
-
-
-@functools.lru_cache(maxsize=None)
-def has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def use_kernels(features: torch.Tensor, dtype: torch.dtype) -> bool:
-    """The Triton kernels serve CUDA tensors of the dtypes and dims they were written for."""
-    return features.is_cuda and dtype in _KERNEL_DTYPES and features.shape[1] <= _KERNEL_MAX_DIM and has_triton()
-
-
-def autocast_off(method):
-    """Run a Function's forward/backward outside autocast: its GEMMs must accumulate in the input dtype."""
-
-    @functools.wraps(method)
-    def wrapper(ctx, *args):
-        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
-            return method(ctx, *args)
-
-    return wrapper
-
-
-# ----------------------------------------------------------------------------- input checks
-
-
-def check_scale(name: str, scale: Union[torch.Tensor, Number], device: torch.device, dtype: torch.dtype,
-                positive: bool = False) -> torch.Tensor:
-    """A scalar as a 0-dim tensor of `dtype` (gradient kept when it is a tensor).
-
-    A number is checked for finiteness (and sign); a tensor for shape only, on every device
-    alike: reading its value would stall a CUDA step on the host, and a non-finite scale
-    shows up as a non-finite loss, which the trainer checks at its log steps.
-    """
-    if isinstance(scale, torch.Tensor):
-        if scale.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got shape {tuple(scale.shape)}")
-        if not (scale.is_floating_point()):
-            scale = scale.to(torch.float32)
-        return scale.reshape(()).to(device=device, dtype=dtype)
-    elif isinstance(scale, Number) and not isinstance(scale, bool):
-        value = float(scale)
-        tensor = torch.tensor(value, device=device, dtype=dtype)
-    else:
-        raise TypeError(f"{name} must be a number or a scalar tensor, got {type(scale).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return tensor
-
 
 # ----------------------------------------------------------------------------- reference
 
@@ -216,11 +144,11 @@ def info_nce_per_sample(q: torch.Tensor, k: torch.Tensor, temperature: float, of
         offset = dist.get_rank() * q.shape[0] if is_distributed() else 0
     offset = check_offset(offset, q.shape[0], k.shape[0])
     dtype = common_dtype(q, k)
-    on_kernel = chunk_rows is None and use_kernels(q, dtype)
-    q = q.to(dtype if on_kernel else compute_dtype(dtype)).contiguous()
+    kernel = on_kernel(q, dtype, chunk_rows)
+    q = q.to(dtype if kernel else compute_dtype(dtype)).contiguous()
     k = k.detach().to(q.dtype).contiguous()
     scale = torch.tensor(1.0 / temperature, dtype=compute_dtype(dtype), device=q.device)
-    return row_cross_entropy(q, k, scale, offset, on_kernel, chunk_rows) * (2 * temperature)
+    return row_cross_entropy(q, k, scale, offset, kernel, chunk_rows) * (2 * temperature)
 
 
 class MocoLoss(nn.Module):
@@ -235,8 +163,7 @@ class MocoLoss(nn.Module):
 
     def __init__(self, T: float = 1.0, gather: bool = True, on_per_sample=None, reduction: str = "mean"):
         super().__init__()
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        check_reduction(reduction)
         self.T = check_temperature(T)
         self.gather = gather
         self.on_per_sample = on_per_sample

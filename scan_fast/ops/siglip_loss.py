@@ -13,14 +13,12 @@ block of logits.
 from typing import Callable, Optional, Tuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from scan_fast.checks import check_features, common_dtype, compute_dtype
+from scan_fast.checks import common_dtype, compute_dtype, first_order_only
+from scan_fast.ops.base import PairLossModule, autocast_off, check_scale, default_chunk_rows, prepare_pair
 from scan_fast.ops.distributed import all_gather_with_grad, all_reduce_with_grad
-from scan_fast.ops.info_nce import autocast_off, check_scale, default_chunk_rows, use_kernels
 
-_REDUCTIONS = ("mean", "sum", "none")
 _DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
 
 
@@ -65,6 +63,7 @@ class SigmoidLossChunked(torch.autograd.Function):
         return row_loss, col_loss
 
     @staticmethod
+    @first_order_only("siglip_loss_per_sample")
     @autocast_off
     def backward(ctx, grad_row, grad_col):
         x, y, scale, bias = ctx.saved_tensors
@@ -105,21 +104,11 @@ def _prepare(image_features, text_features, logit_scale, logit_bias, chunk_rows)
     The kernels read scale and bias through pointers (no host sync), so on CUDA they pass as given;
     the CPU path checks their values.
     """
-    check_features("image_features", image_features)
-    check_features("text_features", text_features)
-    if image_features.shape != text_features.shape:
-        raise ValueError(
-            f"image_features {tuple(image_features.shape)} and text_features {tuple(text_features.shape)} "
-            "must have the same (batch, dim)")
-    dtype = common_dtype(image_features, text_features)
-    on_kernel = chunk_rows is None and use_kernels(image_features, dtype)
-    if not on_kernel:
-        dtype = compute_dtype(dtype)
-        device = image_features.device
-        logit_scale = check_scale("logit_scale", logit_scale, device, dtype)
-        logit_bias = check_scale("logit_bias", logit_bias, device, dtype)
-    image, text = (f.to(dtype).contiguous() for f in (image_features, text_features))
-    return image, text, logit_scale, logit_bias, on_kernel
+    image, text, kernel = prepare_pair(image_features, text_features, chunk_rows)
+    if not kernel:
+        logit_scale = check_scale("logit_scale", logit_scale, image.device, image.dtype)
+        logit_bias = check_scale("logit_bias", logit_bias, image.device, image.dtype)
+    return image, text, logit_scale, logit_bias, kernel
 
 
 def _sigmoid_loss(x, y, scale, bias, offset, on_kernel, chunk_rows):
@@ -148,7 +137,7 @@ def siglip_loss_per_sample(image_features: torch.Tensor, text_features: torch.Te
     return _sigmoid_loss(image, text, scale, bias, 0, on_kernel, chunk_rows)
 
 
-class SigLipLoss(nn.Module):
+class SigLipLoss(PairLossModule):
     """Drop-in for `open_clip.loss.SigLipLoss` that also yields per-sample losses.
 
     Same constructor, forward signature, scalar and `{"contrastive_loss": ...}` dict:
@@ -176,22 +165,11 @@ class SigLipLoss(nn.Module):
         on_per_sample: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None,
         chunk_rows: Optional[int] = None,
     ):
-        super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        super().__init__(cache_labels, rank, world_size, reduction, on_per_sample, chunk_rows)
         dist_impl = dist_impl or "bidir"
         if dist_impl not in _DIST_IMPLS:
             raise ValueError(f"dist_impl must be one of {_DIST_IMPLS}, got {dist_impl!r}")
-        self.cache_labels = cache_labels  # accepted for compatibility: no label tensor is built
-        self.rank = rank
-        self.world_size = world_size
         self.dist_impl = dist_impl
-        self.reduction = reduction
-        self.on_per_sample = on_per_sample
-        self.chunk_rows = chunk_rows
-        self.last_per_sample: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def per_sample(self, image_features, text_features, logit_scale, logit_bias) -> Tuple[torch.Tensor, torch.Tensor]:
         """(image_loss, text_loss), each (B,), of this rank's samples against the whole (gathered) batch."""
@@ -208,9 +186,7 @@ class SigLipLoss(nn.Module):
 
     def forward(self, image_features, text_features, logit_scale, logit_bias, output_dict=False):
         image_loss, text_loss = self.per_sample(image_features, text_features, logit_scale, logit_bias)
-        self.last_per_sample = (image_loss.detach(), text_loss.detach())
-        if self.on_per_sample is not None:
-            self.on_per_sample(*self.last_per_sample)
+        self._record(image_loss, text_loss)
         if self.reduction == "none":
             total = (image_loss + text_loss) / 2
         elif self.reduction == "sum":

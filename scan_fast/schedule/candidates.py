@@ -27,6 +27,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from scan_fast.checks import has_triton
+from scan_fast.index import batch_candidates  # noqa: F401  (the engine: host arrays)
 from scan_fast.keyed_hash import SIGN_BIT, counter_hashes, stream_key
 from scan_fast.schedule.inputs import check_fraction, check_rho_pair, check_threshold, check_u64
 
@@ -95,16 +97,8 @@ def batch_candidates_reference(loss_a, loss_b, *, k_ill: Optional[int] = None, k
 
 
 # ----------------------------------------------------------------------------- host arrays: the engine
-
-
-def batch_candidates(loss_a, loss_b, *, k_ill: Optional[int] = None, k_red: Optional[int] = None,
-                     abs_ill: Optional[float] = None, abs_red: Optional[float] = None, seed: int = 0,
-                     stream: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """The rule on host arrays by the C++ engine (threads, radix select); see the module docstring."""
-    from scan_fast.index import batch_candidates as engine_batch_candidates  # the compiled engine, on use
-
-    return engine_batch_candidates(loss_a, loss_b, k_ill=k_ill, k_red=k_red, abs_ill=abs_ill, abs_red=abs_red,
-                                   seed=seed, stream=stream)
+# `batch_candidates` (imported above) is the rule on host arrays by the C++ engine (threads, radix
+# select), re-exported without a wrapper: the schedule calls it once per batch.
 
 
 # ----------------------------------------------------------------------------- torch: any device, no sync
@@ -182,13 +176,7 @@ def masks_on_device(loss_a: torch.Tensor, loss_b: torch.Tensor, *, k_ill: Option
 
 
 def use_kernel(loss: torch.Tensor) -> bool:
-    if not loss.is_cuda:
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return loss.is_cuda and has_triton()
 
 
 def prune_candidates(loss_a: torch.Tensor, loss_b: torch.Tensor, rho_ill: float = 0.35, rho_red: float = 0.35,

@@ -100,7 +100,7 @@ class Scan(PruningSchedule):
         ill, red = batch_candidates(loss_a, loss_b, k_ill=k_ill, k_red=k_red, abs_ill=self.config.abs_ill,
                                     abs_red=self.config.abs_red, seed=self.config.seed,
                                     stream=batch_stream(self._epoch, self._batch_index))
-        ill_ids, red_ids = np.compress(ill, ids), np.compress(red, ids)  # faster than ids[mask]
+        ill_ids, red_ids = ids.compress(ill), ids.compress(red)  # faster than ids[mask]
         self._new[0].add(ill_ids)
         self._new[1].add(red_ids)
         self._batch_index += 1

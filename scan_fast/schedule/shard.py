@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scan_fast.index import SampleSet, keyed_shard
+from scan_fast.keyed_hash import GOLDEN, mix64, mix64_int, stream_key
 from scan_fast.schedule.inputs import check_int
 
 __all__ = ["KeptSet", "epoch_shard", "epoch_shard_part", "shard_length", "order_stream", "epoch_shard_reference",
@@ -106,37 +107,21 @@ def epoch_shard_part(kept: KeptSet, epoch: int, rank: int, world_size: int, seed
 
 # -- the oracle: the same definition on the materialised list ------------------------------
 _U64 = np.uint64
-_GOLDEN, _SEED_SALT, _PURPOSE = 0x9E3779B97F4A7C15, 0x5CA11DE5EED5EED, 7  # csrc/rng.hpp, RngPurpose::kShardOrder
+_PURPOSE = 7  # csrc/rng.hpp, RngPurpose::kShardOrder
 _ROUNDS = 6
-
-
-def _mix64_int(z: int) -> int:
-    """splitmix64's finaliser on a Python int (csrc/rng.hpp mix64)."""
-    mask = (1 << 64) - 1
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-    return z ^ (z >> 31)
-
-
-def _mix64(z: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
-    return z ^ (z >> _U64(31))
 
 
 def keyed_permutation_reference(size: int, seed: int, stream: int, positions) -> np.ndarray:
     """The engine's keyed bijection of [0, size) applied to `positions`, in numpy."""
-    mask64 = (1 << 64) - 1
-    key = _mix64_int((_mix64_int((_mix64_int(seed ^ _SEED_SALT) + stream) & mask64) + _PURPOSE) & mask64)
-    round_keys = [_U64(_mix64_int((key + r * _GOLDEN) & mask64)) for r in range(_ROUNDS)]
+    key = stream_key(seed, stream, _PURPOSE)
+    round_keys = [_U64(mix64_int(key + r * GOLDEN)) for r in range(_ROUNDS)]  # hash(key, r)
     half = max(1, ((size - 1).bit_length() + 1) // 2)
     shift, half_mask = _U64(half), _U64((1 << half) - 1)
 
     def network(x):
         left, right = x >> shift, x & half_mask
         for k in round_keys:
-            left, right = right, left ^ (_mix64(right ^ k) & half_mask)
+            left, right = right, left ^ (mix64((right ^ k).view(np.int64)).view(_U64) & half_mask)
         return (left << shift) | right
 
     x = network(np.asarray(positions, dtype=_U64))
