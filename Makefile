@@ -51,6 +51,8 @@ bench: setup
 	$(PY) bench/bench_loss.py --sizes 1024 4096 16384 --dims 512
 	$(PY) bench/bench_loss.py --loss siglip --sizes 1024 4096 16384 --dims 512
 	$(PY) bench/bench_loader.py
+	$(PY) bench/bench_open.py
+	$(PY) bench/kernels_ptxas_report.py --check
 	$(PY) bench/bench_scale.py
 	$(PY) bench/bench_train_step.py
 	$(PY) -m pytest -q -ra -m slow
