@@ -2,7 +2,7 @@
 
 For each variant and size a fresh process opens `clip_loader` over N tiny CLIP samples (8 x 8 raw
 images, 8 tokens: the data is small, so what grows is the loader's own cost) and reads one batch
-(64), three times; it reports the median of the seconds from the call to the first batch, and
+(64), five times; it reports the median of the seconds from the call to the first batch, and
 the memory it added: private memory (anonymous pages: what each rank pays for itself) and the
 pages of the data files it mapped (page cache, shared by the ranks of a node and reclaimable;
 a kernel that caches files in large folios maps a whole folio, up to 2 MiB, for each row or
@@ -197,8 +197,9 @@ def measure(variant: str, path: str) -> dict:
 def run_measure(variant: str, path: Path, repeats: int) -> dict:
     runs = []
     for _ in range(repeats):
+        # one malloc arena: per-thread arenas otherwise move private memory by ~20 MiB from run to run
         out = subprocess.run([sys.executable, __file__, "--measure", variant, str(path)], capture_output=True,
-                             text=True, check=False)
+                             text=True, check=False, env={**os.environ, "MALLOC_ARENA_MAX": "1"})
         if out.returncode:
             raise RuntimeError(f"{variant} on {path} failed:\n{out.stderr[-3000:]}")
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -212,7 +213,8 @@ def main(argv=None) -> int:
     parser.add_argument("--old-sizes", nargs=2, type=float, default=[1e6, 2.5e6], metavar="N",
                         help="the two sizes of the path before (default 1e6 2.5e6: ~1 KB a sample)")
     parser.add_argument("--workdir", help="keep the generated data here (default: a temp folder, removed)")
-    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per measurement (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="fresh processes per measurement (median)")
+    parser.add_argument("--variants", nargs="+", help="only these variants (names as in the table)")
     parser.add_argument("--quick", action="store_true", help="skip the path before")
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -224,6 +226,8 @@ def main(argv=None) -> int:
     plan = [(v, [int(s) for s in args.sizes]) for v in variants]
     if not args.quick:
         plan.append(("ffcv Reader + OS cache (before)", [int(s) for s in args.old_sizes]))
+    if args.variants:
+        plan = [(v, sizes) for v, sizes in plan if v in args.variants]
     print(f"bench_open: {platform.node()}, {os.cpu_count()} cores; first batch of {BATCH}, "
           f"{RES}x{RES} raw images, {CONTEXT} tokens; fresh process each")
     print("| variant | N | time to first batch s | private MiB | data files mapped MiB |")
