@@ -289,11 +289,13 @@ def suite_parts(root: Path, num_samples: int, reps: int, workers: int):
     write_shapes(single, num_samples=num_samples, resolution=64, progress=False)
     write_shapes(folder, num_samples=num_samples, resolution=64, progress=False,
                  samples_per_part=-(-num_samples // 4))
-    providers = {"one file": clip_loader(single, BATCH, 64, drop_last=False, num_workers=workers),
-                 "4-part folder": clip_loader(folder, BATCH, 64, drop_last=False, num_workers=workers),
-                 "one file, ffcv's read path (before)": _ffcv_read_path_loader(single, 64, workers)}
-    for loader in providers.values():
-        time_epoch(loader)  # warm-up (JIT)
+    makers = {"one file": lambda: clip_loader(single, BATCH, 64, drop_last=False, num_workers=workers),
+              "4-part folder": lambda: clip_loader(folder, BATCH, 64, drop_last=False, num_workers=workers),
+              "one file, ffcv's read path (before)": lambda: _ffcv_read_path_loader(single, 64, workers)}
+    providers = {}
+    for name, make in makers.items():  # each built and warmed up (JIT) before the next is built
+        providers[name] = make()
+        time_epoch(providers[name])
     rates = {name: [] for name in providers}
     for _ in range(reps):
         for name, loader in providers.items():
