@@ -89,7 +89,9 @@ def add_data_parser(sub):
                                     "training data, or an evaluation set for CLIP zero-shot and MoCo"),
                        ("moco", "the same as 'labelled'")):
         labelled = kinds.add_parser(name, help=text, description=text[0].upper() + text[1:] + ". Labels follow the "
-                                    "sorted class folder names, saved beside --out as OUT.classes.json.")
+                                    "sorted class folder names, saved beside --out as OUT.classes.json. Every file "
+                                    "with an image extension is a row; one that does not decode, or a broken "
+                                    "symbolic link, is a skipped row naming the file (--strict stops at it).")
         labelled.add_argument("--image-folder", required=True, help="root folder: one sub-folder per class")
         labelled.add_argument("--out", required=True, help="target .beton")
         _add_image_flags(labelled)

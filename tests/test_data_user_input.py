@@ -155,6 +155,26 @@ def test_an_empty_class_folder_is_an_error_not_a_label(tmp_path):
         write_labelled_from_image_folder(tmp_path / "tree", tmp_path / "t.beton", **QUIET)
 
 
+def test_a_broken_symbolic_link_is_a_skipped_row_naming_its_target(tmp_path, capsys):
+    for name in ("cat", "dog"):
+        (tmp_path / "tree" / name).mkdir(parents=True)
+        _png(tmp_path / "tree" / name / "a.png", np.zeros((4, 4, 3), np.uint8))
+    link = tmp_path / "tree" / "dog" / "b.png"
+    link.symlink_to(tmp_path / "gone.png")
+    (tmp_path / "tree" / "dog" / "loop.jpg").symlink_to("loop.jpg")
+    out = tmp_path / "t.beton"
+    assert _cli("labelled", "--image-folder", tmp_path / "tree", "--out", out) == 0
+    printed = capsys.readouterr().out
+    assert "read 4 rows, wrote 2, skipped 2" in printed and "skipped 2 x broken symbolic link" in printed
+    assert f"{link}: broken symbolic link: -> {tmp_path / 'gone.png'}, which does not exist" in printed
+    assert "loop.jpg: broken symbolic link: -> loop.jpg (Too many levels of symbolic links)" in printed
+    assert read_samples(out)["label"] == [0, 1]
+    assert _cli("labelled", "--image-folder", tmp_path / "tree", "--out", out, "--overwrite", "--strict") == 2
+    err = capsys.readouterr().err
+    assert err == (f"scan-fast data: error: {link}: broken symbolic link: -> {tmp_path / 'gone.png'}, "
+                   "which does not exist (strict=True: nothing was written)\n")
+
+
 def test_num_workers_zero_names_the_flag(pairs, capsys):
     with pytest.raises(SystemExit):
         _cli("clip", "--table", pairs, "--out", pairs.with_suffix(".beton"), "--num-workers", "0")

@@ -581,6 +581,40 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
 
 # --------------------------------------------------------------------------- labelled images from ImageFolder
 
+@dataclass(frozen=True)
+class BrokenLink:
+    """A symbolic link with an image's name whose target cannot be opened: listed, so that it is a
+    skipped row (or, with strict=True, the row that stops the write) instead of vanishing."""
+    path: str
+
+    def read(self) -> bytes:
+        try:
+            target = os.readlink(self.path)
+        except OSError:
+            target = "?"
+        try:
+            os.stat(self.path)
+        except FileNotFoundError:
+            raise BadRow("broken symbolic link", f"-> {target}, which does not exist") from None
+        except OSError as err:
+            raise BadRow("broken symbolic link", f"-> {target} ({err.strerror})") from None
+        return FileImage(self.path).read()  # mended since it was listed
+
+
+def _folder_images(folder: Path) -> List[Union[FileImage, BrokenLink]]:
+    """The files under folder with an image extension, sorted; a dangling link is a BrokenLink
+    (Path.is_file() is False for it, which would drop it without a word)."""
+    found = []
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if p.is_file():
+            found.append(FileImage(str(p)))
+        elif p.is_symlink() and not p.exists():
+            found.append(BrokenLink(str(p)))
+    return found
+
+
 def write_labelled_from_image_folder(root, target, image_mode: str = "jpg", jpeg_quality: int = 90,
                                      max_resolution: Optional[int] = 256, strict: bool = False,
                                      num_workers: Optional[int] = None, progress: bool = True,
@@ -599,14 +633,13 @@ def write_labelled_from_image_folder(root, target, image_mode: str = "jpg", jpeg
         raise ValueError(f"image folder {root} has no class sub-folders")
     refs, extras, where, empty = [], [], [], []
     for label, name in enumerate(classes):
-        found = [p for p in sorted((root / name).rglob("*"))
-                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        found = _folder_images(root / name)
         if not found:
             empty.append(name)
-        for path in found:
-            refs.append(FileImage(str(path)))
+        for ref in found:
+            refs.append(ref)
             extras.append({"label": label})
-            where.append(str(path))
+            where.append(ref.path)
     if empty:
         raise ValueError(f"image folder {root}: class folder(s) {empty} hold no images with extensions "
                          f"{IMAGE_EXTENSIONS}; remove them or add images")

@@ -65,7 +65,8 @@ HELP = {
               "checkpoint's (docs/architecture.md lists those that may change)",
     "overwrite": "replace the run folder if it already holds a run (without it, a new run refuses it)",
     "dist_timeout": "seconds a collective waits for the other processes before the run fails (the other ranks "
-                    "wait while rank 0 evaluates: keep it above the evaluation's time)",
+                    "wait while rank 0 evaluates: keep it above the evaluation's time); a rank that loses "
+                    "another stops with one line naming the collective and the last checkpoint (exit code 4)",
     "progress": "a progress bar within each epoch, drawn on a terminal only (the line that sums up each epoch "
                 "is always printed)",
     "save_frequency": "checkpoint every N epochs (and after the last), before evaluating",
@@ -180,7 +181,7 @@ def add_train_parsers(sub) -> None:
 
 
 def _run_train(args):
-    from scan_fast.train.run import TrainingDiverged
+    from scan_fast.train.run import PeerLost, TrainingDiverged
 
     cfg = config_from_args(args, args.config_cls)
     if args.kind == "clip":
@@ -192,6 +193,9 @@ def _run_train(args):
     except TrainingDiverged as err:
         print(f"scan-fast train {args.kind}: error: {err}", file=sys.stderr)
         return 3
+    except PeerLost as err:
+        print(f"scan-fast train {args.kind}: error: {err}", file=sys.stderr, flush=True)
+        return 4
     for key, value in summary.items():
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
     return 0

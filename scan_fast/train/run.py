@@ -9,6 +9,7 @@ a killed run exactly where its last checkpoint left it. It calls only what
 import datetime
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -25,6 +26,41 @@ from scan_fast.train.resume import checkpoint_config, open_run, run_folder
 class TrainingDiverged(RuntimeError):
     """The loss, a weight or the optimizer state went NaN/inf; training stopped and no checkpoint was
     written after it (every checkpoint on disk is finite)."""
+
+
+class PeerLost(RuntimeError):
+    """A collective failed because another rank died, hung past --dist-timeout or became unreachable;
+    the message names the collective and the last checkpoint. The backend's error is its __cause__."""
+
+
+# what gloo (its tcp transport), NCCL and the c10d store say when the other end of a collective is gone
+_LOST_CONTACT = ("gloo/transport/", "Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                 "Timed out waiting", "remote process exited", "communicator was aborted",
+                 "Watchdog caught collective operation timeout")
+
+
+def lost_contact(err: BaseException) -> Optional[str]:
+    """Where this rank lost contact with another ("all_gather at scan_fast/ops/distributed.py:30"), or
+    None when err is not such a failure: a bug keeps its traceback."""
+    if not (dist.is_available() and dist.is_initialized()) or not isinstance(err, RuntimeError):
+        return None
+    lost = isinstance(err, (dist.DistNetworkError, dist.DistStoreError)) or \
+        any(text in str(err) for text in _LOST_CONTACT)
+    if not lost:
+        return None
+    frames = traceback.extract_tb(err.__traceback__)
+    ours = [f for f in frames if f"{os.sep}scan_fast{os.sep}" in f.filename]
+    at = ""
+    if ours:
+        path = ours[-1].filename
+        at = f" at {path[path.rindex(f'{os.sep}scan_fast{os.sep}') + 1:]}:{ours[-1].lineno}"
+    called = [f.name for f in frames if f.filename.endswith("distributed_c10d.py") and f.name != "wrapper"]
+    if any(f.name == "backward" for f in frames):  # a gathered loss's backward, or DDP's gradient all-reduce
+        return f"{called[-1] if called else 'the gradient all-reduce'} in the backward pass{at}"
+    if called:
+        return called[-1] + at
+    ddp = any(f.filename.endswith(os.path.join("nn", "parallel", "distributed.py")) for f in frames)
+    return f"{'the forward pass of DistributedDataParallel' if ddp else 'a collective'}{at}"
 
 
 @dataclass
@@ -135,11 +171,35 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
     ckpt_dir = os.path.join(folder, "checkpoints")
     device = runtime.device
     state = open_run(cfg, folder, runtime.world_size, runtime.is_main, map_location=device)  # before any write
+    latest = os.path.join(ckpt_dir, "latest.pt")
+    saved = {"epoch": None if state is None else state["epoch"],  # what latest.pt holds
+             "step": 0 if state is None else state["global_step"]}
+
+    def peer_lost(err):
+        """err as PeerLost when a collective lost contact with another rank; None for any other error."""
+        where = lost_contact(err)
+        if where is None:
+            return None
+        if saved["epoch"] is None and not os.path.isfile(latest):
+            last = "no checkpoint was written"
+        else:
+            after = "" if saved["epoch"] is None else \
+                f" (saved after epoch {saved['epoch'] - 1}, global step {saved['step']})"
+            last = f"the last checkpoint is {latest}{after}"
+        return PeerLost(f"rank {runtime.rank} lost contact with another rank during {where} (a peer process "
+                        f"died or hung; see its log); {last}")
+
     model.to(device)
     train_model = model
     if runtime.world_size > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+        try:  # broadcasts rank 0's weights
+            train_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        except RuntimeError as err:
+            lost = peer_lost(err)
+            if lost is None:
+                raise
+            raise lost from err
     # fused on CUDA: GradScaler then hands the inf check to the optimizer's kernel instead of
     # reading found_inf on the host every step (torch's _step_supports_amp_scaling)
     implementation = {"fused": True} if device.type == "cuda" else {"foreach": True}
@@ -155,9 +215,6 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
     logger = RunLogger(folder, tensorboard=cfg.tensorboard, enabled=runtime.is_main)
     batch_total = cfg.batch_size * runtime.world_size
     full_epoch_samples = num_samples // batch_total * batch_total
-
-    latest = os.path.join(ckpt_dir, "latest.pt")
-    saved = {"epoch": start_epoch if state is not None else None, "step": global_step}  # what latest.pt holds
 
     def safe_checkpoint():
         """Where the run's last finite state is, for a message about a stopped run."""
@@ -178,7 +235,7 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
             save_checkpoint(latest, model=model, optimizer=optimizer, scaler=scaler, schedule=schedule,
                             epoch=epoch, global_step=global_step, history=history,
                             config=checkpoint_config(cfg, runtime.world_size))
-            saved.update(epoch=epoch, step=global_step)
+        saved.update(epoch=epoch, step=global_step)  # on every rank: what rank 0's latest.pt now holds
 
     step = Step(model=train_model, optimizer=optimizer, scaler=scaler, schedule=schedule, unpack=unpack,
                 base_lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, forward_kwargs=forward_kwargs,
@@ -225,6 +282,11 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
                 print(_epoch_line(kind, history[-1]), flush=True)
     except StopTraining as stop:
         return {"stopped_at_step": stop.global_step, "folder": folder}
+    except RuntimeError as err:
+        lost = peer_lost(err)
+        if lost is None:
+            raise
+        raise lost from err
     finally:
         logger.close()
         loader.stop()  # a run that stopped mid-epoch leaves no loader thread behind
