@@ -242,15 +242,21 @@ def _read_key_list(path) -> np.ndarray:
     return np.array(lines, dtype=f"S{max([1] + [len(k) for k in lines])}")
 
 
-def coreset_ids(path, dataset) -> np.ndarray:
-    """The sorted global ids a --coreset file selects in `dataset` (a Dataset, or None when the
-    file holds ids or bits and needs none). ValueError naming the file for unknown uids/keys."""
+def coreset_ids(path, data) -> Optional[np.ndarray]:
+    """The sorted global ids a --coreset file selects in the data set `data` (a path or Dataset,
+    opened only for uids and keys); None for an id list (StaticCoreset.from_file reads those).
+    ValueError naming the file, with a count and an example, for uids or keys not in the data."""
     path = os.fspath(path)
     kind = coreset_kind(path)
     if kind == "bits":
         return bits_to_ids(np.load(path, allow_pickle=False))
     if kind == "ids":
-        return None  # the schedule's own id-list reader takes it
+        return None
+    if isinstance(data, (str, os.PathLike)):
+        from .dataset import open_dataset
+
+        data = open_dataset(data, progress=False)
+    dataset = data
     wanted = np.load(path, allow_pickle=False) if kind == "uids" else _read_key_list(path)
     if wanted.ndim != 1 or len(wanted) == 0:
         raise ValueError(f"coreset file {path} lists no {kind}")
