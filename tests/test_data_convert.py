@@ -234,8 +234,7 @@ def test_data_check_passes_a_good_folder_and_finds_a_corrupt_byte(folder, tmp_pa
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_one(shards, folder, tmp_path):
     out = tmp_path / "torchrun"
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    run = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "--", "scan_fast.cli", "data", "clip",
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "--", "scan_fast.cli", "data", "clip",
                           "--webdataset", str(shards), "--out", str(out), "--samples-per-part", str(K), *QUIET],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
