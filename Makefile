@@ -53,6 +53,7 @@ bench: setup
 	$(PY) bench/bench_loader.py
 	$(PY) bench/bench_scale.py
 	$(PY) bench/bench_train_step.py
+	$(PY) bench/bench_convert.py
 	$(PY) -m pytest -q -ra -m slow
 
 clean:
