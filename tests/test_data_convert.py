@@ -240,3 +240,26 @@ def test_torchrun_two_processes_equal_one(shards, folder, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     _assert_same_rows(out, folder)
     assert json.loads((out / "manifest.json").read_text())["num_samples"] == open_dataset(folder).num_samples
+
+
+def test_table_parts_keep_the_uid_column_and_equal_a_single_file(tmp_path):
+    rng = np.random.default_rng(3)
+    lines = ["image,caption,uid"]
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 255, (10, 14, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        uid = _uid(i) if i != 2 else "not-a-uid"
+        lines.append(f"{i}.png,caption {i},{uid}")
+    lines.insert(5, "missing.png,a row whose image is missing," + _uid(99))  # table line 6: a bad row
+    (tmp_path / "pairs.csv").write_text("\n".join(lines) + "\n")
+    common = ["data", "clip", "--table", str(tmp_path / "pairs.csv"), "--uid-column", "uid", *QUIET]
+    assert main([*common, "--out", str(tmp_path / "parts"), "--samples-per-part", "3"]) == 0
+    assert main([*common, "--out", str(tmp_path / "one.beton")]) == 0
+    _assert_same_rows(tmp_path / "parts", tmp_path / "one.beton")
+    dataset = open_dataset(tmp_path / "parts")
+    # source rows 0-2: images 0, 1, 2 (bad uid: skipped); 3-5: 3, missing (skipped), 4; 6-7: 5, 6
+    assert list(np.diff(dataset.offsets)) == [2, 2, 2]
+    uids = np.concatenate([load_ids(f, "uids") for f in dataset.files])
+    assert [uid_pair for uid_pair in uids.tolist()] == [(int(_uid(i)[:16], 16), int(_uid(i)[16:], 16))
+                                                        for i in (0, 1, 3, 4, 5, 6)]
+    np.testing.assert_array_equal(load_ids(tmp_path / "one.beton", "uids"), uids)
+    assert ids_path(tmp_path / "one.beton", "uids").name == "one.uids.npy"
