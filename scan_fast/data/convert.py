@@ -228,7 +228,7 @@ def convert_parts(out, *, what: dict, samples_per_part: int, count_rows: Callabl
                 for kind in KINDS:
                     remove_stale_partials(ids_path(target, kind))
                 summary = write_part(target, p, *ranges[p])
-                if summary is not None and progress:
+                if summary is not None:  # each part's rows read, written and skipped, as the single-file writers print
                     tqdm.write(str(summary), file=sys.stdout)
                 bar.update(1)
         processes.barrier()
