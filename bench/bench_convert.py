@@ -69,6 +69,14 @@ def convert(shards, out, per_part, ranges, workers):
     return time.perf_counter() - start
 
 
+def start_up():
+    """Seconds a fresh process takes to import the writers (ffcv's import compiles numba code): the
+    fixed cost each converting process pays once, which the ratio does not divide."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import scan_fast.data.writers"], check=True)
+    return time.perf_counter() - start
+
+
 def fingerprints(folder):
     manifest = json.load(open(os.path.join(folder, "manifest.json")))
     return manifest["num_samples"], [p["fingerprint"] for p in manifest["parts"]]
@@ -95,8 +103,10 @@ def main():
     }
     times = {name: [] for name in cases}
     prints = {}
+    imports = []
     try:
         for _ in range(args.rounds):
+            imports.append(start_up())
             for name, (ranges, workers) in cases.items():
                 out = os.path.join(work, "out")
                 shutil.rmtree(out, ignore_errors=True)
@@ -117,6 +127,8 @@ def main():
         median = statistics.median(values)
         print(f"| {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {samples / median:.0f} "
               f"| {base / median:.2f}x |")
+    print(f"start-up of one process (import of the writers): {statistics.median(imports):.1f} s median "
+          f"({', '.join(f'{v:.1f}' for v in imports)})")
     print(f"2-process folder equal to the 1-process one (parts' fingerprints): {same}")
     if not same:
         raise SystemExit(1)
