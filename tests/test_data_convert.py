@@ -17,7 +17,7 @@ from scan_fast.cli import main
 from scan_fast.data.dataset import open_dataset
 from scan_fast.data.inspect import read_samples
 from scan_fast.data.parts import part_path
-from scan_fast.data.source_ids import UID_DTYPE, coreset_ids, export_kept, ids_path, kept_bits, load_ids
+from scan_fast.data.source_ids import UID_DTYPE, coreset_ids, export_kept, ids_path, load_ids
 
 SHARDS, PER_SHARD, K = 2, 5, 4  # 10 rows -> parts of 4, 4, 2
 QUIET = ["--no-progress", "--num-workers", "1"]
@@ -234,9 +234,9 @@ def test_data_check_passes_a_good_folder_and_finds_a_corrupt_byte(folder, tmp_pa
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_one(shards, folder, tmp_path):
     out = tmp_path / "torchrun"
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "--", "scan_fast.cli", "data", "clip",
-                          "--webdataset", str(shards), "--out", str(out), "--samples-per-part", str(K), *QUIET],
-                         capture_output=True, text=True, timeout=600)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "--", "scan_fast.cli",
+            "data", "clip", "--webdataset", str(shards), "--out", str(out), "--samples-per-part", str(K), *QUIET]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     _assert_same_rows(out, folder)
     assert json.loads((out / "manifest.json").read_text())["num_samples"] == open_dataset(folder).num_samples

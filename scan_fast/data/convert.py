@@ -17,14 +17,14 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from tqdm import tqdm
 
 from scan_fast.outputs import partial_path, remove_stale_partials
 
 from .beton import BetonFile, DataError
-from .dataset import MANIFEST, open_dataset, read_manifest
+from .dataset import MANIFEST, read_manifest
 from .parts import clear_folder, finished_parts, part_path, part_ranges, write_manifest
 from .source_ids import KINDS, ids_path, load_ids
 
