@@ -59,14 +59,15 @@ def _add_write_flags(p):
     g.add_argument("--strict", action="store_true",
                    help="stop at the first bad row instead of skipping it (nothing is written)")
     g.add_argument("--num-workers", type=positive_int, default=None,
-                   help="writer processes (default: all cores)")
+                   help="writer processes of each converting process (default: all cores, shared among "
+                        "torchrun's processes on the machine)")
     g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _add_part_flags(p):
     g = p.add_argument_group("part folders (conversion at scale)")
-    g.add_argument("--samples-per-part", type=positive_int, default=None,
+    g.add_argument("--samples-per-part", type=positive_int, default=None, metavar="K",
                    help="write --out as a folder of .beton parts: part P holds the valid rows among source rows "
                         "[P*K, (P+1)*K). Parts are written independently (under torchrun each process writes "
                         "parts P %% WORLD_SIZE == RANK); a rerun of a killed conversion writes only the missing "
