@@ -263,3 +263,21 @@ def test_table_parts_keep_the_uid_column_and_equal_a_single_file(tmp_path):
                                                         for i in (0, 1, 3, 4, 5, 6)]
     np.testing.assert_array_equal(load_ids(tmp_path / "one.beton", "uids"), uids)
     assert ids_path(tmp_path / "one.beton", "uids").name == "one.uids.npy"
+
+
+def test_image_folder_parts_equal_a_single_file_and_keep_the_class_names(tmp_path):
+    from scan_fast.data.classes import load_class_names
+    from scan_fast.data.inspect import read_labels
+
+    rng = np.random.default_rng(5)
+    for name, count in (("cat", 3), ("dog", 4)):
+        (tmp_path / "tree" / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (9, 11, 3), dtype=np.uint8)).save(tmp_path / "tree" / name / f"{i}.png")
+    common = ["data", "labelled", "--image-folder", str(tmp_path / "tree"), *QUIET]
+    assert main([*common, "--out", str(tmp_path / "parts"), "--samples-per-part", "3", "--part-range", "1:3"]) == 0
+    assert main([*common, "--out", str(tmp_path / "parts"), "--samples-per-part", "3", "--part-range", "0:1"]) == 0
+    assert main([*common, "--out", str(tmp_path / "one.beton")]) == 0
+    _assert_same_rows(tmp_path / "parts", tmp_path / "one.beton")
+    assert read_labels(tmp_path / "parts").tolist() == [0, 0, 0, 1, 1, 1, 1]
+    assert load_class_names(tmp_path / "parts") == ["cat", "dog"]

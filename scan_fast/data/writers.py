@@ -641,8 +641,7 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
             counts = previous["rows_per_shard"]
         else:
             mine = list(range(processes.rank, len(paths), processes.world))
-            with ThreadPoolExecutor(max_workers=max(1, (num_workers or os.cpu_count() or 1))) as pool:
-                found = dict(zip(mine, pool.map(lambda s: len(_read_shard(paths[s])[0]), mine)))
+            found = dict(zip(mine, _count_samples([paths[s] for s in mine], num_workers, progress)))
             counts = [0] * len(paths)
             for share in processes.all_gather(found):
                 for s, n in share.items():
@@ -670,6 +669,26 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
             "context_length": context_length, **image_kwargs}
     return convert_parts(target, what=what, samples_per_part=samples_per_part, count_rows=count_rows,
                          write_part=write_part, part_range=part_range, overwrite=overwrite, progress=progress)
+
+
+def _shard_samples(shard: str) -> int:
+    """Samples in a shard, grouped as _read_shard groups them (a pass over its tar headers)."""
+    return len(_read_shard(shard)[0])
+
+
+def _count_samples(shards: List[str], num_workers: int, progress: bool) -> List[int]:
+    """_shard_samples of each shard, in `num_workers` forked processes (tar headers are parsed in
+    Python, so threads would share one core)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    bar = dict(total=len(shards), desc="counting samples", unit="shard", disable=None if progress else True)
+    if num_workers <= 1 or len(shards) <= 1:
+        return [_shard_samples(shard) for shard in tqdm(shards, **bar)]
+    with ProcessPoolExecutor(max_workers=min(num_workers, len(shards)),
+                             mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(tqdm(pool.map(_shard_samples, shards, chunksize=max(1, len(shards) // (8 * num_workers))),
+                         **bar))
 
 
 def _shard_uids(shard: str) -> Dict[str, Tuple[int, int]]:
