@@ -282,10 +282,14 @@ def write_rows(target, fields: Dict, num_rows: int, make_sample: Callable[[int],
         written.check_all()  # the full per-sample check, once, while the file is in the page cache
         record = {**written.describe(), "file": target.name}
         written.close()
+        # The record and the summary first: a part folder's other writers may find this part
+        # finished (and read them) as soon as it has its final name.
+        save_record(target, record)
+        summary.rows_written = num_rows
+        summary.save(f"{target}.summary.json")
         for staged, final in companions:  # staged None: the old target's file goes with it
             os.replace(staged, final) if staged is not None else Path(final).unlink(missing_ok=True)
         os.replace(partial, target)
-        save_record(target, record)
     except _Terminated:
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
@@ -296,8 +300,6 @@ def write_rows(target, fields: Dict, num_rows: int, make_sample: Callable[[int],
         for staged, _ in companions:
             if staged is not None:
                 Path(staged).unlink(missing_ok=True)
-    summary.rows_written = num_rows
-    summary.save(f"{target}.summary.json")
     return summary
 
 
