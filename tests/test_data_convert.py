@@ -281,3 +281,19 @@ def test_image_folder_parts_equal_a_single_file_and_keep_the_class_names(tmp_pat
     _assert_same_rows(tmp_path / "parts", tmp_path / "one.beton")
     assert read_labels(tmp_path / "parts").tolist() == [0, 0, 0, 1, 1, 1, 1]
     assert load_class_names(tmp_path / "parts") == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("num_samples", [1, 7, 8, 9, 64, 131])
+def test_kept_bits_list_each_schedules_coreset(num_samples):
+    from scan_fast.data.source_ids import bits_to_ids, kept_bits
+    from scan_fast.schedule.shard import KeptSet
+    from scan_fast.schedule.strategies import InfoBatch, NoPruning, StaticCoreset
+
+    rng = np.random.default_rng(num_samples)
+    chosen = np.unique(rng.integers(0, num_samples, max(1, num_samples // 3)))
+    for schedule in (NoPruning(num_samples), InfoBatch(num_samples, 4), StaticCoreset(num_samples, chosen)):
+        bits = kept_bits(schedule.coreset_set())
+        assert bits.shape == ((num_samples + 7) // 8,)
+        np.testing.assert_array_equal(bits_to_ids(bits), schedule.coreset())
+    dropped = KeptSet(KeptSet.of(chosen, num_samples).ids, members=False)  # the complement, as Scan's
+    np.testing.assert_array_equal(bits_to_ids(kept_bits(dropped)), np.setdiff1d(np.arange(num_samples), chosen))

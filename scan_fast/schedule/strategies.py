@@ -38,6 +38,13 @@ def _check_kind(state, kind):
         raise ValueError(f"state_dict is for {state.get('kind')!r}, not {kind}")
 
 
+def _every_id(num_samples: int):
+    """All ids as a KeptSet, without listing them (the coreset of schedules that keep everything)."""
+    from scan_fast.schedule.shard import KeptSet
+
+    return KeptSet.everything(num_samples)
+
+
 class NoPruning(PruningSchedule):
     """The full data set every epoch."""
 
@@ -46,6 +53,9 @@ class NoPruning(PruningSchedule):
 
     def coreset(self) -> np.ndarray:
         return np.arange(self.num_samples, dtype=np.int64)
+
+    def coreset_set(self):
+        return _every_id(self.num_samples)
 
     def _keep_indices(self, epoch):
         return np.arange(self.num_samples, dtype=np.int64)
@@ -118,6 +128,9 @@ class RandomPruning(PruningSchedule):
 
     def coreset(self) -> np.ndarray:
         return np.arange(self.num_samples, dtype=np.int64)
+
+    def coreset_set(self):
+        return _every_id(self.num_samples)
 
     def _begin_epoch(self, epoch):
         self._collecting = 0
@@ -207,6 +220,9 @@ class InfoBatch(PruningSchedule):
 
     def coreset(self) -> np.ndarray:
         return np.arange(self.num_samples, dtype=np.int64)
+
+    def coreset_set(self):
+        return _every_id(self.num_samples)
 
     def needs_losses(self, epoch: int) -> bool:
         return True  # every observed loss updates the scores
