@@ -8,17 +8,19 @@ TarWriter), then converts them to a part folder (one part per shard's worth of s
   finishes last writes the manifest), as a job array would run them.
 
 Every process uses `--num-workers 1`, so the ratio measures the parts written in parallel, not
-ffcv's writer processes; `1 process, 2 workers` (one process with two ffcv writers and two checking
+ffcv's writer processes; `CPU s` is the CPU time of the case's processes and their writers;
+`1 process, 2 workers` (one process with two ffcv writers and two checking
 threads) is printed beside it for reference. Each case runs as fresh processes (the import and
 compile time is part of what a job pays); rounds are interleaved and the median is reported. The
 2-process folder is checked to equal the 1-process one (the same parts, byte for byte).
 
-    .venv/bin/python bench/bench_convert.py [--shards 8] [--per-shard 500] [--resolution 128] [--rounds 3]
+    .venv/bin/python bench/bench_convert.py [--shards 8] [--per-shard 500] [--resolution 256] [--rounds 3]
 """
 import argparse
 import io
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -52,8 +54,15 @@ def make_shards(folder, shards, per_shard, resolution, seed=0):
                 k += 1
 
 
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def convert(shards, out, per_part, ranges, workers):
-    """Start one `data clip` per part range at once; seconds until every one has finished."""
+    """Start one `data clip` per part range at once; (seconds until every one has finished, CPU
+    seconds of all of them and their writer processes)."""
+    cpu = _children_cpu()
     start = time.perf_counter()
     jobs = []
     for part_range in ranges:
@@ -66,7 +75,7 @@ def convert(shards, out, per_part, ranges, workers):
         _, err = job.communicate()
         if job.returncode:
             raise SystemExit(f"conversion failed: {err[-2000:]}")
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _children_cpu() - cpu
 
 
 def start_up():
@@ -86,7 +95,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--per-shard", type=int, default=500)
-    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", help="folder for the shards and outputs (default: a temporary folder)")
     args = parser.parse_args()
@@ -102,6 +111,7 @@ def main():
         "1 process, 2 workers": ([None], 2),
     }
     times = {name: [] for name in cases}
+    cpus = {name: [] for name in cases}
     prints = {}
     imports = []
     try:
@@ -110,7 +120,9 @@ def main():
             for name, (ranges, workers) in cases.items():
                 out = os.path.join(work, "out")
                 shutil.rmtree(out, ignore_errors=True)
-                times[name].append(convert(shards, out, args.per_shard, ranges, workers))
+                seconds, cpu = convert(shards, out, args.per_shard, ranges, workers)
+                times[name].append(seconds)
+                cpus[name].append(cpu)
                 prints[name] = fingerprints(out)
     finally:
         if not args.workdir:
@@ -121,12 +133,12 @@ def main():
     print(f"{samples} samples ({args.shards} shards x {args.per_shard}, {args.resolution} px JPEG), "
           f"{parts} parts; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the end; "
           f"median of {args.rounds} rounds")
-    print("| case | s (median) | rounds s | samples/s | speed-up vs 1 process |")
-    print("|---|---:|---|---:|---:|")
+    print("| case | s (median) | rounds s | CPU s (median) | samples/s | speed-up vs 1 process |")
+    print("|---|---:|---|---:|---:|---:|")
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"| {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {samples / median:.0f} "
-              f"| {base / median:.2f}x |")
+        print(f"| {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | "
+              f"{statistics.median(cpus[name]):.1f} | {samples / median:.0f} | {base / median:.2f}x |")
     print(f"start-up of one process (import of the writers): {statistics.median(imports):.1f} s median "
           f"({', '.join(f'{v:.1f}' for v in imports)})")
     print(f"2-process folder equal to the 1-process one (parts' fingerprints): {same}")
