@@ -297,3 +297,18 @@ def test_kept_bits_list_each_schedules_coreset(num_samples):
         np.testing.assert_array_equal(bits_to_ids(bits), schedule.coreset())
     dropped = KeptSet(KeptSet.of(chosen, num_samples).ids, members=False)  # the complement, as Scan's
     np.testing.assert_array_equal(bits_to_ids(kept_bits(dropped)), np.setdiff1d(np.arange(num_samples), chosen))
+
+
+def test_data_manifest_writes_the_manifest_once_every_part_is_there(folder, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    expected = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").unlink()
+    assert main(["data", "manifest", str(copy)]) == 0
+    assert json.loads((copy / "manifest.json").read_text()) == expected
+    (copy / "manifest.json").unlink()
+    part_path(copy, 2).unlink()
+    assert main(["data", "manifest", str(copy)]) == 2
+    assert "1 part(s) not written yet" in capsys.readouterr().err
