@@ -624,12 +624,8 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
     if samples_per_part is None:
         target = check_output(target, inputs=paths, overwrite=overwrite)
         _default_workers(num_workers)
-        samples, bad = [], []
-        for shard in paths:
-            found, problem = _read_shard(shard)
-            samples += _with_source_ids(shard, found)
-            if problem is not None:
-                bad.append((shard, problem))
+        samples, bad = read_webdataset_samples(paths)
+        samples = _with_source_ids(paths, samples)
         summary = WriteSummary(path=str(target), rows_read=len(samples))
         return _write_webdataset_rows(target, samples, bad, summary, **common)
     from .convert import convert_parts, part_workers
@@ -661,7 +657,7 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
                 continue
             found, problem = _read_shard(shard)
             found = found[max(0, start - first): stop - first]
-            samples += _with_source_ids(shard, found)
+            samples += _with_source_ids([shard], found)
             if problem is not None and reports_here:
                 bad.append((shard, problem))
         summary = WriteSummary(path=str(path), rows_read=len(samples))
@@ -713,12 +709,17 @@ def _shard_uids(shard: str) -> Dict[str, Tuple[int, int]]:
     return uids
 
 
-def _with_source_ids(shard: str, samples) -> list:
-    """read_webdataset_samples' (where, ref, caption) with each sample's key and uid appended."""
-    uids = _shard_uids(shard) if samples else {}
-    out = []
+def _with_source_ids(shards: List[str], samples) -> list:
+    """read_webdataset_samples' (where, ref, caption), in shard order, with each sample's key and
+    uid appended (where = "shard:key")."""
+    out, s, uids = [], -1, {}
     for where, ref, caption in samples:
-        key = where[len(shard) + 1:]
+        if s < 0 or not where.startswith(shards[s] + ":"):
+            s += 1
+            while not where.startswith(shards[s] + ":"):
+                s += 1
+            uids = _shard_uids(shards[s])
+        key = where[len(shards[s]) + 1:]
         out.append((where, ref, caption, key, uids.get(key)))
     return out
 
