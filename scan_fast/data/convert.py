@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
@@ -156,9 +157,11 @@ class PartsSummary:
     skipped: int = 0
     captions_truncated: int = 0
     pending: int = 0
+    seconds: float = 0.0  # this process's time in the conversion (after start-up)
 
     def __str__(self) -> str:
-        line = (f"{self.path}: {self.num_parts} parts ({self.written_now} written now), read {self.rows_read} "
+        line = (f"{self.path}: {self.num_parts} parts ({self.written_now} written now in {self.seconds:.1f} s), "
+                f"read {self.rows_read} "
                 f"rows, wrote {self.rows_written}, skipped {self.skipped}, captions truncated "
                 f"{self.captions_truncated} (each part's skipped rows are in part-NNNNN.beton.summary.json)")
         if self.pending:
@@ -197,6 +200,7 @@ def convert_parts(out, *, what: dict, samples_per_part: int, count_rows: Callabl
     part_range = parse_part_range(part_range)
     what = {**what, "samples_per_part": samples_per_part}
     out = check_folder(out, what, overwrite, part_range)
+    began = time.perf_counter()
     processes = Processes()
     try:
         if overwrite and processes.rank == 0:
@@ -240,6 +244,7 @@ def convert_parts(out, *, what: dict, samples_per_part: int, count_rows: Callabl
                                                     "samples_per_part": samples_per_part})
         total = _summaries(out, range(len(ranges)))
         total.num_parts, total.written_now, total.pending = len(ranges), len(todo), pending
+        total.seconds = time.perf_counter() - began
         return total
     finally:
         processes.close()
