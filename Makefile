@@ -55,6 +55,7 @@ bench: setup
 	$(PY) bench/kernels_ptxas_report.py --check
 	$(PY) bench/bench_scale.py
 	$(PY) bench/bench_train_step.py
+	$(PY) bench/bench_convert.py
 	$(PY) -m pytest -q -ra -m slow
 
 clean:

@@ -59,9 +59,22 @@ def _add_write_flags(p):
     g.add_argument("--strict", action="store_true",
                    help="stop at the first bad row instead of skipping it (nothing is written)")
     g.add_argument("--num-workers", type=positive_int, default=None,
-                   help="writer processes (default: all cores)")
+                   help="writer processes of each converting process (default: all cores, shared among "
+                        "torchrun's processes on the machine)")
     g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_part_flags(p):
+    g = p.add_argument_group("part folders (conversion at scale)")
+    g.add_argument("--samples-per-part", type=positive_int, default=None, metavar="K",
+                   help="write --out as a folder of .beton parts: part P holds the valid rows among source rows "
+                        "[P*K, (P+1)*K). Parts are written independently (under torchrun each process writes "
+                        "parts P %% WORLD_SIZE == RANK); a rerun of a killed conversion writes only the missing "
+                        "parts; the manifest is written last")
+    g.add_argument("--part-range", metavar="I:J", default=None,
+                   help="with --samples-per-part: write only parts I..J-1 (one job of a job array); the job that "
+                        "finds every part written writes the manifest (or run scan-fast data manifest FOLDER)")
 
 
 def add_data_parser(sub):
@@ -74,15 +87,18 @@ def add_data_parser(sub):
     src.add_argument("--table", help="CSV/TSV/JSONL with an image path and a caption per row")
     src.add_argument("--webdataset", nargs="+", help="tar shards, a folder of them, or a glob (a repeated key, or a "
                                                      "shard cut short, is a skipped row: --strict stops)")
-    clip.add_argument("--out", required=True, help="target .beton")
+    clip.add_argument("--out", required=True, help="target .beton, or the part folder with --samples-per-part")
     clip.add_argument("--image-root", help="folder that table image paths are relative to")
     clip.add_argument("--image-column", help="table column holding the image path")
     clip.add_argument("--caption-column", help="table column holding the caption")
     clip.add_argument("--label-column", help="table column holding a class name: also writes labels (and the "
                                              "class names beside --out), so the set can be a zero-shot --val-data")
+    clip.add_argument("--uid-column", help="table column holding each row's uid (32 hex digits, DataComp's): "
+                                           "kept beside --out for coreset export --format datacomp")
     clip.add_argument("--context-length", type=int, default=77)
     _add_image_flags(clip)
     _add_write_flags(clip)
+    _add_part_flags(clip)
     clip.set_defaults(run=_run_data_clip)
 
     for name, text in (("labelled", "labelled images from an ImageFolder tree (root/class/image): MoCo's "
@@ -93,10 +109,27 @@ def add_data_parser(sub):
                                     "with an image extension is a row; one that does not decode, or a broken "
                                     "symbolic link, is a skipped row naming the file (--strict stops at it).")
         labelled.add_argument("--image-folder", required=True, help="root folder: one sub-folder per class")
-        labelled.add_argument("--out", required=True, help="target .beton")
+        labelled.add_argument("--out", required=True, help="target .beton, or the part folder with "
+                                                           "--samples-per-part")
         _add_image_flags(labelled)
         _add_write_flags(labelled)
+        _add_part_flags(labelled)
         labelled.set_defaults(run=_run_data_labelled)
+
+    check = kinds.add_parser("check", help="check a .beton or part folder sample by sample",
+                             description="The full per-sample check of a .beton or of every part of a part "
+                                         "folder (and the folder's manifest, every part against it, and the "
+                                         "key/uid arrays beside each file): one line per problem naming the "
+                                         "file; exit code 1 when there is one.")
+    check.add_argument("path", help="a .beton file or a part folder")
+    check.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    check.set_defaults(run=_run_data_check)
+
+    manifest = kinds.add_parser("manifest", help="write the manifest of a part folder whose parts are all written",
+                                description="Write FOLDER/manifest.json once every part is written (after "
+                                            "--part-range jobs, if none of them wrote it).")
+    manifest.add_argument("folder", help="the part folder (--out of data clip/labelled --samples-per-part)")
+    manifest.set_defaults(run=_run_data_manifest)
 
     digits = kinds.add_parser("digits", help="scikit-learn's bundled digits with a held-out split")
     digits.add_argument("--out", required=True, help="folder for digits_{train,test}.beton")
@@ -133,20 +166,49 @@ def _image_kwargs(args):
     return kwargs
 
 
+def _part_kwargs(args):
+    if args.part_range is not None and args.samples_per_part is None:
+        raise ValueError("--part-range needs --samples-per-part")
+    return dict(samples_per_part=args.samples_per_part, part_range=args.part_range)
+
+
 def _run_data_clip(args):
     from scan_fast.data import write_clip_from_table, write_clip_from_webdataset
 
     common = dict(context_length=args.context_length, strict=args.strict, overwrite=args.overwrite,
-                  num_workers=args.num_workers, progress=not args.no_progress, **_image_kwargs(args))
+                  num_workers=args.num_workers, progress=not args.no_progress, **_image_kwargs(args),
+                  **_part_kwargs(args))
     if args.table:
         summary = write_clip_from_table(args.table, args.out, image_root=args.image_root,
                                         image_column=args.image_column, caption_column=args.caption_column,
-                                        label_column=args.label_column, **common)
+                                        label_column=args.label_column, uid_column=args.uid_column, **common)
     else:
-        if args.label_column:
-            raise ValueError("--label-column applies to --table only")
+        for flag, value in (("--label-column", args.label_column), ("--uid-column", args.uid_column)):
+            if value:
+                raise ValueError(f"{flag} applies to --table only")
         summary = write_clip_from_webdataset(args.webdataset, args.out, **common)
     print(summary)
+
+
+def _run_data_check(args):
+    from scan_fast.data.convert import check_path
+
+    problems = check_path(args.path, progress=not args.no_progress)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{args.path}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{args.path}: no problem found")
+    return 0
+
+
+def _run_data_manifest(args):
+    from scan_fast.data.convert import write_folder_manifest
+
+    manifest = write_folder_manifest(args.folder)
+    print(f"wrote {args.folder}/manifest.json: {len(manifest['parts'])} parts, {manifest['num_samples']} samples")
+    return 0
 
 
 def _run_data_labelled(args):
@@ -154,7 +216,8 @@ def _run_data_labelled(args):
 
     print(write_labelled_from_image_folder(args.image_folder, args.out, strict=args.strict,
                                            num_workers=args.num_workers, overwrite=args.overwrite,
-                                           progress=not args.no_progress, **_image_kwargs(args)))
+                                           progress=not args.no_progress, **_image_kwargs(args),
+                                           **_part_kwargs(args)))
 
 
 def _run_data_digits(args):
@@ -180,7 +243,7 @@ def _run_data_shapes(args):
                        progress=not args.no_progress, **_image_kwargs(args)))
 
 
-BENCHMARKS = ("mutation", "index", "loss", "loader", "kernels_gpu", "scale")
+BENCHMARKS = ("mutation", "index", "loss", "loader", "kernels_gpu", "scale", "convert")
 
 
 def add_bench_parser(sub):

@@ -88,6 +88,41 @@ def test_the_data_lines_of_the_command_list_run_at_tiny_sizes(tmp_path, monkeypa
         assert (tmp_path / "data" / name).is_file(), name
 
 
+def test_the_at_scale_block_runs_as_written(tmp_path, monkeypatch, capsys):
+    """Two --part-range jobs over made-up shards (parts of 4 instead of 100,000), then data check."""
+    import webdataset as wds
+
+    from scan_fast.data.inspect import read_samples
+
+    marker = README.index("<!-- at-scale:")
+    commands = _commands(_bash_blocks(README[marker:])[0])
+    assert [c.split()[1:3] for c in commands] == [["data", "clip"], ["data", "clip"], ["data", "check"]]
+    shards = tmp_path / "my_data" / "shards"
+    shards.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for s in range(2):
+        with wds.TarWriter(str(shards / f"{s:05d}.tar")) as sink:
+            for k in range(7):
+                image = Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+                buf = __import__("io").BytesIO()
+                image.save(buf, format="JPEG")
+                sink.write({"__key__": f"{s}{k:04d}", "jpg": buf.getvalue(), "txt": f"sample {s} {k}"})
+    tiny = [re.sub(r"--samples-per-part \d+", "--samples-per-part 4", c) + (" --no-progress --num-workers 1"
+            if " clip " in c else " --no-progress") for c in commands]
+    out = _run(tiny, tmp_path, monkeypatch, capsys)
+    assert "no problem found" in out
+    folder = tmp_path / "my_data" / "train"
+    assert len(list(folder.glob("part-*.beton"))) == 4 and (folder / "manifest.json").is_file()
+    from scan_fast.cli import main
+
+    assert main(["data", "clip", "--webdataset", str(shards), "--out", str(tmp_path / "one.beton"),
+                 "--no-progress", "--num-workers", "1"]) == 0
+    a, b = read_samples(folder), read_samples(tmp_path / "one.beton")
+    assert len(a["id"]) == 14 and a["id"] == b["id"]
+    for x, y in zip(a["image"], b["image"]):
+        np.testing.assert_array_equal(x, y)
+
+
 @pytest.mark.parametrize("command", ["train clip", "eval", "coreset export", "data labelled"])
 def test_every_command_the_readme_names_has_help(command, tmp_path, monkeypatch, capsys):
     assert f"scan-fast {command}" in README

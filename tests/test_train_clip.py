@@ -59,7 +59,8 @@ def test_scan_run_end_to_end(data, tmp_path):
         assert int(r["samples"]) == int(r["kept"]) // BATCH * BATCH
     assert summary["sample_steps"] == sum(int(r["samples"]) for r in rows)
     assert 0.0 <= summary["eval"] <= 1.0 and 0.0 <= summary["ill_precision"] <= 1.0
-    for name in ("report.md", "loss.png", "kept.png", "candidates.png", "coreset.txt", "checkpoints/latest.pt"):
+    for name in ("report.md", "loss.png", "kept.png", "candidates.png", "coreset.bits.npy",
+                 "checkpoints/latest.pt"):
         assert os.path.isfile(os.path.join(folder, name)), name
     assert os.listdir(os.path.join(folder, "tb"))
     state = torch.load(os.path.join(folder, "checkpoints/latest.pt"), weights_only=True)
@@ -85,9 +86,9 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
     a, b = _rows(os.path.join(tmp_path, "full")), _rows(os.path.join(tmp_path, "resumed"))
     assert [(r["epoch"], r["kept"], r["samples"]) for r in a] == [(r["epoch"], r["kept"], r["samples"]) for r in b]
     np.testing.assert_allclose([float(r["loss"]) for r in a], [float(r["loss"]) for r in b], rtol=1e-5)
-    for name in ("coreset.txt",):
-        np.testing.assert_array_equal(np.loadtxt(os.path.join(tmp_path, "full", name)),
-                                      np.loadtxt(os.path.join(tmp_path, "resumed", name)))
+    for name in ("coreset.bits.npy",):
+        np.testing.assert_array_equal(np.load(os.path.join(tmp_path, "full", name)),
+                                      np.load(os.path.join(tmp_path, "resumed", name)))
     assert_resume_matches(os.path.join(tmp_path, "full"), os.path.join(tmp_path, "resumed"), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"different --prune \('scan' there, 'none' here\)"):
         train_clip(_config(data, tmp_path, name="resumed", augment=True, resume="latest", prune="none"))
@@ -334,6 +335,10 @@ def test_cli_config_file_flags_and_coreset_export(data, tmp_path):
     with np.load(tmp_path / "from-yaml/candidates.npz") as cand:
         dropped = np.union1d(cand["ill"], cand["red"])
     np.testing.assert_array_equal(ids, np.setdiff1d(np.arange(N_TRAIN), dropped))
+    # the run folder keeps the same set as packed bits (N / 8 bytes, not text)
+    bits = np.load(tmp_path / "from-yaml/coreset.bits.npy")
+    assert bits.dtype == np.uint8 and bits.shape == ((N_TRAIN + 7) // 8,)
+    np.testing.assert_array_equal(np.flatnonzero(np.unpackbits(bits, bitorder="little")), ids)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from scan_fast.outputs import partial_path
 
 from .beton import BetonFile, DataError, load_record
 from .dataset import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, manifest_checksum
+from .source_ids import KINDS, ids_path
 
 PART_PATTERN = "part-{:05d}.beton"
 
@@ -47,6 +48,10 @@ def write_manifest(folder, num_parts: int, extra: Optional[Dict] = None) -> dict
         beton = BetonFile(part_path(folder, i))
         record = {**load_record(beton, progress=False), "file": part_path(folder, i).name}
         beton.close()
+        source_ids = {kind: ids_path(part_path(folder, i), kind).name for kind in KINDS
+                      if ids_path(part_path(folder, i), kind).is_file()}
+        if source_ids:  # the source's own ids of each row (source_ids.py)
+            record["source_ids"] = source_ids
         if digest is None:
             digest = record["fields_digest"]
         elif record["fields_digest"] != digest:
@@ -88,5 +93,5 @@ def clear_folder(folder, names: Sequence[str] = ()) -> None:
     if not folder.is_dir():
         return
     for path in folder.iterdir():
-        if path.name == MANIFEST or path.name.startswith("part-") or path.name in names:
+        if path.name == MANIFEST or path.name.startswith(("part-", ".part-")) or path.name in names:
             path.unlink()

@@ -29,6 +29,7 @@ class TableRow(NamedTuple):
     image: Any       # the image path as read (checked by the writer)
     caption: Any     # the caption as read: a JSONL value may be any type
     label: Any = None
+    uid: Any = None  # --uid-column: the source's own id of the row (a 32-hex-digit uid)
 
 
 def _pick_column(wanted: Optional[str], candidates: Sequence[str], columns: Sequence[str],
@@ -60,12 +61,12 @@ def _read_delimited(table: Path, fp, delimiter: str, columns_wanted) -> Tuple[Li
         raise ValueError(f"{table}: the table is empty (no header line)") from None
     if _not_utf8("".join(header)):
         raise ValueError(f"{table}:1: the header is not UTF-8 text")
-    image_col, caption_col, label_col = columns_wanted
+    image_col, caption_col, label_col, uid_col = columns_wanted
     picked = [_pick_column(image_col, IMAGE_COLUMNS, header, "image", str(table)),
               _pick_column(caption_col, CAPTION_COLUMNS, header, "caption", str(table))]
-    if label_col is not None:
-        picked.append(_pick_column(label_col, (), header, "label", str(table)))
-    positions = [header.index(name) for name in picked]
+    for wanted, role in ((label_col, "label"), (uid_col, "uid")):
+        picked.append(None if wanted is None else _pick_column(wanted, (), header, role, str(table)))
+    positions = [None if name is None else header.index(name) for name in picked]
     rows, bad = [], []
     start = reader.line_num + 1
     for record in reader:
@@ -81,12 +82,12 @@ def _read_delimited(table: Path, fp, delimiter: str, columns_wanted) -> Tuple[Li
             bad.append((where, BadRow("wrong field count",
                                       f"row has {len(record)} fields, the header has {len(header)}{hint}")))
         else:
-            rows.append(TableRow(where, *(record[p] for p in positions)))
+            rows.append(TableRow(where, *(None if p is None else record[p] for p in positions)))
     return rows, bad
 
 
 def _read_jsonl(table: Path, fp, columns_wanted) -> Tuple[List[TableRow], list]:
-    image_col, caption_col, label_col = columns_wanted
+    image_col, caption_col, label_col, uid_col = columns_wanted
     picked = None
     rows, bad = [], []
     for line_no, line in enumerate(fp, start=1):
@@ -107,21 +108,23 @@ def _read_jsonl(table: Path, fp, columns_wanted) -> Tuple[List[TableRow], list]:
         if picked is None:  # columns are fixed by the first object
             picked = [_pick_column(image_col, IMAGE_COLUMNS, list(record), "image", where),
                       _pick_column(caption_col, CAPTION_COLUMNS, list(record), "caption", where)]
-            if label_col is not None:
-                picked.append(_pick_column(label_col, (), list(record), "label", where))
-        missing = [c for c in picked if c not in record]
+            for wanted, role in ((label_col, "label"), (uid_col, "uid")):
+                picked.append(None if wanted is None else _pick_column(wanted, (), list(record), role, where))
+        missing = [c for c in picked if c is not None and c not in record]
         if missing:
             bad.append((where, BadRow("missing column", ", ".join(missing))))
             continue
-        rows.append(TableRow(where, *(record[c] for c in picked)))
+        rows.append(TableRow(where, *(None if c is None else record[c] for c in picked)))
     return rows, bad
 
 
 def read_caption_table(table, image_column: Optional[str] = None, caption_column: Optional[str] = None,
-                       label_column: Optional[str] = None) -> Tuple[List[TableRow], List[Tuple[str, BadRow]]]:
+                       label_column: Optional[str] = None, uid_column: Optional[str] = None
+                       ) -> Tuple[List[TableRow], List[Tuple[str, BadRow]]]:
     """Parse a CSV/TSV/JSONL table -> (rows, bad): `TableRow`s and (where, BadRow) pairs.
 
-    Columns are found by the usual names unless given; `label_column` is only read when given.
+    Columns are found by the usual names unless given; `label_column` and `uid_column` are only read
+    when given.
     """
     table = Path(table)
     if not table.is_file():
@@ -130,7 +133,7 @@ def read_caption_table(table, image_column: Optional[str] = None, caption_column
     suffix = table.suffix.lower()
     if suffix not in (".csv", ".tsv", ".jsonl", ".json"):
         raise ValueError(f"caption table {table}: unknown format {suffix!r} (expected .csv, .tsv or .jsonl)")
-    columns = (image_column, caption_column, label_column)
+    columns = (image_column, caption_column, label_column, uid_column)
     # utf-8-sig drops a byte-order mark; surrogateescape keeps a bad byte to its own line
     with open(table, "rb") as raw:
         fp = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")

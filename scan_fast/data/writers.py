@@ -40,6 +40,7 @@ from scan_fast.outputs import check_output, partial_path, remove_stale_partials
 from .beton import BetonFile, save_record
 from .classes import save_class_names
 from .schema import clip_fields, labelled_fields
+from .source_ids import parse_uid, stage_ids
 from .tables import BadRow, label_names, read_caption_table  # noqa: F401 - read_caption_table re-exported
 from .tokenize import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
 
@@ -255,8 +256,12 @@ def _page_size_for(max_sample_bytes: int) -> int:
 
 def write_rows(target, fields: Dict, num_rows: int, make_sample: Callable[[int], tuple],
                summary: WriteSummary, describe: Callable[[int], str] = str,
-               num_workers: int = 1, max_sample_bytes: int = 0, progress: bool = True) -> WriteSummary:
-    """Write samples 0..num_rows-1 to `target` via a temporary file renamed into place on success."""
+               num_workers: int = 1, max_sample_bytes: int = 0, progress: bool = True,
+               companions: Sequence[Tuple[Path, Path]] = ()) -> WriteSummary:
+    """Write samples 0..num_rows-1 to `target` via a temporary file renamed into place on success.
+
+    companions: (temporary, final) files written for this target (source_ids.stage_ids), renamed
+    just before it, so a target under its final name always has them; removed on failure."""
     target = check_output(target)
     if num_rows == 0:
         raise ValueError(f"nothing to write to {target}: no valid rows "
@@ -277,8 +282,14 @@ def write_rows(target, fields: Dict, num_rows: int, make_sample: Callable[[int],
         written.check_all()  # the full per-sample check, once, while the file is in the page cache
         record = {**written.describe(), "file": target.name}
         written.close()
-        os.replace(partial, target)
+        # The record and the summary first: a part folder's other writers may find this part
+        # finished (and read them) as soon as it has its final name.
         save_record(target, record)
+        summary.rows_written = num_rows
+        summary.save(f"{target}.summary.json")
+        for staged, final in companions:  # staged None: the old target's file goes with it
+            os.replace(staged, final) if staged is not None else Path(final).unlink(missing_ok=True)
+        os.replace(partial, target)
     except _Terminated:
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
@@ -286,8 +297,9 @@ def write_rows(target, fields: Dict, num_rows: int, make_sample: Callable[[int],
             signal.signal(signal.SIGTERM, previous)
         if partial.exists():
             partial.unlink()
-    summary.rows_written = num_rows
-    summary.save(f"{target}.summary.json")
+        for staged, _ in companions:
+            if staged is not None:
+                Path(staged).unlink(missing_ok=True)
     return summary
 
 
@@ -344,9 +356,10 @@ def _check_images(refs: Sequence, where: Sequence[str], summary: WriteSummary, s
 
 
 def _write_image_rows(target, fields, refs, where, extras: List[dict], summary, strict,
-                      num_workers, progress, extra_check=None) -> WriteSummary:
+                      num_workers, progress, extra_check=None, before_write=None) -> WriteSummary:
     """Common tail of the file-based writers: check, then write each good row's image, the
-    fields in its `extras` dict and id = its row in the written file."""
+    fields in its `extras` dict and id = its row in the written file. before_write(good rows)
+    may stage files to keep beside the target (write_rows' companions)."""
     num_workers = _default_workers(num_workers)
     max_resolution = fields["image"].max_resolution
     good, largest = _check_images(refs, where, summary, strict, num_workers, progress, max_resolution,
@@ -358,9 +371,10 @@ def _write_image_rows(target, fields, refs, where, extras: List[dict], summary, 
         values = {**extras[row], "image": _stored_image(refs[row].read(), max_resolution), "id": i}
         return tuple(values[name] for name in names)
 
+    companions = before_write(good) if before_write is not None and good else ()
     return write_rows(target, fields, len(good), make_sample, summary,
                       describe=lambda i: where[good[i]], num_workers=num_workers,
-                      max_sample_bytes=largest, progress=progress)
+                      max_sample_bytes=largest, progress=progress, companions=companions)
 
 
 def _skip_or_stop(summary: WriteSummary, where: str, err: BadRow, strict: bool) -> None:
@@ -391,14 +405,22 @@ def _tokenize_captions(captions: List, where: List[str], tokenizer, summary, str
 
 def _write_clip_rows(target, refs, captions, where, summary, context_length, strict, num_workers,
                      progress, image_kwargs, labels: Optional[List[int]] = None,
-                     classes: Optional[List[str]] = None):
+                     classes: Optional[List[str]] = None, keys: Optional[List[str]] = None,
+                     uids: Optional[list] = None):
+    """keys, uids: the source's own ids of each row, kept beside the target for the rows written."""
     tokenizer = CaptionTokenizer(context_length)
     tokens = _tokenize_captions(captions, where, tokenizer, summary, strict)
     keep = [i for i, t in enumerate(tokens) if t is not None]
     extras = [{"tokens": tokens[i], **({} if labels is None else {"label": labels[i]})} for i in keep]
     fields = clip_fields(context_length, with_labels=labels is not None, **image_kwargs)
+
+    def stage(good):
+        rows = [keep[g] for g in good]
+        return stage_ids(target, keys=None if keys is None else [keys[i] for i in rows],
+                         uids=None if uids is None else [uids[i] for i in rows])
+
     summary = _write_image_rows(target, fields, [refs[i] for i in keep], [where[i] for i in keep], extras,
-                                summary, strict, num_workers, progress)
+                                summary, strict, num_workers, progress, before_write=stage)
     if classes is not None:
         save_class_names(target, classes)
     return summary
@@ -411,38 +433,100 @@ def write_clip_from_table(table, target, image_root=None, image_column: Optional
                           context_length: int = DEFAULT_CONTEXT_LENGTH, image_mode: str = "jpg",
                           jpeg_quality: int = 90, max_resolution: Optional[int] = 256,
                           strict: bool = False, num_workers: Optional[int] = None,
-                          progress: bool = True, overwrite: bool = True) -> WriteSummary:
+                          progress: bool = True, overwrite: bool = True, uid_column: Optional[str] = None,
+                          samples_per_part: Optional[int] = None, part_range=None):
     """CLIP .beton from a folder of images and a CSV/TSV/JSONL of (image path, caption).
 
     Relative image paths are resolved against `image_root` (default: the table's folder).
     With `label_column` the set is labelled too (usable for zero-shot evaluation): labels follow
-    the sorted class names of that column, saved beside the target (classes.py).
+    the sorted class names of that column, saved beside the target (classes.py). With
+    `uid_column` each row's uid (32 hex digits) is kept beside the target (source_ids.py).
+    With `samples_per_part`, `target` is a part folder (convert.py): part p holds the valid rows
+    among the table's rows [p K, (p + 1) K) in file order; `part_range` "i:j" writes parts i..j-1.
     """
-    target = check_output(target, inputs=[table], overwrite=overwrite)
+    image_kwargs = dict(image_mode=image_mode, jpeg_quality=jpeg_quality, max_resolution=max_resolution)
+    if samples_per_part is None:
+        target = check_output(target, inputs=[table], overwrite=overwrite)
     _default_workers(num_workers)
     root = Path(image_root) if image_root is not None else Path(table).parent
-    rows, bad = read_caption_table(table, image_column, caption_column, label_column)
-    summary = WriteSummary(path=str(target), rows_read=len(rows) + len(bad))
+    rows, bad = read_caption_table(table, image_column, caption_column, label_column, uid_column)
+    classes = None
+    if label_column is not None:
+        classes = label_names([row.label for row in rows
+                               if isinstance(row.image, str) and row.image.strip() and _label_given(row)])
+    columns = dict(label_column=label_column, uid_column=uid_column, root=root, classes=classes,
+                   context_length=context_length, strict=strict, num_workers=num_workers, progress=progress,
+                   image_kwargs=image_kwargs)
+    if samples_per_part is None:
+        summary = WriteSummary(path=str(target), rows_read=len(rows) + len(bad))
+        return _write_table_rows(target, rows, bad, summary, **columns)
+    from .convert import convert_parts, part_workers
+
+    columns["num_workers"] = part_workers(num_workers)
+    # Source rows in file order: the good and the bad rows of the table, by line.
+    ordered = sorted([(_line_of(row.where), 0, i) for i, row in enumerate(rows)]
+                     + [(_line_of(where), 1, i) for i, (where, _) in enumerate(bad)])
+
+    def write_part(path, part, start, stop):
+        chunk = ordered[start:stop]
+        summary = WriteSummary(path=str(path), rows_read=len(chunk))
+        return _write_table_rows(path, [rows[i] for _, kind, i in chunk if kind == 0],
+                                 [bad[i] for _, kind, i in chunk if kind == 1], summary, **columns)
+
+    def count_rows(processes, previous):
+        return {"num_rows": len(ordered)}
+
+    what = {"source": {"kind": "table", **_file_identity(table), "image_root": str(root.resolve()),
+                       "image_column": image_column, "caption_column": caption_column,
+                       "label_column": label_column, "uid_column": uid_column},
+            "context_length": context_length, **image_kwargs}
+    summary = convert_parts(target, what=what, samples_per_part=samples_per_part, count_rows=count_rows,
+                            write_part=write_part, part_range=part_range, overwrite=overwrite, progress=progress)
+    if classes is not None:
+        save_class_names(str(Path(target)), classes)
+    return summary
+
+
+def _line_of(where: str) -> int:
+    """The line of a table row from its "file:line"."""
+    return int(where.rsplit(":", 1)[1])
+
+
+def _file_identity(path) -> dict:
+    path = Path(path)
+    return {"path": str(path.resolve()), "bytes": path.stat().st_size}
+
+
+def _label_given(row) -> bool:
+    return row.label is not None and bool(str(row.label).strip())
+
+
+def _write_table_rows(target, rows, bad, summary, *, label_column, uid_column, root, classes, context_length,
+                      strict, num_workers, progress, image_kwargs) -> WriteSummary:
+    """One .beton from table rows (and the table's bad rows, reported): the check of each row."""
     for where, err in bad:
         _skip_or_stop(summary, where, err, strict)
-    usable = []
+    usable, uids = [], []
     for row in rows:
+        uid = parse_uid(row.uid) if uid_column is not None else None
         if not isinstance(row.image, str) or not row.image.strip():
             _skip_or_stop(summary, row.where, BadRow("missing image path", repr(row.image)), strict)
-        elif label_column is not None and (row.label is None or not str(row.label).strip()):
+        elif label_column is not None and not _label_given(row):
             _skip_or_stop(summary, row.where, BadRow("missing label", f"column {label_column!r} is empty"), strict)
+        elif uid_column is not None and uid is None:
+            _skip_or_stop(summary, row.where, BadRow("bad uid", f"column {uid_column!r} holds {row.uid!r}, not "
+                                                                f"32 hex digits"), strict)
         else:
             usable.append(row)
-    classes = labels = None
-    if label_column is not None:
-        classes = label_names([row.label for row in usable])
+            uids.append(uid)
+    labels = None
+    if classes is not None:
         index = {name: i for i, name in enumerate(classes)}
         labels = [index[str(row.label).strip()] for row in usable]
     return _write_clip_rows(target, [FileImage(str(root / row.image)) for row in usable],
                             [row.caption for row in usable], [f"{row.where} ({row.image})" for row in usable],
-                            summary, context_length, strict, num_workers, progress,
-                            dict(image_mode=image_mode, jpeg_quality=jpeg_quality, max_resolution=max_resolution),
-                            labels=labels, classes=classes)
+                            summary, context_length, strict, num_workers, progress, image_kwargs,
+                            labels=labels, classes=classes, uids=uids if uid_column is not None else None)
 
 
 # --------------------------------------------------------------------------- CLIP from webdataset
@@ -468,6 +552,14 @@ def _expand_shards(shards) -> List[str]:
 
 _TAR_BLOCK = 512
 _END_OF_ARCHIVE = 2 * _TAR_BLOCK  # a complete tar ends with two zero blocks
+
+
+def member_key(name: str) -> Tuple[str, str]:
+    """(sample key, extension) of a tar member: webdataset's convention, the name up to the first
+    dot of its base name (with its folder), and the rest in lower case."""
+    folder, base = os.path.split(name)
+    key, _, ext = base.partition(".")
+    return os.path.join(folder, key), ext.lower()
 
 
 def _read_shard(shard: str):
@@ -497,9 +589,7 @@ def _read_shard(shard: str):
                                             f"{member.offset_data + member.size}, the file has {size}")
                 if not member.isfile():
                     continue
-                folder, base = os.path.split(member.name)
-                key, _, ext = base.partition(".")
-                key, ext = os.path.join(folder, key), ext.lower()
+                key, ext = member_key(member.name)
                 members = groups.setdefault(key, {})
                 if ext in members:
                     repeats.setdefault(key, {}).setdefault(ext, []).append(member.name)
@@ -555,17 +645,127 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
                                image_mode: str = "jpg", jpeg_quality: int = 90,
                                max_resolution: Optional[int] = 256, strict: bool = False,
                                num_workers: Optional[int] = None, progress: bool = True,
-                               overwrite: bool = True) -> WriteSummary:
-    """CLIP .beton from webdataset tar shards holding <key>.jpg/.png + <key>.txt."""
+                               overwrite: bool = True, samples_per_part: Optional[int] = None, part_range=None):
+    """CLIP .beton from webdataset tar shards holding <key>.jpg/.png + <key>.txt.
+
+    Each sample's key, and DataComp's `uid` where its .json has one, are kept beside the target
+    (source_ids.py). With `samples_per_part`, `target` is a part folder (convert.py): source row
+    r is the r-th sample of the shards in order; the samples per shard are counted first (every
+    shard's tar headers, shared among the processes, kept in conversion.json for reruns)."""
     paths = _expand_shards(shards)
-    target = check_output(target, inputs=paths, overwrite=overwrite)
-    _default_workers(num_workers)
-    samples, bad = read_webdataset_samples(paths)
-    summary = WriteSummary(path=str(target), rows_read=len(samples))
+    image_kwargs = dict(image_mode=image_mode, jpeg_quality=jpeg_quality, max_resolution=max_resolution)
+    common = dict(context_length=context_length, strict=strict, num_workers=num_workers, progress=progress,
+                  image_kwargs=image_kwargs)
+    if samples_per_part is None:
+        target = check_output(target, inputs=paths, overwrite=overwrite)
+        _default_workers(num_workers)
+        samples, bad = read_webdataset_samples(paths)
+        samples = _with_source_ids(paths, samples)
+        summary = WriteSummary(path=str(target), rows_read=len(samples))
+        return _write_webdataset_rows(target, samples, bad, summary, **common)
+    from .convert import convert_parts, part_workers
+
+    num_workers = part_workers(num_workers)
+    common["num_workers"] = num_workers
+    offsets: List[int] = []
+
+    def count_rows(processes, previous):
+        if previous is not None:  # a rerun: the counts of the first run (the shards' sizes are unchanged)
+            counts = previous["rows_per_shard"]
+        else:
+            mine = list(range(processes.rank, len(paths), processes.world))
+            found = dict(zip(mine, _count_samples([paths[s] for s in mine], num_workers, progress)))
+            counts = [0] * len(paths)
+            for share in processes.all_gather(found):
+                for s, n in share.items():
+                    counts[int(s)] = n
+        offsets[:] = np.concatenate(([0], np.cumsum(counts, dtype=np.int64))).tolist()
+        return {"num_rows": offsets[-1], "rows_per_shard": counts}
+
+    def write_part(path, part, start, stop):
+        samples, bad = [], []
+        num_parts = -(-offsets[-1] // samples_per_part)
+        for s, shard in enumerate(paths):
+            first, last = offsets[s], offsets[s + 1]
+            reports_here = min(first // samples_per_part, num_parts - 1) == part  # a cut shard's report
+            if not (first < stop and last > start) and not (reports_here and first == last):
+                continue
+            found, problem = _read_shard(shard)
+            found = found[max(0, start - first): stop - first]
+            samples += _with_source_ids([shard], found)
+            if problem is not None and reports_here:
+                bad.append((shard, problem))
+        summary = WriteSummary(path=str(path), rows_read=len(samples))
+        return _write_webdataset_rows(path, samples, bad, summary, **common)
+
+    what = {"source": {"kind": "webdataset", "shards": [_file_identity(p) for p in paths]},
+            "context_length": context_length, **image_kwargs}
+    return convert_parts(target, what=what, samples_per_part=samples_per_part, count_rows=count_rows,
+                         write_part=write_part, part_range=part_range, overwrite=overwrite, progress=progress)
+
+
+def _shard_samples(shard: str) -> int:
+    """Samples in a shard, grouped as _read_shard groups them (a pass over its tar headers)."""
+    return len(_read_shard(shard)[0])
+
+
+def _count_samples(shards: List[str], num_workers: int, progress: bool) -> List[int]:
+    """_shard_samples of each shard, in `num_workers` forked processes (tar headers are parsed in
+    Python, so threads would share one core)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    bar = dict(total=len(shards), desc="counting samples", unit="shard", disable=None if progress else True)
+    if num_workers <= 1 or len(shards) <= 1:
+        return [_shard_samples(shard) for shard in tqdm(shards, **bar)]
+    with ProcessPoolExecutor(max_workers=min(num_workers, len(shards)),
+                             mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(tqdm(pool.map(_shard_samples, shards, chunksize=max(1, len(shards) // (8 * num_workers))),
+                         **bar))
+
+
+def _shard_uids(shard: str) -> Dict[str, Tuple[int, int]]:
+    """{sample key: uid} of a shard's samples whose .json holds a 32-hex-digit "uid" (DataComp)."""
+    uids = {}
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            for member in tar:
+                key, ext = member_key(member.name)
+                if not member.isfile() or ext != "json":
+                    continue
+                try:
+                    uid = parse_uid(json.loads(tar.extractfile(member).read()).get("uid"))
+                except (ValueError, AttributeError, tarfile.TarError, EOFError):
+                    uid = None
+                if uid is not None:
+                    uids[key] = uid
+    except (tarfile.TarError, EOFError):  # a cut shard: its uids before the cut (reported by _read_shard)
+        pass
+    return uids
+
+
+def _with_source_ids(shards: List[str], samples) -> list:
+    """read_webdataset_samples' (where, ref, caption), in shard order, with each sample's key and
+    uid appended (where = "shard:key")."""
+    out, s, uids = [], -1, {}
+    for where, ref, caption in samples:
+        if s < 0 or not where.startswith(shards[s] + ":"):
+            s += 1
+            while not where.startswith(shards[s] + ":"):
+                s += 1
+            uids = _shard_uids(shards[s])
+        key = where[len(shards[s]) + 1:]
+        out.append((where, ref, caption, key, uids.get(key)))
+    return out
+
+
+def _write_webdataset_rows(target, samples, bad, summary, *, context_length, strict, num_workers, progress,
+                           image_kwargs) -> WriteSummary:
+    """One .beton from webdataset samples (where, ref, caption, key, uid) and cut shards (reported)."""
     for where, err in bad:
         _skip_or_stop(summary, where, err, strict)
-    refs, captions, where_list = [], [], []
-    for where, ref, caption in samples:
+    refs, captions, where_list, keys, uids = [], [], [], [], []
+    for where, ref, caption, key, uid in samples:
         missing = "image" if ref is None else "text" if caption is None else None
         if missing:
             _skip_or_stop(summary, where, BadRow(f"no {missing} in sample"), strict)
@@ -573,10 +773,10 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
         refs.append(ref)
         captions.append(caption)
         where_list.append(where)
+        keys.append(key)
+        uids.append(uid)
     return _write_clip_rows(target, refs, captions, where_list, summary, context_length, strict,
-                            num_workers, progress,
-                            dict(image_mode=image_mode, jpeg_quality=jpeg_quality,
-                                 max_resolution=max_resolution))
+                            num_workers, progress, image_kwargs, keys=keys, uids=uids)
 
 
 # --------------------------------------------------------------------------- labelled images from ImageFolder
@@ -618,15 +818,18 @@ def _folder_images(folder: Path) -> List[Union[FileImage, BrokenLink]]:
 def write_labelled_from_image_folder(root, target, image_mode: str = "jpg", jpeg_quality: int = 90,
                                      max_resolution: Optional[int] = 256, strict: bool = False,
                                      num_workers: Optional[int] = None, progress: bool = True,
-                                     overwrite: bool = True) -> WriteSummary:
+                                     overwrite: bool = True, samples_per_part: Optional[int] = None,
+                                     part_range=None):
     """Labelled .beton (image, label, id) from root/<class>/<image>: MoCo's training data, or an
     evaluation set for either trainer. Labels follow sorted class names (as torchvision's
     ImageFolder), saved beside the target (classes.py). A class folder without images is an
-    error, as in torchvision: keeping it would give a class no sample can have."""
+    error, as in torchvision: keeping it would give a class no sample can have. With
+    `samples_per_part`, `target` is a part folder (convert.py) over the images in that order."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
-    target = check_output(target, overwrite=overwrite)
+    if samples_per_part is None:
+        target = check_output(target, overwrite=overwrite)
     _default_workers(num_workers)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
@@ -643,11 +846,28 @@ def write_labelled_from_image_folder(root, target, image_mode: str = "jpg", jpeg
     if empty:
         raise ValueError(f"image folder {root}: class folder(s) {empty} hold no images with extensions "
                          f"{IMAGE_EXTENSIONS}; remove them or add images")
-    summary = WriteSummary(path=str(target), rows_read=len(refs))
-    summary = _write_image_rows(target, labelled_fields(image_mode=image_mode, jpeg_quality=jpeg_quality,
-                                                        max_resolution=max_resolution),
-                                refs, where, extras, summary, strict, num_workers, progress)
-    save_class_names(target, classes)
+    fields = labelled_fields(image_mode=image_mode, jpeg_quality=jpeg_quality, max_resolution=max_resolution)
+    if samples_per_part is None:
+        summary = WriteSummary(path=str(target), rows_read=len(refs))
+        summary = _write_image_rows(target, fields, refs, where, extras, summary, strict, num_workers, progress)
+        save_class_names(target, classes)
+        return summary
+    from .convert import convert_parts, part_workers
+
+    num_workers = part_workers(num_workers)
+
+    def write_part(path, part, start, stop):
+        summary = WriteSummary(path=str(path), rows_read=stop - start)
+        return _write_image_rows(path, fields, refs[start:stop], where[start:stop], extras[start:stop], summary,
+                                 strict, num_workers, progress)
+
+    what = {"source": {"kind": "image_folder", "path": str(root.resolve()), "images": len(refs),
+                       "classes": classes},
+            "image_mode": image_mode, "jpeg_quality": jpeg_quality, "max_resolution": max_resolution}
+    summary = convert_parts(target, what=what, samples_per_part=samples_per_part,
+                            count_rows=lambda processes, previous: {"num_rows": len(refs)},
+                            write_part=write_part, part_range=part_range, overwrite=overwrite, progress=progress)
+    save_class_names(str(Path(target)), classes)
     return summary
 
 

@@ -158,6 +158,12 @@ class PruningSchedule(ABC):
     def coreset(self) -> np.ndarray:
         """Sorted ids the schedule would keep: what `coreset export` writes."""
 
+    def coreset_set(self) -> "KeptSet":
+        """The coreset as a bitset (KeptSet): what a run keeps in its folder, N / 8 bytes."""
+        from scan_fast.schedule.shard import KeptSet
+
+        return KeptSet.of(self.coreset(), self.num_samples)
+
     def end_epoch(self, epoch: int, epoch_loss: float) -> None:
         """Close `epoch`; epoch_loss is its mean per-sample loss (drives the warm-up test)."""
         epoch = check_int("epoch", epoch, minimum=0)

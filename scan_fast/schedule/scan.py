@@ -62,6 +62,12 @@ class Scan(PruningSchedule):
         """Sorted ids outside the last completed preparation's candidates (all ids before one)."""
         return self._by_mode(self.config.mode).complement()
 
+    def coreset_set(self):
+        """The coreset as a bitset, without listing its ids: the non-members of the candidates."""
+        from scan_fast.schedule.shard import KeptSet
+
+        return KeptSet(self._by_mode(self.config.mode), members=False)
+
     def _by_mode(self, mode) -> SampleSet:
         if mode == "both":
             return self._ill | self._red

@@ -38,6 +38,13 @@ def _check_kind(state, kind):
         raise ValueError(f"state_dict is for {state.get('kind')!r}, not {kind}")
 
 
+def _every_id(num_samples: int):
+    """All ids as a KeptSet, without listing them (the coreset of schedules that keep everything)."""
+    from scan_fast.schedule.shard import KeptSet
+
+    return KeptSet.everything(num_samples)
+
+
 class NoPruning(PruningSchedule):
     """The full data set every epoch."""
 
@@ -46,6 +53,9 @@ class NoPruning(PruningSchedule):
 
     def coreset(self) -> np.ndarray:
         return np.arange(self.num_samples, dtype=np.int64)
+
+    def coreset_set(self):
+        return _every_id(self.num_samples)
 
     def _keep_indices(self, epoch):
         return np.arange(self.num_samples, dtype=np.int64)
@@ -123,6 +133,9 @@ class RandomPruning(PruningSchedule):
         if self.prune_counts is not None:
             return self.num_samples - max([c for e, c in self.prune_counts.items() if e < epochs], default=0)
         return fewest_kept_in_cycles(self.num_samples, epochs, self.t_cos, global_batch, self._per_batch(global_batch))
+
+    def coreset_set(self):
+        return _every_id(self.num_samples)
 
     def _begin_epoch(self, epoch):
         self._collecting = 0
@@ -222,6 +235,9 @@ class InfoBatch(PruningSchedule):
         if min(epochs, self.full_data_from) < 2:
             return self.num_samples
         return math.ceil(self.num_samples - self.prune_ratio * (self.num_samples - 1))
+
+    def coreset_set(self):
+        return _every_id(self.num_samples)
 
     def needs_losses(self, epoch: int) -> bool:
         return True  # every observed loss updates the scores

@@ -48,7 +48,9 @@ HELP = {
     "prune_threshold": "SCAN: warm-up ends when the epoch loss drops by less than this share, in [0, 1]",
     "abs_ill": "SCAN: ill-matched candidates are the losses above this value (> 0) instead of --rho-ill's share",
     "abs_red": "SCAN: redundant candidates are the losses below this value (> 0) instead of --rho-red's share",
-    "coreset": "--prune static: file of sample ids to train on (.txt, one a line, or .npy)",
+    "coreset": "--prune static: the samples to train on: sample ids (.txt, one a line, or .npy), a DataComp uid "
+               ".npy (u8,u8) or a key list (coreset export --format datacomp|keys: matched to --train-data's "
+               "uids or keys), or a run's coreset.bits.npy",
     "prune_counts": "--prune random: epochs.csv of a SCAN run whose per-epoch counts to match",
     "infobatch_ratio": "InfoBatch: pruning probability of below-mean samples",
     "infobatch_delta": "InfoBatch: share of the epochs that may prune (the rest use all data)",
@@ -204,18 +206,26 @@ def _run_train(args):
 def add_coreset_parser(sub) -> None:
     coreset = sub.add_parser("coreset", help="coreset files of a SCAN run")
     actions = coreset.add_subparsers(dest="action", metavar="ACTION", required=True)
-    export = actions.add_parser("export", help="write the coreset of a run's checkpoint as an id list",
-                                description="Write the sample ids SCAN keeps (all but the last preparation's "
-                                            "candidates) as a text file for --prune static. A checkpoint from "
-                                            "before the run's first completed preparation epoch is refused.")
+    export = actions.add_parser("export", help="write the coreset of a run's checkpoint as an id, key or uid list",
+                                description="Write the samples SCAN keeps (all but the last preparation's "
+                                            "candidates) for --prune static --coreset, or for DataComp's "
+                                            "resharder. A checkpoint from before the run's first completed "
+                                            "preparation epoch is refused.")
     export.add_argument("checkpoint", help="a SCAN run's checkpoint (e.g. runs/NAME/checkpoints/latest.pt)")
-    export.add_argument("--out", required=True, help="text file to write, one id a line")
+    export.add_argument("--out", required=True, help="file to write")
+    export.add_argument("--format", choices=("ids", "keys", "datacomp"), default="ids",
+                        help="ids: the global sample ids, one a line (default); keys: the webdataset keys, one a "
+                             "line, under a '# scan-fast keys' line; datacomp: the uids as a sorted .npy of "
+                             "dtype u8,u8 (high, low 64 bits), what DataComp's resharder reads")
+    export.add_argument("--data", help="the training data set whose keys or uids to write (default: the "
+                                       "checkpoint's --train-data)")
     export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     export.set_defaults(run=_run_coreset_export)
 
 
-def export_coreset(checkpoint: str, out: str, overwrite: bool = True) -> int:
-    """Write the coreset of a SCAN checkpoint; returns how many ids were written."""
+def export_coreset(checkpoint: str, out: str, overwrite: bool = True, fmt: str = "ids", data=None) -> int:
+    """Write the coreset of a SCAN checkpoint as `fmt` (ids, keys, datacomp); returns how many
+    samples were written."""
     import numpy as np
 
     from scan_fast.outputs import check_output, partial_path
@@ -233,8 +243,18 @@ def export_coreset(checkpoint: str, out: str, overwrite: bool = True) -> int:
         raise ValueError(f"{checkpoint}: the run has not completed a preparation epoch (it holds "
                          f"{len(scan.stats().records)} epoch(s), all warm-up), so SCAN has chosen no candidates "
                          f"and its coreset would be every id; export from a checkpoint after a preparation epoch")
-    ids = scan.coreset()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if fmt != "ids":
+        from scan_fast.data.dataset import open_dataset
+        from scan_fast.data.source_ids import export_kept, kept_bits
+
+        data = data or state["config"].get("train_data")
+        dataset = open_dataset(data, progress=False)
+        if dataset.num_samples != scan.num_samples:
+            raise ValueError(f"{data} holds {dataset.num_samples} samples, the run in {checkpoint} trained on "
+                             f"{scan.num_samples}: not its training data (--data)")
+        return export_kept(dataset, kept_bits(scan.coreset_set()), fmt, out)
+    ids = scan.coreset()
     partial = partial_path(out)
     np.savetxt(partial, ids, fmt="%d", header=f"coreset of {checkpoint}: {len(ids)} of {scan.num_samples} ids")
     os.replace(partial, out)
@@ -248,8 +268,9 @@ def _scan_kwargs(config: dict) -> dict:
 
 
 def _run_coreset_export(args):
-    count = export_coreset(args.checkpoint, args.out, overwrite=args.overwrite)
-    print(f"wrote {count} ids to {args.out}")
+    count = export_coreset(args.checkpoint, args.out, overwrite=args.overwrite, fmt=args.format, data=args.data)
+    print(f"wrote {count} {'ids' if args.format == 'ids' else 'keys' if args.format == 'keys' else 'uids'} "
+          f"to {args.out}")
     return 0
 
 

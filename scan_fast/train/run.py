@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from scan_fast.data.source_ids import coreset_ids, save_kept_bits
 from scan_fast.train.checkpoint import first_non_finite, restore, save_checkpoint
 from scan_fast.train.loop import NonFiniteLoss, Step, StopTraining, lr_at, per_sample_losses, train_one_epoch
 from scan_fast.train.report import RunLogger, plot_run, read_prune_counts, write_report
@@ -126,7 +127,8 @@ def make_schedule(cfg, num_samples: int):
     if cfg.prune == "infobatch":
         return InfoBatch(num_samples, cfg.epochs, prune_ratio=cfg.infobatch_ratio, delta=cfg.infobatch_delta,
                          seed=cfg.seed)
-    return StaticCoreset.from_file(cfg.coreset, num_samples)
+    ids = coreset_ids(cfg.coreset, cfg.train_data)  # uids, keys or a kept bitset -> ids; None: an id list
+    return StaticCoreset.from_file(cfg.coreset, num_samples) if ids is None else StaticCoreset(num_samples, ids)
 
 
 def check_epochs_fill_a_batch(cfg, schedule, num_samples: int, world_size: int) -> None:
@@ -292,7 +294,7 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
         loader.stop()  # a run that stopped mid-epoch leaves no loader thread behind
     summary = _summary(cfg, kind, history, full_epoch_samples, folder, schedule, truth_mismatched)
     if runtime.is_main:
-        np.savetxt(os.path.join(folder, "coreset.txt"), schedule.coreset(), fmt="%d")
+        save_kept_bits(os.path.join(folder, "coreset.bits.npy"), schedule.coreset_set())
         plots = plot_run(folder, history, _candidate_losses(folder))
         write_report(folder, f"{kind.upper()} run `{os.path.basename(folder)}` (--prune {cfg.prune})",
                      summary, history, plots)

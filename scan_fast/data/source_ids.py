@@ -1,0 +1,283 @@
+"""The source's own ids of each sample, kept beside the data as arrays, and the kept set of a run.
+
+Writers keep what identifies a sample in its source, one row per sample of the
+.beton it sits beside (`<stem>` = the .beton path without `.beton`; for a part
+folder, each part's own):
+
+- `<stem>.keys.npy`: webdataset sample keys, fixed-width bytes (`S<width>`);
+- `<stem>.uids.npy`: 128-bit uids (DataComp's `uid`, 32 hex digits, from a
+  sample's `.json` or a table's `--uid-column`) as two uint64, high then low:
+  dtype `np.dtype("u8,u8")` (fields f0, f1), as DataComp's resharder reads
+  them. A sample without a uid holds (0, 0), which no coreset can select.
+
+They are memory-mapped when read; nothing holds a per-sample Python structure.
+
+A run's kept set (`coreset.bits.npy` in the run folder) is a bitset: packed
+bits (`np.packbits(kept, bitorder="little")`: id i is bit i % 8 of byte
+i // 8), N / 8 bytes; `np.flatnonzero(np.unpackbits(bits, bitorder="little"))`
+gives the ids.
+
+`--prune static --coreset FILE` reads, by content: a uid `.npy` (dtype u8,u8:
+mapped to ids through the training data's uid arrays), a key list (a text file
+whose first line is `# scan-fast keys`, or a bytes/str `.npy`: mapped through the
+key arrays), a kept-set bitset (`*.bits.npy`), or sample ids (text, one a line, or
+an integer `.npy`). The mapping sorts the file's uids or keys once and looks each
+part's array up in them (searchsorted), a part at a time.
+"""
+import os
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from scan_fast.outputs import partial_path
+
+UID_DTYPE = np.dtype([("f0", "<u8"), ("f1", "<u8")])  # == np.dtype("u8,u8") on little-endian machines
+KINDS = ("keys", "uids")
+KEYS_HEADER = "# scan-fast keys"
+BITS_SUFFIX = ".bits.npy"
+_CHUNK = 1 << 22
+
+
+def ids_path(beton, kind: str) -> Path:
+    """Where a .beton's `kind` array ("keys" or "uids") lives: `<stem>.<kind>.npy`."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    beton = os.fspath(beton)
+    stem = beton[: -len(".beton")] if beton.endswith(".beton") else beton
+    return Path(f"{stem}.{kind}.npy")
+
+
+def parse_uid(text) -> Optional[Tuple[int, int]]:
+    """(high, low) of a 32-hex-digit uid, or None when `text` is not one."""
+    if not isinstance(text, str) or len(text) != 32:
+        return None
+    try:
+        value = int(text, 16)
+    except ValueError:
+        return None
+    return value >> 64, value & 0xFFFFFFFFFFFFFFFF
+
+
+def uid_text(uid) -> str:
+    return f"{int(uid['f0']):016x}{int(uid['f1']):016x}"
+
+
+def uid_array(pairs: Sequence[Optional[Tuple[int, int]]]) -> np.ndarray:
+    out = np.zeros(len(pairs), dtype=UID_DTYPE)
+    for i, pair in enumerate(pairs):
+        if pair is not None:
+            out[i] = pair
+    return out
+
+
+def key_array(keys: Sequence[str]) -> np.ndarray:
+    encoded = [k.encode("utf-8") for k in keys]
+    width = max([1] + [len(k) for k in encoded])
+    return np.array(encoded, dtype=f"S{width}")
+
+
+def stage_ids(beton, keys: Optional[Sequence[str]] = None,
+              uids: Optional[Sequence[Optional[Tuple[int, int]]]] = None) -> List[Tuple[Path, Path]]:
+    """Write the arrays of a .beton about to be written under temporary names; returns the
+    (temporary, final) pairs for the writer to rename just before the .beton itself, with
+    (None, final) for a kind it lacks (an older file's array there is removed then)."""
+    staged = []
+    for kind, values, make in (("keys", keys, key_array), ("uids", uids, uid_array)):
+        final = ids_path(beton, kind)
+        if values is None or (kind == "uids" and all(v is None for v in values)):
+            staged.append((None, final))
+            continue
+        partial = partial_path(final)
+        with open(partial, "wb") as f:
+            np.save(f, make(values), allow_pickle=False)
+        staged.append((partial, final))
+    return staged
+
+
+def load_ids(beton, kind: str, num_samples: Optional[int] = None) -> Optional[np.ndarray]:
+    """A .beton's `kind` array, memory-mapped; None when it has none. ValueError naming the
+    file when it is not such an array or its length is not the file's sample count."""
+    path = ids_path(beton, kind)
+    if not path.is_file():
+        return None
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable .npy array: {err}") from None
+    good = array.ndim == 1 and (array.dtype == UID_DTYPE if kind == "uids" else array.dtype.kind == "S")
+    if not good:
+        raise ValueError(f"{path} holds {array.dtype} x {array.shape}, not the {kind} of a data set")
+    if num_samples is not None and len(array) != num_samples:
+        raise ValueError(f"{path} has {len(array)} {kind} for the {num_samples} samples of {beton}")
+    return array
+
+
+# --------------------------------------------------------------------------- kept sets as bits
+
+def kept_bits(kept_set) -> np.ndarray:
+    """Packed bits (little bit order) of a schedule's KeptSet, N / 8 bytes, from the engine's
+    bitset words without listing the ids."""
+    num_samples = kept_set.num_samples
+    words = np.frombuffer(kept_set.ids.to_bytes(), dtype=np.uint8)[32:]  # header, then LE uint64 words
+    bits = np.array(words[: (num_samples + 7) // 8])
+    if not kept_set.members:
+        np.invert(bits, out=bits)
+        if num_samples % 8:
+            bits[-1] &= np.uint8((1 << (num_samples % 8)) - 1)
+    return bits
+
+
+def save_kept_bits(path, kept_set) -> None:
+    path = Path(path)
+    partial = partial_path(path)
+    with open(partial, "wb") as f:
+        np.save(f, kept_bits(kept_set), allow_pickle=False)
+    os.replace(partial, path)
+
+
+def bits_to_ids(bits: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.unpackbits(np.asarray(bits, np.uint8), bitorder="little")).astype(np.int64)
+
+
+def iter_kept_by_part(bits: np.ndarray, offsets: np.ndarray) -> Iterator[Tuple[int, np.ndarray]]:
+    """(part, rows of that part that are kept), one part at a time, from packed bits."""
+    for p in range(len(offsets) - 1):
+        start, stop = int(offsets[p]), int(offsets[p + 1])
+        first, last = start // 8, (stop + 7) // 8
+        unpacked = np.unpackbits(np.asarray(bits[first:last], np.uint8), bitorder="little")
+        ids = np.flatnonzero(unpacked) + first * 8
+        ids = ids[(ids >= start) & (ids < stop)]
+        yield p, ids - start
+
+
+# --------------------------------------------------------------------------- exports
+
+def export_kept(dataset, bits: np.ndarray, fmt: str, out) -> int:
+    """Write the kept samples of `dataset` (packed bits over its global ids) as `fmt`:
+    "datacomp" (sorted uid .npy, u8,u8), "keys" (one a line, in id order) or "ids"."""
+    out = Path(out)
+    partial = partial_path(out)
+    count = 0
+    try:
+        if fmt == "ids":
+            with open(partial, "w") as f:
+                f.write(f"# kept sample ids of {dataset.path}\n")
+                for p, rows in iter_kept_by_part(bits, dataset.offsets):
+                    np.savetxt(f, rows + int(dataset.offsets[p]), fmt="%d")
+                    count += len(rows)
+        elif fmt == "keys":
+            with open(partial, "wb") as f:
+                f.write(f"{KEYS_HEADER} of the kept samples of {dataset.path}\n".encode())
+                for p, rows in iter_kept_by_part(bits, dataset.offsets):
+                    keys = _part_ids(dataset, p, "keys", "keys")
+                    for start in range(0, len(rows), _CHUNK):
+                        chunk = keys[rows[start:start + _CHUNK]]
+                        f.write(b"\n".join(chunk.tolist()) + b"\n" if len(chunk) else b"")
+                    count += len(rows)
+        elif fmt == "datacomp":
+            found = []
+            for p, rows in iter_kept_by_part(bits, dataset.offsets):
+                uids = np.asarray(_part_ids(dataset, p, "uids", "uids")[rows])
+                missing = np.flatnonzero((uids["f0"] == 0) & (uids["f1"] == 0))
+                if missing.size:
+                    raise ValueError(f"{missing.size} kept sample(s) of {dataset.files[p]} have no uid, e.g. "
+                                     f"sample id {int(dataset.offsets[p]) + int(rows[missing[0]])}: the source "
+                                     f"gave none (--format keys or ids instead)")
+                found.append(uids)
+                count += len(rows)
+            uids = np.sort(np.concatenate(found) if found else np.zeros(0, UID_DTYPE))
+            with open(partial, "wb") as f:
+                np.save(f, uids, allow_pickle=False)
+        else:
+            raise ValueError(f"--format must be ids, keys or datacomp, got {fmt!r}")
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return count
+
+
+def _part_ids(dataset, p: int, kind: str, what: str) -> np.ndarray:
+    array = load_ids(dataset.files[p], kind, int(dataset.offsets[p + 1] - dataset.offsets[p]))
+    if array is None:
+        raise ValueError(f"{dataset.files[p]} has no {what} ({ids_path(dataset.files[p], kind)} is missing): "
+                         f"the data set was written without them (e.g. not from webdataset, or a table "
+                         f"without --uid-column)")
+    return array
+
+
+# --------------------------------------------------------------------------- coreset files -> ids
+
+def coreset_kind(path) -> str:
+    """What a --coreset file holds: "uids", "keys", "bits" or "ids" (see the module docstring)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"coreset file not found: {path}")
+    if path.endswith(".npy"):
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"coreset file {path} is not a readable .npy array: {err}") from None
+        if array.dtype.names is not None:
+            if array.dtype != UID_DTYPE:
+                raise ValueError(f"coreset file {path} holds {array.dtype}; a uid list is dtype u8,u8")
+            return "uids"
+        if array.dtype.kind in "SU":
+            return "keys"
+        if path.endswith(BITS_SUFFIX):
+            return "bits"
+        return "ids"
+    with open(path, "rb") as f:
+        first = f.readline()
+    return "keys" if first.startswith(KEYS_HEADER.encode()) else "ids"
+
+
+def _read_key_list(path) -> np.ndarray:
+    if path.endswith(".npy"):
+        array = np.load(path, allow_pickle=False)
+        return np.char.encode(array, "utf-8") if array.dtype.kind == "U" else array
+    with open(path, "rb") as f:
+        lines = [line.rstrip(b"\r\n") for line in f if not line.startswith(b"#")]
+    lines = [line for line in lines if line]
+    return np.array(lines, dtype=f"S{max([1] + [len(k) for k in lines])}")
+
+
+def coreset_ids(path, data) -> Optional[np.ndarray]:
+    """The sorted global ids a --coreset file selects in the data set `data` (a path or Dataset,
+    opened only for uids and keys); None for an id list (StaticCoreset.from_file reads those).
+    ValueError naming the file, with a count and an example, for uids or keys not in the data."""
+    path = os.fspath(path)
+    kind = coreset_kind(path)
+    if kind == "bits":
+        return bits_to_ids(np.load(path, allow_pickle=False))
+    if kind == "ids":
+        return None
+    if isinstance(data, (str, os.PathLike)):
+        from .dataset import open_dataset
+
+        data = open_dataset(data, progress=False)
+    dataset = data
+    wanted = np.load(path, allow_pickle=False) if kind == "uids" else _read_key_list(path)
+    if wanted.ndim != 1 or len(wanted) == 0:
+        raise ValueError(f"coreset file {path} lists no {kind}")
+    wanted = np.unique(wanted)
+    if kind == "uids" and ((wanted["f0"] == 0) & (wanted["f1"] == 0)).any():
+        raise ValueError(f"coreset file {path} lists the uid 0, which marks samples without a uid")
+    found = np.zeros(len(wanted), dtype=bool)
+    ids = []
+    for p in range(dataset.num_parts):
+        array = _part_ids(dataset, p, kind, kind)
+        if kind == "keys" and array.dtype.itemsize > wanted.dtype.itemsize:
+            wanted = wanted.astype(array.dtype)  # same order; searchsorted needs one width
+        for start in range(0, len(array), _CHUNK):
+            chunk = np.asarray(array[start:start + _CHUNK]).astype(wanted.dtype, copy=False)
+            pos = np.minimum(np.searchsorted(wanted, chunk), len(wanted) - 1)
+            hit = wanted[pos] == chunk
+            found[pos[hit]] = True
+            ids.append(np.flatnonzero(hit).astype(np.int64) + start + int(dataset.offsets[p]))
+    unknown = np.flatnonzero(~found)
+    if unknown.size:
+        example = uid_text(wanted[unknown[0]]) if kind == "uids" else wanted[unknown[0]].decode("utf-8", "replace")
+        raise ValueError(f"coreset file {path}: {unknown.size} of its {len(wanted)} {kind} are not in "
+                         f"{dataset.path}, e.g. {example}")
+    return np.concatenate(ids) if ids else np.zeros(0, np.int64)
