@@ -690,11 +690,11 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
             reports_here = min(first // samples_per_part, num_parts - 1) == part  # a cut shard's report
             if not (first < stop and last > start) and not (reports_here and first == last):
                 continue
-            found, problem = _read_shard(shard)
+            found, problems = _read_shard(shard)
             found = found[max(0, start - first): stop - first]
             samples += _with_source_ids([shard], found)
-            if problem is not None and reports_here:
-                bad.append((shard, problem))
+            if reports_here:  # a cut shard and repeated keys: reported once, by the part of its first row
+                bad += problems
         summary = WriteSummary(path=str(path), rows_read=len(samples))
         return _write_webdataset_rows(path, samples, bad, summary, **common)
 
