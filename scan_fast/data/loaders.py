@@ -20,9 +20,11 @@ function of those and the sample id, so a seed fixes the images of every epoch.
 As with any ffcv Loader, a batch's tensors live in buffers reused a few batches
 later: copy (or move to the GPU) whatever must outlive the step.
 """
+import atexit
 import os
 import queue
 import sys
+import weakref
 from queue import Queue
 from threading import Event, Thread
 from typing import Callable, Iterator, Optional, Tuple
@@ -146,6 +148,7 @@ class ScanLoader(Loader):
         batches = self.batches(epoch)
         self._len_epoch, self.next_epoch = epoch, epoch + 1
         reader = self._running = _EpochReader(self, batches, epoch)
+        _RUNNING.add(self)
         if self.batch_transform is None:
             return reader
         return _Transformed(reader, self.batch_transform, epoch)
@@ -164,6 +167,17 @@ def _batches_of(chunks: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]
     for ids in chunks:
         for first in range(0, len(ids), size):
             yield ids[first:first + size]
+
+
+# Loaders with an epoch thread, stopped at interpreter exit: the thread may be inside the engine's
+# parallel shard computation, whose worker threads must not outlive the process's clean-up.
+_RUNNING: "weakref.WeakSet[ScanLoader]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_loaders() -> None:
+    for loader in list(_RUNNING):
+        loader.stop()
 
 
 class _StagedReader:
