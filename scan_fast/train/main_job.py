@@ -129,7 +129,10 @@ def _run(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_
 
 
 def run_main_job(job: MainJobConfig) -> List[dict]:
+    from scan_fast.train.run import flush_cpu_denormals
+
     job.validate()
+    flush_cpu_denormals()  # before building the data starts any thread pool
     start = time.perf_counter()
     data = build_data(job.out, job.num_samples, job.test_samples, job.progress)
     _compile_data_pipeline(data, job)
