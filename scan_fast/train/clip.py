@@ -37,7 +37,7 @@ def train_clip(cfg: ClipConfig) -> dict:
                          f"{num_samples} samples of {cfg.train_data}")
     model = Clip(cfg.model, context_length=beton_context_length(cfg.train_data), rank=runtime.rank,
                  world_size=runtime.world_size, loss=cfg.loss)
-    schedule = make_schedule(cfg, num_samples)
+    schedule = make_schedule(cfg, num_samples, runtime.rank, runtime.world_size)
     # No flip, as open_clip's training transform (and the shapes captions name left and right).
     loader = clip_loader(cfg.train_data, cfg.batch_size, model.image_size, scan=schedule, seed=cfg.seed,
                          distributed=runtime.world_size > 1, rank=runtime.rank, world_size=runtime.world_size,

@@ -18,9 +18,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from scan_fast.train.config import LOSSES
+from scan_fast.train.config import LOSSES, PRUNE_MODES
 
-STRATEGIES = ("scan", "none", "random", "infobatch")
+STRATEGIES = tuple(m for m in PRUNE_MODES if m != "static")  # static needs a coreset file of its own
+DEFAULT_STRATEGIES = ("scan", "scan-epoch", "none", "random", "infobatch", "seta")
 
 
 @dataclass
@@ -35,7 +36,7 @@ class MainJobConfig:
     lr: float = 2e-3
     warmup_epochs: float = 1.0
     seeds: Sequence[int] = (0,)
-    strategies: Sequence[str] = STRATEGIES
+    strategies: Sequence[str] = DEFAULT_STRATEGIES
     workers: int = 2
     progress: bool = True
     loss: str = "clip"  # "siglip": the tiny SigLIP config, SCAN's pair = (image loss, text loss)
@@ -124,7 +125,8 @@ def _run(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_
                      prune_counts=prune_counts, workers=job.workers, logs=os.path.join(job.out, "runs"),
                      name=f"{prune}-seed{seed}", progress=job.progress, tensorboard=True,
                      overwrite=True,  # the job's runs are its own outputs, made again on every call
-                     save_losses=prune == "scan")  # the report's loss histogram of the candidates; 8k samples
+                     eval_frequency=1,  # every epoch: the accuracy-vs-compute curves (a small held-out set)
+                     save_losses=prune.startswith("scan"))  # the report's loss histogram of the candidates; 8k samples
     return train_clip(cfg)
 
 
@@ -204,29 +206,10 @@ def format_table(rows: List[dict]) -> str:
 
 def write_comparison(job: MainJobConfig, rows: List[dict], table: str, seconds: float) -> str:
     """report.md in the output folder: the table, per-run rows, and a kept-fraction plot of every run."""
-    import csv
-
-    import matplotlib
-
     from scan_fast.data.embedded import COLOURS, SHAPES
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    for r in rows:
-        with open(os.path.join(r["folder"], "epochs.csv")) as f:
-            epochs = list(csv.DictReader(f))
-        label = f"{r['strategy']} s{r['seed']}"
-        axes[0].plot([int(e["epoch"]) for e in epochs], [float(e["kept_fraction"]) for e in epochs], marker="o",
-                     label=label)
-        axes[1].plot([int(e["epoch"]) for e in epochs], [float(e["loss"]) for e in epochs], label=label)
-    axes[0].set(xlabel="epoch", ylabel="kept fraction", title="data kept per epoch")
-    axes[1].set(xlabel="epoch", ylabel="mean per-sample loss", title="training loss")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(job.out, "comparison.png"), dpi=100)
-    plt.close(fig)
+    curves = strategy_curves(rows)
+    plot_comparison(curves, job.out)
 
     truth_note = ("Precision / recall: SCAN's ill-matched candidates of its last preparation epoch against the "
                   f"{int(0.2 * 100)}% injected mismatched captions.")
@@ -243,7 +226,16 @@ def write_comparison(job: MainJobConfig, rows: List[dict], table: str, seconds: 
         f"batch {job.batch_size}, lr {job.lr}, seeds {list(job.seeds)}. Random pruning removes exactly as many "
         "samples per epoch as the SCAN run of the same seed. Total time "
         f"{seconds:.0f} s.", "", table, "", truth_note, "", "## Runs", "", *per_run, "",
-        "![comparison](comparison.png)", ""])
+        "## Plots", "",
+        "Zero-shot accuracy after every epoch against the cumulative sample-steps and the cumulative training "
+        "wall time (means over seeds): the further up and left, the less compute for the accuracy.", "",
+        "![accuracy vs compute](accuracy_vs_compute.png)", "",
+        "The share of the data each epoch trains on (means over seeds; markers and line styles differ and the "
+        "points are shifted a little sideways, so strategies with equal counts, as random and scan, stay "
+        "visible), and the mean training loss of each epoch. Each strategy's loss is over the samples it kept "
+        "that epoch, so the losses of different strategies are over different subsets: a pruning strategy that "
+        "drops the hardest samples shows a lower loss without having learnt more.", "",
+        "![kept fraction and training loss](comparison.png)", ""])
     path = os.path.join(job.out, "report.md")
     with open(path, "w") as f:
         f.write(text)
@@ -251,6 +243,82 @@ def write_comparison(job: MainJobConfig, rows: List[dict], table: str, seconds: 
 
 
 _MODEL_NAMES = {"clip": "CLIP", "siglip": "SigLIP (sigmoid loss)"}
+_STYLES = {"scan": ("tab:blue", "o", "-"), "scan-epoch": ("tab:green", "s", "-"), "none": ("black", "D", "--"),
+           "random": ("tab:red", "v", ":"), "infobatch": ("tab:purple", "^", "-."), "seta": ("tab:orange", "P", "--")}
+
+
+def strategy_curves(rows: List[dict]) -> Dict[str, dict]:
+    """Per strategy, per epoch means over seeds: kept fraction, loss, zero-shot accuracy (None where an
+    epoch was not evaluated), cumulative sample-steps and cumulative training wall seconds."""
+    import csv
+
+    by_strategy: Dict[str, list] = {}
+    for r in rows:
+        with open(os.path.join(r["folder"], "epochs.csv")) as f:
+            by_strategy.setdefault(r["strategy"], []).append(list(csv.DictReader(f)))
+    curves = {}
+    for strategy, runs in by_strategy.items():
+        epochs = min(len(run) for run in runs)
+
+        def column(key):
+            return np.array([[float(run[e][key]) if run[e][key] != "" else np.nan for e in range(epochs)]
+                             for run in runs])
+
+        accuracy = column("eval")
+        curves[strategy] = {
+            "epoch": np.arange(epochs), "kept_fraction": column("kept_fraction").mean(0),
+            "loss": column("loss").mean(0), "sample_steps": np.cumsum(column("samples"), axis=1).mean(0),
+            "seconds": np.cumsum(column("seconds"), axis=1).mean(0),
+            "accuracy": np.where(np.isnan(accuracy).any(0), np.nan, accuracy.mean(0)), "seeds": len(runs)}
+    return curves
+
+
+def plot_comparison(curves: Dict[str, dict], out: str) -> List[str]:
+    """accuracy_vs_compute.png and comparison.png (kept fraction, training loss) in `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def style(strategy):
+        return _STYLES.get(strategy, ("tab:gray", "x", "-"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for strategy, c in curves.items():
+        colour, marker, line = style(strategy)
+        ok = ~np.isnan(c["accuracy"])
+        for ax, key in zip(axes, ("sample_steps", "seconds")):
+            ax.plot(c[key][ok], 100 * c["accuracy"][ok], color=colour, marker=marker, linestyle=line,
+                    markersize=4, label=strategy)
+    axes[0].set(xlabel="cumulative sample-steps", ylabel="zero-shot accuracy %",
+                title="accuracy vs sample-steps (each point: one epoch)")
+    axes[1].set(xlabel="cumulative training wall time, s", ylabel="zero-shot accuracy %",
+                title="accuracy vs wall time")
+    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "accuracy_vs_compute.png"), dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    count = max(len(curves), 1)
+    for i, (strategy, c) in enumerate(curves.items()):
+        colour, marker, line = style(strategy)
+        shift = (i - (count - 1) / 2) * 0.08  # sideways, so equal values stay visible
+        axes[0].plot(c["epoch"] + shift, c["kept_fraction"], color=colour, marker=marker, linestyle=line,
+                     markersize=5, alpha=0.85, label=strategy)
+        axes[1].plot(c["epoch"], c["loss"], color=colour, marker=marker, linestyle=line, markersize=4,
+                     label=strategy)
+    axes[0].set(xlabel="epoch (points shifted sideways per strategy)", ylabel="kept fraction", ylim=(0, 1.05),
+                title="data kept per epoch")
+    axes[1].set(xlabel="epoch", ylabel="mean per-sample loss",
+                title="training loss over each strategy's kept samples\n(different subsets: not comparable)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "comparison.png"), dpi=100)
+    plt.close(fig)
+    return ["accuracy_vs_compute.png", "comparison.png"]
 
 
 def add_main_job_parser(sub, name: str = "demo") -> None:
@@ -264,7 +332,7 @@ def add_main_job_parser(sub, name: str = "demo") -> None:
     p.add_argument("--batch-size", type=int, default=MainJobConfig.batch_size)
     p.add_argument("--lr", type=float, default=MainJobConfig.lr)
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per strategy and seed")
-    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), help=f"subset of {STRATEGIES}")
+    p.add_argument("--strategies", nargs="+", default=list(DEFAULT_STRATEGIES), help=f"subset of {STRATEGIES}")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--loss", choices=LOSSES, default=MainJobConfig.loss,
                    help="clip: the tiny CLIP (default); siglip: the same towers with the sigmoid loss")

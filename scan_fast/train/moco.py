@@ -26,7 +26,7 @@ def train_moco(cfg: MocoConfig) -> dict:
     model = build_moco(cfg.arch, cfg.resolution, cfg.moco_dim, cfg.moco_mlp_dim, cfg.moco_t)
     if runtime.device.type == "cuda" and runtime.world_size > 1:
         model = torch_sync_bn(model)
-    schedule = make_schedule(cfg, num_samples)
+    schedule = make_schedule(cfg, num_samples, runtime.rank, runtime.world_size)
     if not cfg.augment:
         raise ValueError("--no-augment: MoCo needs two augmented views of each image")
     loader = moco_loader(cfg.train_data, cfg.batch_size, cfg.resolution, scan=schedule, seed=cfg.seed,

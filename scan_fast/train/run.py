@@ -82,9 +82,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_schedule(cfg, num_samples: int):
-    """The pruning schedule `--prune` names, for a data set of `num_samples`."""
-    from scan_fast.schedule.strategies import InfoBatch, NoPruning, RandomPruning, StaticCoreset
+def make_schedule(cfg, num_samples: int, rank: int = 0, world_size: int = 1):
+    """The pruning schedule `--prune` names, for a data set of `num_samples` (rank `rank` of `world_size`)."""
+    from scan_fast.schedule.strategies import InfoBatch, NoPruning, RandomPruning, SeTa, StaticCoreset
 
     if cfg.prune == "scan":
         from scan_fast.schedule import Scan
@@ -92,6 +92,15 @@ def make_schedule(cfg, num_samples: int):
         return Scan(num_samples, rho_ill=cfg.rho_ill, rho_red=cfg.rho_red, t_cos=cfg.t_cos,
                     prune_threshold=cfg.prune_threshold, mode=cfg.prune_target, seed=cfg.seed,
                     abs_ill=cfg.abs_ill, abs_red=cfg.abs_red)
+    if cfg.prune == "scan-epoch":
+        from scan_fast.schedule.scan_epoch import ScanEpoch
+
+        return ScanEpoch(num_samples, rho_ill=cfg.rho_ill, rho_red=cfg.rho_red, t_cos=cfg.t_cos,
+                         prune_threshold=cfg.prune_threshold, mode=cfg.prune_target, seed=cfg.seed, rank=rank,
+                         world_size=world_size)
+    if cfg.prune == "seta":
+        return SeTa(num_samples, cfg.epochs, ratio=cfg.seta_ratio, groups=cfg.seta_groups, window=cfg.seta_window,
+                    delta=cfg.seta_delta, seed=cfg.seed)
     if cfg.prune == "none":
         return NoPruning(num_samples)
     if cfg.prune == "random":
@@ -258,7 +267,7 @@ def _summary(cfg, kind, history, full_epoch_samples, folder, schedule, truth_mis
         "cpu_seconds": sum(r.get("cpu_seconds") or 0.0 for r in history), "final_loss": history[-1]["loss"] if history else None,
         "eval": history[-1]["eval"] if history else None, "folder": folder,
     }
-    if cfg.prune == "scan":
+    if schedule.finds_candidates():
         steps_after = sum(r["samples"] for r in after_warmup)
         full_after = full_epoch_samples * len(after_warmup)
         summary["pruned_fraction_after_warmup"] = 1 - steps_after / full_after if full_after else 0.0
