@@ -21,6 +21,7 @@ import numpy as np
 from scan_fast.train.config import LOSSES, PRUNE_MODES
 
 STRATEGIES = tuple(m for m in PRUNE_MODES if m != "static")  # static needs a coreset file of its own
+DATA_SETS = ("shapes", "colour-digits")
 DEFAULT_STRATEGIES = ("scan", "scan-epoch", "none", "random", "infobatch", "seta")
 
 
@@ -40,6 +41,7 @@ class MainJobConfig:
     workers: int = 2
     progress: bool = True
     loss: str = "clip"  # "siglip": the tiny SigLIP config, SCAN's pair = (image loss, text loss)
+    data: str = "shapes"  # or "colour-digits" (scan_fast/train/colour_digits.py)
 
     def validate(self) -> "MainJobConfig":
         unknown = [s for s in self.strategies if s not in STRATEGIES]
@@ -54,9 +56,39 @@ class MainJobConfig:
             raise ValueError(f"--num-samples {self.num_samples} is fewer than one batch ({self.batch_size})")
         if not self.seeds:
             raise ValueError("--seeds: give at least one seed")
+        if self.data not in DATA_SETS:
+            raise ValueError(f"--data must be one of {DATA_SETS}, got {self.data!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"--loss must be one of {LOSSES}, got {self.loss!r}")
         return self
+
+
+def build_colour_digits(out: str, num_samples: int, test_samples: int, progress: bool = True) -> Dict[str, str]:
+    """The colour-digits train and held-out sets under out/data (reused when their meta matches)."""
+    import json
+
+    from scan_fast.train.clip_model import TINY_CLIP_CONFIG
+    from scan_fast.train.colour_digits import write_colour_digits
+
+    context = TINY_CLIP_CONFIG["text_cfg"]["context_length"]
+    folder = os.path.join(out, "data")
+    os.makedirs(folder, exist_ok=True)
+    paths = {"train": os.path.join(folder, f"colour_digits{num_samples}.beton"),
+             "test": os.path.join(folder, f"colour_digits_test{test_samples}.beton")}
+    for split, n, seed in (("train", num_samples, 0), ("test", test_samples, 1)):
+        path = paths[split]
+        try:
+            meta = json.loads(open(path[: -len(".beton")] + ".meta.json").read())
+            fresh = os.path.isfile(path) and meta["num_samples"] == n and meta["split"] == split
+        except (OSError, ValueError, KeyError):
+            fresh = False
+        if not fresh:
+            noise = {} if split == "train" else dict(mismatch_fraction=0.0, faint_fraction=0.0,
+                                                     duplicate_fraction=0.0)
+            if os.path.exists(path):
+                os.remove(path)
+            write_colour_digits(path, n, split=split, context_length=context, seed=seed, progress=progress, **noise)
+    return paths
 
 
 def build_data(out: str, num_samples: int, test_samples: int, progress: bool = True) -> Dict[str, str]:
@@ -119,6 +151,9 @@ def _run(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_
     from scan_fast.train.clip_model import TINY_CLIP, TINY_SIGLIP
     from scan_fast.train.config import ClipConfig
 
+    from scan_fast.train.colour_digits import TEMPLATE
+
+    extra = {"zeroshot_template": TEMPLATE} if job.data == "colour-digits" else {}
     cfg = ClipConfig(model=TINY_SIGLIP if job.loss == "siglip" else TINY_CLIP, loss=job.loss,
                      train_data=data["train"], val_data=data["test"], batch_size=job.batch_size,
                      epochs=job.epochs, lr=job.lr, warmup_epochs=job.warmup_epochs, seed=seed, prune=prune,
@@ -126,7 +161,7 @@ def _run(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_
                      name=f"{prune}-seed{seed}", progress=job.progress, tensorboard=True,
                      overwrite=True,  # the job's runs are its own outputs, made again on every call
                      eval_frequency=1,  # every epoch: the accuracy-vs-compute curves (a small held-out set)
-                     save_losses=prune.startswith("scan"))  # the report's loss histogram of the candidates; 8k samples
+                     save_losses=prune.startswith("scan"), **extra)  # the report's loss histogram of the candidates; 8k samples
     return train_clip(cfg)
 
 
@@ -136,7 +171,8 @@ def run_main_job(job: MainJobConfig) -> List[dict]:
     job.validate()
     flush_cpu_denormals()  # before building the data starts any thread pool
     start = time.perf_counter()
-    data = build_data(job.out, job.num_samples, job.test_samples, job.progress)
+    build = build_colour_digits if job.data == "colour-digits" else build_data
+    data = build(job.out, job.num_samples, job.test_samples, job.progress)
     _compile_data_pipeline(data, job)
     rows = []
     for seed in job.seeds:
@@ -211,18 +247,25 @@ def write_comparison(job: MainJobConfig, rows: List[dict], table: str, seconds: 
     curves = strategy_curves(rows)
     plot_comparison(curves, job.out)
 
-    truth_note = ("Precision / recall: SCAN's ill-matched candidates of its last preparation epoch against the "
-                  f"{int(0.2 * 100)}% injected mismatched captions.")
+    truth_note = ("Precision / recall: the ill-matched candidates of the last preparation epoch (scan, scan-epoch) "
+                  f"against the {int(0.2 * 100)}% injected mismatched captions.")
+    if job.data == "colour-digits":
+        data_line = (f"# SCAN vs baselines on colour-digits (tiny {_MODEL_NAMES[job.loss]}, CPU)", "",
+                     f"{job.num_samples} training pairs of handwritten digits in colour (20% mismatched captions, "
+                     f"15% faint but right, 10% near-duplicates), {job.test_samples} clean held-out pairs of unseen "
+                     "handwriting for 80-way (digit x colour) zero-shot classification; ")
+    else:
+        data_line = (f"# SCAN vs baselines on the embedded shapes data (tiny {_MODEL_NAMES[job.loss]}, CPU)", "",
+                     f"{job.num_samples} training pairs (20% mismatched captions, 10% near-duplicates), "
+                     f"{job.test_samples} clean held-out pairs for {len(SHAPES) * len(COLOURS)}-way (shape x colour) "
+                     "zero-shot classification; ")
     per_run = ["| strategy | seed | sample-steps | wall s | zero-shot acc | run report |", "|---|---|---|---|---|---|"]
     for r in rows:
         rel = os.path.relpath(os.path.join(r["folder"], "report.md"), job.out)
         per_run.append(f"| {r['strategy']} | {r['seed']} | {r['sample_steps']} | {r['wall_seconds']:.1f} "
                        f"| {100 * r['eval']:.1f}% | [{rel}]({rel}) |")
     text = "\n".join([
-        f"# SCAN vs baselines on the embedded shapes data (tiny {_MODEL_NAMES[job.loss]}, CPU)", "",
-        f"{job.num_samples} training pairs (20% mismatched captions, 10% near-duplicates), "
-        f"{job.test_samples} clean held-out pairs for {len(SHAPES) * len(COLOURS)}-way (shape x colour) zero-shot "
-        f"classification; {job.epochs} epochs, "
+        data_line[0], data_line[1], data_line[2] + f"{job.epochs} epochs, "
         f"batch {job.batch_size}, lr {job.lr}, seeds {list(job.seeds)}. Random pruning removes exactly as many "
         "samples per epoch as the SCAN run of the same seed. Total time "
         f"{seconds:.0f} s.", "", table, "", truth_note, "", "## Runs", "", *per_run, "",
@@ -336,6 +379,9 @@ def add_main_job_parser(sub, name: str = "demo") -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--loss", choices=LOSSES, default=MainJobConfig.loss,
                    help="clip: the tiny CLIP (default); siglip: the same towers with the sigmoid loss")
+    p.add_argument("--data", choices=DATA_SETS, default=MainJobConfig.data,
+                   help="shapes (default) or colour-digits: handwritten digits in colour with mismatched and "
+                        "faint pairs (scan_fast/train/colour_digits.py)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
     p.set_defaults(run=_run_main_job)
 
@@ -344,5 +390,5 @@ def _run_main_job(args):
     run_main_job(MainJobConfig(out=args.out, num_samples=args.num_samples, test_samples=args.test_samples,
                                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seeds=tuple(args.seeds),
                                strategies=tuple(args.strategies), workers=args.workers, progress=args.progress,
-                               loss=args.loss))
+                               loss=args.loss, data=args.data))
     return 0
