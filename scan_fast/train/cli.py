@@ -220,9 +220,17 @@ def export_coreset(checkpoint: str, out: str, overwrite: bool = True) -> int:
     check_output(out, inputs=[checkpoint], overwrite=overwrite)
     state = load_checkpoint(checkpoint)
     schedule_state = state["schedule"]
-    if schedule_state.get("kind") not in (None, "Scan") or state["config"].get("prune") != "scan":
-        raise ValueError(f"{checkpoint} is from a --prune {state['config'].get('prune')} run, not a SCAN run")
-    scan = Scan(int(schedule_state["num_samples"]), **_scan_kwargs(state["config"]))
+    prune = state["config"].get("prune")
+    if (prune, schedule_state.get("kind")) not in (("scan", None), ("scan", "Scan"), ("scan-epoch", "ScanEpoch")):
+        raise ValueError(f"{checkpoint} is from a --prune {prune} run, not a SCAN run")
+    if prune == "scan-epoch":  # the coreset is Scan's, from the same two bitsets
+        from scan_fast.schedule.scan_epoch import ScanEpoch
+
+        kwargs = {k: v for k, v in _scan_kwargs(state["config"]).items() if k not in ("abs_ill", "abs_red")}
+        scan = ScanEpoch(int(schedule_state["num_samples"]), **kwargs,
+                         world_size=int(schedule_state.get("world_size", 1)))
+    else:
+        scan = Scan(int(schedule_state["num_samples"]), **_scan_kwargs(state["config"]))
     scan.load_state_dict(schedule_state)
     ids = scan.coreset()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
