@@ -188,3 +188,18 @@ def test_plan_budget_moves_to_the_easiest_samples():
     p = plan(hist, 1000, 0.35, 0.35)
     assert p["ill"][0] >= 70 and p["ill"][1] == -1  # the whole upper mode, no partial bin
     assert p["k_red"] == 700 - 200
+    assert plan(hist, 1000, 0.35, 0.35, transfer=False)["k_red"] == 350  # modes other than "both"
+
+
+def test_modes_other_than_both_keep_the_paper_counts():
+    n = 2000
+    a, b, _ = _losses(n, 8)
+    s = ScanEpoch(n, seed=0, mode="redundant")
+    _to_preparation(s)
+    _prepare(s, np.arange(n, dtype=np.int64), a, b, 100, device_path=True)
+    s.end_epoch(2, 1.0)
+    ill, red, _ = epoch_candidates_reference(np.arange(n), a, b, rho_ill=0.35, rho_red=0.35, seed=0, epoch=2,
+                                             mode="redundant")
+    np.testing.assert_array_equal(s.candidates("redundant"), red)
+    np.testing.assert_array_equal(s.candidates(), red)
+    assert abs(len(red) - 700) <= 0.02 * n

@@ -14,7 +14,8 @@ trains), so the variant cuts the epoch's loss histogram at its valley instead:
                  {q < t} | {q >= t} (bin centres = the codes; first maximum)
     ILL          {q >= t}, or, when that is more than k_ill = floor(rho_ill n) samples, the top of the
                  histogram down to k_ill (see `select_top`)
-    RED          the lowest codes up to k_red = floor((rho_ill + rho_red) n) - |ILL| samples
+    RED          the lowest codes up to k_red = floor((rho_ill + rho_red) n) - |ILL| samples (mode "both";
+                 with mode "redundant" or "ill_matched", floor(rho_red n): no budget moves)
 
 n = samples observed in the epoch. "Up to k" takes whole bins while they fit and, from the first bin
 that does not, each sample whose keyed hash u(seed, epoch, id) (a uniform 64-bit word) is below
@@ -91,8 +92,10 @@ def take_plan(hist: np.ndarray, k: int, from_top: bool) -> Tuple[int, int, int]:
     return (0 if from_top else len(hist)), -1, 0
 
 
-def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float) -> dict:
-    """The epoch's cut: ILL = codes >= ill_cut, or from the top down to k_ill; RED up to k_red."""
+def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float, transfer: bool = True) -> dict:
+    """The epoch's cut: ILL = codes >= ill_cut, or from the top down to k_ill; RED up to k_red.
+
+    transfer (mode "both"): k_red = floor((rho_ill + rho_red) n) - |ILL|; else floor(rho_red n)."""
     hist = np.asarray(hist, dtype=np.int64)
     k_ill = math.floor(rho_ill * n)
     t = otsu_cut(hist)
@@ -103,7 +106,7 @@ def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float) -> dict:
     else:
         ill = take_plan(hist, k_ill, from_top=True)
         n_ill = k_ill
-    k_red = max(math.floor((rho_ill + rho_red) * n) - n_ill, 0)
+    k_red = max(math.floor((rho_ill + rho_red) * n) - n_ill, 0) if transfer else math.floor(rho_red * n)
     # RED never reaches into the ILL bins
     below = hist.copy()
     below[min(ill[0], ill[1] if ill[1] >= 0 else ill[0]):] = 0
@@ -138,12 +141,13 @@ def select(codes, ids, cut: Tuple[int, int, int], from_top: bool, seed: int, epo
     return mask
 
 
-def epoch_candidates_reference(ids, loss_a, loss_b, *, rho_ill: float, rho_red: float, seed: int, epoch: int):
+def epoch_candidates_reference(ids, loss_a, loss_b, *, rho_ill: float, rho_red: float, seed: int, epoch: int,
+                               mode: str = "both"):
     """The oracle: (ill ids, red ids, plan) of one preparation epoch's observations (each id once)."""
     ids = np.asarray(ids, np.int64)
     codes = loss_codes(loss_a, loss_b)
     hist = np.bincount(codes, minlength=NUM_CODES)[:NUM_CODES]
-    p = plan(hist, len(ids), rho_ill, rho_red)
+    p = plan(hist, len(ids), rho_ill, rho_red, transfer=mode == "both")
     ill = select(codes, ids, p["ill"], True, seed, epoch, int(hist[p["ill"][1]]) if p["ill"][1] >= 0 else 0)
     red = select(codes, ids, p["red"], False, seed, epoch, int(hist[p["red"][1]]) if p["red"][1] >= 0 else 0)
     return np.sort(ids[ill]), np.sort(ids[red]), p
@@ -222,7 +226,7 @@ class ScanEpoch(Scan):
         if self._codes is None:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         hist = self._hist[:NUM_CODES].cpu().numpy()
-        p = plan(hist, int(hist.sum()), self.config.rho_ill, self.config.rho_red)
+        p = plan(hist, int(hist.sum()), self.config.rho_ill, self.config.rho_red, transfer=self.config.mode == "both")
         self.last_plan = p
         codes = self._codes[:-1]
         ids = torch.arange(self._lo, self._hi, dtype=torch.int64, device=codes.device)
