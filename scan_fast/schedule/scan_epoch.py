@@ -175,6 +175,7 @@ class ScanEpoch(Scan):
         self._codes = None  # uint8 (hi - lo + 1,) on the losses' device while preparing; last slot: a sink
         self._hist = None   # int64 (NUM_CODES + 1,) of every observed sample of the epoch; last slot: unused
         self.last_plan = None
+        self._edges = {}    # device -> EDGES there (copied once, not every step)
 
     # -- preparation: codes and histogram, on the losses' device
     def _begin_epoch(self, epoch):
@@ -193,7 +194,10 @@ class ScanEpoch(Scan):
         if codes.device != loss_a.device:  # resumed from a checkpoint read on another device
             self._codes, self._hist = codes, hist = codes.to(loss_a.device), hist.to(loss_a.device)
         mean = (loss_a.float() + loss_b.float()) * 0.5
-        code = torch.bucketize(mean, torch.from_numpy(EDGES).to(mean.device), right=True)
+        edges = self._edges.get(mean.device)
+        if edges is None:
+            edges = self._edges[mean.device] = torch.from_numpy(EDGES).to(mean.device)
+        code = torch.bucketize(mean, edges, right=True)
         hist.index_add_(0, code, torch.ones_like(code))
         ids = ids.to(code.device, torch.int64)
         own = (ids >= self._lo) & (ids < self._hi)
