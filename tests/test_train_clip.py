@@ -96,9 +96,9 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
         train_clip(_config(data, tmp_path, name="resumed", resume="latest"))
 
 
-@pytest.mark.parametrize("prune", ["none", "random", "infobatch", "static"])
+@pytest.mark.parametrize("prune", ["none", "random", "infobatch", "static", "scan-epoch", "seta"])
 def test_each_prune_mode_trains_the_stated_counts(data, tmp_path, prune):
-    extra = {}
+    extra, epochs = {}, 3
     if prune == "static":
         ids = np.arange(0, N_TRAIN, 2)
         np.savetxt(tmp_path / "coreset.txt", ids, fmt="%d")
@@ -109,7 +109,9 @@ def test_each_prune_mode_trains_the_stated_counts(data, tmp_path, prune):
         extra["prune_counts"] = str(csv_path)
     if prune == "infobatch":
         extra.update(infobatch_ratio=0.5, infobatch_delta=0.7)
-    summary = train_clip(_config(data, tmp_path, epochs=3, prune=prune, **extra))
+    if prune == "scan-epoch":  # warm-up ends after epoch 1: epoch 2 prepares, 3 and 4 prune
+        extra, epochs = dict(prune_threshold=1.0, t_cos=2), 5
+    summary = train_clip(_config(data, tmp_path, epochs=epochs, prune=prune, **extra))
     pruned = [int(r["pruned"]) for r in _rows(summary["folder"])]
     if prune == "none":
         assert pruned == [0, 0, 0]
@@ -117,6 +119,11 @@ def test_each_prune_mode_trains_the_stated_counts(data, tmp_path, prune):
         assert pruned == [N_TRAIN // 2] * 3
     elif prune == "random":
         assert pruned == [0, 20, 40]
+    elif prune == "scan-epoch":
+        assert pruned[:3] == [0, 0, 0] and 0 < pruned[3] < pruned[4] <= int(0.7 * N_TRAIN)
+        assert "ill_precision" in summary and "pruned_fraction_after_warmup" in summary
+    elif prune == "seta":  # epoch 0 keeps every cluster; epoch 1 a window of 3 of 5; int(0.875 * 3) = 2 anneals
+        assert pruned[0] == 0 and 0 < pruned[1] < N_TRAIN and pruned[2] == 0
     else:  # infobatch: epoch 0 has no scores; int(0.7 * 3) = 2: epoch 2 uses all data
         assert pruned[0] == 0 and 0 < pruned[1] < N_TRAIN // 2 + 20 and pruned[2] == 0
 

@@ -1,4 +1,5 @@
 """The main job's table and its argument checks (the runs themselves are covered by test_train_clip)."""
+import numpy as np
 import pytest
 
 from scan_fast.train.main_job import MainJobConfig, aggregate, format_table
@@ -67,3 +68,26 @@ def test_build_data_reuses_current_shapes_and_rewrites_stale_ones(tmp_path):
         json.dump(meta, f)
     build_data(str(tmp_path), num_samples=40, test_samples=16, progress=False)
     assert json.loads(open(meta_path).read())["shapes"] == list(SHAPES)
+
+
+def test_curves_average_seeds_and_the_plots_are_written(tmp_path):
+    from scan_fast.train.main_job import plot_comparison, strategy_curves
+    from scan_fast.train.report import write_csv
+
+    rows = []
+    for strategy, kept in (("scan", 0.5), ("random", 0.5), ("none", 1.0)):
+        for seed in (0, 1):
+            folder = tmp_path / f"{strategy}{seed}"
+            folder.mkdir()
+            history = [{"epoch": e, "phase": "mutation", "kept_fraction": kept if e else 1.0, "samples": 100 + seed,
+                        "loss": 3.0 - e, "seconds": 2.0, "eval": 0.1 * e + 0.1 * seed} for e in range(3)]
+            write_csv(str(folder / "epochs.csv"), history)
+            rows.append({"strategy": strategy, "seed": seed, "folder": str(folder)})
+    curves = strategy_curves(rows)
+    assert set(curves) == {"scan", "random", "none"}
+    np.testing.assert_allclose(curves["scan"]["sample_steps"], [100.5, 201, 301.5])
+    np.testing.assert_allclose(curves["scan"]["seconds"], [2, 4, 6])
+    np.testing.assert_allclose(curves["none"]["accuracy"], [0.05, 0.15, 0.25])
+    np.testing.assert_allclose(curves["random"]["kept_fraction"], [1.0, 0.5, 0.5])
+    written = plot_comparison(curves, str(tmp_path))
+    assert all((tmp_path / name).stat().st_size > 1000 for name in written)

@@ -32,7 +32,11 @@ class TinyClip(nn.Module):
 
 def _schedule(kind, epoch):
     """A schedule at the start of `epoch` (the epochs before it run without training)."""
+    from scan_fast.schedule.scan_epoch import ScanEpoch
+    from scan_fast.schedule.strategies import SeTa
+
     schedule = {"scan": lambda: Scan(N, prune_threshold=1.0), "infobatch": lambda: InfoBatch(N, 10),
+                "scan-epoch": lambda: ScanEpoch(N, prune_threshold=1.0), "seta": lambda: SeTa(N, 10),
                 "none": lambda: NoPruning(N)}[kind]()
     for e in range(epoch):
         kept = schedule.epoch_indices(e)
@@ -63,6 +67,8 @@ def _reads(kind, epoch, steps, log_every=10**6):
 
 @pytest.mark.parametrize("kind, epoch, phase", [("scan", 0, "warmup"), ("scan", 2, "preparation"),
                                                 ("scan", 3, "mutation"), ("infobatch", 1, "pruning"),
+                                                ("scan-epoch", 2, "preparation"), ("scan-epoch", 3, "mutation"),
+                                                ("seta", 2, "pruning"),
                                                 ("none", 0, "full")])
 def test_no_host_reads_inside_the_epoch(kind, epoch, phase):
     short, schedule = _reads(kind, epoch, 3)

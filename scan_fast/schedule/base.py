@@ -12,6 +12,7 @@ A training loop drives it epoch by epoch, and calls nothing that is not declared
     weights = schedule.sample_weights(ids)       # per-sample loss weights on ids' device, or None
     schedule.flush()                             # at log steps: device-side results reach the host
     schedule.end_epoch(epoch, epoch_loss)
+    schedule.finds_candidates()                  # whether candidates() means anything (SCAN's cycle)
     schedule.candidates(kind), schedule.coreset()  # what the last preparation found; the kept ids
 
 epoch_indices(e) / epoch_shard(e, ...) may be repeated (a data loader may ask twice) and returns the
@@ -149,6 +150,10 @@ class PruningSchedule(ABC):
     def sample_weights(self, sample_ids) -> Optional[torch.Tensor]:
         """Per-sample loss weights of a batch (on ids' device), or None for an unweighted mean."""
         return None
+
+    def finds_candidates(self) -> bool:
+        """True for the schedules that collect SCAN's candidates (reports give their precision / recall)."""
+        return False
 
     def candidates(self, kind: Optional[str] = None) -> np.ndarray:
         """Sorted candidates of the last completed preparation (none for schedules without one)."""

@@ -54,6 +54,9 @@ class Scan(PruningSchedule):
     def phase_name(self, epoch: int) -> str:
         return epoch_phase(epoch, self._start, self.config.t_cos)[0]
 
+    def finds_candidates(self) -> bool:
+        return True
+
     def candidates(self, kind: str = None) -> np.ndarray:
         """Sorted candidates of the last completed preparation: by mode, or "ill_matched"/"redundant"."""
         return self._by_mode(check_mode("kind", kind or self.config.mode)).to_array()

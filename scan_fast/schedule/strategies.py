@@ -369,3 +369,182 @@ class StaticCoreset(PruningSchedule):
         if not np.array_equal(state["keep_ids"].numpy(), self.keep_ids):
             raise ValueError("state_dict was saved with a different coreset id list")
         return lambda: None
+
+
+# ----------------------------------------------------------------------------- SeTa
+
+
+SETA_KEEP_PURPOSE = 11  # keyed-hash purpose of SeTa's random keep
+KMEANS_ITERATIONS = 50
+
+
+def seta_window(epoch: int, groups: int, window: float):
+    """(first cluster, clusters kept) of SeTa's sliding window at `epoch` (its iteration count).
+
+    Python's round(groups x window) clusters (at least 1); the window starts at
+    epoch mod (groups - size + 1), easy to hard, then wraps; epoch 0 keeps every cluster.
+    """
+    size = max(round(groups * window), 1)
+    if epoch == 0:
+        return 0, groups
+    return epoch % (groups - size + 1), size
+
+
+def kmeans_1d(values, groups: int, iterations: int = KMEANS_ITERATIONS):
+    """Cluster labels 0..groups-1 of 1-D values, ordered by centre (0: lowest); numpy or torch (float64).
+
+    Lloyd's algorithm from the (i + 0.5) / groups quantiles (the sorted values at those ranks),
+    a fixed number of rounds; an empty cluster keeps its centre. Deterministic: no random init.
+    """
+    lib = torch if isinstance(values, torch.Tensor) else np
+    x = values.double() if lib is torch else np.asarray(values, np.float64)
+    n = x.shape[0]
+    ranks = [min(int((i + 0.5) * n / groups), n - 1) for i in range(groups)]
+    ordered = lib.sort(x).values if lib is torch else np.sort(x)
+    centres = ordered[ranks] if lib is np else ordered[torch.tensor(ranks, device=x.device)]
+    for _ in range(iterations):
+        labels = (x[:, None] - centres[None, :]).abs().argmin(1) if lib is torch else \
+            np.abs(x[:, None] - centres[None, :]).argmin(1)
+        if lib is torch:
+            sums = torch.zeros(groups, dtype=x.dtype, device=x.device).index_add_(0, labels, x)
+            counts = torch.bincount(labels, minlength=groups).to(x.dtype)
+            centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+        else:
+            sums = np.bincount(labels, weights=x, minlength=groups)
+            counts = np.bincount(labels, minlength=groups).astype(np.float64)
+            centres = np.where(counts > 0, sums / np.maximum(counts, 1), centres)
+    labels = (x[:, None] - centres[None, :]).abs().argmin(1) if lib is torch else \
+        np.abs(x[:, None] - centres[None, :]).argmin(1)
+    order = lib.argsort(centres)  # centres stay sorted in 1-D; ranked anyway
+    rank_of = lib.empty_like(order)
+    rank_of[order] = lib.arange(groups, device=x.device) if lib is torch else np.arange(groups)
+    return rank_of[labels]
+
+
+def seta_keep_reference(scores: np.ndarray, epoch: int, *, num_epochs: int, ratio: float, groups: int,
+                        window: float, delta: float, seed: int) -> np.ndarray:
+    """The oracle of one epoch's kept mask (numpy): scores are the last losses, NaN where never observed."""
+    from scan_fast.keyed_hash import SIGN_BIT, counter_hashes, stream_key
+
+    n = scores.shape[0]
+    hashes = counter_hashes(stream_key(seed, epoch, SETA_KEEP_PURPOSE), np.arange(n, dtype=np.int64)) ^ SIGN_BIT
+    keep_count = int(n * min(1.0, max(0.1, 1.0 - ratio)))
+    kept = np.zeros(n, bool)
+    kept[np.argsort(hashes, kind="stable")[:keep_count]] = True
+    if epoch >= int(num_epochs * delta):
+        return kept  # annealing: the random keep alone
+    seen = kept & ~np.isnan(scores)
+    if seen.sum() <= groups:
+        return kept
+    labels = kmeans_1d(scores[seen], groups)
+    first, size = seta_window(epoch, groups, window)
+    inside = np.zeros(n, bool)
+    inside[np.flatnonzero(seen)] = (labels >= first) & (labels < first + size)
+    return inside | (kept & np.isnan(scores))
+
+
+class SeTa(PruningSchedule):
+    """SeTa (Zhou, Gao and Wang, "Scale Efficient Training for Large Datasets", CVPR 2025).
+
+    Each epoch before int(delta x num_epochs): keep a keyed random int(n x keep) of all samples
+    (keep = clamp(1 - ratio, 0.1, 1)); cluster their last losses into `groups` clusters by 1-D
+    k-means (ordered easy to hard); keep the clusters of a window of round(groups x window)
+    that slides one cluster an epoch from easy to hard and wraps (`seta_window`; epoch 0 keeps
+    all). Later epochs anneal: the random keep alone. Samples never observed stay in. No loss
+    reweighting. The scores (the mean of both directions' last losses) live on the losses' device.
+    """
+
+    def __init__(self, num_samples, num_epochs, ratio=0.0, groups=5, window=0.6, delta=0.875, seed=0):
+        super().__init__(num_samples)
+        self.num_epochs = check_int("num_epochs", num_epochs, minimum=1)
+        self.ratio = check_fraction("ratio", ratio, below_one=True)
+        self.groups = check_int("groups", groups, minimum=1)
+        self.window = check_fraction("window", window)
+        if round(self.groups * self.window) < 1:
+            raise ValueError(f"window {window} keeps no cluster of {groups}")
+        self.delta = check_fraction("delta", delta)
+        self.seed = check_int("seed", seed, minimum=0)
+        self.scores = torch.full((self.num_samples,), float("nan"))  # last loss; NaN: never observed
+        self._plan = None  # (epoch, kept ids): frozen at the epoch's start
+
+    def is_preparation(self, epoch: int) -> bool:
+        return False
+
+    def needs_losses(self, epoch: int) -> bool:
+        return True
+
+    def coreset(self) -> np.ndarray:
+        return np.arange(self.num_samples, dtype=np.int64)
+
+    def kept_mask(self, epoch: int) -> torch.Tensor:
+        """The kept mask of `epoch` from the current scores, on the scores' device."""
+        from scan_fast.keyed_hash import SIGN_BIT, counter_hashes, stream_key
+
+        n, device = self.num_samples, self.scores.device
+        ids = torch.arange(n, dtype=torch.int64, device=device)
+        hashes = counter_hashes(stream_key(self.seed, epoch, SETA_KEEP_PURPOSE), ids) ^ SIGN_BIT
+        keep_count = int(n * min(1.0, max(0.1, 1.0 - self.ratio)))
+        kept = torch.zeros(n, dtype=torch.bool, device=device)
+        kept[torch.sort(hashes, stable=True).indices[:keep_count]] = True
+        if epoch >= int(self.num_epochs * self.delta):
+            return kept
+        unseen = torch.isnan(self.scores)
+        seen = kept & ~unseen
+        if int(seen.sum()) <= self.groups:
+            return kept
+        labels = kmeans_1d(self.scores[seen], self.groups)
+        first, size = seta_window(epoch, self.groups, self.window)
+        inside = torch.zeros(n, dtype=torch.bool, device=device)
+        inside[seen] = (labels >= first) & (labels < first + size)
+        return inside | (kept & unseen)
+
+    def _begin_epoch(self, epoch):
+        self._plan = (epoch, torch.nonzero(self.kept_mask(epoch)).flatten().cpu().numpy().astype(np.int64))
+
+    def _keep_indices(self, epoch):
+        return self._plan[1].copy()
+
+    def _record(self, ids: torch.Tensor, loss_a: torch.Tensor, loss_b: torch.Tensor) -> None:
+        if self.scores.device != loss_a.device:
+            self.scores = self.scores.to(loss_a.device)
+        self.scores.index_put_((ids.to(loss_a.device, torch.int64),), (loss_a.float() + loss_b.float()) * 0.5)
+
+    def _observe(self, sample_ids, loss_a, loss_b):
+        ids, loss_a, loss_b = check_batch(sample_ids, loss_a, loss_b, self.num_samples)
+        device = self.scores.device
+        self._record(torch.from_numpy(ids).to(device), torch.from_numpy(np.asarray(loss_a, np.float32)).to(device),
+                     torch.from_numpy(np.asarray(loss_b, np.float32)).to(device))
+
+    def _device_batch(self, sample_ids, loss_a, loss_b):
+        self._record(sample_ids, loss_a, loss_b)  # on the device, no host read
+        return None
+
+    def _finish_epoch(self, epoch, epoch_loss):
+        kept = len(self._plan[1])
+        phase = MUTATION if kept < self.num_samples else WARMUP
+        return EpochRecord(epoch, phase, 0, self.num_samples - kept, kept, epoch_loss)
+
+    def _config(self):
+        return {"num_epochs": self.num_epochs, "ratio": self.ratio, "groups": self.groups, "window": self.window,
+                "delta": self.delta, "seed": self.seed}
+
+    def _state(self):
+        plan = None if self._plan is None or not self._in_epoch else torch.from_numpy(self._plan[1].copy())
+        return {"kind": "SeTa", "config": self._config(), "scores": self.scores.cpu().clone(), "plan": plan}
+
+    def _parse_state(self, state):
+        _check_kind(state, "SeTa")
+        check_saved_config("SeTa", state["config"], self._config())
+        scores, plan = state["scores"], state.get("plan")
+        if not torch.is_tensor(scores) or scores.shape != (self.num_samples,):
+            raise ValueError(f"state_dict['scores'] must be a tensor of {self.num_samples} scores")
+        if plan is not None and not torch.is_tensor(plan):
+            raise ValueError("state_dict['plan'] must be a tensor of kept ids")
+
+        def apply():
+            self.scores = scores.float().clone()
+            # inside an epoch its kept ids are the saved ones (the scores have moved on since its start)
+            self._plan = None if plan is None else (self._epoch, plan.numpy().astype(np.int64).copy())
+            if self._in_epoch and self._plan is None:
+                self._begin_epoch(self._epoch)
+        return apply

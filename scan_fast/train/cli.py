@@ -20,7 +20,8 @@ SECTIONS = {
     "optimisation": ("epochs", "lr", "wd", "beta1", "beta2", "eps", "warmup_epochs", "grad_clip_norm",
                      "precision"),
     "pruning": ("prune", "rho_ill", "rho_red", "t_cos", "prune_threshold", "prune_target", "abs_ill", "abs_red",
-                "coreset", "prune_counts", "infobatch_ratio", "infobatch_delta"),
+                "coreset", "prune_counts", "infobatch_ratio", "infobatch_delta", "seta_ratio", "seta_groups",
+                "seta_window", "seta_delta"),
     "evaluation": ("eval_frequency", "zeroshot_classes", "zeroshot_template", "knn_k",
                    "probe_train_data"),
     "run": ("logs", "name", "resume", "overwrite", "save_frequency", "tensorboard", "progress", "log_every",
@@ -42,8 +43,9 @@ HELP = {
     "grad_clip_norm": "clip the gradients' total norm to this value, a number > 0 (not given: no clipping)",
     "precision": f"one of {PRECISIONS} (GPU only)",
     "prune": f"pruning strategy, one of {PRUNE_MODES}", "prune_target": f"SCAN candidates, one of {SCAN_TARGETS}",
-    "rho_ill": "SCAN: share of each batch taken as ill-matched candidates",
-    "rho_red": "SCAN: share of each batch taken as redundant candidates",
+    "rho_ill": "SCAN: share of each batch taken as ill-matched candidates (scan-epoch: the most of the epoch)",
+    "rho_red": "SCAN: share of each batch taken as redundant candidates (scan-epoch: the budget rho-ill + "
+               "rho-red less the ill-matched found)",
     "t_cos": "SCAN: mutation epochs per cycle",
     "prune_threshold": "SCAN: warm-up ends when the epoch loss drops by less than this share, in [0, 1]",
     "abs_ill": "SCAN: ill-matched candidates are the losses above this value (> 0) instead of --rho-ill's share",
@@ -54,6 +56,10 @@ HELP = {
     "prune_counts": "--prune random: epochs.csv of a SCAN run whose per-epoch counts to match",
     "infobatch_ratio": "InfoBatch: pruning probability of below-mean samples",
     "infobatch_delta": "InfoBatch: share of the epochs that may prune (the rest use all data)",
+    "seta_ratio": "SeTa: share of all samples dropped at random each epoch",
+    "seta_groups": "SeTa: k-means clusters of the per-sample losses",
+    "seta_window": "SeTa: share of the clusters, easy to hard, that the sliding window keeps",
+    "seta_delta": "SeTa: share of the epochs that prune with the window (the rest anneal: random drop only)",
     "resolution": "MoCo input size in pixels", "knn_k": "MoCo kNN eval: neighbours",
     "probe_train_data": ("MoCo eval: labelled .beton or part folder for the kNN bank and the linear probe "
                          "(default --train-data)"),
@@ -235,9 +241,17 @@ def export_coreset(checkpoint: str, out: str, overwrite: bool = True, fmt: str =
     check_output(out, inputs=[checkpoint], overwrite=overwrite)
     state = load_checkpoint(checkpoint)
     schedule_state = state["schedule"]
-    if schedule_state.get("kind") not in (None, "Scan") or state["config"].get("prune") != "scan":
-        raise ValueError(f"{checkpoint} is from a --prune {state['config'].get('prune')} run, not a SCAN run")
-    scan = Scan(int(schedule_state["num_samples"]), **_scan_kwargs(state["config"]))
+    prune = state["config"].get("prune")
+    if (prune, schedule_state.get("kind")) not in (("scan", None), ("scan", "Scan"), ("scan-epoch", "ScanEpoch")):
+        raise ValueError(f"{checkpoint} is from a --prune {prune} run, not a SCAN run")
+    if prune == "scan-epoch":  # the coreset is Scan's, from the same two bitsets
+        from scan_fast.schedule.scan_epoch import ScanEpoch
+
+        kwargs = {k: v for k, v in _scan_kwargs(state["config"]).items() if k not in ("abs_ill", "abs_red")}
+        scan = ScanEpoch(int(schedule_state["num_samples"]), **kwargs,
+                         world_size=int(schedule_state.get("world_size", 1)))
+    else:
+        scan = Scan(int(schedule_state["num_samples"]), **_scan_kwargs(state["config"]))
     scan.load_state_dict(schedule_state)
     if not any(record.phase == "preparation" for record in scan.stats().records):
         raise ValueError(f"{checkpoint}: the run has not completed a preparation epoch (it holds "

@@ -32,7 +32,7 @@ def train_clip(cfg: ClipConfig) -> dict:
     runtime = setup_runtime(cfg.device, cfg.dist_timeout)
     seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
     num_samples = info["num_samples"]
-    schedule = make_schedule(cfg, num_samples)
+    schedule = make_schedule(cfg, num_samples, runtime.rank, runtime.world_size)
     check_epochs_fill_a_batch(cfg, schedule, num_samples, runtime.world_size)  # before the model is built
     model = Clip(cfg.model, context_length=beton_context_length(cfg.train_data), rank=runtime.rank,
                  world_size=runtime.world_size, loss=cfg.loss)

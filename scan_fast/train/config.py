@@ -11,7 +11,8 @@ from typing import Optional
 
 from scan_fast.schedule.inputs import FLOAT32_MAX, check_prune_threshold, check_threshold
 
-PRUNE_MODES = ("scan", "none", "random", "infobatch", "static")
+# every --prune strategy, registered once: make_schedule (run.py) builds each, the main job runs the others
+PRUNE_MODES = ("scan", "scan-epoch", "none", "random", "infobatch", "seta", "static")
 SCAN_TARGETS = ("both", "redundant", "ill_matched")
 PRECISIONS = ("amp", "amp_bf16", "fp32")
 LOSSES = ("clip", "siglip")
@@ -73,6 +74,11 @@ class TrainConfig:
     prune_counts: Optional[str] = None     # --prune random: a SCAN run's epochs.csv to match
     infobatch_ratio: float = 0.5
     infobatch_delta: float = 0.875
+    # SeTa (Zhou et al., CVPR 2025); defaults of its ImageNet script
+    seta_ratio: float = 0.0        # share of all samples dropped at random each epoch
+    seta_groups: int = 5           # k-means clusters of the losses
+    seta_window: float = 0.6       # share of the clusters (easy to hard) the sliding window keeps
+    seta_delta: float = 0.875      # share of the epochs that prune; the rest anneal (random keep only)
     # run
     logs: str = "runs"
     name: Optional[str] = None
@@ -112,6 +118,15 @@ class TrainConfig:
             raise ValueError(f"--infobatch-ratio must be in [0, 1), got {self.infobatch_ratio}")
         if not 0.0 <= self.infobatch_delta <= 1.0:
             raise ValueError(f"--infobatch-delta must be in [0, 1], got {self.infobatch_delta}")
+        if not 0.0 <= self.seta_ratio <= 0.9:
+            raise ValueError(f"--seta-ratio must be in [0, 0.9], got {self.seta_ratio}")
+        if isinstance(self.seta_groups, bool) or not isinstance(self.seta_groups, int) or self.seta_groups < 1:
+            raise ValueError(f"--seta-groups must be a positive integer, got {self.seta_groups!r}")
+        if not 0.0 < self.seta_window <= 1.0 or round(self.seta_groups * self.seta_window) < 1:
+            raise ValueError(f"--seta-window must be in (0, 1] and keep at least one of --seta-groups "
+                             f"{self.seta_groups} clusters, got {self.seta_window}")
+        if not 0.0 <= self.seta_delta <= 1.0:
+            raise ValueError(f"--seta-delta must be in [0, 1], got {self.seta_delta}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.prune not in PRUNE_MODES:

@@ -1,4 +1,5 @@
-"""The main job (`make demo`): SCAN against none / random / InfoBatch on the embedded shapes data.
+"""The main job (`make demo`): SCAN and its epoch-wide variant against none / random (and, by
+--strategies, InfoBatch and SeTa) on the embedded shapes data, or on colour-digits (--data).
 
 Builds `shapes` (8 shapes x 8 colours, small or large, in one of 4 quadrants;
 20% mismatched captions, 10% near-duplicates) with a clean held-out split for
@@ -6,7 +7,8 @@ zero-shot evaluation over its 64 shape x colour classes; trains the tiny CLIP
 (`--loss siglip`: the same towers with the sigmoid loss) once per strategy and seed at equal
 epochs (random prunes exactly the counts of the SCAN run of the same seed, read from its
 epochs.csv), and prints one
-table: sample-steps, training wall time, zero-shot accuracy, and for SCAN the
+table: sample-steps, training wall time, zero-shot accuracy (evaluated after every epoch, for the
+accuracy-vs-compute plots), and for SCAN and scan-epoch the
 precision / recall of its ill-matched candidates against the injected
 mismatches. Each run's report and plots, and the comparison report, are
 written under the output folder.
@@ -18,9 +20,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from scan_fast.train.config import LOSSES
+from scan_fast.train.config import LOSSES, PRUNE_MODES
 
-STRATEGIES = ("scan", "none", "random", "infobatch")
+STRATEGIES = tuple(m for m in PRUNE_MODES if m != "static")  # static needs a coreset file of its own
+DATA_SETS = ("shapes", "colour-digits")
+DEFAULT_STRATEGIES = ("scan", "scan-epoch", "none", "random")  # make demo: under 4 minutes on 2 cores
 TRAIN_PARTS = 4
 
 
@@ -36,10 +40,11 @@ class MainJobConfig:
     lr: float = 2e-3
     warmup_epochs: float = 1.0
     seeds: Sequence[int] = (0,)
-    strategies: Sequence[str] = STRATEGIES
+    strategies: Sequence[str] = DEFAULT_STRATEGIES
     workers: int = 2
     progress: bool = True
     loss: str = "clip"  # "siglip": the tiny SigLIP config, SCAN's pair = (image loss, text loss)
+    data: str = "shapes"  # or "colour-digits" (scan_fast/train/colour_digits.py)
 
     def validate(self) -> "MainJobConfig":
         unknown = [s for s in self.strategies if s not in STRATEGIES]
@@ -54,9 +59,39 @@ class MainJobConfig:
             raise ValueError(f"--num-samples {self.num_samples} is fewer than one batch ({self.batch_size})")
         if not self.seeds:
             raise ValueError("--seeds: give at least one seed")
+        if self.data not in DATA_SETS:
+            raise ValueError(f"--data must be one of {DATA_SETS}, got {self.data!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"--loss must be one of {LOSSES}, got {self.loss!r}")
         return self
+
+
+def build_colour_digits(out: str, num_samples: int, test_samples: int, progress: bool = True) -> Dict[str, str]:
+    """The colour-digits train and held-out sets under out/data (reused when their meta matches)."""
+    import json
+
+    from scan_fast.train.clip_model import TINY_CLIP_CONFIG
+    from scan_fast.train.colour_digits import write_colour_digits
+
+    context = TINY_CLIP_CONFIG["text_cfg"]["context_length"]
+    folder = os.path.join(out, "data")
+    os.makedirs(folder, exist_ok=True)
+    paths = {"train": os.path.join(folder, f"colour_digits{num_samples}.beton"),
+             "test": os.path.join(folder, f"colour_digits_test{test_samples}.beton")}
+    for split, n, seed in (("train", num_samples, 0), ("test", test_samples, 1)):
+        path = paths[split]
+        try:
+            meta = json.loads(open(path[: -len(".beton")] + ".meta.json").read())
+            fresh = os.path.isfile(path) and meta["num_samples"] == n and meta["split"] == split
+        except (OSError, ValueError, KeyError):
+            fresh = False
+        if not fresh:
+            noise = {} if split == "train" else dict(mismatch_fraction=0.0, faint_fraction=0.0,
+                                                     duplicate_fraction=0.0)
+            if os.path.exists(path):
+                os.remove(path)
+            write_colour_digits(path, n, split=split, context_length=context, seed=seed, progress=progress, **noise)
+    return paths
 
 
 def build_data(out: str, num_samples: int, test_samples: int, progress: bool = True) -> Dict[str, str]:
@@ -123,20 +158,28 @@ def _run(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_
     from scan_fast.train.clip_model import TINY_CLIP, TINY_SIGLIP
     from scan_fast.train.config import ClipConfig
 
+    from scan_fast.train.colour_digits import TEMPLATE
+
+    extra = {"zeroshot_template": TEMPLATE} if job.data == "colour-digits" else {}
     cfg = ClipConfig(model=TINY_SIGLIP if job.loss == "siglip" else TINY_CLIP, loss=job.loss,
                      train_data=data["train"], val_data=data["test"], batch_size=job.batch_size,
                      epochs=job.epochs, lr=job.lr, warmup_epochs=job.warmup_epochs, seed=seed, prune=prune,
                      prune_counts=prune_counts, workers=job.workers, logs=os.path.join(job.out, "runs"),
                      name=f"{prune}-seed{seed}", progress=job.progress, tensorboard=True,
                      overwrite=True,  # the job's runs are its own outputs, made again on every call
-                     save_losses=prune == "scan")  # the report's loss histogram of the candidates; 8k samples
+                     eval_frequency=1,  # every epoch: the accuracy-vs-compute curves (a small held-out set)
+                     save_losses=prune.startswith("scan"), **extra)  # the report's loss histogram of the candidates; 8k samples
     return train_clip(cfg)
 
 
 def run_main_job(job: MainJobConfig) -> List[dict]:
+    from scan_fast.train.run import flush_cpu_denormals
+
     job.validate()
+    flush_cpu_denormals()  # before building the data starts any thread pool
     start = time.perf_counter()
-    data = build_data(job.out, job.num_samples, job.test_samples, job.progress)
+    build = build_colour_digits if job.data == "colour-digits" else build_data
+    data = build(job.out, job.num_samples, job.test_samples, job.progress)
     _compile_data_pipeline(data, job)
     rows = []
     for seed in job.seeds:
@@ -206,46 +249,43 @@ def format_table(rows: List[dict]) -> str:
 
 def write_comparison(job: MainJobConfig, rows: List[dict], table: str, seconds: float) -> str:
     """report.md in the output folder: the table, per-run rows, and a kept-fraction plot of every run."""
-    import csv
+    from scan_fast.data.embedded import COLOURS, SHAPES
 
-    import matplotlib
+    curves = strategy_curves(rows)
+    plot_comparison(curves, job.out)
 
-    from scan_fast.data.embedded import _truth_stem, COLOURS, SHAPES
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    for r in rows:
-        with open(os.path.join(r["folder"], "epochs.csv")) as f:
-            epochs = list(csv.DictReader(f))
-        label = f"{r['strategy']} s{r['seed']}"
-        axes[0].plot([int(e["epoch"]) for e in epochs], [float(e["kept_fraction"]) for e in epochs], marker="o",
-                     label=label)
-        axes[1].plot([int(e["epoch"]) for e in epochs], [float(e["loss"]) for e in epochs], label=label)
-    axes[0].set(xlabel="epoch", ylabel="kept fraction", title="data kept per epoch")
-    axes[1].set(xlabel="epoch", ylabel="mean per-sample loss", title="training loss")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(job.out, "comparison.png"), dpi=100)
-    plt.close(fig)
-
-    truth_note = ("Precision / recall: SCAN's ill-matched candidates of its last preparation epoch against the "
-                  f"{int(0.2 * 100)}% injected mismatched captions.")
+    truth_note = ("Precision / recall: the ill-matched candidates of the last preparation epoch (scan, scan-epoch) "
+                  f"against the {int(0.2 * 100)}% injected mismatched captions.")
+    if job.data == "colour-digits":
+        data_line = (f"# SCAN vs baselines on colour-digits (tiny {_MODEL_NAMES[job.loss]}, CPU)", "",
+                     f"{job.num_samples} training pairs of handwritten digits in colour (20% mismatched captions, "
+                     f"15% faint but right, 10% near-duplicates), {job.test_samples} clean held-out pairs of unseen "
+                     "handwriting for 80-way (digit x colour) zero-shot classification; ")
+    else:
+        data_line = (f"# SCAN vs baselines on the embedded shapes data (tiny {_MODEL_NAMES[job.loss]}, CPU)", "",
+                     f"{job.num_samples} training pairs (20% mismatched captions, 10% near-duplicates), "
+                     f"{job.test_samples} clean held-out pairs for {len(SHAPES) * len(COLOURS)}-way (shape x colour) "
+                     "zero-shot classification; ")
     per_run = ["| strategy | seed | sample-steps | wall s | zero-shot acc | run report |", "|---|---|---|---|---|---|"]
     for r in rows:
         rel = os.path.relpath(os.path.join(r["folder"], "report.md"), job.out)
         per_run.append(f"| {r['strategy']} | {r['seed']} | {r['sample_steps']} | {r['wall_seconds']:.1f} "
                        f"| {100 * r['eval']:.1f}% | [{rel}]({rel}) |")
     text = "\n".join([
-        f"# SCAN vs baselines on the embedded shapes data (tiny {_MODEL_NAMES[job.loss]}, CPU)", "",
-        f"{job.num_samples} training pairs (20% mismatched captions, 10% near-duplicates), "
-        f"{job.test_samples} clean held-out pairs for {len(SHAPES) * len(COLOURS)}-way (shape x colour) zero-shot "
-        f"classification; {job.epochs} epochs, "
+        data_line[0], data_line[1], data_line[2] + f"{job.epochs} epochs, "
         f"batch {job.batch_size}, lr {job.lr}, seeds {list(job.seeds)}. Random pruning removes exactly as many "
         "samples per epoch as the SCAN run of the same seed. Total time "
         f"{seconds:.0f} s.", "", table, "", truth_note, "", "## Runs", "", *per_run, "",
-        "![comparison](comparison.png)", ""])
+        "## Plots", "",
+        "Zero-shot accuracy after every epoch against the cumulative sample-steps and the cumulative training "
+        "wall time (means over seeds): the further up and left, the less compute for the accuracy.", "",
+        "![accuracy vs compute](accuracy_vs_compute.png)", "",
+        "The share of the data each epoch trains on (means over seeds; markers and line styles differ and the "
+        "points are shifted a little sideways, so strategies with equal counts, as random and scan, stay "
+        "visible), and the mean training loss of each epoch. Each strategy's loss is over the samples it kept "
+        "that epoch, so the losses of different strategies are over different subsets: a pruning strategy that "
+        "drops the hardest samples shows a lower loss without having learnt more.", "",
+        "![kept fraction and training loss](comparison.png)", ""])
     path = os.path.join(job.out, "report.md")
     with open(path, "w") as f:
         f.write(text)
@@ -253,11 +293,87 @@ def write_comparison(job: MainJobConfig, rows: List[dict], table: str, seconds: 
 
 
 _MODEL_NAMES = {"clip": "CLIP", "siglip": "SigLIP (sigmoid loss)"}
+_STYLES = {"scan": ("tab:blue", "o", "-"), "scan-epoch": ("tab:green", "s", "-"), "none": ("black", "D", "--"),
+           "random": ("tab:red", "v", ":"), "infobatch": ("tab:purple", "^", "-."), "seta": ("tab:orange", "P", "--")}
+
+
+def strategy_curves(rows: List[dict]) -> Dict[str, dict]:
+    """Per strategy, per epoch means over seeds: kept fraction, loss, zero-shot accuracy (None where an
+    epoch was not evaluated), cumulative sample-steps and cumulative training wall seconds."""
+    import csv
+
+    by_strategy: Dict[str, list] = {}
+    for r in rows:
+        with open(os.path.join(r["folder"], "epochs.csv")) as f:
+            by_strategy.setdefault(r["strategy"], []).append(list(csv.DictReader(f)))
+    curves = {}
+    for strategy, runs in by_strategy.items():
+        epochs = min(len(run) for run in runs)
+
+        def column(key):
+            return np.array([[float(run[e][key]) if run[e][key] != "" else np.nan for e in range(epochs)]
+                             for run in runs])
+
+        accuracy = column("eval")
+        curves[strategy] = {
+            "epoch": np.arange(epochs), "kept_fraction": column("kept_fraction").mean(0),
+            "loss": column("loss").mean(0), "sample_steps": np.cumsum(column("samples"), axis=1).mean(0),
+            "seconds": np.cumsum(column("seconds"), axis=1).mean(0),
+            "accuracy": np.where(np.isnan(accuracy).any(0), np.nan, accuracy.mean(0)), "seeds": len(runs)}
+    return curves
+
+
+def plot_comparison(curves: Dict[str, dict], out: str) -> List[str]:
+    """accuracy_vs_compute.png and comparison.png (kept fraction, training loss) in `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def style(strategy):
+        return _STYLES.get(strategy, ("tab:gray", "x", "-"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for strategy, c in curves.items():
+        colour, marker, line = style(strategy)
+        ok = ~np.isnan(c["accuracy"])
+        for ax, key in zip(axes, ("sample_steps", "seconds")):
+            ax.plot(c[key][ok], 100 * c["accuracy"][ok], color=colour, marker=marker, linestyle=line,
+                    markersize=4, label=strategy)
+    axes[0].set(xlabel="cumulative sample-steps", ylabel="zero-shot accuracy %",
+                title="accuracy vs sample-steps (each point: one epoch)")
+    axes[1].set(xlabel="cumulative training wall time, s", ylabel="zero-shot accuracy %",
+                title="accuracy vs wall time")
+    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "accuracy_vs_compute.png"), dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    count = max(len(curves), 1)
+    for i, (strategy, c) in enumerate(curves.items()):
+        colour, marker, line = style(strategy)
+        shift = (i - (count - 1) / 2) * 0.08  # sideways, so equal values stay visible
+        axes[0].plot(c["epoch"] + shift, c["kept_fraction"], color=colour, marker=marker, linestyle=line,
+                     markersize=5, alpha=0.85, label=strategy)
+        axes[1].plot(c["epoch"], c["loss"], color=colour, marker=marker, linestyle=line, markersize=4,
+                     label=strategy)
+    axes[0].set(xlabel="epoch (points shifted sideways per strategy)", ylabel="kept fraction", ylim=(0, 1.05),
+                title="data kept per epoch")
+    axes[1].set(xlabel="epoch", ylabel="mean per-sample loss",
+                title="training loss over each strategy's kept samples\n(different subsets: not comparable)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "comparison.png"), dpi=100)
+    plt.close(fig)
+    return ["accuracy_vs_compute.png", "comparison.png"]
 
 
 def add_main_job_parser(sub, name: str = "demo") -> None:
     """`scan-fast demo`: the comparison above (wire it in scan_fast/cli.py)."""
-    p = sub.add_parser(name, help="train a tiny CLIP with SCAN and with none / random / InfoBatch and compare",
+    p = sub.add_parser(name, help="train a tiny CLIP with SCAN, scan-epoch and baselines (none / random / infobatch / seta) and compare",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo_out", help="folder for data, runs and the report (default: demo_out)")
     p.add_argument("--num-samples", type=int, default=MainJobConfig.num_samples)
@@ -266,10 +382,13 @@ def add_main_job_parser(sub, name: str = "demo") -> None:
     p.add_argument("--batch-size", type=int, default=MainJobConfig.batch_size)
     p.add_argument("--lr", type=float, default=MainJobConfig.lr)
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per strategy and seed")
-    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), help=f"subset of {STRATEGIES}")
+    p.add_argument("--strategies", nargs="+", default=list(DEFAULT_STRATEGIES), help=f"subset of {STRATEGIES}")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--loss", choices=LOSSES, default=MainJobConfig.loss,
                    help="clip: the tiny CLIP (default); siglip: the same towers with the sigmoid loss")
+    p.add_argument("--data", choices=DATA_SETS, default=MainJobConfig.data,
+                   help="shapes (default) or colour-digits: handwritten digits in colour with mismatched and "
+                        "faint pairs (scan_fast/train/colour_digits.py)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
     p.set_defaults(run=_run_main_job)
 
@@ -278,5 +397,5 @@ def _run_main_job(args):
     run_main_job(MainJobConfig(out=args.out, num_samples=args.num_samples, test_samples=args.test_samples,
                                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seeds=tuple(args.seeds),
                                strategies=tuple(args.strategies), workers=args.workers, progress=args.progress,
-                               loss=args.loss))
+                               loss=args.loss, data=args.data))
     return 0

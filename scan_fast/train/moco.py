@@ -20,7 +20,7 @@ def train_moco(cfg: MocoConfig) -> dict:
     runtime = setup_runtime(cfg.device, cfg.dist_timeout)
     seed_everything(cfg.seed)
     num_samples = info["num_samples"]
-    schedule = make_schedule(cfg, num_samples)
+    schedule = make_schedule(cfg, num_samples, runtime.rank, runtime.world_size)
     check_epochs_fill_a_batch(cfg, schedule, num_samples, runtime.world_size)  # before the model is built
     model = build_moco(cfg.arch, cfg.resolution, cfg.moco_dim, cfg.moco_mlp_dim, cfg.moco_t)
     if runtime.device.type == "cuda" and runtime.world_size > 1:

@@ -1,0 +1,294 @@
+"""ScanEpoch (`--prune scan-epoch`): SCAN's cycle with candidates chosen epoch-wide, not per batch.
+
+The paper's rule takes the int(B rho_ill) highest-loss positions of every batch as ill-matched.
+When fewer than rho_ill of the pairs are wrong, the rest are the hardest clean pairs, and pruning
+them costs accuracy. Over a whole epoch the losses of mismatched pairs form their own mode, far
+above the clean pairs' (a caption of another image stays unexplained however long the model
+trains), so the variant cuts the epoch's loss histogram at its valley instead:
+
+    per sample   q = code(l) = #{k : e_k <= l} in 0..254, l = (loss_a + loss_b) / 2 in float32,
+                 e_k = float32(exp(LOG_LO + k (LOG_HI - LOG_LO) / 254)), k = 0..253 (one byte a sample;
+                 255 marks "not observed this epoch")
+    epoch        h = the 255-bin histogram of the codes of every observed sample
+    threshold    t = Otsu's cut of h: the bin index maximising w0 w1 (m0 - m1)^2 over cuts
+                 {q < t} | {q >= t} (bin centres = the codes; first maximum)
+    ILL          {q >= t}, or, when that is more than k_ill = floor(rho_ill n) samples, the top of the
+                 histogram down to k_ill (see `select_top`)
+    RED          the lowest codes up to k_red = floor((rho_ill + rho_red) n) - |ILL| samples (mode "both";
+                 with mode "redundant" or "ill_matched", floor(rho_red n): no budget moves)
+
+n = samples observed in the epoch. "Up to k" takes whole bins while they fit and, from the first bin
+that does not, each sample whose keyed hash u(seed, epoch, id) (a uniform 64-bit word) is below
+(k - taken) / count x 2^64: a choice by id alone, so any rank can make it for its own ids. The
+candidate budget is the paper's rho_ill + rho_red; what the ILL side no longer takes goes to the
+easiest samples. Mutation epochs are the paper's (Scan's): a keyed uniform sample of the candidates
+at the cosine rate.
+
+Scale: each rank keeps the one-byte codes of its own block of ids (rank r of W: ids
+[r ceil(N/W), (r + 1) ceil(N/W))), and every rank accumulates the same histogram from the
+gathered global batches (the trainer already gathers every rank's losses in preparation epochs).
+At the epoch's end every rank has the same t and counts, decides for its block, and the ranks
+all-gather their blocks' candidate bits (N/8 bytes in all) once; between epochs the state is
+Scan's two bitsets. No step reads the host: the codes and the histogram stay on the device.
+"""
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from scan_fast.keyed_hash import SIGN_BIT, counter_hashes, stream_key
+from scan_fast.index import SampleSet
+from scan_fast.schedule.inputs import check_batch, check_int
+from scan_fast.schedule.rates import PREPARATION, epoch_phase, mutation_stream
+from scan_fast.schedule.scan import Scan
+from scan_fast.schedule.stats import EpochRecord
+
+LOG_LO, LOG_HI = math.log(1e-4), math.log(1e4)  # codes span losses 1e-4 .. 1e4 (7.5% a bin)
+NUM_CODES = 255                                  # codes 0..254; UNSEEN marks ids not observed
+UNSEEN = 255
+TIE_PURPOSE = 7                                  # keyed-hash purpose of the partial-bin choice
+_EDGES64 = np.exp(LOG_LO + np.arange(NUM_CODES - 1) * (LOG_HI - LOG_LO) / (NUM_CODES - 1))
+EDGES = _EDGES64.astype(np.float32)              # 254 increasing float32 edges
+
+
+# ----------------------------------------------------------------------------- the rule, numpy oracle
+
+
+def loss_codes(loss_a, loss_b) -> np.ndarray:
+    """One byte a sample: the bin of the float32 mean of both directions among EDGES."""
+    mean = (np.asarray(loss_a, np.float32) + np.asarray(loss_b, np.float32)) * np.float32(0.5)
+    return np.searchsorted(EDGES, mean, side="right").astype(np.uint8)
+
+
+def otsu_cut(hist: np.ndarray) -> int:
+    """The cut t in 1..len(hist)-1 maximising w0 w1 (m0 - m1)^2 (codes as values); first maximum.
+    A histogram with fewer than two non-empty bins gives len(hist) (nothing above)."""
+    hist = np.asarray(hist, dtype=np.float64)
+    if np.count_nonzero(hist) < 2:
+        return len(hist)
+    values = np.arange(len(hist), dtype=np.float64)
+    w0 = np.cumsum(hist)[:-1]
+    s0 = np.cumsum(hist * values)[:-1]
+    total, total_s = hist.sum(), (hist * values).sum()
+    w1, s1 = total - w0, total_s - s0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = np.where((w0 > 0) & (w1 > 0), w0 * w1 * (s0 / w0 - s1 / w1) ** 2, -1.0)
+    return int(np.argmax(between)) + 1
+
+
+def take_plan(hist: np.ndarray, k: int, from_top: bool) -> Tuple[int, int, int]:
+    """(whole-bin cut c, partial bin p, samples to take from p) for "up to k" from one end.
+
+    from_top: bins >= c whole, then bin p = c - 1 in part; else bins < c whole, then bin p = c.
+    """
+    hist = np.asarray(hist, dtype=np.int64)
+    order = range(len(hist) - 1, -1, -1) if from_top else range(len(hist))
+    taken = 0
+    for b in order:
+        if taken + hist[b] > k:
+            return (b + 1 if from_top else b), b, int(k - taken)
+        taken += int(hist[b])
+    return (0 if from_top else len(hist)), -1, 0
+
+
+def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float, transfer: bool = True) -> dict:
+    """The epoch's cut: ILL = codes >= ill_cut, or from the top down to k_ill; RED up to k_red.
+
+    transfer (mode "both"): k_red = floor((rho_ill + rho_red) n) - |ILL|; else floor(rho_red n)."""
+    hist = np.asarray(hist, dtype=np.int64)
+    k_ill = math.floor(rho_ill * n)
+    t = otsu_cut(hist)
+    above = int(hist[t:].sum())
+    if above <= k_ill:
+        ill = (t, -1, 0)
+        n_ill = above
+    else:
+        ill = take_plan(hist, k_ill, from_top=True)
+        n_ill = k_ill
+    k_red = max(math.floor((rho_ill + rho_red) * n) - n_ill, 0) if transfer else math.floor(rho_red * n)
+    # RED never reaches into the ILL bins
+    below = hist.copy()
+    below[min(ill[0], ill[1] if ill[1] >= 0 else ill[0]):] = 0
+    red = take_plan(below, k_red, from_top=False)
+    return {"otsu": t, "ill": ill, "red": red, "k_ill": k_ill, "k_red": k_red}
+
+
+def tie_hashes(ids, seed: int, epoch: int):
+    """u(seed, epoch, id) as unsigned-ordered int64 (numpy or torch)."""
+    return counter_hashes(stream_key(seed, mutation_stream(epoch), TIE_PURPOSE), ids) ^ SIGN_BIT
+
+
+def _tie_limit(take: int, count: int) -> int:
+    """Signed-order bound on tie_hashes: u < take / count x 2^64 (as a signed int64 after ^ SIGN_BIT)."""
+    take, count = int(take), int(count)
+    if count <= 0 or take <= 0:
+        return -(1 << 63)
+    bound = (take << 64) // count
+    return min(bound, (1 << 64) - 1) - (1 << 63)
+
+
+def select(codes, ids, cut: Tuple[int, int, int], from_top: bool, seed: int, epoch: int, count_of_partial: int):
+    """Mask over `codes` (numpy or torch) for one side of the plan; ids give the tie hashes."""
+    whole, partial, take = cut
+    lib = torch if isinstance(codes, torch.Tensor) else np
+    c = codes.to(torch.int64) if lib is torch else codes.astype(np.int64)
+    seen = c != UNSEEN
+    mask = (c >= whole) & seen if from_top else (c < whole)
+    if partial >= 0 and take > 0:
+        limit = _tie_limit(take, count_of_partial)
+        mask = mask | ((c == partial) & (tie_hashes(ids, seed, epoch) < limit))
+    return mask
+
+
+def epoch_candidates_reference(ids, loss_a, loss_b, *, rho_ill: float, rho_red: float, seed: int, epoch: int,
+                               mode: str = "both"):
+    """The oracle: (ill ids, red ids, plan) of one preparation epoch's observations (each id once)."""
+    ids = np.asarray(ids, np.int64)
+    codes = loss_codes(loss_a, loss_b)
+    hist = np.bincount(codes, minlength=NUM_CODES)[:NUM_CODES]
+    p = plan(hist, len(ids), rho_ill, rho_red, transfer=mode == "both")
+    ill = select(codes, ids, p["ill"], True, seed, epoch, int(hist[p["ill"][1]]) if p["ill"][1] >= 0 else 0)
+    red = select(codes, ids, p["red"], False, seed, epoch, int(hist[p["red"][1]]) if p["red"][1] >= 0 else 0)
+    return np.sort(ids[ill]), np.sort(ids[red]), p
+
+
+# ----------------------------------------------------------------------------- the schedule
+
+
+class ScanEpoch(Scan):
+    """SCAN's cycle with epoch-wide candidates (module docstring); the mutation epochs are Scan's.
+
+    ScanEpoch(num_samples, rho_ill=0.35, rho_red=0.35, t_cos=3, prune_threshold=0.3, mode="both",
+              seed=0, rank=0, world_size=1)
+    """
+
+    def __init__(self, num_samples, rho_ill=0.35, rho_red=0.35, t_cos=3, prune_threshold=0.3,
+                 mode="both", seed=0, rank=0, world_size=1):
+        super().__init__(num_samples, rho_ill=rho_ill, rho_red=rho_red, t_cos=t_cos,
+                         prune_threshold=prune_threshold, mode=mode, seed=seed)
+        self.world_size = check_int("world_size", world_size, minimum=1)
+        self.rank = check_int("rank", rank, minimum=0, maximum=self.world_size - 1)
+        block = -(-self.num_samples // self.world_size)
+        self._lo = min(self.rank * block, self.num_samples)
+        self._hi = min(self._lo + block, self.num_samples)
+        self._codes = None  # uint8 (hi - lo + 1,) on the losses' device while preparing; last slot: a sink
+        self._hist = None   # int64 (NUM_CODES + 1,) of every observed sample of the epoch; last slot: unused
+        self.last_plan = None
+        self._edges = {}    # device -> EDGES there (copied once, not every step)
+
+    # -- preparation: codes and histogram, on the losses' device
+    def _begin_epoch(self, epoch):
+        super()._begin_epoch(epoch)
+        if self.is_preparation(epoch):
+            self._codes, self._hist = None, None
+
+    def _buffers(self, device):
+        if self._codes is None:
+            self._codes = torch.full((self._hi - self._lo + 1,), UNSEEN, dtype=torch.uint8, device=device)
+            self._hist = torch.zeros(NUM_CODES + 1, dtype=torch.int64, device=device)
+        return self._codes, self._hist
+
+    def _record(self, ids: torch.Tensor, loss_a: torch.Tensor, loss_b: torch.Tensor) -> None:
+        codes, hist = self._buffers(loss_a.device)
+        if codes.device != loss_a.device:  # resumed from a checkpoint read on another device
+            self._codes, self._hist = codes, hist = codes.to(loss_a.device), hist.to(loss_a.device)
+        mean = (loss_a.float() + loss_b.float()) * 0.5
+        edges = self._edges.get(mean.device)
+        if edges is None:
+            edges = self._edges[mean.device] = torch.from_numpy(EDGES).to(mean.device)
+        code = torch.bucketize(mean, edges, right=True)
+        hist.index_add_(0, code, torch.ones_like(code))
+        ids = ids.to(code.device, torch.int64)
+        own = (ids >= self._lo) & (ids < self._hi)
+        slot = torch.where(own, ids - self._lo, codes.shape[0] - 1)  # others go to the sink slot
+        codes.index_put_((slot,), code.to(torch.uint8))
+
+    def _observe(self, sample_ids, loss_a, loss_b):
+        if self._new is None:
+            return 0, 0
+        ids, loss_a, loss_b = check_batch(sample_ids, loss_a, loss_b, self.num_samples)
+        device = self._codes.device if self._codes is not None else torch.device("cpu")
+        self._record(torch.from_numpy(ids).to(device), torch.from_numpy(np.asarray(loss_a, np.float32)).to(device),
+                     torch.from_numpy(np.asarray(loss_b, np.float32)).to(device))
+        self._batch_index += 1
+        return 0, 0  # decided at the epoch's end
+
+    def _device_batch(self, sample_ids, loss_a, loss_b):
+        if self._new is None:
+            return None
+        self._record(sample_ids, loss_a, loss_b)
+        self._batch_index += 1
+        return None  # nothing to flush: the state stays on the device until the epoch ends
+
+    def _drain(self, pending):  # never called: _device_batch keeps nothing pending
+        raise AssertionError("ScanEpoch keeps no pending batches")
+
+    # -- the epoch's end: one histogram read, one decision per rank block, one gather
+    def block_candidates(self, epoch: int):
+        """(ill ids, red ids) of this rank's block, from the epoch's histogram (the same on every rank)."""
+        if self._codes is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        hist = self._hist[:NUM_CODES].cpu().numpy()
+        p = plan(hist, int(hist.sum()), self.config.rho_ill, self.config.rho_red, transfer=self.config.mode == "both")
+        self.last_plan = p
+        codes = self._codes[:-1]
+        ids = torch.arange(self._lo, self._hi, dtype=torch.int64, device=codes.device)
+        seed = self.config.seed
+        ill = select(codes, ids, p["ill"], True, seed, epoch, int(hist[p["ill"][1]]) if p["ill"][1] >= 0 else 0)
+        red = select(codes, ids, p["red"], False, seed, epoch, int(hist[p["red"][1]]) if p["red"][1] >= 0 else 0)
+        return ids[ill].cpu().numpy(), ids[red].cpu().numpy()
+
+    def _gather(self, ids: np.ndarray) -> np.ndarray:
+        """Every rank's ids (the union), when this schedule is one of several ranks."""
+        import torch.distributed as dist
+
+        if self.world_size == 1:
+            return ids
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() == self.world_size):
+            raise RuntimeError(f"ScanEpoch(world_size={self.world_size}) needs the process group to gather blocks")
+        parts = [None] * self.world_size
+        dist.all_gather_object(parts, ids)
+        return np.concatenate(parts)
+
+    def _finish_epoch(self, epoch, epoch_loss):
+        phase, _ = epoch_phase(epoch, self._start, self.config.t_cos)
+        if phase == PREPARATION:
+            ill, red = self.block_candidates(epoch)
+            self._new[0].add(self._gather(ill))
+            self._new[1].add(self._gather(red))
+            self._codes = self._hist = None
+        return super()._finish_epoch(epoch, epoch_loss)
+
+    # -- checkpoints: Scan's state plus, inside a preparation epoch, this block's codes
+    def _state(self):
+        state = super()._state()
+        state["kind"] = "ScanEpoch"
+        state["world_size"] = self.world_size
+        state["codes"] = None if self._codes is None else self._codes.cpu().clone()
+        state["hist"] = None if self._hist is None else self._hist.cpu().clone()
+        return state
+
+    def _parse_state(self, state):
+        if state.get("kind") != "ScanEpoch":
+            raise ValueError(f"state_dict is for {state.get('kind')}, not ScanEpoch")
+        codes, hist = state.get("codes"), state.get("hist")
+        if (codes is None) != (hist is None):
+            raise ValueError("state_dict's 'codes' and 'hist' must be both set or both None")
+        if codes is not None:
+            if state.get("world_size") != self.world_size:
+                raise ValueError(f"state_dict was saved inside a preparation epoch by world_size="
+                                 f"{state.get('world_size')}; resume it on the same number of ranks "
+                                 f"(this schedule has world_size={self.world_size}), or from an epoch's end")
+            if not torch.is_tensor(codes) or codes.shape != (self._hi - self._lo + 1,) or codes.dtype != torch.uint8:
+                raise ValueError("state_dict['codes'] does not fit this rank's block")
+            if not torch.is_tensor(hist) or hist.shape != (NUM_CODES + 1,):
+                raise ValueError("state_dict['hist'] is not a histogram of codes")
+        scan_state = dict(state, kind="Scan")
+        apply_scan = super()._parse_state(scan_state)
+
+        def apply():
+            apply_scan()
+            self._codes = None if codes is None else codes.clone()
+            self._hist = None if hist is None else hist.clone()
+        return apply

@@ -1,0 +1,205 @@
+"""ScanEpoch (--prune scan-epoch): the epoch-wide candidate rule against its numpy oracle, the host and
+device paths, exact and elastic resume."""
+import io
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scan_fast.schedule.scan_epoch import (EDGES, NUM_CODES, ScanEpoch, epoch_candidates_reference, loss_codes,
+                                           otsu_cut, plan)
+
+
+def _roundtrip(state):
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def _losses(n, seed, bad=0.2):
+    """Clean pairs around 1, a share `bad` of wrong ones around 6 (log-normal), both directions."""
+    rng = np.random.default_rng(seed)
+    wrong = rng.random(n) < bad
+    centre = np.where(wrong, np.log(6.0), np.log(1.0))
+    a = np.exp(centre + 0.35 * rng.standard_normal(n)).astype(np.float32)
+    b = np.exp(centre + 0.35 * rng.standard_normal(n)).astype(np.float32)
+    return a, b, wrong
+
+
+def _to_preparation(schedule):
+    """Two warm-up epochs whose loss barely drops: epoch 2 prepares."""
+    for epoch, loss in ((0, 10.0), (1, 9.9)):
+        schedule.epoch_indices(epoch)
+        schedule.end_epoch(epoch, loss)
+    assert schedule.is_preparation(2)
+
+
+def _prepare(schedule, order, a, b, batch, device_path):
+    schedule.epoch_indices(2)
+    for start in range(0, len(order), batch):
+        ids = order[start:start + batch]
+        if device_path:
+            schedule.observe_batch(torch.from_numpy(ids), torch.from_numpy(a[ids]), torch.from_numpy(b[ids]))
+        else:
+            schedule.observe(ids, a[ids], b[ids])
+
+
+def test_codes_are_the_bins_of_the_float32_mean_and_torch_agrees():
+    a, b, _ = _losses(5000, 0)
+    codes = loss_codes(a, b)
+    mean = (a + b) * np.float32(0.5)
+    assert codes.max() < NUM_CODES
+    lower = np.where(codes > 0, EDGES[np.maximum(codes.astype(int) - 1, 0)], -np.inf)
+    upper = np.where(codes < NUM_CODES - 1, EDGES[np.minimum(codes.astype(int), NUM_CODES - 2)], np.inf)
+    assert np.all((lower <= mean) & (mean < upper))
+    torch_codes = torch.bucketize((torch.from_numpy(a) + torch.from_numpy(b)) * 0.5, torch.from_numpy(EDGES),
+                                  right=True)
+    np.testing.assert_array_equal(torch_codes.numpy(), codes)
+
+
+def test_otsu_finds_the_valley_of_two_modes_and_is_its_brute_force():
+    hist = np.zeros(NUM_CODES, np.int64)
+    hist[40:60] = 50
+    hist[150:160] = 20
+    t = otsu_cut(hist)
+    assert 60 <= t <= 150
+    values = np.arange(NUM_CODES)
+    best, arg = -1.0, None
+    for cut in range(1, NUM_CODES):
+        w0, w1 = hist[:cut].sum(), hist[cut:].sum()
+        if w0 and w1:
+            m0, m1 = (hist[:cut] * values[:cut]).sum() / w0, (hist[cut:] * values[cut:]).sum() / w1
+            score = w0 * w1 * (m0 - m1) ** 2
+            if score > best + 1e-9 * best:
+                best, arg = score, cut
+    assert t == arg
+    assert otsu_cut(np.bincount([7] * 10, minlength=NUM_CODES)) == NUM_CODES  # one bin: nothing above
+
+
+def test_rule_separates_wrong_pairs_where_the_batch_rank_cannot():
+    """20% wrong pairs: the paper's per-batch rank takes 35% as ill-matched; the valley takes the wrong ones."""
+    n = 8000
+    a, b, wrong = _losses(n, 1)
+    ill, red, p = epoch_candidates_reference(np.arange(n), a, b, rho_ill=0.35, rho_red=0.35, seed=0, epoch=2)
+    precision, recall = wrong[ill].mean(), wrong[ill].sum() / wrong.sum()
+    assert precision > 0.97 and recall > 0.97
+    assert len(np.intersect1d(ill, red)) == 0
+    budget = int(0.7 * n)
+    assert abs(len(ill) + len(red) - budget) <= 0.02 * n  # the partial bin is a keyed coin per id
+    assert not wrong[red].any()
+
+
+def test_unimodal_losses_take_no_more_than_rho_ill():
+    rng = np.random.default_rng(2)
+    a = np.exp(0.3 * rng.standard_normal(4000)).astype(np.float32)
+    ill, red, p = epoch_candidates_reference(np.arange(4000), a, a, rho_ill=0.2, rho_red=0.3, seed=0, epoch=2)
+    assert len(ill) <= int(0.2 * 4000) + 0.02 * 4000
+    codes = loss_codes(a, a)
+    assert codes[ill].min() >= codes[red].max()
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.integers(300, 1500), batch=st.sampled_from([32, 64, 100]), seed=st.integers(0, 2**31 - 1),
+       bad=st.floats(0.0, 0.4), rho=st.sampled_from([(0.35, 0.35), (0.2, 0.3), (0.5, 0.1)]))
+def test_schedule_equals_the_oracle_on_host_and_device_paths(n, batch, seed, bad, rho):
+    a, b, _ = _losses(n, seed, bad)
+    order = np.random.default_rng(seed).permutation(n).astype(np.int64)[: n - n % batch or n]
+    results = []
+    for device_path in (False, True):
+        s = ScanEpoch(n, rho_ill=rho[0], rho_red=rho[1], seed=seed % 1000)
+        _to_preparation(s)
+        _prepare(s, order, a, b, batch, device_path)
+        s.end_epoch(2, 1.0)
+        results.append((s.candidates("ill_matched"), s.candidates("redundant")))
+    ill, red, _ = epoch_candidates_reference(order, a[order], b[order], rho_ill=rho[0], rho_red=rho[1],
+                                             seed=seed % 1000, epoch=2)
+    for got_ill, got_red in results:
+        np.testing.assert_array_equal(got_ill, ill)
+        np.testing.assert_array_equal(got_red, red)
+
+
+def test_exact_resume_inside_a_preparation_epoch():
+    n, batch = 1200, 100
+    a, b, _ = _losses(n, 3)
+    order = np.random.default_rng(3).permutation(n).astype(np.int64)
+    full, resumed = ScanEpoch(n, seed=4), ScanEpoch(n, seed=4)
+    _to_preparation(full)
+    _prepare(full, order[:600], a, b, batch, device_path=True)
+    resumed.load_state_dict(_roundtrip(full.state_dict()))
+    for s in (full, resumed):
+        for start in range(600, n, batch):
+            ids = order[start:start + batch]
+            s.observe_batch(torch.from_numpy(ids), torch.from_numpy(a[ids]), torch.from_numpy(b[ids]))
+        s.end_epoch(2, 1.0)
+    np.testing.assert_array_equal(full.candidates(), resumed.candidates())
+    for epoch in (3, 4, 5):
+        np.testing.assert_array_equal(full.epoch_indices(epoch), resumed.epoch_indices(epoch))
+        full.end_epoch(epoch, 1.0)
+        resumed.end_epoch(epoch, 1.0)
+    assert len(full.epoch_indices(6)) == n  # the next cycle prepares on all samples
+
+
+@pytest.mark.parametrize("world", [2, 3, 7])
+def test_decisions_do_not_depend_on_the_world_size(world):
+    """Every rank keeps the codes of its own block of ids and the same histogram; the union of the
+    blocks' candidates is the one-rank result."""
+    n, batch = 1000, 50
+    a, b, _ = _losses(n, 5)
+    order = np.random.default_rng(5).permutation(n).astype(np.int64)
+    one = ScanEpoch(n, seed=1)
+    ranks = [ScanEpoch(n, seed=1, rank=r, world_size=world) for r in range(world)]
+    for s in [one, *ranks]:
+        _to_preparation(s)
+        _prepare(s, order, a, b, batch, device_path=True)  # every rank sees the gathered global batch
+    ill1, red1 = one.block_candidates(2)
+    blocks = [s.block_candidates(2) for s in ranks]
+    np.testing.assert_array_equal(np.sort(np.concatenate([x[0] for x in blocks])), np.sort(ill1))
+    np.testing.assert_array_equal(np.sort(np.concatenate([x[1] for x in blocks])), np.sort(red1))
+    sizes = [s.state_dict()["codes"].shape[0] - 1 for s in ranks]
+    assert max(sizes) == -(-n // world) and sum(sizes) == n  # one byte a sample, split over the ranks
+
+
+def test_epoch_end_state_resumes_on_any_world_size_and_mid_epoch_state_only_on_its_own():
+    n = 400
+    a, b, _ = _losses(n, 6)
+    order = np.arange(n, dtype=np.int64)
+    s = ScanEpoch(n, seed=2)
+    _to_preparation(s)
+    _prepare(s, order, a, b, 100, device_path=False)
+    mid = _roundtrip(s.state_dict())
+    with pytest.raises(ValueError, match="same number of ranks"):
+        ScanEpoch(n, seed=2, rank=0, world_size=2).load_state_dict(mid)
+    s.end_epoch(2, 1.0)
+    other = ScanEpoch(n, seed=2, rank=1, world_size=2)
+    other.load_state_dict(_roundtrip(s.state_dict()))
+    np.testing.assert_array_equal(other.epoch_indices(3), s.epoch_indices(3))
+    with pytest.raises(ValueError, match="not ScanEpoch"):
+        from scan_fast.schedule import Scan
+        ScanEpoch(n, seed=2).load_state_dict(Scan(n, seed=2).state_dict())
+
+
+def test_plan_budget_moves_to_the_easiest_samples():
+    hist = np.zeros(NUM_CODES, np.int64)
+    hist[50:70] = 40  # 800 clean
+    hist[160:165] = 40  # 200 wrong
+    p = plan(hist, 1000, 0.35, 0.35)
+    assert p["ill"][0] >= 70 and p["ill"][1] == -1  # the whole upper mode, no partial bin
+    assert p["k_red"] == 700 - 200
+    assert plan(hist, 1000, 0.35, 0.35, transfer=False)["k_red"] == 350  # modes other than "both"
+
+
+def test_modes_other_than_both_keep_the_paper_counts():
+    n = 2000
+    a, b, _ = _losses(n, 8)
+    s = ScanEpoch(n, seed=0, mode="redundant")
+    _to_preparation(s)
+    _prepare(s, np.arange(n, dtype=np.int64), a, b, 100, device_path=True)
+    s.end_epoch(2, 1.0)
+    ill, red, _ = epoch_candidates_reference(np.arange(n), a, b, rho_ill=0.35, rho_red=0.35, seed=0, epoch=2,
+                                             mode="redundant")
+    np.testing.assert_array_equal(s.candidates("redundant"), red)
+    np.testing.assert_array_equal(s.candidates(), red)
+    assert abs(len(red) - 700) <= 0.02 * n
