@@ -351,7 +351,7 @@ def test_cli_config_file_flags_and_coreset_export(data, tmp_path):
 @pytest.mark.parametrize(
     "argv, error, match",
     [
-        (["--train-data", "{missing}"], FileNotFoundError, "no .beton file at"),
+        (["--train-data", "{missing}"], FileNotFoundError, "no .beton file or part folder at"),
         (["--train-data", "{moco}"], ValueError, r"moco.beton lacks field\(s\) \['tokens'\]"),
         (["--train-data", "{test}", "--model", "ViT-Nope-1"], ValueError, "'ViT-Nope-1' is not an open_clip model"),
         (["--train-data", "{test}", "--prune", "static"], ValueError, "--prune static needs --coreset"),

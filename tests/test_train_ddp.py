@@ -40,8 +40,8 @@ def _record_schedule(module, made, kept):
     """Replaces module.make_schedule (the name the trainer calls) by one that records each epoch's kept ids."""
     make_schedule = module.make_schedule
 
-    def recording_make_schedule(cfg, num_samples):
-        schedule = make_schedule(cfg, num_samples)
+    def recording_make_schedule(cfg, num_samples, *rank_and_world):
+        schedule = make_schedule(cfg, num_samples, *rank_and_world)
         original = schedule.epoch_kept_set
 
         def epoch_kept_set(epoch):
