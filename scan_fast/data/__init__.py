@@ -30,6 +30,10 @@ _EXPORTS = {
     "keyed_uniforms": "keyed_random",
     "ScanSampler": "sampler",
     "check_beton": "schema",
+    "open_dataset": "dataset",
+    "Dataset": "dataset",
+    "BetonFile": "beton",
+    "DataError": "beton",
     "read_samples": "inspect",
 }
 
