@@ -47,8 +47,9 @@ class BatchStager:
         """A one-row table for the pipelines' set-up: its image sizes are the data set's largest, which
         is what ffcv's decoders size their buffers by (they take the maximum over the table)."""
         row = np.zeros(1, self.dataset.metadata_type)
-        for i, (name, field) in enumerate(self.dataset.handlers.items()):
-            bounds = self.dataset.image_bounds().get(name)
+        largest = self.dataset.image_bounds()  # one pass over the parts' records, not one per field
+        for i, name in enumerate(self.dataset.handlers):
+            bounds = largest.get(name)
             if bounds is not None:
                 row[f"f{i}"]["height"], row[f"f{i}"]["width"] = bounds
         return row
