@@ -21,8 +21,15 @@ n = samples observed in the epoch. "Up to k" takes whole bins while they fit and
 that does not, each sample whose keyed hash u(seed, epoch, id) (a uniform 64-bit word) is below
 (k - taken) / count x 2^64: a choice by id alone, so any rank can make it for its own ids. The
 candidate budget is the paper's rho_ill + rho_red; what the ILL side no longer takes goes to the
-easiest samples. Mutation epochs are the paper's (Scan's): a keyed uniform sample of the candidates
-at the cosine rate.
+easiest samples.
+
+Held-out ill-matched pairs: an ILL candidate is a wrong pair, not a hard one, so the variant stops
+learning from it at once instead of ramping it out. Mutation epochs prune every ILL candidate and a
+keyed uniform sample of floor(rate(e) |RED|) of the RED candidates (the paper's cosine rate, applied
+to RED only); the next preparation epoch scores the ILL candidates (they stay in the batches, so the
+new histogram still holds their mode and a clean pair flagged by mistake can leave the set) but gives
+them loss weight 0, the other samples of the batch B / (B - held) (`held_out_weights`). With mode
+"redundant" nothing is held out and the mutation epochs are the paper's.
 
 Scale: each rank keeps the one-byte codes of its own block of ids (rank r of W: ids
 [r ceil(N/W), (r + 1) ceil(N/W))), and every rank accumulates the same histogram from the
@@ -40,7 +47,8 @@ import torch
 from scan_fast.keyed_hash import SIGN_BIT, counter_hashes, stream_key
 from scan_fast.index import SampleSet
 from scan_fast.schedule.inputs import check_batch, check_int
-from scan_fast.schedule.rates import PREPARATION, epoch_phase, mutation_stream
+from scan_fast.schedule.rates import (EARLIEST_MUTATION, PREPARATION, cosine_rate, epoch_phase, mutation_stream,
+                                      prune_count)
 from scan_fast.schedule.scan import Scan
 from scan_fast.schedule.stats import EpochRecord
 
@@ -48,6 +56,7 @@ LOG_LO, LOG_HI = math.log(1e-4), math.log(1e4)  # codes span losses 1e-4 .. 1e4 
 NUM_CODES = 255                                  # codes 0..254; UNSEEN marks ids not observed
 UNSEEN = 255
 TIE_PURPOSE = 7                                  # keyed-hash purpose of the partial-bin choice
+_SET_HEADER_BYTES = 32                           # SampleSet.to_bytes(): a 32-byte header, then the bits
 _EDGES64 = np.exp(LOG_LO + np.arange(NUM_CODES - 1) * (LOG_HI - LOG_LO) / (NUM_CODES - 1))
 EDGES = _EDGES64.astype(np.float32)              # 254 increasing float32 edges
 
@@ -153,6 +162,42 @@ def epoch_candidates_reference(ids, loss_a, loss_b, *, rho_ill: float, rho_red: 
     return np.sort(ids[ill]), np.sort(ids[red]), p
 
 
+def mutation_prune_reference(ill: SampleSet, red: SampleSet, mode: str, rate: float, seed: int,
+                             epoch: int) -> SampleSet:
+    """The prune set of a mutation epoch at cosine rate `rate`: every ILL candidate (modes "both" and
+    "ill_matched") and a keyed uniform sample of floor(rate |RED \\ ILL|) of the RED candidates (modes
+    "both" and "redundant"); mode "redundant" alone is the paper's draw."""
+    if mode == "redundant":
+        return red.sample(prune_count(rate, len(red)), seed, mutation_stream(epoch))
+    if mode == "ill_matched":
+        return ill.copy()
+    red_only = red - ill
+    return ill | red_only.sample(prune_count(rate, len(red_only)), seed, mutation_stream(epoch))
+
+
+def held_out_weights(held):
+    """Loss weights of one batch given its held-out mask (numpy or torch, on the mask's device): 0 where
+    held, B / (B - held) elsewhere (all 0 for a batch held out whole), so the kept samples' mean is the
+    batch loss."""
+    if isinstance(held, torch.Tensor):
+        keep = (~held).to(torch.float32)
+        return keep * (keep.numel() / keep.sum().clamp_min(1.0))
+    keep = (~np.asarray(held, bool)).astype(np.float32)
+    return keep * np.float32(keep.size / max(keep.sum(), 1.0))
+
+
+def packed_bits(ids: SampleSet) -> np.ndarray:
+    """The set as little-endian packed bits (N / 8 bytes): id i is bit i & 7 of byte i >> 3."""
+    return np.frombuffer(ids.to_bytes(), np.uint8)[_SET_HEADER_BYTES:]
+
+
+def bits_contain(bits, ids):
+    """Membership of `ids` (numpy or torch int64) in packed bits of the same library and device."""
+    if isinstance(ids, torch.Tensor):
+        return ((bits[ids >> 3] >> (ids & 7).to(torch.uint8)) & 1).bool()
+    return ((bits[ids >> 3] >> (ids & 7).astype(np.uint8)) & 1).astype(bool)
+
+
 # ----------------------------------------------------------------------------- the schedule
 
 
@@ -176,12 +221,55 @@ class ScanEpoch(Scan):
         self._hist = None   # int64 (NUM_CODES + 1,) of every observed sample of the epoch; last slot: unused
         self.last_plan = None
         self._edges = {}    # device -> EDGES there (copied once, not every step)
+        self._held = None   # the ILL bits held out of this preparation epoch's loss (None: nothing held)
+        self._held_on = {}  # device -> self._held there
+
+    def min_kept_count(self, epochs: int, global_batch: int) -> int:
+        """The fewest ids an epoch can keep: a mutation epoch prunes at most the whole candidate budget."""
+        if epochs < EARLIEST_MUTATION + 1:
+            return self.num_samples
+        rho = {"both": self.config.rho_ill + self.config.rho_red, "ill_matched": self.config.rho_ill,
+               "redundant": self.config.rho_red}[self.config.mode]
+        return self.num_samples - min(self.num_samples, math.floor(rho * self.num_samples))
+
+    # -- mutation epochs prune every ILL candidate; preparation epochs hold them out of the loss
+    def _pruned(self, epoch, position):
+        if self._pruned_cache is None or self._pruned_cache[0] != epoch:
+            rate = cosine_rate(position, self.config.t_cos)
+            self._pruned_cache = (epoch, mutation_prune_reference(self._ill, self._red, self.config.mode, rate,
+                                                                  self.config.seed, epoch))
+        return self._pruned_cache[1]
+
+    def holds_out(self) -> bool:
+        """Whether this preparation epoch holds the last preparation's ILL candidates out of the loss."""
+        return self._held is not None
+
+    def sample_weights(self, sample_ids):
+        """In a preparation epoch after the first: weight 0 for the last preparation's ILL candidates and
+        B / (B - held) for the rest of the batch (`held_out_weights`), on the ids' device; else None."""
+        if self._held is None:
+            return None
+        if isinstance(sample_ids, torch.Tensor):
+            bits = self._held_on.get(sample_ids.device)
+            if bits is None:
+                bits = self._held_on[sample_ids.device] = torch.from_numpy(self._held.copy()).to(sample_ids.device)
+            return held_out_weights(bits_contain(bits, sample_ids.to(torch.int64)))
+        ids = np.asarray(sample_ids, np.int64)
+        return held_out_weights(bits_contain(self._held, ids))
 
     # -- preparation: codes and histogram, on the losses' device
     def _begin_epoch(self, epoch):
         super()._begin_epoch(epoch)
+        self._hold_for(epoch)
         if self.is_preparation(epoch):
             self._codes, self._hist = None, None
+
+    def _hold_for(self, epoch):
+        """Set what `epoch` holds out: the last preparation's ILL bits in a preparation epoch (counted once
+        an epoch, never per step)."""
+        self._held, self._held_on = None, {}
+        if self.is_preparation(epoch) and self.config.mode != "redundant" and len(self._ill):
+            self._held = packed_bits(self._ill)
 
     def _buffers(self, device):
         if self._codes is None:
@@ -291,4 +379,8 @@ class ScanEpoch(Scan):
             apply_scan()
             self._codes = None if codes is None else codes.clone()
             self._hist = None if hist is None else hist.clone()
+            if self._in_epoch:  # resumed inside an epoch: _begin_epoch will not run for it
+                self._hold_for(self._epoch)
+            else:
+                self._held, self._held_on = None, {}
         return apply
