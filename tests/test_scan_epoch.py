@@ -203,3 +203,124 @@ def test_modes_other_than_both_keep_the_paper_counts():
     np.testing.assert_array_equal(s.candidates("redundant"), red)
     np.testing.assert_array_equal(s.candidates(), red)
     assert abs(len(red) - 700) <= 0.02 * n
+
+
+# ----------------------------------------------------------------------------- held-out ill-matched pairs
+
+
+def _through_first_cycle(s, n, a, b, batch=100):
+    """Warm-up, the first preparation (epoch 2) and its three mutation epochs; epoch 6 prepares again."""
+    _to_preparation(s)
+    _prepare(s, np.arange(n, dtype=np.int64), a, b, batch, device_path=True)
+    s.end_epoch(2, 1.0)
+    for epoch in (3, 4, 5):
+        s.epoch_indices(epoch)
+        s.end_epoch(epoch, 1.0)
+    assert s.is_preparation(6)
+
+
+def _weights_oracle(batch_ids, ill_ids):
+    """0 for the held-out ids, B / (B - held) for the others (all 0 when the whole batch is held)."""
+    held = np.isin(batch_ids, ill_ids)
+    kept = len(batch_ids) - held.sum()
+    return np.where(held, 0.0, len(batch_ids) / kept if kept else 0.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", ["both", "ill_matched"])
+def test_mutation_epochs_prune_every_ill_candidate_and_red_at_the_cosine_rate(mode):
+    n = 3000
+    a, b, _ = _losses(n, 9)
+    s = ScanEpoch(n, seed=3, mode=mode)
+    _to_preparation(s)
+    _prepare(s, np.arange(n, dtype=np.int64), a, b, 100, device_path=True)
+    s.end_epoch(2, 1.0)
+    ill, red = s.candidates("ill_matched"), s.candidates("redundant")
+    assert len(ill) > 0 and len(np.intersect1d(ill, red)) == 0
+    for epoch, rate in ((3, 0.25), (4, 0.75), (5, 1.0)):
+        pruned = np.setdiff1d(np.arange(n), s.epoch_indices(epoch))
+        assert np.isin(ill, pruned).all()  # no ill-matched candidate trains in a mutation epoch
+        red_pruned = np.intersect1d(pruned, red)
+        assert len(red_pruned) == (int(rate * len(red)) if mode == "both" else 0)
+        assert len(pruned) == len(ill) + len(red_pruned)  # nothing outside the candidates
+        assert s.sample_weights(torch.arange(10)) is None  # mutation epochs weigh every kept sample 1
+        s.end_epoch(epoch, 1.0)
+
+
+def test_redundant_mode_is_the_papers_mutation_and_holds_nothing_out():
+    n = 2000
+    a, b, _ = _losses(n, 10)
+    s = ScanEpoch(n, seed=0, mode="redundant")
+    _through_first_cycle(s, n, a, b)
+    s.epoch_indices(6)
+    assert not s.holds_out() and s.sample_weights(torch.arange(n)) is None
+
+
+@settings(max_examples=10, deadline=None)
+@given(n=st.integers(400, 1500), seed=st.integers(0, 2**31 - 1), bad=st.floats(0.05, 0.4),
+       batch=st.sampled_from([16, 50, 128]))
+def test_preparation_weights_equal_the_oracle_on_host_and_device(n, seed, bad, batch):
+    """The next preparation scores the last ILL candidates but holds them out of the loss."""
+    a, b, _ = _losses(n, seed, bad)
+    s = ScanEpoch(n, seed=seed % 1000)
+    _through_first_cycle(s, n, a, b)
+    ill = s.candidates("ill_matched")
+    s.epoch_indices(6)
+    assert s.holds_out() == (len(ill) > 0)
+    order = np.random.default_rng(seed).permutation(n).astype(np.int64)
+    for start in range(0, n, batch):
+        ids = order[start:start + batch]
+        expected = _weights_oracle(ids, ill) if len(ill) else None
+        on_device = s.sample_weights(torch.from_numpy(ids))
+        on_host = s.sample_weights(ids)
+        if expected is None:
+            assert on_device is None and on_host is None
+            continue
+        np.testing.assert_allclose(on_device.numpy(), expected, rtol=1e-6)
+        np.testing.assert_allclose(on_host, expected, rtol=1e-6)
+        assert on_device.dtype == torch.float32 and on_device.device == torch.device("cpu")
+
+
+def test_an_ill_candidate_is_scored_again_and_can_leave_the_set():
+    """Held-out pairs stay in the batches of the next preparation: a pair whose loss fell leaves ILL."""
+    n = 2000
+    a, b, wrong = _losses(n, 11)
+    s = ScanEpoch(n, seed=5)
+    _through_first_cycle(s, n, a, b)
+    first = s.candidates("ill_matched")
+    fixed = first[:25]  # these pairs' losses now look clean
+    a2, b2 = a.copy(), b.copy()
+    a2[fixed], b2[fixed] = 1.0, 1.0
+    s.epoch_indices(6)
+    for start in range(0, n, 100):
+        ids = np.arange(start, start + 100, dtype=np.int64)
+        s.observe_batch(torch.from_numpy(ids), torch.from_numpy(a2[ids]), torch.from_numpy(b2[ids]))
+    s.end_epoch(6, 1.0)
+    second = s.candidates("ill_matched")
+    assert not np.isin(fixed, second).any()
+    assert np.isin(np.setdiff1d(first, fixed), second).mean() > 0.95
+
+
+def test_hold_out_resumes_exactly_inside_the_preparation_and_on_other_world_sizes():
+    n, batch = 1200, 100
+    a, b, _ = _losses(n, 12)
+    full = ScanEpoch(n, seed=6)
+    _through_first_cycle(full, n, a, b)
+    full.epoch_indices(6)
+    probe = torch.arange(n, dtype=torch.int64)
+    expected = full.sample_weights(probe)
+    # exact: saved inside the preparation epoch, on the same number of ranks
+    resumed = ScanEpoch(n, seed=6)
+    resumed.load_state_dict(_roundtrip(full.state_dict()))
+    torch.testing.assert_close(resumed.sample_weights(probe), expected, rtol=0, atol=0)
+    # elastic: saved at the end of the mutation epoch before, loaded by each rank of 3
+    before = ScanEpoch(n, seed=6)
+    _through_first_cycle(before, n, a, b)
+    for rank in range(3):
+        r = ScanEpoch(n, seed=6, rank=rank, world_size=3)
+        r.load_state_dict(_roundtrip(before.state_dict()))
+        r.epoch_indices(6)
+        torch.testing.assert_close(r.sample_weights(probe), expected, rtol=0, atol=0)
+    # and a state from an epoch's end holds nothing out until its preparation begins
+    idle = ScanEpoch(n, seed=6)
+    idle.load_state_dict(_roundtrip(before.state_dict()))
+    assert not idle.holds_out()
