@@ -56,3 +56,23 @@ def counter_hashes(key: int, counters):
 
 
 SIGN_BIT = -(1 << 63)  # int64 with only the top bit set: x ^ SIGN_BIT orders as unsigned x
+
+# Purposes: one number per kind of keyed choice, so that no two kinds share a key. 1-7 are the
+# engine's (csrc/rng.hpp, RngPurpose). SCAN_EPOCH_TIE shares 7 with SHARD_ORDER on disjoint streams: the shard order's stream is the epoch, the tie's is mutation_stream(epoch) = epoch << 32,
+# and the tie is drawn only in preparation epochs (>= 2), so the two keys never coincide.
+TOP_UP_ILL = 1        # scan_fast/schedule/candidates.py: the per-batch top-up (engine: kTopUpIll)
+TOP_UP_RED = 2        # (engine: kTopUpRed)
+SHARD_ORDER = 7       # scan_fast/schedule/shard.py: the keyed Feistel order of an epoch's kept ids
+SCAN_EPOCH_TIE = 7    # scan_fast/schedule/scan_epoch.py: the partial-bin choice
+SETA_KEEP = 11        # scan_fast/schedule/strategies.py: SeTa's random keep
+INFOBATCH_PRUNE = 12  # scan_fast/schedule/strategies.py: InfoBatch's soft-pruning coin of each id
+
+
+def below_fraction(numerator: int, denominator: int) -> int:
+    """The signed-order bound b with P(hash ^ SIGN_BIT < b) = numerator / denominator (rounded down to a
+    multiple of 2^-64) for a uniform 64-bit hash: a keyed coin of that probability for each counter."""
+    numerator, denominator = int(numerator), int(denominator)
+    if denominator <= 0 or numerator <= 0:
+        return -(1 << 63)
+    bound = (numerator << 64) // denominator
+    return min(bound, (1 << 64) - 1) - (1 << 63)

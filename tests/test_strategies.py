@@ -150,6 +150,21 @@ def test_infobatch_prunes_below_mean_at_the_ratio_and_rescales():
         s.end_epoch(epoch, 1.0)
 
 
+def test_infobatch_coins_are_keyed_by_seed_epoch_and_id():
+    """The soft-pruning coin of id i is u(seed, epoch, i) < ratio, from the keyed hash in plain Python ints."""
+    from scan_fast.keyed_hash import INFOBATCH_PRUNE, GOLDEN, MASK64, mix64_int, stream_key
+    from scan_fast.schedule.strategies import infobatch_coins
+
+    n, ratio, seed, epoch = 500, 0.3, 7, 4
+    key = stream_key(seed, epoch, INFOBATCH_PRUNE)
+    expected = [mix64_int((key + i * GOLDEN) & MASK64) < int(ratio * 2**64) for i in range(n)]
+    np.testing.assert_array_equal(infobatch_coins(n, ratio, seed, epoch), expected)
+    np.testing.assert_array_equal(infobatch_coins(n, ratio, seed, epoch, chunk=7), expected)  # chunks agree
+    # an id's coin does not depend on how many ids there are (a rank can draw its own ids)
+    np.testing.assert_array_equal(infobatch_coins(200, ratio, seed, epoch), expected[:200])
+    assert not np.array_equal(infobatch_coins(n, ratio, seed, epoch + 1), expected)
+
+
 def test_infobatch_plan_is_fixed_within_an_epoch_and_resumes():
     n = 300
     losses = np.random.default_rng(1).random(n)

@@ -29,13 +29,11 @@ import torch
 
 from scan_fast.checks import has_triton
 from scan_fast.index import batch_candidates  # noqa: F401  (the engine: host arrays)
-from scan_fast.keyed_hash import SIGN_BIT, counter_hashes, stream_key
+from scan_fast.keyed_hash import SIGN_BIT, TOP_UP_ILL, TOP_UP_RED, counter_hashes, stream_key
 from scan_fast.schedule.inputs import check_fraction, check_rho_pair, check_threshold, check_u64
 
 # Top-up when |C| < 9/10 |X_a|, compared in integers so every implementation agrees exactly.
 TOP_UP_BELOW = (9, 10)
-# Purposes of the keyed hash (csrc/rng.hpp, RngPurpose::kTopUpIll / kTopUpRed).
-TOP_UP_ILL, TOP_UP_RED = 1, 2
 
 
 def candidate_count(batch_size: int, rho: float) -> int:

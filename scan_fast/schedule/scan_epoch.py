@@ -44,7 +44,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from scan_fast.keyed_hash import SIGN_BIT, counter_hashes, stream_key
+from scan_fast.keyed_hash import SCAN_EPOCH_TIE, SIGN_BIT, below_fraction, counter_hashes, stream_key
 from scan_fast.index import SampleSet
 from scan_fast.schedule.inputs import check_batch, check_int
 from scan_fast.schedule.rates import (EARLIEST_MUTATION, PREPARATION, cosine_rate, epoch_phase, mutation_stream,
@@ -55,7 +55,6 @@ from scan_fast.schedule.stats import EpochRecord
 LOG_LO, LOG_HI = math.log(1e-4), math.log(1e4)  # codes span losses 1e-4 .. 1e4 (7.5% a bin)
 NUM_CODES = 255                                  # codes 0..254; UNSEEN marks ids not observed
 UNSEEN = 255
-TIE_PURPOSE = 7                                  # keyed-hash purpose of the partial-bin choice
 _SET_HEADER_BYTES = 32                           # SampleSet.to_bytes(): a 32-byte header, then the bits
 _EDGES64 = np.exp(LOG_LO + np.arange(NUM_CODES - 1) * (LOG_HI - LOG_LO) / (NUM_CODES - 1))
 EDGES = _EDGES64.astype(np.float32)              # 254 increasing float32 edges
@@ -125,16 +124,7 @@ def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float, transfer: boo
 
 def tie_hashes(ids, seed: int, epoch: int):
     """u(seed, epoch, id) as unsigned-ordered int64 (numpy or torch)."""
-    return counter_hashes(stream_key(seed, mutation_stream(epoch), TIE_PURPOSE), ids) ^ SIGN_BIT
-
-
-def _tie_limit(take: int, count: int) -> int:
-    """Signed-order bound on tie_hashes: u < take / count x 2^64 (as a signed int64 after ^ SIGN_BIT)."""
-    take, count = int(take), int(count)
-    if count <= 0 or take <= 0:
-        return -(1 << 63)
-    bound = (take << 64) // count
-    return min(bound, (1 << 64) - 1) - (1 << 63)
+    return counter_hashes(stream_key(seed, mutation_stream(epoch), SCAN_EPOCH_TIE), ids) ^ SIGN_BIT
 
 
 def select(codes, ids, cut: Tuple[int, int, int], from_top: bool, seed: int, epoch: int, count_of_partial: int):
@@ -145,7 +135,7 @@ def select(codes, ids, cut: Tuple[int, int, int], from_top: bool, seed: int, epo
     seen = c != UNSEEN
     mask = (c >= whole) & seen if from_top else (c < whole)
     if partial >= 0 and take > 0:
-        limit = _tie_limit(take, count_of_partial)
+        limit = below_fraction(take, count_of_partial)  # u < take / count x 2^64
         mask = mask | ((c == partial) & (tie_hashes(ids, seed, epoch) < limit))
     return mask
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scan_fast.index import SampleSet, keyed_shard
-from scan_fast.keyed_hash import GOLDEN, mix64, mix64_int, stream_key
+from scan_fast.keyed_hash import GOLDEN, SHARD_ORDER, mix64, mix64_int, stream_key
 from scan_fast.schedule.inputs import check_int
 
 __all__ = ["KeptSet", "epoch_shard", "epoch_shard_part", "shard_length", "order_stream", "epoch_shard_reference",
@@ -107,13 +107,12 @@ def epoch_shard_part(kept: KeptSet, epoch: int, rank: int, world_size: int, seed
 
 # -- the oracle: the same definition on the materialised list ------------------------------
 _U64 = np.uint64
-_PURPOSE = 7  # csrc/rng.hpp, RngPurpose::kShardOrder
 _ROUNDS = 6
 
 
 def keyed_permutation_reference(size: int, seed: int, stream: int, positions) -> np.ndarray:
     """The engine's keyed bijection of [0, size) applied to `positions`, in numpy."""
-    key = stream_key(seed, stream, _PURPOSE)
+    key = stream_key(seed, stream, SHARD_ORDER)
     round_keys = [_U64(mix64_int(key + r * GOLDEN)) for r in range(_ROUNDS)]  # hash(key, r)
     half = max(1, ((size - 1).bit_length() + 1) // 2)
     shift, half_mask = _U64(half), _U64((1 << half) - 1)

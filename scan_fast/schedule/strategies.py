@@ -198,12 +198,29 @@ class RandomPruning(PruningSchedule):
         return apply
 
 
+def infobatch_coins(num_samples: int, prune_ratio: float, seed: int, epoch: int, chunk: int = 1 << 22) -> np.ndarray:
+    """Each id's soft-pruning coin of `epoch`: u(seed, epoch, id) < prune_ratio, from the keyed hash (purpose
+    INFOBATCH_PRUNE), so the draw is a function of (seed, epoch, id) like every other choice, on any rank."""
+    from fractions import Fraction
+
+    from scan_fast.keyed_hash import INFOBATCH_PRUNE, SIGN_BIT, below_fraction, counter_hashes, stream_key
+
+    key = stream_key(seed, epoch, INFOBATCH_PRUNE)
+    limit = below_fraction(*Fraction(prune_ratio).as_integer_ratio())
+    coins = np.empty(num_samples, dtype=bool)
+    for lo in range(0, num_samples, chunk):  # bounded temporaries: 8 bytes a sample of one chunk
+        ids = np.arange(lo, min(lo + chunk, num_samples), dtype=np.int64)
+        coins[lo:lo + len(ids)] = (counter_hashes(key, ids) ^ SIGN_BIT) < limit
+    return coins
+
+
 class InfoBatch(PruningSchedule):
     """InfoBatch (Qin et al., ICLR 2024): soft pruning of well-learned samples.
 
     A sample's score is its latest observed loss (mean of the two directions).
     Each epoch before int(delta * num_epochs) prunes every sample scored below
-    the mean score with probability `prune_ratio`; later epochs train on all.
+    the mean score with probability `prune_ratio` (a keyed coin of (seed, epoch, id):
+    `infobatch_coins`); later epochs train on all.
     `sample_weights` gives 1 / (1 - prune_ratio) to the kept below-mean samples
     (the expected gradient stays that of the full data) and 1 to the rest.
     Samples never observed are never pruned, so the first epoch is full.
@@ -264,8 +281,7 @@ class InfoBatch(PruningSchedule):
         seen = np.isfinite(self.scores)
         if epoch < self.full_data_from and seen.any():
             well_learned = seen & (self.scores < self.scores[seen].mean())
-        rng = np.random.default_rng([self.seed, epoch])
-        pruned = well_learned & (rng.random(self.num_samples) < self.prune_ratio)
+        pruned = well_learned & infobatch_coins(self.num_samples, self.prune_ratio, self.seed, epoch)
         # the upweighted set as bits (N / 8 bytes), also what sample_weights copies to the device
         self._plan = (epoch, np.flatnonzero(~pruned), np.packbits(well_learned & ~pruned, bitorder="little"))
         self._device_bits = {}
@@ -374,7 +390,6 @@ class StaticCoreset(PruningSchedule):
 # ----------------------------------------------------------------------------- SeTa
 
 
-SETA_KEEP_PURPOSE = 11  # keyed-hash purpose of SeTa's random keep
 KMEANS_ITERATIONS = 50
 
 
@@ -424,10 +439,10 @@ def kmeans_1d(values, groups: int, iterations: int = KMEANS_ITERATIONS):
 def seta_keep_reference(scores: np.ndarray, epoch: int, *, num_epochs: int, ratio: float, groups: int,
                         window: float, delta: float, seed: int) -> np.ndarray:
     """The oracle of one epoch's kept mask (numpy): scores are the last losses, NaN where never observed."""
-    from scan_fast.keyed_hash import SIGN_BIT, counter_hashes, stream_key
+    from scan_fast.keyed_hash import SETA_KEEP, SIGN_BIT, counter_hashes, stream_key
 
     n = scores.shape[0]
-    hashes = counter_hashes(stream_key(seed, epoch, SETA_KEEP_PURPOSE), np.arange(n, dtype=np.int64)) ^ SIGN_BIT
+    hashes = counter_hashes(stream_key(seed, epoch, SETA_KEEP), np.arange(n, dtype=np.int64)) ^ SIGN_BIT
     keep_count = int(n * min(1.0, max(0.1, 1.0 - ratio)))
     kept = np.zeros(n, bool)
     kept[np.argsort(hashes, kind="stable")[:keep_count]] = True
@@ -478,11 +493,11 @@ class SeTa(PruningSchedule):
 
     def kept_mask(self, epoch: int) -> torch.Tensor:
         """The kept mask of `epoch` from the current scores, on the scores' device."""
-        from scan_fast.keyed_hash import SIGN_BIT, counter_hashes, stream_key
+        from scan_fast.keyed_hash import SETA_KEEP, SIGN_BIT, counter_hashes, stream_key
 
         n, device = self.num_samples, self.scores.device
         ids = torch.arange(n, dtype=torch.int64, device=device)
-        hashes = counter_hashes(stream_key(self.seed, epoch, SETA_KEEP_PURPOSE), ids) ^ SIGN_BIT
+        hashes = counter_hashes(stream_key(self.seed, epoch, SETA_KEEP), ids) ^ SIGN_BIT
         keep_count = int(n * min(1.0, max(0.1, 1.0 - self.ratio)))
         kept = torch.zeros(n, dtype=torch.bool, device=device)
         kept[torch.sort(hashes, stable=True).indices[:keep_count]] = True
