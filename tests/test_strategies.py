@@ -253,3 +253,26 @@ def test_observe_rejects_out_of_range_ids():
     s.epoch_indices(0)
     with pytest.raises(ValueError, match="7"):
         s.observe(np.array([1, 7]), np.zeros(2), np.zeros(2))
+
+
+@pytest.mark.parametrize("make, cycle", [(lambda n: NoPruning(n), False), (lambda n: RandomPruning(n, seed=1), True),
+                                         (lambda n: InfoBatch(n, num_epochs=4), False),
+                                         (lambda n: StaticCoreset(n, [1, 2]), False)])
+def test_epochs_begin_explicitly_and_readers_start_nothing(make, cycle):
+    s = make(10)
+    with pytest.raises(ValueError, match=r"kept_count\(0\) before begin_epoch\(0\)"):
+        s.kept_count(0)
+    if cycle:
+        assert s.phase_name(0) == "warmup" and not s._in_epoch  # SCAN's cycle: known without beginning
+    else:
+        with pytest.raises(ValueError, match=r"before begin_epoch\(0\)"):
+            s.phase_name(0)  # the phase is read from the begun epoch's kept set
+    s.begin_epoch(0)
+    s.begin_epoch(0)  # repeating it for the epoch in progress does nothing
+    kept = s.kept_count(0)
+    assert kept == len(s.epoch_indices(0)) and s.phase_name(0) in ("full", "pruning", "warmup")
+    with pytest.raises(ValueError, match="out of order"):
+        s.begin_epoch(1)  # epoch 0 has not ended
+    s.end_epoch(0, 1.0)
+    with pytest.raises(ValueError, match=r"kept_count\(1\) before begin_epoch\(1\)"):
+        s.kept_count(1)

@@ -3,9 +3,10 @@ InfoBatch, static).
 
 A training loop drives it epoch by epoch, and calls nothing that is not declared here:
 
+    schedule.begin_epoch(epoch)                  # the epoch starts here (its kept set is fixed from now)
+    schedule.kept_count(epoch), schedule.phase_name(epoch)  # for logs: read the begun epoch, start nothing
     ids = schedule.epoch_indices(epoch)          # the sample ids this epoch trains on (sorted list), or
     ids = schedule.epoch_shard(epoch, rank, world_size, seed)  # this rank's ids, in order, without the list
-    schedule.phase_name(epoch)                   # for logs
     if schedule.needs_losses(epoch):             # per batch, per-sample losses of the global batch:
         schedule.observe_batch(ids, loss_a, loss_b)  #   torch tensors on the device (no host sync), or
         schedule.observe(ids, loss_a, loss_b)        #   host arrays
@@ -15,8 +16,10 @@ A training loop drives it epoch by epoch, and calls nothing that is not declared
     schedule.finds_candidates()                  # whether candidates() means anything (SCAN's cycle)
     schedule.candidates(kind), schedule.coreset()  # what the last preparation found; the kept ids
 
-epoch_indices(e) / epoch_shard(e, ...) may be repeated (a data loader may ask twice) and returns the
-same ids; everything else out of this order raises ValueError. The order is part
+epoch_indices(e) / epoch_shard(e, ...) / epoch_kept_set(e) may be repeated (a data loader may ask twice)
+and return the same ids; called for the next epoch before begin_epoch(e), they begin it (a loop that
+only reads ids needs no other call). kept_count(e) and phase_name(e) never begin an epoch. Everything
+else out of this order raises ValueError. The order is part
 of the state, so a run resumed from state_dict() continues exactly. Each
 strategy's state carries its full configuration, and loading a state saved with
 another configuration raises ValueError naming the knobs that differ.
@@ -53,6 +56,11 @@ class PruningSchedule(ABC):
         self._pending = []       # device-side batches not yet flushed to the host
 
     # -- the loop's calls --------------------------------------------------------------
+    def begin_epoch(self, epoch: int) -> None:
+        """Start `epoch` (the next one): its kept set is decided here. Repeating it for the epoch in
+        progress does nothing."""
+        self._enter_epoch(epoch, "begin_epoch")
+
     def epoch_indices(self, epoch: int) -> np.ndarray:
         """Sorted ids this epoch trains on; the first call for an epoch begins it."""
         return self._keep_indices(self._enter_epoch(epoch, "epoch_indices"))
@@ -132,8 +140,16 @@ class PruningSchedule(ABC):
         """True when `epoch` collects SCAN candidates (known once the epochs before it ended)."""
 
     def kept_count(self, epoch: int) -> int:
-        """How many ids `epoch` trains on (a count of the kept set: the id list is never built)."""
-        return len(self.epoch_kept_set(epoch))
+        """How many ids the begun `epoch` trains on (a count of the kept set: the id list is never built)."""
+        return len(self._kept_set(self._begun(epoch, "kept_count")))
+
+    def _begun(self, epoch, caller: str) -> int:
+        """`epoch` if it is the epoch in progress; else ValueError (a reader never starts an epoch)."""
+        epoch = check_int("epoch", epoch, minimum=0)
+        if not (self._in_epoch and epoch == self._epoch):
+            raise ValueError(f"{_OUT_OF_ORDER}{caller}({epoch}) before begin_epoch({epoch})"
+                             + (f" (epoch {self._epoch} is in progress)" if self._in_epoch else ""))
+        return epoch
 
     def min_kept_count(self, epochs: int, global_batch: int) -> int:
         """The fewest ids an epoch of a run of `epochs` epochs at `global_batch` samples a step can keep,
@@ -144,7 +160,7 @@ class PruningSchedule(ABC):
 
     def phase_name(self, epoch: int) -> str:
         """The epoch's phase for logs: SCAN's own (warmup / preparation / mutation) where the schedule
-        follows SCAN's cycle, else "pruning" or "full"."""
+        follows SCAN's cycle (any epoch known so far), else "pruning" or "full" (the begun epoch)."""
         return "pruning" if self.kept_count(epoch) < self.num_samples else "full"
 
     def sample_weights(self, sample_ids) -> Optional[torch.Tensor]:
@@ -214,7 +230,7 @@ class PruningSchedule(ABC):
 
     # -- what a strategy defines ----------------------------------------------------------
     def _begin_epoch(self, epoch: int) -> None:
-        """First epoch_indices(epoch) call of an epoch."""
+        """The epoch starts (begin_epoch, or the first epoch_indices / epoch_shard / epoch_kept_set)."""
 
     @abstractmethod
     def _keep_indices(self, epoch: int) -> np.ndarray:

@@ -269,6 +269,7 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
                 keep_losses=cfg.save_losses)
     try:
         for epoch in range(start_epoch, cfg.epochs):
+            schedule.begin_epoch(epoch)
             kept = schedule.kept_count(epoch)
             phase = schedule.phase_name(epoch)
             loader.set_epoch(epoch)
