@@ -39,7 +39,7 @@ ctest: setup
 	$(VENV)/bin/cmake -S . -B $(CMAKE_BUILD) -DCMAKE_BUILD_TYPE=Release \
 	  -DPYTHON_EXECUTABLE=$(abspath $(PY)) -DPython_EXECUTABLE=$(abspath $(PY)) \
 	  -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir) -DSCAN_FAST_VERSION=ctest >/dev/null
-	$(VENV)/bin/cmake --build $(CMAKE_BUILD) --target test_index_set -j2
+	$(VENV)/bin/cmake --build $(CMAKE_BUILD) --target test_sample_set -j2
 	cd $(CMAKE_BUILD) && ../../$(VENV)/bin/ctest --output-on-failure
 
 # Multi-process trainer runs (marked slow: minutes on 2 cores) run with the benchmarks instead.

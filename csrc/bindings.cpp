@@ -7,12 +7,12 @@
 
 #include <optional>
 
-#include "index_set.hpp"
+#include "sample_set.hpp"
 #include "shard.hpp"
 
 namespace py = pybind11;
 using scan_fast::CandidateRule;
-using scan_fast::IndexSet;
+using scan_fast::SampleSet;
 
 #define STRINGIFY(x) #x
 #define MACRO_STRINGIFY(x) STRINGIFY(x)
@@ -23,24 +23,24 @@ template <class T>
 using CArray = py::array_t<T, py::array::c_style>;
 
 template <class Id>
-void bind_id_ops(py::class_<IndexSet>& cls) {
+void bind_id_ops(py::class_<SampleSet>& cls) {
   cls.def(
       "add",
-      [](IndexSet& s, const CArray<Id>& ids) {
+      [](SampleSet& s, const CArray<Id>& ids) {
         py::gil_scoped_release nogil;
         s.add(ids.data(), static_cast<size_t>(ids.size()));
       },
       py::arg("ids").noconvert(), "Add ids (1-D, contiguous); all are bounds-checked first.");
   cls.def(
       "discard",
-      [](IndexSet& s, const CArray<Id>& ids) {
+      [](SampleSet& s, const CArray<Id>& ids) {
         py::gil_scoped_release nogil;
         s.discard(ids.data(), static_cast<size_t>(ids.size()));
       },
       py::arg("ids").noconvert(), "Remove ids (1-D, contiguous); all are bounds-checked first.");
   cls.def(
       "contains",
-      [](const IndexSet& s, const CArray<Id>& ids) {
+      [](const SampleSet& s, const CArray<Id>& ids) {
         py::array_t<bool> out(ids.size());
         bool* dst = out.mutable_data();
         {
@@ -66,7 +66,7 @@ py::array filled_array(uint64_t size, Fill& fill) {
 
 // Sorted ids (members or non-members): uint32 when every id fits, else int64.
 template <class Fill>
-py::array id_array(const IndexSet& s, uint64_t size, Fill fill) {
+py::array id_array(const SampleSet& s, uint64_t size, Fill fill) {
   return s.ids_fit_uint32() ? filled_array<uint32_t>(size, fill) : filled_array<int64_t>(size, fill);
 }
 
@@ -107,39 +107,39 @@ PYBIND11_MODULE(_C, m) {
         .. autosummary::
            :toctree: _generate
 
-           IndexSet
+           SampleSet
            batch_candidates
            shard_ids
            set_num_threads
            get_num_threads
     )pbdoc";
 
-  py::class_<IndexSet> cls(m, "IndexSet", R"pbdoc(
+  py::class_<SampleSet> cls(m, "SampleSet", R"pbdoc(
         A set of sample ids in [0, num_samples), one bit per possible id.
 
         Use it through scan_fast.index.SampleSet, which validates arguments.
     )pbdoc");
   cls.def(py::init<uint64_t>(), py::arg("num_samples"))
-      .def_property_readonly("num_samples", &IndexSet::num_samples)
+      .def_property_readonly("num_samples", &SampleSet::num_samples)
       .def("__len__",
-           [](const IndexSet& s) {
+           [](const SampleSet& s) {
              py::gil_scoped_release nogil;
              return s.count();
            })
-      .def("contains_one", [](const IndexSet& s, uint64_t id) { return s.contains(id); }, py::arg("id"))
-      .def("clear", &IndexSet::clear, py::call_guard<py::gil_scoped_release>())
-      .def("copy", [](const IndexSet& s) { return IndexSet(s); }, py::call_guard<py::gil_scoped_release>())
-      .def("__eq__", &IndexSet::operator==, py::call_guard<py::gil_scoped_release>())
-      .def("update", &IndexSet::update, py::arg("other"), py::call_guard<py::gil_scoped_release>())
-      .def("intersection_update", &IndexSet::intersection_update, py::arg("other"),
+      .def("contains_one", [](const SampleSet& s, uint64_t id) { return s.contains(id); }, py::arg("id"))
+      .def("clear", &SampleSet::clear, py::call_guard<py::gil_scoped_release>())
+      .def("copy", [](const SampleSet& s) { return SampleSet(s); }, py::call_guard<py::gil_scoped_release>())
+      .def("__eq__", &SampleSet::operator==, py::call_guard<py::gil_scoped_release>())
+      .def("update", &SampleSet::update, py::arg("other"), py::call_guard<py::gil_scoped_release>())
+      .def("intersection_update", &SampleSet::intersection_update, py::arg("other"),
            py::call_guard<py::gil_scoped_release>())
-      .def("difference_update", &IndexSet::difference_update, py::arg("other"),
+      .def("difference_update", &SampleSet::difference_update, py::arg("other"),
            py::call_guard<py::gil_scoped_release>())
-      .def("sample", &IndexSet::sample, py::arg("k"), py::arg("seed"), py::arg("stream"),
+      .def("sample", &SampleSet::sample, py::arg("k"), py::arg("seed"), py::arg("stream"),
            py::call_guard<py::gil_scoped_release>(), "Exactly k members, uniform without replacement.")
       .def(
           "to_array",
-          [](const IndexSet& s) {
+          [](const SampleSet& s) {
             uint64_t size;
             {
               py::gil_scoped_release nogil;
@@ -150,7 +150,7 @@ PYBIND11_MODULE(_C, m) {
           "Sorted members.")
       .def(
           "complement",
-          [](const IndexSet& s) {
+          [](const SampleSet& s) {
             uint64_t size;
             {
               py::gil_scoped_release nogil;
@@ -161,7 +161,7 @@ PYBIND11_MODULE(_C, m) {
           "Sorted non-members.")
       .def(
           "shuffled_complement",
-          [](const IndexSet& s, uint64_t seed, uint64_t stream) {
+          [](const SampleSet& s, uint64_t seed, uint64_t stream) {
             uint64_t size;
             {
               py::gil_scoped_release nogil;
@@ -172,7 +172,7 @@ PYBIND11_MODULE(_C, m) {
           py::arg("seed"), py::arg("stream"), "A seeded uniform permutation of the non-members.")
       .def(
           "to_bytes",
-          [](const IndexSet& s) {
+          [](const SampleSet& s) {
             const size_t size = s.serialized_size();
             PyObject* raw = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size));
             if (raw == nullptr) throw py::error_already_set();
@@ -193,7 +193,7 @@ PYBIND11_MODULE(_C, m) {
             const char* src = static_cast<const char*>(info.ptr);
             const size_t size = static_cast<size_t>(info.size);
             py::gil_scoped_release nogil;
-            return IndexSet::deserialize(src, size);
+            return SampleSet::deserialize(src, size);
           },
           py::arg("data"));
   bind_id_ops<int64_t>(cls);
@@ -216,7 +216,7 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "shard_ids",
-      [](const IndexSet& s, bool members, bool shuffle, uint64_t seed, uint64_t stream, uint64_t start,
+      [](const SampleSet& s, bool members, bool shuffle, uint64_t seed, uint64_t stream, uint64_t start,
          uint64_t step, uint64_t count) {
         py::array_t<int64_t> out(static_cast<py::ssize_t>(count));
         int64_t* dst = out.mutable_data();
@@ -236,7 +236,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &scan_fast::set_num_threads, py::arg("num_threads"),
         "Threads for the bulk loops; results never depend on it.");
   m.def("get_num_threads", &scan_fast::get_num_threads);
-  m.attr("MAX_SAMPLES") = IndexSet::kMaxSamples;
+  m.attr("MAX_SAMPLES") = SampleSet::kMaxSamples;
 
 #ifdef VERSION_INFO
   m.attr("__version__") = MACRO_STRINGIFY(VERSION_INFO);

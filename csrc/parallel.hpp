@@ -1,4 +1,4 @@
-// The engine's one way to split a loop over threads (index_set.cpp, shard.cpp).
+// The engine's one way to split a loop over threads (sample_set.cpp, shard.cpp).
 //
 // Work is cut into contiguous slices whose bounds depend on the item count and the
 // thread count only; callers keep results independent of the thread count by making
@@ -10,7 +10,7 @@
 #include <thread>
 #include <vector>
 
-#include "index_set.hpp"
+#include "sample_set.hpp"
 
 namespace scan_fast {
 

@@ -76,7 +76,7 @@ uint64_t tail_bits(uint64_t num_samples) {
 
 }  // namespace
 
-RankSelect::RankSelect(const IndexSet& set, bool members)
+RankSelect::RankSelect(const SampleSet& set, bool members)
     : words_(set.words()), num_words_(set.num_words()), tail_(tail_bits(set.num_samples())), members_(members) {
   const size_t blocks = (num_words_ + kWordsPerBlock - 1) / kWordsPerBlock;
   before_.assign(blocks + 1, 0);

@@ -1,7 +1,7 @@
 // One rank's share of an epoch without the global kept list: a keyed bijection of the
 // kept positions [0, K) and a rank/select directory that turns a position into an id.
 //
-// The epoch's kept ids (the members of an IndexSet, or its non-members) are put in a
+// The epoch's kept ids (the members of an SampleSet, or its non-members) are put in a
 // keyed pseudo-random order, positions 0..K-1; a shard is the ids at positions
 // (start + j * step) mod K for j < count. Rank r of W reads start = r, step = W,
 // count = floor(K / W). Every id depends on (set, seed, stream, position) only, never on
@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "index_set.hpp"
+#include "sample_set.hpp"
 
 namespace scan_fast {
 
@@ -57,7 +57,7 @@ inline unsigned nth_set_bit(uint64_t x, unsigned k) {
   return pos;
 }
 
-// Position -> id over the members (or the non-members) of an IndexSet: the kept count
+// Position -> id over the members (or the non-members) of an SampleSet: the kept count
 // before every block of 8 words, select by binary search over the blocks and a scan of
 // one block. Holds a pointer to the set, which must outlive it and stay unchanged.
 // The lookups are inline so that shard.cpp's popcnt build of its loop inlines them.
@@ -65,7 +65,7 @@ class RankSelect {
  public:
   static constexpr size_t kWordsPerBlock = 8;
 
-  RankSelect(const IndexSet& set, bool members);
+  RankSelect(const SampleSet& set, bool members);
 
   uint64_t size() const { return before_.back(); }  // kept ids
   size_t num_blocks() const { return before_.size() - 1; }

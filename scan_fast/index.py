@@ -88,7 +88,7 @@ class SampleSet:
         if not 1 <= num_samples <= MAX_SAMPLES:
             raise ValueError(f"num_samples must be in [1, 2**40], got {num_samples}")
         try:
-            self._impl = _C.IndexSet(num_samples)
+            self._impl = _C.SampleSet(num_samples)
         except MemoryError:
             raise MemoryError(f"SampleSet(num_samples={num_samples}) needs {num_samples / 2**33:.1f} GiB of address "
                               "space for its bitset, which the system refused") from None
@@ -232,7 +232,7 @@ class SampleSet:
             data = data.cast("B") if data.c_contiguous else data.tobytes()
         elif not isinstance(data, (bytes, bytearray)):
             raise TypeError(f"data must be bytes, bytearray or memoryview, got {type(data).__name__}")
-        return cls._wrap(_C.IndexSet.from_bytes(data))
+        return cls._wrap(_C.SampleSet.from_bytes(data))
 
     def __reduce__(self):
         return (SampleSet.from_bytes, (self.to_bytes(),))

@@ -32,7 +32,11 @@ __all__ = ["KeptSet", "epoch_shard", "epoch_shard_part", "shard_length", "order_
 
 @dataclass(frozen=True)
 class KeptSet:
-    """An epoch's kept ids as a bitset: the members of `ids`, or its non-members when members=False."""
+    """An epoch's kept ids as a bitset: the members of `ids`, or its non-members when members=False.
+
+    Not a second set type: a SampleSet (the one set of ids, in C++ and Python) plus which side of it an
+    epoch trains on, so a mutation epoch's kept ids (the complement of its prune set) are never written
+    out as a set of their own."""
     ids: SampleSet
     members: bool = True
 

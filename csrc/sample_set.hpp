@@ -20,7 +20,7 @@ namespace scan_fast {
 void set_num_threads(int num_threads);
 int get_num_threads();
 
-// Frees IndexSet words: munmap for mapped blocks, free otherwise.
+// Frees SampleSet words: munmap for mapped blocks, free otherwise.
 struct WordsDeleter {
   size_t bytes = 0;
   void operator()(uint64_t* p) const noexcept;
@@ -28,7 +28,7 @@ struct WordsDeleter {
 
 // Sample ids in [0, num_samples) stored as one bit each: N/8 bytes, whatever the count.
 // Invariant: the bits at positions >= num_samples in the last word are zero.
-class IndexSet {
+class SampleSet {
  public:
   static constexpr uint64_t kMaxSamples = uint64_t{1} << 40;
   // Serialised layout (little-endian): magic[8], format version u32, reserved u32,
@@ -38,11 +38,11 @@ class IndexSet {
   static constexpr size_t kHeaderBytes = 32;
 
   // Throws std::invalid_argument unless 1 <= num_samples <= kMaxSamples.
-  explicit IndexSet(uint64_t num_samples);
-  IndexSet(const IndexSet& other);
-  IndexSet& operator=(const IndexSet& other);
-  IndexSet(IndexSet&&) noexcept = default;
-  IndexSet& operator=(IndexSet&&) noexcept = default;
+  explicit SampleSet(uint64_t num_samples);
+  SampleSet(const SampleSet& other);
+  SampleSet& operator=(const SampleSet& other);
+  SampleSet(SampleSet&&) noexcept = default;
+  SampleSet& operator=(SampleSet&&) noexcept = default;
 
   uint64_t num_samples() const { return num_samples_; }
   size_t num_words() const { return num_words_; }
@@ -58,16 +58,16 @@ class IndexSet {
 
   uint64_t count() const;  // popcount
   void clear();
-  bool operator==(const IndexSet& other) const;
+  bool operator==(const SampleSet& other) const;
 
   // In-place algebra; throws std::invalid_argument when num_samples differ.
-  void update(const IndexSet& other);               // |=
-  void intersection_update(const IndexSet& other);  // &=
-  void difference_update(const IndexSet& other);    // -=
+  void update(const SampleSet& other);               // |=
+  void intersection_update(const SampleSet& other);  // &=
+  void difference_update(const SampleSet& other);    // -=
 
   // Exactly k members, uniform over all k-subsets. Throws std::invalid_argument
   // unless 0 <= k <= count().
-  IndexSet sample(uint64_t k, uint64_t seed, uint64_t stream) const;
+  SampleSet sample(uint64_t k, uint64_t seed, uint64_t stream) const;
 
   // Sorted members (count() entries) / sorted non-members (num_samples - count()).
   template <class Out> void to_array(Out* out) const;
@@ -78,7 +78,7 @@ class IndexSet {
   size_t serialized_size() const { return kHeaderBytes + num_words_ * 8; }
   void serialize(char* out) const;  // writes serialized_size() bytes
   // Throws std::invalid_argument saying what is wrong (size, magic, version, N, checksum).
-  static IndexSet deserialize(const char* data, size_t size);
+  static SampleSet deserialize(const char* data, size_t size);
 
   const uint64_t* words() const { return words_.get(); }
 
@@ -86,7 +86,7 @@ class IndexSet {
   using Words = std::unique_ptr<uint64_t[], WordsDeleter>;
   static Words allocate_zeroed_words(size_t count);
   template <class Id> void check_ids(const Id* ids, size_t count) const;
-  void check_same_size(const IndexSet& other) const;
+  void check_same_size(const SampleSet& other) const;
   template <class Out, bool kMembers> void write_ids(Out* out) const;
 
   uint64_t num_samples_;

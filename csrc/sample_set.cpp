@@ -1,4 +1,4 @@
-#include "index_set.hpp"
+#include "sample_set.hpp"
 #include "parallel.hpp"
 
 #include "radix_select.hpp"
@@ -97,7 +97,7 @@ uint64_t checksum_words(const uint64_t* words, size_t count) {
   return out;
 }
 
-// ---------------------------------------------------------------- IndexSet basics
+// ---------------------------------------------------------------- SampleSet basics
 
 namespace {
 constexpr size_t kMapThresholdBytes = size_t{1} << 21;
@@ -113,7 +113,7 @@ void WordsDeleter::operator()(uint64_t* p) const noexcept {
   std::free(p);
 }
 
-IndexSet::Words IndexSet::allocate_zeroed_words(size_t count) {
+SampleSet::Words SampleSet::allocate_zeroed_words(size_t count) {
   const size_t bytes = count * sizeof(uint64_t);
 #if defined(__linux__)
   if (bytes >= kMapThresholdBytes) {
@@ -128,7 +128,7 @@ IndexSet::Words IndexSet::allocate_zeroed_words(size_t count) {
   return Words(p, WordsDeleter{bytes});
 }
 
-IndexSet::IndexSet(uint64_t num_samples) : num_samples_(num_samples), num_words_(0) {
+SampleSet::SampleSet(uint64_t num_samples) : num_samples_(num_samples), num_words_(0) {
   if (num_samples < 1 || num_samples > kMaxSamples) {
     throw std::invalid_argument("num_samples must be in [1, 2**40], got " + std::to_string(num_samples));
   }
@@ -136,7 +136,7 @@ IndexSet::IndexSet(uint64_t num_samples) : num_samples_(num_samples), num_words_
   words_ = allocate_zeroed_words(num_words_);
 }
 
-IndexSet::IndexSet(const IndexSet& other) : num_samples_(other.num_samples_), num_words_(other.num_words_) {
+SampleSet::SampleSet(const SampleSet& other) : num_samples_(other.num_samples_), num_words_(other.num_words_) {
   words_ = allocate_zeroed_words(num_words_);
   const uint64_t* src = other.words_.get();
   uint64_t* dst = words_.get();
@@ -145,12 +145,12 @@ IndexSet::IndexSet(const IndexSet& other) : num_samples_(other.num_samples_), nu
   });
 }
 
-IndexSet& IndexSet::operator=(const IndexSet& other) {
-  if (this != &other) *this = IndexSet(other);
+SampleSet& SampleSet::operator=(const SampleSet& other) {
+  if (this != &other) *this = SampleSet(other);
   return *this;
 }
 
-void IndexSet::check_same_size(const IndexSet& other) const {
+void SampleSet::check_same_size(const SampleSet& other) const {
   if (other.num_samples_ != num_samples_) {
     throw std::invalid_argument("the other set has num_samples=" + std::to_string(other.num_samples_) +
                                 ", this one has num_samples=" + std::to_string(num_samples_));
@@ -162,7 +162,7 @@ void IndexSet::check_same_size(const IndexSet& other) const {
 constexpr size_t kPrefetchAhead = 16;
 
 template <class Id>
-void IndexSet::check_ids(const Id* ids, size_t count) const {
+void SampleSet::check_ids(const Id* ids, size_t count) const {
   // Negative signed ids wrap to >= 2**63 > num_samples, so one unsigned compare suffices.
   bool any_bad = false;
   for (size_t i = 0; i < count; ++i) any_bad |= static_cast<uint64_t>(ids[i]) >= num_samples_;
@@ -177,7 +177,7 @@ void IndexSet::check_ids(const Id* ids, size_t count) const {
 }
 
 template <class Id>
-void IndexSet::add(const Id* ids, size_t count) {
+void SampleSet::add(const Id* ids, size_t count) {
   check_ids(ids, count);
   uint64_t* w = words_.get();
   for (size_t i = 0; i < count; ++i) {
@@ -188,7 +188,7 @@ void IndexSet::add(const Id* ids, size_t count) {
 }
 
 template <class Id>
-void IndexSet::discard(const Id* ids, size_t count) {
+void SampleSet::discard(const Id* ids, size_t count) {
   check_ids(ids, count);
   uint64_t* w = words_.get();
   for (size_t i = 0; i < count; ++i) {
@@ -199,7 +199,7 @@ void IndexSet::discard(const Id* ids, size_t count) {
 }
 
 template <class Id>
-void IndexSet::contains(const Id* ids, size_t count, bool* out) const {
+void SampleSet::contains(const Id* ids, size_t count, bool* out) const {
   check_ids(ids, count);
   const uint64_t* w = words_.get();
   for (size_t i = 0; i < count; ++i) {
@@ -209,11 +209,11 @@ void IndexSet::contains(const Id* ids, size_t count, bool* out) const {
   }
 }
 
-bool IndexSet::contains(uint64_t id) const {
+bool SampleSet::contains(uint64_t id) const {
   return id < num_samples_ && ((words_[id >> 6] >> (id & 63)) & 1);
 }
 
-uint64_t IndexSet::count() const {
+uint64_t SampleSet::count() const {
   const size_t parts = parts_for(num_words_, kWordsPerThread);
   std::vector<uint64_t> partial(parts, 0);
   const uint64_t* w = words_.get();
@@ -223,13 +223,13 @@ uint64_t IndexSet::count() const {
   return total;
 }
 
-void IndexSet::clear() {
+void SampleSet::clear() {
   uint64_t* w = words_.get();
   run_parts(num_words_, parts_for(num_words_, kWordsPerThread),
             [&](size_t b, size_t e, size_t) { std::memset(w + b, 0, (e - b) * sizeof(uint64_t)); });
 }
 
-bool IndexSet::operator==(const IndexSet& other) const {
+bool SampleSet::operator==(const SampleSet& other) const {
   return num_samples_ == other.num_samples_ &&
          std::memcmp(words_.get(), other.words_.get(), num_words_ * sizeof(uint64_t)) == 0;
 }
@@ -243,17 +243,17 @@ void combine_words(uint64_t* dst, const uint64_t* src, size_t n, Op op) {
 }
 }  // namespace
 
-void IndexSet::update(const IndexSet& other) {
+void SampleSet::update(const SampleSet& other) {
   check_same_size(other);
   combine_words(words_.get(), other.words_.get(), num_words_, [](uint64_t a, uint64_t b) { return a | b; });
 }
 
-void IndexSet::intersection_update(const IndexSet& other) {
+void SampleSet::intersection_update(const SampleSet& other) {
   check_same_size(other);
   combine_words(words_.get(), other.words_.get(), num_words_, [](uint64_t a, uint64_t b) { return a & b; });
 }
 
-void IndexSet::difference_update(const IndexSet& other) {
+void SampleSet::difference_update(const SampleSet& other) {
   check_same_size(other);
   combine_words(words_.get(), other.words_.get(), num_words_, [](uint64_t a, uint64_t b) { return a & ~b; });
 }
@@ -279,7 +279,7 @@ constexpr ByteBitTable kByteBits{};
 }  // namespace
 
 template <class Out, bool kMembers>
-void IndexSet::write_ids(Out* out) const {
+void SampleSet::write_ids(Out* out) const {
   const uint64_t* words = words_.get();
   const size_t last = num_words_ - 1;
   const uint64_t last_mask = tail_mask(num_samples_);
@@ -332,17 +332,17 @@ void IndexSet::write_ids(Out* out) const {
 }
 
 template <class Out>
-void IndexSet::to_array(Out* out) const {
+void SampleSet::to_array(Out* out) const {
   write_ids<Out, true>(out);
 }
 
 template <class Out>
-void IndexSet::complement(Out* out) const {
+void SampleSet::complement(Out* out) const {
   write_ids<Out, false>(out);
 }
 
 template <class Out>
-void IndexSet::shuffled_complement(Out* out, uint64_t seed, uint64_t stream) const {
+void SampleSet::shuffled_complement(Out* out, uint64_t seed, uint64_t stream) const {
   // Scatter shuffle: every id gets an independent uniform bucket from a hash of (seed,
   // stream, id), buckets are filled in id order, then each bucket is Fisher-Yates
   // shuffled with its own counters. Uniform random bucket sizes times uniform orders
@@ -483,7 +483,7 @@ unsigned bit_length(uint64_t x) { return x == 0 ? 0 : 64 - static_cast<unsigned>
 
 }  // namespace
 
-IndexSet IndexSet::sample(uint64_t k, uint64_t seed, uint64_t stream) const {
+SampleSet SampleSet::sample(uint64_t k, uint64_t seed, uint64_t stream) const {
   // 1. Keep each member independently with probability p ~ k/n (p rounded to `bits`
   //    binary digits; any p works, a close one keeps step 2 short). Given how many were
   //    kept, the kept set is a uniform subset of that size.
@@ -496,9 +496,9 @@ IndexSet IndexSet::sample(uint64_t k, uint64_t seed, uint64_t stream) const {
     throw std::invalid_argument("k=" + std::to_string(k) + " exceeds the number of members (" +
                                 std::to_string(n) + ")");
   }
-  IndexSet result(num_samples_);
+  SampleSet result(num_samples_);
   if (k == 0) return result;
-  if (k == n) return IndexSet(*this);
+  if (k == n) return SampleSet(*this);
 
   // ~sqrt(n) quantisation error, same order as the binomial spread of step 1.
   const unsigned bits = std::min(32u, std::max(8u, (bit_length(n) + 1) / 2 + 2));
@@ -537,7 +537,7 @@ IndexSet IndexSet::sample(uint64_t k, uint64_t seed, uint64_t stream) const {
 
 // ---------------------------------------------------------------- bytes
 
-void IndexSet::serialize(char* out) const {
+void SampleSet::serialize(char* out) const {
   const uint32_t version = kFormatVersion;
   const uint32_t reserved = 0;
   const uint64_t checksum = checksum_words(words_.get(), num_words_);
@@ -549,7 +549,7 @@ void IndexSet::serialize(char* out) const {
   std::memcpy(out + kHeaderBytes, words_.get(), num_words_ * sizeof(uint64_t));
 }
 
-IndexSet IndexSet::deserialize(const char* data, size_t size) {
+SampleSet SampleSet::deserialize(const char* data, size_t size) {
   auto fail = [](const std::string& what) { throw std::invalid_argument("invalid SampleSet bytes: " + what); };
   if (size < kHeaderBytes) {
     fail("truncated: " + std::to_string(size) + " bytes, the header alone is " + std::to_string(kHeaderBytes));
@@ -575,7 +575,7 @@ IndexSet IndexSet::deserialize(const char* data, size_t size) {
     fail(std::string(size < expected ? "truncated" : "trailing data") + ": " + std::to_string(size) +
          " bytes, expected " + std::to_string(expected) + " for num_samples=" + std::to_string(num_samples));
   }
-  IndexSet set(num_samples);
+  SampleSet set(num_samples);
   std::memcpy(set.words_.get(), data + kHeaderBytes, words * 8);
   const uint64_t actual = checksum_words(set.words_.get(), set.num_words_);
   if (actual != checksum) fail("payload checksum mismatch (corrupted data)");
@@ -755,9 +755,9 @@ void batch_candidates(const T* loss_a, const T* loss_b, size_t batch, const Cand
 // ---------------------------------------------------------------- instantiations
 
 #define SCAN_FAST_ID_OPS(Id)                                              \
-  template void IndexSet::add<Id>(const Id*, size_t);                     \
-  template void IndexSet::discard<Id>(const Id*, size_t);                 \
-  template void IndexSet::contains<Id>(const Id*, size_t, bool*) const;
+  template void SampleSet::add<Id>(const Id*, size_t);                     \
+  template void SampleSet::discard<Id>(const Id*, size_t);                 \
+  template void SampleSet::contains<Id>(const Id*, size_t, bool*) const;
 SCAN_FAST_ID_OPS(int32_t)
 SCAN_FAST_ID_OPS(int64_t)
 SCAN_FAST_ID_OPS(uint32_t)
@@ -765,9 +765,9 @@ SCAN_FAST_ID_OPS(uint64_t)
 #undef SCAN_FAST_ID_OPS
 
 #define SCAN_FAST_OUT_OPS(Out)                                                 \
-  template void IndexSet::to_array<Out>(Out*) const;                           \
-  template void IndexSet::complement<Out>(Out*) const;                         \
-  template void IndexSet::shuffled_complement<Out>(Out*, uint64_t, uint64_t) const;
+  template void SampleSet::to_array<Out>(Out*) const;                           \
+  template void SampleSet::complement<Out>(Out*) const;                         \
+  template void SampleSet::shuffled_complement<Out>(Out*, uint64_t, uint64_t) const;
 SCAN_FAST_OUT_OPS(uint32_t)
 SCAN_FAST_OUT_OPS(int64_t)
 #undef SCAN_FAST_OUT_OPS

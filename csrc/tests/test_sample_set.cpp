@@ -15,13 +15,13 @@
 #include <string>
 #include <vector>
 
-#include "../index_set.hpp"
+#include "../sample_set.hpp"
 #include "../rng.hpp"
 #include "../radix_select.hpp"
 #include "../shard.hpp"
 
 using scan_fast::CandidateRule;
-using scan_fast::IndexSet;
+using scan_fast::SampleSet;
 
 static int g_failures = 0;
 
@@ -50,7 +50,7 @@ static int g_failures = 0;
     }                                                                                     \
   } while (0)
 
-static std::vector<int64_t> members_of(const IndexSet& s) {
+static std::vector<int64_t> members_of(const SampleSet& s) {
   std::vector<int64_t> out(s.count());
   s.to_array(out.data());
   return out;
@@ -70,7 +70,7 @@ static void test_set_ops_against_std_set() {
       auto ids_a = random_ids(gen, n, static_cast<size_t>(n / 2 + 1));
       auto ids_b = random_ids(gen, n, static_cast<size_t>(n / 3 + 1));
       auto ids_x = random_ids(gen, n, static_cast<size_t>(n / 5 + 1));
-      IndexSet a(n), b(n);
+      SampleSet a(n), b(n);
       a.add(ids_a.data(), ids_a.size());
       b.add(ids_b.data(), ids_b.size());
       a.discard(ids_x.data(), ids_x.size());
@@ -80,17 +80,17 @@ static void test_set_ops_against_std_set() {
       CHECK(a.count() == ra.size());
 
       std::vector<int64_t> expect;
-      IndexSet u(a);
+      SampleSet u(a);
       u.update(b);
       std::set_union(ra.begin(), ra.end(), rb.begin(), rb.end(), std::back_inserter(expect));
       CHECK(members_of(u) == expect);
       expect.clear();
-      IndexSet i(a);
+      SampleSet i(a);
       i.intersection_update(b);
       std::set_intersection(ra.begin(), ra.end(), rb.begin(), rb.end(), std::back_inserter(expect));
       CHECK(members_of(i) == expect);
       expect.clear();
-      IndexSet d(a);
+      SampleSet d(a);
       d.difference_update(b);
       std::set_difference(ra.begin(), ra.end(), rb.begin(), rb.end(), std::back_inserter(expect));
       CHECK(members_of(d) == expect);
@@ -107,19 +107,19 @@ static void test_set_ops_against_std_set() {
       bool got[50];
       a.contains(probe.data(), probe.size(), got);
       for (size_t k = 0; k < probe.size(); ++k) CHECK(got[k] == (ra.count(probe[k]) == 1));
-      CHECK(IndexSet(a) == a);
-      CHECK(!(a == IndexSet(n)) || ra.empty());
+      CHECK(SampleSet(a) == a);
+      CHECK(!(a == SampleSet(n)) || ra.empty());
       a.clear();
-      CHECK(a.count() == 0 && a == IndexSet(n));
+      CHECK(a.count() == 0 && a == SampleSet(n));
     }
   }
 }
 
 static void test_bounds_leave_state_unchanged() {
-  IndexSet s(100);
+  SampleSet s(100);
   const int64_t good[] = {1, 2, 3};
   s.add(good, 3);
-  const IndexSet before(s);
+  const SampleSet before(s);
   const int64_t negative[] = {5, -1, 7};
   CHECK_THROWS(s.add(negative, 3), "ids[1] = -1");
   const uint32_t too_big[] = {5, 6, 100};
@@ -130,9 +130,9 @@ static void test_bounds_leave_state_unchanged() {
   bool out[3];
   CHECK_THROWS(s.contains(too_big, 3, out), "ids[2] = 100");
   CHECK(s == before);  // the 5 of the failed adds was not set
-  CHECK_THROWS(IndexSet(0), "num_samples");
-  CHECK_THROWS(IndexSet(IndexSet::kMaxSamples + 1), "num_samples");
-  IndexSet other(101);
+  CHECK_THROWS(SampleSet(0), "num_samples");
+  CHECK_THROWS(SampleSet(SampleSet::kMaxSamples + 1), "num_samples");
+  SampleSet other(101);
   CHECK_THROWS(s.update(other), "num_samples=101");
   CHECK_THROWS(s.sample(4, 0, 0), "k=4");
 }
@@ -141,19 +141,19 @@ static void test_sample_exact_and_thread_independent() {
   std::mt19937_64 gen(2);
   // Large enough that the parallel loops really split (several slices per thread).
   const uint64_t n = 3'000'017;
-  IndexSet s(n);
+  SampleSet s(n);
   auto ids = random_ids(gen, n, 2'000'000);
   s.add(ids.data(), ids.size());
   const uint64_t members = s.count();
   for (uint64_t k : {uint64_t{0}, uint64_t{1}, uint64_t{1000}, members / 4, members / 2, members * 3 / 4,
                      members - 1, members}) {
     scan_fast::set_num_threads(1);
-    const IndexSet one = s.sample(k, 7, 3);
+    const SampleSet one = s.sample(k, 7, 3);
     scan_fast::set_num_threads(4);
-    const IndexSet four = s.sample(k, 7, 3);
+    const SampleSet four = s.sample(k, 7, 3);
     CHECK(one == four);
     CHECK(one.count() == k);
-    IndexSet outside(one);
+    SampleSet outside(one);
     outside.difference_update(s);
     CHECK(outside.count() == 0);  // a subset of the members
     if (k > 0 && k < members) CHECK(!(s.sample(k, 7, 4) == one));  // another stream, another draw
@@ -161,7 +161,7 @@ static void test_sample_exact_and_thread_independent() {
   scan_fast::set_num_threads(2);
 
   // Uniformity on a tiny set: every member's inclusion frequency near k/n.
-  IndexSet small(40);
+  SampleSet small(40);
   const int64_t some[] = {0, 3, 5, 8, 13, 21, 34, 39};
   small.add(some, 8);
   std::vector<int> hits(40, 0);
@@ -175,7 +175,7 @@ static void test_sample_exact_and_thread_independent() {
 
 static void test_shuffled_complement() {
   const uint64_t n = 9'000'001;  // several buckets and slices
-  IndexSet s(n);
+  SampleSet s(n);
   std::mt19937_64 gen(3);
   auto ids = random_ids(gen, n, 3'000'000);
   s.add(ids.data(), ids.size());
@@ -194,42 +194,42 @@ static void test_shuffled_complement() {
 
 static void test_bytes_round_trip_and_corruption() {
   for (uint64_t n : {1ull, 64ull, 130ull, 100'003ull}) {
-    IndexSet s(n);
+    SampleSet s(n);
     std::mt19937_64 gen(n);
     auto ids = random_ids(gen, n, static_cast<size_t>(n / 3 + 1));
     s.add(ids.data(), ids.size());
     std::vector<char> bytes(s.serialized_size());
     s.serialize(bytes.data());
-    CHECK(IndexSet::deserialize(bytes.data(), bytes.size()) == s);
-    CHECK_THROWS(IndexSet::deserialize(bytes.data(), bytes.size() - 1), "truncated");
-    CHECK_THROWS(IndexSet::deserialize(bytes.data(), 10), "truncated");
+    CHECK(SampleSet::deserialize(bytes.data(), bytes.size()) == s);
+    CHECK_THROWS(SampleSet::deserialize(bytes.data(), bytes.size() - 1), "truncated");
+    CHECK_THROWS(SampleSet::deserialize(bytes.data(), 10), "truncated");
     auto flipped = bytes;
-    flipped[IndexSet::kHeaderBytes + (bytes.size() - IndexSet::kHeaderBytes) / 2] ^= 0x10;
-    CHECK_THROWS(IndexSet::deserialize(flipped.data(), flipped.size()), "checksum");
+    flipped[SampleSet::kHeaderBytes + (bytes.size() - SampleSet::kHeaderBytes) / 2] ^= 0x10;
+    CHECK_THROWS(SampleSet::deserialize(flipped.data(), flipped.size()), "checksum");
     auto magic = bytes;
     magic[0] = 'X';
-    CHECK_THROWS(IndexSet::deserialize(magic.data(), magic.size()), "magic");
+    CHECK_THROWS(SampleSet::deserialize(magic.data(), magic.size()), "magic");
     auto version = bytes;
     version[8] = 9;
-    CHECK_THROWS(IndexSet::deserialize(version.data(), version.size()), "version 9");
+    CHECK_THROWS(SampleSet::deserialize(version.data(), version.size()), "version 9");
     auto longer = bytes;
     longer.push_back(0);
-    CHECK_THROWS(IndexSet::deserialize(longer.data(), longer.size()), "trailing");
+    CHECK_THROWS(SampleSet::deserialize(longer.data(), longer.size()), "trailing");
   }
   // A bit past num_samples with a matching checksum is still rejected.
-  IndexSet s(70);
+  SampleSet s(70);
   std::vector<char> bytes(s.serialized_size());
   s.serialize(bytes.data());
   uint64_t words[2] = {0, uint64_t{1} << 10};
-  std::memcpy(bytes.data() + IndexSet::kHeaderBytes, words, sizeof(words));
+  std::memcpy(bytes.data() + SampleSet::kHeaderBytes, words, sizeof(words));
   const uint64_t sum = scan_fast::checksum_words(words, 2);
   std::memcpy(bytes.data() + 24, &sum, 8);
-  CHECK_THROWS(IndexSet::deserialize(bytes.data(), bytes.size()), "beyond num_samples");
+  CHECK_THROWS(SampleSet::deserialize(bytes.data(), bytes.size()), "beyond num_samples");
 }
 
 static void test_large_sparse_ids() {
   const uint64_t n = (uint64_t{1} << 33) + 5;  // 1 GiB of bits, touched only where used
-  IndexSet s(n);
+  SampleSet s(n);
   CHECK(!s.ids_fit_uint32());
   const int64_t ids[] = {0, (int64_t{1} << 32) + 1, int64_t(n - 1)};
   s.add(ids, 3);
@@ -239,8 +239,8 @@ static void test_large_sparse_ids() {
   const int64_t out_of_range[] = {int64_t(n)};
   CHECK_THROWS(s.add(out_of_range, 1), "ids[0] = 8589934597");
   CHECK(s.sample(2, 1, 1).count() == 2);
-  CHECK(IndexSet(uint64_t{1} << 32).ids_fit_uint32() == false);
-  CHECK(IndexSet((uint64_t{1} << 32) - 1).ids_fit_uint32());
+  CHECK(SampleSet(uint64_t{1} << 32).ids_fit_uint32() == false);
+  CHECK(SampleSet((uint64_t{1} << 32) - 1).ids_fit_uint32());
 }
 
 // Oracle of one direction's k-rule: positions of the k most extreme losses, ties to the
@@ -408,7 +408,7 @@ static void test_keyed_permutation_is_a_bijection() {
 static void test_rank_select_and_shards() {
   std::mt19937_64 gen(5);
   for (uint64_t n : {uint64_t{1}, uint64_t{70}, uint64_t{513}, uint64_t{3'000'017}}) {
-    IndexSet s(n);
+    SampleSet s(n);
     auto ids = random_ids(gen, n, static_cast<size_t>(n / 3 + 1));
     s.add(ids.data(), ids.size());
     for (bool members : {true, false}) {
@@ -457,7 +457,7 @@ static void test_rank_select_and_shards() {
   }
   // More entries than one bucket-sort chunk (2^22): still a permutation of the kept ids.
   const uint64_t big = (uint64_t{1} << 22) * 2 + 4099;
-  const IndexSet nothing(big);
+  const SampleSet nothing(big);
   const scan_fast::RankSelect everything(nothing, false);
   std::vector<int64_t> order(big);
   scan_fast::shard_ids(everything, true, 1, 1, 0, 1, big, order.data());
@@ -476,7 +476,7 @@ static void test_rank_select_and_shards() {
       CHECK(wrapped[j] == static_cast<int64_t>((start + j * step) % k));
     }
   }
-  const scan_fast::RankSelect none(IndexSet(100), true);
+  const scan_fast::RankSelect none(SampleSet(100), true);
   int64_t out[1];
   CHECK_THROWS(scan_fast::shard_ids(none, true, 0, 0, 0, 1, 1, out), "empty");
 }
@@ -499,6 +499,6 @@ int main() {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return 1;
   }
-  std::printf("all index_set checks passed\n");
+  std::printf("all sample_set checks passed\n");
   return 0;
 }
