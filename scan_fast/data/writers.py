@@ -13,7 +13,6 @@ returned and saved as `<target>.summary.json`.
 """
 import ctypes
 import glob
-import io
 import json
 import os
 import queue
@@ -28,17 +27,16 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from ffcv.fields.rgb_image import resizer
 from ffcv.memory_allocator import MemoryAllocator
 from ffcv.types import ALLOC_TABLE_TYPE
 from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from scan_fast.outputs import check_output, partial_path, remove_stale_partials
 
 from .beton import BetonFile, save_record
 from .classes import save_class_names
+from .images import BrokenLink, FileImage, TarImage, stored_image
 from .schema import clip_fields, labelled_fields
 from .source_ids import parse_uid, stage_ids
 from .tables import BadRow, label_names, read_caption_table  # noqa: F401 - read_caption_table re-exported
@@ -46,7 +44,6 @@ from .tokenize import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 DEFAULT_PAGE_SIZE = MIN_PAGE_SIZE  # grown to fit the largest sample
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 @dataclass
@@ -76,57 +73,6 @@ class WriteSummary:
     def save(self, path) -> None:
         payload = {**asdict(self), "skip_counts": self.skip_counts}
         Path(path).write_text(json.dumps(payload, indent=1))
-
-
-# --------------------------------------------------------------------------- images
-
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    """uint8 HxWx3. 16-bit grey (PNG mode I;16 or I) is scaled to 8 bits: PIL's convert("RGB")
-    clips every value above 255, which turns a 16-bit image almost white."""
-    if img.mode in _SIXTEEN_BIT_MODES:
-        grey = np.asarray(img).astype(np.float64)
-        grey = np.clip(np.rint(grey * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    return np.asarray(img.convert("RGB"))
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Bytes of an image file -> uint8 HxWx3 RGB; BadRow for empty or undecodable data."""
-    if len(data) == 0:
-        raise BadRow("zero-byte image")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return _to_rgb(img)
-    except UnidentifiedImageError:
-        raise BadRow("undecodable image", "not a recognised image format") from None
-    except Exception as err:  # PIL raises a zoo of types for broken files
-        raise BadRow("undecodable image", f"{type(err).__name__}: {err}") from None
-
-
-@dataclass(frozen=True)
-class FileImage:
-    path: str
-
-    def read(self) -> bytes:
-        try:
-            with open(self.path, "rb") as fp:
-                return fp.read()
-        except FileNotFoundError:
-            raise BadRow("missing image file", self.path) from None
-        except OSError as err:
-            raise BadRow("unreadable image file", f"{self.path}: {err}") from None
-
-
-@dataclass(frozen=True)
-class TarImage:
-    shard: str
-    offset: int
-    size: int
-
-    def read(self) -> bytes:
-        with open(self.shard, "rb") as fp:
-            fp.seek(self.offset)
-            return fp.read(self.size)
 
 
 # --------------------------------------------------------------------------- the write itself
@@ -319,11 +265,6 @@ def _default_workers(num_workers: Optional[int]) -> int:
 
 # --------------------------------------------------------------------------- row checks
 
-def _stored_image(data: bytes, max_resolution: Optional[int]) -> np.ndarray:
-    """The pixels the .beton stores: decoded, then shrunk by ffcv's own resizer to max_resolution."""
-    return resizer(decode_image(data), max_resolution)
-
-
 def _check_images(refs: Sequence, where: Sequence[str], summary: WriteSummary, strict: bool,
                   num_workers: int, progress: bool, max_resolution: Optional[int],
                   extra_check: Optional[Callable[[int], None]] = None) -> Tuple[List[int], int]:
@@ -337,7 +278,7 @@ def _check_images(refs: Sequence, where: Sequence[str], summary: WriteSummary, s
         try:
             if extra_check is not None:
                 extra_check(i)
-            return i, _stored_image(refs[i].read(), max_resolution).nbytes, None
+            return i, stored_image(refs[i].read(), max_resolution).nbytes, None
         except BadRow as err:
             return i, 0, err
 
@@ -368,7 +309,7 @@ def _write_image_rows(target, fields, refs, where, extras: List[dict], summary, 
 
     def make_sample(i):
         row = good[i]
-        values = {**extras[row], "image": _stored_image(refs[row].read(), max_resolution), "id": i}
+        values = {**extras[row], "image": stored_image(refs[row].read(), max_resolution), "id": i}
         return tuple(values[name] for name in names)
 
     companions = before_write(good) if before_write is not None and good else ()
@@ -780,26 +721,6 @@ def _write_webdataset_rows(target, samples, bad, summary, *, context_length, str
 
 
 # --------------------------------------------------------------------------- labelled images from ImageFolder
-
-@dataclass(frozen=True)
-class BrokenLink:
-    """A symbolic link with an image's name whose target cannot be opened: listed, so that it is a
-    skipped row (or, with strict=True, the row that stops the write) instead of vanishing."""
-    path: str
-
-    def read(self) -> bytes:
-        try:
-            target = os.readlink(self.path)
-        except OSError:
-            target = "?"
-        try:
-            os.stat(self.path)
-        except FileNotFoundError:
-            raise BadRow("broken symbolic link", f"-> {target}, which does not exist") from None
-        except OSError as err:
-            raise BadRow("broken symbolic link", f"-> {target} ({err.strerror})") from None
-        return FileImage(self.path).read()  # mended since it was listed
-
 
 def _folder_images(folder: Path) -> List[Union[FileImage, BrokenLink]]:
     """The files under folder with an image extension, sorted; a dangling link is a BrokenLink
