@@ -19,9 +19,6 @@ import queue
 import signal
 import sys
 import tarfile
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from multiprocessing import Process, Queue, Value
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -37,42 +34,16 @@ from scan_fast.outputs import check_output, partial_path, remove_stale_partials
 from .beton import BetonFile, save_record
 from .classes import save_class_names
 from .images import BrokenLink, FileImage, TarImage, stored_image
+from .row_checks import (check_images, check_num_workers, check_table_rows, check_webdataset_samples, label_given,
+                         tokenize_captions)
 from .schema import clip_fields, labelled_fields
 from .source_ids import parse_uid, stage_ids
+from .summary import WriteSummary
 from .tables import BadRow, label_names, read_caption_table  # noqa: F401 - read_caption_table re-exported
 from .tokenize import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 DEFAULT_PAGE_SIZE = MIN_PAGE_SIZE  # grown to fit the largest sample
-
-
-@dataclass
-class WriteSummary:
-    path: str
-    rows_read: int = 0
-    rows_written: int = 0
-    captions_truncated: int = 0
-    skipped: List[Tuple[str, str]] = field(default_factory=list)  # (where, reason)
-
-    def skip(self, where: str, err: BadRow) -> None:
-        self.skipped.append((where, str(err)))
-
-    @property
-    def skip_counts(self) -> Dict[str, int]:
-        return dict(Counter(reason.split(":")[0] for _, reason in self.skipped))
-
-    def __str__(self) -> str:
-        lines = [f"{self.path}: read {self.rows_read} rows, wrote {self.rows_written}, "
-                 f"skipped {len(self.skipped)}, captions truncated {self.captions_truncated}"]
-        lines += [f"  skipped {n} x {kind}" for kind, n in sorted(self.skip_counts.items())]
-        lines += [f"    {where}: {reason}" for where, reason in self.skipped[:10]]
-        if len(self.skipped) > 10:
-            lines.append(f"    ... {len(self.skipped) - 10} more in the summary file")
-        return "\n".join(lines)
-
-    def save(self, path) -> None:
-        payload = {**asdict(self), "skip_counts": self.skip_counts}
-        Path(path).write_text(json.dumps(payload, indent=1))
 
 
 # --------------------------------------------------------------------------- the write itself
@@ -212,7 +183,7 @@ def write_rows(target, fields: Dict, num_rows: int, make_sample: Callable[[int],
     if num_rows == 0:
         raise ValueError(f"nothing to write to {target}: no valid rows "
                          f"({len(summary.skipped)} skipped: {summary.skip_counts})")
-    num_workers = _default_workers(num_workers)
+    num_workers = check_num_workers(num_workers)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(target)
     partial = partial_path(target)
@@ -255,55 +226,14 @@ def _is_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _default_workers(num_workers: Optional[int]) -> int:
-    if num_workers is None:
-        return max(1, os.cpu_count() or 1)
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-        raise ValueError(f"num_workers (--num-workers) must be a positive integer, got {num_workers!r}")
-    return num_workers
-
-
-# --------------------------------------------------------------------------- row checks
-
-def _check_images(refs: Sequence, where: Sequence[str], summary: WriteSummary, strict: bool,
-                  num_workers: int, progress: bool, max_resolution: Optional[int],
-                  extra_check: Optional[Callable[[int], None]] = None) -> Tuple[List[int], int]:
-    """Decode every image once; return (indices of good rows, largest stored image in bytes).
-
-    The size is taken after the --max-resolution shrink: pages sized for one huge original
-    would make every page (and the file) that large.
-    """
-
-    def check(i):
-        try:
-            if extra_check is not None:
-                extra_check(i)
-            return i, stored_image(refs[i].read(), max_resolution).nbytes, None
-        except BadRow as err:
-            return i, 0, err
-
-    good, largest = [], 0
-    with ThreadPoolExecutor(max_workers=num_workers) as pool:
-        for i, nbytes, err in tqdm(pool.map(check, range(len(refs))), total=len(refs),
-                                   desc="checking", disable=None if progress else True):
-            if err is None:
-                good.append(i)
-                largest = max(largest, nbytes)
-            elif strict:
-                raise ValueError(f"{where[i]}: {err} (strict=True: nothing was written)")
-            else:
-                summary.skip(where[i], err)
-    return good, largest
-
-
 def _write_image_rows(target, fields, refs, where, extras: List[dict], summary, strict,
                       num_workers, progress, extra_check=None, before_write=None) -> WriteSummary:
     """Common tail of the file-based writers: check, then write each good row's image, the
     fields in its `extras` dict and id = its row in the written file. before_write(good rows)
     may stage files to keep beside the target (write_rows' companions)."""
-    num_workers = _default_workers(num_workers)
+    num_workers = check_num_workers(num_workers)
     max_resolution = fields["image"].max_resolution
-    good, largest = _check_images(refs, where, summary, strict, num_workers, progress, max_resolution,
+    good, largest = check_images(refs, where, summary, strict, num_workers, progress, max_resolution,
                                   extra_check)
     names = list(fields)
 
@@ -318,39 +248,13 @@ def _write_image_rows(target, fields, refs, where, extras: List[dict], summary, 
                       max_sample_bytes=largest, progress=progress, companions=companions)
 
 
-def _skip_or_stop(summary: WriteSummary, where: str, err: BadRow, strict: bool) -> None:
-    if strict:
-        raise ValueError(f"{where}: {err} (strict=True: nothing was written)")
-    summary.skip(where, err)
-
-
-def _tokenize_captions(captions: List, where: List[str], tokenizer, summary, strict):
-    """Tokens per row (None for rows with an unusable caption, which are skipped)."""
-    tokens = []
-    for i, caption in enumerate(captions):
-        try:
-            if caption is None:
-                raise BadRow("missing caption")
-            if not isinstance(caption, str):
-                raise BadRow("caption is not text", f"{type(caption).__name__} {caption!r}"[:200])
-            ids, truncated = tokenizer(caption)
-        except ValueError as err:
-            _skip_or_stop(summary, where[i], err if isinstance(err, BadRow) else BadRow("empty caption", str(err)),
-                          strict)
-            tokens.append(None)
-            continue
-        summary.captions_truncated += int(truncated)
-        tokens.append(ids)
-    return tokens
-
-
 def _write_clip_rows(target, refs, captions, where, summary, context_length, strict, num_workers,
                      progress, image_kwargs, labels: Optional[List[int]] = None,
                      classes: Optional[List[str]] = None, keys: Optional[List[str]] = None,
                      uids: Optional[list] = None):
     """keys, uids: the source's own ids of each row, kept beside the target for the rows written."""
     tokenizer = CaptionTokenizer(context_length)
-    tokens = _tokenize_captions(captions, where, tokenizer, summary, strict)
+    tokens = tokenize_captions(captions, where, tokenizer, summary, strict)
     keep = [i for i, t in enumerate(tokens) if t is not None]
     extras = [{"tokens": tokens[i], **({} if labels is None else {"label": labels[i]})} for i in keep]
     fields = clip_fields(context_length, with_labels=labels is not None, **image_kwargs)
@@ -388,13 +292,13 @@ def write_clip_from_table(table, target, image_root=None, image_column: Optional
     image_kwargs = dict(image_mode=image_mode, jpeg_quality=jpeg_quality, max_resolution=max_resolution)
     if samples_per_part is None:
         target = check_output(target, inputs=[table], overwrite=overwrite)
-    _default_workers(num_workers)
+    check_num_workers(num_workers)
     root = Path(image_root) if image_root is not None else Path(table).parent
     rows, bad = read_caption_table(table, image_column, caption_column, label_column, uid_column)
     classes = None
     if label_column is not None:
         classes = label_names([row.label for row in rows
-                               if isinstance(row.image, str) and row.image.strip() and _label_given(row)])
+                               if isinstance(row.image, str) and row.image.strip() and label_given(row)])
     columns = dict(label_column=label_column, uid_column=uid_column, root=root, classes=classes,
                    context_length=context_length, strict=strict, num_workers=num_workers, progress=progress,
                    image_kwargs=image_kwargs)
@@ -438,28 +342,10 @@ def _file_identity(path) -> dict:
     return {"path": str(path.resolve()), "bytes": path.stat().st_size}
 
 
-def _label_given(row) -> bool:
-    return row.label is not None and bool(str(row.label).strip())
-
-
 def _write_table_rows(target, rows, bad, summary, *, label_column, uid_column, root, classes, context_length,
                       strict, num_workers, progress, image_kwargs) -> WriteSummary:
     """One .beton from table rows (and the table's bad rows, reported): the check of each row."""
-    for where, err in bad:
-        _skip_or_stop(summary, where, err, strict)
-    usable, uids = [], []
-    for row in rows:
-        uid = parse_uid(row.uid) if uid_column is not None else None
-        if not isinstance(row.image, str) or not row.image.strip():
-            _skip_or_stop(summary, row.where, BadRow("missing image path", repr(row.image)), strict)
-        elif label_column is not None and not _label_given(row):
-            _skip_or_stop(summary, row.where, BadRow("missing label", f"column {label_column!r} is empty"), strict)
-        elif uid_column is not None and uid is None:
-            _skip_or_stop(summary, row.where, BadRow("bad uid", f"column {uid_column!r} holds {row.uid!r}, not "
-                                                                f"32 hex digits"), strict)
-        else:
-            usable.append(row)
-            uids.append(uid)
+    usable, uids = check_table_rows(rows, bad, summary, strict, label_column, uid_column)
     labels = None
     if classes is not None:
         index = {name: i for i, name in enumerate(classes)}
@@ -599,7 +485,7 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
                   image_kwargs=image_kwargs)
     if samples_per_part is None:
         target = check_output(target, inputs=paths, overwrite=overwrite)
-        _default_workers(num_workers)
+        check_num_workers(num_workers)
         samples, bad = read_webdataset_samples(paths)
         samples = _with_source_ids(paths, samples)
         summary = WriteSummary(path=str(target), rows_read=len(samples))
@@ -703,19 +589,8 @@ def _with_source_ids(shards: List[str], samples) -> list:
 def _write_webdataset_rows(target, samples, bad, summary, *, context_length, strict, num_workers, progress,
                            image_kwargs) -> WriteSummary:
     """One .beton from webdataset samples (where, ref, caption, key, uid) and cut shards (reported)."""
-    for where, err in bad:
-        _skip_or_stop(summary, where, err, strict)
-    refs, captions, where_list, keys, uids = [], [], [], [], []
-    for where, ref, caption, key, uid in samples:
-        missing = "image" if ref is None else "text" if caption is None else None
-        if missing:
-            _skip_or_stop(summary, where, BadRow(f"no {missing} in sample"), strict)
-            continue
-        refs.append(ref)
-        captions.append(caption)
-        where_list.append(where)
-        keys.append(key)
-        uids.append(uid)
+    usable = check_webdataset_samples(samples, bad, summary, strict)
+    where_list, refs, captions, keys, uids = ([sample[c] for sample in usable] for c in range(5))
     return _write_clip_rows(target, refs, captions, where_list, summary, context_length, strict,
                             num_workers, progress, image_kwargs, keys=keys, uids=uids)
 
@@ -751,7 +626,7 @@ def write_labelled_from_image_folder(root, target, image_mode: str = "jpg", jpeg
         raise FileNotFoundError(f"image folder {root} does not exist")
     if samples_per_part is None:
         target = check_output(target, overwrite=overwrite)
-    _default_workers(num_workers)
+    check_num_workers(num_workers)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"image folder {root} has no class sub-folders")
