@@ -11,28 +11,23 @@ is renamed onto the target only when complete. Row i of the file gets id i.
 A `WriteSummary` (rows read, written, skipped and why, captions truncated) is
 returned and saved as `<target>.summary.json`.
 """
-import ctypes
 import glob
 import json
 import os
-import queue
 import signal
-import sys
 import tarfile
-from multiprocessing import Process, Queue, Value
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from ffcv.memory_allocator import MemoryAllocator
-from ffcv.types import ALLOC_TABLE_TYPE
-from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
+from ffcv.writer import MIN_PAGE_SIZE
 from tqdm import tqdm
 
 from scan_fast.outputs import check_output, partial_path, remove_stale_partials
 
 from .beton import BetonFile, save_record
 from .classes import save_class_names
+from .ffcv_writer import CheckedDatasetWriter
 from .images import BrokenLink, FileImage, TarImage, stored_image
 from .row_checks import (check_images, check_num_workers, check_table_rows, check_webdataset_samples, label_given,
                          tokenize_captions)
@@ -48,120 +43,12 @@ DEFAULT_PAGE_SIZE = MIN_PAGE_SIZE  # grown to fit the largest sample
 
 # --------------------------------------------------------------------------- the write itself
 
-class _CheckedDatasetWriter(DatasetWriter):
-    """ffcv's DatasetWriter, except that a worker that dies ends the write with its error.
-
-    (ffcv's progress loop waits for a sample count that a dead worker never reaches.)
-    """
-
-    def __init__(self, fname, fields, page_size, num_workers, errors: Queue, progress: bool):
-        super().__init__(fname, fields, page_size=page_size, num_workers=num_workers)
-        self.errors = errors
-        self.progress = progress
-
-    def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
-        self.num_samples = num_samples
-        self.prepare()
-        work: Queue = Queue()
-        for todo in queue_content:
-            work.put(todo)
-        for _ in range(self.num_workers):
-            work.put(None)
-        allocations_queue: Queue = Queue()
-        done = Value(ctypes.c_uint64, 0)
-        allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
-        args = (work, self.metadata_sm, self.metadata_type, self.fields, allocator, done,
-                allocations_queue, *extra_worker_args)
-        workers = [Process(target=_worker, args=(os.getpid(), work_fn, *args)) for _ in range(self.num_workers)]
-        allocations, finished = [], 0
-        try:
-            for w in workers:
-                w.start()
-            # disable=None: bars on a terminal only, so a log file does not fill with redrawn bars
-            with tqdm(total=num_samples, desc="writing", disable=None if self.progress else True) as bar:
-                while finished < len(workers):
-                    try:
-                        allocations.extend(allocations_queue.get(timeout=0.1))
-                        finished += 1
-                    except queue.Empty:
-                        failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
-                        if failed:
-                            raise ValueError(self._worker_error(failed[0]))
-                    bar.update(done.value - bar.n)
-            for w in workers:
-                w.join()
-            self.finalize(allocations)
-        finally:
-            for w in workers:
-                if w.is_alive():
-                    w.terminate()
-                    w.join()
-            # Work the dead workers never took stays in the queue's pipe; without this the
-            # interpreter would wait forever at exit for the queue's feeder thread to flush it.
-            work.cancel_join_thread()
-            self.metadata_sm.close()
-            self.metadata_sm.unlink()
-
-    def finalize(self, allocations) -> None:
-        """ffcv's finalize, with the allocation table sorted by pointer: the order the loaders look
-        stored values up in (beton.py), so a loader never has to sort it."""
-        table = np.array([tuple(a) for a in allocations], dtype=ALLOC_TABLE_TYPE)
-        table.sort(order="ptr", kind="stable")
-        with open(self.fname, "r+b") as fp:
-            fp.seek(self.metadata_start)
-            fp.write(self.metadata_sm.buf)
-            fp.seek(0, os.SEEK_END)
-            self.header["alloc_table_ptr"] = fp.tell()
-            fp.write(table.tobytes())
-            fp.seek(0)
-            fp.write(self.header.tobytes())
-
-    def _worker_error(self, exitcode) -> str:
-        try:
-            return self.errors.get(timeout=1.0)
-        except queue.Empty:
-            return f"a writer process exited with code {exitcode} (its traceback is above)"
-
-
-def _worker(parent_pid: int, work_fn, *args):
-    """A writer process that ends with its parent: one killed by SIGKILL can run no clean-up, and
-    its workers would otherwise wait forever on a pipe, holding the shared metadata segment."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's clean-up handler
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the parent died before the line above
-        os._exit(1)
-    work_fn(*args)
-
-
 class _Terminated(BaseException):
     """SIGTERM during a write: unwinds like Ctrl-C, so the temporary file and the workers go."""
 
 
 def _raise_terminated(signum, frame):
     raise _Terminated()
-
-
-class _Rows:
-    """Indexable view handed to ffcv's workers: sample i = make_sample(i), errors reported by row."""
-
-    def __init__(self, n: int, make_sample: Callable[[int], tuple], describe: Callable[[int], str],
-                 errors: Queue):
-        self.n, self.make_sample, self.describe, self.errors = n, make_sample, describe, errors
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        try:
-            return self.make_sample(i)
-        except Exception as err:
-            message = str(err)
-            if len(message) > 2000:  # keep the report readable (and small enough for the pipe)
-                message = message[:2000] + f"... ({len(message)} characters)"
-            self.errors.put(f"row {i} ({self.describe(i)}): {message}")
-            raise
 
 
 def _page_size_for(max_sample_bytes: int) -> int:
@@ -187,14 +74,12 @@ def write_rows(target, fields: Dict, num_rows: int, make_sample: Callable[[int],
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(target)
     partial = partial_path(target)
-    errors: Queue = Queue()
-    writer = _CheckedDatasetWriter(str(partial), fields, _page_size_for(max_sample_bytes),
-                                   max(1, min(num_workers, num_rows)), errors, progress)
+    writer = CheckedDatasetWriter(str(partial), fields, _page_size_for(max_sample_bytes),
+                                  max(1, min(num_workers, num_rows)), progress)
     on_main_thread = _is_main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
-        writer.from_indexed_dataset(_Rows(num_rows, make_sample, describe, errors),
-                                    chunksize=max(1, min(256, num_rows // max(1, num_workers))))
+        writer.write(num_rows, make_sample, describe, chunksize=max(1, min(256, num_rows // max(1, num_workers))))
         written = BetonFile(partial)
         written.check_all()  # the full per-sample check, once, while the file is in the page cache
         record = {**written.describe(), "file": target.name}
