@@ -1,7 +1,8 @@
 """Images as the writers read them: references to an image's bytes, and decoding to what a .beton stores.
 
-A reference (FileImage, TarImage, BrokenLink) is cheap to list and read twice: once to check the
-row, once in the writer process. Every failure is a BadRow whose message names the file.
+A reference (FileImage, TarImage, BrokenLink) is cheap to list and is read twice: once when the
+row is checked, once in the writer process. A missing, unreadable or undecodable image is a
+BadRow (a skipped row), not an error.
 """
 import io
 import os
