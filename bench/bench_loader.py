@@ -66,7 +66,7 @@ def make_data(root: Path, num_samples: int, resolution: int):
     from PIL import Image
 
     from scan_fast.data.embedded import ShapesGenerator
-    from scan_fast.data.writers import write_clip_from_table
+    from scan_fast.data.from_table import write_clip_from_table
 
     folder = root / f"jpeg{resolution}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def torchvision_loader(table: Path, resolution: int, workers: int):
     from torchvision import transforms as T
 
     from scan_fast.data.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    from scan_fast.data.writers import read_caption_table
+    from scan_fast.data.tables import read_caption_table
     from scan_fast.data.tokenize import CaptionTokenizer
 
     rows, _ = read_caption_table(table)
@@ -168,7 +168,7 @@ def suite_switch(switch_n, small_beton, small_n, small_table, reps, workers):
 
     from scan_fast.data.order import KeptIdsSource, validate_kept_ids
     from scan_fast.data.loaders import clip_loader
-    from scan_fast.data.writers import write_clip_from_table
+    from scan_fast.data.from_table import write_clip_from_table
 
     rng = np.random.default_rng(0)
     lists = [np.flatnonzero(rng.random(switch_n) < f) for f in (0.65, 0.35) * (reps + 1)]

@@ -7,11 +7,11 @@ from importlib import import_module
 
 _EXPORTS = {
     "CaptionTokenizer": "tokenize",
-    "WriteSummary": "writers",
-    "write_clip_from_table": "writers",
-    "write_clip_from_webdataset": "writers",
-    "write_moco_from_image_folder": "writers",
-    "write_labelled_from_image_folder": "writers",
+    "WriteSummary": "summary",
+    "write_clip_from_table": "from_table",
+    "write_clip_from_webdataset": "from_webdataset",
+    "write_moco_from_image_folder": "from_image_folder",
+    "write_labelled_from_image_folder": "from_image_folder",
     "read_labels": "inspect",
     "load_class_names": "classes",
     "write_digits": "embedded",

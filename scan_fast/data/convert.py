@@ -4,7 +4,7 @@ Part p holds the valid rows among source rows [p K, (p + 1) K) (K = --samples-pe
 so the layout does not depend on how many processes write it. Which parts this process
 writes: those in --part-range i:j (all when absent) with p % W == rank under torchrun
 (W processes, a gloo group on CPU). A part is written under a temporary name and renamed
-when finished and checked (writers.write_rows), so a part under its final name is never
+when finished and checked (write.write_rows), so a part under its final name is never
 rewritten: a killed conversion, run again with the same command, writes only the parts
 that are missing. `conversion.json` in the folder records what is being converted (the
 source, its row counts, the options) before any part is written; a rerun must match it.
@@ -80,6 +80,12 @@ def part_workers(num_workers: Optional[int]) -> int:
         return num_workers
     local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
     return max(1, (os.cpu_count() or 1) // max(1, local))
+
+
+def file_identity(path) -> dict:
+    """A source file as conversion.json records it: a rerun must find the same path and size."""
+    path = Path(path)
+    return {"path": str(path.resolve()), "bytes": path.stat().st_size}
 
 
 def parse_part_range(text: Optional[str]) -> Optional[Tuple[int, int]]:

@@ -1,4 +1,7 @@
-"""Embedded datasets, written to .beton without any download.
+"""Generated and embedded datasets, written to .beton without any download.
+
+write_samples writes samples made in memory, valid by construction (no row checks), with id = row:
+the embedded datasets below and colour digits (train/colour_digits.py) are written by it.
 
 digits: scikit-learn's bundled handwritten digits (1,797 real 8x8 images),
     upsampled to RGB, captioned "a photo of the digit seven", with a
@@ -19,14 +22,15 @@ shapes: generated image-text pairs ("a small red ring in the top left") of
 """
 import json
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
 from .schema import clip_fields, moco_fields
 from .tokenize import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
 from .parts import clear_folder, part_ranges, write_sample_parts
-from .writers import WriteSummary, write_samples
+from .summary import WriteSummary
+from .write import write_rows
 
 KINDS = ("clip", "moco")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -73,6 +77,25 @@ def _sample_maker(kind, images_of, tokens_of, label_of):
     if kind == "clip":
         return lambda i: (images_of(i), tokens_of(i), int(label_of(i)))
     return lambda i: (images_of(i), int(label_of(i)))
+
+
+def write_samples(target, fields: Dict, num_rows: int, make_sample: Callable[[int], tuple],
+                  max_image_bytes: int, num_workers: int = 1, progress: bool = True,
+                  summary: Optional[WriteSummary] = None) -> WriteSummary:
+    """Write generated samples (already valid, in field order without the id) with id = row.
+
+    With one worker the bytes are reproducible; several workers interleave pages.
+    """
+    summary = summary or WriteSummary(path=str(target), rows_read=num_rows)
+    names = list(fields)
+    id_pos = names.index("id")
+
+    def with_id(i):
+        sample = make_sample(i)
+        return (*sample[:id_pos], i, *sample[id_pos:])
+
+    return write_rows(target, fields, num_rows, with_id, summary, num_workers=num_workers,
+                      max_sample_bytes=max_image_bytes, progress=progress)
 
 
 # --------------------------------------------------------------------------- digits

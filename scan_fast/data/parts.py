@@ -1,6 +1,6 @@
 """Writing part folders (the layout is described in dataset.py): parts first, the manifest last.
 
-Part i is `part-<i:05d>.beton`, a complete .beton written by `writers.write_rows`
+Part i is `part-<i:05d>.beton`, a complete .beton written by `write.write_rows`
 (temporary file, full per-sample check, rename, record beside it as
 `part-<i>.beton.index.json`). A part that exists under its final name is finished and
 is never rewritten; the manifest is written (atomically) only when every part is,

@@ -95,7 +95,7 @@ def write_colour_digits(target, num_samples: int, *, split: str, context_length:
     from scan_fast.data import CaptionTokenizer
     from scan_fast.data.classes import save_class_names
     from scan_fast.data.schema import clip_fields, labelled_fields
-    from scan_fast.data.writers import write_samples
+    from scan_fast.data.embedded import write_samples
 
     images, captions, labels, truth = generate(num_samples, split=split, mismatch_fraction=mismatch_fraction,
                                                faint_fraction=faint_fraction, duplicate_fraction=duplicate_fraction,

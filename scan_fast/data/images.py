@@ -1,0 +1,92 @@
+"""Images as the writers read them: references to an image's bytes, and decoding to what a .beton stores.
+
+A reference (FileImage, TarImage, BrokenLink) is cheap to list and is read twice: once when the
+row is checked, once in the writer process. A missing, unreadable or undecodable image is a
+BadRow (a skipped row), not an error.
+"""
+import io
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from ffcv.fields.rgb_image import resizer
+from PIL import Image, UnidentifiedImageError
+
+from .tables import BadRow
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """uint8 HxWx3. 16-bit grey (PNG mode I;16 or I) is scaled to 8 bits: PIL's convert("RGB")
+    clips every value above 255, which turns a 16-bit image almost white."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        grey = np.asarray(img).astype(np.float64)
+        grey = np.clip(np.rint(grey * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(img.convert("RGB"))
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Bytes of an image file -> uint8 HxWx3 RGB; BadRow for empty or undecodable data."""
+    if len(data) == 0:
+        raise BadRow("zero-byte image")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return _to_rgb(img)
+    except UnidentifiedImageError:
+        raise BadRow("undecodable image", "not a recognised image format") from None
+    except Exception as err:  # PIL raises a zoo of types for broken files
+        raise BadRow("undecodable image", f"{type(err).__name__}: {err}") from None
+
+
+def stored_image(data: bytes, max_resolution: Optional[int]) -> np.ndarray:
+    """The pixels the .beton stores: decoded, then shrunk by ffcv's own resizer to max_resolution."""
+    return resizer(decode_image(data), max_resolution)
+
+
+@dataclass(frozen=True)
+class FileImage:
+    path: str
+
+    def read(self) -> bytes:
+        try:
+            with open(self.path, "rb") as fp:
+                return fp.read()
+        except FileNotFoundError:
+            raise BadRow("missing image file", self.path) from None
+        except OSError as err:
+            raise BadRow("unreadable image file", f"{self.path}: {err}") from None
+
+
+@dataclass(frozen=True)
+class TarImage:
+    shard: str
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        with open(self.shard, "rb") as fp:
+            fp.seek(self.offset)
+            return fp.read(self.size)
+
+
+@dataclass(frozen=True)
+class BrokenLink:
+    """A symbolic link with an image's name whose target cannot be opened: listed, so that it is a
+    skipped row (or, with strict=True, the row that stops the write) instead of vanishing."""
+    path: str
+
+    def read(self) -> bytes:
+        try:
+            target = os.readlink(self.path)
+        except OSError:
+            target = "?"
+        try:
+            os.stat(self.path)
+        except FileNotFoundError:
+            raise BadRow("broken symbolic link", f"-> {target}, which does not exist") from None
+        except OSError as err:
+            raise BadRow("broken symbolic link", f"-> {target} ({err.strerror})") from None
+        return FileImage(self.path).read()  # mended since it was listed

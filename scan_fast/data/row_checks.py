@@ -1,0 +1,121 @@
+"""Checks of user input before anything is written: rows, captions, images and num_workers.
+
+A bad row is skipped with a one-line reason naming it (file:line, shard:key or the image's path),
+counted in the WriteSummary; with strict=True the first one stops the write instead.
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from tqdm import tqdm
+
+from .images import stored_image
+from .source_ids import parse_uid
+from .summary import WriteSummary
+from .tables import BadRow
+
+
+def skip_or_stop(summary: WriteSummary, where: str, err: BadRow, strict: bool) -> None:
+    if strict:
+        raise ValueError(f"{where}: {err} (strict=True: nothing was written)")
+    summary.skip(where, err)
+
+
+def check_num_workers(num_workers: Optional[int]) -> int:
+    """num_workers as given, or one per core for None; a ValueError naming --num-workers otherwise."""
+    if num_workers is None:
+        return max(1, os.cpu_count() or 1)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers (--num-workers) must be a positive integer, got {num_workers!r}")
+    return num_workers
+
+
+def label_given(row) -> bool:
+    return row.label is not None and bool(str(row.label).strip())
+
+
+def check_table_rows(rows, bad, summary: WriteSummary, strict: bool, label_column: Optional[str],
+                     uid_column: Optional[str]) -> Tuple[list, list]:
+    """(usable rows, their uids) of a table: its bad rows (tables.py) and the rows without an image
+    path, a label (label_column) or a 32-hex-digit uid (uid_column) are skipped or stop the write."""
+    for where, err in bad:
+        skip_or_stop(summary, where, err, strict)
+    usable, uids = [], []
+    for row in rows:
+        uid = parse_uid(row.uid) if uid_column is not None else None
+        if not isinstance(row.image, str) or not row.image.strip():
+            skip_or_stop(summary, row.where, BadRow("missing image path", repr(row.image)), strict)
+        elif label_column is not None and not label_given(row):
+            skip_or_stop(summary, row.where, BadRow("missing label", f"column {label_column!r} is empty"), strict)
+        elif uid_column is not None and uid is None:
+            skip_or_stop(summary, row.where, BadRow("bad uid", f"column {uid_column!r} holds {row.uid!r}, not "
+                                                               f"32 hex digits"), strict)
+        else:
+            usable.append(row)
+            uids.append(uid)
+    return usable, uids
+
+
+def check_webdataset_samples(samples, bad, summary: WriteSummary, strict: bool) -> list:
+    """The webdataset samples (where, ref, caption, ...) that have both an image and a text; those
+    without, and the shards' problems in `bad` (cut shards, repeated keys), are skipped or stop the write."""
+    for where, err in bad:
+        skip_or_stop(summary, where, err, strict)
+    usable = []
+    for sample in samples:
+        where, ref, caption = sample[:3]
+        missing = "image" if ref is None else "text" if caption is None else None
+        if missing:
+            skip_or_stop(summary, where, BadRow(f"no {missing} in sample"), strict)
+            continue
+        usable.append(sample)
+    return usable
+
+
+def tokenize_captions(captions: List, where: List[str], tokenizer, summary, strict):
+    """Tokens per row (None for rows with an unusable caption, which are skipped)."""
+    tokens = []
+    for i, caption in enumerate(captions):
+        try:
+            if caption is None:
+                raise BadRow("missing caption")
+            if not isinstance(caption, str):
+                raise BadRow("caption is not text", f"{type(caption).__name__} {caption!r}"[:200])
+            ids, truncated = tokenizer(caption)
+        except ValueError as err:
+            skip_or_stop(summary, where[i], err if isinstance(err, BadRow) else BadRow("empty caption", str(err)),
+                         strict)
+            tokens.append(None)
+            continue
+        summary.captions_truncated += int(truncated)
+        tokens.append(ids)
+    return tokens
+
+
+def check_images(refs: Sequence, where: Sequence[str], summary: WriteSummary, strict: bool,
+                 num_workers: int, progress: bool, max_resolution: Optional[int],
+                 extra_check: Optional[Callable[[int], None]] = None) -> Tuple[List[int], int]:
+    """Decode every image once; return (indices of good rows, largest stored image in bytes).
+
+    The size is taken after the --max-resolution shrink: pages sized for one huge original
+    would make every page (and the file) that large.
+    """
+
+    def check(i):
+        try:
+            if extra_check is not None:
+                extra_check(i)
+            return i, stored_image(refs[i].read(), max_resolution).nbytes, None
+        except BadRow as err:
+            return i, 0, err
+
+    good, largest = [], 0
+    with ThreadPoolExecutor(max_workers=num_workers) as pool:
+        for i, nbytes, err in tqdm(pool.map(check, range(len(refs))), total=len(refs),
+                                   desc="checking", disable=None if progress else True):
+            if err is None:
+                good.append(i)
+                largest = max(largest, nbytes)
+            else:
+                skip_or_stop(summary, where[i], err, strict)
+    return good, largest
