@@ -25,8 +25,9 @@ try:
 except ImportError:  # pragma: no cover - torch is a hard dependency, kept soft here for collection
     torch = None
 
-HAS_CUDA = torch is not None and torch.cuda.is_available()
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU")
+# The marks and plain helpers the test modules share are in helpers.py, its asserts rewritten as theirs are.
+pytest.register_assert_rewrite("helpers")
+from helpers import requires_cuda
 
 
 @pytest.fixture(autouse=True)

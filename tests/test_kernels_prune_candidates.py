@@ -5,7 +5,7 @@ Without a GPU the kernel runs in Triton's interpreter on CPU tensors (tests/conf
 import numpy as np
 import pytest
 import torch
-from conftest import HAS_CUDA, requires_cuda
+from helpers import HAS_CUDA, requires_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import HAS_CUDA, requires_cuda
+from helpers import HAS_CUDA, requires_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

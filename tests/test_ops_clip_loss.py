@@ -1,12 +1,10 @@
 """clip_loss_per_sample (chunked CPU path, and the Triton kernel on CUDA) against the materialised reference."""
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import scan_fast.ops.base as ops_base
-from conftest import HAS_CUDA, requires_cuda
+from helpers import requires_cuda, requires_triton_interpreter
 from scan_fast.ops.clip_loss import ClipLoss, ClipLossChunked, clip_loss_per_sample, clip_loss_per_sample_reference
 
 _SHAPE_PARAMS = ("B, D", [(1, 8), (7, 33), (64, 64), (130, 8), (130, 33), (64, 8), (7, 64)])
@@ -165,9 +163,7 @@ def test_bad_chunk_rows_is_named(chunk_rows, error, match):
         ClipLoss(chunk_rows=chunk_rows)(image, text, 2.0)
 
 
-@pytest.mark.parametrize("on_kernel", [False, pytest.param(True, marks=pytest.mark.skipif(
-    HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel only in Triton's "
-                                                                  "interpreter"))])
+@pytest.mark.parametrize("on_kernel", [False, pytest.param(True, marks=requires_triton_interpreter)])
 def test_double_backward_says_it_is_not_supported(monkeypatch, on_kernel):
     if on_kernel:
         monkeypatch.setattr(ops_base, "use_kernels", lambda features, dtype: True)
@@ -179,8 +175,7 @@ def test_double_backward_says_it_is_not_supported(monkeypatch, on_kernel):
     assert torch.isfinite(grad).all()
 
 
-@pytest.mark.skipif(HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel "
-                    "only in Triton's interpreter")
+@requires_triton_interpreter
 def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setattr(ops_base, "use_kernels", lambda features, dtype: True)

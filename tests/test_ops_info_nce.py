@@ -1,13 +1,11 @@
 """info_nce_per_sample and MocoLoss against the reference and MoCo v3's contrastive_loss."""
-import os
-
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import scan_fast.ops.base as ops_base
-from conftest import HAS_CUDA, requires_cuda
+from helpers import requires_cuda, requires_triton_interpreter
 from scan_fast.ops.info_nce import (
     MocoLoss,
     RowCrossEntropyChunked,
@@ -156,8 +154,7 @@ def test_moco_loss_rejects_bad_temperature():
         MocoLoss(T=-1.0)
 
 
-@pytest.mark.skipif(HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel "
-                    "only in Triton's interpreter")
+@requires_triton_interpreter
 def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setattr(ops_base, "use_kernels", lambda features, dtype: True)

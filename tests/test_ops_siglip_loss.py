@@ -4,7 +4,6 @@ import copy
 import datetime
 import inspect
 import logging
-import os
 import socket
 
 import pytest
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 
 import scan_fast
 import scan_fast.ops.base as ops_base
-from conftest import HAS_CUDA, requires_cuda
+from helpers import requires_cuda, requires_triton_interpreter
 from test_open_clip_compat import _train_two_steps  # open_clip_train's loop over two tiny batches
 from scan_fast.ops.siglip_loss import (
     SigLipLoss,
@@ -177,9 +176,7 @@ def test_tensor_scalars_are_not_read_back():
     assert not torch.isfinite(image_loss).any() and not torch.isfinite(text_loss).any()
 
 
-@pytest.mark.parametrize("on_kernel", [False, pytest.param(True, marks=pytest.mark.skipif(
-    HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel only in Triton's "
-                                                                  "interpreter"))])
+@pytest.mark.parametrize("on_kernel", [False, pytest.param(True, marks=requires_triton_interpreter)])
 def test_double_backward_says_it_is_not_supported(monkeypatch, on_kernel):
     if on_kernel:
         monkeypatch.setattr(ops_base, "use_kernels", lambda features, dtype: True)
@@ -191,8 +188,7 @@ def test_double_backward_says_it_is_not_supported(monkeypatch, on_kernel):
     assert torch.isfinite(grad).all()
 
 
-@pytest.mark.skipif(HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel "
-                    "only in Triton's interpreter")
+@requires_triton_interpreter
 def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setattr(ops_base, "use_kernels", lambda features, dtype: True)

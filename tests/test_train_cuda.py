@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import requires_cuda
+from helpers import requires_cuda
 
 N_TRAIN, BATCH = 256, 64
 
