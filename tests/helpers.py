@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------- devices and skip marks
 
@@ -17,3 +18,47 @@ requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU")
 # Without a GPU, conftest.py sets TRITON_INTERPRET=1: only then do CPU tensors reach the Triton kernels.
 requires_triton_interpreter = pytest.mark.skipif(HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1",
                                                  reason="CPU tensors reach the kernel only in Triton's interpreter")
+
+# ----------------------------------------------------------------------------- the losses (scan_fast.ops, kernels)
+
+# the chunked CPU paths (tests/test_ops_*.py) against the references: tolerances per input dtype
+DTYPE_PARAMS = (
+    "dtype, atol, rtol",
+    [
+        (torch.float32, 1e-5, 1e-5),
+        (torch.bfloat16, 2e-2, 2e-2),
+        (torch.float16, 2e-3, 2e-3),
+    ],
+)
+FEATURE_SHAPE_PARAMS = ("B, D", [(1, 8), (7, 33), (64, 64), (130, 8), (130, 33), (64, 8), (7, 64)])
+# 16-row chunks: several chunks and a ragged last one for every B above 16
+CHUNK_ROWS = 16
+# open_clip's SigLIP initialisation: logit_scale = exp(log 10), logit_bias = -10
+SIGLIP_INIT_SCALE, SIGLIP_INIT_BIAS = 10.0, -10.0
+
+
+def unit_features(batch, dim, dtype=torch.float32, device="cpu", scale=1.0):
+    """Image and text features: random rows of length `scale`, in `dtype`, requiring grad."""
+    image = F.normalize(torch.randn(batch, dim, device=device), dim=1) * scale
+    text = F.normalize(torch.randn(batch, dim, device=device), dim=1) * scale
+    return image.to(dtype).requires_grad_(), text.to(dtype).requires_grad_()
+
+
+# the Triton kernels (tests/test_kernels_*.py): on the GPU, else in Triton's interpreter on CPU tensors
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+# The interpreter multiplies in fp32 like the reference; on a GPU fp32 tiles go through 3xTF32
+# tensor-core products, a few ulps from cuBLAS's fp32 GEMM (which scale up to 100 magnifies).
+LOSS_TOL = dict(atol=1e-3, rtol=1e-4) if HAS_CUDA else dict(atol=1e-4, rtol=1e-5)
+FP32_GRAD_TOL = 2e-4 if HAS_CUDA else 1e-5
+# Losses are fp32 from exact products of the inputs; gradients pass dlogits through the
+# input dtype on the tensor cores, so half-precision gradients get a relative tolerance.
+HALF_DTYPE_PARAMS = ("dtype, grad_tol", [(torch.bfloat16, 2e-2), (torch.float16, 4e-3)])
+
+
+def assert_grads_close(actual, expected, tol, names):
+    """Each gradient has its reference's dtype and shape and lies within `tol` of it: relative, and absolute in
+    units of the reference's largest entry (at least 1). `names` label the pairs, in order."""
+    for name, a, e in zip(names, actual, expected):
+        assert a.dtype == e.dtype and a.shape == e.shape, name
+        e = e.float()
+        torch.testing.assert_close(a.float(), e, atol=tol * max(1.0, e.abs().max().item()), rtol=tol, msg=name)
