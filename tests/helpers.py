@@ -5,7 +5,10 @@ Imported as `from helpers import ...`: tests/ is no package, and pytest puts it 
 conftest.py, which imports this module first (after it has set TRITON_INTERPRET) with its asserts rewritten
 like a test module's.
 """
+import copy
+import logging
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -62,3 +65,39 @@ def assert_grads_close(actual, expected, tol, names):
         assert a.dtype == e.dtype and a.shape == e.shape, name
         e = e.float()
         torch.testing.assert_close(a.float(), e, atol=tol * max(1.0, e.abs().max().item()), rtol=tol, msg=name)
+
+
+# ----------------------------------------------------------------------------- open_clip_train's loop
+
+
+class _Loader(list):
+    num_batches = 2
+    num_samples = 2 * 16
+
+
+def train_two_steps(loss_fn, model, accum_freq=1):
+    """open_clip_train's own train_one_epoch over two tiny batches (16 pairs each, `accum_freq` of them a step)."""
+    train = pytest.importorskip("open_clip_train.train")
+    torch.manual_seed(1)
+    batches = _Loader([(torch.randn(16, 12), torch.randint(0, 50, (16, 5))) for _ in range(2 * accum_freq)])
+    batches.num_batches = len(batches)
+    data = {"train": SimpleNamespace(dataloader=batches, set_epoch=lambda epoch: None)}
+    args = SimpleNamespace(
+        device="cpu", precision="fp32", distill=False, accum_freq=accum_freq, skip_scheduler=True, horovod=False,
+        grad_clip_norm=None, log_every_n_steps=1, batch_size=16, world_size=1, rank=0, local_rank=0, wandb=False,
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    train.train_one_epoch(model, data, loss_fn, 0, optimizer, None, None, None, args)
+    return model
+
+
+def assert_open_clip_train_loop_matches(ours, theirs, start, accum_freq, caplog):
+    """open_clip_train's loop trains one copy of the model `start` with the loss `ours` and one with open_clip's
+    `theirs`: it logs the contrastive loss, every parameter trains, and both copies end at the same weights."""
+    with caplog.at_level(logging.INFO):
+        trained = train_two_steps(ours, copy.deepcopy(start), accum_freq)
+    reference = train_two_steps(theirs, copy.deepcopy(start), accum_freq)
+    assert any("Contrastive_loss" in record.getMessage() for record in caplog.records)
+    for (name, got), want in zip(trained.named_parameters(), reference.parameters()):
+        assert not torch.equal(got, start.state_dict()[name]), f"{name} did not train"
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
