@@ -8,10 +8,12 @@ like a test module's.
 import copy
 import logging
 import os
+import socket
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------- devices and skip marks
@@ -101,3 +103,76 @@ def assert_open_clip_train_loop_matches(ours, theirs, start, accum_freq, caplog)
     for (name, got), want in zip(trained.named_parameters(), reference.parameters()):
         assert not torch.equal(got, start.state_dict()[name]), f"{name} did not train"
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+# ----------------------------------------------------------------------------- processes (gloo on CPU)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _process(rank, world_size, port, target, args):
+    """One rank as torchrun would start it: its environment, one thread, then target(rank, *args)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    try:
+        target(rank, *args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def launch(target, *args, world_size=2):
+    """Runs target(rank, *args) in `world_size` processes (a module-level function: they are spawned)."""
+    mp.spawn(_process, args=(world_size, free_port(), target, args), nprocs=world_size, join=True)
+
+
+def record_schedule(module, made, kept):
+    """Replaces module.make_schedule (the name the trainer calls) by one that records each epoch's kept ids."""
+    make_schedule = module.make_schedule
+
+    def recording_make_schedule(cfg, num_samples, *rank_and_world):
+        schedule = make_schedule(cfg, num_samples, *rank_and_world)
+        original = schedule.epoch_kept_set
+
+        def epoch_kept_set(epoch):
+            ids = original(epoch)
+            kept[epoch] = ids.to_array()
+            return ids
+        schedule.epoch_kept_set = epoch_kept_set
+        made.append(schedule)
+        return schedule
+
+    module.make_schedule = recording_make_schedule
+
+
+def record_reads(module, loader_name, read):
+    """Replaces scan_fast.data.<loader_name> and module._unpack by ones that record, per epoch, the ids
+    this rank's loader hands out."""
+    import scan_fast.data
+
+    make_loader, unpack, epoch_now = getattr(scan_fast.data, loader_name), module._unpack, [None]
+
+    def recording_loader(*args, **kwargs):
+        loader = make_loader(*args, **kwargs)
+        set_epoch = loader.set_epoch
+
+        def recording_set_epoch(epoch):
+            epoch_now[0] = epoch
+            set_epoch(epoch)
+        loader.set_epoch = recording_set_epoch
+        return loader
+
+    def recording_unpack(batch):
+        inputs, ids = unpack(batch)
+        read.setdefault(epoch_now[0], []).append(ids.reshape(-1).cpu().numpy().copy())
+        return inputs, ids
+
+    setattr(scan_fast.data, loader_name, recording_loader)
+    module._unpack = recording_unpack

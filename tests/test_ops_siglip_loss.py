@@ -2,7 +2,6 @@
 materialised reference and open_clip's SigLipLoss, down to open_clip_train's own training loop."""
 import datetime
 import inspect
-import socket
 
 import pytest
 import torch
@@ -14,7 +13,8 @@ import torch.nn.functional as F
 import scan_fast
 import scan_fast.ops.base as ops_base
 from helpers import (CHUNK_ROWS, DTYPE_PARAMS, FEATURE_SHAPE_PARAMS, SIGLIP_INIT_BIAS, SIGLIP_INIT_SCALE,
-                     assert_open_clip_train_loop_matches, requires_cuda, requires_triton_interpreter, unit_features)
+                     assert_open_clip_train_loop_matches, free_port, requires_cuda, requires_triton_interpreter,
+                     unit_features)
 from scan_fast.ops.siglip_loss import (
     SigLipLoss,
     SigmoidLossChunked,
@@ -263,12 +263,6 @@ def test_bad_constructor_arguments():
 _WORLD_SIZE, _LOCAL_BATCH, _DIM = 2, 13, 6
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _distributed_worker(rank, port):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=_WORLD_SIZE,
@@ -312,7 +306,7 @@ def _distributed_worker(rank, port):
 
 
 def test_two_gloo_processes_match_open_clip_and_the_global_reference():
-    mp.spawn(_distributed_worker, args=(_free_port(),), nprocs=_WORLD_SIZE, join=True)
+    mp.spawn(_distributed_worker, args=(free_port(),), nprocs=_WORLD_SIZE, join=True)
 
 
 # ----------------------------------------------------------------------------- open_clip_train's loop
