@@ -6,6 +6,7 @@ conftest.py, which imports this module first (after it has set TRITON_INTERPRET)
 like a test module's.
 """
 import copy
+import csv
 import logging
 import os
 import socket
@@ -176,3 +177,45 @@ def record_reads(module, loader_name, read):
 
     setattr(scan_fast.data, loader_name, recording_loader)
     module._unpack = recording_unpack
+
+
+# ----------------------------------------------------------------------------- trainer runs
+
+# the tiny CLIP runs on conftest.py's `data` (test_train_clip.py, test_train_siglip.py)
+CLIP_N_TRAIN, CLIP_BATCH = 192, 32
+
+
+def clip_config(data, tmp_path, **overrides):
+    from scan_fast.train.config import ClipConfig
+
+    # prune_threshold 1.0: warm-up ends after epoch 1, so epoch 2 prepares and 3-4 prune.
+    values = dict(train_data=data["train"], batch_size=CLIP_BATCH, epochs=5, lr=1e-3, warmup_epochs=0.5,
+                  workers=1, prune_threshold=1.0, logs=str(tmp_path), progress=False, tensorboard=False)
+    values.update(overrides)
+    return ClipConfig(**values)
+
+
+def epoch_rows(folder):
+    """A run folder's epochs.csv, a dict a row."""
+    with open(os.path.join(folder, "epochs.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def assert_resume_matches(full_folder, resumed_folder, **weight_tolerance):
+    """A resumed run's schedule state (candidate bitsets, records) equals the uninterrupted run's,
+    and so do its final weights: exactly, or within `weight_tolerance` (torch.testing.assert_close's
+    rtol/atol)."""
+    from scan_fast.train.checkpoint import load_checkpoint
+
+    full_state = load_checkpoint(os.path.join(full_folder, "checkpoints/latest.pt"))
+    resumed_state = load_checkpoint(os.path.join(resumed_folder, "checkpoints/latest.pt"))
+    for key in ("ill", "red", "epoch", "start"):
+        assert full_state["schedule"][key] == resumed_state["schedule"][key], key
+    assert full_state["schedule"]["ill"] or full_state["schedule"]["red"]
+    full, resumed = full_state["model"], resumed_state["model"]
+    assert full.keys() == resumed.keys()
+    for key in full:
+        if weight_tolerance:
+            torch.testing.assert_close(full[key], resumed[key], **weight_tolerance)
+        else:
+            assert torch.equal(full[key], resumed[key]), key
