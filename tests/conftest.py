@@ -25,8 +25,9 @@ try:
 except ImportError:  # pragma: no cover - torch is a hard dependency, kept soft here for collection
     torch = None
 
-HAS_CUDA = torch is not None and torch.cuda.is_available()
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU")
+# The marks and plain helpers the test modules share are in helpers.py, its asserts rewritten as theirs are.
+pytest.register_assert_rewrite("helpers")
+from helpers import CLIP_N_TRAIN, requires_cuda
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +43,23 @@ def _seed_everything():
         torch.set_flush_denormal(False)
 
 
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The tiny CLIP runs' shapes .betons (test_train_clip.py, test_train_siglip.py): train, test and a MoCo-kind
+    one. Modules that train on other data define a `data` fixture of their own."""
+    from scan_fast.data import write_shapes
+
+    folder = tmp_path_factory.mktemp("clip_data")
+    train = str(folder / "shapes.beton")
+    test = str(folder / "shapes_test.beton")
+    write_shapes(train, num_samples=CLIP_N_TRAIN, mismatch_fraction=0.2, context_length=16, progress=False)
+    write_shapes(test, num_samples=48, mismatch_fraction=0.0, duplicate_fraction=0.0, seed=1, context_length=16,
+                 progress=False)
+    moco = str(folder / "moco.beton")  # images without captions: the wrong kind for CLIP
+    write_shapes(moco, num_samples=16, kind="moco", progress=False)
+    return {"train": train, "test": test, "moco": moco, "folder": folder}
+
+
 def pytest_collection_modifyitems(config, items):
     # `requires_cuda` is a skipif; also mark those tests so `pytest -m requires_cuda`
     # (bench/gpu_check.sh) selects every CUDA test in the project.
@@ -54,23 +72,3 @@ def pytest_configure(config):
     # Two cores: keep torch from oversubscribing when tests run beside each other.
     if torch is not None and not os.environ.get("SCAN_FAST_TEST_THREADS_SET"):
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-
-def assert_resume_matches(full_folder, resumed_folder, **weight_tolerance):
-    """A resumed run's schedule state (candidate bitsets, records) equals the uninterrupted run's,
-    and so do its final weights: exactly, or within `weight_tolerance` (torch.testing.assert_close's
-    rtol/atol)."""
-    from scan_fast.train.checkpoint import load_checkpoint
-
-    full_state = load_checkpoint(os.path.join(full_folder, "checkpoints/latest.pt"))
-    resumed_state = load_checkpoint(os.path.join(resumed_folder, "checkpoints/latest.pt"))
-    for key in ("ill", "red", "epoch", "start"):
-        assert full_state["schedule"][key] == resumed_state["schedule"][key], key
-    assert full_state["schedule"]["ill"] or full_state["schedule"]["red"]
-    full, resumed = full_state["model"], resumed_state["model"]
-    assert full.keys() == resumed.keys()
-    for key in full:
-        if weight_tolerance:
-            torch.testing.assert_close(full[key], resumed[key], **weight_tolerance)
-        else:
-            assert torch.equal(full[key], resumed[key]), key

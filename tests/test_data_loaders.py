@@ -10,7 +10,7 @@ import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.transforms import Squeeze, ToTensor
 
-from conftest import requires_cuda
+from helpers import requires_cuda
 from scan_fast.data.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from scan_fast.data.embedded import write_shapes
 from scan_fast.data.inspect import read_samples

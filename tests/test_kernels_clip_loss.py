@@ -2,44 +2,33 @@
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors (tests/conftest.py).
 """
+import functools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import HAS_CUDA, requires_cuda
+from helpers import (DEVICE, FP32_GRAD_TOL, HALF_DTYPE_PARAMS, LOSS_TOL, assert_grads_close, requires_cuda,
+                     unit_features)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scan_fast.kernels.clip_loss import ClipLossFunction
 from scan_fast.ops.clip_loss import clip_loss_per_sample_reference
 
-DEVICE = "cuda" if HAS_CUDA else "cpu"
-# The interpreter multiplies in fp32 like the reference; on a GPU fp32 tiles go through 3xTF32
-# tensor-core products, a few ulps from cuBLAS's fp32 GEMM (which scale up to 100 magnifies).
-LOSS_TOL = dict(atol=1e-3, rtol=1e-4) if HAS_CUDA else dict(atol=1e-4, rtol=1e-5)
-FP32_GRAD_TOL = 2e-4 if HAS_CUDA else 1e-5
 OPEN_CLIP_INIT_SCALE = 1 / 0.07
 
 _SHAPE_PARAMS = ("B, D", [(b, d) for b in (1, 7, 64, 130) for d in (8, 33, 64)])
-# Losses are fp32 from exact products of the inputs; gradients pass dlogits through the
-# input dtype on the tensor cores, so half-precision gradients get a relative tolerance.
-_HALF_DTYPE_PARAMS = ("dtype, grad_tol", [(torch.bfloat16, 2e-2), (torch.float16, 4e-3)])
 _HALF_SHAPES = [(7, 33), (64, 8), (130, 64)]
 
 
 def _features(batch, dim, dtype, device=DEVICE):
-    image = F.normalize(torch.randn(batch, dim, device=device), dim=1).to(dtype).requires_grad_()
-    text = F.normalize(torch.randn(batch, dim, device=device), dim=1).to(dtype).requires_grad_()
+    image, text = unit_features(batch, dim, dtype, device)
     scale = torch.tensor(OPEN_CLIP_INIT_SCALE, device=device, requires_grad=True)
     return image, text, scale
 
 
-def _assert_grads_close(actual, expected, tol):
-    for name, a, e in zip(("d_image", "d_text", "d_scale"), actual, expected):
-        assert a.dtype == e.dtype, name
-        e = e.float()
-        torch.testing.assert_close(a.float(), e, atol=tol * max(1.0, e.abs().max().item()), rtol=tol, msg=name)
+_assert_grads_close = functools.partial(assert_grads_close, names=("d_image", "d_text", "d_scale"))
 
 
 def _check_against_reference(batch, dim, dtype, grad_tol, weighted):
@@ -69,7 +58,7 @@ def test_fp32_matches_reference(B, D, weighted):
 
 
 @pytest.mark.parametrize("weighted", [True, False], ids=["random_grad", "mean_loss"])
-@pytest.mark.parametrize(*_HALF_DTYPE_PARAMS)
+@pytest.mark.parametrize(*HALF_DTYPE_PARAMS)
 @pytest.mark.parametrize("B, D", _HALF_SHAPES)
 def test_half_precision_matches_reference(B, D, dtype, grad_tol, weighted):
     _check_against_reference(B, D, dtype, grad_tol, weighted)

@@ -5,14 +5,12 @@ Without a GPU the kernel runs in Triton's interpreter on CPU tensors (tests/conf
 import numpy as np
 import pytest
 import torch
-from conftest import HAS_CUDA, requires_cuda
+from helpers import DEVICE, requires_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scan_fast.schedule.candidates import candidate_count, direction_set
 from scan_fast.kernels.prune_candidates import direction_masks_triton
-
-DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 
 def _oracle(loss: torch.Tensor, k_ill: int, k_red: int):

@@ -3,44 +3,33 @@
 Without a GPU the kernels run in Triton's interpreter on CPU tensors (tests/conftest.py), which is
 slow: the shapes here are few and small.
 """
+import functools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import HAS_CUDA, requires_cuda
+from helpers import (DEVICE, FP32_GRAD_TOL, HALF_DTYPE_PARAMS, LOSS_TOL, SIGLIP_INIT_BIAS, SIGLIP_INIT_SCALE,
+                     assert_grads_close, requires_cuda, unit_features)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scan_fast.kernels.siglip_loss import SigLipLossFunction
 from scan_fast.ops.siglip_loss import siglip_loss_per_sample_reference
 
-DEVICE = "cuda" if HAS_CUDA else "cpu"
-# The interpreter multiplies in fp32 like the reference; on a GPU fp32 tiles go through 3xTF32.
-LOSS_TOL = dict(atol=1e-3, rtol=1e-4) if HAS_CUDA else dict(atol=1e-4, rtol=1e-5)
-FP32_GRAD_TOL = 2e-4 if HAS_CUDA else 1e-5
-# open_clip's SigLIP initialisation: logit_scale = exp(log 10), logit_bias = -10
-INIT_SCALE, INIT_BIAS = 10.0, -10.0
-
 # one power-of-two shape, odd ones straddling the interpreter's 64-row tiles and 32-wide K and D steps
 _SHAPE_PARAMS = ("B, D", [(1, 8), (7, 33), (64, 64), (130, 33)])
-_HALF_DTYPE_PARAMS = ("dtype, grad_tol", [(torch.bfloat16, 2e-2), (torch.float16, 4e-3)])
 _HALF_SHAPES = [(7, 33), (130, 64)]
 
 
-def _inputs(batch, dim, dtype, device=DEVICE, scale=INIT_SCALE, bias=INIT_BIAS):
-    image = F.normalize(torch.randn(batch, dim, device=device), dim=1).to(dtype).requires_grad_()
-    text = F.normalize(torch.randn(batch, dim, device=device), dim=1).to(dtype).requires_grad_()
+def _inputs(batch, dim, dtype, device=DEVICE, scale=SIGLIP_INIT_SCALE, bias=SIGLIP_INIT_BIAS):
+    image, text = unit_features(batch, dim, dtype, device)
     scale = torch.tensor(scale, device=device, requires_grad=True)
     bias = torch.tensor([bias], device=device, requires_grad=True)
     return image, text, scale, bias
 
 
-def _assert_grads_close(actual, expected, tol):
-    for name, a, e in zip(("d_image", "d_text", "d_scale", "d_bias"), actual, expected):
-        assert a.dtype == e.dtype and a.shape == e.shape, name
-        e = e.float()
-        torch.testing.assert_close(a.float(), e, atol=tol * max(1.0, e.abs().max().item()), rtol=tol, msg=name)
+_assert_grads_close = functools.partial(assert_grads_close, names=("d_image", "d_text", "d_scale", "d_bias"))
 
 
 def _check_against_reference(batch, dim, dtype, grad_tol, weighted, **scalars):
@@ -66,7 +55,7 @@ def test_fp32_matches_reference(B, D, weighted):
     _check_against_reference(B, D, torch.float32, FP32_GRAD_TOL, weighted)
 
 
-@pytest.mark.parametrize(*_HALF_DTYPE_PARAMS)
+@pytest.mark.parametrize(*HALF_DTYPE_PARAMS)
 @pytest.mark.parametrize("B, D", _HALF_SHAPES)
 def test_half_precision_matches_reference(B, D, dtype, grad_tol):
     _check_against_reference(B, D, dtype, grad_tol, weighted=True)

@@ -1,14 +1,11 @@
 """scan_fast.ClipLoss as a drop-in for open_clip's ClipLoss, down to open_clip_train's own training loop."""
-import copy
-import logging
-from types import SimpleNamespace
-
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import scan_fast
+from helpers import assert_open_clip_train_loop_matches
 from scan_fast.ops.clip_loss import clip_loss_per_sample_reference
 
 open_clip_loss = pytest.importorskip("open_clip.loss")
@@ -103,37 +100,11 @@ class _TinyClip(nn.Module):
         }
 
 
-class _Loader(list):
-    num_batches = 2
-    num_samples = 2 * 16
-
-
-def _train_two_steps(loss_fn, model, accum_freq=1):
-    train = pytest.importorskip("open_clip_train.train")
-    torch.manual_seed(1)
-    batches = _Loader([(torch.randn(16, 12), torch.randint(0, 50, (16, 5))) for _ in range(2 * accum_freq)])
-    batches.num_batches = len(batches)
-    data = {"train": SimpleNamespace(dataloader=batches, set_epoch=lambda epoch: None)}
-    args = SimpleNamespace(
-        device="cpu", precision="fp32", distill=False, accum_freq=accum_freq, skip_scheduler=True, horovod=False,
-        grad_clip_norm=None, log_every_n_steps=1, batch_size=16, world_size=1, rank=0, local_rank=0, wandb=False,
-    )
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    train.train_one_epoch(model, data, loss_fn, 0, optimizer, None, None, None, args)
-    return model
-
-
 @pytest.mark.parametrize("accum_freq", [1, 2])
 def test_runs_unchanged_in_open_clip_train_loop(accum_freq, caplog):
     torch.manual_seed(0)
     start = _TinyClip()
     ours = scan_fast.ClipLoss()
-    with caplog.at_level(logging.INFO):
-        trained = _train_two_steps(ours, copy.deepcopy(start), accum_freq)
-    reference = _train_two_steps(open_clip_loss.ClipLoss(), copy.deepcopy(start), accum_freq)
-    assert any("Contrastive_loss" in record.getMessage() for record in caplog.records)
-    for (name, got), want in zip(trained.named_parameters(), reference.parameters()):
-        assert not torch.equal(got, start.state_dict()[name]), f"{name} did not train"
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert_open_clip_train_loop_matches(ours, open_clip_loss.ClipLoss(), start, accum_freq, caplog)
     loss_i2t, loss_t2i = ours.last_per_sample
     assert loss_i2t.shape == loss_t2i.shape == (16 * accum_freq,)

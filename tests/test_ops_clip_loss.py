@@ -1,31 +1,11 @@
 """clip_loss_per_sample (chunked CPU path, and the Triton kernel on CUDA) against the materialised reference."""
-import os
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 import scan_fast.ops.base as ops_base
-from conftest import HAS_CUDA, requires_cuda
+from helpers import (CHUNK_ROWS, DTYPE_PARAMS, FEATURE_SHAPE_PARAMS, requires_cuda, requires_triton_interpreter,
+                     unit_features)
 from scan_fast.ops.clip_loss import ClipLoss, ClipLossChunked, clip_loss_per_sample, clip_loss_per_sample_reference
-
-_SHAPE_PARAMS = ("B, D", [(1, 8), (7, 33), (64, 64), (130, 8), (130, 33), (64, 8), (7, 64)])
-_DTYPE_PARAMS = (
-    "dtype, atol, rtol",
-    [
-        (torch.float32, 1e-5, 1e-5),
-        (torch.bfloat16, 2e-2, 2e-2),
-        (torch.float16, 2e-3, 2e-3),
-    ],
-)
-# 16-row chunks: several chunks and a ragged last one for every B above 16
-_CHUNK_ROWS = 16
-
-
-def _features(batch, dim, dtype=torch.float32, device="cpu", scale=1.0):
-    image = F.normalize(torch.randn(batch, dim, device=device), dim=1) * scale
-    text = F.normalize(torch.randn(batch, dim, device=device), dim=1) * scale
-    return image.to(dtype).requires_grad_(), text.to(dtype).requires_grad_()
 
 
 def _losses_and_grads(fn, image, text, logit_scale, grad_i2t, grad_t2i):
@@ -55,45 +35,45 @@ def _check_against_reference(fn, image, text, atol, rtol, weighted):
 
 
 def _chunked(image, text, logit_scale):
-    return clip_loss_per_sample(image, text, logit_scale, chunk_rows=_CHUNK_ROWS)
+    return clip_loss_per_sample(image, text, logit_scale, chunk_rows=CHUNK_ROWS)
 
 
 @pytest.mark.parametrize("weighted", [True, False], ids=["random_grads", "mean_loss"])
-@pytest.mark.parametrize(*_DTYPE_PARAMS)
-@pytest.mark.parametrize(*_SHAPE_PARAMS)
+@pytest.mark.parametrize(*DTYPE_PARAMS)
+@pytest.mark.parametrize(*FEATURE_SHAPE_PARAMS)
 def test_chunked_matches_reference(B, D, dtype, atol, rtol, weighted):
-    image, text = _features(B, D, dtype)
+    image, text = unit_features(B, D, dtype)
     _check_against_reference(_chunked, image, text, atol, rtol, weighted)
 
 
 @pytest.mark.parametrize("B", [1, 130, 300])
 def test_default_chunking_matches_reference(B):
-    image, text = _features(B, 16)
+    image, text = unit_features(B, 16)
     _check_against_reference(clip_loss_per_sample, image, text, 1e-5, 1e-5, weighted=True)
 
 
 def test_wide_logit_range_takes_the_two_exp_path():
     # unnormalised features: logits spread over hundreds, beyond the one-exp fast path's safe range
-    image, text = _features(40, 8, torch.float64, scale=12.0)
+    image, text = unit_features(40, 8, torch.float64, scale=12.0)
     _check_against_reference(_chunked, image, text, 1e-9, 1e-9, weighted=True)
 
 
 def test_chunks_on_both_paths_in_one_batch():
     # the first chunk's rows are long vectors (wide logits, two-exp path), the others unit ones
-    image, text = _features(50, 8, torch.float64)
+    image, text = unit_features(50, 8, torch.float64)
     with torch.no_grad():
-        image[:_CHUNK_ROWS] *= 15.0
+        image[:CHUNK_ROWS] *= 15.0
     _check_against_reference(_chunked, image, text, 1e-9, 1e-9, weighted=True)
 
 
 def test_gradcheck_float64():
-    image, text = _features(9, 5, torch.float64, scale=1.5)
+    image, text = unit_features(9, 5, torch.float64, scale=1.5)
     logit_scale = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda i, t, s: ClipLossChunked.apply(i, t, s, 4), (image, text, logit_scale))
 
 
 def test_one_direction_only():
-    image, text = _features(33, 8)
+    image, text = unit_features(33, 8)
     for pick in (0, 1):
         got = torch.autograd.grad(_chunked(image, text, 5.0)[pick].sum(), [image, text])
         want = torch.autograd.grad(clip_loss_per_sample_reference(image, text, 5.0)[pick].sum(), [image, text])
@@ -102,7 +82,7 @@ def test_one_direction_only():
 
 
 def test_non_contiguous_and_mixed_dtypes():
-    base_image, base_text = _features(21, 12, torch.float64)
+    base_image, base_text = unit_features(21, 12, torch.float64)
     image = base_image.detach().T.contiguous().T.float().requires_grad_()  # column-major
     assert not image.is_contiguous()
     text = base_text.detach().requires_grad_()  # float64: the wider dtype wins
@@ -116,7 +96,7 @@ def test_non_contiguous_and_mixed_dtypes():
 
 
 def test_logit_scale_forms():
-    image, text = _features(10, 6)
+    image, text = unit_features(10, 6)
     from_float = clip_loss_per_sample(image, text, 3.5)
     shaped = torch.tensor([3.5], requires_grad=True)  # open_clip keeps logit_scale as a parameter
     from_tensor = clip_loss_per_sample(image, text, shaped)
@@ -158,20 +138,18 @@ def test_a_tensor_scale_is_not_read_back():
                                                       (0, ValueError, "chunk_rows must be >= 1, got 0"),
                                                       (2.5, TypeError, "chunk_rows must be a positive int")])
 def test_bad_chunk_rows_is_named(chunk_rows, error, match):
-    image, text = _features(6, 4)
+    image, text = unit_features(6, 4)
     with pytest.raises(error, match=match):
         clip_loss_per_sample(image, text, 2.0, chunk_rows=chunk_rows)
     with pytest.raises(error, match=match):
         ClipLoss(chunk_rows=chunk_rows)(image, text, 2.0)
 
 
-@pytest.mark.parametrize("on_kernel", [False, pytest.param(True, marks=pytest.mark.skipif(
-    HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel only in Triton's "
-                                                                  "interpreter"))])
+@pytest.mark.parametrize("on_kernel", [False, pytest.param(True, marks=requires_triton_interpreter)])
 def test_double_backward_says_it_is_not_supported(monkeypatch, on_kernel):
     if on_kernel:
         monkeypatch.setattr(ops_base, "use_kernels", lambda features, dtype: True)
-    image, text = _features(6, 4)
+    image, text = unit_features(6, 4)
     loss_i2t, loss_t2i = clip_loss_per_sample(image, text, 2.0)
     with pytest.raises(RuntimeError, match="clip_loss_per_sample.*double backward .* is not supported"):
         torch.autograd.grad((loss_i2t + loss_t2i).sum(), image, create_graph=True)
@@ -179,12 +157,11 @@ def test_double_backward_says_it_is_not_supported(monkeypatch, on_kernel):
     assert torch.isfinite(grad).all()
 
 
-@pytest.mark.skipif(HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel "
-                    "only in Triton's interpreter")
+@requires_triton_interpreter
 def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setattr(ops_base, "use_kernels", lambda features, dtype: True)
-    image, text = _features(7, 8)
+    image, text = unit_features(7, 8)
     loss_i2t, _ = clip_loss_per_sample(image, text, 3.0)
     assert type(loss_i2t.grad_fn).__name__ == "ClipLossFunctionBackward"
     _check_against_reference(clip_loss_per_sample, image, text, 1e-5, 1e-5, weighted=True)
@@ -193,8 +170,8 @@ def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):
 
 @requires_cuda
 @pytest.mark.parametrize("weighted", [True, False])
-@pytest.mark.parametrize(*_DTYPE_PARAMS)
+@pytest.mark.parametrize(*DTYPE_PARAMS)
 @pytest.mark.parametrize("B, D", [(1, 8), (130, 33), (1000, 512)])
 def test_cuda_matches_reference(B, D, dtype, atol, rtol, weighted):
-    image, text = _features(B, D, dtype, device="cuda")
+    image, text = unit_features(B, D, dtype, device="cuda")
     _check_against_reference(clip_loss_per_sample, image, text, max(atol, 1e-4), max(rtol, 1e-4), weighted)

@@ -1,6 +1,5 @@
 """Distributed losses on 2 gloo processes (CPU) against the single-process reference on the whole batch."""
 import datetime
-import socket
 
 import pytest
 import torch
@@ -8,6 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from helpers import free_port
 from scan_fast.ops.clip_loss import ClipLoss, clip_loss_per_sample_reference
 from scan_fast.ops.info_nce import MocoLoss, info_nce_per_sample, info_nce_per_sample_reference
 
@@ -16,12 +16,6 @@ open_clip_loss = pytest.importorskip("open_clip.loss")
 WORLD_SIZE = 2
 LOCAL_BATCH = 13
 DIM = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _global_inputs():
@@ -116,4 +110,4 @@ def _worker(rank, port):
 
 
 def test_two_gloo_processes_match_the_global_reference():
-    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_worker, args=(free_port(),), nprocs=WORLD_SIZE, join=True)

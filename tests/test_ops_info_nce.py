@@ -1,13 +1,11 @@
 """info_nce_per_sample and MocoLoss against the reference and MoCo v3's contrastive_loss."""
-import os
-
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import scan_fast.ops.base as ops_base
-from conftest import HAS_CUDA, requires_cuda
+from helpers import CHUNK_ROWS, DTYPE_PARAMS, requires_cuda, requires_triton_interpreter
 from scan_fast.ops.info_nce import (
     MocoLoss,
     RowCrossEntropyChunked,
@@ -17,15 +15,6 @@ from scan_fast.ops.info_nce import (
 )
 
 _SHAPE_PARAMS = ("B, D", [(1, 8), (7, 33), (64, 64), (130, 8), (130, 33)])
-_DTYPE_PARAMS = (
-    "dtype, atol, rtol",
-    [
-        (torch.float32, 1e-5, 1e-5),
-        (torch.bfloat16, 2e-2, 2e-2),
-        (torch.float16, 2e-3, 2e-3),
-    ],
-)
-_CHUNK_ROWS = 16
 _TEMPERATURE = 0.2
 
 
@@ -51,13 +40,13 @@ def _check(fn, q, k, offset, atol, rtol, weighted):
 
 @pytest.mark.parametrize("weighted", [True, False], ids=["random_grads", "mean_loss"])
 @pytest.mark.parametrize("world, rank", [(1, 0), (3, 2)])
-@pytest.mark.parametrize(*_DTYPE_PARAMS)
+@pytest.mark.parametrize(*DTYPE_PARAMS)
 @pytest.mark.parametrize(*_SHAPE_PARAMS)
 def test_chunked_matches_reference(B, D, dtype, atol, rtol, world, rank, weighted):
     q, k = _queries_keys(B, D, world, dtype)
 
     def chunked(q, k, temperature, offset):
-        return info_nce_per_sample(q, k, temperature, offset, chunk_rows=_CHUNK_ROWS)
+        return info_nce_per_sample(q, k, temperature, offset, chunk_rows=CHUNK_ROWS)
 
     _check(chunked, q, k, rank * B, atol, rtol, weighted)
 
@@ -156,8 +145,7 @@ def test_moco_loss_rejects_bad_temperature():
         MocoLoss(T=-1.0)
 
 
-@pytest.mark.skipif(HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel "
-                    "only in Triton's interpreter")
+@requires_triton_interpreter
 def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setattr(ops_base, "use_kernels", lambda features, dtype: True)
@@ -168,7 +156,7 @@ def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):
 
 
 @requires_cuda
-@pytest.mark.parametrize(*_DTYPE_PARAMS)
+@pytest.mark.parametrize(*DTYPE_PARAMS)
 @pytest.mark.parametrize("B, D", [(1, 8), (130, 33), (512, 256)])
 def test_cuda_matches_reference(B, D, dtype, atol, rtol):
     q, k = _queries_keys(B, D, 2, dtype, device="cuda")

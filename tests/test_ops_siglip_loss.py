@@ -1,11 +1,7 @@
 """siglip_loss_per_sample (chunked CPU path, and the Triton kernel on CUDA) and SigLipLoss against the
 materialised reference and open_clip's SigLipLoss, down to open_clip_train's own training loop."""
-import copy
 import datetime
 import inspect
-import logging
-import os
-import socket
 
 import pytest
 import torch
@@ -16,8 +12,9 @@ import torch.nn.functional as F
 
 import scan_fast
 import scan_fast.ops.base as ops_base
-from conftest import HAS_CUDA, requires_cuda
-from test_open_clip_compat import _train_two_steps  # open_clip_train's loop over two tiny batches
+from helpers import (CHUNK_ROWS, DTYPE_PARAMS, FEATURE_SHAPE_PARAMS, SIGLIP_INIT_BIAS, SIGLIP_INIT_SCALE,
+                     assert_open_clip_train_loop_matches, free_port, requires_cuda, requires_triton_interpreter,
+                     unit_features)
 from scan_fast.ops.siglip_loss import (
     SigLipLoss,
     SigmoidLossChunked,
@@ -25,28 +22,8 @@ from scan_fast.ops.siglip_loss import (
     siglip_loss_per_sample_reference,
 )
 
-_SHAPE_PARAMS = ("B, D", [(1, 8), (7, 33), (64, 64), (130, 8), (130, 33), (64, 8), (7, 64)])
-_DTYPE_PARAMS = (
-    "dtype, atol, rtol",
-    [
-        (torch.float32, 1e-5, 1e-5),
-        (torch.bfloat16, 2e-2, 2e-2),
-        (torch.float16, 2e-3, 2e-3),
-    ],
-)
-# 16-row chunks: several chunks and a ragged last one for every B above 16
-_CHUNK_ROWS = 16
-# open_clip's SigLIP initialisation: logit_scale = exp(log 10), logit_bias = -10
-_INIT_SCALE, _INIT_BIAS = 10.0, -10.0
 
-
-def _features(batch, dim, dtype=torch.float32, device="cpu", scale=1.0):
-    image = F.normalize(torch.randn(batch, dim, device=device), dim=1) * scale
-    text = F.normalize(torch.randn(batch, dim, device=device), dim=1) * scale
-    return image.to(dtype).requires_grad_(), text.to(dtype).requires_grad_()
-
-
-def _scalars(device="cpu", dtype=torch.float32, scale=_INIT_SCALE, bias=_INIT_BIAS):
+def _scalars(device="cpu", dtype=torch.float32, scale=SIGLIP_INIT_SCALE, bias=SIGLIP_INIT_BIAS):
     return (torch.tensor(scale, device=device, dtype=dtype, requires_grad=True),
             torch.tensor([bias], device=device, dtype=dtype, requires_grad=True))
 
@@ -79,40 +56,40 @@ def _check_against_reference(fn, image, text, atol, rtol, weighted, **scalars):
 
 
 def _chunked(image, text, logit_scale, logit_bias):
-    return siglip_loss_per_sample(image, text, logit_scale, logit_bias, chunk_rows=_CHUNK_ROWS)
+    return siglip_loss_per_sample(image, text, logit_scale, logit_bias, chunk_rows=CHUNK_ROWS)
 
 
 @pytest.mark.parametrize("weighted", [True, False], ids=["random_grads", "mean_loss"])
-@pytest.mark.parametrize(*_DTYPE_PARAMS)
-@pytest.mark.parametrize(*_SHAPE_PARAMS)
+@pytest.mark.parametrize(*DTYPE_PARAMS)
+@pytest.mark.parametrize(*FEATURE_SHAPE_PARAMS)
 def test_chunked_matches_reference(B, D, dtype, atol, rtol, weighted):
-    image, text = _features(B, D, dtype)
+    image, text = unit_features(B, D, dtype)
     _check_against_reference(_chunked, image, text, atol, rtol, weighted)
 
 
 @pytest.mark.parametrize("B", [1, 130, 300])
 def test_default_chunking_matches_reference(B):
-    image, text = _features(B, 16)
+    image, text = unit_features(B, 16)
     _check_against_reference(siglip_loss_per_sample, image, text, 1e-5, 1e-5, weighted=True)
 
 
 def test_large_logits_keep_every_digit():
     # unnormalised features and a large scale: logits in the hundreds, where log(1 + exp(-|z|))
     # computed naively would lose the easy pairs' losses entirely
-    image, text = _features(40, 8, torch.float64, scale=4.0)
+    image, text = unit_features(40, 8, torch.float64, scale=4.0)
     _check_against_reference(_chunked, image, text, 1e-9, 1e-9, weighted=True, dtype=torch.float64,
                              scale=30.0, bias=2.0)
 
 
 def test_gradcheck_float64():
-    image, text = _features(9, 5, torch.float64, scale=1.5)
+    image, text = unit_features(9, 5, torch.float64, scale=1.5)
     logit_scale, logit_bias = _scalars(dtype=torch.float64, scale=3.0, bias=-1.0)
     assert torch.autograd.gradcheck(lambda i, t, s, b: SigmoidLossChunked.apply(i, t, s, b.reshape(()), 0, 4),
                                     (image, text, logit_scale, logit_bias))
 
 
 def test_one_direction_only():
-    image, text = _features(33, 8)
+    image, text = unit_features(33, 8)
     for pick in (0, 1):
         scalars = _scalars()
         got = torch.autograd.grad(_chunked(image, text, *scalars)[pick].sum(), [image, text, *scalars])
@@ -123,13 +100,13 @@ def test_one_direction_only():
 
 
 def test_rows_and_columns_sum_to_open_clips_loss():
-    image, text = _features(50, 12)
-    image_loss, text_loss = siglip_loss_per_sample(image, text, _INIT_SCALE, _INIT_BIAS)
+    image, text = unit_features(50, 12)
+    image_loss, text_loss = siglip_loss_per_sample(image, text, SIGLIP_INIT_SCALE, SIGLIP_INIT_BIAS)
     torch.testing.assert_close(image_loss.sum(), text_loss.sum())
 
 
 def test_non_contiguous_and_mixed_dtypes():
-    base_image, base_text = _features(21, 12, torch.float64)
+    base_image, base_text = unit_features(21, 12, torch.float64)
     image = base_image.detach().T.contiguous().T.float().requires_grad_()  # column-major
     assert not image.is_contiguous()
     text = base_text.detach().requires_grad_()  # float64: the wider dtype wins
@@ -143,7 +120,7 @@ def test_non_contiguous_and_mixed_dtypes():
 
 
 def test_scalar_forms():
-    image, text = _features(10, 6)
+    image, text = unit_features(10, 6)
     from_floats = siglip_loss_per_sample(image, text, 3.5, -1.0)
     scale, bias = torch.tensor([3.5], requires_grad=True), torch.tensor(-1.0, requires_grad=True)
     from_tensors = siglip_loss_per_sample(image, text, scale, bias)
@@ -177,13 +154,11 @@ def test_tensor_scalars_are_not_read_back():
     assert not torch.isfinite(image_loss).any() and not torch.isfinite(text_loss).any()
 
 
-@pytest.mark.parametrize("on_kernel", [False, pytest.param(True, marks=pytest.mark.skipif(
-    HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel only in Triton's "
-                                                                  "interpreter"))])
+@pytest.mark.parametrize("on_kernel", [False, pytest.param(True, marks=requires_triton_interpreter)])
 def test_double_backward_says_it_is_not_supported(monkeypatch, on_kernel):
     if on_kernel:
         monkeypatch.setattr(ops_base, "use_kernels", lambda features, dtype: True)
-    image, text = _features(6, 4)
+    image, text = unit_features(6, 4)
     image_loss, text_loss = siglip_loss_per_sample(image, text, 2.0, -1.0)
     with pytest.raises(RuntimeError, match="siglip_loss_per_sample.*double backward .* is not supported"):
         torch.autograd.grad((image_loss + text_loss).sum(), image, create_graph=True)
@@ -191,12 +166,11 @@ def test_double_backward_says_it_is_not_supported(monkeypatch, on_kernel):
     assert torch.isfinite(grad).all()
 
 
-@pytest.mark.skipif(HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel "
-                    "only in Triton's interpreter")
+@requires_triton_interpreter
 def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setattr(ops_base, "use_kernels", lambda features, dtype: True)
-    image, text = _features(7, 8)
+    image, text = unit_features(7, 8)
     image_loss, _ = siglip_loss_per_sample(image, text, 3.0, -1.0)
     assert type(image_loss.grad_fn).__name__ == "SigLipLossFunctionBackward"
     _check_against_reference(siglip_loss_per_sample, image, text, 1e-5, 1e-5, weighted=True)
@@ -205,10 +179,10 @@ def test_dispatch_to_the_triton_kernel_in_the_interpreter(monkeypatch):
 
 @requires_cuda
 @pytest.mark.parametrize("weighted", [True, False])
-@pytest.mark.parametrize(*_DTYPE_PARAMS)
+@pytest.mark.parametrize(*DTYPE_PARAMS)
 @pytest.mark.parametrize("B, D", [(1, 8), (130, 33), (1000, 512)])
 def test_cuda_matches_reference(B, D, dtype, atol, rtol, weighted):
-    image, text = _features(B, D, dtype, device="cuda")
+    image, text = unit_features(B, D, dtype, device="cuda")
     _check_against_reference(siglip_loss_per_sample, image, text, max(atol, 1e-4), max(rtol, 1e-4), weighted)
 
 
@@ -222,7 +196,7 @@ def _model_output(batch=33, dim=24):
         "image_features": F.normalize(torch.randn(batch, dim), dim=1).requires_grad_(),
         "text_features": F.normalize(torch.randn(batch, dim), dim=1).requires_grad_(),
         "logit_scale": torch.tensor(2.3026, requires_grad=True).exp(),
-        "logit_bias": torch.tensor([_INIT_BIAS], requires_grad=True),
+        "logit_bias": torch.tensor([SIGLIP_INIT_BIAS], requires_grad=True),
     }
 
 
@@ -289,12 +263,6 @@ def test_bad_constructor_arguments():
 _WORLD_SIZE, _LOCAL_BATCH, _DIM = 2, 13, 6
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _distributed_worker(rank, port):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=_WORLD_SIZE,
@@ -338,7 +306,7 @@ def _distributed_worker(rank, port):
 
 
 def test_two_gloo_processes_match_open_clip_and_the_global_reference():
-    mp.spawn(_distributed_worker, args=(_free_port(),), nprocs=_WORLD_SIZE, join=True)
+    mp.spawn(_distributed_worker, args=(free_port(),), nprocs=_WORLD_SIZE, join=True)
 
 
 # ----------------------------------------------------------------------------- open_clip_train's loop
@@ -352,7 +320,7 @@ class _TinySigLip(nn.Module):
         self.visual = nn.Linear(12, 8)
         self.text = nn.Embedding(50, 8)
         self.logit_scale = nn.Parameter(torch.tensor(2.3026))
-        self.logit_bias = nn.Parameter(torch.tensor([_INIT_BIAS]))
+        self.logit_bias = nn.Parameter(torch.tensor([SIGLIP_INIT_BIAS]))
 
     def forward(self, images, texts):
         return {
@@ -368,12 +336,6 @@ def test_runs_unchanged_in_open_clip_train_loop(accum_freq, caplog):
     torch.manual_seed(0)
     start = _TinySigLip()
     ours = SigLipLoss()
-    with caplog.at_level(logging.INFO):
-        trained = _train_two_steps(ours, copy.deepcopy(start), accum_freq)
-    reference = _train_two_steps(open_clip_loss.SigLipLoss(), copy.deepcopy(start), accum_freq)
-    assert any("Contrastive_loss" in record.getMessage() for record in caplog.records)
-    for (name, got), want in zip(trained.named_parameters(), reference.parameters()):
-        assert not torch.equal(got, start.state_dict()[name]), f"{name} did not train"
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert_open_clip_train_loop_matches(ours, open_clip_loss.SigLipLoss(), start, accum_freq, caplog)
     image_loss, text_loss = ours.last_per_sample
     assert image_loss.shape == text_loss.shape == (16 * accum_freq,)

@@ -12,7 +12,7 @@ from scan_fast.schedule.candidates import batch_candidates_reference
 from scan_fast.schedule import Scan, ScanReference, cosine_rate, epoch_phase, warmup_step
 from scan_fast.schedule.rates import batch_stream, mutation_stream
 
-from conftest import requires_cuda
+from helpers import requires_cuda
 
 _SCHEDULES = ("schedule_type", [ScanReference, Scan])
 _PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

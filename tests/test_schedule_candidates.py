@@ -1,11 +1,9 @@
 """SCAN's candidate rule (scan_fast.schedule.candidates): the numpy oracle, the C++ engine and the
 torch/Triton op give the same masks bit for bit, top-ups and thresholds included."""
-import os
-
 import numpy as np
 import pytest
 import torch
-from conftest import HAS_CUDA, requires_cuda
+from helpers import requires_cuda, requires_triton_interpreter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -152,8 +150,7 @@ def test_bad_input(kwargs, error, match):
         prune_candidates(**args)
 
 
-@pytest.mark.skipif(HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel "
-                    "only in Triton's interpreter")
+@requires_triton_interpreter
 @settings(max_examples=15, deadline=None)
 @given(_losses, _rho_pair, _u64)
 def test_triton_path_equals_the_oracle_in_the_interpreter(losses, rhos, stream):
@@ -168,8 +165,7 @@ def test_triton_path_equals_the_oracle_in_the_interpreter(losses, rhos, stream):
                                                         seed=9, stream=stream))
 
 
-@pytest.mark.skipif(HAS_CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors reach the kernel "
-                    "only in Triton's interpreter")
+@requires_triton_interpreter
 def test_triton_path_with_thresholds_in_the_interpreter():
     loss_a, loss_b = torch.randint(0, 5, (2, 70)).float()
     got = candidates.masks_on_device(loss_a, loss_b, k_ill=None, k_red=20, abs_ill=2.5, abs_red=None, seed=1,

@@ -1,62 +1,31 @@
 """End-to-end CLIP trainer runs on a tiny shapes .beton (a few seconds each on CPU)."""
 import argparse
-import csv
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import assert_resume_matches
+from helpers import CLIP_BATCH, CLIP_N_TRAIN, assert_resume_matches, clip_config, epoch_rows
 from scan_fast.train.checkpoint import load_checkpoint
 from scan_fast.train.clip import train_clip
 from scan_fast.train.config import ClipConfig
 from scan_fast.train.run import TrainingDiverged
 
-N_TRAIN, BATCH = 192, 32
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from scan_fast.data import write_shapes
-
-    folder = tmp_path_factory.mktemp("clip_data")
-    train = str(folder / "shapes.beton")
-    test = str(folder / "shapes_test.beton")
-    write_shapes(train, num_samples=N_TRAIN, mismatch_fraction=0.2, context_length=16, progress=False)
-    write_shapes(test, num_samples=48, mismatch_fraction=0.0, duplicate_fraction=0.0, seed=1, context_length=16,
-                 progress=False)
-    moco = str(folder / "moco.beton")  # images without captions: the wrong kind for CLIP
-    write_shapes(moco, num_samples=16, kind="moco", progress=False)
-    return {"train": train, "test": test, "moco": moco, "folder": folder}
-
-
-def _config(data, tmp_path, **overrides):
-    # prune_threshold 1.0: warm-up ends after epoch 1, so epoch 2 prepares and 3-4 prune.
-    values = dict(train_data=data["train"], batch_size=BATCH, epochs=5, lr=1e-3, warmup_epochs=0.5,
-                  workers=1, prune_threshold=1.0, logs=str(tmp_path), progress=False, tensorboard=False)
-    values.update(overrides)
-    return ClipConfig(**values)
-
-
-def _rows(folder):
-    with open(os.path.join(folder, "epochs.csv")) as f:
-        return list(csv.DictReader(f))
-
 
 def test_scan_run_end_to_end(data, tmp_path):
-    summary = train_clip(_config(data, tmp_path, val_data=data["test"], tensorboard=True, save_losses=True))
+    summary = train_clip(clip_config(data, tmp_path, val_data=data["test"], tensorboard=True, save_losses=True))
     folder = summary["folder"]
-    rows = _rows(folder)
+    rows = epoch_rows(folder)
     assert [r["phase"] for r in rows] == ["warmup", "warmup", "preparation", "mutation", "mutation"]
     with np.load(os.path.join(folder, "candidates.npz")) as cand:
         num_candidates = len(np.union1d(cand["ill"], cand["red"]))
         assert cand["losses"].dtype == np.float16 and len(cand["ids"]) == int(rows[2]["samples"])
     # rate(1) = 0.25, rate(2) = 0.75 of the candidates (docs/scan-method.md)
     assert [int(r["pruned"]) for r in rows[3:]] == [num_candidates // 4, int(0.75 * num_candidates)]
-    assert num_candidates > 0.5 * N_TRAIN
+    assert num_candidates > 0.5 * CLIP_N_TRAIN
     for r in rows:  # sample-steps are whole batches of the kept ids
-        assert int(r["samples"]) == int(r["kept"]) // BATCH * BATCH
+        assert int(r["samples"]) == int(r["kept"]) // CLIP_BATCH * CLIP_BATCH
     assert summary["sample_steps"] == sum(int(r["samples"]) for r in rows)
     assert 0.0 <= summary["eval"] <= 1.0 and 0.0 <= summary["ill_precision"] <= 1.0
     for name in ("report.md", "loss.png", "kept.png", "candidates.png", "coreset.bits.npy",
@@ -76,14 +45,14 @@ def test_scan_run_end_to_end(data, tmp_path):
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
     # random crops on: they are keyed by (seed, epoch, id), so the resumed run sees the same images
-    full = train_clip(_config(data, tmp_path, name="full", augment=True))
+    full = train_clip(clip_config(data, tmp_path, name="full", augment=True))
     assert not os.path.exists(os.path.join(full["folder"], "candidates.npz")), "losses are saved only on request"
     # killed in the middle of epoch 3 (the first mutation epoch): no checkpoint of that epoch
-    stopped = train_clip(_config(data, tmp_path, name="resumed", augment=True, stop_after_step=20))
+    stopped = train_clip(clip_config(data, tmp_path, name="resumed", augment=True, stop_after_step=20))
     assert stopped["stopped_at_step"] == 20
     assert load_checkpoint(os.path.join(tmp_path, "resumed/checkpoints/latest.pt"))["epoch"] == 3
-    train_clip(_config(data, tmp_path, name="resumed", augment=True, resume="latest"))
-    a, b = _rows(os.path.join(tmp_path, "full")), _rows(os.path.join(tmp_path, "resumed"))
+    train_clip(clip_config(data, tmp_path, name="resumed", augment=True, resume="latest"))
+    a, b = epoch_rows(os.path.join(tmp_path, "full")), epoch_rows(os.path.join(tmp_path, "resumed"))
     assert [(r["epoch"], r["kept"], r["samples"]) for r in a] == [(r["epoch"], r["kept"], r["samples"]) for r in b]
     np.testing.assert_allclose([float(r["loss"]) for r in a], [float(r["loss"]) for r in b], rtol=1e-5)
     for name in ("coreset.bits.npy",):
@@ -91,16 +60,16 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
                                       np.load(os.path.join(tmp_path, "resumed", name)))
     assert_resume_matches(os.path.join(tmp_path, "full"), os.path.join(tmp_path, "resumed"), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"different --prune \('scan' there, 'none' here\)"):
-        train_clip(_config(data, tmp_path, name="resumed", augment=True, resume="latest", prune="none"))
+        train_clip(clip_config(data, tmp_path, name="resumed", augment=True, resume="latest", prune="none"))
     with pytest.raises(ValueError, match=r"different --augment \(True there, False here\)"):
-        train_clip(_config(data, tmp_path, name="resumed", resume="latest"))
+        train_clip(clip_config(data, tmp_path, name="resumed", resume="latest"))
 
 
 @pytest.mark.parametrize("prune", ["none", "random", "infobatch", "static", "scan-epoch", "seta"])
 def test_each_prune_mode_trains_the_stated_counts(data, tmp_path, prune):
     extra, epochs = {}, 3
     if prune == "static":
-        ids = np.arange(0, N_TRAIN, 2)
+        ids = np.arange(0, CLIP_N_TRAIN, 2)
         np.savetxt(tmp_path / "coreset.txt", ids, fmt="%d")
         extra["coreset"] = str(tmp_path / "coreset.txt")
     if prune == "random":
@@ -111,21 +80,21 @@ def test_each_prune_mode_trains_the_stated_counts(data, tmp_path, prune):
         extra.update(infobatch_ratio=0.5, infobatch_delta=0.7)
     if prune == "scan-epoch":  # warm-up ends after epoch 1: epoch 2 prepares, 3 and 4 prune
         extra, epochs = dict(prune_threshold=1.0, t_cos=2), 5
-    summary = train_clip(_config(data, tmp_path, epochs=epochs, prune=prune, **extra))
-    pruned = [int(r["pruned"]) for r in _rows(summary["folder"])]
+    summary = train_clip(clip_config(data, tmp_path, epochs=epochs, prune=prune, **extra))
+    pruned = [int(r["pruned"]) for r in epoch_rows(summary["folder"])]
     if prune == "none":
         assert pruned == [0, 0, 0]
     elif prune == "static":
-        assert pruned == [N_TRAIN // 2] * 3
+        assert pruned == [CLIP_N_TRAIN // 2] * 3
     elif prune == "random":
         assert pruned == [0, 20, 40]
     elif prune == "scan-epoch":
-        assert pruned[:3] == [0, 0, 0] and 0 < pruned[3] < pruned[4] <= int(0.7 * N_TRAIN)
+        assert pruned[:3] == [0, 0, 0] and 0 < pruned[3] < pruned[4] <= int(0.7 * CLIP_N_TRAIN)
         assert "ill_precision" in summary and "pruned_fraction_after_warmup" in summary
     elif prune == "seta":  # epoch 0 keeps every cluster; epoch 1 a window of 3 of 5; int(0.875 * 3) = 2 anneals
-        assert pruned[0] == 0 and 0 < pruned[1] < N_TRAIN and pruned[2] == 0
+        assert pruned[0] == 0 and 0 < pruned[1] < CLIP_N_TRAIN and pruned[2] == 0
     else:  # infobatch: epoch 0 has no scores; int(0.7 * 3) = 2: epoch 2 uses all data
-        assert pruned[0] == 0 and 0 < pruned[1] < N_TRAIN // 2 + 20 and pruned[2] == 0
+        assert pruned[0] == 0 and 0 < pruned[1] < CLIP_N_TRAIN // 2 + 20 and pruned[2] == 0
 
 
 def _nan_at_call(monkeypatch, bad_call):
@@ -148,7 +117,7 @@ def test_nan_loss_stops_names_the_step_and_writes_no_checkpoint(data, tmp_path, 
     with pytest.raises(TrainingDiverged, match=rf"epoch 0, step 3 of the epoch \(global step 3; epochs count from 0, "
                                                rf"steps from 1\), found by the check after global step {checked_at}"
                                                rf".*no checkpoint was written"):
-        train_clip(_config(data, tmp_path, name="nan", log_every=log_every))
+        train_clip(clip_config(data, tmp_path, name="nan", log_every=log_every))
     assert not os.path.exists(os.path.join(tmp_path, "nan/checkpoints"))
 
 
@@ -157,7 +126,7 @@ def test_nan_loss_after_a_checkpoint_keeps_the_finite_one(data, tmp_path, monkey
     with pytest.raises(TrainingDiverged, match=r"epoch 1, step 2 of the epoch \(global step 8;.*the last "
                                                r"checkpoint, .*latest.pt, is from before it \(saved after epoch 0, "
                                                r"global step 6\)"):
-        train_clip(_config(data, tmp_path, name="nan"))
+        train_clip(clip_config(data, tmp_path, name="nan"))
     state = load_checkpoint(os.path.join(tmp_path, "nan/checkpoints/latest.pt"))
     assert state["epoch"] == 1 and state["global_step"] == 6
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -220,7 +189,7 @@ def test_non_finite_weights_are_never_checkpointed(data, tmp_path, monkeypatch, 
     with pytest.raises(TrainingDiverged, match=rf"non-finite state after epoch {epoch} \(global step {bad_step}\): "
                                                rf"model weight model.logit_scale holds NaN or inf.*training stopped "
                                                rf"and {where}$"):
-        train_clip(_config(data, tmp_path, name="w", epochs=3, prune="none"))
+        train_clip(clip_config(data, tmp_path, name="w", epochs=3, prune="none"))
     if saved is None:
         assert not os.path.exists(latest)
     else:
@@ -298,7 +267,7 @@ def test_an_epoch_without_a_step_logs_nan_and_warns(seven, tmp_path, monkeypatch
     summary = train_clip(ClipConfig(train_data=seven, batch_size=4, epochs=1, prune="static",
                                     coreset=str(tmp_path / "c.txt"), workers=1, logs=str(tmp_path),
                                     progress=False, tensorboard=False))
-    rows = _rows(summary["folder"])
+    rows = epoch_rows(summary["folder"])
     assert rows[0]["steps"] == "0" and rows[0]["loss"] == "nan" and np.isnan(summary["final_loss"])
     assert "warning: epoch 0 trained no step: it kept 3 ids, fewer than one global batch of 4" in capsys.readouterr().err
 
@@ -331,20 +300,20 @@ def _cli(argv):
 
 def test_cli_config_file_flags_and_coreset_export(data, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(f"train-data: {data['train']}\nbatch_size: {BATCH}\nepochs: 4\nworkers: 1\n"
+    config.write_text(f"train-data: {data['train']}\nbatch_size: {CLIP_BATCH}\nepochs: 4\nworkers: 1\n"
                       f"prune_threshold: 1.0\nlogs: {tmp_path}\nname: from-yaml\nprogress: false\n"
                       "tensorboard: false\nsave-losses: true\n")
     assert _cli(["train", "clip", "--config", str(config), "--epochs", "3"]) == 0  # the flag beats the file
-    assert len(_rows(tmp_path / "from-yaml")) == 3
+    assert len(epoch_rows(tmp_path / "from-yaml")) == 3
     out = tmp_path / "coreset.txt"
     assert _cli(["coreset", "export", str(tmp_path / "from-yaml/checkpoints/latest.pt"), "--out", str(out)]) == 0
     ids = np.loadtxt(out, dtype=np.int64)
     with np.load(tmp_path / "from-yaml/candidates.npz") as cand:
         dropped = np.union1d(cand["ill"], cand["red"])
-    np.testing.assert_array_equal(ids, np.setdiff1d(np.arange(N_TRAIN), dropped))
+    np.testing.assert_array_equal(ids, np.setdiff1d(np.arange(CLIP_N_TRAIN), dropped))
     # the run folder keeps the same set as packed bits (N / 8 bytes, not text)
     bits = np.load(tmp_path / "from-yaml/coreset.bits.npy")
-    assert bits.dtype == np.uint8 and bits.shape == ((N_TRAIN + 7) // 8,)
+    assert bits.dtype == np.uint8 and bits.shape == ((CLIP_N_TRAIN + 7) // 8,)
     np.testing.assert_array_equal(np.flatnonzero(np.unpackbits(bits, bitorder="little")), ids)
 
 

@@ -1,13 +1,12 @@
 """The trainers on a GPU: AMP (fp16 with loss scaling, and bf16), the CUDA data path and the Triton
 losses inside a real run. Skipped without a GPU; bench/gpu_check.sh runs them (`-m requires_cuda`)."""
-import csv
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import requires_cuda
+from helpers import epoch_rows, requires_cuda
 
 N_TRAIN, BATCH = 256, 64
 
@@ -26,11 +25,6 @@ def data(tmp_path_factory):
     return paths
 
 
-def _rows(folder):
-    with open(os.path.join(folder, "epochs.csv")) as f:
-        return list(csv.DictReader(f))
-
-
 @requires_cuda
 @pytest.mark.parametrize("precision", ["amp", "amp_bf16", "fp32"])
 def test_clip_trains_on_cuda_with_each_precision(data, tmp_path, precision):
@@ -43,7 +37,7 @@ def test_clip_trains_on_cuda_with_each_precision(data, tmp_path, precision):
                                     lr=1e-3, warmup_epochs=0.5, workers=2, prune_threshold=1.0, augment=True,
                                     device="cuda", precision=precision, logs=str(tmp_path), progress=False,
                                     tensorboard=False))
-    rows = _rows(summary["folder"])
+    rows = epoch_rows(summary["folder"])
     assert [r["phase"] for r in rows] == ["warmup", "warmup", "preparation", "mutation"]
     assert int(rows[3]["pruned"]) > 0
     losses = [float(r["loss"]) for r in rows]
@@ -63,7 +57,7 @@ def test_moco_trains_on_cuda_with_bf16(data, tmp_path):
     summary = train_moco(MocoConfig(train_data=data["moco"], val_data=data["moco"], arch="vit_tiny_cpu",
                                     batch_size=BATCH, epochs=4, prune_threshold=1.0, workers=2, device="cuda",
                                     precision="amp_bf16", logs=str(tmp_path), progress=False, tensorboard=False))
-    rows = _rows(summary["folder"])
+    rows = epoch_rows(summary["folder"])
     assert [r["phase"] for r in rows] == ["warmup", "warmup", "preparation", "mutation"]
     assert all(np.isfinite(float(r["loss"])) for r in rows)
     assert 0.0 <= summary["knn"] <= 1.0

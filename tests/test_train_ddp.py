@@ -1,84 +1,14 @@
 """Two gloo processes train CLIP and MoCo with SCAN: both ranks take identical pruning decisions."""
 import csv
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
+
+from helpers import launch, record_reads, record_schedule
 
 N_TRAIN, BATCH = 192, 16
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _process(rank, world_size, port, target, args):
-    """One rank as torchrun would start it: its environment, one thread, then target(rank, *args)."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    import torch.distributed as dist
-
-    try:
-        target(rank, *args)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _launch(target, *args, world_size=2):
-    """Runs target(rank, *args) in `world_size` processes (a module-level function: they are spawned)."""
-    mp.spawn(_process, args=(world_size, _free_port(), target, args), nprocs=world_size, join=True)
-
-
-def _record_schedule(module, made, kept):
-    """Replaces module.make_schedule (the name the trainer calls) by one that records each epoch's kept ids."""
-    make_schedule = module.make_schedule
-
-    def recording_make_schedule(cfg, num_samples, *rank_and_world):
-        schedule = make_schedule(cfg, num_samples, *rank_and_world)
-        original = schedule.epoch_kept_set
-
-        def epoch_kept_set(epoch):
-            ids = original(epoch)
-            kept[epoch] = ids.to_array()
-            return ids
-        schedule.epoch_kept_set = epoch_kept_set
-        made.append(schedule)
-        return schedule
-
-    module.make_schedule = recording_make_schedule
-
-
-def _record_reads(module, loader_name, read):
-    """Replaces scan_fast.data.<loader_name> and module._unpack by ones that record, per epoch, the ids
-    this rank's loader hands out."""
-    import scan_fast.data
-
-    make_loader, unpack, epoch_now = getattr(scan_fast.data, loader_name), module._unpack, [None]
-
-    def recording_loader(*args, **kwargs):
-        loader = make_loader(*args, **kwargs)
-        set_epoch = loader.set_epoch
-
-        def recording_set_epoch(epoch):
-            epoch_now[0] = epoch
-            set_epoch(epoch)
-        loader.set_epoch = recording_set_epoch
-        return loader
-
-    def recording_unpack(batch):
-        inputs, ids = unpack(batch)
-        read.setdefault(epoch_now[0], []).append(ids.reshape(-1).cpu().numpy().copy())
-        return inputs, ids
-
-    setattr(scan_fast.data, loader_name, recording_loader)
-    module._unpack = recording_unpack
 
 
 def _clip_worker(rank, train_data, logs, out):
@@ -87,7 +17,7 @@ def _clip_worker(rank, train_data, logs, out):
     from scan_fast.train.config import ClipConfig
 
     made, kept = [], {}
-    _record_schedule(clip, made, kept)
+    record_schedule(clip, made, kept)
     summary = train_clip(ClipConfig(train_data=train_data, batch_size=BATCH, epochs=4, lr=1e-3,
                                     warmup_epochs=0.5, workers=1, prune_threshold=1.0, logs=logs, name="ddp",
                                     progress=False, tensorboard=False))
@@ -107,7 +37,7 @@ def shapes(tmp_path_factory):
 
 
 def test_two_gloo_ranks_take_identical_pruning_decisions(shapes, tmp_path):
-    _launch(_clip_worker, shapes, str(tmp_path / "logs"), str(tmp_path))
+    launch(_clip_worker, shapes, str(tmp_path / "logs"), str(tmp_path))
     with np.load(tmp_path / "rank0.npz") as r0, np.load(tmp_path / "rank1.npz") as r1:
         assert sorted(r0.files) == sorted(r1.files)
         for key in r0.files:
@@ -125,8 +55,8 @@ def _moco_worker(rank, arch, train_data, logs, out):
     from scan_fast.train.config import MocoConfig
 
     made, kept, models, read = [], {}, [], {}
-    _record_schedule(moco, made, kept)
-    _record_reads(moco, "moco_loader", read)
+    record_schedule(moco, made, kept)
+    record_reads(moco, "moco_loader", read)
     build_moco = moco.build_moco
 
     def recording_build_moco(*args, **kwargs):
@@ -156,7 +86,7 @@ def moco_shapes(tmp_path_factory):
 
 @pytest.mark.parametrize("arch", ["vit_tiny_cpu", "resnet_tiny_cpu"])
 def test_two_gloo_ranks_train_moco_with_identical_pruning_and_weights(moco_shapes, tmp_path, arch):
-    _launch(_moco_worker, arch, moco_shapes, str(tmp_path / "logs"), str(tmp_path))
+    launch(_moco_worker, arch, moco_shapes, str(tmp_path / "logs"), str(tmp_path))
     with np.load(tmp_path / "rank0.npz") as r0, np.load(tmp_path / "rank1.npz") as r1:
         assert sorted(r0.files) == sorted(r1.files)
         for key in r0.files:  # pruning decisions, the loss and every weight of the model agree
@@ -199,4 +129,4 @@ def _gather_worker(rank, world_size):
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_gathered_losses_are_in_global_position_order(world_size):
     """The schedule sees a global batch in the same order whatever the world size (elastic resume)."""
-    _launch(_gather_worker, world_size, world_size=world_size)
+    launch(_gather_worker, world_size, world_size=world_size)

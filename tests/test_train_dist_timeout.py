@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from test_train_ddp import _launch
+from helpers import launch
 
 TIMEOUT_S = 3.0
 
@@ -27,7 +27,7 @@ def _worker_with_a_hung_rank(rank):
 
 def test_a_hung_rank_fails_the_others_after_the_timeout(capfd):
     with pytest.raises(mp.ProcessRaisedException, match=r"Timed out waiting 3000ms"):
-        _launch(_worker_with_a_hung_rank)
+        launch(_worker_with_a_hung_rank)
     waited = float(capfd.readouterr().out.split("rank 0 waited ")[1].split(" s")[0])
     assert TIMEOUT_S <= waited < TIMEOUT_S + 10
 

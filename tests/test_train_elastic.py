@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
+from helpers import launch, record_reads, record_schedule
 from scan_fast.train.resume import check_resume
-from test_train_ddp import _launch, _record_reads, _record_schedule
 
 N_TRAIN, GLOBAL_BATCH, EPOCHS = 192, 32, 5
 
@@ -36,8 +36,8 @@ def _clip_worker(rank, train_data, logs, name, world, out, overrides):
     from scan_fast.train.config import ClipConfig
 
     made, kept, read = [], {}, {}
-    _record_schedule(clip, made, kept)
-    _record_reads(clip, "clip_loader", read)
+    record_schedule(clip, made, kept)
+    record_reads(clip, "clip_loader", read)
     clip.train_clip(ClipConfig(train_data=train_data, batch_size=GLOBAL_BATCH // world, epochs=EPOCHS, lr=1e-3,
                                warmup_epochs=0.5, workers=1, prune_threshold=1.0, logs=logs, name=name,
                                progress=False, tensorboard=False, **overrides))
@@ -48,7 +48,7 @@ def _clip_worker(rank, train_data, logs, name, world, out, overrides):
 
 
 def _run(data, tmp_path, name, world, **overrides):
-    _launch(_clip_worker, data, str(tmp_path / "logs"), name, world, str(tmp_path), overrides, world_size=world)
+    launch(_clip_worker, data, str(tmp_path / "logs"), name, world, str(tmp_path), overrides, world_size=world)
     return [dict(np.load(tmp_path / f"{name}-rank{r}.npz")) for r in range(world)]
 
 

@@ -1,12 +1,11 @@
 """End-to-end MoCo v3 trainer runs on a tiny shapes .beton (MoCo kind: image, label, id)."""
-import csv
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import assert_resume_matches
+from helpers import assert_resume_matches, epoch_rows
 from scan_fast.train.config import MocoConfig
 from scan_fast.train.moco import train_moco
 from scan_fast.train.moco_model import build_moco
@@ -25,17 +24,12 @@ def data(tmp_path_factory):
     return {"train": train, "test": test}
 
 
-def _rows(folder):
-    with open(os.path.join(folder, "epochs.csv")) as f:
-        return list(csv.DictReader(f))
-
-
 def test_moco_vit_with_scan_end_to_end(data, tmp_path):
     cfg = MocoConfig(train_data=data["train"], val_data=data["test"], arch="vit_tiny_cpu", batch_size=BATCH,
                      epochs=4, prune_threshold=1.0, workers=1, logs=str(tmp_path), progress=False,
                      tensorboard=False, save_losses=True)
     summary = train_moco(cfg)
-    rows = _rows(summary["folder"])
+    rows = epoch_rows(summary["folder"])
     assert [r["phase"] for r in rows] == ["warmup", "warmup", "preparation", "mutation"]
     with np.load(os.path.join(summary["folder"], "candidates.npz")) as cand:
         pool = len(np.union1d(cand["ill"], cand["red"]))
@@ -196,7 +190,7 @@ def test_moco_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
     assert train_moco(config(name="resumed", stop_after_step=10))["stopped_at_step"] == 10
     assert load_checkpoint(os.path.join(tmp_path, "resumed/checkpoints/latest.pt"))["epoch"] == 2
     train_moco(config(name="resumed", resume="latest"))
-    full, resumed = _rows(os.path.join(tmp_path, "full")), _rows(os.path.join(tmp_path, "resumed"))
+    full, resumed = epoch_rows(os.path.join(tmp_path, "full")), epoch_rows(os.path.join(tmp_path, "resumed"))
     assert [r["phase"] for r in full] == ["warmup", "warmup", "preparation", "mutation"]
     assert [(r["kept"], r["samples"], r["loss"]) for r in full] == [(r["kept"], r["samples"], r["loss"])
                                                                     for r in resumed]

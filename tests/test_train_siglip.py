@@ -1,5 +1,4 @@
 """The CLIP trainer with the sigmoid loss (--loss siglip) on the tiny shapes .beton."""
-import csv
 import math
 import os
 
@@ -7,17 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import CLIP_BATCH, CLIP_N_TRAIN, clip_config, epoch_rows
 from scan_fast.ops import siglip_loss_per_sample_reference
 from scan_fast.train.checkpoint import load_checkpoint
 from scan_fast.train.clip import train_clip
 from scan_fast.train.clip_model import TINY_CLIP, TINY_SIGLIP, Clip, default_loss
 from scan_fast.train.config import ClipConfig
-from test_train_clip import BATCH, N_TRAIN, _config, data  # noqa: F401 (data is the module's shapes fixture)
-
-
-def _rows(folder):
-    with open(os.path.join(folder, "epochs.csv")) as f:
-        return list(csv.DictReader(f))
 
 
 def test_loss_follows_the_model_config_unless_given():
@@ -53,13 +47,14 @@ def test_forward_returns_the_sigmoid_pair_whose_mean_is_open_clips_loss():
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
-def test_scan_run_with_the_sigmoid_loss(data, tmp_path):  # noqa: F811
-    summary = train_clip(_config(data, tmp_path, epochs=4, model=TINY_SIGLIP, val_data=data["test"], save_losses=True))
-    rows = _rows(summary["folder"])
+def test_scan_run_with_the_sigmoid_loss(data, tmp_path):
+    summary = train_clip(clip_config(data, tmp_path, epochs=4, model=TINY_SIGLIP, val_data=data["test"],
+                                     save_losses=True))
+    rows = epoch_rows(summary["folder"])
     assert [r["phase"] for r in rows] == ["warmup", "warmup", "preparation", "mutation"]
     with np.load(os.path.join(summary["folder"], "candidates.npz")) as cand:
         num_candidates = len(np.union1d(cand["ill"], cand["red"]))
-    assert num_candidates > 0.5 * N_TRAIN
+    assert num_candidates > 0.5 * CLIP_N_TRAIN
     assert int(rows[3]["pruned"]) == num_candidates // 4  # rate(1) = 0.25 of the candidates
     assert 0.0 <= summary["eval"] <= 1.0
     state = load_checkpoint(os.path.join(summary["folder"], "checkpoints/latest.pt"))
@@ -72,24 +67,24 @@ def test_scan_run_with_the_sigmoid_loss(data, tmp_path):  # noqa: F811
 
 # `none` is the SCAN run's warm-up
 @pytest.mark.parametrize("prune", ["random", "infobatch", "static"])
-def test_every_baseline_trains_with_the_sigmoid_loss(data, tmp_path, prune):  # noqa: F811
+def test_every_baseline_trains_with_the_sigmoid_loss(data, tmp_path, prune):
     extra = {}
     if prune == "static":
-        np.savetxt(tmp_path / "coreset.txt", np.arange(0, N_TRAIN, 2), fmt="%d")
+        np.savetxt(tmp_path / "coreset.txt", np.arange(0, CLIP_N_TRAIN, 2), fmt="%d")
         extra["coreset"] = str(tmp_path / "coreset.txt")
     if prune == "random":
         (tmp_path / "scan_epochs.csv").write_text("epoch,pruned\n0,0\n1,20\n")
         extra["prune_counts"] = str(tmp_path / "scan_epochs.csv")
     if prune == "infobatch":
         extra.update(infobatch_ratio=0.5, infobatch_delta=1.0)
-    summary = train_clip(_config(data, tmp_path, epochs=2, prune=prune, loss="siglip", **extra))
-    rows = _rows(summary["folder"])
+    summary = train_clip(clip_config(data, tmp_path, epochs=2, prune=prune, loss="siglip", **extra))
+    rows = epoch_rows(summary["folder"])
     pruned = [int(r["pruned"]) for r in rows]
-    assert pruned == {"static": [N_TRAIN // 2] * 2, "random": [0, 20]}.get(prune, pruned)
+    assert pruned == {"static": [CLIP_N_TRAIN // 2] * 2, "random": [0, 20]}.get(prune, pruned)
     if prune == "infobatch":  # epoch 0 has no scores; epoch 1 prunes some below-mean samples
-        assert pruned[0] == 0 and 0 < pruned[1] < N_TRAIN
+        assert pruned[0] == 0 and 0 < pruned[1] < CLIP_N_TRAIN
     assert all(math.isfinite(float(r["loss"])) for r in rows)
-    assert sum(int(r["samples"]) for r in rows) % BATCH == 0
+    assert sum(int(r["samples"]) for r in rows) % CLIP_BATCH == 0
 
 
 def test_main_job_takes_the_loss():
