@@ -1,6 +1,6 @@
 """One training epoch, shared by the CLIP and MoCo trainers (after moco-v3's main_moco.py).
 
-The model's forward returns the two per-sample loss vectors of its rows; the
+The model's forward returns the `PairLoss` (two per-sample loss vectors) of its rows; the
 loop reduces them (weighted when the schedule asks, as InfoBatch does) and steps
 the optimizer. Nothing in a step waits on the host, as in open_clip's and
 nanoGPT's loops: the finiteness check and the loss sums accumulate on the device
@@ -145,7 +145,7 @@ def _reduce_sum(value: torch.Tensor) -> float:
 
 
 def train_one_epoch(step: Step, loader, epoch: int, iters: int, global_step: int, progress=None) -> EpochResult:
-    """Trains one epoch; `step.model(*inputs) -> (loss_a, loss_b)` per-sample losses of this rank's rows.
+    """Trains one epoch; `step.model(*inputs)` returns the PairLoss of this rank's rows.
 
     The step minimises the batch mean of (loss_a + loss_b) / 2 (CLIP, as open_clip)
     or of loss_a + loss_b (pair_reduction="sum", MoCo v3's symmetric loss), times the
@@ -175,8 +175,8 @@ def train_one_epoch(step: Step, loader, epoch: int, iters: int, global_step: int
             group["lr"] = lr
         inputs, ids = step.unpack(batch)
         with step.autocast() if step.autocast is not None else nullcontext():
-            loss_a, loss_b = model(*inputs, **(step.forward_kwargs(fractional_epoch) if step.forward_kwargs else {}))
-        per_sample = (loss_a.float() + loss_b.float()) * pair_weight
+            pair = model(*inputs, **(step.forward_kwargs(fractional_epoch) if step.forward_kwargs else {}))
+        per_sample = (pair.a.float() + pair.b.float()) * pair_weight
         weights = schedule.sample_weights(ids)
         loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
         if monitor is None:
@@ -193,7 +193,7 @@ def train_one_epoch(step: Step, loader, epoch: int, iters: int, global_step: int
             step.after_step()
         global_step += 1
 
-        detached_a, detached_b = loss_a.detach().float(), loss_b.detach().float()
+        detached_a, detached_b = pair.a.detach().float(), pair.b.detach().float()
         loss_sum += (detached_a + detached_b).sum(dtype=torch.float64) / 2
         if collect:
             all_ids, all_a, all_b = gather_batch(ids, detached_a, detached_b)
