@@ -16,8 +16,7 @@ def beton_context_length(path) -> int:
 
 
 def _unpack(batch):
-    images, tokens, ids = batch[:3]
-    return (images, tokens.long()), ids
+    return (batch.images, batch.tokens.long()), batch.ids
 
 
 def train_clip(cfg: ClipConfig) -> dict:

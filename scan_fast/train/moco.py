@@ -5,8 +5,7 @@ from scan_fast.train.run import check_epochs_fill_a_batch, fit, make_schedule, s
 
 
 def _unpack(batch):
-    view1, view2, _labels, ids = batch
-    return (view1, view2), ids
+    return (batch.images, batch.view2), batch.ids
 
 
 def train_moco(cfg: MocoConfig) -> dict:
