@@ -291,9 +291,9 @@ def test_cli_refuses_the_seven_sample_scan_run_in_one_line(seven, tmp_path, caps
 
 
 def test_an_epoch_without_a_step_logs_nan_and_warns(seven, tmp_path, monkeypatch, capsys):
-    from scan_fast.train import clip
+    from scan_fast.train import run
 
-    monkeypatch.setattr(clip, "check_epochs_fill_a_batch", lambda *args: None)  # past the start check
+    monkeypatch.setattr(run, "check_epochs_fill_a_batch", lambda *args: None)  # past the start check
     np.savetxt(tmp_path / "c.txt", [0, 1, 2], fmt="%d")
     summary = train_clip(ClipConfig(train_data=seven, batch_size=4, epochs=1, prune="static",
                                     coreset=str(tmp_path / "c.txt"), workers=1, logs=str(tmp_path),

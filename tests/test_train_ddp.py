@@ -55,12 +55,12 @@ def _record_schedule(module, made, kept):
     module.make_schedule = recording_make_schedule
 
 
-def _record_reads(module, loader_name, read):
-    """Replaces scan_fast.data.<loader_name> and module._unpack by ones that record, per epoch, the ids
+def _record_reads(task_cls, loader_name, read):
+    """Replaces scan_fast.data.<loader_name> and task_cls.forward by ones that record, per epoch, the ids
     this rank's loader hands out."""
     import scan_fast.data
 
-    make_loader, unpack, epoch_now = getattr(scan_fast.data, loader_name), module._unpack, [None]
+    make_loader, forward, epoch_now = getattr(scan_fast.data, loader_name), task_cls.forward, [None]
 
     def recording_loader(*args, **kwargs):
         loader = make_loader(*args, **kwargs)
@@ -72,22 +72,21 @@ def _record_reads(module, loader_name, read):
         loader.set_epoch = recording_set_epoch
         return loader
 
-    def recording_unpack(batch):
-        inputs, ids = unpack(batch)
-        read.setdefault(epoch_now[0], []).append(ids.reshape(-1).cpu().numpy().copy())
-        return inputs, ids
+    def recording_forward(self, model, batch, epoch):
+        read.setdefault(epoch_now[0], []).append(batch.ids.reshape(-1).cpu().numpy().copy())
+        return forward(self, model, batch, epoch)
 
     setattr(scan_fast.data, loader_name, recording_loader)
-    module._unpack = recording_unpack
+    task_cls.forward = recording_forward
 
 
 def _clip_worker(rank, train_data, logs, out):
-    from scan_fast.train import clip
+    from scan_fast.train import run
     from scan_fast.train.clip import train_clip
     from scan_fast.train.config import ClipConfig
 
     made, kept = [], {}
-    _record_schedule(clip, made, kept)
+    _record_schedule(run, made, kept)
     summary = train_clip(ClipConfig(train_data=train_data, batch_size=BATCH, epochs=4, lr=1e-3,
                                     warmup_epochs=0.5, workers=1, prune_threshold=1.0, logs=logs, name="ddp",
                                     progress=False, tensorboard=False))
@@ -121,12 +120,12 @@ def test_two_gloo_ranks_take_identical_pruning_decisions(shapes, tmp_path):
 
 
 def _moco_worker(rank, arch, train_data, logs, out):
-    from scan_fast.train import moco
+    from scan_fast.train import moco, run
     from scan_fast.train.config import MocoConfig
 
     made, kept, models, read = [], {}, [], {}
-    _record_schedule(moco, made, kept)
-    _record_reads(moco, "moco_loader", read)
+    _record_schedule(run, made, kept)
+    _record_reads(moco.MocoTask, "moco_loader", read)
     build_moco = moco.build_moco
 
     def recording_build_moco(*args, **kwargs):

@@ -320,7 +320,7 @@ def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_te
     config = state["config"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if "model" in config:  # CLIP
-        from scan_fast.train.clip import _zero_shot
+        from scan_fast.train.clip import clip_task
         from scan_fast.train.clip_model import Clip
         from scan_fast.train.evaluate import zero_shot_classes
 
@@ -333,9 +333,10 @@ def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_te
         _load_weights(model, state["model"], checkpoint)
         model.to(device)
         cfg = ClipConfig(train_data=config["train_data"], val_data=val_data, zeroshot_classes=zeroshot_classes,
-                         zeroshot_template=zeroshot_template, workers=workers)
-        return {"zero_shot": _zero_shot(cfg, model, device)()}
-    from scan_fast.train.moco import _knn
+                         zeroshot_template=zeroshot_template, workers=workers, model=config["model"],
+                         loss=config.get("loss"))
+        return {"zero_shot": clip_task(cfg).evaluation(model, device)()}
+    from scan_fast.train.moco import MocoTask
     from scan_fast.train.moco_model import build_moco
 
     model = build_moco(config["arch"], config["resolution"], config["moco_dim"], config["moco_mlp_dim"],
@@ -344,7 +345,7 @@ def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_te
     model.to(device)
     cfg = MocoConfig(train_data=config["train_data"], val_data=val_data, probe_train_data=probe_train_data,
                      resolution=config["resolution"], knn_k=config["knn_k"], workers=workers)
-    knn = _knn(cfg, model, device)
+    knn = MocoTask(cfg).evaluation(model, device)
     return {"knn": knn(), "linear_probe": knn.linear_probe()}
 
 

@@ -1,17 +1,19 @@
-"""A training run, whatever the model: processes, schedule, epochs, checkpoints, logs, report.
+"""A training run, whatever the task: processes, schedule, epochs, checkpoints, logs, report.
 
-`fit` drives epochs of `loop.train_one_epoch` over an FFCV loader that reads
-this rank's shard of the schedule's kept set for the epoch, ends each epoch in the
-schedule, evaluates, logs, and checkpoints atomically; with `resume` it continues
-a killed run exactly where its last checkpoint left it. It calls only what
-`PruningSchedule` declares.
+`train(task)` is what every task (scan_fast/train/task.py) shares before its epochs: it checks the
+task's config and data, starts the processes, seeds, builds the schedule and refuses a run an epoch
+of which could train no step. `fit(cfg, task, schedule, runtime)` has the task build its model and
+loader, then drives epochs of `loop.train_one_epoch` over the loader, which reads this rank's shard
+of the schedule's kept set for the epoch, ends each epoch in the schedule, evaluates, logs, and
+checkpoints atomically; with `resume` it continues a killed run exactly where its last checkpoint
+left it. It calls only what `PruningSchedule` and `Task` declare.
 """
 import datetime
 import os
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -186,12 +188,27 @@ def _autocast(cfg, device):
     return lambda: torch.autocast("cuda", dtype=dtype)
 
 
-def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_samples: int, runtime: Runtime,
-        evaluate: Optional[Callable[[], float]] = None, forward_kwargs=None, after_step=None,
-        truth_mismatched: Optional[np.ndarray] = None, pair_reduction: str = "mean") -> dict:
-    """Train `cfg.epochs` epochs; returns the run summary (also in report.md on rank 0)."""
+def train(task) -> dict:
+    """A run of `task` (made from its config, `task.cfg`); returns the run summary (fit's)."""
+    cfg = task.cfg
+    num_samples = task.check()
+    runtime = setup_runtime(cfg.device, cfg.dist_timeout)
+    seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
+    schedule = make_schedule(cfg, num_samples, runtime.rank, runtime.world_size)
+    check_epochs_fill_a_batch(cfg, schedule, num_samples, runtime.world_size)  # before the model is built
+    return fit(cfg, task, schedule, runtime)
+
+
+def fit(cfg, task, schedule, runtime: Runtime) -> dict:
+    """Train `cfg.epochs` epochs of `task` (made from `cfg`) on `schedule`'s ids; returns the run summary
+    (also in report.md on rank 0). The task builds its model, loader and evaluation here, in that order,
+    from the generators the caller seeded."""
     from tqdm import tqdm
 
+    model = task.build_model(runtime)
+    loader = task.build_loader(schedule, runtime)
+    evaluate = task.evaluation(model, runtime.device)  # None: no --val-data
+    kind, num_samples = task.kind, schedule.num_samples
     folder = run_folder(cfg, kind, runtime.world_size)
     ckpt_dir = os.path.join(folder, "checkpoints")
     device = runtime.device
@@ -262,11 +279,8 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
                             config=checkpoint_config(cfg, runtime.world_size))
         saved.update(epoch=epoch, step=global_step)  # on every rank: what rank 0's latest.pt now holds
 
-    step = Step(model=train_model, optimizer=optimizer, scaler=scaler, schedule=schedule, unpack=unpack,
-                base_lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, forward_kwargs=forward_kwargs,
-                autocast=_autocast(cfg, device), grad_clip_norm=cfg.grad_clip_norm, after_step=after_step,
-                pair_reduction=pair_reduction, log_every=cfg.log_every, stop_after_step=cfg.stop_after_step,
-                keep_losses=cfg.save_losses)
+    step = Step(cfg=cfg, task=task, model=train_model, optimizer=optimizer, scaler=scaler, schedule=schedule,
+                autocast=_autocast(cfg, device))
     try:
         for epoch in range(start_epoch, cfg.epochs):
             kept = schedule.kept_count(epoch)
@@ -315,7 +329,8 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
     finally:
         logger.close()
         loader.stop()  # a run that stopped mid-epoch leaves no loader thread behind
-    summary = _summary(cfg, kind, history, full_epoch_samples, folder, schedule, truth_mismatched)
+    summary = _summary(cfg, history, full_epoch_samples, folder, schedule)
+    task.summarize(summary, schedule, history, runtime)
     if runtime.is_main:
         save_kept_bits(os.path.join(folder, "coreset.bits.npy"), schedule.coreset_set())
         plots = plot_run(folder, history, _candidate_losses(folder))
@@ -347,8 +362,8 @@ def _epoch_line(kind, row):
 
 def _save_candidates(folder, epoch, schedule, result):
     """--save-losses: the preparation epoch's per-sample losses (float16) beside its candidates."""
-    ids, losses = per_sample_losses(result)
-    np.savez(os.path.join(folder, "candidates.npz"), epoch=epoch, ids=ids, losses=losses,
+    kept = per_sample_losses(result)
+    np.savez(os.path.join(folder, "candidates.npz"), epoch=epoch, ids=kept.ids, losses=kept.losses,
              ill=schedule.candidates("ill_matched"), red=schedule.candidates("redundant"))
 
 
@@ -368,7 +383,7 @@ def candidate_precision_recall(ill: np.ndarray, mismatched: np.ndarray):
     return hits / max(len(ill), 1), hits / max(int(mismatched.sum()), 1)
 
 
-def _summary(cfg, kind, history, full_epoch_samples, folder, schedule, truth_mismatched):
+def _summary(cfg, history, full_epoch_samples, folder, schedule):
     sample_steps = sum(r["samples"] for r in history)
     full = full_epoch_samples * len(history)
     after_warmup = [r for r in history if r["phase"] not in ("warmup",)]
@@ -383,7 +398,4 @@ def _summary(cfg, kind, history, full_epoch_samples, folder, schedule, truth_mis
         steps_after = sum(r["samples"] for r in after_warmup)
         full_after = full_epoch_samples * len(after_warmup)
         summary["pruned_fraction_after_warmup"] = 1 - steps_after / full_after if full_after else 0.0
-        if truth_mismatched is not None and any(r["phase"] == "preparation" for r in history):
-            precision, recall = candidate_precision_recall(schedule.candidates("ill_matched"), truth_mismatched)
-            summary["ill_precision"], summary["ill_recall"] = precision, recall
     return summary
