@@ -19,10 +19,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from scan_fast.data.source_ids import coreset_ids, save_kept_bits
+from scan_fast.data.source_ids import save_kept_bits
 from scan_fast.train.checkpoint import first_non_finite, restore, save_checkpoint
+from scan_fast.train.config import PRUNE_MODES
 from scan_fast.train.loop import NonFiniteLoss, Step, StopTraining, lr_at, per_sample_losses, train_one_epoch
-from scan_fast.train.report import RunLogger, plot_run, read_prune_counts, write_report
+from scan_fast.train.report import RunLogger, plot_run, write_report
 from scan_fast.train.resume import checkpoint_config, open_run, run_folder
 
 
@@ -124,36 +125,9 @@ def seed_everything(seed: int) -> None:
 
 
 def make_schedule(cfg, num_samples: int, rank: int = 0, world_size: int = 1):
-    """The pruning schedule `--prune` names, for a data set of `num_samples` (rank `rank` of `world_size`)."""
-    from scan_fast.schedule.strategies import InfoBatch, NoPruning, RandomPruning, SeTa, StaticCoreset
-
-    if cfg.prune == "scan":
-        from scan_fast.schedule import Scan
-
-        return Scan(num_samples, rho_ill=cfg.rho_ill, rho_red=cfg.rho_red, t_cos=cfg.t_cos,
-                    prune_threshold=cfg.prune_threshold, mode=cfg.prune_target, seed=cfg.seed,
-                    abs_ill=cfg.abs_ill, abs_red=cfg.abs_red)
-    if cfg.prune == "scan-epoch":
-        from scan_fast.schedule.scan_epoch import ScanEpoch
-
-        return ScanEpoch(num_samples, rho_ill=cfg.rho_ill, rho_red=cfg.rho_red, t_cos=cfg.t_cos,
-                         prune_threshold=cfg.prune_threshold, mode=cfg.prune_target, seed=cfg.seed, rank=rank,
-                         world_size=world_size)
-    if cfg.prune == "seta":
-        return SeTa(num_samples, cfg.epochs, ratio=cfg.seta_ratio, groups=cfg.seta_groups, window=cfg.seta_window,
-                    delta=cfg.seta_delta, seed=cfg.seed)
-    if cfg.prune == "none":
-        return NoPruning(num_samples)
-    if cfg.prune == "random":
-        counts = read_prune_counts(cfg.prune_counts) if cfg.prune_counts else None
-        return RandomPruning(num_samples, prune_counts=counts, rho_ill=cfg.rho_ill, rho_red=cfg.rho_red,
-                             t_cos=cfg.t_cos, prune_threshold=cfg.prune_threshold, mode=cfg.prune_target,
-                             seed=cfg.seed)
-    if cfg.prune == "infobatch":
-        return InfoBatch(num_samples, cfg.epochs, prune_ratio=cfg.infobatch_ratio, delta=cfg.infobatch_delta,
-                         seed=cfg.seed)
-    ids = coreset_ids(cfg.coreset, cfg.train_data)  # uids, keys or a kept bitset -> ids; None: an id list
-    return StaticCoreset.from_file(cfg.coreset, num_samples) if ids is None else StaticCoreset(num_samples, ids)
+    """The pruning schedule `--prune` names (PRUNE_MODES), for a data set of `num_samples` (rank `rank` of
+    `world_size`)."""
+    return PRUNE_MODES[cfg.prune].build(cfg, num_samples, rank, world_size)
 
 
 def check_epochs_fill_a_batch(cfg, schedule, num_samples: int, world_size: int) -> None:
@@ -166,7 +140,7 @@ def check_epochs_fill_a_batch(cfg, schedule, num_samples: int, world_size: int) 
         raise ValueError(f"{batch} is more than the {num_samples} samples of {cfg.train_data}")
     fewest = schedule.min_kept_count(cfg.epochs, global_batch)
     if fewest < global_batch:
-        keeps = "is expected to keep" if cfg.prune == "infobatch" else "keeps"  # InfoBatch's draw is random
+        keeps = "is expected to keep" if PRUNE_MODES[cfg.prune].random_count else "keeps"  # a random draw
         raise ValueError(f"{batch} = {global_batch} samples a step, but --prune {cfg.prune} {keeps} as few "
                          f"as {fewest} of the {num_samples} samples of {cfg.train_data} in an epoch of this "
                          f"{cfg.epochs}-epoch run, which would then train no step: lower --batch-size or prune less")
