@@ -39,8 +39,7 @@ class PruneMode:
     style: Tuple[str, str, str] = ("tab:gray", "x", "-")
 
 
-# every --prune strategy, registered once: how to build its schedule, and what the trainers' checks,
-# the demo and `coreset export` need to know about it; nothing else lists or tests the names
+# the schedule builders of PRUNE_MODES: (cfg, num_samples, rank, world_size) -> a PruningSchedule
 
 
 def _scan(cfg, num_samples, rank, world_size):

@@ -19,8 +19,9 @@ def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
 
 class Task:
     """One kind of training, made from its config (`cfg`). Subclasses set the attributes and define the
-    methods below; `fit` calls them in this order: check, build_model, build_loader, evaluation, then
-    forward and after_step every step, and summarize at the end.
+    methods below, which are called in this order: check (by `run.train`, before the processes start),
+    build_model, build_loader and evaluation (by `fit`), forward and after_step in every step, and
+    summarize at the end of the run.
 
     kind: names the run (its default folder, epoch lines, report title): "clip" for CLIP and SigLIP,
     "moco" for MoCo v3.
