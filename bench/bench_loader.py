@@ -132,8 +132,8 @@ def unkeyed_ffcv_loader(beton: Path, resolution: int, workers: int):
 
 def time_epoch(loader):
     start, images = time.perf_counter(), 0
-    for batch in loader:
-        images += batch[0].shape[0]
+    for batch in loader:  # a scan-fast Batch, or the tuple of another loader
+        images += batch.ids.shape[0] if hasattr(batch, "ids") else batch[0].shape[0]
     return time.perf_counter() - start, images
 
 

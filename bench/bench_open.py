@@ -190,7 +190,7 @@ def measure(variant: str, path: str) -> dict:
     batch = next(iter(loader))
     seconds = time.perf_counter() - start
     after = _memory(data_path)
-    assert len(batch[2]) == BATCH
+    assert len(batch.ids if hasattr(batch, "ids") else batch[2]) == BATCH  # a Batch, or ffcv's tuple
     return {"seconds": seconds, "anon": after["anon"] - before["anon"], "data": after["data"] - before["data"]}
 
 

@@ -34,7 +34,10 @@ torch.set_flush_denormal(True)
 
 from scan_fast.schedule import Scan
 from scan_fast.schedule.strategies import NoPruning
+from scan_fast.data.batch import Batch
+from scan_fast.train.clip import ClipTask
 from scan_fast.train.clip_model import Clip
+from scan_fast.train.config import ClipConfig
 from scan_fast.train.host_reads import count_host_reads
 from scan_fast.train.loop import Step, gather_batch, train_one_epoch
 
@@ -70,14 +73,12 @@ def _epoch(model, provider, batch, steps, log_every, device="cpu", sync_debug=Fa
     schedule, epoch = _schedule(provider, max(4 * batch * steps, 1024))
     kept = schedule.epoch_indices(epoch)
     generator = torch.Generator().manual_seed(batch)
-    batches = [(torch.randn(batch, 3, model.image_size, model.image_size, generator=generator),
-                torch.randint(1, 1000, (batch, CONTEXT), generator=generator),
-                torch.from_numpy(kept[i * batch:(i + 1) * batch])) for i in range(steps)]
-    batches = [tuple(t.to(device) for t in b) for b in batches]
-    step = Step(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
+    batches = [Batch(images=torch.randn(batch, 3, model.image_size, model.image_size, generator=generator).to(device),
+                     tokens=torch.randint(1, 1000, (batch, CONTEXT), generator=generator).to(device),
+                     ids=torch.from_numpy(kept[i * batch:(i + 1) * batch]).to(device)) for i in range(steps)]
+    cfg = ClipConfig(lr=1e-4, warmup_epochs=0.0, epochs=10, log_every=log_every)
+    step = Step(cfg=cfg, task=ClipTask(cfg), model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
                 scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=schedule,
-                unpack=lambda b: ((b[0], b[1]), b[2]), base_lr=1e-4, warmup_epochs=0.0, epochs=10,
-                after_step=model.clamp_logit_scale, log_every=log_every,
                 autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device != "cpu" else None)
     loader = _sync_guarded(batches) if sync_debug else batches
     if count_reads:  # patched tensor methods cost time: count and time in separate epochs

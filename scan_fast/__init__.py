@@ -20,6 +20,7 @@ _EXPORTS = {
     "siglip_loss_per_sample": "scan_fast.ops",
     "ClipLoss": "scan_fast.ops",
     "MocoLoss": "scan_fast.ops",
+    "PairLoss": "scan_fast.ops",
     "SigLipLoss": "scan_fast.ops",
     # data
     "clip_loader": "scan_fast.data",

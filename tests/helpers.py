@@ -153,12 +153,12 @@ def record_schedule(module, made, kept):
     module.make_schedule = recording_make_schedule
 
 
-def record_reads(module, loader_name, read):
-    """Replaces scan_fast.data.<loader_name> and module._unpack by ones that record, per epoch, the ids
+def record_reads(task_cls, loader_name, read):
+    """Replaces scan_fast.data.<loader_name> and task_cls.forward by ones that record, per epoch, the ids
     this rank's loader hands out."""
     import scan_fast.data
 
-    make_loader, unpack, epoch_now = getattr(scan_fast.data, loader_name), module._unpack, [None]
+    make_loader, forward, epoch_now = getattr(scan_fast.data, loader_name), task_cls.forward, [None]
 
     def recording_loader(*args, **kwargs):
         loader = make_loader(*args, **kwargs)
@@ -170,13 +170,12 @@ def record_reads(module, loader_name, read):
         loader.set_epoch = recording_set_epoch
         return loader
 
-    def recording_unpack(batch):
-        inputs, ids = unpack(batch)
-        read.setdefault(epoch_now[0], []).append(ids.reshape(-1).cpu().numpy().copy())
-        return inputs, ids
+    def recording_forward(self, model, batch, epoch):
+        read.setdefault(epoch_now[0], []).append(batch.ids.reshape(-1).cpu().numpy().copy())
+        return forward(self, model, batch, epoch)
 
     setattr(scan_fast.data, loader_name, recording_loader)
-    module._unpack = recording_unpack
+    task_cls.forward = recording_forward
 
 
 # ----------------------------------------------------------------------------- trainer runs

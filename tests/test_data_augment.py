@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scan_fast.data import augment
+from scan_fast.data.batch import Batch
 from scan_fast.data.decoders import KeyedRandomResizedCropDecoder, keyed_crop as crop_rule
 from scan_fast.data.keyed_random import keyed_uniforms, sample_key as key_of
 
@@ -113,9 +114,8 @@ def _images_by_id(loader, epoch, *outputs):
     loader.set_epoch(epoch)
     found = {}
     for batch in loader:
-        ids = batch[-1] if len(batch) != 4 else batch[3]
-        for row, sample in enumerate(ids.tolist()):
-            found[sample] = tuple(batch[k][row].clone() for k in outputs)
+        for row, sample in enumerate(batch.ids.tolist()):
+            found[sample] = tuple(getattr(batch, k)[row].clone() for k in outputs)
     return found
 
 
@@ -133,7 +133,7 @@ def test_whole_image_crop_with_flip_equals_the_mirrored_centre_decode(betons, mo
         pipes = {"image": [decoder, ToTensor()], "label": None, "id": [IntDecoder(), ToTensor()]}
         loader = build_loader(betons[mode], 16, pipes, ("image", "id"), shuffle=False, drop_last=False,
                               num_workers=1)
-        return torch.cat([images.clone() for images, _ids in loader])
+        return torch.cat([batch.images.clone() for batch in loader])
 
     plain = read(CenterCropRGBImageDecoder((RES, RES), ratio=1.0))
     same = read(KeyedRandomResizedCropDecoder((RES, RES), scale=(1.0, 1.0), ratio=(1.0, 1.0)))
@@ -145,13 +145,13 @@ def test_whole_image_crop_with_flip_equals_the_mirrored_centre_decode(betons, mo
 def test_moco_views_depend_on_seed_epoch_and_id_only(betons):
     from scan_fast.data import moco_loader
 
-    first = _images_by_id(moco_loader(betons["jpg"], 16, RES, seed=3, num_workers=1), 0, 0, 1)
-    again = _images_by_id(moco_loader(betons["jpg"], 8, RES, seed=3, num_workers=2), 0, 0, 1)
+    first = _images_by_id(moco_loader(betons["jpg"], 16, RES, seed=3, num_workers=1), 0, "images", "view2")
+    again = _images_by_id(moco_loader(betons["jpg"], 8, RES, seed=3, num_workers=2), 0, "images", "view2")
     assert first.keys() == again.keys() and len(first) == 48
     for sample in first:  # other batch size, other threads: same images per sample
         torch.testing.assert_close(first[sample], again[sample], rtol=0, atol=0)
-    next_epoch = _images_by_id(moco_loader(betons["jpg"], 16, RES, seed=3, num_workers=1), 1, 0, 1)
-    other_seed = _images_by_id(moco_loader(betons["jpg"], 16, RES, seed=4, num_workers=1), 0, 0, 1)
+    next_epoch = _images_by_id(moco_loader(betons["jpg"], 16, RES, seed=3, num_workers=1), 1, "images", "view2")
+    other_seed = _images_by_id(moco_loader(betons["jpg"], 16, RES, seed=4, num_workers=1), 0, "images", "view2")
     for changed in (next_epoch, other_seed):
         assert sum(torch.equal(first[s][0], changed[s][0]) for s in first) <= 2
     assert all(not torch.equal(*first[s]) for s in first)  # the two views differ
@@ -162,7 +162,7 @@ def test_clip_crops_depend_on_seed_epoch_and_id_only(betons):
 
     def epoch_images(batch_size, seed, epoch):
         loader = clip_loader(betons["clip"], batch_size, RES, seed=seed, num_workers=1, crop_scale=(0.3, 1.0))
-        return _images_by_id(loader, epoch, 0)
+        return _images_by_id(loader, epoch, "images")
 
     first = epoch_images(16, 0, 2)
     for sample, images in epoch_images(12, 0, 2).items():
@@ -219,9 +219,9 @@ def test_moco_view_augment_follows_its_draws(images):
     torch.testing.assert_close(out, expected)
     views = augment.KeyedMocoViews(seed=1)
     ids = torch.tensor([3, 8, 1, 40])
-    one = views((pixels, pixels, ids, ids), epoch=2)
-    part = views((pixels[2:], pixels[2:], ids[2:], ids[2:]), epoch=2)
-    torch.testing.assert_close(one[0][2:], part[0])  # a sample's augmentation ignores its batch mates
-    torch.testing.assert_close(one[1][2:], part[1])
+    one = views(Batch(ids=ids, images=pixels, view2=pixels, labels=ids), epoch=2)
+    part = views(Batch(ids=ids[2:], images=pixels[2:], view2=pixels[2:], labels=ids[2:]), epoch=2)
+    torch.testing.assert_close(one.images[2:], part.images)  # a sample's augmentation ignores its batch mates
+    torch.testing.assert_close(one.view2[2:], part.view2)
     with pytest.raises(ValueError, match="draws must have shape"):
         plain(pixels, torch.zeros(4, 3))

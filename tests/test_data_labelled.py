@@ -68,7 +68,7 @@ def test_labelled_loader_reads_both_layouts_alike(user_data):
     for name in ("val", "pairs"):
         path = user_data / f"{name}.beton"
         got = list(labelled_loader(path, 4, RES, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, num_workers=1))
-        images, labels, ids = (torch.cat([b[k] for b in got]) for k in range(3))
+        images, labels, ids = (torch.cat([getattr(b, k) for b in got]) for k in ("images", "labels", "ids"))
         assert labels.tolist() == read_labels(path).tolist() == read_samples(path)["label"]
         assert ids.tolist() == list(range(9))
         batches[name] = images

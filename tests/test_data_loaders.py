@@ -66,8 +66,7 @@ def _id_loader(path, scan, **kwargs):
 
 def _epoch_ids(loader):
     # ffcv reuses its output buffers a few batches later: copy what outlives the batch.
-    return np.concatenate([(batch[0] if len(batch) == 1 else batch[2]).numpy().copy()
-                           for batch in loader])
+    return np.concatenate([batch.ids.numpy().copy() for batch in loader])
 
 
 def test_round_trip_through_the_loader(clip_beton, eval_loader):
@@ -76,7 +75,8 @@ def test_round_trip_through_the_loader(clip_beton, eval_loader):
     std = torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
     eval_loader.set_epoch(0)
     seen = []
-    for images, tokens, ids, labels in eval_loader:
+    for batch in eval_loader:
+        images, tokens, ids, labels = batch.images, batch.tokens, batch.ids, batch.labels
         assert images.dtype == torch.float32 and images.shape[1:] == (3, RES, RES)
         assert tokens.dtype == torch.int32 and ids.dtype == torch.int64
         pixels = ((images * std + mean) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -160,7 +160,8 @@ def test_real_scan_schedule_drives_the_loader(clip_beton):
         loader.set_epoch(epoch)
         kept = scan.epoch_indices(epoch)
         ids = []
-        for (batch_ids,) in loader:
+        for batch in loader:
+            batch_ids = batch.ids
             ids.append(batch_ids.numpy().copy())
             losses = torch.from_numpy(batch_ids.numpy() % 97).float()  # a fixed loss per id
             scan.observe(batch_ids, losses, losses.flip(0))
@@ -174,7 +175,8 @@ def test_real_scan_schedule_drives_the_loader(clip_beton):
 def test_clip_training_pipeline_keeps_fields_aligned(clip_beton):
     path, stored = clip_beton
     loader = clip_loader(path, BATCH, 12, seed=0, num_workers=2)
-    images, tokens, ids = next(iter(loader))
+    batch = next(iter(loader))
+    images, tokens, ids = batch.images, batch.tokens, batch.ids
     assert images.shape == (BATCH, 3, 12, 12) and images.dtype == torch.float32
     assert len(loader) == N // BATCH
     for k, i in enumerate(ids.tolist()):
@@ -188,7 +190,8 @@ def test_moco_two_views(tmp_path):
     loader = moco_loader(path, 16, RES, seed=0, num_workers=2)
     assert len(loader) == 4
     seen = []
-    for view1, view2, labels, ids in loader:
+    for batch in loader:
+        view1, view2, labels, ids = batch.images, batch.view2, batch.labels, batch.ids
         assert view1.shape == view2.shape == (16, 3, RES, RES) and view1.dtype == torch.float32
         assert not torch.allclose(view1, view2)  # independent crops and augmentations
         assert labels.tolist() == [stored["label"][i] for i in ids.tolist()]
@@ -202,13 +205,15 @@ def test_cuda_pipelines_round_trip(clip_beton):
     loader = clip_loader(path, BATCH, RES, device="cuda", augment=False, drop_last=False)
     mean = torch.tensor(OPENAI_CLIP_MEAN, device="cuda").view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_CLIP_STD, device="cuda").view(1, 3, 1, 1)
-    for images, tokens, ids in loader:
+    for batch in loader:
+        images, tokens, ids = batch.images, batch.tokens, batch.ids
         assert images.is_cuda and tokens.is_cuda
         pixels = ((images * std + mean) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         for k, i in enumerate(ids.tolist()):
             np.testing.assert_array_equal(pixels[k], stored["image"][i])
     views = moco_loader(_moco_copy(path), 16, RES, device="cuda")
-    view1, view2, _, _ = next(iter(views))
+    batch = next(iter(views))
+    view1, view2 = batch.images, batch.view2
     assert view1.is_cuda and view2.is_cuda and not torch.allclose(view1, view2)
 
 
@@ -282,8 +287,8 @@ def test_an_error_in_the_loader_thread_is_raised_in_the_training_loop(tmp_path):
     loader = build_loader(path, 8, pipes, ("id",), shuffle=False, drop_last=False, num_workers=1)
     seen = []
     with pytest.raises(LoaderError, match=r"reading epoch 0 of .*small.beton failed: ValueError: sample 33"):
-        for (ids,) in loader:
-            seen += ids.tolist()
+        for batch in loader:
+            seen += batch.ids.tolist()
     assert seen == list(range(32))  # every batch before the bad one arrived
     loader.set_epoch(1)  # the loader stays usable
     with pytest.raises(LoaderError, match="reading epoch 1"):

@@ -74,7 +74,7 @@ def test_part_folder_and_single_file_give_the_same_global_batches(same_rows, wor
             batches = []
             for path in (single, folder):
                 loader = _ids_loader(path, schedule, rank, world, epoch)
-                batches.append([b[0].numpy().copy() for b in loader])
+                batches.append([b.ids.numpy().copy() for b in loader])
             assert len(batches[0]) == len(batches[1]) > 0
             for a, b in zip(*batches):
                 np.testing.assert_array_equal(a, b)
@@ -93,7 +93,7 @@ def test_images_and_tokens_agree_across_parts_with_keyed_augmentation(same_rows)
         loader = clip_loader(path, BATCH, RES, seed=3, distributed=True, rank=1, world_size=2,
                              num_workers=1, flip=True, crop_scale=(0.5, 1.0))
         loader.set_epoch(2)
-        outputs.append([tuple(t.clone() for t in batch) for batch in loader])
+        outputs.append([(b.images.clone(), b.tokens.clone(), b.ids.clone()) for b in loader])
     assert len(outputs[0]) == len(outputs[1]) == (N // 2) // BATCH
     for (img_a, tok_a, id_a), (img_b, tok_b, id_b) in zip(*outputs):
         assert (id_a == id_b).all() and (tok_a == tok_b).all() and (img_a == img_b).all()
@@ -178,7 +178,7 @@ def test_a_beton_written_by_ffcvs_own_writer_opens(tmp_path, monkeypatch):
     pipelines = {"tokens": None, "id": [IntDecoder(), ToTensor(), Squeeze(1)]}
     loader = build_loader(path, 64, {**pipelines, "tokens": None}, ("id",), shuffle=False, drop_last=False,
                           num_workers=1)
-    assert sorted(np.concatenate([b[0].numpy().copy() for b in loader]).tolist()) == list(range(400))
+    assert sorted(np.concatenate([b.ids.numpy().copy() for b in loader]).tolist()) == list(range(400))
     assert [t[0] for t in read_samples(path, [3, 399])["tokens"]] == [3, 399]
 
 

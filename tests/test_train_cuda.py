@@ -73,9 +73,9 @@ def test_keyed_moco_views_on_cuda_match_the_cpu_ones(data):
         loader = moco_loader(data["moco"], 32, 32, seed=5, device=device, num_workers=2)
         loader.set_epoch(1)
         found = {}
-        for view1, view2, _labels, ids in loader:
-            for row, sample in enumerate(ids.tolist()):
-                found[sample] = (view1[row].float().cpu(), view2[row].float().cpu())
+        for batch in loader:
+            for row, sample in enumerate(batch.ids.tolist()):
+                found[sample] = (batch.images[row].float().cpu(), batch.view2[row].float().cpu())
         return found
 
     cpu, gpu = views("cpu"), views("cuda")

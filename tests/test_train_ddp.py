@@ -12,12 +12,12 @@ N_TRAIN, BATCH = 192, 16
 
 
 def _clip_worker(rank, train_data, logs, out):
-    from scan_fast.train import clip
+    from scan_fast.train import run
     from scan_fast.train.clip import train_clip
     from scan_fast.train.config import ClipConfig
 
     made, kept = [], {}
-    record_schedule(clip, made, kept)
+    record_schedule(run, made, kept)
     summary = train_clip(ClipConfig(train_data=train_data, batch_size=BATCH, epochs=4, lr=1e-3,
                                     warmup_epochs=0.5, workers=1, prune_threshold=1.0, logs=logs, name="ddp",
                                     progress=False, tensorboard=False))
@@ -51,12 +51,12 @@ def test_two_gloo_ranks_take_identical_pruning_decisions(shapes, tmp_path):
 
 
 def _moco_worker(rank, arch, train_data, logs, out):
-    from scan_fast.train import moco
+    from scan_fast.train import moco, run
     from scan_fast.train.config import MocoConfig
 
     made, kept, models, read = [], {}, [], {}
-    record_schedule(moco, made, kept)
-    record_reads(moco, "moco_loader", read)
+    record_schedule(run, made, kept)
+    record_reads(moco.MocoTask, "moco_loader", read)
     build_moco = moco.build_moco
 
     def recording_build_moco(*args, **kwargs):

@@ -34,10 +34,9 @@ def test_a_hung_rank_fails_the_others_after_the_timeout(capfd):
 
 @pytest.mark.parametrize("kind", ["clip", "moco"])
 def test_trainers_hand_dist_timeout_to_the_process_group(kind, monkeypatch, tmp_path):
-    from scan_fast.train import clip, moco
+    from scan_fast.train import clip, moco, run
     from scan_fast.train.cli import add_train_parsers, config_from_args
 
-    module = clip if kind == "clip" else moco
     seen = []
 
     class Stop(Exception):
@@ -47,7 +46,7 @@ def test_trainers_hand_dist_timeout_to_the_process_group(kind, monkeypatch, tmp_
         seen.append(timeout_s)
         raise Stop
 
-    monkeypatch.setattr(module, "setup_runtime", setup_runtime)
+    monkeypatch.setattr(run, "setup_runtime", setup_runtime)  # in the set-up every trainer shares
     monkeypatch.setattr("scan_fast.data.check_beton", lambda *args, **kwargs: {"num_samples": 64})
     import argparse
 

@@ -32,12 +32,12 @@ def test_a_changed_global_batch_is_refused_naming_batch_size_and_both_world_size
 
 def _clip_worker(rank, train_data, logs, name, world, out, overrides):
     """One rank of a CLIP run; saves the kept ids of every epoch it began, the ids it read and the candidates."""
-    from scan_fast.train import clip
+    from scan_fast.train import clip, run
     from scan_fast.train.config import ClipConfig
 
     made, kept, read = [], {}, {}
-    record_schedule(clip, made, kept)
-    record_reads(clip, "clip_loader", read)
+    record_schedule(run, made, kept)
+    record_reads(clip.ClipTask, "clip_loader", read)
     clip.train_clip(ClipConfig(train_data=train_data, batch_size=GLOBAL_BATCH // world, epochs=EPOCHS, lr=1e-3,
                                warmup_epochs=0.5, workers=1, prune_threshold=1.0, logs=logs, name=name,
                                progress=False, tensorboard=False, **overrides))

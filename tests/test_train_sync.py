@@ -10,11 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scan_fast.data.batch import Batch
 from scan_fast.ops import clip_loss_per_sample
 from scan_fast.schedule import Scan
 from scan_fast.schedule.strategies import InfoBatch, NoPruning
 from scan_fast.train.host_reads import count_host_reads
+from scan_fast.train.config import TrainConfig
 from scan_fast.train.loop import NonFiniteLoss, Step, train_one_epoch
+from scan_fast.train.task import Task
 
 N, BATCH = 256, 16
 
@@ -28,6 +31,17 @@ class TinyClip(nn.Module):
     def forward(self, x, y):
         return clip_loss_per_sample(F.normalize(self.image(x), dim=1), F.normalize(self.text(y), dim=1),
                                     self.logit_scale.exp())
+
+
+class TinyTask(Task):
+    def forward(self, model, batch, epoch):
+        return model(batch.images, batch.tokens)
+
+
+def _step(model, schedule, log_every):
+    cfg = TrainConfig(lr=1e-3, warmup_epochs=0.0, epochs=10, log_every=log_every)
+    return Step(cfg=cfg, task=TinyTask(cfg), model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
+                scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=schedule)
 
 
 def _schedule(kind, epoch):
@@ -52,13 +66,10 @@ def _reads(kind, epoch, steps, log_every=10**6):
     torch.manual_seed(0)
     schedule = _schedule(kind, epoch)
     kept = schedule.epoch_indices(epoch)
-    batches = [(torch.randn(BATCH, 8), torch.randn(BATCH, 8), torch.from_numpy(kept[i * BATCH:(i + 1) * BATCH]))
-               for i in range(steps)]
+    batches = [Batch(images=torch.randn(BATCH, 8), tokens=torch.randn(BATCH, 8),
+                     ids=torch.from_numpy(kept[i * BATCH:(i + 1) * BATCH])) for i in range(steps)]
     model = TinyClip()
-    step = Step(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
-                scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=schedule,
-                unpack=lambda b: ((b[0], b[1]), b[2]), base_lr=1e-3, warmup_epochs=0.0, epochs=10,
-                log_every=log_every)
+    step = _step(model, schedule, log_every)
     with count_host_reads() as reads:
         result = train_one_epoch(step, batches, epoch, steps, global_step=0)
     assert result.steps == steps
@@ -112,13 +123,11 @@ def test_preparation_on_the_device_finds_the_host_paths_candidates():
 def test_a_non_finite_loss_is_found_at_the_next_check():
     schedule = _schedule("none", 0)
     kept = schedule.epoch_indices(0)
-    batches = [(torch.randn(BATCH, 8), torch.randn(BATCH, 8), torch.from_numpy(kept[i * BATCH:(i + 1) * BATCH]))
-               for i in range(6)]
-    batches[3] = (batches[3][0] * float("nan"), batches[3][1], batches[3][2])
+    batches = [Batch(images=torch.randn(BATCH, 8), tokens=torch.randn(BATCH, 8),
+                     ids=torch.from_numpy(kept[i * BATCH:(i + 1) * BATCH])) for i in range(6)]
+    batches[3] = Batch(images=batches[3].images * float("nan"), tokens=batches[3].tokens, ids=batches[3].ids)
     model = TinyClip()
-    step = Step(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
-                scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=schedule,
-                unpack=lambda b: ((b[0], b[1]), b[2]), base_lr=1e-3, warmup_epochs=0.0, epochs=10, log_every=5)
+    step = _step(model, schedule, 5)
     # batch 3 is the 4th step of the epoch and the 14th of the run; the check runs after the 15th (log_every 5)
     with pytest.raises(NonFiniteLoss, match=r"step 4 of the epoch \(global step 14; epochs count from 0, steps from "
                                             r"1\), found by the check after global step 15") as err:
@@ -136,12 +145,10 @@ def test_a_loader_that_reuses_its_id_buffer_is_read_right():
     def reusing_loader():
         for i in range(6):
             buffer.copy_(torch.from_numpy(kept[i * BATCH:(i + 1) * BATCH]))
-            yield torch.randn(BATCH, 8), torch.randn(BATCH, 8), buffer
+            yield Batch(images=torch.randn(BATCH, 8), tokens=torch.randn(BATCH, 8), ids=buffer)
 
     model = TinyClip()
-    step = Step(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
-                scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=schedule,
-                unpack=lambda b: ((b[0], b[1]), b[2]), base_lr=1e-3, warmup_epochs=0.0, epochs=10, log_every=100)
+    step = _step(model, schedule, 100)
     train_one_epoch(step, reusing_loader(), 0, 6, global_step=0)
     seen = torch.from_numpy(schedule.scores).isfinite()
     assert int(seen.sum()) == 6 * BATCH and bool(seen[torch.from_numpy(kept[:6 * BATCH])].all())

@@ -25,6 +25,7 @@ _EXPORTS = {
     "moco_loader": "loaders",
     "labelled_loader": "loaders",
     "ScanLoader": "loaders",
+    "Batch": "batch",
     "LoaderError": "loaders",
     "KeyedRandomResizedCropDecoder": "decoders",
     "keyed_uniforms": "keyed_random",

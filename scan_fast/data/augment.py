@@ -154,9 +154,10 @@ class MocoViewAugment(nn.Module):
 
 
 class KeyedMocoViews:
-    """Applies MoCo v3's two photometric view recipes to a loader batch, with draws keyed by
-    (seed, epoch, sample id, view): view 1 blur p 1.0 / solarise p 0, view 2 blur p 0.1 /
-    solarise p 0.2. Batch in: (view1 uint8, view2 uint8, labels, ids); out: float views."""
+    """Applies MoCo v3's two photometric view recipes to a loader `Batch`, with draws keyed by
+    (seed, epoch, sample id, view): view 1 (batch.images) blur p 1.0 / solarise p 0, view 2
+    (batch.view2) blur p 0.1 / solarise p 0.2. Batch in: both views uint8; out: the same batch
+    with both views float."""
 
     def __init__(self, seed: int, blur_sigma: Tuple[float, float] = (0.1, 2.0),
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
@@ -165,12 +166,15 @@ class KeyedMocoViews:
                       MocoViewAugment(blur_p=0.1, blur_sigma=blur_sigma, solarize_p=0.2, mean=mean, std=std))
 
     def __call__(self, batch, epoch: int):
+        from dataclasses import replace
+
         from .keyed_random import PHOTOMETRIC_DRAWS, keyed_uniforms
 
-        view1, view2, labels, ids = batch
-        sample_ids = ids.cpu().numpy()
-        out = []
-        for view, (images, augment) in enumerate(zip((view1, view2), self.views)):
+        sample_ids = batch.ids.cpu().numpy()
+
+        def augmented(images, view):
+            augment = self.views[view]
             draws = keyed_uniforms(self.seed, epoch, sample_ids, view, PHOTOMETRIC_DRAWS, augment.NUM_DRAWS)
-            out.append(augment(images, torch.from_numpy(draws)))
-        return out[0], out[1], labels, ids
+            return augment(images, torch.from_numpy(draws))
+
+        return replace(batch, images=augmented(batch.images, 0), view2=augmented(batch.view2, 1))

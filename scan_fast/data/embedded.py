@@ -173,7 +173,7 @@ class ShapesGenerator:
         self.block = int(np.clip(2 ** 22 // resolution ** 2, 16, 1024))
         self._palette = np.array(list(COLOURS.values()), dtype=np.float32)
         self._make_attributes()
-        self._cached_block = (None, None)
+        self._block_index, self._block_images = None, None  # the block image() rendered last
 
     def _make_attributes(self):
         n, rng = self.num_samples, np.random.default_rng([self.seed, 0])
@@ -220,9 +220,10 @@ class ShapesGenerator:
 
     def image(self, i: int) -> np.ndarray:
         b = i // self.block
-        if self._cached_block[0] != b:
-            self._cached_block = (b, self.render(b * self.block, min(self.num_samples, (b + 1) * self.block)))
-        return self._cached_block[1][i - b * self.block]
+        if self._block_index != b:
+            self._block_images = self.render(b * self.block, min(self.num_samples, (b + 1) * self.block))
+            self._block_index = b
+        return self._block_images[i - b * self.block]
 
     def render(self, start: int, stop: int) -> np.ndarray:
         """Images of ids [start, stop) as uint8 [B, R, R, 3]; noise seeded by (seed, block)."""

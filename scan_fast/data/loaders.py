@@ -17,6 +17,8 @@ Augmentation is keyed, not drawn: before each epoch the loader gives its image
 decoders (seed, epoch), and every crop, flip and (MoCo) photometric choice is a
 function of those and the sample id, so a seed fixes the images of every epoch.
 
+Every loader yields `Batch`es (batch.py): the sample ids and the inputs read with them,
+each under its name (images, tokens, view2, labels), whatever order ffcv produced them in.
 As with any ffcv Loader, a batch's tensors live in buffers reused a few batches
 later: copy (or move to the GPU) whatever must outlive the step.
 """
@@ -38,6 +40,7 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.graph import Graph
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, KeyedMocoViews
+from .batch import OUTPUT_FIELDS, Batch
 from .dataset import Dataset, open_dataset
 from .order import CHUNK_IDS, KeptIdsSource
 from .pipelines import clip_pipelines, moco_pipelines
@@ -56,8 +59,8 @@ class ScanLoader(Loader):
     size a learning-rate schedule), and `iter()` starts it.
     """
 
-    # (ffcv's output tuple, epoch) -> the batch this loader yields; None yields ffcv's tuple
-    batch_transform: Optional[Callable] = None
+    # (Batch, epoch) -> the Batch this loader yields (MoCo's photometric views); None: the batch as read
+    batch_transform: Optional[Callable[[Batch, int], Batch]] = None
 
     def __init__(self, dataset: Dataset, source: KeptIdsSource, batch_size: int, pipelines, *, seed: int = 0,
                  num_workers: int = 2, drop_last: bool = True, distributed: bool = False,
@@ -84,6 +87,10 @@ class ScanLoader(Loader):
         stored = [n for n in dataset.handlers if n in self.pipeline_specs]
         extra = [n for n in self.pipeline_specs if n not in dataset.handlers]
         self.pipeline_specs = {n: self.pipeline_specs[n] for n in stored + extra}
+        unknown = [n for n in self.pipeline_specs if n not in OUTPUT_FIELDS]
+        if unknown or "id" not in self.pipeline_specs:
+            raise ValueError(f"pipelines {list(self.pipeline_specs)}: a loader reads the id field and names its "
+                             f"outputs after Batch's fields ({', '.join(OUTPUT_FIELDS)})")
         self._keyed_decoders = _keyed_decoders(pipelines)
         self.batch_ids = np.zeros(self.batch_size, np.uint64)  # global ids of the batch being decoded
         for decoder in self._keyed_decoders:
@@ -149,9 +156,7 @@ class ScanLoader(Loader):
         self._len_epoch, self.next_epoch = epoch, epoch + 1
         reader = self._running = _EpochReader(self, batches, epoch)
         _RUNNING.add(self)
-        if self.batch_transform is None:
-            return reader
-        return _Transformed(reader, self.batch_transform, epoch)
+        return _Batches(reader, tuple(self.pipeline_specs), self.batch_transform, epoch)
 
     @property
     def epoch(self) -> int:
@@ -293,18 +298,22 @@ def _keyed_decoders(pipelines) -> list:
     return found
 
 
-class _Transformed:
-    def __init__(self, batches, transform, epoch):
-        self.batches, self.transform, self.epoch = batches, transform, epoch
+class _Batches:
+    """An epoch's ffcv outputs (in the order of the loader's pipelines, `names`) as `Batch`es, through
+    the loader's batch_transform when it has one."""
+
+    def __init__(self, outputs, names, transform, epoch):
+        self.outputs, self.names, self.transform, self.epoch = outputs, names, transform, epoch
 
     def __iter__(self):
         return self
 
-    def __next__(self):
-        return self.transform(next(self.batches), self.epoch)
+    def __next__(self) -> Batch:
+        batch = Batch.from_outputs(self.names, next(self.outputs))
+        return batch if self.transform is None else self.transform(batch, self.epoch)
 
     def close(self):
-        self.batches.close()
+        self.outputs.close()
 
 
 def _check_common(batch_size, num_workers):
@@ -343,8 +352,8 @@ def clip_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
                 augment: bool = True, flip: bool = True, crop_scale: Tuple[float, float] = (0.9, 1.0),
                 with_labels: bool = False, num_workers: int = 2,
                 batches_ahead: int = 3, start_epoch: int = 0) -> ScanLoader:
-    """Batches of (images float [B,3,R,R], tokens int32 [B,ctx], ids int64 [B][, labels]) from a
-    .beton or a part folder."""
+    """Batches of images (float [B,3,R,R]), tokens (int32 [B,ctx]) and ids (int64 [B]), and labels
+    with with_labels, from a .beton or a part folder."""
     required = ("image", "tokens", "id") + (("label",) if with_labels else ())
     pipes = clip_pipelines(resolution, device=device, augment=augment, flip=flip,
                            crop_scale=crop_scale, with_labels=with_labels)
@@ -360,7 +369,8 @@ def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
                 augment: bool = True, crop_scale: Tuple[float, float] = (0.08, 1.0),
                 blur_sigma: Tuple[float, float] = (0.1, 2.0), num_workers: int = 2,
                 batches_ahead: int = 3, start_epoch: int = 0) -> ScanLoader:
-    """Batches of (view1, view2, labels, ids) with augment=True, (images, labels, ids) without."""
+    """Batches of images (view 1), view2, labels and ids with augment=True (both views float,
+    photometrically augmented), of images, labels and ids without."""
     required = ("image", "label", "id")
     pipes = moco_pipelines(resolution, device=device, augment=augment, crop_scale=crop_scale)
     loader = build_loader(path, batch_size, pipes, required, scan=scan,
@@ -368,27 +378,15 @@ def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
                           rank=rank, world_size=world_size, num_workers=num_workers,
                           batches_ahead=batches_ahead, start_epoch=start_epoch)
     if augment:
-        photometric = KeyedMocoViews(seed, blur_sigma=blur_sigma)
-
-        def two_views(batch, epoch):  # ffcv yields (view1, label, id, view2)
-            view1, labels, ids, view2 = batch
-            return photometric((view1, view2, labels, ids), epoch)
-
-        loader.batch_transform = two_views
+        loader.batch_transform = KeyedMocoViews(seed, blur_sigma=blur_sigma)
     return loader
 
 
 def labelled_loader(path, batch_size: int, resolution: int = 224, *, device="cpu", mean=IMAGENET_MEAN,
                     std=IMAGENET_STD, num_workers: int = 2) -> ScanLoader:
-    """Evaluation batches of (images float [B,3,R,R] centre-cropped and normalised, labels, ids),
+    """Evaluation batches of images (float [B,3,R,R], centre-cropped and normalised), labels and ids,
     in file order with the last batch kept, from any .beton or part folder with image, label and id
     fields (`data labelled`, or a CLIP set written with labels: its tokens are not read)."""
     required = ("image", "label", "id")
     pipes = moco_pipelines(resolution, device=device, augment=False, mean=mean, std=std)
-    loader = build_loader(path, batch_size, pipes, required, shuffle=False,
-                          drop_last=False, num_workers=num_workers)
-    emitted = [name for name in loader.dataset.handlers if name in required]  # ffcv: file order
-    pick = [emitted.index(name) for name in required]
-    if pick != [0, 1, 2]:
-        loader.batch_transform = lambda batch, epoch: tuple(batch[i] for i in pick)
-    return loader
+    return build_loader(path, batch_size, pipes, required, shuffle=False, drop_last=False, num_workers=num_workers)

@@ -16,6 +16,7 @@ keyed order, so which ones fall off changes every epoch.
 Any object with an `epoch_indices(epoch)` method (a list per epoch) works too:
 its list is validated and turned into a bitset first.
 """
+from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import numba
@@ -98,6 +99,15 @@ def epoch_order(kept, seed: int, epoch: int, shuffle: bool = True,
     return epoch_shard(KeptSet.of(kept, int(kept[-1]) + 1), epoch, rank, world_size, seed, shuffle, pad)
 
 
+@dataclass
+class EpochKept:
+    """The epoch a KeptIdsSource holds: its kept set and, once asked for, this rank's shard of it."""
+    epoch: int
+    listed: Optional[np.ndarray]  # a plain object's epoch_indices list as given (None for a schedule), to see it change
+    kept: KeptSet
+    order: Optional[np.ndarray] = None  # this rank's ids in order (int64), computed on first use
+
+
 class KeptIdsSource:
     """This rank's ids of each epoch, from a pruning schedule, with a one-entry cache.
 
@@ -124,29 +134,30 @@ class KeptIdsSource:
         self.rank = rank
         self.world_size = world_size
         self.pad = pad
-        self._cached = None  # (epoch, kept list or None, kept set, order)
+        self._cached: Optional[EpochKept] = None
 
     def kept(self, epoch: int) -> KeptSet:
         """The epoch's kept ids as a bitset."""
-        return self._lookup(epoch)[2]
+        return self._lookup(epoch).kept
 
     def order(self, epoch: int) -> np.ndarray:
         """This rank's ids of `epoch`, in order (int64)."""
         entry = self._lookup(epoch)
-        if entry[3] is None:
-            entry[3] = epoch_shard(entry[2], epoch, self.rank, self.world_size, self.seed, self.shuffle, self.pad)
-        return entry[3]
+        if entry.order is None:
+            entry.order = epoch_shard(entry.kept, epoch, self.rank, self.world_size, self.seed, self.shuffle,
+                                      self.pad)
+        return entry.order
 
     def length(self, epoch: int) -> int:
         """How many ids this rank reads in `epoch` (without computing them)."""
-        return shard_length(len(self._lookup(epoch)[2]), self.world_size, self.pad)
+        return shard_length(len(self._lookup(epoch).kept), self.world_size, self.pad)
 
     def order_chunks(self, epoch: int, count: int, chunk: int = CHUNK_IDS,
                      first: Optional[int] = None) -> Iterator[np.ndarray]:
         """The first `count` ids of `order(epoch)`, computed at most `chunk` at a time as they are
         consumed: a loader holds one chunk of its shard, not the shard (8 bytes per id of the epoch).
         With `first`, chunks start at that size and double up to `chunk`."""
-        kept = self._lookup(epoch)[2]
+        kept = self._lookup(epoch).kept
         count = min(int(count), self.length(epoch))
         size, done = min(chunk, first or chunk), 0
         while done < count:
@@ -155,22 +166,22 @@ class KeptIdsSource:
                                    done, step, self.pad)
             done, size = done + step, min(chunk, 2 * size)
 
-    def _lookup(self, epoch: int) -> list:
+    def _lookup(self, epoch: int) -> EpochKept:
         cached = self._cached
         if self.scan is None:
-            if cached is None or cached[0] != epoch:
-                self._cached = [epoch, None, KeptSet.everything(self.dataset_len), None]
+            if cached is None or cached.epoch != epoch:
+                self._cached = EpochKept(epoch, None, KeptSet.everything(self.dataset_len))
             return self._cached
         if isinstance(self.scan, PruningSchedule):
             kept = self.scan.epoch_kept_set(epoch)
             # Equal bitsets (a compare of N/8 bytes) keep the shard; a reloaded state may change an epoch's ids.
-            if cached is None or cached[0] != epoch or cached[2] != kept:
-                self._cached = [epoch, None, kept, None]
+            if cached is None or cached.epoch != epoch or cached.kept != kept:
+                self._cached = EpochKept(epoch, None, kept)
             return self._cached
         raw = self.scan.epoch_indices(epoch)
-        if cached is None or cached[0] != epoch or not np.array_equal(cached[1], raw):
+        if cached is None or cached.epoch != epoch or not np.array_equal(cached.listed, raw):
             kept = validate_kept_ids(raw, self.dataset_len, epoch)
-            self._cached = [epoch, np.array(raw, copy=True), KeptSet.of(kept, self.dataset_len), None]
+            self._cached = EpochKept(epoch, np.array(raw, copy=True), KeptSet.of(kept, self.dataset_len))
         return self._cached
 
 

@@ -3,8 +3,10 @@ the rest of the rule in scan_fast.schedule.candidates).
 
 Each op lives in its own module: a plain materialised `<op>_reference` (the
 oracle for tests and the baseline for benchmarks), a chunked CPU path, and the
-public function that uses the Triton kernel for CUDA tensors.
+public function that uses the Triton kernel for CUDA tensors. Every pair loss returns a
+`PairLoss(a, b)` of this rank's rows (scan_fast/ops/base.py says what a and b are per loss).
 """
+from scan_fast.ops.base import PairLoss
 from scan_fast.ops.clip_loss import ClipLoss, clip_loss_per_sample, clip_loss_per_sample_reference
 from scan_fast.ops.info_nce import MocoLoss, info_nce_per_sample, info_nce_per_sample_reference
 from scan_fast.ops.siglip_loss import SigLipLoss, siglip_loss_per_sample, siglip_loss_per_sample_reference
@@ -12,6 +14,7 @@ from scan_fast.ops.siglip_loss import SigLipLoss, siglip_loss_per_sample, siglip
 __all__ = [
     "ClipLoss",
     "MocoLoss",
+    "PairLoss",
     "SigLipLoss",
     "clip_loss_per_sample",
     "clip_loss_per_sample_reference",

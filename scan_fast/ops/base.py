@@ -1,5 +1,6 @@
 """What the loss ops share: the kernel-or-chunks dispatch, chunk sizes, input preparation, scale checks,
-and the base of the pair-loss modules (reduction and rank checks, the per-sample hook).
+the `PairLoss` every loss returns, and the base of the pair-loss modules (reduction and rank checks, the
+per-sample hook).
 
 `clip_loss.py`, `siglip_loss.py` and `info_nce.py` each keep their oracle, chunked autograd
 Function, public op and module; everything they do alike is defined here once.
@@ -7,7 +8,7 @@ Function, public op and module; everything they do alike is defined here once.
 import functools
 import math
 from numbers import Number
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,25 @@ _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _KERNEL_MAX_DIM = 2048
 
 REDUCTIONS = ("mean", "sum", "none")
+
+
+class PairLoss(NamedTuple):
+    """The two per-sample loss vectors of this rank's rows, each (B,): what every loss returns.
+
+    What a and b are, per loss:
+      CLIP (`clip_loss_per_sample`, `ClipLoss`): a = image-to-text (loss_i2t, the rows of the logits),
+        b = text-to-image (loss_t2i, the columns);
+      SigLIP (`siglip_loss_per_sample`, `SigLipLoss`): a = the image losses (row sums of the sigmoid
+        loss over the texts), b = the text losses (column sums over the images);
+      MoCo v3 (`MocoLoss.per_sample_pair`, the trainer's `MoCo.forward`): a = view 1's queries against
+        view 2's keys, b = view 2's queries against view 1's keys.
+    SCAN and the other schedules observe (a, b) of each sample. A NamedTuple, so `a, b = ...` unpacks it.
+    """
+    a: torch.Tensor
+    b: torch.Tensor
+
+    def detach(self) -> "PairLoss":
+        return PairLoss(self.a.detach(), self.b.detach())
 
 
 def default_chunk_rows(rows: int, columns: int) -> int:
@@ -118,10 +138,10 @@ class PairLossModule(nn.Module):
         self.reduction = reduction
         self.on_per_sample = on_per_sample
         self.chunk_rows = chunk_rows
-        self.last_per_sample: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self.last_per_sample: Optional[PairLoss] = None
 
-    def _record(self, loss_a: torch.Tensor, loss_b: torch.Tensor) -> None:
+    def _record(self, pair: PairLoss) -> None:
         """Keep this rank's per-sample pair of the latest call, detached, and pass it to the hook."""
-        self.last_per_sample = (loss_a.detach(), loss_b.detach())
+        self.last_per_sample = pair.detach()
         if self.on_per_sample is not None:
-            self.on_per_sample(*self.last_per_sample)
+            self.on_per_sample(self.last_per_sample.a, self.last_per_sample.b)

@@ -5,7 +5,8 @@
     loss_t2i[j] = logsumexp_i logits[i, j] - logits[j, j]    (columns)
 
 CUDA tensors go to the Triton kernel; everything else to a chunked torch path
-that never holds more than a (chunk x B) block of logits.
+that never holds more than a (chunk x B) block of logits. Both return a `PairLoss`:
+a = loss_i2t, b = loss_t2i.
 """
 import math
 from typing import Callable, Optional, Tuple
@@ -14,19 +15,19 @@ import torch
 import torch.nn.functional as F
 
 from scan_fast.checks import common_dtype, compute_dtype, first_order_only
-from scan_fast.ops.base import PairLossModule, autocast_off, check_scale, default_chunk_rows, prepare_pair
+from scan_fast.ops.base import PairLoss, PairLossModule, autocast_off, check_scale, default_chunk_rows, prepare_pair
 from scan_fast.ops.distributed import gather_features
 from scan_fast.ops.info_nce import row_cross_entropy
 
 
 def clip_loss_per_sample_reference(image_features: torch.Tensor, text_features: torch.Tensor,
-                                   logit_scale) -> Tuple[torch.Tensor, torch.Tensor]:
+                                   logit_scale) -> PairLoss:
     """Materialised B x B logits and F.cross_entropy in fp32 (fp64 for fp64): the oracle."""
     dtype = compute_dtype(common_dtype(image_features, text_features))
     logits = logit_scale * image_features.to(dtype) @ text_features.to(dtype).T
     targets = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, targets, reduction="none"),
-            F.cross_entropy(logits.T, targets, reduction="none"))
+    return PairLoss(F.cross_entropy(logits, targets, reduction="none"),
+                    F.cross_entropy(logits.T, targets, reduction="none"))
 
 
 # A chunk takes the one-exp path when every row and column sum of exp(logits - chunk max)
@@ -153,18 +154,20 @@ def _prepare(image_features, text_features, logit_scale, chunk_rows):
     return image, text, scale, kernel
 
 
-def _clip_loss(image, text, scale, on_kernel, chunk_rows):
+def _clip_loss(image, text, scale, on_kernel, chunk_rows) -> PairLoss:
     if on_kernel:
         from scan_fast.kernels.clip_loss import ClipLossFunction
 
-        return ClipLossFunction.apply(image, text, scale)
-    chunk_rows = chunk_rows or default_chunk_rows(image.shape[0], image.shape[0])
-    return ClipLossChunked.apply(image, text, scale, chunk_rows)
+        loss_i2t, loss_t2i = ClipLossFunction.apply(image, text, scale)
+    else:
+        chunk_rows = chunk_rows or default_chunk_rows(image.shape[0], image.shape[0])
+        loss_i2t, loss_t2i = ClipLossChunked.apply(image, text, scale, chunk_rows)
+    return PairLoss(loss_i2t, loss_t2i)
 
 
 def clip_loss_per_sample(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
-                         chunk_rows: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(loss_i2t, loss_t2i), each (B,): per-sample CE of the rows and the columns of scale * I @ T^T.
+                         chunk_rows: Optional[int] = None) -> PairLoss:
+    """PairLoss(loss_i2t, loss_t2i), each (B,): per-sample CE of the rows and the columns of scale * I @ T^T.
 
     Features are (B, D), already normalised; logit_scale is a number or a scalar
     tensor (its gradient is returned). Gradients flow for any upstream weights on
@@ -182,7 +185,8 @@ class ClipLoss(PairLossModule):
     per-sample (loss_i2t + loss_t2i) / 2). The returned dict holds only the loss,
     so `sum(losses.values())` in open_clip_train's loop is unchanged; the
     detached per-sample losses of this rank's rows from the latest call are in
-    `last_per_sample` as (loss_i2t, loss_t2i), and passed to `on_per_sample`.
+    `last_per_sample` as a PairLoss(loss_i2t, loss_t2i), and passed to
+    `on_per_sample(loss_i2t, loss_t2i)`; `per_sample(...)` returns them with gradients.
 
     With world_size > 1 features are gathered as open_clip does. local_loss:
     local rows against all columns (targets offset by rank), never a B x (world*B)
@@ -206,14 +210,13 @@ class ClipLoss(PairLossModule):
         self.gather_with_grad = gather_with_grad
         self.use_horovod = use_horovod
 
-    def per_sample(self, image_features, text_features, logit_scale):
-        """(loss_i2t, loss_t2i, local_slice): the per-sample losses the scalar averages over,
-        and which of their entries are this rank's rows."""
+    def _per_sample_all(self, image_features, text_features, logit_scale) -> Tuple[PairLoss, slice]:
+        """The per-sample losses the scalar averages over (the gathered batch's without local_loss on
+        several ranks) and which of their entries are this rank's rows."""
         image, text, scale, on_kernel = _prepare(image_features, text_features, logit_scale, self.chunk_rows)
         batch = image.shape[0]
         if self.world_size == 1:
-            loss_i2t, loss_t2i = _clip_loss(image, text, scale, on_kernel, self.chunk_rows)
-            return loss_i2t, loss_t2i, slice(0, batch)
+            return _clip_loss(image, text, scale, on_kernel, self.chunk_rows), slice(0, batch)
         all_image, all_text = gather_features(
             image, text, local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
             rank=self.rank, world_size=self.world_size, use_horovod=self.use_horovod)
@@ -222,19 +225,29 @@ class ClipLoss(PairLossModule):
             offset = self.rank * batch
             loss_i2t = row_cross_entropy(image, all_text, scale, offset, on_kernel, self.chunk_rows)
             loss_t2i = row_cross_entropy(text, all_image, scale, offset, on_kernel, self.chunk_rows)
-            return loss_i2t, loss_t2i, slice(0, batch)
-        loss_i2t, loss_t2i = _clip_loss(all_image, all_text, scale, on_kernel, self.chunk_rows)
-        return loss_i2t, loss_t2i, slice(self.rank * batch, (self.rank + 1) * batch)
+            return PairLoss(loss_i2t, loss_t2i), slice(0, batch)
+        return (_clip_loss(all_image, all_text, scale, on_kernel, self.chunk_rows),
+                slice(self.rank * batch, (self.rank + 1) * batch))
+
+    def per_sample(self, image_features, text_features, logit_scale, logit_bias=None) -> PairLoss:
+        """PairLoss(loss_i2t, loss_t2i) of this rank's rows, each (B,), against the whole (gathered) batch.
+
+        logit_bias is accepted so that CLIP and SigLIP losses are called alike; a scalar bias shifts every
+        logit of a row alike, which cross-entropy ignores.
+        """
+        pair, local = self._per_sample_all(image_features, text_features, logit_scale)
+        return PairLoss(pair.a[local], pair.b[local])
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False):
-        loss_i2t, loss_t2i, local = self.per_sample(image_features, text_features, logit_scale)
-        self._record(loss_i2t[local], loss_t2i[local])
+        pair, local = self._per_sample_all(image_features, text_features, logit_scale)
+        mine = PairLoss(pair.a[local], pair.b[local])
+        self._record(mine)
         if self.reduction == "none":
-            total = (loss_i2t[local] + loss_t2i[local]) / 2
+            total = (mine.a + mine.b) / 2
         elif self.reduction == "sum":
-            total = (loss_i2t.sum() + loss_t2i.sum()) / 2
+            total = (pair.a.sum() + pair.b.sum()) / 2
         else:
-            total = (loss_i2t.mean() + loss_t2i.mean()) / 2
+            total = (pair.a.mean() + pair.b.mean()) / 2
         if logit_bias is not None:
             # a scalar bias shifts every logit of a row alike, which cross-entropy ignores;
             # keep it in the graph (zero gradient) as open_clip does

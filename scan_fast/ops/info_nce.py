@@ -10,14 +10,14 @@ with gradients for both sides).
 """
 import math
 from numbers import Number
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from scan_fast.checks import check_chunk_rows, check_features, common_dtype, compute_dtype, first_order_only
-from scan_fast.ops.base import autocast_off, check_reduction, default_chunk_rows, on_kernel
+from scan_fast.ops.base import PairLoss, autocast_off, check_reduction, default_chunk_rows, on_kernel
 from scan_fast.ops.distributed import concat_all_gather, is_distributed
 
 # ----------------------------------------------------------------------------- reference
@@ -157,7 +157,8 @@ class MocoLoss(nn.Module):
     The builder calls it twice per step (`loss(q1, k2) + loss(q2, k1)`). The
     per-sample losses of the latest call are kept in `last_per_sample` and those
     of the call before in `previous_per_sample` (both detached, this rank's rows),
-    so after the builder's forward `per_sample_pair` holds (loss_a, loss_b).
+    so after the builder's forward `per_sample_pair` holds their PairLoss (a: the first call's,
+    view 1's queries against view 2's keys; b: the second call's).
     `on_per_sample(loss)` is called with each detached vector as it is computed.
     """
 
@@ -172,8 +173,9 @@ class MocoLoss(nn.Module):
         self.previous_per_sample: Optional[torch.Tensor] = None
 
     @property
-    def per_sample_pair(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        return self.previous_per_sample, self.last_per_sample
+    def per_sample_pair(self) -> PairLoss:
+        """PairLoss(the call before the latest's, the latest's); None for a call not made yet."""
+        return PairLoss(self.previous_per_sample, self.last_per_sample)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         check_features("q", q)

@@ -8,7 +8,8 @@ With x = image and y = text features of one batch (offset 0) the rows are the
 image losses and the columns the text losses; open_clip's SigLipLoss is
 sum(row_loss) / B = sum(col_loss) / B. CUDA tensors go to the Triton kernel;
 everything else to a chunked torch path that never holds more than a (chunk x M)
-block of logits.
+block of logits. Both return a `PairLoss`: a = the image losses (rows), b = the text
+losses (columns).
 """
 from typing import Callable, Optional, Tuple
 
@@ -16,20 +17,20 @@ import torch
 import torch.nn.functional as F
 
 from scan_fast.checks import common_dtype, compute_dtype, first_order_only
-from scan_fast.ops.base import PairLossModule, autocast_off, check_scale, default_chunk_rows, prepare_pair
+from scan_fast.ops.base import PairLoss, PairLossModule, autocast_off, check_scale, default_chunk_rows, prepare_pair
 from scan_fast.ops.distributed import all_gather_with_grad, all_reduce_with_grad
 
 _DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
 
 
 def siglip_loss_per_sample_reference(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
-                                     logit_bias) -> Tuple[torch.Tensor, torch.Tensor]:
+                                     logit_bias) -> PairLoss:
     """Materialised B x B logits and labels, as open_clip builds them, in fp32 (fp64 for fp64): the oracle."""
     dtype = compute_dtype(common_dtype(image_features, text_features))
     logits = logit_scale * image_features.to(dtype) @ text_features.to(dtype).T + logit_bias
     labels = 2 * torch.eye(logits.shape[0], device=logits.device, dtype=dtype) - 1
     losses = -F.logsigmoid(labels * logits)
-    return losses.sum(1), losses.sum(0)
+    return PairLoss(losses.sum(1), losses.sum(0))
 
 
 class SigmoidLossChunked(torch.autograd.Function):
@@ -111,7 +112,7 @@ def _prepare(image_features, text_features, logit_scale, logit_bias, chunk_rows)
     return image, text, logit_scale, logit_bias, kernel
 
 
-def _sigmoid_loss(x, y, scale, bias, offset, on_kernel, chunk_rows):
+def _sigmoid_loss(x, y, scale, bias, offset, on_kernel, chunk_rows) -> Tuple[torch.Tensor, torch.Tensor]:
     """(row sums (N,), column sums (M,)) of z = scale * x @ y^T + bias with targets at j = i + offset."""
     if on_kernel:
         from scan_fast.kernels.siglip_loss import SigLipLossFunction
@@ -122,8 +123,8 @@ def _sigmoid_loss(x, y, scale, bias, offset, on_kernel, chunk_rows):
 
 
 def siglip_loss_per_sample(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, logit_bias,
-                           chunk_rows: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(image_loss, text_loss), each (B,): the row and column sums of -log sigmoid(t * (s * I @ T^T + b)).
+                           chunk_rows: Optional[int] = None) -> PairLoss:
+    """PairLoss(image_loss, text_loss), each (B,): the row and column sums of -log sigmoid(t * (s * I @ T^T + b)).
 
     t is +1 on the diagonal (matching pairs) and -1 elsewhere, as in SigLIP and
     open_clip's SigLipLoss, whose loss is image_loss.sum() / B (= text_loss.sum() / B).
@@ -134,7 +135,8 @@ def siglip_loss_per_sample(image_features: torch.Tensor, text_features: torch.Te
     chunked torch path with that chunk size (default: Triton on CUDA, 16 MiB blocks of logits otherwise).
     """
     image, text, scale, bias, on_kernel = _prepare(image_features, text_features, logit_scale, logit_bias, chunk_rows)
-    return _sigmoid_loss(image, text, scale, bias, 0, on_kernel, chunk_rows)
+    image_loss, text_loss = _sigmoid_loss(image, text, scale, bias, 0, on_kernel, chunk_rows)
+    return PairLoss(image_loss, text_loss)
 
 
 class SigLipLoss(PairLossModule):
@@ -145,8 +147,9 @@ class SigLipLoss(PairLossModule):
     the local batch size, as open_clip computes it. `reduction`: "mean" (open_clip's),
     "sum" (the same without dividing by B) or "none" (this rank's per-sample
     (image_loss + text_loss) / 2, whose mean is the same loss on one process). The
-    detached per-sample losses of the latest call are in `last_per_sample` as
-    (image_loss, text_loss), and passed to `on_per_sample`.
+    detached per-sample losses of the latest call are in `last_per_sample` as a
+    PairLoss(image_loss, text_loss), and passed to `on_per_sample(image_loss, text_loss)`;
+    `per_sample(...)` returns them with gradients.
 
     With world_size > 1 the text features of all ranks are all-gathered with gradient
     (every `dist_impl` of open_clip computes the same loss and gradients; the neighbour
@@ -171,8 +174,8 @@ class SigLipLoss(PairLossModule):
             raise ValueError(f"dist_impl must be one of {_DIST_IMPLS}, got {dist_impl!r}")
         self.dist_impl = dist_impl
 
-    def per_sample(self, image_features, text_features, logit_scale, logit_bias) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(image_loss, text_loss), each (B,), of this rank's samples against the whole (gathered) batch."""
+    def per_sample(self, image_features, text_features, logit_scale, logit_bias) -> PairLoss:
+        """PairLoss(image_loss, text_loss), each (B,), of this rank's samples against the whole (gathered) batch."""
         if self.world_size == 1:
             return siglip_loss_per_sample(image_features, text_features, logit_scale, logit_bias, self.chunk_rows)
         image, text, scale, bias, on_kernel = _prepare(image_features, text_features, logit_scale, logit_bias,
@@ -182,15 +185,15 @@ class SigLipLoss(PairLossModule):
         offset = self.rank * batch
         image_loss, column_sums = _sigmoid_loss(image, all_text, scale, bias, offset, on_kernel, self.chunk_rows)
         text_loss = all_reduce_with_grad(column_sums)[offset:offset + batch]
-        return image_loss, text_loss
+        return PairLoss(image_loss, text_loss)
 
     def forward(self, image_features, text_features, logit_scale, logit_bias, output_dict=False):
-        image_loss, text_loss = self.per_sample(image_features, text_features, logit_scale, logit_bias)
-        self._record(image_loss, text_loss)
+        pair = self.per_sample(image_features, text_features, logit_scale, logit_bias)
+        self._record(pair)
         if self.reduction == "none":
-            total = (image_loss + text_loss) / 2
+            total = (pair.a + pair.b) / 2
         elif self.reduction == "sum":
-            total = image_loss.sum()
+            total = pair.a.sum()
         else:
-            total = image_loss.mean()
+            total = pair.a.mean()
         return {"contrastive_loss": total} if output_dict else total

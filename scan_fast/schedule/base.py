@@ -26,7 +26,7 @@ another configuration raises ValueError naming the knobs that differ.
 """
 from abc import ABC, abstractmethod
 from dataclasses import asdict
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -35,6 +35,15 @@ from scan_fast.schedule.inputs import check_int, check_real
 from scan_fast.schedule.stats import EpochRecord, ScheduleStats
 
 _OUT_OF_ORDER = "epochs called out of order: "
+
+
+class PendingBatch(NamedTuple):
+    """One observed batch kept on the device until the next flush (the default `_device_batch`)."""
+    ids: torch.Tensor
+    loss_a: torch.Tensor
+    loss_b: torch.Tensor
+
+
 _MAX_PENDING = 1024  # device batches kept before observe_batch flushes on its own
 
 
@@ -251,17 +260,18 @@ class PruningSchedule(ABC):
         if not self.needs_losses(self._epoch):
             return None
         # copies: the caller may reuse its buffers for the next batch before the flush (FFCV does)
-        return sample_ids.clone(), loss_a.clone(), loss_b.clone()
+        return PendingBatch(sample_ids.clone(), loss_a.clone(), loss_b.clone())
 
     def _drain(self, pending: list) -> None:
-        """Apply the kept batches in order: one copy of all ids and one of all losses to the host."""
-        sizes = [ids.shape[0] for ids, _, _ in pending]
-        ids = torch.cat([p[0] for p in pending]).cpu().numpy()
-        losses = torch.stack([torch.cat([p[1].float() for p in pending]),
-                              torch.cat([p[2].float() for p in pending])]).cpu().numpy()
+        """Apply the kept batches (PendingBatch) in order: one copy of all ids and one of all losses to the host."""
+        sizes = [p.ids.shape[0] for p in pending]
+        ids = torch.cat([p.ids for p in pending]).cpu().numpy()
+        losses_a, losses_b = torch.stack([torch.cat([p.loss_a.float() for p in pending]),
+                                          torch.cat([p.loss_b.float() for p in pending])]).cpu().numpy()
         bounds = np.cumsum(sizes)[:-1]
-        for batch_ids, batch_losses in zip(np.split(ids, bounds), np.split(losses, bounds, axis=1)):
-            self._observe(batch_ids, batch_losses[0], batch_losses[1])
+        for batch_ids, batch_a, batch_b in zip(np.split(ids, bounds), np.split(losses_a, bounds),
+                                               np.split(losses_b, bounds)):
+            self._observe(batch_ids, batch_a, batch_b)
 
     @abstractmethod
     def _finish_epoch(self, epoch: int, epoch_loss: float) -> EpochRecord:

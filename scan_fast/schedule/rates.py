@@ -4,7 +4,7 @@ Like a learning-rate ramp, each is a function of the epoch (and the epoch at
 which pruning started), so a resumed run recomputes the same values.
 """
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 WARMUP, PREPARATION, MUTATION = "warmup", "preparation", "mutation"
 PHASES = (WARMUP, PREPARATION, MUTATION)
@@ -30,15 +30,19 @@ def prune_count(rate: float, num_candidates: int) -> int:
     return math.floor(rate * num_candidates)
 
 
-def epoch_phase(epoch: int, start: Optional[int], t_cos: int) -> Tuple[str, int]:
-    """(phase, position) of an epoch; cycles of t_cos + 1 epochs begin at `start`.
+class EpochPhase(NamedTuple):
+    """An epoch's phase (WARMUP, PREPARATION or MUTATION) and its position in the cycle: 0 for warm-up and
+    preparation epochs, 1..t_cos for mutation epochs."""
+    phase: str
+    position: int
 
-    position is 0 for warm-up and preparation epochs, 1..t_cos for mutation epochs.
-    """
+
+def epoch_phase(epoch: int, start: Optional[int], t_cos: int) -> EpochPhase:
+    """EpochPhase(phase, position) of an epoch; cycles of t_cos + 1 epochs begin at `start`."""
     if start is None or epoch < start:
-        return WARMUP, 0
+        return EpochPhase(WARMUP, 0)
     position = (epoch - start) % (t_cos + 1)
-    return (PREPARATION, 0) if position == 0 else (MUTATION, position)
+    return EpochPhase(PREPARATION, 0) if position == 0 else EpochPhase(MUTATION, position)
 
 
 def relative_loss_drop(prev_loss: float, loss: float) -> float:

@@ -36,10 +36,10 @@ class ScanReference(PruningSchedule):
                                      self.config.per_batch_candidates(global_batch))
 
     def is_preparation(self, epoch: int) -> bool:
-        return epoch_phase(epoch, self._start, self.config.t_cos)[0] == PREPARATION
+        return epoch_phase(epoch, self._start, self.config.t_cos).phase == PREPARATION
 
     def phase_name(self, epoch: int) -> str:
-        return epoch_phase(epoch, self._start, self.config.t_cos)[0]
+        return epoch_phase(epoch, self._start, self.config.t_cos).phase
 
     def candidates(self, kind: str = None) -> np.ndarray:
         """Sorted candidates of the last completed preparation: by mode, or "ill_matched"/"redundant"."""

@@ -9,6 +9,7 @@ Every random draw is keyed by (seed, epoch, batch) and never by global state,
 so a resumed run repeats an uninterrupted one exactly.
 """
 import math
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -22,6 +23,18 @@ from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, batch_strea
                                       epoch_phase, fewest_kept_in_cycles, mutation_stream, prune_count, warmup_step)
 from scan_fast.schedule.shard import KeptSet
 from scan_fast.schedule.stats import EpochRecord
+
+
+class CandidateSets(NamedTuple):
+    """The ill-matched and redundant candidates a preparation epoch collects."""
+    ill: SampleSet
+    red: SampleSet
+
+
+class PrunedSet(NamedTuple):
+    """A mutation epoch's prune set, kept while the epoch's ids are asked for."""
+    epoch: int
+    pruned: SampleSet
 
 
 class Scan(PruningSchedule):
@@ -39,9 +52,9 @@ class Scan(PruningSchedule):
         self._prev_loss = math.inf  # L_prev of the warm-up test
         self._start = None          # first preparation epoch, once warm-up has ended
         self._ill, self._red = SampleSet(num_samples), SampleSet(num_samples)  # last completed preparation
-        self._new = None            # (ILL, RED) being collected: set exactly while a preparation epoch runs
+        self._new: Optional[CandidateSets] = None  # being collected: set exactly while a preparation epoch runs
         self._batch_index = 0
-        self._pruned_cache = None   # (epoch, prune set): epoch_indices may be asked twice
+        self._pruned_cache: Optional[PrunedSet] = None  # epoch_indices may be asked twice
 
     def min_kept_count(self, epochs: int, global_batch: int) -> int:
         return fewest_kept_in_cycles(self.num_samples, epochs, self.config.t_cos, global_batch,
@@ -49,10 +62,10 @@ class Scan(PruningSchedule):
 
     def is_preparation(self, epoch: int) -> bool:
         """True when `epoch` collects candidates (known once the epochs before it ended)."""
-        return epoch_phase(epoch, self._start, self.config.t_cos)[0] == PREPARATION
+        return epoch_phase(epoch, self._start, self.config.t_cos).phase == PREPARATION
 
     def phase_name(self, epoch: int) -> str:
-        return epoch_phase(epoch, self._start, self.config.t_cos)[0]
+        return epoch_phase(epoch, self._start, self.config.t_cos).phase
 
     def finds_candidates(self) -> bool:
         return True
@@ -77,15 +90,15 @@ class Scan(PruningSchedule):
         return self._red if mode == "redundant" else self._ill
 
     def _pruned(self, epoch, position) -> SampleSet:
-        if self._pruned_cache is None or self._pruned_cache[0] != epoch:
+        if self._pruned_cache is None or self._pruned_cache.epoch != epoch:
             candidates = self._by_mode(self.config.mode)
             count = prune_count(cosine_rate(position, self.config.t_cos), len(candidates))
-            self._pruned_cache = (epoch, candidates.sample(count, self.config.seed, mutation_stream(epoch)))
-        return self._pruned_cache[1]
+            self._pruned_cache = PrunedSet(epoch, candidates.sample(count, self.config.seed, mutation_stream(epoch)))
+        return self._pruned_cache.pruned
 
     def _begin_epoch(self, epoch):
         if self.is_preparation(epoch):
-            self._new = (SampleSet(self.num_samples), SampleSet(self.num_samples))
+            self._new = CandidateSets(SampleSet(self.num_samples), SampleSet(self.num_samples))
             self._batch_index = 0
 
     def _keep_indices(self, epoch):
@@ -110,8 +123,8 @@ class Scan(PruningSchedule):
                                     abs_red=self.config.abs_red, seed=self.config.seed,
                                     stream=batch_stream(self._epoch, self._batch_index))
         ill_ids, red_ids = ids.compress(ill), ids.compress(red)  # faster than ids[mask]
-        self._new[0].add(ill_ids)
-        self._new[1].add(red_ids)
+        self._new.ill.add(ill_ids)
+        self._new.red.add(red_ids)
         self._batch_index += 1
         return len(ill_ids), len(red_ids)
 
@@ -129,9 +142,9 @@ class Scan(PruningSchedule):
         return torch.stack([torch.where(ill, ids, -1), torch.where(red, ids, -1)])
 
     def _drain(self, pending):
-        chosen = torch.cat(pending, dim=1).cpu().numpy()
-        for kind, row in zip(self._new, chosen):
-            kind.add(row[row >= 0])
+        ill, red = torch.cat(pending, dim=1).cpu().numpy()  # the rows of _device_batch's (2, B) blocks
+        self._new.ill.add(ill[ill >= 0])
+        self._new.red.add(red[red >= 0])
 
     def _finish_epoch(self, epoch, epoch_loss):
         phase, position = epoch_phase(epoch, self._start, self.config.t_cos)
@@ -142,7 +155,7 @@ class Scan(PruningSchedule):
                 self._start = epoch + 1
             return EpochRecord(epoch, phase, 0, 0, n, epoch_loss)
         if phase == PREPARATION:
-            (self._ill, self._red), self._new = self._new, None
+            self._ill, self._red, self._new = self._new.ill, self._new.red, None
             return EpochRecord(epoch, phase, len(self._by_mode(self.config.mode)), 0, n, epoch_loss)
         pool = len(self._by_mode(self.config.mode))
         pruned = len(self._pruned(epoch, position))
@@ -150,7 +163,7 @@ class Scan(PruningSchedule):
         return EpochRecord(epoch, phase, pool, pruned, n - pruned, epoch_loss)
 
     def _state(self):
-        new_ill, new_red = (None, None) if self._new is None else (s.to_bytes() for s in self._new)
+        new_ill, new_red = (None, None) if self._new is None else (self._new.ill.to_bytes(), self._new.red.to_bytes())
         return {"kind": "Scan", "config": self.config.as_dict(), "prev_loss": self._prev_loss,
                 "start": self._start, "batch_index": self._batch_index,
                 "ill": self._ill.to_bytes(), "red": self._red.to_bytes(), "new_ill": new_ill, "new_red": new_red}
@@ -163,9 +176,10 @@ class Scan(PruningSchedule):
         prev_loss = check_real("state_dict['prev_loss']", state["prev_loss"], finite=False)
         batch_index = check_int("state_dict['batch_index']", state["batch_index"], minimum=0)
         sets = {key: self._load_set(state, key) for key in ("ill", "red", "new_ill", "new_red")}
-        new = None if sets["new_ill"] is None or sets["new_red"] is None else (sets["new_ill"], sets["new_red"])
+        new = None if sets["new_ill"] is None or sets["new_red"] is None else CandidateSets(sets["new_ill"],
+                                                                                               sets["new_red"])
         epoch = check_int("state_dict['epoch']", state["epoch"], minimum=0)
-        collecting = state["in_epoch"] is True and epoch_phase(epoch, start, self.config.t_cos)[0] == PREPARATION
+        collecting = state["in_epoch"] is True and epoch_phase(epoch, start, self.config.t_cos).phase == PREPARATION
         if (new is not None) != collecting:
             raise ValueError("state_dict's 'new_ill'/'new_red' must be set exactly while a preparation epoch "
                              f"is in progress (epoch={epoch}, in_epoch={state['in_epoch']!r})")

@@ -49,7 +49,7 @@ from scan_fast.index import SampleSet
 from scan_fast.schedule.inputs import check_batch, check_int
 from scan_fast.schedule.rates import (EARLIEST_MUTATION, PREPARATION, cosine_rate, epoch_phase, mutation_stream,
                                       prune_count)
-from scan_fast.schedule.scan import Scan
+from scan_fast.schedule.scan import PrunedSet, Scan
 from scan_fast.schedule.stats import EpochRecord
 
 LOG_LO, LOG_HI = math.log(1e-4), math.log(1e4)  # codes span losses 1e-4 .. 1e4 (7.5% a bin)
@@ -224,11 +224,11 @@ class ScanEpoch(Scan):
 
     # -- mutation epochs prune every ILL candidate; preparation epochs hold them out of the loss
     def _pruned(self, epoch, position):
-        if self._pruned_cache is None or self._pruned_cache[0] != epoch:
+        if self._pruned_cache is None or self._pruned_cache.epoch != epoch:
             rate = cosine_rate(position, self.config.t_cos)
-            self._pruned_cache = (epoch, mutation_prune_reference(self._ill, self._red, self.config.mode, rate,
-                                                                  self.config.seed, epoch))
-        return self._pruned_cache[1]
+            self._pruned_cache = PrunedSet(epoch, mutation_prune_reference(self._ill, self._red, self.config.mode,
+                                                                           rate, self.config.seed, epoch))
+        return self._pruned_cache.pruned
 
     def holds_out(self) -> bool:
         """Whether this preparation epoch holds the last preparation's ILL candidates out of the loss."""
@@ -333,8 +333,8 @@ class ScanEpoch(Scan):
         phase, _ = epoch_phase(epoch, self._start, self.config.t_cos)
         if phase == PREPARATION:
             ill, red = self.block_candidates(epoch)
-            self._new[0].add(self._gather(ill))
-            self._new[1].add(self._gather(red))
+            self._new.ill.add(self._gather(ill))
+            self._new.red.add(self._gather(red))
             self._codes = self._hist = None
         return super()._finish_epoch(epoch, epoch_loss)
 

@@ -15,6 +15,7 @@ carries the strategy's configuration, checked on load.
 """
 import math
 import os
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -22,9 +23,17 @@ import torch
 from scan_fast.schedule.base import PruningSchedule, check_saved_config
 from scan_fast.schedule.config import MODES
 from scan_fast.schedule.inputs import check_batch, check_fraction, check_int, check_prune_threshold, check_real
-from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, cosine_rate, epoch_phase,
+from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, EpochPhase, cosine_rate, epoch_phase,
                                       fewest_kept_in_cycles, prune_count, warmup_step)
 from scan_fast.schedule.stats import EpochRecord
+
+
+class EpochPlan(NamedTuple):
+    """An epoch's ids, fixed at its start (InfoBatch, SeTa): the epoch, its kept ids (sorted int64), and for
+    InfoBatch the upweighted ids as little-endian bits (N / 8 bytes)."""
+    epoch: int
+    kept: np.ndarray
+    upweighted: Optional[np.ndarray] = None
 
 
 def _all_but(num_samples: int, pruned: np.ndarray) -> np.ndarray:
@@ -113,11 +122,11 @@ class RandomPruning(PruningSchedule):
 
     def _phase(self, epoch):
         if self.prune_counts is not None:
-            return (MUTATION, 0) if self.prune_counts.get(epoch, 0) else (WARMUP, 0)
+            return EpochPhase(MUTATION, 0) if self.prune_counts.get(epoch, 0) else EpochPhase(WARMUP, 0)
         return epoch_phase(epoch, self._start, self.t_cos)
 
     def is_preparation(self, epoch: int) -> bool:
-        return self._phase(epoch)[0] == PREPARATION
+        return self._phase(epoch).phase == PREPARATION
 
     def prune_count(self, epoch: int) -> int:
         """How many samples epoch `epoch` prunes (known once the previous epoch has ended)."""
@@ -147,7 +156,7 @@ class RandomPruning(PruningSchedule):
     def phase_name(self, epoch: int) -> str:
         if self.prune_counts is not None:  # given counts: no cycle of its own
             return super().phase_name(epoch)
-        return self._phase(epoch)[0]
+        return self._phase(epoch).phase
 
     def _observe(self, sample_ids, loss_a, loss_b):
         if self.is_preparation(self._epoch):
@@ -233,7 +242,7 @@ class InfoBatch(PruningSchedule):
         self.delta = check_fraction("delta", delta)
         self.seed = check_int("seed", seed, minimum=0)
         self.scores = np.full(self.num_samples, np.inf)
-        self._plan = None  # (epoch, kept ids, upweighted ids as bits), frozen at the epoch's start
+        self._plan: Optional[EpochPlan] = None  # frozen at the epoch's start
         self._device_bits = {}  # device -> the plan's bits there
 
     @property
@@ -262,18 +271,19 @@ class InfoBatch(PruningSchedule):
     def sample_weights(self, sample_ids):
         """Loss weight of each sample in the epoch in progress: a tensor on the ids' device for a
         tensor (looked up in a bit-packed copy of the upweighted set there), numpy for numpy ids."""
-        if self._plan is None or self._plan[0] != self._epoch:
+        if self._plan is None or self._plan.epoch != self._epoch:
             raise ValueError(f"sample_weights() before epoch_indices({self._epoch})")
         upweight = 1.0 / (1.0 - self.prune_ratio)
         if isinstance(sample_ids, torch.Tensor):
             bits = self._device_bits.get(sample_ids.device)
             if bits is None:
-                bits = self._device_bits[sample_ids.device] = torch.from_numpy(self._plan[2]).to(sample_ids.device)
+                bits = self._device_bits[sample_ids.device] = torch.from_numpy(self._plan.upweighted).to(
+                    sample_ids.device)
             ids = sample_ids.to(torch.int64)
             up = (bits[ids >> 3] >> (ids & 7).to(torch.uint8)) & 1
             return torch.where(up.bool(), upweight, 1.0).to(torch.float32)
         ids = check_batch(sample_ids, np.zeros(len(sample_ids)), np.zeros(len(sample_ids)), self.num_samples)[0]
-        up = (self._plan[2][ids >> 3] >> (ids & 7).astype(np.uint8)) & 1
+        up = (self._plan.upweighted[ids >> 3] >> (ids & 7).astype(np.uint8)) & 1
         return np.where(up, upweight, 1.0).astype(np.float32)
 
     def _begin_epoch(self, epoch):
@@ -283,18 +293,19 @@ class InfoBatch(PruningSchedule):
             well_learned = seen & (self.scores < self.scores[seen].mean())
         pruned = well_learned & infobatch_coins(self.num_samples, self.prune_ratio, self.seed, epoch)
         # the upweighted set as bits (N / 8 bytes), also what sample_weights copies to the device
-        self._plan = (epoch, np.flatnonzero(~pruned), np.packbits(well_learned & ~pruned, bitorder="little"))
+        upweighted = np.packbits(well_learned & ~pruned, bitorder="little")
+        self._plan = EpochPlan(epoch, np.flatnonzero(~pruned), upweighted)
         self._device_bits = {}
 
     def _keep_indices(self, epoch):
-        return self._plan[1].copy()
+        return self._plan.kept.copy()
 
     def _observe(self, sample_ids, loss_a, loss_b):
         ids, loss_a, loss_b = check_batch(sample_ids, loss_a, loss_b, self.num_samples)
         self.scores[ids] = 0.5 * (loss_a + loss_b)
 
     def _finish_epoch(self, epoch, epoch_loss):
-        kept = len(self._plan[1])
+        kept = len(self._plan.kept)
         phase = MUTATION if epoch < self.full_data_from and kept < self.num_samples else WARMUP
         return EpochRecord(epoch, phase, 0, self.num_samples - kept, kept, epoch_loss)
 
@@ -480,7 +491,7 @@ class SeTa(PruningSchedule):
         self.delta = check_fraction("delta", delta)
         self.seed = check_int("seed", seed, minimum=0)
         self.scores = torch.full((self.num_samples,), float("nan"))  # last loss; NaN: never observed
-        self._plan = None  # (epoch, kept ids): frozen at the epoch's start
+        self._plan: Optional[EpochPlan] = None  # frozen at the epoch's start
 
     def is_preparation(self, epoch: int) -> bool:
         return False
@@ -514,10 +525,10 @@ class SeTa(PruningSchedule):
         return inside | (kept & unseen)
 
     def _begin_epoch(self, epoch):
-        self._plan = (epoch, torch.nonzero(self.kept_mask(epoch)).flatten().cpu().numpy().astype(np.int64))
+        self._plan = EpochPlan(epoch, torch.nonzero(self.kept_mask(epoch)).flatten().cpu().numpy().astype(np.int64))
 
     def _keep_indices(self, epoch):
-        return self._plan[1].copy()
+        return self._plan.kept.copy()
 
     def _record(self, ids: torch.Tensor, loss_a: torch.Tensor, loss_b: torch.Tensor) -> None:
         if self.scores.device != loss_a.device:
@@ -535,7 +546,7 @@ class SeTa(PruningSchedule):
         return None
 
     def _finish_epoch(self, epoch, epoch_loss):
-        kept = len(self._plan[1])
+        kept = len(self._plan.kept)
         phase = MUTATION if kept < self.num_samples else WARMUP
         return EpochRecord(epoch, phase, 0, self.num_samples - kept, kept, epoch_loss)
 
@@ -544,7 +555,7 @@ class SeTa(PruningSchedule):
                 "delta": self.delta, "seed": self.seed}
 
     def _state(self):
-        plan = None if self._plan is None or not self._in_epoch else torch.from_numpy(self._plan[1].copy())
+        plan = None if self._plan is None or not self._in_epoch else torch.from_numpy(self._plan.kept.copy())
         return {"kind": "SeTa", "config": self._config(), "scores": self.scores.cpu().clone(), "plan": plan}
 
     def _parse_state(self, state):
@@ -559,7 +570,7 @@ class SeTa(PruningSchedule):
         def apply():
             self.scores = scores.float().clone()
             # inside an epoch its kept ids are the saved ones (the scores have moved on since its start)
-            self._plan = None if plan is None else (self._epoch, plan.numpy().astype(np.int64).copy())
+            self._plan = None if plan is None else EpochPlan(self._epoch, plan.numpy().astype(np.int64).copy())
             if self._in_epoch and self._plan is None:
                 self._begin_epoch(self._epoch)
         return apply

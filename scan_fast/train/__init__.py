@@ -1,4 +1,5 @@
-"""CLIP and MoCo v3 trainers with SCAN and baseline pruning (train_clip in .clip, train_moco in .moco).
+"""CLIP, SigLIP and MoCo v3 trainers with SCAN and baseline pruning: one Task per kind (.task; ClipTask,
+SigLipTask and train_clip in .clip, MocoTask and train_moco in .moco), one run for all (.run.train, .run.fit).
 
 Imports stay lazy: open_clip, timm and ffcv load only when a trainer runs.
 """

@@ -1,18 +1,20 @@
 """argparse subcommands of the trainers: `scan-fast train clip|moco`, `scan-fast coreset export`.
 
 Flags come from the config dataclasses (one flag per field, grouped by
-section); `--config FILE` (YAML or TOML) may hold any of them, with the same
-names (dashes or underscores), and flags on the command line win.
+section: `add_config_flags`, which the demo's parser in main_job.py uses too);
+`--config FILE` (YAML or TOML) may hold any of them, with the same names
+(dashes or underscores), and flags on the command line win.
 `scan_fast/cli.py` registers these with `add_train_parsers(sub)`,
 `add_coreset_parser(sub)` and `add_eval_parser(sub)`.
 """
 import argparse
+import collections.abc
 import os
 import sys
 import typing
 from dataclasses import MISSING, fields
 
-from scan_fast.train.config import PRECISIONS, PRUNE_MODES, SCAN_TARGETS, ClipConfig, MocoConfig
+from scan_fast.train.config import PRECISIONS, PRUNE_MODES, SCAN_TARGETS, ClipConfig, MocoConfig, TrainConfig
 
 SECTIONS = {
     "data": ("train_data", "val_data", "batch_size", "workers", "augment", "resolution", "seed", "device"),
@@ -42,7 +44,7 @@ HELP = {
     "warmup_epochs": "linear LR warm-up, in (fractional) epochs",
     "grad_clip_norm": "clip the gradients' total norm to this value, a number > 0 (not given: no clipping)",
     "precision": f"one of {PRECISIONS} (GPU only)",
-    "prune": f"pruning strategy, one of {PRUNE_MODES}", "prune_target": f"SCAN candidates, one of {SCAN_TARGETS}",
+    "prune": f"pruning strategy, one of {tuple(PRUNE_MODES)}", "prune_target": f"SCAN candidates, one of {SCAN_TARGETS}",
     "rho_ill": "SCAN: share of each batch taken as ill-matched candidates (scan-epoch: the most of the epoch)",
     "rho_red": "SCAN: share of each batch taken as redundant candidates (scan-epoch: the budget rho-ill + "
                "rho-red less the ill-matched found)",
@@ -87,32 +89,45 @@ HELP = {
 
 
 def _field_type(tp):
-    """(argparse type, is_bool) of a dataclass field annotation."""
+    """(argparse type, is_bool, is_sequence) of a dataclass field annotation; a Sequence[X] field is a
+    flag that takes one or more X."""
     args = typing.get_args(tp)
     if args and type(None) in args:  # Optional[X]
         tp = next(a for a in args if a is not type(None))
-    return tp, tp is bool
+    if typing.get_origin(tp) in (collections.abc.Sequence, list, tuple):
+        return typing.get_args(tp)[0], False, True
+    return tp, tp is bool, False
 
 
-def _add_config_flags(parser, config_cls):
+def add_config_flags(parser, config_cls, sections=SECTIONS, help_texts=HELP, choices=None):
+    """One flag per field of the dataclass `config_cls`, in argument groups by `sections` (section -> field
+    names; every field must be in one), with help texts from `help_texts` and argparse choices from `choices`
+    (field -> allowed values). Every flag defaults to None ("not given"), so that `config_from_args` keeps
+    the dataclass's default, or a --config file's value, for the flags not given."""
     by_name = {f.name: f for f in fields(config_cls)}
-    for section, names in SECTIONS.items():
+    choices = choices or {}
+    for section, names in sections.items():
         present = [n for n in names if n in by_name]
         if not present:
             continue
         group = parser.add_argument_group(section)
         for name in present:
             f = by_name[name]
-            tp, is_bool = _field_type(f.type)
+            tp, is_bool, many = _field_type(f.type)
             default = f.default if f.default is not MISSING else None
-            help_text = HELP.get(name, "") + (f" (default: {default})" if default not in (None, "") else "")
+            if many and default is not None:
+                default = " ".join(map(str, default))
+            help_text = help_texts.get(name, "") + (f" (default: {default})" if default not in (None, "") else "")
             flag = "--" + name.replace("_", "-")
-            # default None: "not given", so a --config file value can fill it in
             if is_bool:
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            elif name in choices:
+                group.add_argument(flag, type=tp, default=None, help=help_text, choices=choices[name],
+                                   nargs="+" if many else None)
             else:
-                group.add_argument(flag, type=tp, default=None, help=help_text, metavar=name.upper())
-    missing = set(by_name) - {n for names in SECTIONS.values() for n in names}
+                group.add_argument(flag, type=tp, default=None, help=help_text, metavar=name.upper(),
+                                   nargs="+" if many else None)
+    missing = set(by_name) - {n for names in sections.values() for n in names}
     assert not missing, f"config fields without a section: {missing}"
 
 
@@ -143,9 +158,13 @@ def read_config_file(path) -> dict:
 
 def _config_value(path, name, value, annotation):
     """A config file's value as the field's type, or a TypeError naming the key."""
-    tp, is_bool = _field_type(annotation)
+    tp, is_bool, many = _field_type(annotation)
     if value is None and type(None) in typing.get_args(annotation):
         return None
+    if many:
+        if not isinstance(value, list):
+            raise TypeError(f"--config {path}: {name} must be a list of {tp.__name__}, got {value!r}")
+        return tuple(_config_value(path, name, item, tp) for item in value)
     if is_bool == isinstance(value, bool):  # true/false is neither a number nor a name
         if isinstance(value, tp):
             return value
@@ -172,7 +191,8 @@ def config_from_args(args, config_cls):
             values[name] = _config_value(args.config, name, value, by_name[name].type)
     for name in by_name:
         if getattr(args, name, None) is not None:  # given on the command line
-            values[name] = getattr(args, name)
+            value = getattr(args, name)
+            values[name] = tuple(value) if isinstance(value, list) else value  # nargs="+" gives a list
     return config_cls(**values)
 
 
@@ -184,7 +204,7 @@ def add_train_parsers(sub) -> None:
                                    ("moco", MocoConfig, "MoCo v3 (ViT or ResNet) on images")):
         p = kinds.add_parser(kind, help=text, description=f"Train {text}.")
         p.add_argument("--config", help="YAML or TOML file holding any of the flags below")
-        _add_config_flags(p, config_cls)
+        add_config_flags(p, config_cls)
         p.set_defaults(run=_run_train, config_cls=config_cls)
 
 
@@ -235,23 +255,19 @@ def export_coreset(checkpoint: str, out: str, overwrite: bool = True, fmt: str =
     import numpy as np
 
     from scan_fast.outputs import check_output, partial_path
-    from scan_fast.schedule import Scan
     from scan_fast.train.checkpoint import load_checkpoint
 
     check_output(out, inputs=[checkpoint], overwrite=overwrite)
     state = load_checkpoint(checkpoint)
     schedule_state = state["schedule"]
     prune = state["config"].get("prune")
-    if (prune, schedule_state.get("kind")) not in (("scan", None), ("scan", "Scan"), ("scan-epoch", "ScanEpoch")):
+    mode = PRUNE_MODES.get(prune)  # a state without "kind" is taken for Scan's, as before schedules named it
+    if mode is None or mode.coreset_state is None or schedule_state.get("kind", "Scan") != mode.coreset_state:
         raise ValueError(f"{checkpoint} is from a --prune {prune} run, not a SCAN run")
-    if prune == "scan-epoch":  # the coreset is Scan's, from the same two bitsets
-        from scan_fast.schedule.scan_epoch import ScanEpoch
-
-        kwargs = {k: v for k, v in _scan_kwargs(state["config"]).items() if k not in ("abs_ill", "abs_red")}
-        scan = ScanEpoch(int(schedule_state["num_samples"]), **kwargs,
-                         world_size=int(schedule_state.get("world_size", 1)))
-    else:
-        scan = Scan(int(schedule_state["num_samples"]), **_scan_kwargs(state["config"]))
+    # the schedule as the run built it (scan-epoch's coreset is Scan's, from the same two bitsets)
+    saved = {f.name: state["config"][f.name] for f in fields(TrainConfig) if f.name in state["config"]}
+    scan = mode.build(TrainConfig(**saved), int(schedule_state["num_samples"]), 0,
+                      int(schedule_state.get("world_size", 1)))
     scan.load_state_dict(schedule_state)
     if not any(record.phase == "preparation" for record in scan.stats().records):
         raise ValueError(f"{checkpoint}: the run has not completed a preparation epoch (it holds "
@@ -273,12 +289,6 @@ def export_coreset(checkpoint: str, out: str, overwrite: bool = True, fmt: str =
     np.savetxt(partial, ids, fmt="%d", header=f"coreset of {checkpoint}: {len(ids)} of {scan.num_samples} ids")
     os.replace(partial, out)
     return len(ids)
-
-
-def _scan_kwargs(config: dict) -> dict:
-    return {"rho_ill": config["rho_ill"], "rho_red": config["rho_red"], "t_cos": config["t_cos"],
-            "prune_threshold": config["prune_threshold"], "mode": config["prune_target"], "seed": config["seed"],
-            "abs_ill": config.get("abs_ill"), "abs_red": config.get("abs_red")}
 
 
 def _run_coreset_export(args):
@@ -320,7 +330,7 @@ def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_te
     config = state["config"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if "model" in config:  # CLIP
-        from scan_fast.train.clip import _zero_shot
+        from scan_fast.train.clip import clip_task
         from scan_fast.train.clip_model import Clip
         from scan_fast.train.evaluate import zero_shot_classes
 
@@ -333,9 +343,10 @@ def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_te
         _load_weights(model, state["model"], checkpoint)
         model.to(device)
         cfg = ClipConfig(train_data=config["train_data"], val_data=val_data, zeroshot_classes=zeroshot_classes,
-                         zeroshot_template=zeroshot_template, workers=workers)
-        return {"zero_shot": _zero_shot(cfg, model, device)()}
-    from scan_fast.train.moco import _knn
+                         zeroshot_template=zeroshot_template, workers=workers, model=config["model"],
+                         loss=config.get("loss"))
+        return {"zero_shot": clip_task(cfg).evaluation(model, device)()}
+    from scan_fast.train.moco import MocoTask
     from scan_fast.train.moco_model import build_moco
 
     model = build_moco(config["arch"], config["resolution"], config["moco_dim"], config["moco_mlp_dim"],
@@ -344,7 +355,7 @@ def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_te
     model.to(device)
     cfg = MocoConfig(train_data=config["train_data"], val_data=val_data, probe_train_data=probe_train_data,
                      resolution=config["resolution"], knn_k=config["knn_k"], workers=workers)
-    knn = _knn(cfg, model, device)
+    knn = MocoTask(cfg).evaluation(model, device)
     return {"knn": knn(), "linear_probe": knn.linear_probe()}
 
 

@@ -1,10 +1,10 @@
 """CLIP for SCAN: any open_clip model by name, randomly initialised, with per-sample losses.
 
 `Clip` wraps the open_clip model and `scan_fast.ClipLoss` (or `scan_fast.SigLipLoss`
-for the sigmoid loss); its forward returns the two per-sample loss vectors
-(image-to-text and text-to-image, or SigLIP's image and text losses) of this
-rank's rows, which the loop reduces (with per-sample weights for InfoBatch) and
-hands to the pruning schedule. Nothing is downloaded: weights start random.
+for the sigmoid loss); its forward returns the `PairLoss` of this rank's rows
+(image-to-text and text-to-image, or SigLIP's image and text losses), which the
+loop reduces (with per-sample weights for InfoBatch) and hands to the pruning
+schedule. Nothing is downloaded: weights start random.
 """
 import json
 import math
@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from scan_fast.ops import ClipLoss, SigLipLoss
+from scan_fast.ops import ClipLoss, PairLoss, SigLipLoss
 from scan_fast.train.config import LOSSES
 
 # A ViT + text transformer small enough to train in minutes on 2 CPU cores
@@ -33,6 +33,20 @@ TINY_SIGLIP = "scan-tiny-vit-siglip"
 TINY_SIGLIP_CONFIG = {**TINY_CLIP_CONFIG, "init_logit_bias": -10}
 # open_clip_train's --siglip initialisation: logit_scale = log 10 (a scale of 10), logit_bias = -10
 SIGLIP_INIT = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0}
+
+
+def _clip_loss(rank: int, world_size: int) -> ClipLoss:
+    # local_loss + gather_with_grad: each rank's rows against all columns, as
+    # open_clip_train recommends for DDP; per-sample losses stay per rank.
+    return ClipLoss(local_loss=world_size > 1, gather_with_grad=world_size > 1, rank=rank, world_size=world_size)
+
+
+def _siglip_loss(rank: int, world_size: int) -> SigLipLoss:
+    return SigLipLoss(rank=rank, world_size=world_size)
+
+
+# --loss name -> (the loss module for rank, world_size; the model's constructor arguments)
+LOSS_MODULES = {"clip": (_clip_loss, {}), "siglip": (_siglip_loss, SIGLIP_INIT)}
 _REGISTERED = {}
 
 
@@ -81,12 +95,12 @@ def create_open_clip(model_name: str, context_length: Optional[int] = None, imag
 
 
 class Clip(nn.Module):
-    """open_clip model + per-sample contrastive loss. forward -> (loss_a, loss_b) of this rank's rows.
+    """open_clip model + per-sample contrastive loss. forward -> PairLoss of this rank's rows.
 
-    loss "clip": (loss_i2t, loss_t2i), cross-entropy of the rows and columns of the logits;
-    "siglip": (image loss, text loss), the row and column sums of the sigmoid loss, with a
+    loss "clip": PairLoss(loss_i2t, loss_t2i), cross-entropy of the rows and columns of the logits;
+    "siglip": PairLoss(image loss, text loss), the row and column sums of the sigmoid loss, with a
     learnt logit_bias (initialised as open_clip_train --siglip). Their mean over the batch,
-    (loss_a + loss_b) / 2, is open_clip's ClipLoss / SigLipLoss. Default: default_loss(model_name).
+    (a + b) / 2, is open_clip's ClipLoss / SigLipLoss. Default: default_loss(model_name).
     """
 
     def __init__(self, model_name: str = TINY_CLIP, context_length: Optional[int] = None,
@@ -95,28 +109,20 @@ class Clip(nn.Module):
         self.loss_name = loss or default_loss(model_name)
         if self.loss_name not in LOSSES:
             raise ValueError(f"--loss must be one of {LOSSES}, got {loss!r}")
-        siglip = self.loss_name == "siglip"
-        self.model = create_open_clip(model_name, context_length, image_size, **(SIGLIP_INIT if siglip else {}))
+        make_loss, init = LOSS_MODULES[self.loss_name]
+        self.model = create_open_clip(model_name, context_length, image_size, **init)
         self.context_length = self.model.context_length
         self.image_size = _image_size(self.model)
-        if siglip:
-            self.loss = SigLipLoss(rank=rank, world_size=world_size)
-        else:
-            # local_loss + gather_with_grad: each rank's rows against all columns, as
-            # open_clip_train recommends for DDP; per-sample losses stay per rank.
-            self.loss = ClipLoss(local_loss=world_size > 1, gather_with_grad=world_size > 1, rank=rank,
-                                 world_size=world_size)
+        self.loss = make_loss(rank, world_size)
 
     def encode(self, images: torch.Tensor, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.model.encode_image(images, normalize=True), self.model.encode_text(tokens, normalize=True)
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> PairLoss:
         image_features, text_features = self.encode(images, tokens)
-        if self.loss_name == "siglip":
-            return self.loss.per_sample(image_features, text_features, self.model.logit_scale.exp(),
-                                        self.model.logit_bias)
-        loss_i2t, loss_t2i, local = self.loss.per_sample(image_features, text_features, self.model.logit_scale.exp())
-        return loss_i2t[local], loss_t2i[local]
+        # logit_bias: SigLIP's learnt bias; None for CLIP models, whose loss ignores a bias
+        return self.loss.per_sample(image_features, text_features, self.model.logit_scale.exp(),
+                                    self.model.logit_bias)
 
     @torch.no_grad()
     def clamp_logit_scale(self) -> None:

@@ -7,12 +7,107 @@ mean the same; `warmup_epochs` is in epochs because pruned epochs vary in steps.
 """
 import math
 from dataclasses import dataclass, fields
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 from scan_fast.schedule.inputs import FLOAT32_MAX, check_prune_threshold, check_threshold
 
-# every --prune strategy, registered once: make_schedule (run.py) builds each, the main job runs the others
-PRUNE_MODES = ("scan", "scan-epoch", "none", "random", "infobatch", "seta", "static")
+
+@dataclass(frozen=True)
+class PruneMode:
+    """One --prune strategy, as PRUNE_MODES registers it.
+
+    build(cfg, num_samples, rank, world_size) -> its PruningSchedule (run.make_schedule);
+    flags: config fields only this strategy reads (given with another --prune, refused by validate());
+    needs_flags: they must be given with it (static's --coreset);
+    finds_candidates: it chooses SCAN's ill-matched and redundant candidates (the demo saves their losses);
+    coreset_state: the state_dict kind of its schedule when `coreset export` can read its checkpoints;
+    random_count: how many ids it keeps is a random draw, so its fewest is an expectation (InfoBatch);
+    in_demo: the demo can run it (static needs a coreset file of its own);
+    copies_counts_of: the strategy whose run's per-epoch counts it matches (the demo runs that one first);
+    demo_baseline: the demo's reference, every other strategy's accuracy is compared with it;
+    style: (colour, marker, line style) of its curves in the demo's plots.
+    """
+    build: Callable
+    flags: Tuple[str, ...] = ()
+    needs_flags: bool = False
+    finds_candidates: bool = False
+    coreset_state: Optional[str] = None
+    random_count: bool = False
+    in_demo: bool = True
+    copies_counts_of: Optional[str] = None
+    demo_baseline: bool = False
+    style: Tuple[str, str, str] = ("tab:gray", "x", "-")
+
+
+# the schedule builders of PRUNE_MODES: (cfg, num_samples, rank, world_size) -> a PruningSchedule
+
+
+def _scan(cfg, num_samples, rank, world_size):
+    from scan_fast.schedule import Scan
+
+    return Scan(num_samples, rho_ill=cfg.rho_ill, rho_red=cfg.rho_red, t_cos=cfg.t_cos,
+                prune_threshold=cfg.prune_threshold, mode=cfg.prune_target, seed=cfg.seed,
+                abs_ill=cfg.abs_ill, abs_red=cfg.abs_red)
+
+
+def _scan_epoch(cfg, num_samples, rank, world_size):
+    from scan_fast.schedule.scan_epoch import ScanEpoch
+
+    return ScanEpoch(num_samples, rho_ill=cfg.rho_ill, rho_red=cfg.rho_red, t_cos=cfg.t_cos,
+                     prune_threshold=cfg.prune_threshold, mode=cfg.prune_target, seed=cfg.seed, rank=rank,
+                     world_size=world_size)
+
+
+def _none(cfg, num_samples, rank, world_size):
+    from scan_fast.schedule.strategies import NoPruning
+
+    return NoPruning(num_samples)
+
+
+def _random(cfg, num_samples, rank, world_size):
+    from scan_fast.schedule.strategies import RandomPruning
+    from scan_fast.train.report import read_prune_counts
+
+    counts = read_prune_counts(cfg.prune_counts) if cfg.prune_counts else None
+    return RandomPruning(num_samples, prune_counts=counts, rho_ill=cfg.rho_ill, rho_red=cfg.rho_red,
+                         t_cos=cfg.t_cos, prune_threshold=cfg.prune_threshold, mode=cfg.prune_target, seed=cfg.seed)
+
+
+def _infobatch(cfg, num_samples, rank, world_size):
+    from scan_fast.schedule.strategies import InfoBatch
+
+    return InfoBatch(num_samples, cfg.epochs, prune_ratio=cfg.infobatch_ratio, delta=cfg.infobatch_delta,
+                     seed=cfg.seed)
+
+
+def _seta(cfg, num_samples, rank, world_size):
+    from scan_fast.schedule.strategies import SeTa
+
+    return SeTa(num_samples, cfg.epochs, ratio=cfg.seta_ratio, groups=cfg.seta_groups, window=cfg.seta_window,
+                delta=cfg.seta_delta, seed=cfg.seed)
+
+
+def _static(cfg, num_samples, rank, world_size):
+    from scan_fast.data.source_ids import coreset_ids
+    from scan_fast.schedule.strategies import StaticCoreset
+
+    ids = coreset_ids(cfg.coreset, cfg.train_data)  # uids, keys or a kept bitset -> ids; None: an id list
+    return StaticCoreset.from_file(cfg.coreset, num_samples) if ids is None else StaticCoreset(num_samples, ids)
+
+
+# every --prune strategy, registered once: make_schedule (run.py) builds each, validate() checks their flags,
+# the demo (main_job.py) and `coreset export` (cli.py) read what they need from here; nothing else tests the names
+PRUNE_MODES = {
+    "scan": PruneMode(_scan, flags=("abs_ill", "abs_red"), finds_candidates=True, coreset_state="Scan",
+                      style=("tab:blue", "o", "-")),
+    "scan-epoch": PruneMode(_scan_epoch, finds_candidates=True, coreset_state="ScanEpoch",
+                            style=("tab:green", "s", "-")),
+    "none": PruneMode(_none, demo_baseline=True, style=("black", "D", "--")),
+    "random": PruneMode(_random, flags=("prune_counts",), copies_counts_of="scan", style=("tab:red", "v", ":")),
+    "infobatch": PruneMode(_infobatch, random_count=True, style=("tab:purple", "^", "-.")),
+    "seta": PruneMode(_seta, style=("tab:orange", "P", "--")),
+    "static": PruneMode(_static, flags=("coreset",), needs_flags=True, in_demo=False),
+}
 SCAN_TARGETS = ("both", "redundant", "ill_matched")
 PRECISIONS = ("amp", "amp_bf16", "fp32")
 LOSSES = ("clip", "siglip")
@@ -130,16 +225,10 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.prune not in PRUNE_MODES:
-            raise ValueError(f"--prune must be one of {PRUNE_MODES}, got {self.prune!r}")
+            raise ValueError(f"--prune must be one of {tuple(PRUNE_MODES)}, got {self.prune!r}")
         if self.prune_target not in SCAN_TARGETS:
             raise ValueError(f"--prune-target must be one of {SCAN_TARGETS}, got {self.prune_target!r}")
-        if (self.prune == "static") != (self.coreset is not None):
-            raise ValueError("--prune static needs --coreset FILE, and --coreset is only used with --prune static"
-                             f" (got --prune {self.prune}, --coreset {self.coreset})")
-        if self.prune_counts is not None and self.prune != "random":
-            raise ValueError(f"--prune-counts only applies to --prune random (got --prune {self.prune})")
-        if self.prune != "scan" and (self.abs_ill is not None or self.abs_red is not None):
-            raise ValueError(f"--abs-ill/--abs-red only apply to --prune scan (got --prune {self.prune})")
+        self._check_strategy_flags()
         check_prune_threshold("--prune-threshold", _number("prune_threshold", self.prune_threshold))
         for name in ("abs_ill", "abs_red"):
             check_threshold(_flag(name), _number(name, getattr(self, name)))
@@ -151,6 +240,21 @@ class TrainConfig:
         if self.stop_after_step is not None and self.stop_after_step < 1:
             raise ValueError(f"--stop-after-step must be >= 1, got {self.stop_after_step}")
         return self
+
+    def _check_strategy_flags(self) -> None:
+        """The flags a strategy owns (PruneMode.flags) are only given with it, and with it when it needs them."""
+        for name, mode in PRUNE_MODES.items():
+            given = [f for f in mode.flags if getattr(self, f) is not None]
+            chosen = self.prune == name
+            if mode.needs_flags and chosen != bool(given):
+                flags = "/".join(_flag(f) for f in mode.flags)
+                values = ", ".join(f"{_flag(f)} {getattr(self, f)}" for f in mode.flags)
+                raise ValueError(f"--prune {name} needs {flags} FILE, and {flags} is only used with --prune {name}"
+                                 f" (got --prune {self.prune}, {values})")
+            if given and not chosen:
+                flags = "/".join(_flag(f) for f in mode.flags)
+                verb = "applies" if len(mode.flags) == 1 else "apply"
+                raise ValueError(f"{flags} only {verb} to --prune {name} (got --prune {self.prune})")
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

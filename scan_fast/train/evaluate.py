@@ -104,30 +104,30 @@ def class_embeddings(clip, prompts: List[List[str]], device) -> torch.Tensor:
 
 @torch.no_grad()
 def zero_shot_accuracy(clip, loader, prompts: List[List[str]], device) -> float:
-    """Top-1 accuracy of argmax cosine(image, class text) over a loader of (images, labels, ids)
+    """Top-1 accuracy of argmax cosine(image, class text) over a loader of batches with images and labels
     (data.labelled_loader); labels are checked against the classes beforehand (zero_shot_classes)."""
     was_training = clip.training
     clip.eval()
     classes = class_embeddings(clip, prompts, device)
     correct = total = 0
-    for images, labels, _ids in loader:
-        image = clip.model.encode_image(images.to(device), normalize=True).float()
+    for batch in loader:
+        image = clip.model.encode_image(batch.images.to(device), normalize=True).float()
         predicted = (image @ classes.T).argmax(1).cpu()
-        correct += int((predicted == labels.cpu()).sum())
-        total += len(labels)
+        correct += int((predicted == batch.labels.cpu()).sum())
+        total += len(batch.labels)
     clip.train(was_training)
     return correct / max(total, 1)
 
 
 @torch.no_grad()
 def extract_features(encoder, loader, device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(normalised features, labels) of a loader of (images, labels, ids)."""
+    """(normalised features, labels) of a loader of batches with images and labels."""
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
-    for images, batch_labels, _ids in loader:
-        feats.append(F.normalize(encoder(images.to(device)).float(), dim=1).cpu())
-        labels.append(batch_labels.cpu())
+    for batch in loader:
+        feats.append(F.normalize(encoder(batch.images.to(device)).float(), dim=1).cpu())
+        labels.append(batch.labels.cpu())
     encoder.train(was_training)
     return torch.cat(feats), torch.cat(labels)
 

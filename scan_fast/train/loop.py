@@ -1,8 +1,8 @@
-"""One training epoch, shared by the CLIP and MoCo trainers (after moco-v3's main_moco.py).
+"""One training epoch, shared by every task (after moco-v3's main_moco.py).
 
-The model's forward returns the two per-sample loss vectors of its rows; the
-loop reduces them (weighted when the schedule asks, as InfoBatch does) and steps
-the optimizer. Nothing in a step waits on the host, as in open_clip's and
+The task's forward returns the `PairLoss` (two per-sample loss vectors) of this rank's rows
+of a `Batch`; the loop reduces them (weighted when the schedule asks, as InfoBatch does) and
+steps the optimizer. Nothing in a step waits on the host, as in open_clip's and
 nanoGPT's loops: the finiteness check and the loss sums accumulate on the device
 and are read every `log_every` steps and at the epoch's end; in epochs whose
 schedule wants the losses, every rank's per-sample losses are gathered on the
@@ -15,7 +15,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -57,23 +57,26 @@ class StopTraining(Exception):
 
 @dataclass
 class Step:
-    """What one optimisation step needs, fixed for a run (moco-v3's train() arguments, in one place)."""
+    """What one optimisation step needs, fixed for a run (moco-v3's train() arguments, in one place).
+
+    cfg: the run's flags the step reads (a TrainConfig: lr, warmup_epochs, epochs, grad_clip_norm,
+    log_every, stop_after_step, save_losses); task: its forward, pair_weight and after_step
+    (scan_fast.train.task.Task); model: the model the task calls (its DistributedDataParallel
+    wrapper on several ranks); autocast: a context factory for mixed precision, or None.
+    """
+    cfg: object
+    task: object
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     schedule: object                   # a scan_fast.schedule.PruningSchedule
-    unpack: Callable                   # batch -> (model inputs tuple, ids tensor)
-    base_lr: float
-    warmup_epochs: float
-    epochs: int
-    forward_kwargs: Optional[Callable[[float], dict]] = None  # fractional epoch -> extra forward kwargs
     autocast: Optional[Callable] = None
-    grad_clip_norm: Optional[float] = None
-    after_step: Optional[Callable] = None
-    pair_reduction: str = "mean"       # "mean": (loss_a + loss_b) / 2 (CLIP); "sum": loss_a + loss_b (MoCo v3)
-    log_every: int = 50                # steps between host reads (finiteness, progress, candidate flush)
-    stop_after_step: Optional[int] = None
-    keep_losses: bool = False          # keep (ids, mean loss) of the epoch for --save-losses
+
+
+class SampleLosses(NamedTuple):
+    """Every sample's loss of an epoch run with --save-losses: the ids and the mean of each pair (float16)."""
+    ids: np.ndarray
+    losses: np.ndarray
 
 
 @dataclass
@@ -84,7 +87,7 @@ class EpochResult:
     loss_sum: float = 0.0       # of the unweighted per-sample losses, over all ranks
     seconds: float = 0.0
     cpu_seconds: float = 0.0    # this process, all threads: less sensitive than wall time to other load
-    losses: Optional[tuple] = None  # (ids, mean per-sample loss as float16) of every sample, with keep_losses
+    losses: Optional[SampleLosses] = None  # with --save-losses (cfg.save_losses)
 
     @property
     def mean_loss(self) -> float:
@@ -145,13 +148,14 @@ def _reduce_sum(value: torch.Tensor) -> float:
 
 
 def train_one_epoch(step: Step, loader, epoch: int, iters: int, global_step: int, progress=None) -> EpochResult:
-    """Trains one epoch; `step.model(*inputs) -> (loss_a, loss_b)` per-sample losses of this rank's rows.
+    """Trains one epoch of `Batch`es; `step.task.forward(model, batch, epoch)` returns the PairLoss of
+    this rank's rows.
 
-    The step minimises the batch mean of (loss_a + loss_b) / 2 (CLIP, as open_clip)
-    or of loss_a + loss_b (pair_reduction="sum", MoCo v3's symmetric loss), times the
-    schedule's sample weights where it gives them.
+    The step minimises the batch mean of (a + b) x task.pair_weight: (a + b) / 2 for CLIP and SigLIP,
+    as open_clip, a + b for MoCo v3's symmetric loss; times the schedule's sample weights where it
+    gives them.
     """
-    pair_weight = 0.5 if step.pair_reduction == "mean" else 1.0
+    cfg, task = step.cfg, step.task
     schedule, model, optimizer, scaler = step.schedule, step.model, step.optimizer, step.scaler
     world = dist.get_world_size() if _distributed() else 1
     collect = schedule.needs_losses(epoch)
@@ -170,61 +174,59 @@ def train_one_epoch(step: Step, loader, epoch: int, iters: int, global_step: int
 
     for i, batch in enumerate(loader):
         fractional_epoch = epoch + i / max(iters, 1)
-        lr = lr_at(fractional_epoch, step.base_lr, step.warmup_epochs, step.epochs)
+        lr = lr_at(fractional_epoch, cfg.lr, cfg.warmup_epochs, cfg.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        inputs, ids = step.unpack(batch)
         with step.autocast() if step.autocast is not None else nullcontext():
-            loss_a, loss_b = model(*inputs, **(step.forward_kwargs(fractional_epoch) if step.forward_kwargs else {}))
-        per_sample = (loss_a.float() + loss_b.float()) * pair_weight
-        weights = schedule.sample_weights(ids)
+            pair = task.forward(model, batch, fractional_epoch)
+        per_sample = (pair.a.float() + pair.b.float()) * task.pair_weight
+        weights = schedule.sample_weights(batch.ids)
         loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
         if monitor is None:
             monitor, loss_sum = FiniteMonitor(loss.device), torch.zeros((), dtype=torch.float64, device=loss.device)
         monitor.add(loss, global_step)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if step.grad_clip_norm is not None:
+        if cfg.grad_clip_norm is not None:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip_norm)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
         scaler.step(optimizer)
         scaler.update()
-        if step.after_step is not None:
-            step.after_step()
+        task.after_step(model)
         global_step += 1
 
-        detached_a, detached_b = loss_a.detach().float(), loss_b.detach().float()
+        detached_a, detached_b = pair.a.detach().float(), pair.b.detach().float()
         loss_sum += (detached_a + detached_b).sum(dtype=torch.float64) / 2
         if collect:
-            all_ids, all_a, all_b = gather_batch(ids, detached_a, detached_b)
+            all_ids, all_a, all_b = gather_batch(batch.ids, detached_a, detached_b)
             schedule.observe_batch(all_ids, all_a, all_b)
-            if step.keep_losses:
+            if cfg.save_losses:
                 kept_ids.append(all_ids)
                 kept_losses.append(((all_a + all_b) / 2).half())
         result.steps += 1
-        result.samples += int(ids.shape[0]) * world  # host-known shape: no sync
+        result.samples += int(batch.ids.shape[0]) * world  # host-known shape: no sync
         if progress is not None:
             progress.update(1)
-        if result.steps % step.log_every == 0:  # a log step: the only host reads inside the epoch
+        if result.steps % cfg.log_every == 0:  # a log step: the only host reads inside the epoch
             check(global_step)
             result.loss_sum = _reduce_sum(loss_sum)
             if progress is not None:
                 progress.set_postfix(loss=f"{result.mean_loss:.4f}", lr=f"{lr:.2e}",
                                      samples_s=f"{result.samples / max(time.perf_counter() - start, 1e-9):.0f}")
-        if step.stop_after_step is not None and global_step >= step.stop_after_step:
+        if cfg.stop_after_step is not None and global_step >= cfg.stop_after_step:
             raise StopTraining(global_step)
     if monitor is not None:
         check(global_step)
         result.loss_sum = _reduce_sum(loss_sum)
     if kept_ids:
-        result.losses = (torch.cat(kept_ids).cpu().numpy(), torch.cat(kept_losses).cpu().numpy())
+        result.losses = SampleLosses(torch.cat(kept_ids).cpu().numpy(), torch.cat(kept_losses).cpu().numpy())
     result.seconds = time.perf_counter() - start
     result.cpu_seconds = time.process_time() - cpu_start
     return result
 
 
-def per_sample_losses(result: EpochResult):
-    """(ids, mean per-sample loss) kept by an epoch run with keep_losses, or empty arrays."""
+def per_sample_losses(result: EpochResult) -> SampleLosses:
+    """The SampleLosses kept by an epoch run with --save-losses, or empty arrays."""
     if result.losses is None:
-        return np.zeros(0, np.int64), np.zeros(0, np.float16)
+        return SampleLosses(np.zeros(0, np.int64), np.zeros(0, np.float16))
     return result.losses

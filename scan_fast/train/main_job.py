@@ -20,9 +20,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from scan_fast.train.config import LOSSES, PRUNE_MODES
+from scan_fast.train.config import LOSSES, PRUNE_MODES, PruneMode
 
-STRATEGIES = tuple(m for m in PRUNE_MODES if m != "static")  # static needs a coreset file of its own
+STRATEGIES = tuple(name for name, mode in PRUNE_MODES.items() if mode.in_demo)  # static needs a coreset file
+BASELINE = next(name for name, mode in PRUNE_MODES.items() if mode.demo_baseline)  # what the others are compared with
 DATA_SETS = ("shapes", "colour-digits")
 DEFAULT_STRATEGIES = ("scan", "scan-epoch", "none", "random")  # make demo: under 4 minutes on 2 cores
 TRAIN_PARTS = 4
@@ -50,8 +51,11 @@ class MainJobConfig:
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown:
             raise ValueError(f"--strategies: unknown {unknown}; choose from {STRATEGIES}")
-        if "random" in self.strategies and "scan" not in self.strategies:
-            raise ValueError("--strategies: random matches a SCAN run's counts, so it needs scan too")
+        for strategy in self.strategies:
+            source = PRUNE_MODES[strategy].copies_counts_of
+            if source is not None and source not in self.strategies:
+                raise ValueError(f"--strategies: {strategy} matches a {source.upper()} run's counts, so it needs "
+                                 f"{source} too")
         for name in ("num_samples", "test_samples", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -168,7 +172,8 @@ def _run(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_
                      name=f"{prune}-seed{seed}", progress=job.progress, tensorboard=True,
                      overwrite=True,  # the job's runs are its own outputs, made again on every call
                      eval_frequency=1,  # every epoch: the accuracy-vs-compute curves (a small held-out set)
-                     save_losses=prune.startswith("scan"), **extra)  # the report's loss histogram of the candidates; 8k samples
+                     # the report's loss histogram of the candidates (8k samples)
+                     save_losses=PRUNE_MODES[prune].finds_candidates, **extra)
     return train_clip(cfg)
 
 
@@ -183,11 +188,12 @@ def run_main_job(job: MainJobConfig) -> List[dict]:
     _compile_data_pipeline(data, job)
     rows = []
     for seed in job.seeds:
-        ordered = sorted(job.strategies, key=lambda s: s != "scan")  # SCAN first: random copies its counts
+        sources = {PRUNE_MODES[s].copies_counts_of for s in job.strategies}
+        ordered = sorted(job.strategies, key=lambda s: s not in sources)  # SCAN first: random copies its counts
         for prune in ordered:
-            counts = None
-            if prune == "random":
-                counts = os.path.join(job.out, "runs", f"scan-seed{seed}", "epochs.csv")
+            counts, source = None, PRUNE_MODES[prune].copies_counts_of
+            if source is not None:
+                counts = os.path.join(job.out, "runs", f"{source}-seed{seed}", "epochs.csv")
             print(f"== {prune}, seed {seed}", flush=True)
             summary = _run(job, data, prune, seed, counts)
             rows.append({"strategy": prune, "seed": seed, **summary})
@@ -207,9 +213,9 @@ def _mean_std(values):
 
 def aggregate(rows: List[dict]) -> List[dict]:
     """One row per strategy: means (and std over seeds) of each measure, and the zero-shot gap to
-    `none` paired by seed (a seed's data and initial weights are shared by its strategies, so the
-    paired gap is far less noisy than the spread of either accuracy over seeds)."""
-    none_by_seed = {r["seed"]: r.get("eval") for r in rows if r["strategy"] == "none"}
+    the baseline (`none`) paired by seed (a seed's data and initial weights are shared by its strategies,
+    so the paired gap is far less noisy than the spread of either accuracy over seeds)."""
+    none_by_seed = {r["seed"]: r.get("eval") for r in rows if r["strategy"] == BASELINE}
     out = []
     for strategy in dict.fromkeys(r["strategy"] for r in rows):
         group = [r for r in rows if r["strategy"] == strategy]
@@ -218,7 +224,7 @@ def aggregate(rows: List[dict]) -> List[dict]:
                     "eval", "ill_precision", "ill_recall"):
             agg[key], agg[f"{key}_std"] = _mean_std([r.get(key) for r in group])
         gaps = [r["eval"] - none_by_seed[r["seed"]] for r in group
-                if strategy != "none" and r.get("eval") is not None and none_by_seed.get(r["seed"]) is not None]
+                if strategy != BASELINE and r.get("eval") is not None and none_by_seed.get(r["seed"]) is not None]
         agg["eval_vs_none"], agg["eval_vs_none_std"] = _mean_std(gaps)
         out.append(agg)
     return out
@@ -234,7 +240,8 @@ def format_table(rows: List[dict]) -> str:
         return text + (f" ± {std * scale:.{digits}f}" if agg["seeds"] > 1 else "")
 
     header = ("| strategy | seeds | sample-steps | pruned (all / after warm-up) | train wall s | train CPU s "
-              "| zero-shot acc % | vs none, paired by seed (points) | ill-matched precision % | ill-matched recall % |")
+              f"| zero-shot acc % | vs {BASELINE}, paired by seed (points) | ill-matched precision % "
+              "| ill-matched recall % |")
     lines = [header, "|" + "---|" * 10]
     for agg in aggregate(rows):
         pruned = cell(agg, "pruned_fraction", 100, 1, "%")
@@ -254,7 +261,8 @@ def write_comparison(job: MainJobConfig, rows: List[dict], table: str, seconds: 
     curves = strategy_curves(rows)
     plot_comparison(curves, job.out)
 
-    truth_note = ("Precision / recall: the ill-matched candidates of the last preparation epoch (scan, scan-epoch) "
+    finders = ", ".join(name for name, mode in PRUNE_MODES.items() if mode.finds_candidates)
+    truth_note = (f"Precision / recall: the ill-matched candidates of the last preparation epoch ({finders}) "
                   f"against the {int(0.2 * 100)}% injected mismatched captions.")
     if job.data == "colour-digits":
         data_line = (f"# SCAN vs baselines on colour-digits (tiny {_MODEL_NAMES[job.loss]}, CPU)", "",
@@ -293,8 +301,6 @@ def write_comparison(job: MainJobConfig, rows: List[dict], table: str, seconds: 
 
 
 _MODEL_NAMES = {"clip": "CLIP", "siglip": "SigLIP (sigmoid loss)"}
-_STYLES = {"scan": ("tab:blue", "o", "-"), "scan-epoch": ("tab:green", "s", "-"), "none": ("black", "D", "--"),
-           "random": ("tab:red", "v", ":"), "infobatch": ("tab:purple", "^", "-."), "seta": ("tab:orange", "P", "--")}
 
 
 def strategy_curves(rows: List[dict]) -> Dict[str, dict]:
@@ -331,7 +337,8 @@ def plot_comparison(curves: Dict[str, dict], out: str) -> List[str]:
     import matplotlib.pyplot as plt
 
     def style(strategy):
-        return _STYLES.get(strategy, ("tab:gray", "x", "-"))
+        mode = PRUNE_MODES.get(strategy)
+        return mode.style if mode is not None else PruneMode.style
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for strategy, c in curves.items():
@@ -371,31 +378,42 @@ def plot_comparison(curves: Dict[str, dict], out: str) -> List[str]:
     return ["accuracy_vs_compute.png", "comparison.png"]
 
 
+# the demo's flags: one per MainJobConfig field (scan_fast.train.cli.add_config_flags)
+FLAG_SECTIONS = {
+    "data": ("data", "num_samples", "test_samples"),
+    "training": ("loss", "strategies", "seeds", "epochs", "batch_size", "lr", "warmup_epochs"),
+    "run": ("out", "workers", "progress"),
+}
+FLAG_HELP = {
+    "out": "folder for data, runs and the report",
+    "num_samples": "training pairs of the generated data set",
+    "test_samples": "clean held-out pairs for the zero-shot evaluation",
+    "epochs": "epochs of every run", "batch_size": "batch size", "lr": "peak learning rate",
+    "warmup_epochs": "linear LR warm-up, in (fractional) epochs",
+    "seeds": "one run per strategy and seed",
+    "strategies": f"subset of {STRATEGIES}",
+    "workers": "FFCV decoding threads",
+    "progress": "tqdm bars",
+    "loss": "clip: the tiny CLIP; siglip: the same towers with the sigmoid loss",
+    "data": "shapes, or colour-digits: handwritten digits in colour with mismatched and faint pairs "
+            "(scan_fast/train/colour_digits.py)",
+}
+FLAG_CHOICES = {"loss": LOSSES, "data": DATA_SETS}
+
+
 def add_main_job_parser(sub, name: str = "demo") -> None:
-    """`scan-fast demo`: the comparison above (wire it in scan_fast/cli.py)."""
-    p = sub.add_parser(name, help="train a tiny CLIP with SCAN, scan-epoch and baselines (none / random / infobatch / seta) and compare",
+    """`scan-fast demo`: the comparison above (wire it in scan_fast/cli.py); its flags are MainJobConfig's."""
+    from scan_fast.train.cli import add_config_flags
+
+    p = sub.add_parser(name, help="train a tiny CLIP with SCAN, scan-epoch and baselines (none / random / infobatch / "
+                                  "seta) and compare",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="demo_out", help="folder for data, runs and the report (default: demo_out)")
-    p.add_argument("--num-samples", type=int, default=MainJobConfig.num_samples)
-    p.add_argument("--test-samples", type=int, default=MainJobConfig.test_samples)
-    p.add_argument("--epochs", type=int, default=MainJobConfig.epochs)
-    p.add_argument("--batch-size", type=int, default=MainJobConfig.batch_size)
-    p.add_argument("--lr", type=float, default=MainJobConfig.lr)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per strategy and seed")
-    p.add_argument("--strategies", nargs="+", default=list(DEFAULT_STRATEGIES), help=f"subset of {STRATEGIES}")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--loss", choices=LOSSES, default=MainJobConfig.loss,
-                   help="clip: the tiny CLIP (default); siglip: the same towers with the sigmoid loss")
-    p.add_argument("--data", choices=DATA_SETS, default=MainJobConfig.data,
-                   help="shapes (default) or colour-digits: handwritten digits in colour with mismatched and "
-                        "faint pairs (scan_fast/train/colour_digits.py)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    add_config_flags(p, MainJobConfig, FLAG_SECTIONS, FLAG_HELP, FLAG_CHOICES)
     p.set_defaults(run=_run_main_job)
 
 
 def _run_main_job(args):
-    run_main_job(MainJobConfig(out=args.out, num_samples=args.num_samples, test_samples=args.test_samples,
-                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seeds=tuple(args.seeds),
-                               strategies=tuple(args.strategies), workers=args.workers, progress=args.progress,
-                               loss=args.loss, data=args.data))
+    from scan_fast.train.cli import config_from_args
+
+    run_main_job(config_from_args(args, MainJobConfig))
     return 0

@@ -1,47 +1,73 @@
-"""`train_moco(config)`: MoCo v3 pre-training with SCAN (or a baseline) on an FFCV .beton."""
+"""The MoCo v3 task (`MocoTask`) and `train_moco(config)`: self-supervised pre-training of a ViT or
+ResNet with SCAN (or a baseline) on an FFCV .beton or part folder."""
 from scan_fast.train.config import MocoConfig
 from scan_fast.train.moco_model import build_moco, momentum_at
-from scan_fast.train.run import check_epochs_fill_a_batch, fit, make_schedule, seed_everything, setup_runtime
+from scan_fast.train.run import train
+from scan_fast.train.task import Task
 
 
-def _unpack(batch):
-    view1, view2, _labels, ids = batch
-    return (view1, view2), ids
+class MocoTask(Task):
+    """MoCo v3 (moco-v3's builder, scan_fast/train/moco_model.py) on two augmented views of each image.
+
+    forward: the model's PairLoss, a = view 1's queries against view 2's keys, b = view 2's queries against
+    view 1's keys, at the momentum of the fractional epoch; the step minimises their sum (pair_weight 1,
+    MoCo v3's symmetric loss). Evaluation: kNN accuracy of the backbone's features on --val-data (bank:
+    --probe-train-data or --train-data); the summary adds the last kNN score and a linear probe's.
+    """
+    kind = "moco"
+    pair_weight = 1.0
+
+    def __init__(self, cfg: MocoConfig):
+        super().__init__(cfg)
+        self._knn = None
+
+    def check(self) -> int:
+        from scan_fast.data import check_beton
+
+        cfg = self.cfg.validate()
+        info = check_beton(cfg.train_data, ("image", "label", "id"))
+        for path in (cfg.val_data, cfg.probe_train_data):
+            if path is not None:
+                check_beton(path, ("image", "label", "id"))
+        if not cfg.augment:
+            raise ValueError("--no-augment: MoCo needs two augmented views of each image")
+        return info["num_samples"]
+
+    def build_model(self, runtime):
+        cfg = self.cfg
+        model = build_moco(cfg.arch, cfg.resolution, cfg.moco_dim, cfg.moco_mlp_dim, cfg.moco_t)
+        if runtime.device.type == "cuda" and runtime.world_size > 1:
+            model = torch_sync_bn(model)
+        self.model = model
+        return model
+
+    def build_loader(self, schedule, runtime):
+        from scan_fast.data import moco_loader
+
+        cfg = self.cfg
+        return moco_loader(cfg.train_data, cfg.batch_size, cfg.resolution, scan=schedule, seed=cfg.seed,
+                           distributed=runtime.world_size > 1, rank=runtime.rank, world_size=runtime.world_size,
+                           device=runtime.device, augment=True, num_workers=cfg.workers)
+
+    def evaluation(self, model, device):
+        if self.cfg.val_data is None:
+            return None
+        self._knn = _knn(self.cfg, model, device)
+        return self._knn
+
+    def forward(self, model, batch, epoch):
+        cfg = self.cfg
+        return model(batch.images, batch.view2, m=momentum_at(epoch, cfg.moco_m, cfg.epochs, cfg.moco_m_cos))
+
+    def summarize(self, summary, schedule, history, runtime) -> None:
+        """knn (the last epoch's evaluation) and linear_probe, on rank 0 of a run with --val-data."""
+        if self._knn is not None and runtime.is_main:
+            summary["knn"] = summary["eval"]
+            summary["linear_probe"] = self._knn.linear_probe()
 
 
 def train_moco(cfg: MocoConfig) -> dict:
-    from scan_fast.data import check_beton, moco_loader
-
-    cfg.validate()
-    info = check_beton(cfg.train_data, ("image", "label", "id"))
-    for path in (cfg.val_data, cfg.probe_train_data):
-        if path is not None:
-            check_beton(path, ("image", "label", "id"))
-    runtime = setup_runtime(cfg.device, cfg.dist_timeout)
-    seed_everything(cfg.seed)
-    num_samples = info["num_samples"]
-    schedule = make_schedule(cfg, num_samples, runtime.rank, runtime.world_size)
-    check_epochs_fill_a_batch(cfg, schedule, num_samples, runtime.world_size)  # before the model is built
-    model = build_moco(cfg.arch, cfg.resolution, cfg.moco_dim, cfg.moco_mlp_dim, cfg.moco_t)
-    if runtime.device.type == "cuda" and runtime.world_size > 1:
-        model = torch_sync_bn(model)
-    if not cfg.augment:
-        raise ValueError("--no-augment: MoCo needs two augmented views of each image")
-    loader = moco_loader(cfg.train_data, cfg.batch_size, cfg.resolution, scan=schedule, seed=cfg.seed,
-                         distributed=runtime.world_size > 1, rank=runtime.rank, world_size=runtime.world_size,
-                         device=runtime.device, augment=True, num_workers=cfg.workers)
-    evaluate = _knn(cfg, model, runtime.device) if cfg.val_data is not None else None
-
-    def momentum(fractional_epoch):
-        return {"m": momentum_at(fractional_epoch, cfg.moco_m, cfg.epochs, cfg.moco_m_cos)}
-
-    summary = fit(cfg, kind="moco", model=model, loader=loader, schedule=schedule, unpack=_unpack,
-                  num_samples=num_samples, runtime=runtime, evaluate=evaluate, forward_kwargs=momentum,
-                  pair_reduction="sum")
-    if evaluate is not None and runtime.is_main and "stopped_at_step" not in summary:
-        summary["knn"] = summary["eval"]
-        summary["linear_probe"] = evaluate.linear_probe()
-    return summary
+    return train(MocoTask(cfg))
 
 
 def torch_sync_bn(model):

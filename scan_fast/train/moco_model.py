@@ -2,20 +2,19 @@
 
 `MoCo` holds the base encoder (backbone + projector), the predictor and the
 momentum encoder; forward(x1, x2, m) updates the momentum encoder and returns
-the two per-sample loss vectors (q1 against k2, q2 against k1) from
-`scan_fast.MocoLoss`, which the pruning schedule observes. Backbones come
+the `PairLoss` of the two per-sample loss vectors (a: q1 against k2, b: q2 against
+k1) from `scan_fast.MocoLoss`, which the pruning schedule observes. Backbones come
 from timm (ViT) and torchvision (ResNet), plus tiny variants for CPU runs.
 The ViTs are moco-v3's `VisionTransformerMoCo` (`scan_fast/train/vits.py`): a
 fixed 2-D sin-cos position embedding, moco-v3's weight init, and a frozen
 random patch projection (`stop_grad_conv1`), on top of timm's `VisionTransformer`.
 """
 import math
-from typing import Tuple
 
 import torch
 from torch import nn
 
-from scan_fast.ops import MocoLoss
+from scan_fast.ops import MocoLoss, PairLoss
 
 ARCHS = ("vit_small", "resnet50", "vit_tiny_cpu", "resnet_tiny_cpu")
 
@@ -83,14 +82,14 @@ class MoCo(nn.Module):
             else:  # frozen (the ViT's patch projection and positions): the average of a constant is itself,
                 param_m.data.copy_(param_b.data)  # copied so rounding in m * x + (1 - m) * x cannot drift
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, m: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, m: float) -> PairLoss:
         q1 = self.predictor(self.base_encoder(x1))
         q2 = self.predictor(self.base_encoder(x2))
         with torch.no_grad():
             self._update_momentum_encoder(m)
             k1 = self.momentum_encoder(x1)
             k2 = self.momentum_encoder(x2)
-        return self.loss(q1, k2), self.loss(q2, k1)
+        return PairLoss(self.loss(q1, k2), self.loss(q2, k1))
 
 
 class MoCo_ResNet(MoCo):  # noqa: N801 (moco-v3's name)

@@ -1,26 +1,29 @@
-"""A training run, whatever the model: processes, schedule, epochs, checkpoints, logs, report.
+"""A training run, whatever the task: processes, schedule, epochs, checkpoints, logs, report.
 
-`fit` drives epochs of `loop.train_one_epoch` over an FFCV loader that reads
-this rank's shard of the schedule's kept set for the epoch, ends each epoch in the
-schedule, evaluates, logs, and checkpoints atomically; with `resume` it continues
-a killed run exactly where its last checkpoint left it. It calls only what
-`PruningSchedule` declares.
+`train(task)` is what every task (scan_fast/train/task.py) shares before its epochs: it checks the
+task's config and data, starts the processes, seeds, builds the schedule and refuses a run an epoch
+of which could train no step. `fit(cfg, task, schedule, runtime)` has the task build its model and
+loader, then drives epochs of `loop.train_one_epoch` over the loader, which reads this rank's shard
+of the schedule's kept set for the epoch, ends each epoch in the schedule, evaluates, logs, and
+checkpoints atomically; with `resume` it continues a killed run exactly where its last checkpoint
+left it. It calls only what `PruningSchedule` and `Task` declare.
 """
 import datetime
 import os
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from scan_fast.data.source_ids import coreset_ids, save_kept_bits
+from scan_fast.data.source_ids import save_kept_bits
 from scan_fast.train.checkpoint import first_non_finite, restore, save_checkpoint
+from scan_fast.train.config import PRUNE_MODES
 from scan_fast.train.loop import NonFiniteLoss, Step, StopTraining, lr_at, per_sample_losses, train_one_epoch
-from scan_fast.train.report import RunLogger, plot_run, read_prune_counts, write_report
+from scan_fast.train.report import RunLogger, plot_run, write_report
 from scan_fast.train.resume import checkpoint_config, open_run, run_folder
 
 
@@ -122,36 +125,9 @@ def seed_everything(seed: int) -> None:
 
 
 def make_schedule(cfg, num_samples: int, rank: int = 0, world_size: int = 1):
-    """The pruning schedule `--prune` names, for a data set of `num_samples` (rank `rank` of `world_size`)."""
-    from scan_fast.schedule.strategies import InfoBatch, NoPruning, RandomPruning, SeTa, StaticCoreset
-
-    if cfg.prune == "scan":
-        from scan_fast.schedule import Scan
-
-        return Scan(num_samples, rho_ill=cfg.rho_ill, rho_red=cfg.rho_red, t_cos=cfg.t_cos,
-                    prune_threshold=cfg.prune_threshold, mode=cfg.prune_target, seed=cfg.seed,
-                    abs_ill=cfg.abs_ill, abs_red=cfg.abs_red)
-    if cfg.prune == "scan-epoch":
-        from scan_fast.schedule.scan_epoch import ScanEpoch
-
-        return ScanEpoch(num_samples, rho_ill=cfg.rho_ill, rho_red=cfg.rho_red, t_cos=cfg.t_cos,
-                         prune_threshold=cfg.prune_threshold, mode=cfg.prune_target, seed=cfg.seed, rank=rank,
-                         world_size=world_size)
-    if cfg.prune == "seta":
-        return SeTa(num_samples, cfg.epochs, ratio=cfg.seta_ratio, groups=cfg.seta_groups, window=cfg.seta_window,
-                    delta=cfg.seta_delta, seed=cfg.seed)
-    if cfg.prune == "none":
-        return NoPruning(num_samples)
-    if cfg.prune == "random":
-        counts = read_prune_counts(cfg.prune_counts) if cfg.prune_counts else None
-        return RandomPruning(num_samples, prune_counts=counts, rho_ill=cfg.rho_ill, rho_red=cfg.rho_red,
-                             t_cos=cfg.t_cos, prune_threshold=cfg.prune_threshold, mode=cfg.prune_target,
-                             seed=cfg.seed)
-    if cfg.prune == "infobatch":
-        return InfoBatch(num_samples, cfg.epochs, prune_ratio=cfg.infobatch_ratio, delta=cfg.infobatch_delta,
-                         seed=cfg.seed)
-    ids = coreset_ids(cfg.coreset, cfg.train_data)  # uids, keys or a kept bitset -> ids; None: an id list
-    return StaticCoreset.from_file(cfg.coreset, num_samples) if ids is None else StaticCoreset(num_samples, ids)
+    """The pruning schedule `--prune` names (PRUNE_MODES), for a data set of `num_samples` (rank `rank` of
+    `world_size`)."""
+    return PRUNE_MODES[cfg.prune].build(cfg, num_samples, rank, world_size)
 
 
 def check_epochs_fill_a_batch(cfg, schedule, num_samples: int, world_size: int) -> None:
@@ -164,7 +140,7 @@ def check_epochs_fill_a_batch(cfg, schedule, num_samples: int, world_size: int) 
         raise ValueError(f"{batch} is more than the {num_samples} samples of {cfg.train_data}")
     fewest = schedule.min_kept_count(cfg.epochs, global_batch)
     if fewest < global_batch:
-        keeps = "is expected to keep" if cfg.prune == "infobatch" else "keeps"  # InfoBatch's draw is random
+        keeps = "is expected to keep" if PRUNE_MODES[cfg.prune].random_count else "keeps"  # a random draw
         raise ValueError(f"{batch} = {global_batch} samples a step, but --prune {cfg.prune} {keeps} as few "
                          f"as {fewest} of the {num_samples} samples of {cfg.train_data} in an epoch of this "
                          f"{cfg.epochs}-epoch run, which would then train no step: lower --batch-size or prune less")
@@ -186,12 +162,27 @@ def _autocast(cfg, device):
     return lambda: torch.autocast("cuda", dtype=dtype)
 
 
-def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_samples: int, runtime: Runtime,
-        evaluate: Optional[Callable[[], float]] = None, forward_kwargs=None, after_step=None,
-        truth_mismatched: Optional[np.ndarray] = None, pair_reduction: str = "mean") -> dict:
-    """Train `cfg.epochs` epochs; returns the run summary (also in report.md on rank 0)."""
+def train(task) -> dict:
+    """A run of `task` (made from its config, `task.cfg`); returns the run summary (fit's)."""
+    cfg = task.cfg
+    num_samples = task.check()
+    runtime = setup_runtime(cfg.device, cfg.dist_timeout)
+    seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
+    schedule = make_schedule(cfg, num_samples, runtime.rank, runtime.world_size)
+    check_epochs_fill_a_batch(cfg, schedule, num_samples, runtime.world_size)  # before the model is built
+    return fit(cfg, task, schedule, runtime)
+
+
+def fit(cfg, task, schedule, runtime: Runtime) -> dict:
+    """Train `cfg.epochs` epochs of `task` (made from `cfg`) on `schedule`'s ids; returns the run summary
+    (also in report.md on rank 0). The task builds its model, loader and evaluation here, in that order,
+    from the generators the caller seeded."""
     from tqdm import tqdm
 
+    model = task.build_model(runtime)
+    loader = task.build_loader(schedule, runtime)
+    evaluate = task.evaluation(model, runtime.device)  # None: no --val-data
+    kind, num_samples = task.kind, schedule.num_samples
     folder = run_folder(cfg, kind, runtime.world_size)
     ckpt_dir = os.path.join(folder, "checkpoints")
     device = runtime.device
@@ -262,11 +253,8 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
                             config=checkpoint_config(cfg, runtime.world_size))
         saved.update(epoch=epoch, step=global_step)  # on every rank: what rank 0's latest.pt now holds
 
-    step = Step(model=train_model, optimizer=optimizer, scaler=scaler, schedule=schedule, unpack=unpack,
-                base_lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, forward_kwargs=forward_kwargs,
-                autocast=_autocast(cfg, device), grad_clip_norm=cfg.grad_clip_norm, after_step=after_step,
-                pair_reduction=pair_reduction, log_every=cfg.log_every, stop_after_step=cfg.stop_after_step,
-                keep_losses=cfg.save_losses)
+    step = Step(cfg=cfg, task=task, model=train_model, optimizer=optimizer, scaler=scaler, schedule=schedule,
+                autocast=_autocast(cfg, device))
     try:
         for epoch in range(start_epoch, cfg.epochs):
             schedule.begin_epoch(epoch)
@@ -316,7 +304,8 @@ def fit(cfg, *, kind: str, model, loader, schedule, unpack: Callable, num_sample
     finally:
         logger.close()
         loader.stop()  # a run that stopped mid-epoch leaves no loader thread behind
-    summary = _summary(cfg, kind, history, full_epoch_samples, folder, schedule, truth_mismatched)
+    summary = _summary(cfg, history, full_epoch_samples, folder, schedule)
+    task.summarize(summary, schedule, history, runtime)
     if runtime.is_main:
         save_kept_bits(os.path.join(folder, "coreset.bits.npy"), schedule.coreset_set())
         plots = plot_run(folder, history, _candidate_losses(folder))
@@ -348,8 +337,8 @@ def _epoch_line(kind, row):
 
 def _save_candidates(folder, epoch, schedule, result):
     """--save-losses: the preparation epoch's per-sample losses (float16) beside its candidates."""
-    ids, losses = per_sample_losses(result)
-    np.savez(os.path.join(folder, "candidates.npz"), epoch=epoch, ids=ids, losses=losses,
+    kept = per_sample_losses(result)
+    np.savez(os.path.join(folder, "candidates.npz"), epoch=epoch, ids=kept.ids, losses=kept.losses,
              ill=schedule.candidates("ill_matched"), red=schedule.candidates("redundant"))
 
 
@@ -369,7 +358,7 @@ def candidate_precision_recall(ill: np.ndarray, mismatched: np.ndarray):
     return hits / max(len(ill), 1), hits / max(int(mismatched.sum()), 1)
 
 
-def _summary(cfg, kind, history, full_epoch_samples, folder, schedule, truth_mismatched):
+def _summary(cfg, history, full_epoch_samples, folder, schedule):
     sample_steps = sum(r["samples"] for r in history)
     full = full_epoch_samples * len(history)
     after_warmup = [r for r in history if r["phase"] not in ("warmup",)]
@@ -384,7 +373,4 @@ def _summary(cfg, kind, history, full_epoch_samples, folder, schedule, truth_mis
         steps_after = sum(r["samples"] for r in after_warmup)
         full_after = full_epoch_samples * len(after_warmup)
         summary["pruned_fraction_after_warmup"] = 1 - steps_after / full_after if full_after else 0.0
-        if truth_mismatched is not None and any(r["phase"] == "preparation" for r in history):
-            precision, recall = candidate_precision_recall(schedule.candidates("ill_matched"), truth_mismatched)
-            summary["ill_precision"], summary["ill_recall"] = precision, recall
     return summary
