@@ -33,3 +33,21 @@ def test_the_docs_name_every_training_flag_and_what_may_change_on_resume():
     for name in sorted(names | set(MAY_CHANGE)):
         flag = "--" + name.replace("_", "-")
         assert flag in text, f"{flag} is not described in docs/"
+
+
+def test_the_architecture_map_names_only_files_that_exist_and_the_id_trip_is_short():
+    """Every source file docs/architecture.md names (a path, or a bare name inside its folder's row) exists,
+    and the id's trip from the data to the schedule and back takes at most 8 numbered hops."""
+    text = (ROOT / "docs/architecture.md").read_text()
+    sources = [p for folder in ("scan_fast", "kernels", "csrc", "bench", "tests") for p in (ROOT / folder).rglob("*")
+               if p.suffix in (".py", ".cpp", ".hpp", ".sh")]
+    paths = {p.relative_to(ROOT).as_posix() for p in sources}
+    names = {p.name for p in sources}
+    missing = []
+    for token in re.findall(r"`([\w/.-]+\.(?:py|cpp|hpp|sh))`", text):
+        if not (token in paths if "/" in token else token in names):
+            missing.append(token)
+    assert not missing, f"docs/architecture.md names files that do not exist: {sorted(set(missing))}"
+    trip = text.split("## How a sample id travels", 1)[1].split("\n## ", 1)[0]
+    hops = re.findall(r"^\d+\. \*\*", trip, flags=re.M)
+    assert 0 < len(hops) <= 8, f"the id's trip has {len(hops)} hops"
