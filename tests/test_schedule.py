@@ -385,9 +385,9 @@ def test_observe_rejects_bad_batches_and_changes_nothing(schedule_type, batch, e
 @pytest.mark.parametrize(*_SCHEDULES)
 def test_calls_out_of_order(schedule_type):
     scan = schedule_type(10)
-    with pytest.raises(ValueError, match=r"out of order: observe\(\) before epoch_indices\(0\)"):
+    with pytest.raises(ValueError, match=r"out of order: observe\(\) before begin_epoch\(0\)"):
         scan.observe([0], [1.0], [1.0])
-    with pytest.raises(ValueError, match=r"out of order: end_epoch\(0, ...\) but the next call must be epoch_indices"):
+    with pytest.raises(ValueError, match=r"out of order: end_epoch\(0, ...\) but the next call must be begin_epoch"):
         scan.end_epoch(0, 1.0)
     with pytest.raises(ValueError, match=r"out of order: epoch_indices\(1\) but the next epoch is 0"):
         scan.epoch_indices(1)

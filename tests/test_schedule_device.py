@@ -116,7 +116,7 @@ def test_infobatch_weights_on_the_device_equal_the_host_weights():
 
 def test_observe_batch_checks_shapes_and_order():
     scan = _make("scan")
-    with pytest.raises(ValueError, match=r"observe_batch\(\) before epoch_indices\(0\)"):
+    with pytest.raises(ValueError, match=r"observe_batch\(\) before begin_epoch\(0\)"):
         scan.observe_batch(torch.arange(3), torch.rand(3), torch.rand(3))
     scan.epoch_indices(0)
     with pytest.raises(ValueError, match="must have one length"):

@@ -5,7 +5,7 @@ counted in the WriteSummary; with strict=True the first one stops the write inst
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -93,8 +93,7 @@ def tokenize_captions(captions: List, where: List[str], tokenizer, summary, stri
 
 
 def check_images(refs: Sequence, where: Sequence[str], summary: WriteSummary, strict: bool,
-                 num_workers: int, progress: bool, max_resolution: Optional[int],
-                 extra_check: Optional[Callable[[int], None]] = None) -> Tuple[List[int], int]:
+                 num_workers: int, progress: bool, max_resolution: Optional[int]) -> Tuple[List[int], int]:
     """Decode every image once; return (indices of good rows, largest stored image in bytes).
 
     The size is taken after the --max-resolution shrink: pages sized for one huge original
@@ -103,8 +102,6 @@ def check_images(refs: Sequence, where: Sequence[str], summary: WriteSummary, st
 
     def check(i):
         try:
-            if extra_check is not None:
-                extra_check(i)
             return i, stored_image(refs[i].read(), max_resolution).nbytes, None
         except BadRow as err:
             return i, 0, err

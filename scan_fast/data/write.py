@@ -96,14 +96,13 @@ def _is_main_thread() -> bool:
 
 
 def write_image_rows(target, fields, refs, where, extras: List[dict], summary, strict,
-                     num_workers, progress, extra_check=None, before_write=None) -> WriteSummary:
+                     num_workers, progress, before_write=None) -> WriteSummary:
     """Common tail of the file-based writers: check, then write each good row's image, the
     fields in its `extras` dict and id = its row in the written file. before_write(good rows)
     may stage files to keep beside the target (write_rows' companions)."""
     num_workers = check_num_workers(num_workers)
     max_resolution = fields["image"].max_resolution
-    good, largest = check_images(refs, where, summary, strict, num_workers, progress, max_resolution,
-                                 extra_check)
+    good, largest = check_images(refs, where, summary, strict, num_workers, progress, max_resolution)
     names = list(fields)
 
     def make_sample(i):

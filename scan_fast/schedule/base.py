@@ -60,7 +60,7 @@ class PruningSchedule(ABC):
     def __init__(self, num_samples: int):
         self.num_samples = check_int("num_samples", num_samples, minimum=1)
         self._epoch = 0          # the epoch in progress, or the next one to begin
-        self._in_epoch = False   # epoch_indices(self._epoch) called, end_epoch not yet
+        self._in_epoch = False   # epoch self._epoch begun, end_epoch not yet
         self._records = []
         self._pending = []       # device-side batches not yet flushed to the host
 
@@ -110,7 +110,7 @@ class PruningSchedule(ABC):
         Scan returns the batch's (ILL, RED) candidate counts, (0, 0) outside preparation epochs.
         """
         if not self._in_epoch:
-            raise ValueError(f"{_OUT_OF_ORDER}observe() before epoch_indices({self._epoch})")
+            raise ValueError(f"{_OUT_OF_ORDER}observe() before begin_epoch({self._epoch})")
         self.flush()  # device batches observed earlier come first
         return self._observe(sample_ids, loss_a, loss_b)
 
@@ -122,7 +122,7 @@ class PruningSchedule(ABC):
         contract (the trainer checks the loss at every log step).
         """
         if not self._in_epoch:
-            raise ValueError(f"{_OUT_OF_ORDER}observe_batch() before epoch_indices({self._epoch})")
+            raise ValueError(f"{_OUT_OF_ORDER}observe_batch() before begin_epoch({self._epoch})")
         if not all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in (sample_ids, loss_a, loss_b)):
             raise TypeError("observe_batch takes 1-D torch tensors (sample_ids, loss_a, loss_b)")
         if not sample_ids.shape == loss_a.shape == loss_b.shape:
@@ -198,7 +198,7 @@ class PruningSchedule(ABC):
         """Close `epoch`; epoch_loss is its mean per-sample loss (drives the warm-up test)."""
         epoch = check_int("epoch", epoch, minimum=0)
         if not self._in_epoch or epoch != self._epoch:
-            expected = f"end_epoch({self._epoch}, ...)" if self._in_epoch else f"epoch_indices({self._epoch})"
+            expected = f"end_epoch({self._epoch}, ...)" if self._in_epoch else f"begin_epoch({self._epoch})"
             raise ValueError(f"{_OUT_OF_ORDER}end_epoch({epoch}, ...) but the next call must be {expected}")
         epoch_loss = check_real("epoch_loss", epoch_loss)
         self.flush()

@@ -272,7 +272,7 @@ class InfoBatch(PruningSchedule):
         """Loss weight of each sample in the epoch in progress: a tensor on the ids' device for a
         tensor (looked up in a bit-packed copy of the upweighted set there), numpy for numpy ids."""
         if self._plan is None or self._plan.epoch != self._epoch:
-            raise ValueError(f"sample_weights() before epoch_indices({self._epoch})")
+            raise ValueError(f"sample_weights() before begin_epoch({self._epoch})")
         upweight = 1.0 / (1.0 - self.prune_ratio)
         if isinstance(sample_ids, torch.Tensor):
             bits = self._device_bits.get(sample_ids.device)
