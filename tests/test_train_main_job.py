@@ -20,11 +20,12 @@ def test_aggregate_means_and_stds_over_seeds():
     assert scan["ill_precision"] == pytest.approx(0.6) and none["ill_precision"] is None
     # paired by seed: 0.30 - 0.36 and 0.40 - 0.38
     assert scan["eval_vs_none"] == pytest.approx(-0.02) and scan["eval_vs_none_std"] == pytest.approx(0.04)
-    assert none["eval_vs_none"] is None
+    assert scan["eval_vs_none_worst"] == pytest.approx(-0.06)
+    assert none["eval_vs_none"] is None and none["eval_vs_none_worst"] is None
     table = format_table(rows).splitlines()
     assert table[2].startswith("| scan | 2 | 70 ± 0 | 30.0% ± 0.0 / 35.0% ± 0.0 |")
-    assert "| 35.0 ± 5.0 | -2.0 ± 4.0 | 60.0 ± 10.0 | 95.0 ± 5.0 |" in table[2]
-    assert table[3].endswith("| 37.0 ± 1.0 | — | — | — |")
+    assert "| 35.0 ± 5.0 | -2.0 ± 4.0 | -6.0 | 60.0 ± 10.0 | 95.0 ± 5.0 |" in table[2]
+    assert table[3].endswith("| 37.0 ± 1.0 | — | — | — | — |")
 
 
 @pytest.mark.parametrize("kwargs, match", [
