@@ -87,8 +87,7 @@ def test_rule_separates_wrong_pairs_where_the_batch_rank_cannot():
     precision, recall = wrong[ill].mean(), wrong[ill].sum() / wrong.sum()
     assert precision > 0.97 and recall > 0.97
     assert len(np.intersect1d(ill, red)) == 0
-    budget = int(0.7 * n)
-    assert abs(len(ill) + len(red) - budget) <= 0.02 * n  # the partial bin is a keyed coin per id
+    assert abs(len(red) - int(0.35 * n)) <= 0.02 * n  # RED keeps its own budget; the partial bin is a coin per id
     assert not wrong[red].any()
 
 
@@ -181,14 +180,14 @@ def test_epoch_end_state_resumes_on_any_world_size_and_mid_epoch_state_only_on_i
         ScanEpoch(n, seed=2).load_state_dict(Scan(n, seed=2).state_dict())
 
 
-def test_plan_budget_moves_to_the_easiest_samples():
+def test_plan_keeps_each_side_at_its_own_budget():
     hist = np.zeros(NUM_CODES, np.int64)
     hist[50:70] = 40  # 800 clean
     hist[160:165] = 40  # 200 wrong
     p = plan(hist, 1000, 0.35, 0.35)
     assert p["ill"][0] >= 70 and p["ill"][1] == -1  # the whole upper mode, no partial bin
-    assert p["k_red"] == 700 - 200
-    assert plan(hist, 1000, 0.35, 0.35, transfer=False)["k_red"] == 350  # modes other than "both"
+    assert p["k_ill"] == 350 and p["k_red"] == 350  # the 150 ILL leaves free do not move to RED
+    assert plan(hist, 1000, 0.35, 0.2)["k_red"] == 200
 
 
 def test_modes_other_than_both_keep_the_paper_counts():

@@ -46,8 +46,7 @@ HELP = {
     "precision": f"one of {PRECISIONS} (GPU only)",
     "prune": f"pruning strategy, one of {tuple(PRUNE_MODES)}", "prune_target": f"SCAN candidates, one of {SCAN_TARGETS}",
     "rho_ill": "SCAN: share of each batch taken as ill-matched candidates (scan-epoch: the most of the epoch)",
-    "rho_red": "SCAN: share of each batch taken as redundant candidates (scan-epoch: the budget rho-ill + "
-               "rho-red less the ill-matched found)",
+    "rho_red": "SCAN: share of each batch taken as redundant candidates (scan-epoch: share of the epoch)",
     "t_cos": "SCAN: mutation epochs per cycle",
     "prune_threshold": "SCAN: warm-up ends when the epoch loss drops by less than this share, in [0, 1]",
     "abs_ill": "SCAN: ill-matched candidates are the losses above this value (> 0) instead of --rho-ill's share",
