@@ -1,4 +1,6 @@
 """The main job's table and its argument checks (the runs themselves are covered by test_train_clip)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,19 @@ def test_curves_average_seeds_and_the_plots_are_written(tmp_path):
     np.testing.assert_allclose(curves["random"]["kept_fraction"], [1.0, 0.5, 0.5])
     written = plot_comparison(curves, str(tmp_path))
     assert all((tmp_path / name).stat().st_size > 1000 for name in written)
+
+
+def test_the_job_runs_on_colour_digits_whose_held_out_split_has_no_captions(tmp_path):
+    """The held-out split of colour-digits is labelled only (no tokens): the job reads it as the evaluation does."""
+    from scan_fast.data.schema import check_beton
+    from scan_fast.train.main_job import run_main_job
+
+    job = MainJobConfig(out=str(tmp_path), data="colour-digits", strategies=("none",), epochs=1, num_samples=128,
+                        test_samples=64, batch_size=64, progress=False, workers=1)
+    (row,) = run_main_job(job.validate())
+    assert row["strategy"] == "none" and row["sample_steps"] == 128
+    assert 0.0 <= row["eval"] <= 1.0
+    test_set = os.path.join(str(tmp_path), "data", "colour_digits_test64.beton")
+    with pytest.raises(ValueError, match="lacks field"):
+        check_beton(test_set, ("image", "tokens", "id"))
+    assert os.path.isfile(os.path.join(str(tmp_path), "report.md"))

@@ -146,13 +146,15 @@ def build_data(out: str, num_samples: int, test_samples: int, progress: bool = T
 
 
 def _compile_data_pipeline(data: Dict[str, str], job: MainJobConfig) -> None:
-    """Read the held-out set once, untimed: FFCV compiles its pipeline (numba) on the first
-    loader of a process, ~10 s that would otherwise land on whichever strategy runs first."""
-    from scan_fast.data import clip_loader
+    """Read the held-out set once, untimed, through the labelled loader the evaluation reads it with
+    (every data set's held-out split is labelled; colour-digits' has no captions): FFCV compiles its
+    pipeline (numba) on the first loader of a process, ~10 s that would otherwise land on whichever
+    strategy runs first."""
+    from scan_fast.data import labelled_loader
     from scan_fast.train.clip_model import TINY_CLIP_CONFIG
 
-    loader = clip_loader(data["test"], min(job.batch_size, job.test_samples),
-                         TINY_CLIP_CONFIG["vision_cfg"]["image_size"], augment=False, num_workers=job.workers)
+    loader = labelled_loader(data["test"], min(job.batch_size, job.test_samples),
+                             TINY_CLIP_CONFIG["vision_cfg"]["image_size"], num_workers=job.workers)
     for _ in loader:
         pass
 
