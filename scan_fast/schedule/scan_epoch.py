@@ -21,7 +21,7 @@ n = samples observed in the epoch. "Up to k" takes whole bins while they fit and
 that does not, each sample whose keyed hash u(seed, epoch, id) (a uniform 64-bit word) is below
 (k - taken) / count x 2^64: a choice by id alone, so any rank can make it for its own ids. Each side
 keeps the paper's budget: when ILL takes fewer than k_ill, the rest is not handed to RED (measured:
-moving it to the easiest samples pruned 6 points more of the post-warm-up sample-steps and cost 2
+moving it to the easiest samples pruned 7 points more of the post-warm-up sample-steps and cost 1.6
 points of zero-shot accuracy on the demo data, as the late mutation epochs then train on 30% of it).
 
 Held-out ill-matched pairs: an ILL candidate is a wrong pair, not a hard one, so the variant stops
