@@ -107,13 +107,7 @@ def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float) -> dict:
     hist = np.asarray(hist, dtype=np.int64)
     k_ill = math.floor(rho_ill * n)
     t = otsu_cut(hist)
-    above = int(hist[t:].sum())
-    if above <= k_ill:
-        ill = (t, -1, 0)
-        n_ill = above
-    else:
-        ill = take_plan(hist, k_ill, from_top=True)
-        n_ill = k_ill
+    ill = (t, -1, 0) if int(hist[t:].sum()) <= k_ill else take_plan(hist, k_ill, from_top=True)
     k_red = math.floor(rho_red * n)
     # RED never reaches into the ILL bins
     below = hist.copy()
