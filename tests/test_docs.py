@@ -51,3 +51,13 @@ def test_the_architecture_map_names_only_files_that_exist_and_the_id_trip_is_sho
     trip = text.split("## How a sample id travels", 1)[1].split("\n## ", 1)[0]
     hops = re.findall(r"^\d+\. \*\*", trip, flags=re.M)
     assert 0 < len(hops) <= 8, f"the id's trip has {len(hops)} hops"
+
+
+def test_every_image_the_readme_and_docs_show_is_in_the_repository():
+    shown = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+    missing = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in shown.findall(page.read_text()):
+            if "://" not in target and not (page.parent / target).is_file():
+                missing.append(f"{page.relative_to(ROOT).as_posix()}: {target}")
+    assert not missing, f"images shown but not in the repository: {missing}"
