@@ -28,6 +28,8 @@ def test_aggregate_means_and_stds_over_seeds():
     assert table[2].startswith("| scan | 2 | 70 ± 0 | 30.0% ± 0.0 / 35.0% ± 0.0 |")
     assert "| 35.0 ± 5.0 | -2.0 ± 4.0 | -6.0 | 60.0 ± 10.0 | 95.0 ± 5.0 |" in table[2]
     assert table[3].endswith("| 37.0 ± 1.0 | — | — | — | — |")
+    better = format_table([_row("scan", 0, 70, 0.40), _row("none", 0, 100, 0.36)]).splitlines()[2]
+    assert "| 40.0 | +4.0 | +4.0 |" in better  # a gain is signed like a loss
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -235,11 +235,11 @@ def aggregate(rows: List[dict]) -> List[dict]:
 
 def format_table(rows: List[dict]) -> str:
     """Markdown table, one row per strategy (mean ± std over seeds)."""
-    def cell(agg, key, scale=1.0, digits=1, suffix=""):
+    def cell(agg, key, scale=1.0, digits=1, suffix="", sign=""):
         mean, std = agg[key], agg[f"{key}_std"]
         if mean is None:
             return "—"
-        text = f"{mean * scale:.{digits}f}{suffix}"
+        text = f"{mean * scale:{sign}.{digits}f}{suffix}"
         return text + (f" ± {std * scale:.{digits}f}" if agg["seeds"] > 1 else "")
 
     header = ("| strategy | seeds | sample-steps | pruned (all / after warm-up) | train wall s | train CPU s "
@@ -253,7 +253,7 @@ def format_table(rows: List[dict]) -> str:
         worst = "—" if agg["eval_vs_none_worst"] is None else f"{100 * agg['eval_vs_none_worst']:+.1f}"
         lines.append(f"| {agg['strategy']} | {agg['seeds']} | {cell(agg, 'sample_steps', 1, 0)} | {pruned} "
                      f"| {cell(agg, 'wall_seconds')} | {cell(agg, 'cpu_seconds')} | {cell(agg, 'eval', 100)} "
-                     f"| {cell(agg, 'eval_vs_none', 100, 1)} | {worst} | {cell(agg, 'ill_precision', 100)} "
+                     f"| {cell(agg, 'eval_vs_none', 100, 1, sign='+')} | {worst} | {cell(agg, 'ill_precision', 100)} "
                      f"| {cell(agg, 'ill_recall', 100)} |")
     return "\n".join(lines)
 
