@@ -150,6 +150,8 @@ class RandomPruning(PruningSchedule):
         self._collecting = 0
 
     def _keep_indices(self, epoch):
+        # Seeded by (seed, epoch) but not keyed per id like the other choices: a keyed draw would change
+        # which ids this baseline drops, and with them every published `random` number.
         rng = np.random.default_rng([self.seed, epoch])
         return _all_but(self.num_samples, rng.choice(self.num_samples, self.prune_count(epoch), replace=False))
 
