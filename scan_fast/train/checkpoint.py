@@ -15,6 +15,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from scan_fast.train.task import unwrapped
+
 FORMAT = "scan-fast-checkpoint-v1"
 _TMP_PREFIX, _TMP_SUFFIX = ".ckpt-", ".tmp"  # a write in progress, renamed over the target when complete
 
@@ -57,8 +59,8 @@ def first_non_finite(model, optimizer) -> Optional[str]:
     One fused max-abs reduction per device (`torch._foreach_norm` with ord=inf, which propagates NaN)
     and one host read of its result: cheap enough for every checkpoint, and no read inside a step.
     """
-    named = [(f"model weight {name}", t) for name, t in _unwrap(model).state_dict().items()]
-    names = {id(p): name for name, p in _unwrap(model).named_parameters()}
+    named = [(f"model weight {name}", t) for name, t in unwrapped(model).state_dict().items()]
+    names = {id(p): name for name, p in unwrapped(model).named_parameters()}
     for param, values in optimizer.state.items():
         for key, value in values.items():
             named.append((f"optimizer state {key!r} of {names.get(id(param), 'a parameter')}", value))
@@ -88,7 +90,7 @@ def save_checkpoint(path, *, model, optimizer, scaler, schedule, epoch: int, glo
         "format": FORMAT,
         "epoch": int(epoch),          # the next epoch to train
         "global_step": int(global_step),
-        "model": _unwrap(model).state_dict(),
+        "model": unwrapped(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
         "schedule": schedule.state_dict(),
@@ -142,12 +144,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 
 def restore(state: dict, *, model, optimizer, scaler, schedule) -> None:
     """Load every part of `state` into the live objects and the random generators."""
-    _unwrap(model).load_state_dict(state["model"])
+    unwrapped(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     schedule.load_state_dict(state["schedule"])
     set_rng_state(state["rng"])
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
