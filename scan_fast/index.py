@@ -29,6 +29,9 @@ _ENGINE_ID_DTYPES = frozenset(np.dtype(t) for t in (np.int64, np.uint32, np.int3
 _LOSS_DTYPES = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
 
 
+_HEADER_BYTES = 32  # SampleSet.to_bytes(): a 32-byte header, then the bits
+
+
 def set_num_threads(num_threads: int) -> None:
     """Threads used by the engine's bulk loops. Results never depend on it."""
     num_threads = _as_int(num_threads, "num_threads")
@@ -224,6 +227,11 @@ class SampleSet:
     def to_bytes(self) -> bytes:
         """32-byte header (magic, format version, num_samples, payload checksum) + bitset."""
         return self._impl.to_bytes()
+
+    def packed_bits(self) -> np.ndarray:
+        """The set as little-endian packed bits (N / 8 bytes, read-only): id i is bit i & 7 of byte i >> 3
+        (`scan_fast.bits.bits_contain` reads them)."""
+        return np.frombuffer(self.to_bytes(), np.uint8)[_HEADER_BYTES:]
 
     @classmethod
     def from_bytes(cls, data) -> "SampleSet":

@@ -399,3 +399,26 @@ def test_batch_candidates_bad_input(kwargs, err, match):
     loss_a, loss_b = args.pop("loss_a"), args.pop("loss_b")
     with pytest.raises(err, match=match):
         batch_candidates(loss_a, loss_b, **args)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 300), st.data())
+def test_packed_bits_answer_membership_like_the_set(num_samples, data):
+    import torch
+
+    from scan_fast.bits import bits_contain
+
+    members = data.draw(st.lists(st.integers(0, num_samples - 1), max_size=num_samples))
+    queries = np.array(data.draw(st.lists(st.integers(0, num_samples - 1), min_size=1, max_size=64)), np.int64)
+    s = SampleSet(num_samples)
+    s.add(np.array(members, np.int64))
+    bits = s.packed_bits()
+    expected = np.isin(queries, members)
+    assert len(bits) * 8 >= num_samples
+    np.testing.assert_array_equal(bits_contain(bits, queries), expected)
+    on_torch = bits_contain(torch.from_numpy(bits.copy()), torch.from_numpy(queries))
+    assert on_torch.dtype == torch.bool
+    np.testing.assert_array_equal(on_torch.numpy(), expected)
+    mask = np.zeros(num_samples, bool)
+    mask[members] = True
+    np.testing.assert_array_equal(np.packbits(mask, bitorder="little"), bits[:len(np.packbits(mask))])

@@ -45,6 +45,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from scan_fast.bits import bits_contain
 from scan_fast.keyed_hash import SCAN_EPOCH_TIE, SIGN_BIT, below_fraction, counter_hashes, stream_key
 from scan_fast.index import SampleSet
 from scan_fast.schedule.inputs import check_batch, check_int
@@ -56,7 +57,6 @@ from scan_fast.schedule.stats import EpochRecord
 LOG_LO, LOG_HI = math.log(1e-4), math.log(1e4)  # codes span losses 1e-4 .. 1e4 (7.5% a bin)
 NUM_CODES = 255                                  # codes 0..254; UNSEEN marks ids not observed
 UNSEEN = 255
-_SET_HEADER_BYTES = 32                           # SampleSet.to_bytes(): a 32-byte header, then the bits
 _EDGES64 = np.exp(LOG_LO + np.arange(NUM_CODES - 1) * (LOG_HI - LOG_LO) / (NUM_CODES - 1))
 EDGES = _EDGES64.astype(np.float32)              # 254 increasing float32 edges
 
@@ -170,18 +170,6 @@ def held_out_weights(held):
     return keep * np.float32(keep.size / max(keep.sum(), 1.0))
 
 
-def packed_bits(ids: SampleSet) -> np.ndarray:
-    """The set as little-endian packed bits (N / 8 bytes): id i is bit i & 7 of byte i >> 3."""
-    return np.frombuffer(ids.to_bytes(), np.uint8)[_SET_HEADER_BYTES:]
-
-
-def bits_contain(bits, ids):
-    """Membership of `ids` (numpy or torch int64) in packed bits of the same library and device."""
-    if isinstance(ids, torch.Tensor):
-        return ((bits[ids >> 3] >> (ids & 7).to(torch.uint8)) & 1).bool()
-    return ((bits[ids >> 3] >> (ids & 7).astype(np.uint8)) & 1).astype(bool)
-
-
 # ----------------------------------------------------------------------------- the schedule
 
 
@@ -253,7 +241,7 @@ class ScanEpoch(Scan):
         an epoch, never per step)."""
         self._held, self._held_on = None, {}
         if self.is_preparation(epoch) and self.config.mode != "redundant" and len(self._ill):
-            self._held = packed_bits(self._ill)
+            self._held = self._ill.packed_bits()
 
     def _buffers(self, device):
         if self._codes is None:

@@ -20,6 +20,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
+from scan_fast.bits import bits_contain
 from scan_fast.schedule.base import PruningSchedule, check_saved_config
 from scan_fast.schedule.config import MODES
 from scan_fast.schedule.inputs import check_batch, check_fraction, check_int, check_prune_threshold, check_real
@@ -281,12 +282,10 @@ class InfoBatch(PruningSchedule):
             if bits is None:
                 bits = self._device_bits[sample_ids.device] = torch.from_numpy(self._plan.upweighted).to(
                     sample_ids.device)
-            ids = sample_ids.to(torch.int64)
-            up = (bits[ids >> 3] >> (ids & 7).to(torch.uint8)) & 1
-            return torch.where(up.bool(), upweight, 1.0).to(torch.float32)
+            up = bits_contain(bits, sample_ids.to(torch.int64))
+            return torch.where(up, upweight, 1.0).to(torch.float32)
         ids = check_batch(sample_ids, np.zeros(len(sample_ids)), np.zeros(len(sample_ids)), self.num_samples)[0]
-        up = (self._plan.upweighted[ids >> 3] >> (ids & 7).astype(np.uint8)) & 1
-        return np.where(up, upweight, 1.0).astype(np.float32)
+        return np.where(bits_contain(self._plan.upweighted, ids), upweight, 1.0).astype(np.float32)
 
     def _begin_epoch(self, epoch):
         well_learned = np.zeros(self.num_samples, dtype=bool)
