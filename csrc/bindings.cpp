@@ -7,6 +7,7 @@
 
 #include <optional>
 
+#include "regions.hpp"
 #include "sample_set.hpp"
 #include "shard.hpp"
 
@@ -231,6 +232,27 @@ PYBIND11_MODULE(_C, m) {
       py::arg("step"), py::arg("count"), R"pbdoc(
         Ids at positions (start + j * step) mod K, j < count, of the kept ids (the set's
         members, or its non-members) in the keyed order of (seed, stream); int64.
+    )pbdoc");
+
+  m.def(
+      "read_regions",
+      [](const CArray<int32_t>& fds, const CArray<uint64_t>& offsets, const CArray<uint64_t>& sizes,
+         py::array_t<uint8_t, py::array::c_style> out, const CArray<uint64_t>& out_offsets) {
+        const auto count = static_cast<size_t>(fds.size());
+        if (offsets.size() != fds.size() || sizes.size() != fds.size() || out_offsets.size() != fds.size()) {
+          throw std::invalid_argument("fds, offsets, sizes and out_offsets must have one entry per region");
+        }
+        uint8_t* dst = out.mutable_data();
+        const auto out_size = static_cast<size_t>(out.size());
+        py::gil_scoped_release nogil;
+        return scan_fast::read_regions(fds.data(), offsets.data(), sizes.data(), count, dst, out_size,
+                                       out_offsets.data());
+      },
+      py::arg("fds").noconvert(), py::arg("offsets").noconvert(), py::arg("sizes").noconvert(),
+      py::arg("out").noconvert(), py::arg("out_offsets").noconvert(), R"pbdoc(
+        pread region k = (fds[k], offsets[k], sizes[k]) into out[out_offsets[k]:][:sizes[k]], for every k,
+        with the GIL released. Returns -1 when all were read whole, else the first region its file did
+        not hold whole (cut short). int32 fds, uint64 offsets, sizes and out_offsets, a writable uint8 out.
     )pbdoc");
 
   m.def("set_num_threads", &scan_fast::set_num_threads, py::arg("num_threads"),

@@ -37,15 +37,13 @@ from ffcv.fields import BytesField, JSONField, NDArrayField, RGBImageField
 from ffcv.types import (ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType, get_handlers,
                         get_metadata_type)
 
+from .regions import DataError, Located, open_for_reads, read_rows
+
 # Rows handled at a time by the chunked passes (24 bytes each in the allocation table).
 CHUNK_ROWS = 1 << 21
 INDEX_SUFFIX = ".index.json"
 SORTED_TABLE_SUFFIX = ".ptrs.npy"
 _FINGERPRINT_BYTES = 4096
-
-
-class DataError(ValueError):
-    """A data set file or folder that cannot be read as one; the message names it."""
 
 
 def pointer_subfield(field) -> Optional[str]:
@@ -78,6 +76,7 @@ class BetonFile:
         self.record = record
         self._mmap = None
         self._sorted_table = None
+        self._fd = None
 
     # -- O(1) opening ---------------------------------------------------------------------------
     def _read_header(self):
@@ -191,7 +190,36 @@ class BetonFile:
                 self._sorted_table = np.load(_sorted_table_file(self), mmap_mode="r")
         return self._sorted_table
 
+    def file_descriptor(self) -> int:
+        """The file opened for preads (opened on first use, closed by close())."""
+        if self._fd is None:
+            self._fd = open_for_reads(self.path)
+        return self._fd
+
+    def locate(self, rows: np.ndarray, fields) -> Located:
+        """Where the values of `rows` lie in this file: their metadata rows (read with pread) and, per
+        field of `fields` ((metadata column, pointer sub-field) pairs), pointer and size, looked up in
+        the pointer index."""
+        fd = self.file_descriptor()
+        metadata = read_rows(fd, self.metadata_offset, self.metadata_type, rows, self.path)
+        n, index = len(rows), self.pointer_index()
+        offsets = np.empty((n, len(fields)), np.uint64)
+        sizes = np.empty((n, len(fields)), np.uint64)
+        for k, (column, sub) in enumerate(fields):
+            ptrs = np.ascontiguousarray(metadata[column][sub] if sub else metadata[column], dtype=np.uint64)
+            found = find_pointers(index["ptr"], ptrs)
+            if (found < 0).any():
+                bad = int(np.flatnonzero(found < 0)[0])
+                raise DataError(f"{self.path} is corrupt: sample {int(rows[bad])} points at byte {int(ptrs[bad])}, "
+                                f"which holds no stored value (scan-fast data check {self.path})")
+            offsets[:, k] = ptrs
+            sizes[:, k] = index["size"][found]
+        return Located(metadata, np.full((n, len(fields)), fd, np.int32), offsets, sizes)
+
     def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self._sorted_table = None
         if self._mmap is not None:
             try:

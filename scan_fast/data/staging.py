@@ -3,13 +3,14 @@
 ffcv's compiled pipelines index one metadata table by sample and read stored
 values through one memory reader. Instead of a table and a file of the whole data
 set (ffcv: private copies of both tables and per-sample dicts in every process),
-each batch is *staged*: its metadata rows are copied from the mapped parts, its
-stored values (JPEG bytes, token arrays) are copied into one contiguous buffer,
-the rows' pointers are rebased onto that buffer, and the `id` column gets the
-global ids. The pipelines then run on batch positions 0..B-1 with ffcv's own
-OS-cache reader over the buffer (state: bytes, sorted pointers, sizes), so its
-decoders and compiled read path are unchanged. The extra cost is one copy of the
-batch's stored bytes, small beside decoding them.
+each batch is *staged*: every part the batch reads says where its rows' values lie
+(`locate`: a .beton's metadata rows and pointer index, or an in-place index's rows
+in the user's tar shards), the values (JPEG bytes, token arrays) are read with
+pread into one contiguous buffer in one call (regions.py), the rows' pointers are
+rebased onto that buffer, and the `id` column gets the global ids. The pipelines
+then run on batch positions 0..B-1 with ffcv's own OS-cache reader over the buffer
+(state: bytes, sorted pointers, sizes), so its decoders and compiled read path are
+unchanged. Only the kept rows' bytes are read; nothing is mapped.
 """
 from typing import List, Tuple
 
@@ -19,15 +20,9 @@ from ffcv.fields import IntField
 from ffcv.memory_managers.base import MemoryContext, MemoryManager
 from ffcv.pipeline.compiler import Compiler
 
-from .beton import DataError, find_pointers, pointer_subfield
+from .beton import pointer_subfield
 from .dataset import Dataset
-
-
-@numba.njit(nogil=True, cache=True)
-def _copy_regions(source, source_ptrs, sizes, destination, destination_ptrs):
-    for k in range(source_ptrs.shape[0]):
-        src, dst, size = source_ptrs[k], destination_ptrs[k], sizes[k]
-        destination[dst:dst + size] = source[src:src + size]
+from .regions import DataError, read_regions
 
 
 class BatchStager:
@@ -39,6 +34,8 @@ class BatchStager:
         self.pointer_fields: List[Tuple[str, str]] = [
             (f"f{i}", pointer_subfield(h)) for i, h in enumerate(dataset.handlers.values())
             if pointer_subfield(h) is not None]
+        self.field_names = [name for name, h in dataset.handlers.items() if pointer_subfield(h) is not None]
+        self.bytes_read = 0  # stored bytes requested from the files so far (the pruned never are)
         self.id_column = (f"f{names.index('id')}" if "id" in names
                           and isinstance(dataset.handlers["id"], IntField) else None)
         self.buffer = np.zeros(1 << 16, np.uint8)
@@ -62,27 +59,13 @@ class BatchStager:
             bad = ids[(ids < 0) | (ids >= dataset.num_samples)][0]
             raise DataError(f"sample id {int(bad)} is outside {dataset.path} ({dataset.num_samples} samples)")
         metadata = np.empty(n, dataset.metadata_type)
-        source = np.empty((n, len(fields)), np.uint64)
+        fds = np.empty((n, len(fields)), np.int32)
+        offsets = np.empty((n, len(fields)), np.uint64)
         sizes = np.empty((n, len(fields)), np.uint64)
         part_of = dataset.part_of(ids)
-        order = np.argsort(part_of, kind="stable")
-        bounds = np.flatnonzero(np.diff(part_of[order])) + 1
-        runs = [(int(part_of[order[a]]), order[a:b]) for a, b in zip(np.r_[0, bounds], np.r_[bounds, n]) if b > a]
-        for p, sel in runs:
-            part = dataset.part(p)
-            rows = part.metadata[ids[sel] - dataset.offsets[p]]
-            metadata[sel] = rows
-            index = part.pointer_index()
-            for k, (column, sub) in enumerate(fields):
-                ptrs = np.ascontiguousarray(rows[column][sub] if sub else rows[column], dtype=np.uint64)
-                found = find_pointers(index["ptr"], ptrs)
-                if (found < 0).any():
-                    bad = int(np.flatnonzero(found < 0)[0])
-                    raise DataError(f"{part.path} is corrupt: sample {int(ids[sel][bad] - dataset.offsets[p])} "
-                                    f"points at byte {int(ptrs[bad])}, which holds no stored value "
-                                    f"(scan-fast data check {part.path})")
-                source[sel, k] = ptrs
-                sizes[sel, k] = index["size"][found]
+        for p, sel in _runs(part_of):
+            located = dataset.part(p).locate(ids[sel] - dataset.offsets[p], fields)
+            metadata[sel], fds[sel], offsets[sel], sizes[sel] = located
         # Row-major layout (sample by sample); every value gets at least one byte so that
         # pointers are strictly increasing and the reader's search finds each one.
         spans = np.maximum(sizes.reshape(-1), np.uint64(1))
@@ -92,10 +75,17 @@ class BatchStager:
         total = int(starts[-1] + spans[-1]) if spans.size else 0
         if total > self.buffer.size:
             self.buffer = np.zeros(max(total, 2 * self.buffer.size), np.uint8)
+
+        def cut_short(k):
+            row, field = divmod(k, max(1, len(fields)))
+            part = dataset.part(int(part_of[row]))
+            name = self.field_names[field]
+            return (f"{part.path}: sample {int(ids[row])}'s {name} ({int(sizes.reshape(-1)[k])} bytes at byte "
+                    f"{int(offsets.reshape(-1)[k])}) is past the end of its file: the file was cut short")
+
+        read_regions(fds, offsets, sizes, self.buffer, starts, cut_short)
+        self.bytes_read += int(sizes.sum())
         destination = starts.reshape(n, len(fields))
-        for p, sel in runs:
-            _copy_regions(self.dataset.part(p).data, source[sel].reshape(-1), sizes[sel].reshape(-1),
-                          self.buffer, destination[sel].reshape(-1))
         for k, (column, sub) in enumerate(fields):
             if sub:
                 metadata[column][sub] = destination[:, k]
@@ -104,6 +94,17 @@ class BatchStager:
         if self.id_column is not None:
             metadata[self.id_column] = ids
         return metadata, (self.buffer, starts, sizes.reshape(-1))
+
+
+def _runs(part_of: np.ndarray):
+    """(part, positions of the batch in that part) for each part the batch reads."""
+    if len(part_of) == 0:
+        return []
+    if part_of[0] == part_of[-1] and (part_of == part_of[0]).all():
+        return [(int(part_of[0]), slice(None))]
+    order = np.argsort(part_of, kind="stable")
+    bounds = np.flatnonzero(np.diff(part_of[order])) + 1
+    return [(int(part_of[order[a]]), order[a:b]) for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(order)])]
 
 
 class _StagedContext(MemoryContext):
