@@ -116,6 +116,35 @@ def add_data_parser(sub):
         _add_part_flags(labelled)
         labelled.set_defaults(run=_run_data_labelled)
 
+    index = kinds.add_parser(
+        "index", help="index webdataset shards in place: train on them as they are, without converting",
+        description="Index webdataset shards (<key>.jpg + <key>.txt, DataComp's <key>.json uid) in place: read "
+                    "each tar's headers and each JPEG's header only (no decode, no re-encode, no image copied), "
+                    "tokenize the captions, and write per-shard index files into --out. Training, evaluation and "
+                    "coreset commands take the index wherever they take a .beton or part folder, and read each "
+                    "kept image from its tar (pruned samples are never read). Images FFCV's JPEG decoder cannot "
+                    "read as they are (PNG, WebP, CMYK or grayscale JPEG, larger than --max-resolution) are "
+                    "converted into a small side .beton per shard. A rerun of a killed index indexes only the "
+                    "missing shards; under torchrun shard P is indexed by rank P %% WORLD_SIZE. Bad samples "
+                    "(no caption or image, unreadable image, repeated key, a shard cut short) are skipped rows, "
+                    "as in data clip; sample ids are those of a data clip conversion of the same shards.")
+    index.add_argument("--webdataset", nargs="+", required=True,
+                       help="tar shards, a folder of them, or a glob (indexed in the order given; a folder's "
+                            "*.tar sorted by name)")
+    index.add_argument("--out", required=True, help="the index folder to write")
+    index.add_argument("--context-length", type=int, default=77, help="caption tokens per sample")
+    index.add_argument("--max-resolution", type=int, default=256,
+                       help="a JPEG whose longer side is larger is converted into the side part, resized to this")
+    index.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the side part's images")
+    index.add_argument("--part-range", metavar="I:J", default=None,
+                       help="index only shards I..J-1 (one job of a job array); the job that finds every shard "
+                            "indexed writes the manifest (or run scan-fast data manifest FOLDER)")
+    index.add_argument("--strict", action="store_true",
+                       help="stop at the first bad sample instead of skipping it")
+    index.add_argument("--overwrite", action="store_true", help="replace --out if it holds an index")
+    index.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    index.set_defaults(run=_run_data_index)
+
     check = kinds.add_parser("check", help="check a .beton or part folder sample by sample",
                              description="The full per-sample check of a .beton or of every part of a part "
                                          "folder (and the folder's manifest, every part against it, and the "
@@ -125,7 +154,8 @@ def add_data_parser(sub):
     check.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     check.set_defaults(run=_run_data_check)
 
-    manifest = kinds.add_parser("manifest", help="write the manifest of a part folder whose parts are all written",
+    manifest = kinds.add_parser("manifest", help="write the manifest of a part folder or index whose parts are "
+                                                 "all written",
                                 description="Write FOLDER/manifest.json once every part is written (after "
                                             "--part-range jobs, if none of them wrote it).")
     manifest.add_argument("folder", help="the part folder (--out of data clip/labelled --samples-per-part)")
@@ -188,6 +218,14 @@ def _run_data_clip(args):
                 raise ValueError(f"{flag} applies to --table only")
         summary = write_clip_from_webdataset(args.webdataset, args.out, **common)
     print(summary)
+
+
+def _run_data_index(args):
+    from scan_fast.data.index_shards import index_webdataset
+
+    print(index_webdataset(args.webdataset, args.out, context_length=args.context_length,
+                           max_resolution=args.max_resolution, jpeg_quality=args.jpeg_quality, strict=args.strict,
+                           progress=not args.no_progress, overwrite=args.overwrite, part_range=args.part_range))
 
 
 def _run_data_check(args):

@@ -214,7 +214,7 @@ class BetonFile:
                                 f"which holds no stored value (scan-fast data check {self.path})")
             offsets[:, k] = ptrs
             sizes[:, k] = index["size"][found]
-        return Located(metadata, np.full((n, len(fields)), fd, np.int32), offsets, sizes)
+        return Located(metadata, np.full((n, len(fields)), fd, np.int32), offsets, sizes, metadata.nbytes)
 
     def close(self):
         if self._fd is not None:

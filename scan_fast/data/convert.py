@@ -25,7 +25,7 @@ from tqdm import tqdm
 from scan_fast.outputs import partial_path, remove_stale_partials
 
 from .beton import BetonFile, DataError
-from .dataset import MANIFEST, read_manifest
+from .dataset import MANIFEST, read_json, read_manifest
 from .parts import clear_folder, finished_parts, part_path, part_ranges, write_manifest
 from .source_ids import KINDS, ids_path, load_ids
 
@@ -117,7 +117,7 @@ def read_conversion(folder) -> Optional[dict]:
     return record
 
 
-def _write_json(path: Path, value: dict) -> None:
+def write_json(path: Path, value: dict) -> None:
     partial = partial_path(path)
     partial.write_text(json.dumps(value, indent=1))
     os.replace(partial, path)
@@ -222,7 +222,7 @@ def convert_parts(out, *, what: dict, samples_per_part: int, count_rows: Callabl
             raise ValueError(f"{out / CONVERSION} counted {previous.get('num_rows')} source rows, the source now "
                              f"has {num_rows}: it changed since the conversion began; pass --overwrite")
         if processes.rank == 0 and previous != record:
-            _write_json(out / CONVERSION, record)
+            write_json(out / CONVERSION, record)
         start, stop = part_range or (0, len(ranges))
         if start >= len(ranges):
             raise ValueError(f"--part-range {start}:{stop} starts past the last part: the source has "
@@ -262,6 +262,10 @@ def write_folder_manifest(folder) -> dict:
     if not folder.is_dir():
         raise FileNotFoundError(f"no part folder at {folder}")
     record = read_conversion(folder)
+    from .index_shards import is_index_conversion, write_index_manifest
+
+    if is_index_conversion(record):
+        return write_index_manifest(folder, int(record["num_parts"]), record["what"])
     if record is not None:
         num_parts = int(record["num_parts"])
         extra = {"source": record["what"].get("source", {}).get("kind"),
@@ -284,6 +288,13 @@ def check_path(path, progress: bool = True) -> List[str]:
     path = os.fspath(path)
     problems: List[str] = []
     if os.path.isdir(path):
+        from .shard_index import INDEX_FORMAT, check_index
+
+        found = read_json(os.path.join(path, MANIFEST))
+        if isinstance(found, dict) and found.get("format") == INDEX_FORMAT:
+            with tqdm(total=int(found.get("num_samples", 0)), desc="checking", unit="sample",
+                      disable=None if progress else True) as bar:
+                return check_index(path, found, progress=bar.update)
         try:
             manifest = read_manifest(path)
         except (DataError, ValueError, KeyError, TypeError) as err:

@@ -40,10 +40,6 @@ def manifest_checksum(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def is_part_folder(path) -> bool:
-    return os.path.isdir(os.fspath(path))
-
-
 class Dataset:
     """Samples 0..N-1 over one or more .beton parts (see the module docstring)."""
 
@@ -103,7 +99,7 @@ class Dataset:
 
 
 def open_dataset(path, required_fields=(), progress: bool = True) -> Dataset:
-    """A .beton file or a part folder, opened at O(1) cost per sample; DataError/FileNotFoundError
+    """A .beton file, a part folder or an in-place index of webdataset shards (shard_index.py), opened at O(1) cost per sample; DataError/FileNotFoundError
     naming the file for anything that is not a complete data set."""
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -115,6 +111,14 @@ def open_dataset(path, required_fields=(), progress: bool = True) -> Dataset:
     else:
         raise FileNotFoundError(f"no .beton file or part folder at {path}")
     return dataset.require(required_fields)
+
+
+def read_json(path) -> Optional[object]:
+    """A JSON file's content; None when it is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_manifest(folder) -> dict:
@@ -144,6 +148,11 @@ def read_manifest(folder) -> dict:
 
 
 def _open_folder(folder: str) -> Dataset:
+    from .shard_index import INDEX_FORMAT, open_index
+
+    found = read_json(os.path.join(folder, MANIFEST))
+    if isinstance(found, dict) and found.get("format") == INDEX_FORMAT:
+        return open_index(folder, found)
     manifest = read_manifest(folder)
     files, records = [], []
     for record in manifest["parts"]:

@@ -24,7 +24,7 @@ from .tokenize import DEFAULT_CONTEXT_LENGTH
 from .write import write_clip_rows
 
 
-def _expand_shards(shards) -> List[str]:
+def expand_shards(shards) -> List[str]:
     if isinstance(shards, (str, os.PathLike)):
         shards = [shards]
     paths = []
@@ -127,7 +127,7 @@ def read_webdataset_samples(shards):
     repeated keys (where = "shard:key"; each repeated sample is one entry, the first is kept).
     """
     samples, bad = [], []
-    for shard in _expand_shards(shards):
+    for shard in expand_shards(shards):
         found, problems = _read_shard(shard)
         samples += found
         bad += problems
@@ -145,7 +145,7 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
     (source_ids.py). With `samples_per_part`, `target` is a part folder (convert.py): source row
     r is the r-th sample of the shards in order; the samples per shard are counted first (every
     shard's tar headers, shared among the processes, kept in conversion.json for reruns)."""
-    paths = _expand_shards(shards)
+    paths = expand_shards(shards)
     image_kwargs = dict(image_mode=image_mode, jpeg_quality=jpeg_quality, max_resolution=max_resolution)
     common = dict(context_length=context_length, strict=strict, num_workers=num_workers, progress=progress,
                   image_kwargs=image_kwargs)
@@ -259,3 +259,11 @@ def _write_webdataset_rows(target, samples, bad, summary, *, context_length, str
     where_list, refs, captions, keys, uids = ([sample[c] for sample in usable] for c in range(5))
     return write_clip_rows(target, refs, captions, where_list, summary, context_length, strict,
                            num_workers, progress, image_kwargs, keys=keys, uids=uids)
+
+
+def shard_samples(shard: str):
+    """(samples, problems) of one shard as conversion reads them: samples (where, TarImage, caption, key,
+    uid) in tar order, problems (where, BadRow) for a cut shard and repeated keys (the in-place index
+    reads shards through this, so its rows are a conversion's)."""
+    found, problems = _read_shard(shard)
+    return _with_source_ids([shard], found), problems

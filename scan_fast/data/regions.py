@@ -26,6 +26,7 @@ class Located(NamedTuple):
     fds: np.ndarray       # (n, F) int32
     offsets: np.ndarray   # (n, F) uint64
     sizes: np.ndarray     # (n, F) uint64
+    table_bytes: int = 0  # bytes of per-sample tables read to find them (metadata or index rows)
 
 
 def open_for_reads(path: str) -> int:

@@ -35,7 +35,7 @@ class BatchStager:
             (f"f{i}", pointer_subfield(h)) for i, h in enumerate(dataset.handlers.values())
             if pointer_subfield(h) is not None]
         self.field_names = [name for name, h in dataset.handlers.items() if pointer_subfield(h) is not None]
-        self.bytes_read = 0  # stored bytes requested from the files so far (the pruned never are)
+        self.bytes_read = 0  # bytes requested from the files so far: rows and values (the pruned never are)
         self.id_column = (f"f{names.index('id')}" if "id" in names
                           and isinstance(dataset.handlers["id"], IntField) else None)
         self.buffer = np.zeros(1 << 16, np.uint8)
@@ -65,7 +65,8 @@ class BatchStager:
         part_of = dataset.part_of(ids)
         for p, sel in _runs(part_of):
             located = dataset.part(p).locate(ids[sel] - dataset.offsets[p], fields)
-            metadata[sel], fds[sel], offsets[sel], sizes[sel] = located
+            metadata[sel], fds[sel], offsets[sel], sizes[sel] = located[:4]
+            self.bytes_read += located.table_bytes
         # Row-major layout (sample by sample); every value gets at least one byte so that
         # pointers are strictly increasing and the reader's search finds each one.
         spans = np.maximum(sizes.reshape(-1), np.uint64(1))
