@@ -16,6 +16,13 @@
 4. parts: images/s of clip_loader over the same rows as one .beton and as a folder of 4
    parts (target >= 0.95x), and over the one file through ffcv's own Reader and OS-cache
    read path (the loader before batches were staged), interleaved in one run.
+5. inplace: the same JPEGs as webdataset shards, read by clip_loader from an in-place index
+   (`data index`), from a part folder converted from those shards, and by ffcv's own Loader
+   on the converted file (same pipelines; a pruned epoch through its `indices`), at 64 and
+   224 px, all samples and a random half; targets: index >= 0.9x the part folder and >= 0.9x
+   ffcv's Loader, the part folder >= 1.0x ffcv's Loader at 64 px. Also the bytes each reads
+   per batch (read syscalls, storage reads from a cold page cache, and data file pages mapped)
+   against the batch's stored bytes (target <= 2x).
 
     python bench/bench_loader.py                         # ~5 min on 2 cores
     python bench/bench_loader.py --quick                 # smoke run
@@ -310,8 +317,144 @@ def suite_parts(root: Path, num_samples: int, reps: int, workers: int):
     return rows
 
 
+def make_shards(root: Path, num_samples: int, resolution: int, per_shard: int = 1000) -> Path:
+    """The shapes of make_data as webdataset shards (<key>.jpg, <key>.txt), JPEG quality 90."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from scan_fast.data.embedded import ShapesGenerator
+
+    folder = root / f"shards{resolution}"
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = ShapesGenerator(num_samples, resolution, mismatch_fraction=0.0, duplicate_fraction=0.0, seed=0)
+    for first in range(0, num_samples, per_shard):
+        with tarfile.open(folder / f"{first // per_shard:05d}.tar", "w") as tar:
+            for i in range(first, min(first + per_shard, num_samples)):
+                buffer = io.BytesIO()
+                Image.fromarray(gen.image(i)).save(buffer, "JPEG", quality=90)
+                for name, payload in ((f"{i:07d}.jpg", buffer.getvalue()), (f"{i:07d}.txt", gen.caption(i).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return folder
+
+
+def _ffcv_loader(beton: Path, resolution: int, workers: int, kept=None):
+    """clip_loader's pipelines on ffcv's own Loader (Reader, OS-cache memory manager, Random order),
+    reading only `kept` (its `indices`) when given."""
+    from ffcv.loader import Loader, OrderOption
+
+    from scan_fast.data.pipelines import clip_pipelines
+
+    pipes = clip_pipelines(resolution)
+    return Loader(str(beton), batch_size=BATCH, num_workers=workers, order=OrderOption.RANDOM, seed=0,
+                  indices=kept, pipelines={**pipes, "label": None}, drop_last=False)
+
+
+def _io_counters():
+    with open("/proc/self/io") as f:
+        fields = dict(line.split(": ") for line in f.read().splitlines())
+    return int(fields["rchar"]), int(fields["read_bytes"])
+
+
+def _evict(paths):
+    """Drop the files' clean pages from the page cache, so the next reads come from storage."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
+def _mapped(prefixes):
+    """Resident bytes of this process's mappings of files under `prefixes`."""
+    total, mapping = 0, ""
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and ":" not in head[0]:
+                mapping = head[5] if len(head) > 5 else ""
+            elif head and head[0] == "Rss:" and mapping.startswith(tuple(prefixes)):
+                total += int(head[1]) * 1024
+    return total
+
+
+def suite_inplace(root: Path, sizes: dict, reps: int, workers: int):
+    from scan_fast.data.from_webdataset import write_clip_from_webdataset
+    from scan_fast.data.index_shards import index_webdataset
+    from scan_fast.data.loaders import clip_loader
+
+    rows = []
+    for resolution, n in sizes.items():
+        shards = make_shards(root, n, resolution)
+        index, parts, single = root / f"index{resolution}", root / f"parts{resolution}", root / f"conv{resolution}.beton"
+        index_webdataset(shards, index, max_resolution=resolution, progress=False, overwrite=True)
+        write_clip_from_webdataset(shards, parts, max_resolution=resolution, progress=False,
+                                   samples_per_part=-(-n // 4), overwrite=True)
+        write_clip_from_webdataset(shards, single, max_resolution=resolution, progress=False)
+        for fraction in (1.0, 0.5):
+            kept = np.flatnonzero(np.random.default_rng(1).random(n) < fraction) if fraction < 1 else None
+            scan = FixedListScan(n, lists=[kept] * 1000) if kept is not None else None
+            makers = {"in-place index": lambda: clip_loader(index, BATCH, resolution, scan=scan, drop_last=False,
+                                                            num_workers=workers),
+                      "part folder": lambda: clip_loader(parts, BATCH, resolution, scan=scan, drop_last=False,
+                                                         num_workers=workers),
+                      "ffcv Loader, converted file": lambda: _ffcv_loader(single, resolution, workers, kept)}
+            providers = {}
+            for name, make in makers.items():
+                providers[name] = make()
+                time_epoch(providers[name])  # warm-up (JIT)
+            rates = {name: [] for name in providers}
+            for _ in range(reps):
+                for name, loader in providers.items():
+                    if hasattr(loader, "set_epoch"):
+                        loader.set_epoch(0)  # the same kept list every time
+                    seconds, images = time_epoch(loader)
+                    rates[name].append(images / seconds)
+            part_rate, ffcv_rate = (statistics.median(rates[k]) for k in ("part folder", "ffcv Loader, converted file"))
+            for name, values in rates.items():
+                p50, p20, p80 = quantiles(values)
+                rows.append(dict(suite="inplace", provider=name, setting=f"{resolution}px N={n} kept={fraction}",
+                                 metric="images/s", unit="img/s", p50=p50, p20=p20, p80=p80,
+                                 ratio=p50 / part_rate, ratio2=p50 / ffcv_rate))
+            rows += _reads_per_batch(providers, {"in-place index": [shards, index], "part folder": [parts],
+                                                 "ffcv Loader, converted file": [single]}, resolution, n, fraction)
+    return rows
+
+
+def _reads_per_batch(providers, files, resolution, n, fraction):
+    """Bytes read per batch by each provider in one epoch from a cold page cache, against the stored bytes
+    of the batch (the staged values, or for ffcv the kept samples' share of the file's data)."""
+    rows = []
+    for name, loader in providers.items():
+        paths = [str(p) for f in files[name] for p in ([f] if Path(f).is_file() else sorted(Path(f).iterdir()))]
+        _evict(paths)
+        staged_before = getattr(getattr(loader, "stager", None), "bytes_read", 0)
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(0)
+        mapped_before, (rchar, storage) = _mapped(paths), _io_counters()
+        _, images = time_epoch(loader)
+        after_rchar, after_storage = _io_counters()
+        batches = -(-images // BATCH)
+        stager = getattr(loader, "stager", None)
+        if stager is not None:
+            stored = stager.bytes_read - staged_before
+        else:
+            stored = Path(paths[0]).stat().st_size * images / n
+        rows.append(dict(suite="reads", provider=name, setting=f"{resolution}px N={n} kept={fraction}",
+                         metric="KiB/batch", unit="", p50=(after_rchar - rchar) / batches / 1024,
+                         p20=(after_storage - storage) / batches / 1024,
+                         p80=(_mapped(paths) - mapped_before) / batches / 1024,
+                         ratio=max(after_rchar - rchar, after_storage - storage, _mapped(paths) - mapped_before)
+                         / max(stored, 1)))
+    return rows
+
+
 def print_table(rows):
     headers = {"throughput": "ratio vs torchvision", "parts": "ratio vs one file",
+               "inplace": "ratio vs part folder, vs ffcv Loader",
+               "reads": "read syscalls / storage reads / pages mapped KiB per batch; worst / stored bytes",
                "switch": "ratio vs ours (validate)",
                "kept fraction": "t(f) / (f * t(1.0))"}
     for suite, ratio_name in headers.items():
@@ -321,8 +464,9 @@ def print_table(rows):
         print(f"\n== {suite} ==")
         print(f"{'provider':<48} {'setting':<58} {'metric':<12} {'p50':>10} {'p20':>10} {'p80':>10}  {ratio_name}")
         for r in chosen:
+            second = f", {r['ratio2']:.3f}" if "ratio2" in r else ""
             print(f"{r['provider']:<48} {r['setting']:<58} {r['metric'] + ' ' + r['unit']:<12} "
-                  f"{r['p50']:>10.3f} {r['p20']:>10.3f} {r['p80']:>10.3f}  {r['ratio']:.3f}")
+                  f"{r['p50']:>10.3f} {r['p20']:>10.3f} {r['p80']:>10.3f}  {r['ratio']:.3f}{second}")
 
 
 def write_csv(path, rows, config):
@@ -333,7 +477,7 @@ def write_csv(path, rows, config):
                         "cpu:" + platform.processor()) for r in rows])
 
 
-SUITES = ("throughput", "switch", "fractions", "parts")
+SUITES = ("throughput", "switch", "fractions", "parts", "inplace")
 
 
 def main(argv=None):
@@ -347,6 +491,8 @@ def main(argv=None):
     parser.add_argument("--suites", default=",".join(SUITES),
                         help=f"comma-separated subset of {','.join(SUITES)} (another name is an error)")
     parser.add_argument("--parts-n", type=int, default=8000, help="images at 64 px in the parts suite")
+    parser.add_argument("--inplace-n", type=int, nargs=2, default=[8000, 2000], metavar=("N64", "N224"),
+                        help="images at 64 and 224 px in the inplace suite")
     parser.add_argument("--workdir", help="keep the generated data here (default: a temp folder)")
     parser.add_argument("--csv", help="append rows in Liger's benchmark CSV columns")
     args = parser.parse_args(argv)
@@ -355,6 +501,7 @@ def main(argv=None):
         parser.error(f"--suites: unknown suite(s) {unknown}; choose from {','.join(SUITES)}")
     if args.quick:
         args.n64, args.n224, args.switch_n, args.reps, args.parts_n = 600, 300, 1_000_000, 1, 600
+        args.inplace_n = [600, 300]
 
     import torch
 
@@ -362,9 +509,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp)
         start = time.perf_counter()
-        data = {64: make_data(root, args.n64, 64), 224: make_data(root, args.n224, 224)}
-        print(f"data written in {time.perf_counter() - start:.1f} s to {root}", flush=True)
         suites, rows = args.suites.split(","), []
+        if set(suites) & {"throughput", "switch", "fractions"}:
+            data = {64: make_data(root, args.n64, 64), 224: make_data(root, args.n224, 224)}
+            print(f"data written in {time.perf_counter() - start:.1f} s to {root}", flush=True)
         if "throughput" in suites:
             rows += suite_throughput(data, args.reps, args.workers)
         if "switch" in suites:
@@ -373,6 +521,8 @@ def main(argv=None):
             rows += suite_fractions(data, args.reps, args.workers)
         if "parts" in suites:
             rows += suite_parts(root, args.parts_n, args.reps, args.workers)
+        if "inplace" in suites:
+            rows += suite_inplace(root, dict(zip((64, 224), args.inplace_n)), args.reps, args.workers)
     print_table(rows)
     config = dict(batch=BATCH, workers=args.workers, reps=args.reps, cpus=os.cpu_count())
     if args.csv:

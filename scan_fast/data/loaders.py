@@ -27,6 +27,7 @@ import os
 import queue
 import sys
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from queue import Queue
 from threading import Event, Thread
 from typing import Callable, Iterator, Optional, Tuple
@@ -208,6 +209,8 @@ class _EpochReader(EpochIterator):
         Thread.__init__(self, daemon=True)
         self.failure, self.epoch = None, epoch
         self.loader, self.order, self.metadata = loader, None, None
+        self._stager_thread = ThreadPoolExecutor(1, thread_name_prefix="scan-fast-staging")
+        batches = _staged_ahead(loader.stager, batches, self._stager_thread)
         self.current_batch_slot, self.iter_ixes, self.closed = 0, batches, False
         self.output_queue, self.terminate_event = Queue(loader.batches_ahead), Event()
         self.memory_context = loader.memory_manager.schedule_epoch(None)
@@ -220,9 +223,10 @@ class _EpochReader(EpochIterator):
         self.memory_allocations = loader.graph.allocate_memory(loader.batch_size, loader.batches_ahead + 2)
         self.start()
 
-    def run_pipeline(self, b_ix, batch_ids, batch_slot, cuda_event):
+    def run_pipeline(self, b_ix, staged, batch_slot, cuda_event):
         loader = self.loader
-        self.metadata, self.storage_state = loader.stager.stage(batch_ids)
+        batch_ids, staging = staged
+        self.metadata, self.storage_state = staging.result()
         loader.batch_ids[:len(batch_ids)] = batch_ids
         return super().run_pipeline(b_ix, loader._positions[:len(batch_ids)], batch_slot, cuda_event)
 
@@ -247,6 +251,23 @@ class _EpochReader(EpochIterator):
             err = self.failure
             raise LoaderError(f"reading epoch {self.epoch} of {self.loader.fname} failed: "
                               f"{type(err).__name__}: {err}") from err
+
+
+def _staged_ahead(stager: BatchStager, batches: Iterator[np.ndarray], pool: ThreadPoolExecutor):
+    """(ids, future of stager.stage(ids)) per batch, the next batch's staging started before the current
+    one is handed out: its reads (GIL released) overlap the current batch's decoding. The stager keeps
+    two buffers in turn, so a batch's staged bytes stay valid while it decodes."""
+    pending = None
+    try:
+        for ids in batches:
+            staging = pool.submit(stager.stage, ids)
+            if pending is not None:
+                yield pending
+            pending = (ids, staging)
+        if pending is not None:
+            yield pending
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _is_numba_finalizer_key_error(unraisable) -> bool:
@@ -287,6 +308,9 @@ def _stop(epoch_iterator):
             epoch_iterator.output_queue.get(timeout=0.1)
         except queue.Empty:
             pass
+    batches = epoch_iterator.iter_ixes
+    if hasattr(batches, "close"):
+        batches.close()  # ends the staging thread of an epoch left unfinished
 
 
 def _keyed_decoders(pipelines) -> list:

@@ -25,6 +25,10 @@ from .dataset import Dataset
 from .regions import DataError, read_regions
 
 
+# A staged batch stays valid until STAGING_BUFFERS - 1 more batches are staged.
+STAGING_BUFFERS = 2
+
+
 class BatchStager:
     """Stages batches of global ids of `dataset` (see the module docstring)."""
 
@@ -38,7 +42,9 @@ class BatchStager:
         self.bytes_read = 0  # bytes requested from the files so far: rows and values (the pruned never are)
         self.id_column = (f"f{names.index('id')}" if "id" in names
                           and isinstance(dataset.handlers["id"], IntField) else None)
-        self.buffer = np.zeros(1 << 16, np.uint8)
+        # Two buffers in turn: the loader stages batch b + 1 into one while batch b decodes from the other.
+        self.buffers = [np.zeros(1 << 16, np.uint8) for _ in range(STAGING_BUFFERS)]
+        self._turn = 0
 
     def declare_metadata(self) -> np.ndarray:
         """A one-row table for the pipelines' set-up: its image sizes are the data set's largest, which
@@ -74,8 +80,10 @@ class BatchStager:
         if spans.size:
             np.cumsum(spans[:-1], out=starts[1:])
         total = int(starts[-1] + spans[-1]) if spans.size else 0
-        if total > self.buffer.size:
-            self.buffer = np.zeros(max(total, 2 * self.buffer.size), np.uint8)
+        buffer = self.buffers[self._turn]
+        if total > buffer.size:
+            buffer = self.buffers[self._turn] = np.zeros(max(total, 2 * buffer.size), np.uint8)
+        self._turn = (self._turn + 1) % len(self.buffers)
 
         def cut_short(k):
             row, field = divmod(k, max(1, len(fields)))
@@ -84,7 +92,7 @@ class BatchStager:
             return (f"{part.path}: sample {int(ids[row])}'s {name} ({int(sizes.reshape(-1)[k])} bytes at byte "
                     f"{int(offsets.reshape(-1)[k])}) is past the end of its file: the file was cut short")
 
-        read_regions(fds, offsets, sizes, self.buffer, starts, cut_short)
+        read_regions(fds, offsets, sizes, buffer, starts, cut_short)
         self.bytes_read += int(sizes.sum())
         destination = starts.reshape(n, len(fields))
         for k, (column, sub) in enumerate(fields):
@@ -94,7 +102,7 @@ class BatchStager:
                 metadata[column] = destination[:, k]
         if self.id_column is not None:
             metadata[self.id_column] = ids
-        return metadata, (self.buffer, starts, sizes.reshape(-1))
+        return metadata, (buffer, starts, sizes.reshape(-1))
 
 
 def _runs(part_of: np.ndarray):
