@@ -86,3 +86,26 @@ def test_undamaged_images_read_as_before(shapes):
     loader = clip_loader(shapes, 16, RES, shuffle=False, num_workers=1)
     assert sum(len(batch.ids) for batch in loader) == 48
     loader.close()
+
+
+def test_data_check_decodes_every_image_and_names_each_damaged_one(damaged, shapes):
+    from scan_fast.data.convert import check_path
+
+    assert check_path(shapes, progress=False) == []
+    for workers in (1, 2):
+        problems = check_path(damaged, progress=False, workers=workers)
+        assert len(problems) == 2, problems
+        assert "sample id 20 (row 20)" in problems[0] and "sample id 30 (row 30)" in problems[1]
+        assert all("damaged.beton" in line and "does not decode" in line for line in problems)
+
+
+def test_data_check_names_the_part_of_a_damaged_image(tmp_path):
+    from scan_fast.data import write_shapes
+    from scan_fast.data.convert import check_path
+
+    folder = tmp_path / "parts"
+    write_shapes(str(folder), num_samples=40, resolution=RES, context_length=16, progress=False,
+                 samples_per_part=16)
+    damage_jpeg(str(folder / "part-00001.beton"), [3])
+    problems = check_path(str(folder), progress=False, workers=2)
+    assert len(problems) == 1 and "part-00001.beton" in problems[0] and "sample id 19 (row 3)" in problems[0]

@@ -278,9 +278,11 @@ def write_folder_manifest(folder) -> dict:
 
 # --------------------------------------------------------------------------- scan-fast data check
 
-def check_path(path, progress: bool = True) -> List[str]:
+def check_path(path, progress: bool = True, workers: int = 1) -> List[str]:
     """Every problem of a .beton or a part folder, one line each naming the file: the full
-    per-sample check of every file, and for a folder the manifest and every part against it."""
+    per-sample check of every file, and for a folder the manifest and every part against it;
+    then, when the structure is sound, every stored image decoded (image_check.py, `workers`
+    threads)."""
     path = os.fspath(path)
     problems: List[str] = []
     if os.path.isdir(path):
@@ -326,4 +328,22 @@ def check_path(path, progress: bool = True) -> List[str]:
                 except ValueError as err:
                     problems.append(str(err))
             beton.close()
+    if not problems:
+        problems += _check_decodes(path, progress, workers)
     return problems
+
+
+def _check_decodes(path, progress: bool, workers: int) -> List[str]:
+    from .dataset import open_dataset
+    from .image_check import check_images
+
+    try:
+        dataset = open_dataset(path, progress=False)
+    except (DataError, ValueError) as err:
+        return [str(err)]
+    try:
+        with tqdm(total=dataset.num_samples, desc="decoding", unit="sample",
+                  disable=None if progress else True) as bar:
+            return check_images(dataset, workers=workers, progress=bar.update)
+    finally:
+        dataset.close()
