@@ -109,3 +109,34 @@ def test_data_check_names_the_part_of_a_damaged_image(tmp_path):
     damage_jpeg(str(folder / "part-00001.beton"), [3])
     problems = check_path(str(folder), progress=False, workers=2)
     assert len(problems) == 1 and "part-00001.beton" in problems[0] and "sample id 19 (row 3)" in problems[0]
+
+
+# ----------------------------------------------------------------- odd images, coreset files
+
+@pytest.mark.parametrize("shape", [(10, 10000, 3), (10000, 10, 3)])
+def test_an_extreme_aspect_image_is_stored_not_a_crash(tmp_path, shape):
+    from PIL import Image
+
+    from scan_fast.data.from_table import write_clip_from_table
+    from scan_fast.data.inspect import read_samples
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / "long.png")
+    Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(tmp_path / "plain.png")
+    table = tmp_path / "pairs.csv"
+    table.write_text("image,caption\nlong.png,a long one\nplain.png,a plain one\n")
+    summary = write_clip_from_table(table, tmp_path / "t.beton", progress=False, num_workers=1)
+    assert summary.rows_written == 2
+    stored = read_samples(tmp_path / "t.beton", [0])["image"][0]
+    assert max(stored.shape[:2]) == 256 and min(stored.shape[:2]) == 1
+
+
+def test_a_bitset_of_another_length_is_refused_by_its_length(shapes, tmp_path):
+    from scan_fast.data.source_ids import coreset_ids
+
+    path = tmp_path / "coreset.bits.npy"
+    np.save(path, np.full(8, 255, np.uint8))  # 64 samples; the data has 48
+    with pytest.raises(ValueError, match="bitset of 8 bytes .* 48 samples"):
+        coreset_ids(str(path), shapes)
+    np.save(path, np.full(6, 255, np.uint8))
+    assert len(coreset_ids(str(path), shapes)) == 48

@@ -136,6 +136,24 @@ def save_kept_bits(path, kept_set) -> None:
     os.replace(partial, path)
 
 
+def load_kept_bits(path, num_samples: int) -> np.ndarray:
+    """A kept-set bitset file for a data set of `num_samples`: ValueError naming the file when it is not
+    uint8 bits of exactly that many samples (N / 8 bytes rounded up, the bits past N clear)."""
+    bits = np.load(path, allow_pickle=False)
+    expected = (num_samples + 7) // 8
+    if bits.dtype != np.uint8 or bits.ndim != 1:
+        raise ValueError(f"coreset file {path} holds {bits.dtype} x {bits.shape}; a kept-set bitset is "
+                         f"{expected} uint8 bytes (np.packbits(kept, bitorder='little'))")
+    if len(bits) != expected:
+        raise ValueError(f"coreset file {path} is a bitset of {len(bits)} bytes ({8 * len(bits)} samples); the "
+                         f"training data has {num_samples} samples ({expected} bytes): it belongs to another "
+                         f"data set")
+    if num_samples % 8 and bits[-1] >> (num_samples % 8):
+        raise ValueError(f"coreset file {path} sets bits past the last of the {num_samples} samples: it belongs "
+                         f"to another data set")
+    return bits
+
+
 def bits_to_ids(bits: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.unpackbits(np.asarray(bits, np.uint8), bitorder="little")).astype(np.int64)
 
@@ -248,8 +266,6 @@ def coreset_ids(path, data) -> Optional[np.ndarray]:
     ValueError naming the file, with a count and an example, for uids or keys not in the data."""
     path = os.fspath(path)
     kind = coreset_kind(path)
-    if kind == "bits":
-        return bits_to_ids(np.load(path, allow_pickle=False))
     if kind == "ids":
         return None
     if isinstance(data, (str, os.PathLike)):
@@ -257,6 +273,8 @@ def coreset_ids(path, data) -> Optional[np.ndarray]:
 
         data = open_dataset(data, progress=False)
     dataset = data
+    if kind == "bits":
+        return bits_to_ids(load_kept_bits(path, dataset.num_samples))
     wanted = np.load(path, allow_pickle=False) if kind == "uids" else _read_key_list(path)
     if wanted.ndim != 1 or len(wanted) == 0:
         raise ValueError(f"coreset file {path} lists no {kind}")
