@@ -140,3 +140,63 @@ def test_a_bitset_of_another_length_is_refused_by_its_length(shapes, tmp_path):
         coreset_ids(str(path), shapes)
     np.save(path, np.full(6, 255, np.uint8))
     assert len(coreset_ids(str(path), shapes)) == 48
+
+
+# ----------------------------------------------------------------- webdataset sources: uids and keys
+
+def make_shards(root, shards):
+    """Write webdataset shards: `shards` is a list (one per shard) of (key, json bytes or None)."""
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for s, samples in enumerate(shards):
+        path = root / f"shard-{s:05d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for key, record in samples:
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(buf, format="JPEG")
+                sample = {"__key__": key, "jpg": buf.getvalue(), "txt": f"a photo {key}"}
+                if record is not None:
+                    sample["json"] = record
+                sink.write(sample)
+        paths.append(path)
+    return paths
+
+
+def uid_json(text):
+    import json
+
+    return json.dumps({"uid": text}).encode()
+
+
+HEX = "0123456789abcdef" * 2
+
+
+def test_parse_uid_is_32_hex_digits_of_either_case_and_nothing_else():
+    from scan_fast.data.source_ids import parse_uid
+
+    assert parse_uid(HEX) == parse_uid(HEX.upper()) == (0x0123456789ABCDEF, 0x0123456789ABCDEF)
+    for bad in ["0x" + HEX[2:], " " + HEX[1:], HEX[:31] + "g", "+" + HEX[1:], HEX[:16] + "_" + HEX[17:],
+                HEX[:31], "0" * 32, int(HEX, 16), None]:
+        assert parse_uid(bad) is None, bad
+
+
+def test_a_malformed_webdataset_uid_is_a_skipped_row_naming_shard_and_key(tmp_path):
+    from scan_fast.data.from_webdataset import write_clip_from_webdataset
+    from scan_fast.data.source_ids import load_ids, parse_uid
+
+    (tmp_path / "src").mkdir()
+    make_shards(tmp_path / "src", [[("a", uid_json(HEX.upper())), ("b", uid_json("0x" + HEX[2:])),
+                                    ("c", b"{not json"), ("d", uid_json(12)), ("e", None),
+                                    ("f", b'{"other": 1}')]])
+    out = tmp_path / "w.beton"
+    summary = write_clip_from_webdataset(str(tmp_path / "src"), str(out), progress=False, num_workers=1)
+    skipped = {where.rsplit(":", 1)[1]: reason for where, reason in summary.skipped}
+    assert set(skipped) == {"b", "c", "d"}, summary.skipped
+    assert "bad uid" in skipped["b"] and "unreadable .json" in skipped["c"] and "bad uid" in skipped["d"]
+    uids = load_ids(str(out), "uids")
+    assert [tuple(map(int, u)) for u in uids] == [parse_uid(HEX), (0, 0), (0, 0)]  # a, e, f

@@ -25,6 +25,7 @@ an integer `.npy`). The mapping sorts the file's uids or keys once and looks eac
 part's array up in them (searchsorted), a part at a time.
 """
 import os
+import re
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -37,6 +38,7 @@ KINDS = ("keys", "uids")
 KEYS_HEADER = "# scan-fast keys"
 BITS_SUFFIX = ".bits.npy"
 _CHUNK = 1 << 22
+_UID_TEXT = re.compile(r"[0-9a-fA-F]{32}")
 
 
 def ids_path(beton, kind: str) -> Path:
@@ -49,12 +51,17 @@ def ids_path(beton, kind: str) -> Path:
 
 
 def parse_uid(text) -> Optional[Tuple[int, int]]:
-    """(high, low) of a 32-hex-digit uid, or None when `text` is not one."""
-    if not isinstance(text, str) or len(text) != 32:
+    """(high, low) of a uid, or None when `text` is not one: the one uid rule of every source.
+
+    A uid is a string of exactly 32 hexadecimal digits, either case, not all zero (the zero uid
+    marks a sample without one). Nothing else is: no "0x", sign, spaces or underscores (which
+    int(text, 16) would take), no number. Writers skip a row whose uid breaks the rule, naming it
+    (a table's --uid-column, a webdataset sample's .json "uid"); a webdataset sample without a
+    .json or without "uid" in it simply has no uid."""
+    if not isinstance(text, str) or _UID_TEXT.fullmatch(text) is None:
         return None
-    try:
-        value = int(text, 16)
-    except ValueError:
+    value = int(text, 16)
+    if value == 0:
         return None
     return value >> 64, value & 0xFFFFFFFFFFFFFFFF
 
