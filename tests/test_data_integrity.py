@@ -200,3 +200,116 @@ def test_a_malformed_webdataset_uid_is_a_skipped_row_naming_shard_and_key(tmp_pa
     assert "bad uid" in skipped["b"] and "unreadable .json" in skipped["c"] and "bad uid" in skipped["d"]
     uids = load_ids(str(out), "uids")
     assert [tuple(map(int, u)) for u in uids] == [parse_uid(HEX), (0, 0), (0, 0)]  # a, e, f
+
+
+@pytest.fixture(scope="module")
+def wds_folder(tmp_path_factory):
+    """12 webdataset samples with uids, as a part folder of 3 parts of 4 (two of equal length)."""
+    from scan_fast.data.from_webdataset import write_clip_from_webdataset
+
+    root = tmp_path_factory.mktemp("wds")
+    (root / "src").mkdir()
+    make_shards(root / "src", [[(f"k{s}{i}", uid_json(f"{s * 6 + i + 1:032x}")) for i in range(6)] for s in range(2)])
+    write_clip_from_webdataset(str(root / "src"), str(root / "parts"), progress=False, num_workers=1,
+                               samples_per_part=4)
+    return root / "parts"
+
+
+@pytest.fixture
+def wds_copy(wds_folder, tmp_path):
+    import shutil
+
+    shutil.copytree(wds_folder, tmp_path / "parts")
+    return tmp_path / "parts"
+
+
+@pytest.mark.parametrize("kind", ["keys", "uids"])
+def test_a_deleted_side_file_fails_data_check_and_export(wds_copy, kind):
+    from scan_fast.data.convert import check_path
+    from scan_fast.data.dataset import open_dataset
+    from scan_fast.data.source_ids import export_kept
+
+    assert check_path(str(wds_copy), progress=False) == []
+    (wds_copy / f"part-00001.{kind}.npy").unlink()
+    problems = check_path(str(wds_copy), progress=False)
+    assert len(problems) == 1 and f"part-00001.{kind}.npy" in problems[0] and "missing" in problems[0]
+    bits = np.full(2, 255, np.uint8)
+    with pytest.raises(ValueError, match="missing"):
+        export_kept(open_dataset(str(wds_copy)), bits, "keys" if kind == "keys" else "datacomp",
+                    wds_copy.parent / "out")
+
+
+def test_swapped_uid_arrays_fail_data_check_and_export(wds_copy):
+    import os
+
+    from scan_fast.data.convert import check_path
+    from scan_fast.data.dataset import open_dataset
+    from scan_fast.data.source_ids import export_kept
+
+    a, b = wds_copy / "part-00000.uids.npy", wds_copy / "part-00001.uids.npy"
+    os.replace(a, wds_copy / "tmp.npy")
+    os.replace(b, a)
+    os.replace(wds_copy / "tmp.npy", b)
+    problems = check_path(str(wds_copy), progress=False)
+    assert len(problems) == 2 and all("sha256 differs" in line for line in problems)
+    with pytest.raises(ValueError, match="part-00000.uids.npy is not the file the manifest pins"):
+        export_kept(open_dataset(str(wds_copy)), np.full(2, 255, np.uint8), "datacomp", wds_copy.parent / "out")
+
+
+def test_a_key_and_a_uid_repeated_across_shards_are_reported_with_both_locations(tmp_path, capsys):
+    from scan_fast.data.convert import check_path
+    from scan_fast.data.dataset import open_dataset
+    from scan_fast.data.from_webdataset import write_clip_from_webdataset
+    from scan_fast.data.source_ids import coreset_ids
+
+    (tmp_path / "src").mkdir()
+    make_shards(tmp_path / "src", [[("a", uid_json(f"{1:032x}")), ("b", uid_json(f"{2:032x}"))],
+                                   [("a", uid_json(f"{3:032x}")), ("c", uid_json(f"{2:032x}"))]])
+    out = tmp_path / "parts"
+    write_clip_from_webdataset(str(tmp_path / "src"), str(out), progress=False, num_workers=1, samples_per_part=3)
+    err = capsys.readouterr().err
+    assert "key a is on row 0 of" in err and "part-00000.beton and on row 2 of" in err
+    assert f"uid {2:032x} is on row 1 of" in err and "part-00001.beton" in err
+    problems = check_path(str(out), progress=False)
+    assert len(problems) == 2 and "key a" in problems[0] and f"uid {2:032x}" in problems[1]
+    keys = tmp_path / "two.txt"
+    keys.write_text("# scan-fast keys\na\nb\n")
+    with pytest.raises(ValueError, match="key a is on row 0"):  # it would select 3 samples
+        coreset_ids(str(keys), open_dataset(str(out)))
+
+
+def test_a_coreset_naming_a_key_or_uid_twice_is_refused(wds_folder, tmp_path):
+    from scan_fast.data.source_ids import UID_DTYPE, coreset_ids
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# scan-fast keys\nk00\nk01\nk00\n")
+    with pytest.raises(ValueError, match="lists key k00 more than once"):
+        coreset_ids(str(keys), str(wds_folder))
+    uids = tmp_path / "uids.npy"
+    np.save(uids, np.array([(0, 1), (0, 2), (0, 1)], UID_DTYPE))
+    with pytest.raises(ValueError, match=f"lists uid {1:032x} more than once"):
+        coreset_ids(str(uids), str(wds_folder))
+    keys.write_text("# scan-fast keys\nk00\nk01\n")
+    assert coreset_ids(str(keys), str(wds_folder)).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1 << 20])
+def test_find_repeat_matches_a_sort_oracle(chunk):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from scan_fast.data.source_ids import find_repeat, key_array
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.lists(st.lists(st.sampled_from(["a", "b", "cc", "ddd", "e", "f", "g"]), max_size=5), max_size=4))
+    def check(parts):
+        arrays = [key_array(p) if p else np.zeros(0, "S1") for p in parts]
+        flat = [(k, p, r) for p, keys in enumerate(parts) for r, k in enumerate(keys)]
+        repeats = len(flat) - len({k for k, _, _ in flat})
+        found = find_repeat(arrays, "keys", chunk=chunk)
+        if repeats == 0:
+            assert found is None
+        else:
+            count, (pa, ra), (pb, rb) = found
+            assert count == repeats and parts[pa][ra] == parts[pb][rb] and (pa, ra) != (pb, rb)
+    check()

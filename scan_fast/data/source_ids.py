@@ -24,8 +24,10 @@ key arrays), a kept-set bitset (`*.bits.npy`), or sample ids (text, one a line, 
 an integer `.npy`). The mapping sorts the file's uids or keys once and looks each
 part's array up in them (searchsorted), a part at a time.
 """
+import hashlib
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -118,6 +120,125 @@ def load_ids(beton, kind: str, num_samples: Optional[int] = None) -> Optional[np
     if num_samples is not None and len(array) != num_samples:
         raise ValueError(f"{path} has {len(array)} {kind} for the {num_samples} samples of {beton}")
     return array
+
+
+# --------------------------------------------------------------------------- pins and uniqueness
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pin_ids(beton) -> dict:
+    """{kind: {"file", "bytes", "sha256"}} of the arrays beside `beton`: what a manifest pins."""
+    pins = {}
+    for kind in KINDS:
+        path = ids_path(beton, kind)
+        if path.is_file():
+            pins[kind] = {"file": path.name, "bytes": path.stat().st_size, "sha256": _digest(path)}
+    return pins
+
+
+def check_pinned(beton, pins: Optional[dict], kinds=KINDS, digest: bool = True) -> None:
+    """ValueError naming the file when an array beside `beton` is not the one its manifest record
+    pins (`pins` = the record's "source_ids"): missing, of another size or (digest=True) other
+    content, or present but not pinned. `digest` reads the whole file: only where it is read anyway."""
+    pins = pins or {}
+    for kind in kinds:
+        path, pin = ids_path(beton, kind), pins.get(kind)
+        if pin is None:
+            if path.is_file():
+                raise ValueError(f"{path} is not listed in the manifest of {Path(beton).parent}: it was added "
+                                 f"after the data set was written (remove it, or write the manifest again with "
+                                 f"scan-fast data manifest)")
+            continue
+        if not isinstance(pin, dict):
+            raise ValueError(f"the manifest of {Path(beton).parent} lists {path} without its size and digest "
+                             f"(written by an older version): write it again with scan-fast data manifest")
+        if not path.is_file():
+            raise ValueError(f"{path}, listed in the manifest of {Path(beton).parent}, is missing")
+        size = path.stat().st_size
+        if size != int(pin["bytes"]):
+            raise ValueError(f"{path} has {size} bytes, the manifest says {pin['bytes']}: it was cut or replaced")
+        if digest and _digest(path) != pin["sha256"]:
+            raise ValueError(f"{path} is not the file the manifest pins (its sha256 differs): it was edited or "
+                             f"replaced, e.g. by another part's")
+
+
+def _sortable(array: np.ndarray, kind: str, width: int) -> np.ndarray:
+    """Keys as S<width>; uids as 16 big-endian bytes (byte order = numeric order)."""
+    if kind == "keys":
+        return array.astype(f"S{width}")
+    pairs = np.empty((len(array), 2), ">u8")
+    pairs[:, 0], pairs[:, 1] = array["f0"], array["f1"]
+    return pairs.view("S16").reshape(-1)
+
+
+def find_repeat(arrays: Sequence[np.ndarray], kind: str, chunk: int = _CHUNK) -> Optional[Tuple[int, tuple, tuple]]:
+    """(count of repeated values, (part, row) of one repeated value's first copy, (part, row) of its
+    second) over the `kind` arrays of every part in order (a key or uid on two rows), or None when
+    every value is unique. The zero uid (no uid) is not counted. Memory about two chunks, whatever the
+    total: sorted runs of `chunk` values go to a temporary folder and are merged block by block."""
+    width = max([1] + [a.dtype.itemsize for a in arrays]) if kind == "keys" else 16
+    record = np.dtype([("v", f"S{width}"), ("part", "<u4"), ("row", "<u8")])
+    count, first = 0, None
+    with tempfile.TemporaryDirectory(prefix="scan-fast-ids.") as scratch:
+        runs = []
+        for p, array in enumerate(arrays):
+            for start in range(0, len(array), chunk):
+                values = np.asarray(array[start:start + chunk])
+                rows = np.arange(start, start + len(values), dtype=np.uint64)
+                if kind == "uids":
+                    given = (values["f0"] != 0) | (values["f1"] != 0)
+                    values, rows = values[given], rows[given]
+                run = np.empty(len(values), record)
+                run["v"], run["part"], run["row"] = _sortable(values, kind, width), p, rows
+                path = os.path.join(scratch, f"run{len(runs)}.npy")
+                np.save(path, np.sort(run, order="v", kind="stable"))
+                runs.append(np.load(path, mmap_mode="r"))
+        previous = None
+        for block in _merge_sorted(runs):
+            if previous is not None:
+                block = np.concatenate([previous, block])
+            same = np.flatnonzero(block["v"][1:] == block["v"][:-1])
+            count += len(same)
+            if len(same) and first is None:
+                k = int(same[0])
+                first = ((int(block["part"][k]), int(block["row"][k])),
+                         (int(block["part"][k + 1]), int(block["row"][k + 1])))
+            previous = block[-1:]
+    return None if count == 0 else (count, *first)
+
+
+def _merge_sorted(runs: List[np.ndarray], block: int = 1 << 16) -> Iterator[np.ndarray]:
+    """The runs' records (each run sorted by "v") as one stream of sorted blocks: each round takes from
+    every run what lies at or below the smallest of the runs' block maxima."""
+    position = [0] * len(runs)
+    while True:
+        live = [i for i, run in enumerate(runs) if position[i] < len(run)]
+        if not live:
+            return
+        heads = {i: runs[i][position[i]:position[i] + block] for i in live}
+        cutoff = min(heads[i]["v"][-1] for i in live)
+        taken = []
+        for i in live:
+            count = int(np.searchsorted(heads[i]["v"], cutoff, side="right"))
+            taken.append(heads[i][:count])
+            position[i] += count
+        yield np.sort(np.concatenate(taken), order="v", kind="stable")
+
+
+def describe_repeat(files: Sequence, kind: str, repeat, arrays: Sequence[np.ndarray]) -> str:
+    """One line for find_repeat's answer, naming both rows and their files."""
+    count, (pa, ra), (pb, rb) = repeat
+    value = arrays[pa][ra]
+    text = uid_text(value) if kind == "uids" else bytes(value).decode("utf-8", "replace")
+    what = "key" if kind == "keys" else "uid"
+    return (f"{what} {text} is on row {ra} of {files[pa]} and on row {rb} of {files[pb]} "
+            f"({count} repeated {kind} in all): a {what} coreset or export cannot tell these samples apart")
 
 
 # --------------------------------------------------------------------------- kept sets as bits
@@ -223,6 +344,13 @@ def export_kept(dataset, bits: np.ndarray, fmt: str, out) -> int:
 
 
 def _part_ids(dataset, p: int, kind: str, what: str) -> np.ndarray:
+    """Part p's `kind` array, checked against the manifest's pin (size and digest: the array is about to
+    be read whole) and refused when the data set repeats one of its values."""
+    repeated = getattr(dataset, "repeated_ids", {}).get(kind)
+    if repeated:
+        raise ValueError(f"{dataset.path}: {repeated} (found when it was written; export or select by ids)")
+    if getattr(dataset, "pinned", False):
+        check_pinned(dataset.files[p], (dataset.records[p] or {}).get("source_ids"), kinds=(kind,))
     array = load_ids(dataset.files[p], kind, int(dataset.offsets[p + 1] - dataset.offsets[p]))
     if array is None:
         raise ValueError(f"{dataset.files[p]} has no {what} ({ids_path(dataset.files[p], kind)} is missing): "
@@ -285,7 +413,11 @@ def coreset_ids(path, data) -> Optional[np.ndarray]:
     wanted = np.load(path, allow_pickle=False) if kind == "uids" else _read_key_list(path)
     if wanted.ndim != 1 or len(wanted) == 0:
         raise ValueError(f"coreset file {path} lists no {kind}")
-    wanted = np.unique(wanted)
+    wanted, counts = np.unique(wanted, return_counts=True)
+    if (counts > 1).any():
+        twice = wanted[np.flatnonzero(counts > 1)[0]]
+        example = uid_text(twice) if kind == "uids" else bytes(twice).decode("utf-8", "replace")
+        raise ValueError(f"coreset file {path} lists {kind[:-1]} {example} more than once")
     if kind == "uids" and ((wanted["f0"] == 0) & (wanted["f1"] == 0)).any():
         raise ValueError(f"coreset file {path} lists the uid 0, which marks samples without a uid")
     found = np.zeros(len(wanted), dtype=bool)
