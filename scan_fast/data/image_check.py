@@ -94,11 +94,13 @@ def check_images(dataset, workers: int = 1, progress=None, batch_size: int = BAT
     problems: List[str] = []
     failures = 0
     with ThreadPoolExecutor(max_workers=workers) as threads:
-        # each worker's batches run in order on it: batch k goes to worker k % workers, and at most
-        # `workers` batches are in flight, so no two threads share a worker's buffers
-        for first in range(0, len(starts), workers):
-            jobs = [(k, starts[k]) for k in range(first, min(first + workers, len(starts)))]
-            for count, found, error in threads.map(run, jobs):
+        # the first batch alone (numba compiles the decode then, once); after it, each worker's
+        # batches run in order on it: batch k goes to worker k % workers, and at most `workers`
+        # batches are in flight, so no two threads share a worker's buffers
+        groups = [[0]] + [list(range(first, min(first + workers, len(starts))))
+                          for first in range(1, len(starts), workers)]
+        for group in groups:
+            for count, found, error in threads.map(run, [(k, starts[k]) for k in group]):
                 if error is not None and len(problems) < MAX_REPORTED:
                     problems.append(error)
                 for sample_id, name in found:

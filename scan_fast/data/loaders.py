@@ -26,6 +26,7 @@ import atexit
 import os
 import queue
 import sys
+import threading
 import weakref
 from queue import Queue
 from threading import Event, Thread
@@ -99,13 +100,15 @@ class ScanLoader(Loader):
             decoder.set_id_source(self.batch_ids)
         for decoder in _decoders_with(pipelines, "set_failure_sink"):
             decoder.set_failure_sink(self.decode_failed)
-        self.graph = Graph(self.pipeline_specs, dataset.handlers, self.field_name_to_f_ix,
-                           self.reader.metadata, self.memory_manager.compile_reader())
-        self._positions = np.arange(self.batch_size, dtype=np.uint64)
-        self.next_epoch = self._len_epoch = int(start_epoch)
-        self._running = None
-        self._reuse_batch_buffers()
-        self.generate_code()
+        with COMPILING:
+            self.graph = Graph(self.pipeline_specs, dataset.handlers, self.field_name_to_f_ix,
+                               self.reader.metadata, self.memory_manager.compile_reader())
+            self._positions = np.arange(self.batch_size, dtype=np.uint64)
+            self.next_epoch = self._len_epoch = int(start_epoch)
+            self._running = None
+            self._reuse_batch_buffers()
+            self.generate_code()
+        self._compiled = False  # the pipelines compile on their first batch, in the epoch thread
         len(self)  # the first epoch's kept ids are checked now, not in the loader's thread
 
     def _reuse_batch_buffers(self):
@@ -178,6 +181,11 @@ def _batches_of(chunks: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]
             yield ids[first:first + size]
 
 
+# Held while a loader's pipelines are built and while they run their first batch (when numba compiles
+# them, in the epoch thread): two loaders compiling at once in one process (a trainer's train and eval
+# loaders, a benchmark's) could fail inside numba's typing with a KeyError.
+COMPILING = threading.RLock()
+
 # Loaders with an epoch thread, stopped at interpreter exit: the thread may be inside the engine's
 # parallel shard computation, whose worker threads must not outlive the process's clean-up.
 _RUNNING: "weakref.WeakSet[ScanLoader]" = weakref.WeakSet()
@@ -229,7 +237,12 @@ class _EpochReader(EpochIterator):
         self.metadata, self.storage_state = loader.stager.stage(batch_ids)
         loader.batch_ids[:len(batch_ids)] = batch_ids
         loader.decode_failed[:] = 0
-        result = super().run_pipeline(b_ix, loader._positions[:len(batch_ids)], batch_slot, cuda_event)
+        if loader._compiled:
+            result = super().run_pipeline(b_ix, loader._positions[:len(batch_ids)], batch_slot, cuda_event)
+        else:
+            with COMPILING:  # numba's typing is not safe against another thread compiling at once
+                result = super().run_pipeline(b_ix, loader._positions[:len(batch_ids)], batch_slot, cuda_event)
+            loader._compiled = True
         if loader.decode_failed.any():
             raise undecodable_image(loader.dataset, batch_ids, np.flatnonzero(loader.decode_failed))
         return result
