@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from scan_fast.bits import bits_contain
+from scan_fast.index import SampleSet
 from scan_fast.schedule.base import PruningSchedule, check_saved_config
 from scan_fast.schedule.config import MODES
 from scan_fast.schedule.inputs import check_batch, check_fraction, check_int, check_prune_threshold, check_real
@@ -30,17 +31,12 @@ from scan_fast.schedule.stats import EpochRecord
 
 
 class EpochPlan(NamedTuple):
-    """An epoch's ids, fixed at its start (InfoBatch, SeTa): the epoch, its kept ids (sorted int64), and for
-    InfoBatch the upweighted ids as little-endian bits (N / 8 bytes)."""
+    """An epoch's ids, fixed at its start (InfoBatch, SeTa): the epoch, its kept ids (InfoBatch: a KeptSet
+    over the pruned ids' bitset; SeTa: sorted int64), and for InfoBatch the upweighted ids as
+    little-endian bits (N / 8 bytes)."""
     epoch: int
-    kept: np.ndarray
+    kept: object
     upweighted: Optional[np.ndarray] = None
-
-
-def _all_but(num_samples: int, pruned: np.ndarray) -> np.ndarray:
-    keep = np.ones(num_samples, dtype=bool)
-    keep[pruned] = False
-    return np.flatnonzero(keep)
 
 
 def _check_kind(state, kind):
@@ -120,6 +116,7 @@ class RandomPruning(PruningSchedule):
         self._start = None        # first preparation epoch, once warm-up has ended
         self._candidates = 0      # count of the last completed preparation epoch
         self._collecting = 0
+        self._drawn = None        # (epoch, its KeptSet): drawn once per epoch
 
     def _phase(self, epoch):
         if self.prune_counts is not None:
@@ -149,12 +146,22 @@ class RandomPruning(PruningSchedule):
 
     def _begin_epoch(self, epoch):
         self._collecting = 0
+        self._drawn = None
 
     def _keep_indices(self, epoch):
-        # Seeded by (seed, epoch) but not keyed per id like the other choices: a keyed draw would change
-        # which ids this baseline drops, and with them every published `random` number.
-        rng = np.random.default_rng([self.seed, epoch])
-        return _all_but(self.num_samples, rng.choice(self.num_samples, self.prune_count(epoch), replace=False))
+        return self._kept_set(epoch).to_array().astype(np.int64)
+
+    def _kept_set(self, epoch):
+        """All ids but the epoch's draw, as the complement of a bitset of the drawn ids (N / 8 bytes)."""
+        from scan_fast.schedule.shard import KeptSet
+
+        if self._drawn is None or self._drawn[0] != epoch:
+            pruned = SampleSet(self.num_samples)
+            count = self.prune_count(epoch)
+            if count:
+                pruned.add(random_prune_draw(self.num_samples, count, self.seed, epoch))
+            self._drawn = (epoch, KeptSet(pruned, members=False))
+        return self._drawn[1]
 
     def phase_name(self, epoch: int) -> str:
         if self.prune_counts is not None:  # given counts: no cycle of its own
@@ -207,7 +214,16 @@ class RandomPruning(PruningSchedule):
 
         def apply():
             self._prev_loss, self._start, self._candidates, self._collecting = values
+            self._drawn = None
         return apply
+
+
+def random_prune_draw(num_samples: int, count: int, seed: int, epoch: int) -> np.ndarray:
+    """The ids `random` prunes in `epoch`: numpy's `default_rng([seed, epoch]).choice(N, count,
+    replace=False)`, the draw every published `random` number was made with (not keyed per id like
+    the other choices). numpy holds O(count) ids for a small share and an arange of N (8 N bytes) for
+    a larger one while it draws; the kept set is then the complement of a bitset (`_kept_set`)."""
+    return np.random.default_rng([seed, epoch]).choice(num_samples, count, replace=False)
 
 
 def infobatch_coins(num_samples: int, prune_ratio: float, seed: int, epoch: int, chunk: int = 1 << 22) -> np.ndarray:
@@ -226,6 +242,18 @@ def infobatch_coins(num_samples: int, prune_ratio: float, seed: int, epoch: int,
     return coins
 
 
+def _infobatch_coin_chunk(key: int, limit: int, lo: int, hi: int) -> np.ndarray:
+    """infobatch_coins(...)[lo:hi] from the stream key and limit (one chunk, without the rest)."""
+    from scan_fast.keyed_hash import SIGN_BIT, counter_hashes
+
+    return (counter_hashes(key, np.arange(lo, hi, dtype=np.int64)) ^ SIGN_BIT) < limit
+
+
+SCORE_DTYPE = np.float16  # InfoBatch's per-id score: 2 bytes a sample on every rank
+SCORE_MAX = float(np.finfo(np.float16).max)  # larger losses are stored as this (inf marks "never seen")
+PLAN_CHUNK = 1 << 22  # ids per step of an epoch plan (a multiple of 8: whole bytes of bits)
+
+
 class InfoBatch(PruningSchedule):
     """InfoBatch (Qin et al., ICLR 2024): soft pruning of well-learned samples.
 
@@ -236,6 +264,8 @@ class InfoBatch(PruningSchedule):
     `sample_weights` gives 1 / (1 - prune_ratio) to the kept below-mean samples
     (the expected gradient stays that of the full data) and 1 to the rest.
     Samples never observed are never pruned, so the first epoch is full.
+    Scores are float16 (2 bytes a sample; losses above 65504 count as 65504) and the mean is taken
+    over them in float64; an epoch's pruned and upweighted ids are bitsets, built a chunk at a time.
     """
 
     def __init__(self, num_samples, num_epochs, prune_ratio=0.5, delta=0.875, seed=0):
@@ -244,7 +274,7 @@ class InfoBatch(PruningSchedule):
         self.prune_ratio = check_fraction("prune_ratio", prune_ratio, below_one=True)
         self.delta = check_fraction("delta", delta)
         self.seed = check_int("seed", seed, minimum=0)
-        self.scores = np.full(self.num_samples, np.inf)
+        self.scores = np.full(self.num_samples, np.inf, dtype=SCORE_DTYPE)
         self._plan: Optional[EpochPlan] = None  # frozen at the epoch's start
         self._device_bits = {}  # device -> the plan's bits there
 
@@ -287,23 +317,48 @@ class InfoBatch(PruningSchedule):
         ids = check_batch(sample_ids, np.zeros(len(sample_ids)), np.zeros(len(sample_ids)), self.num_samples)[0]
         return np.where(bits_contain(self._plan.upweighted, ids), upweight, 1.0).astype(np.float32)
 
+    def _mean_seen_score(self) -> Optional[float]:
+        """The mean of the observed scores (float64 sums over chunks), None when none is observed."""
+        total, count = 0.0, 0
+        for lo in range(0, self.num_samples, PLAN_CHUNK):
+            chunk = self.scores[lo:lo + PLAN_CHUNK]
+            seen = np.isfinite(chunk)
+            total += float(chunk[seen].sum(dtype=np.float64))
+            count += int(seen.sum())
+        return total / count if count else None
+
     def _begin_epoch(self, epoch):
-        well_learned = np.zeros(self.num_samples, dtype=bool)
-        seen = np.isfinite(self.scores)
-        if epoch < self.full_data_from and seen.any():
-            well_learned = seen & (self.scores < self.scores[seen].mean())
-        pruned = well_learned & infobatch_coins(self.num_samples, self.prune_ratio, self.seed, epoch)
+        from fractions import Fraction
+
+        from scan_fast.keyed_hash import INFOBATCH_PRUNE, below_fraction, stream_key
+        from scan_fast.schedule.shard import KeptSet
+
+        pruned = SampleSet(self.num_samples)
         # the upweighted set as bits (N / 8 bytes), also what sample_weights copies to the device
-        upweighted = np.packbits(well_learned & ~pruned, bitorder="little")
-        self._plan = EpochPlan(epoch, np.flatnonzero(~pruned), upweighted)
+        upweighted = np.zeros((self.num_samples + 7) // 8, np.uint8)
+        mean = self._mean_seen_score() if epoch < self.full_data_from else None
+        if mean is not None:
+            key = stream_key(self.seed, epoch, INFOBATCH_PRUNE)
+            limit = below_fraction(*Fraction(self.prune_ratio).as_integer_ratio())
+            for lo in range(0, self.num_samples, PLAN_CHUNK):
+                hi = min(lo + PLAN_CHUNK, self.num_samples)
+                chunk = self.scores[lo:hi]
+                well_learned = np.isfinite(chunk) & (chunk.astype(np.float64) < mean)
+                coins = _infobatch_coin_chunk(key, limit, lo, hi)
+                pruned.add(np.flatnonzero(well_learned & coins) + lo)
+                upweighted[lo // 8:(hi + 7) // 8] = np.packbits(well_learned & ~coins, bitorder="little")
+        self._plan = EpochPlan(epoch, KeptSet(pruned, members=False), upweighted)
         self._device_bits = {}
 
     def _keep_indices(self, epoch):
-        return self._plan.kept.copy()
+        return self._plan.kept.to_array().astype(np.int64)
+
+    def _kept_set(self, epoch):
+        return self._plan.kept
 
     def _observe(self, sample_ids, loss_a, loss_b):
         ids, loss_a, loss_b = check_batch(sample_ids, loss_a, loss_b, self.num_samples)
-        self.scores[ids] = 0.5 * (loss_a + loss_b)
+        self.scores[ids] = np.minimum(0.5 * (np.asarray(loss_a, np.float64) + loss_b), SCORE_MAX)
 
     def _finish_epoch(self, epoch, epoch_loss):
         kept = len(self._plan.kept)
@@ -323,7 +378,7 @@ class InfoBatch(PruningSchedule):
         scores = state["scores"]
         if not torch.is_tensor(scores) or scores.shape != (self.num_samples,):
             raise ValueError(f"state_dict['scores'] must be a tensor of {self.num_samples} scores")
-        scores = scores.double().numpy().copy()
+        scores = scores.double().clamp(max=SCORE_MAX).numpy().astype(SCORE_DTYPE)  # a float64 one of old too
 
         def apply():
             self.scores = scores
