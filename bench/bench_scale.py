@@ -89,7 +89,7 @@ def _infobatch(num_samples, seed):
 
 
 def _seta(num_samples, seed):
-    from scan_fast.schedule.strategies import SeTa
+    from scan_fast.schedule.seta import SeTa
 
     return SeTa(num_samples, num_epochs=8, ratio=0.3, seed=seed)
 
