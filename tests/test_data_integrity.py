@@ -313,3 +313,11 @@ def test_find_repeat_matches_a_sort_oracle(chunk):
             count, (pa, ra), (pb, rb) = found
             assert count == repeats and parts[pa][ra] == parts[pb][rb] and (pa, ra) != (pb, rb)
     check()
+
+
+def test_data_check_cli_names_the_damaged_images_and_exits_1(damaged, capsys):
+    from scan_fast.cli import main
+
+    assert main(["data", "check", damaged, "--no-progress", "--num-workers", "2"]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 2 and "sample id 20 (row 20)" in out[0] and "sample id 30 (row 30)" in out[1]
