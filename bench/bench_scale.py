@@ -15,7 +15,14 @@ the peak is reset through /proc/self/clear_refs, so untimed set-up does not coun
            the t_cos = 3 mutation epochs (the rank's shard each). The peak covers everything
            from creating the schedule: bitsets, rank directory, shards, batch scratch.
 
+- `infobatch`, `seta`, `random`: the baselines as one rank of W holds them over two epochs: the
+           schedule created, epoch 0 read by shards while it observes every id's loss (batches of 2^20
+           ids, random losses; `random` observes nothing), then the pruned epoch 1's shard (InfoBatch:
+           half its below-mean ids; SeTa: ratio 0.3 and its cluster window; random: a quarter of N).
+           The peak covers everything from creating the schedule (its per-id scores included).
+
     python bench/bench_scale.py                         # N = 1e9, W = 64 (needs about 9 GB free for `list`)
+    python bench/bench_scale.py --sizes 1e8 --cases infobatch,seta,random
     python bench/bench_scale.py --sizes 1e8 --world-size 64
 """
 import argparse
@@ -75,6 +82,37 @@ def _warm_up(scan, world_size, seed):
         scan.end_epoch(epoch, 1.0)
 
 
+def _infobatch(num_samples, seed):
+    from scan_fast.schedule.strategies import InfoBatch
+
+    return InfoBatch(num_samples, num_epochs=8, prune_ratio=0.5, seed=seed)
+
+
+def _seta(num_samples, seed):
+    from scan_fast.schedule.seta import SeTa
+
+    return SeTa(num_samples, num_epochs=8, ratio=0.3, seed=seed)
+
+
+def _random(num_samples, seed):
+    from scan_fast.schedule.strategies import RandomPruning
+
+    return RandomPruning(num_samples, prune_counts={1: num_samples // 4}, seed=seed)
+
+
+BASELINES = {"infobatch": _infobatch, "seta": _seta, "random": _random}
+
+
+def _observe_all(schedule, num_samples, batch, pool):
+    """Every id's loss once (as each rank observes the gathered losses of all ranks), a batch at a time."""
+    import numpy as np
+
+    for number, first in enumerate(range(0, num_samples, batch)):
+        last = min(first + batch, num_samples)
+        loss_a, loss_b = pool[number % LOSS_POOL]
+        schedule.observe(np.arange(first, last, dtype=np.int64), loss_a[:last - first], loss_b[:last - first])
+
+
 def full_list_shard(scan, epoch, seed, rank, world_size):
     """The loaders' path before shards (one rank of W): the kept list, a permutation, a strided slice, uint64."""
     import numpy as np
@@ -106,6 +144,20 @@ def run_case(case, num_samples, world_size, local_batch, seed) -> dict:
         return {"case": case, "num_samples": num_samples, "world_size": world_size, "seconds": seconds,
                 "peak_mb": _peak_above(baseline), "ids_mb": ids.nbytes / MIB, "ids": len(ids),
                 "kept": len(scan.epoch_kept_set(epoch))}
+    if case in BASELINES:
+        pool = _loss_pool(2**20, seed)
+        baseline = _start_peak()
+        start = time.perf_counter()
+        schedule = BASELINES[case](num_samples, seed)
+        schedule.epoch_shard(0, 0, world_size, seed)
+        if case != "random":
+            _observe_all(schedule, num_samples, 2**20, pool)
+        schedule.end_epoch(0, 1.0)
+        ids = schedule.epoch_shard(1, 0, world_size, seed)
+        kept = len(schedule.epoch_kept_set(1))
+        return {"case": case, "num_samples": num_samples, "world_size": world_size,
+                "seconds": time.perf_counter() - start, "peak_mb": _peak_above(baseline), "ids_mb": ids.nbytes / MIB,
+                "kept": kept}
     if case == "cycle":
         batch = local_batch * world_size
         pool = _loss_pool(batch, seed)
@@ -162,7 +214,8 @@ def _format_table(rows) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1e9", help="comma-separated N (default 1e9)")
-    parser.add_argument("--cases", default="list,shard,cycle", help="comma-separated: list, shard, cycle")
+    parser.add_argument("--cases", default="list,shard,cycle",
+                        help="comma-separated: list, shard, cycle, infobatch, seta, random")
     parser.add_argument("--world-size", type=int, default=64, help="W: the rank measured is rank 0 of W")
     parser.add_argument("--local-batch", type=int, default=64, help="b: ids per rank and step (cycle case)")
     parser.add_argument("--seed", type=int, default=0)

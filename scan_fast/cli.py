@@ -148,9 +148,12 @@ def add_data_parser(sub):
     check = kinds.add_parser("check", help="check a .beton or part folder sample by sample",
                              description="The full per-sample check of a .beton or of every part of a part "
                                          "folder (and the folder's manifest, every part against it, and the "
-                                         "key/uid arrays beside each file): one line per problem naming the "
-                                         "file; exit code 1 when there is one.")
+                                         "key/uid arrays beside each file), then every stored image decoded: "
+                                         "one line per problem naming the file (and the sample id of an image "
+                                         "that does not decode); exit code 1 when there is one.")
     check.add_argument("path", help="a .beton file or a part folder")
+    check.add_argument("--num-workers", type=int, default=1,
+                       help="threads decoding the images (default 1)")
     check.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     check.set_defaults(run=_run_data_check)
 
@@ -231,7 +234,7 @@ def _run_data_index(args):
 def _run_data_check(args):
     from scan_fast.data.convert import check_path
 
-    problems = check_path(args.path, progress=not args.no_progress)
+    problems = check_path(args.path, progress=not args.no_progress, workers=args.num_workers)
     for line in problems:
         print(line)
     if problems:

@@ -82,7 +82,12 @@ def test_part_layout_and_source_ids(folder, shards, tmp_path):
     expected = [(int(_uid(k)[:16], 16), int(_uid(k)[16:], 16)) if k != 6 else (0, 0) for k in kept_rows]
     assert uids.tolist() == expected
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["parts"][0]["source_ids"] == {"keys": "part-00000.keys.npy", "uids": "part-00000.uids.npy"}
+    pins = manifest["parts"][0]["source_ids"]  # each array pinned by name, size and digest
+    assert {kind: pin["file"] for kind, pin in pins.items()} == {"keys": "part-00000.keys.npy",
+                                                                  "uids": "part-00000.uids.npy"}
+    for kind, pin in pins.items():
+        path = folder / pin["file"]
+        assert pin["bytes"] == path.stat().st_size and len(pin["sha256"]) == 64
     # a single file gets the same arrays beside it
     single = _convert(shards, tmp_path / "single.beton")
     assert load_ids(single, "keys").tolist() == keys.tolist()

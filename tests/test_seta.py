@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scan_fast.schedule.strategies import SeTa, kmeans_1d, seta_keep_reference, seta_window
+from scan_fast.schedule.seta import SeTa, kmeans_1d, seta_keep_reference, seta_window
 
 
 def _roundtrip(state):
@@ -63,7 +63,7 @@ def test_selection_equals_the_numpy_oracle(n, seed, groups, window, ratio):
     for epoch in range(8):
         kept = _epoch(s, epoch, losses * (1 + 0.1 * epoch), device_path=epoch % 2 == 0)
         np.testing.assert_array_equal(kept, np.flatnonzero(_oracle_kept(scores, epoch, **knobs)))
-        scores[kept] = (losses[kept] * np.float32(1 + 0.1 * epoch)).astype(np.float32)
+        scores[kept] = (losses[kept] * np.float32(1 + 0.1 * epoch)).astype(np.float16)  # stored as float16
 
 
 def test_windows_prune_whole_loss_clusters_and_anneal_to_the_random_keep():
@@ -105,3 +105,33 @@ def test_state_roundtrip_resumes_identically_also_inside_an_epoch():
         np.testing.assert_array_equal(_epoch(a, epoch, losses), _epoch(b, epoch, losses))
     with pytest.raises(ValueError, match="groups"):
         SeTa(n, 10, ratio=0.1, groups=4, seed=3).load_state_dict(_roundtrip(a.state_dict()))
+
+
+@pytest.mark.parametrize("chunk", [64, 1 << 22])
+def test_chunked_selection_equals_the_oracle_with_float16_scores(chunk, monkeypatch):
+    """Scores are float16 (2 bytes a sample); the keep is a radix select and the k-means runs on the
+    scores' histogram, a chunk of ids at a time: still exactly the oracle's ids."""
+    from scan_fast.schedule import strategies
+
+    monkeypatch.setattr(strategies, "PLAN_CHUNK", chunk)
+    n = 700
+    losses = np.random.default_rng(2).gamma(2.0, 1.0, n).astype(np.float32)
+    losses[3] = 1e6  # beyond float16: stored as 65504
+    knobs = dict(num_epochs=8, ratio=0.3, groups=4, window=0.5, delta=0.875, seed=11)
+    s = SeTa(n, 8, ratio=0.3, groups=4, window=0.5, delta=0.875, seed=11)
+    assert s.scores.dtype == torch.float16
+    scores = np.full(n, np.nan)
+    for epoch in range(8):
+        kept = _epoch(s, epoch, losses, device_path=epoch % 2 == 0)
+        np.testing.assert_array_equal(kept, np.flatnonzero(_oracle_kept(scores, epoch, **knobs)))
+        scores[kept] = np.minimum(losses[kept], 65504).astype(np.float16)
+
+
+def test_hash_rank_select_is_the_sorted_hash():
+    from scan_fast.keyed_hash import SIGN_BIT, counter_hashes
+    from scan_fast.schedule.seta import _hash_rank_select
+
+    n, key = 1000, 123456789
+    ordered = torch.sort(counter_hashes(key, torch.arange(n)) ^ SIGN_BIT).values
+    for rank in (1, 2, 500, 999, 1000):
+        assert _hash_rank_select(key, n, rank, "cpu") ^ SIGN_BIT == int(ordered[rank - 1])

@@ -276,3 +276,52 @@ def test_epochs_begin_explicitly_and_readers_start_nothing(make, cycle):
     s.end_epoch(0, 1.0)
     with pytest.raises(ValueError, match=r"kept_count\(1\) before begin_epoch\(1\)"):
         s.kept_count(1)
+
+
+@pytest.mark.parametrize("n, count", [(20000, 100), (20000, 5000), (37, 36), (9, 0)])  # numpy's two choice paths
+def test_random_keeps_exactly_the_ids_of_the_published_draw_from_a_bitset(n, count):
+    """The oracle is the draw every `random` number was made with: all ids but
+    default_rng([seed, epoch]).choice(N, k, replace=False); the kept set is the complement of a bitset."""
+    s = RandomPruning(n, prune_counts={2: count}, seed=5)
+    for epoch in range(3):
+        drawn = np.random.default_rng([5, epoch]).choice(n, count if epoch == 2 else 0, replace=False)
+        expected = np.setdiff1d(np.arange(n), drawn)
+        kept_set = s.epoch_kept_set(epoch)
+        assert not kept_set.members  # a bitset of the pruned ids, no array of the kept ones
+        np.testing.assert_array_equal(s.epoch_indices(epoch), expected)
+        s.end_epoch(epoch, 1.0)
+
+
+def _infobatch_reference(scores, prune_ratio, seed, epoch):
+    """The oracle of an InfoBatch epoch plan from float16 scores (inf: never seen), in one O(N) pass."""
+    from scan_fast.schedule.strategies import infobatch_coins
+
+    seen = np.isfinite(scores)
+    if not seen.any():
+        return np.arange(len(scores)), np.zeros(len(scores), bool)
+    well_learned = seen & (scores.astype(np.float64) < scores[seen].astype(np.float64).mean())
+    pruned = well_learned & infobatch_coins(len(scores), prune_ratio, seed, epoch)
+    return np.flatnonzero(~pruned), well_learned & ~pruned
+
+
+@pytest.mark.parametrize("chunk", [8, 64, 1 << 22])
+def test_infobatch_plan_matches_its_oracle_from_float16_scores(chunk, monkeypatch):
+    from scan_fast.schedule import strategies
+
+    monkeypatch.setattr(strategies, "PLAN_CHUNK", chunk)
+    n = 301
+    rng = np.random.default_rng(4)
+    s = InfoBatch(n, num_epochs=10, prune_ratio=0.4, seed=3)
+    assert s.scores.dtype == np.float16 and s.scores.nbytes == 2 * n  # 2 bytes a sample
+    s.epoch_indices(0)
+    seen = rng.random(n) < 0.8
+    losses = rng.exponential(size=n) * 3
+    seen[0], losses[0] = True, 1e6  # beyond float16: stored as its largest value, not as "never seen"
+    s.observe(np.flatnonzero(seen), losses[seen], losses[seen])
+    s.end_epoch(0, 1.0)
+    assert np.isfinite(s.scores[0])
+    for epoch in (1, 2):
+        kept, upweighted = _infobatch_reference(s.scores, 0.4, 3, epoch)
+        np.testing.assert_array_equal(s.epoch_indices(epoch), kept)
+        np.testing.assert_array_equal(s.sample_weights(np.arange(n)) > 1, upweighted[np.arange(n)])
+        s.end_epoch(epoch, 1.0)

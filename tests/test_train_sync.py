@@ -47,7 +47,7 @@ def _step(model, schedule, log_every):
 def _schedule(kind, epoch):
     """A schedule at the start of `epoch` (the epochs before it run without training)."""
     from scan_fast.schedule.scan_epoch import ScanEpoch
-    from scan_fast.schedule.strategies import SeTa
+    from scan_fast.schedule.seta import SeTa
 
     schedule = {"scan": lambda: Scan(N, prune_threshold=1.0), "infobatch": lambda: InfoBatch(N, 10),
                 "scan-epoch": lambda: ScanEpoch(N, prune_threshold=1.0), "seta": lambda: SeTa(N, 10),

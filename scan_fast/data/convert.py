@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
+import numpy as np
 from tqdm import tqdm
 
 from scan_fast.outputs import partial_path, remove_stale_partials
@@ -27,7 +28,7 @@ from scan_fast.outputs import partial_path, remove_stale_partials
 from .beton import BetonFile, DataError
 from .dataset import MANIFEST, read_json, read_manifest
 from .parts import clear_folder, finished_parts, part_path, part_ranges, write_manifest
-from .source_ids import KINDS, ids_path, load_ids
+from .source_ids import KINDS, UID_DTYPE, check_pinned, describe_repeat, find_repeat, ids_path, load_ids
 
 CONVERSION = "conversion.json"
 CONVERSION_FORMAT = "scan-fast conversion"
@@ -282,9 +283,11 @@ def write_folder_manifest(folder) -> dict:
 
 # --------------------------------------------------------------------------- scan-fast data check
 
-def check_path(path, progress: bool = True) -> List[str]:
+def check_path(path, progress: bool = True, workers: int = 1) -> List[str]:
     """Every problem of a .beton or a part folder, one line each naming the file: the full
-    per-sample check of every file, and for a folder the manifest and every part against it."""
+    per-sample check of every file, and for a folder the manifest and every part against it;
+    then, when the structure is sound, every stored image decoded (image_check.py, `workers`
+    threads)."""
     path = os.fspath(path)
     problems: List[str] = []
     if os.path.isdir(path):
@@ -312,6 +315,10 @@ def check_path(path, progress: bool = True) -> List[str]:
                 continue
             files.append(file)
             records.append(entry)
+            try:
+                check_pinned(file, entry.get("source_ids"))
+            except ValueError as err:
+                problems.append(str(err))
     elif os.path.isfile(path):
         files, records = [path], [None]
     else:
@@ -337,4 +344,38 @@ def check_path(path, progress: bool = True) -> List[str]:
                 except ValueError as err:
                     problems.append(str(err))
             beton.close()
+    if not problems:
+        problems += _check_unique(files, [b.num_samples for b in opened])
+    if not problems:
+        problems += _check_decodes(path, progress, workers)
     return problems
+
+
+def _check_unique(files: List[str], counts: List[int]) -> List[str]:
+    """A key or uid on two rows of the data set, as one line naming both."""
+    problems = []
+    for kind in KINDS:
+        arrays = [load_ids(file, kind, count) for file, count in zip(files, counts)]
+        if all(a is None for a in arrays):
+            continue
+        arrays = [a if a is not None else np.zeros(0, UID_DTYPE if kind == "uids" else "S1") for a in arrays]
+        repeat = find_repeat(arrays, kind)
+        if repeat is not None:
+            problems.append(describe_repeat(files, kind, repeat, arrays))
+    return problems
+
+
+def _check_decodes(path, progress: bool, workers: int) -> List[str]:
+    from .dataset import open_dataset
+    from .image_check import check_images
+
+    try:
+        dataset = open_dataset(path, progress=False)
+    except (DataError, ValueError) as err:
+        return [str(err)]
+    try:
+        with tqdm(total=dataset.num_samples, desc="decoding", unit="sample",
+                  disable=None if progress else True) as bar:
+            return check_images(dataset, workers=workers, progress=bar.update)
+    finally:
+        dataset.close()

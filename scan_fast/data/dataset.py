@@ -55,6 +55,8 @@ class Dataset:
         self.field_names = first.field_names
         self.metadata_type = first.metadata_type
         self._parts: Dict[int, BetonFile] = {0: first}
+        self.pinned = False  # a part folder's manifest pins the key/uid arrays (source_ids.check_pinned)
+        self.repeated_ids: Dict[str, str] = {}  # kind -> a line naming a key or uid on two rows
 
     @property
     def num_parts(self) -> int:
@@ -169,4 +171,6 @@ def _open_folder(folder: str) -> Dataset:
     first = BetonFile(files[0], records[0])
     if first.fields_digest() != manifest["fields_digest"]:
         raise DataError(f"part {files[0]} holds other fields than {os.path.join(folder, MANIFEST)} lists")
-    return Dataset(folder, files, records, first)
+    dataset = Dataset(folder, files, records, first)
+    dataset.pinned, dataset.repeated_ids = True, dict(manifest.get("repeated_ids") or {})
+    return dataset

@@ -8,7 +8,7 @@ import glob
 import json
 import os
 import tarfile
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -217,9 +217,11 @@ def _count_samples(shards: List[str], num_workers: int, progress: bool) -> List[
                          **bar))
 
 
-def _shard_uids(shard: str) -> Dict[str, Tuple[int, int]]:
-    """{sample key: uid} of a shard's samples whose .json holds a 32-hex-digit "uid" (DataComp)."""
-    uids = {}
+def _shard_uids(shard: str) -> Dict[str, Union[Tuple[int, int], BadRow]]:
+    """{sample key: uid} of a shard's samples whose .json holds a "uid" (DataComp), and {key: BadRow}
+    for a .json that is not a JSON object or whose "uid" breaks source_ids.parse_uid's rule (the
+    sample is then a skipped row). A sample without a .json, or without "uid" in it, has no uid."""
+    uids: Dict[str, Union[Tuple[int, int], BadRow]] = {}
     try:
         with tarfile.open(shard, "r:") as tar:
             for member in tar:
@@ -227,11 +229,17 @@ def _shard_uids(shard: str) -> Dict[str, Tuple[int, int]]:
                 if not member.isfile() or ext != "json":
                     continue
                 try:
-                    uid = parse_uid(json.loads(tar.extractfile(member).read()).get("uid"))
-                except (ValueError, AttributeError, tarfile.TarError, EOFError):
-                    uid = None
-                if uid is not None:
-                    uids[key] = uid
+                    record = json.loads(tar.extractfile(member).read())
+                except (ValueError, tarfile.TarError, EOFError) as err:
+                    uids[key] = BadRow("unreadable .json", f"{member.name}: {err}")
+                    continue
+                if not isinstance(record, dict):
+                    uids[key] = BadRow("unreadable .json", f"{member.name} holds a {type(record).__name__}, "
+                                                           f"not a JSON object")
+                elif "uid" in record:
+                    uid = parse_uid(record["uid"])
+                    uids[key] = uid if uid is not None else BadRow(
+                        "bad uid", f"{member.name} has uid {record['uid']!r}, not 32 hex digits")
     except (tarfile.TarError, EOFError):  # a cut shard: its uids before the cut (reported by _read_shard)
         pass
     return uids

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-from ffcv.fields.rgb_image import resizer
+import cv2
 from PIL import Image, UnidentifiedImageError
 
 from .tables import BadRow
@@ -41,9 +41,22 @@ def decode_image(data: bytes) -> np.ndarray:
         raise BadRow("undecodable image", f"{type(err).__name__}: {err}") from None
 
 
+def shrink(image: np.ndarray, max_resolution: Optional[int]) -> np.ndarray:
+    """ffcv's resizer (longer side to max_resolution, area interpolation, sizes rounded down), except
+    that no side shrinks below one pixel: ffcv's gives a 10000 x 10 image a zero side and cv2 fails."""
+    if max_resolution is None:
+        return image
+    size = np.array([image.shape[1], image.shape[0]])
+    ratio = max_resolution / size.max()
+    if ratio < 1:
+        image = cv2.resize(image, tuple(int(x) for x in np.maximum((ratio * size).astype(int), 1)),
+                           interpolation=cv2.INTER_AREA)
+    return image
+
+
 def stored_image(data: bytes, max_resolution: Optional[int]) -> np.ndarray:
-    """The pixels the .beton stores: decoded, then shrunk by ffcv's own resizer to max_resolution."""
-    return resizer(decode_image(data), max_resolution)
+    """The pixels the .beton stores: decoded, then shrunk to max_resolution (`shrink`)."""
+    return shrink(decode_image(data), max_resolution)
 
 
 @dataclass(frozen=True)

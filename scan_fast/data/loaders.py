@@ -26,6 +26,7 @@ import atexit
 import os
 import queue
 import sys
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from queue import Queue
@@ -42,6 +43,7 @@ from ffcv.pipeline.graph import Graph
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, KeyedMocoViews
 from .batch import OUTPUT_FIELDS, Batch
+from .beton import DataError
 from .dataset import Dataset, open_dataset
 from .order import CHUNK_IDS, KeptIdsSource
 from .pipelines import clip_pipelines, moco_pipelines
@@ -92,17 +94,22 @@ class ScanLoader(Loader):
         if unknown or "id" not in self.pipeline_specs:
             raise ValueError(f"pipelines {list(self.pipeline_specs)}: a loader reads the id field and names its "
                              f"outputs after Batch's fields ({', '.join(OUTPUT_FIELDS)})")
-        self._keyed_decoders = _keyed_decoders(pipelines)
+        self._keyed_decoders = _decoders_with(pipelines, "set_key")
         self.batch_ids = np.zeros(self.batch_size, np.uint64)  # global ids of the batch being decoded
-        for decoder in self._keyed_decoders:
+        self.decode_failed = np.zeros(self.batch_size, np.uint8)  # 1: that position's image did not decode
+        for decoder in _decoders_with(pipelines, "set_id_source"):
             decoder.set_id_source(self.batch_ids)
-        self.graph = Graph(self.pipeline_specs, dataset.handlers, self.field_name_to_f_ix,
-                           self.reader.metadata, self.memory_manager.compile_reader())
-        self._positions = np.arange(self.batch_size, dtype=np.uint64)
-        self.next_epoch = self._len_epoch = int(start_epoch)
-        self._running = None
-        self._reuse_batch_buffers()
-        self.generate_code()
+        for decoder in _decoders_with(pipelines, "set_failure_sink"):
+            decoder.set_failure_sink(self.decode_failed)
+        with COMPILING:
+            self.graph = Graph(self.pipeline_specs, dataset.handlers, self.field_name_to_f_ix,
+                               self.reader.metadata, self.memory_manager.compile_reader())
+            self._positions = np.arange(self.batch_size, dtype=np.uint64)
+            self.next_epoch = self._len_epoch = int(start_epoch)
+            self._running = None
+            self._reuse_batch_buffers()
+            self.generate_code()
+        self._compiled = False  # the pipelines compile on their first batch, in the epoch thread
         len(self)  # the first epoch's kept ids are checked now, not in the loader's thread
 
     def _reuse_batch_buffers(self):
@@ -175,6 +182,11 @@ def _batches_of(chunks: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]
             yield ids[first:first + size]
 
 
+# Held while a loader's pipelines are built and while they run their first batch (when numba compiles
+# them, in the epoch thread): two loaders compiling at once in one process (a trainer's train and eval
+# loaders, a benchmark's) could fail inside numba's typing with a KeyError.
+COMPILING = threading.RLock()
+
 # Loaders with an epoch thread, stopped at interpreter exit: the thread may be inside the engine's
 # parallel shard computation, whose worker threads must not outlive the process's clean-up.
 _RUNNING: "weakref.WeakSet[ScanLoader]" = weakref.WeakSet()
@@ -228,7 +240,16 @@ class _EpochReader(EpochIterator):
         batch_ids, staging = staged
         self.metadata, self.storage_state = staging.result()
         loader.batch_ids[:len(batch_ids)] = batch_ids
-        return super().run_pipeline(b_ix, loader._positions[:len(batch_ids)], batch_slot, cuda_event)
+        loader.decode_failed[:] = 0
+        if loader._compiled:
+            result = super().run_pipeline(b_ix, loader._positions[:len(batch_ids)], batch_slot, cuda_event)
+        else:
+            with COMPILING:  # numba's typing is not safe against another thread compiling at once
+                result = super().run_pipeline(b_ix, loader._positions[:len(batch_ids)], batch_slot, cuda_event)
+            loader._compiled = True
+        if loader.decode_failed.any():
+            raise undecodable_image(loader.dataset, batch_ids, np.flatnonzero(loader.decode_failed))
+        return result
 
     def run(self):
         try:
@@ -313,13 +334,23 @@ def _stop(epoch_iterator):
         batches.close()  # ends the staging thread of an epoch left unfinished
 
 
-def _keyed_decoders(pipelines) -> list:
-    """The decoders in `pipelines` (field -> op list or PipelineSpec) whose crops are keyed."""
+def _decoders_with(pipelines, method: str) -> list:
+    """The decoders in `pipelines` (field -> op list or PipelineSpec) that have `method`."""
     found = []
     for spec in pipelines.values():
         ops = spec if isinstance(spec, (list, tuple)) else [getattr(spec, "decoder", None)]
-        found += [op for op in ops if hasattr(op, "set_key")]
+        found += [op for op in ops if hasattr(op, method)]
     return found
+
+
+def undecodable_image(dataset: Dataset, batch_ids: np.ndarray, positions: np.ndarray) -> DataError:
+    """The one-line error for images of a batch that did not decode: the first sample id, its file and row."""
+    sample_id = int(batch_ids[positions[0]])
+    part = int(dataset.part_of(np.array([sample_id]))[0])
+    more = f" (and {len(positions) - 1} more in this batch)" if len(positions) > 1 else ""
+    return DataError(f"the stored image of sample id {sample_id} (row {sample_id - int(dataset.offsets[part])} of "
+                     f"{dataset.files[part]}) does not decode: the file is damaged{more}; find every damaged "
+                     f"image with `scan-fast data check {dataset.path}` and write the data again")
 
 
 class _Batches:

@@ -8,14 +8,17 @@ from the parts' records, so a folder with a manifest is always complete.
 """
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from scan_fast.outputs import partial_path
 
 from .beton import BetonFile, DataError, load_record
 from .dataset import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, manifest_checksum
-from .source_ids import KINDS, ids_path
+from .source_ids import KINDS, UID_DTYPE, describe_repeat, find_repeat, load_ids, pin_ids
 
 PART_PATTERN = "part-{:05d}.beton"
 
@@ -48,9 +51,8 @@ def write_manifest(folder, num_parts: int, extra: Optional[Dict] = None) -> dict
         beton = BetonFile(part_path(folder, i))
         record = {**load_record(beton, progress=False), "file": part_path(folder, i).name}
         beton.close()
-        source_ids = {kind: ids_path(part_path(folder, i), kind).name for kind in KINDS
-                      if ids_path(part_path(folder, i), kind).is_file()}
-        if source_ids:  # the source's own ids of each row (source_ids.py)
+        source_ids = pin_ids(part_path(folder, i))
+        if source_ids:  # the source's own ids of each row (source_ids.py), pinned by size and digest
             record["source_ids"] = source_ids
         if digest is None:
             digest = record["fields_digest"]
@@ -62,12 +64,37 @@ def write_manifest(folder, num_parts: int, extra: Optional[Dict] = None) -> dict
                 "num_samples": sum(int(r["num_samples"]) for r in records),
                 "fields": first.field_names, "fields_digest": digest, "parts": records, **(extra or {})}
     first.close()
+    repeated = repeated_source_ids(folder, records)
+    if repeated:  # kept usable for training; key/uid coresets and exports refuse it (source_ids.py)
+        manifest["repeated_ids"] = repeated
+        for line in repeated.values():
+            print(f"warning: {folder}: {line}", file=sys.stderr)
     manifest["checksum"] = manifest_checksum(manifest)
     target = folder / MANIFEST
     partial = partial_path(target)
     partial.write_text(json.dumps(manifest, indent=1))
     os.replace(partial, target)
     return manifest
+
+
+def repeated_source_ids(folder, records: List[dict]) -> Dict[str, str]:
+    """{kind: one line naming a repeated key or uid and both its rows} for each kind of source id
+    that is not unique over the parts (source_ids.find_repeat: memory independent of N)."""
+    repeated = {}
+    for kind in KINDS:
+        if not any(kind in r.get("source_ids", {}) for r in records):
+            continue
+        files = [str(Path(folder) / r["file"]) for r in records]
+        arrays = [load_ids(file, kind, int(r["num_samples"])) for file, r in zip(files, records)]
+        arrays = [a if a is not None else _empty(kind) for a in arrays]
+        repeat = find_repeat(arrays, kind)
+        if repeat is not None:
+            repeated[kind] = describe_repeat(files, kind, repeat, arrays)
+    return repeated
+
+
+def _empty(kind: str) -> np.ndarray:
+    return np.zeros(0, UID_DTYPE) if kind == "uids" else np.zeros(0, "S1")
 
 
 def write_sample_parts(folder, rows_per_part: int, num_rows: int,

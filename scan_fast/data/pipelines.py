@@ -23,13 +23,12 @@ import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.ndarray import NDArrayDecoder
-from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.pipeline import PipelineSpec
 from ffcv.pipeline.operation import Operation
 from ffcv.transforms import NormalizeImage, Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Normalize
-from .decoders import KeyedRandomResizedCropDecoder
+from .decoders import CheckedCenterCropDecoder, KeyedRandomResizedCropDecoder
 from .tokenize import vocab_size
 
 
@@ -42,7 +41,7 @@ def _image_decoder(resolution: int, augment: bool, crop_scale: Tuple[float, floa
     if augment:
         return KeyedRandomResizedCropDecoder((resolution, resolution), scale=crop_scale,
                                              flip_prob=0.5 if flip else 0.0, view=view)
-    return CenterCropRGBImageDecoder((resolution, resolution), ratio=1.0)
+    return CheckedCenterCropDecoder((resolution, resolution), ratio=1.0)
 
 
 def _uint8_image_ops(decoder, device) -> List:

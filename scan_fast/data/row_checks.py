@@ -57,8 +57,9 @@ def check_table_rows(rows, bad, summary: WriteSummary, strict: bool, label_colum
 
 
 def check_webdataset_samples(samples, bad, summary: WriteSummary, strict: bool) -> list:
-    """The webdataset samples (where, ref, caption, ...) that have both an image and a text; those
-    without, and the shards' problems in `bad` (cut shards, repeated keys), are skipped or stop the write."""
+    """The webdataset samples (where, ref, caption[, key, uid]) that have both an image and a text and no
+    bad uid (a BadRow in place of the uid: source_ids.parse_uid); the others, and the shards' problems
+    in `bad` (cut shards, repeated keys), are skipped or stop the write."""
     for where, err in bad:
         skip_or_stop(summary, where, err, strict)
     usable = []
@@ -67,6 +68,9 @@ def check_webdataset_samples(samples, bad, summary: WriteSummary, strict: bool) 
         missing = "image" if ref is None else "text" if caption is None else None
         if missing:
             skip_or_stop(summary, where, BadRow(f"no {missing} in sample"), strict)
+            continue
+        if len(sample) > 4 and isinstance(sample[4], BadRow):
+            skip_or_stop(summary, where, sample[4], strict)
             continue
         usable.append(sample)
     return usable

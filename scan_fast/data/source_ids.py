@@ -24,7 +24,10 @@ key arrays), a kept-set bitset (`*.bits.npy`), or sample ids (text, one a line, 
 an integer `.npy`). The mapping sorts the file's uids or keys once and looks each
 part's array up in them (searchsorted), a part at a time.
 """
+import hashlib
 import os
+import re
+import tempfile
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -37,6 +40,7 @@ KINDS = ("keys", "uids")
 KEYS_HEADER = "# scan-fast keys"
 BITS_SUFFIX = ".bits.npy"
 _CHUNK = 1 << 22
+_UID_TEXT = re.compile(r"[0-9a-fA-F]{32}")
 
 
 def ids_path(beton, kind: str) -> Path:
@@ -49,12 +53,17 @@ def ids_path(beton, kind: str) -> Path:
 
 
 def parse_uid(text) -> Optional[Tuple[int, int]]:
-    """(high, low) of a 32-hex-digit uid, or None when `text` is not one."""
-    if not isinstance(text, str) or len(text) != 32:
+    """(high, low) of a uid, or None when `text` is not one: the one uid rule of every source.
+
+    A uid is a string of exactly 32 hexadecimal digits, either case, not all zero (the zero uid
+    marks a sample without one). Nothing else is: no "0x", sign, spaces or underscores (which
+    int(text, 16) would take), no number. Writers skip a row whose uid breaks the rule, naming it
+    (a table's --uid-column, a webdataset sample's .json "uid"); a webdataset sample without a
+    .json or without "uid" in it simply has no uid."""
+    if not isinstance(text, str) or _UID_TEXT.fullmatch(text) is None:
         return None
-    try:
-        value = int(text, 16)
-    except ValueError:
+    value = int(text, 16)
+    if value == 0:
         return None
     return value >> 64, value & 0xFFFFFFFFFFFFFFFF
 
@@ -113,6 +122,125 @@ def load_ids(beton, kind: str, num_samples: Optional[int] = None) -> Optional[np
     return array
 
 
+# --------------------------------------------------------------------------- pins and uniqueness
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pin_ids(beton) -> dict:
+    """{kind: {"file", "bytes", "sha256"}} of the arrays beside `beton`: what a manifest pins."""
+    pins = {}
+    for kind in KINDS:
+        path = ids_path(beton, kind)
+        if path.is_file():
+            pins[kind] = {"file": path.name, "bytes": path.stat().st_size, "sha256": _digest(path)}
+    return pins
+
+
+def check_pinned(beton, pins: Optional[dict], kinds=KINDS, digest: bool = True) -> None:
+    """ValueError naming the file when an array beside `beton` is not the one its manifest record
+    pins (`pins` = the record's "source_ids"): missing, of another size or (digest=True) other
+    content, or present but not pinned. `digest` reads the whole file: only where it is read anyway."""
+    pins = pins or {}
+    for kind in kinds:
+        path, pin = ids_path(beton, kind), pins.get(kind)
+        if pin is None:
+            if path.is_file():
+                raise ValueError(f"{path} is not listed in the manifest of {Path(beton).parent}: it was added "
+                                 f"after the data set was written (remove it, or write the manifest again with "
+                                 f"scan-fast data manifest)")
+            continue
+        if not isinstance(pin, dict):
+            raise ValueError(f"the manifest of {Path(beton).parent} lists {path} without its size and digest "
+                             f"(written by an older version): write it again with scan-fast data manifest")
+        if not path.is_file():
+            raise ValueError(f"{path}, listed in the manifest of {Path(beton).parent}, is missing")
+        size = path.stat().st_size
+        if size != int(pin["bytes"]):
+            raise ValueError(f"{path} has {size} bytes, the manifest says {pin['bytes']}: it was cut or replaced")
+        if digest and _digest(path) != pin["sha256"]:
+            raise ValueError(f"{path} is not the file the manifest pins (its sha256 differs): it was edited or "
+                             f"replaced, e.g. by another part's")
+
+
+def _sortable(array: np.ndarray, kind: str, width: int) -> np.ndarray:
+    """Keys as S<width>; uids as 16 big-endian bytes (byte order = numeric order)."""
+    if kind == "keys":
+        return array.astype(f"S{width}")
+    pairs = np.empty((len(array), 2), ">u8")
+    pairs[:, 0], pairs[:, 1] = array["f0"], array["f1"]
+    return pairs.view("S16").reshape(-1)
+
+
+def find_repeat(arrays: Sequence[np.ndarray], kind: str, chunk: int = _CHUNK) -> Optional[Tuple[int, tuple, tuple]]:
+    """(count of repeated values, (part, row) of one repeated value's first copy, (part, row) of its
+    second) over the `kind` arrays of every part in order (a key or uid on two rows), or None when
+    every value is unique. The zero uid (no uid) is not counted. Memory about two chunks, whatever the
+    total: sorted runs of `chunk` values go to a temporary folder and are merged block by block."""
+    width = max([1] + [a.dtype.itemsize for a in arrays]) if kind == "keys" else 16
+    record = np.dtype([("v", f"S{width}"), ("part", "<u4"), ("row", "<u8")])
+    count, first = 0, None
+    with tempfile.TemporaryDirectory(prefix="scan-fast-ids.") as scratch:
+        runs = []
+        for p, array in enumerate(arrays):
+            for start in range(0, len(array), chunk):
+                values = np.asarray(array[start:start + chunk])
+                rows = np.arange(start, start + len(values), dtype=np.uint64)
+                if kind == "uids":
+                    given = (values["f0"] != 0) | (values["f1"] != 0)
+                    values, rows = values[given], rows[given]
+                run = np.empty(len(values), record)
+                run["v"], run["part"], run["row"] = _sortable(values, kind, width), p, rows
+                path = os.path.join(scratch, f"run{len(runs)}.npy")
+                np.save(path, np.sort(run, order="v", kind="stable"))
+                runs.append(np.load(path, mmap_mode="r"))
+        previous = None
+        for block in _merge_sorted(runs):
+            if previous is not None:
+                block = np.concatenate([previous, block])
+            same = np.flatnonzero(block["v"][1:] == block["v"][:-1])
+            count += len(same)
+            if len(same) and first is None:
+                k = int(same[0])
+                first = ((int(block["part"][k]), int(block["row"][k])),
+                         (int(block["part"][k + 1]), int(block["row"][k + 1])))
+            previous = block[-1:]
+    return None if count == 0 else (count, *first)
+
+
+def _merge_sorted(runs: List[np.ndarray], block: int = 1 << 16) -> Iterator[np.ndarray]:
+    """The runs' records (each run sorted by "v") as one stream of sorted blocks: each round takes from
+    every run what lies at or below the smallest of the runs' block maxima."""
+    position = [0] * len(runs)
+    while True:
+        live = [i for i, run in enumerate(runs) if position[i] < len(run)]
+        if not live:
+            return
+        heads = {i: runs[i][position[i]:position[i] + block] for i in live}
+        cutoff = min(heads[i]["v"][-1] for i in live)
+        taken = []
+        for i in live:
+            count = int(np.searchsorted(heads[i]["v"], cutoff, side="right"))
+            taken.append(heads[i][:count])
+            position[i] += count
+        yield np.sort(np.concatenate(taken), order="v", kind="stable")
+
+
+def describe_repeat(files: Sequence, kind: str, repeat, arrays: Sequence[np.ndarray]) -> str:
+    """One line for find_repeat's answer, naming both rows and their files."""
+    count, (pa, ra), (pb, rb) = repeat
+    value = arrays[pa][ra]
+    text = uid_text(value) if kind == "uids" else bytes(value).decode("utf-8", "replace")
+    what = "key" if kind == "keys" else "uid"
+    return (f"{what} {text} is on row {ra} of {files[pa]} and on row {rb} of {files[pb]} "
+            f"({count} repeated {kind} in all): a {what} coreset or export cannot tell these samples apart")
+
+
 # --------------------------------------------------------------------------- kept sets as bits
 
 def kept_bits(kept_set) -> np.ndarray:
@@ -134,6 +262,24 @@ def save_kept_bits(path, kept_set) -> None:
     with open(partial, "wb") as f:
         np.save(f, kept_bits(kept_set), allow_pickle=False)
     os.replace(partial, path)
+
+
+def load_kept_bits(path, num_samples: int) -> np.ndarray:
+    """A kept-set bitset file for a data set of `num_samples`: ValueError naming the file when it is not
+    uint8 bits of exactly that many samples (N / 8 bytes rounded up, the bits past N clear)."""
+    bits = np.load(path, allow_pickle=False)
+    expected = (num_samples + 7) // 8
+    if bits.dtype != np.uint8 or bits.ndim != 1:
+        raise ValueError(f"coreset file {path} holds {bits.dtype} x {bits.shape}; a kept-set bitset is "
+                         f"{expected} uint8 bytes (np.packbits(kept, bitorder='little'))")
+    if len(bits) != expected:
+        raise ValueError(f"coreset file {path} is a bitset of {len(bits)} bytes ({8 * len(bits)} samples); the "
+                         f"training data has {num_samples} samples ({expected} bytes): it belongs to another "
+                         f"data set")
+    if num_samples % 8 and bits[-1] >> (num_samples % 8):
+        raise ValueError(f"coreset file {path} sets bits past the last of the {num_samples} samples: it belongs "
+                         f"to another data set")
+    return bits
 
 
 def bits_to_ids(bits: np.ndarray) -> np.ndarray:
@@ -198,6 +344,13 @@ def export_kept(dataset, bits: np.ndarray, fmt: str, out) -> int:
 
 
 def _part_ids(dataset, p: int, kind: str, what: str) -> np.ndarray:
+    """Part p's `kind` array, checked against the manifest's pin (size and digest: the array is about to
+    be read whole) and refused when the data set repeats one of its values."""
+    repeated = getattr(dataset, "repeated_ids", {}).get(kind)
+    if repeated:
+        raise ValueError(f"{dataset.path}: {repeated} (found when it was written; export or select by ids)")
+    if getattr(dataset, "pinned", False):
+        check_pinned(dataset.files[p], (dataset.records[p] or {}).get("source_ids"), kinds=(kind,))
     array = load_ids(dataset.files[p], kind, int(dataset.offsets[p + 1] - dataset.offsets[p]))
     if array is None:
         raise ValueError(f"{dataset.files[p]} has no {what} ({ids_path(dataset.files[p], kind)} is missing): "
@@ -248,8 +401,6 @@ def coreset_ids(path, data) -> Optional[np.ndarray]:
     ValueError naming the file, with a count and an example, for uids or keys not in the data."""
     path = os.fspath(path)
     kind = coreset_kind(path)
-    if kind == "bits":
-        return bits_to_ids(np.load(path, allow_pickle=False))
     if kind == "ids":
         return None
     if isinstance(data, (str, os.PathLike)):
@@ -257,10 +408,16 @@ def coreset_ids(path, data) -> Optional[np.ndarray]:
 
         data = open_dataset(data, progress=False)
     dataset = data
+    if kind == "bits":
+        return bits_to_ids(load_kept_bits(path, dataset.num_samples))
     wanted = np.load(path, allow_pickle=False) if kind == "uids" else _read_key_list(path)
     if wanted.ndim != 1 or len(wanted) == 0:
         raise ValueError(f"coreset file {path} lists no {kind}")
-    wanted = np.unique(wanted)
+    wanted, counts = np.unique(wanted, return_counts=True)
+    if (counts > 1).any():
+        twice = wanted[np.flatnonzero(counts > 1)[0]]
+        example = uid_text(twice) if kind == "uids" else bytes(twice).decode("utf-8", "replace")
+        raise ValueError(f"coreset file {path} lists {kind[:-1]} {example} more than once")
     if kind == "uids" and ((wanted["f0"] == 0) & (wanted["f1"] == 0)).any():
         raise ValueError(f"coreset file {path} lists the uid 0, which marks samples without a uid")
     found = np.zeros(len(wanted), dtype=bool)

@@ -8,6 +8,7 @@
   `prune_ratio`, rescales the loss of the kept below-mean ones by
   1 / (1 - prune_ratio), and trains on the full data in the final epochs.
 - `StaticCoreset`: one fixed id list every epoch (e.g. an exported coreset).
+- SeTa lives in seta.py.
 
 Every epoch's kept ids are a pure function of the seed, the epoch and the state
 at the epoch's start, so a resumed run repeats the same ids. Each state_dict
@@ -21,26 +22,22 @@ import numpy as np
 import torch
 
 from scan_fast.bits import bits_contain
+from scan_fast.index import SampleSet
 from scan_fast.schedule.base import PruningSchedule, check_saved_config
 from scan_fast.schedule.config import MODES
-from scan_fast.schedule.inputs import check_batch, check_fraction, check_int, check_prune_threshold, check_real
+from scan_fast.schedule.inputs import check_batch, check_fraction, check_int, check_prune_threshold
 from scan_fast.schedule.rates import (MUTATION, PREPARATION, WARMUP, EpochPhase, cosine_rate, epoch_phase,
                                       fewest_kept_in_cycles, prune_count, warmup_step)
 from scan_fast.schedule.stats import EpochRecord
 
 
 class EpochPlan(NamedTuple):
-    """An epoch's ids, fixed at its start (InfoBatch, SeTa): the epoch, its kept ids (sorted int64), and for
-    InfoBatch the upweighted ids as little-endian bits (N / 8 bytes)."""
+    """An epoch's ids, fixed at its start (InfoBatch, SeTa): the epoch, its kept ids (InfoBatch: a KeptSet
+    over the pruned ids' bitset; SeTa: sorted int64), and for InfoBatch the upweighted ids as
+    little-endian bits (N / 8 bytes)."""
     epoch: int
-    kept: np.ndarray
+    kept: object
     upweighted: Optional[np.ndarray] = None
-
-
-def _all_but(num_samples: int, pruned: np.ndarray) -> np.ndarray:
-    keep = np.ones(num_samples, dtype=bool)
-    keep[pruned] = False
-    return np.flatnonzero(keep)
 
 
 def _check_kind(state, kind):
@@ -120,6 +117,7 @@ class RandomPruning(PruningSchedule):
         self._start = None        # first preparation epoch, once warm-up has ended
         self._candidates = 0      # count of the last completed preparation epoch
         self._collecting = 0
+        self._drawn = None        # (epoch, its KeptSet): drawn once per epoch
 
     def _phase(self, epoch):
         if self.prune_counts is not None:
@@ -149,12 +147,22 @@ class RandomPruning(PruningSchedule):
 
     def _begin_epoch(self, epoch):
         self._collecting = 0
+        self._drawn = None
 
     def _keep_indices(self, epoch):
-        # Seeded by (seed, epoch) but not keyed per id like the other choices: a keyed draw would change
-        # which ids this baseline drops, and with them every published `random` number.
-        rng = np.random.default_rng([self.seed, epoch])
-        return _all_but(self.num_samples, rng.choice(self.num_samples, self.prune_count(epoch), replace=False))
+        return self._kept_set(epoch).to_array().astype(np.int64)
+
+    def _kept_set(self, epoch):
+        """All ids but the epoch's draw, as the complement of a bitset of the drawn ids (N / 8 bytes)."""
+        from scan_fast.schedule.shard import KeptSet
+
+        if self._drawn is None or self._drawn[0] != epoch:
+            pruned = SampleSet(self.num_samples)
+            count = self.prune_count(epoch)
+            if count:
+                pruned.add(random_prune_draw(self.num_samples, count, self.seed, epoch))
+            self._drawn = (epoch, KeptSet(pruned, members=False))
+        return self._drawn[1]
 
     def phase_name(self, epoch: int) -> str:
         if self.prune_counts is not None:  # given counts: no cycle of its own
@@ -207,7 +215,16 @@ class RandomPruning(PruningSchedule):
 
         def apply():
             self._prev_loss, self._start, self._candidates, self._collecting = values
+            self._drawn = None
         return apply
+
+
+def random_prune_draw(num_samples: int, count: int, seed: int, epoch: int) -> np.ndarray:
+    """The ids `random` prunes in `epoch`: numpy's `default_rng([seed, epoch]).choice(N, count,
+    replace=False)`, the draw every published `random` number was made with (not keyed per id like
+    the other choices). numpy holds O(count) ids for a small share and an arange of N (8 N bytes) for
+    a larger one while it draws; the kept set is then the complement of a bitset (`_kept_set`)."""
+    return np.random.default_rng([seed, epoch]).choice(num_samples, count, replace=False)
 
 
 def infobatch_coins(num_samples: int, prune_ratio: float, seed: int, epoch: int, chunk: int = 1 << 22) -> np.ndarray:
@@ -226,6 +243,18 @@ def infobatch_coins(num_samples: int, prune_ratio: float, seed: int, epoch: int,
     return coins
 
 
+def _infobatch_coin_chunk(key: int, limit: int, lo: int, hi: int) -> np.ndarray:
+    """infobatch_coins(...)[lo:hi] from the stream key and limit (one chunk, without the rest)."""
+    from scan_fast.keyed_hash import SIGN_BIT, counter_hashes
+
+    return (counter_hashes(key, np.arange(lo, hi, dtype=np.int64)) ^ SIGN_BIT) < limit
+
+
+SCORE_DTYPE = np.float16  # InfoBatch's per-id score: 2 bytes a sample on every rank
+SCORE_MAX = float(np.finfo(np.float16).max)  # larger losses are stored as this (inf marks "never seen")
+PLAN_CHUNK = 1 << 22  # ids per step of an epoch plan (a multiple of 8: whole bytes of bits)
+
+
 class InfoBatch(PruningSchedule):
     """InfoBatch (Qin et al., ICLR 2024): soft pruning of well-learned samples.
 
@@ -236,6 +265,8 @@ class InfoBatch(PruningSchedule):
     `sample_weights` gives 1 / (1 - prune_ratio) to the kept below-mean samples
     (the expected gradient stays that of the full data) and 1 to the rest.
     Samples never observed are never pruned, so the first epoch is full.
+    Scores are float16 (2 bytes a sample; losses above 65504 count as 65504) and the mean is taken
+    over them in float64; an epoch's pruned and upweighted ids are bitsets, built a chunk at a time.
     """
 
     def __init__(self, num_samples, num_epochs, prune_ratio=0.5, delta=0.875, seed=0):
@@ -244,7 +275,7 @@ class InfoBatch(PruningSchedule):
         self.prune_ratio = check_fraction("prune_ratio", prune_ratio, below_one=True)
         self.delta = check_fraction("delta", delta)
         self.seed = check_int("seed", seed, minimum=0)
-        self.scores = np.full(self.num_samples, np.inf)
+        self.scores = np.full(self.num_samples, np.inf, dtype=SCORE_DTYPE)
         self._plan: Optional[EpochPlan] = None  # frozen at the epoch's start
         self._device_bits = {}  # device -> the plan's bits there
 
@@ -287,23 +318,48 @@ class InfoBatch(PruningSchedule):
         ids = check_batch(sample_ids, np.zeros(len(sample_ids)), np.zeros(len(sample_ids)), self.num_samples)[0]
         return np.where(bits_contain(self._plan.upweighted, ids), upweight, 1.0).astype(np.float32)
 
+    def _mean_seen_score(self) -> Optional[float]:
+        """The mean of the observed scores (float64 sums over chunks), None when none is observed."""
+        total, count = 0.0, 0
+        for lo in range(0, self.num_samples, PLAN_CHUNK):
+            chunk = self.scores[lo:lo + PLAN_CHUNK]
+            seen = np.isfinite(chunk)
+            total += float(chunk[seen].sum(dtype=np.float64))
+            count += int(seen.sum())
+        return total / count if count else None
+
     def _begin_epoch(self, epoch):
-        well_learned = np.zeros(self.num_samples, dtype=bool)
-        seen = np.isfinite(self.scores)
-        if epoch < self.full_data_from and seen.any():
-            well_learned = seen & (self.scores < self.scores[seen].mean())
-        pruned = well_learned & infobatch_coins(self.num_samples, self.prune_ratio, self.seed, epoch)
+        from fractions import Fraction
+
+        from scan_fast.keyed_hash import INFOBATCH_PRUNE, below_fraction, stream_key
+        from scan_fast.schedule.shard import KeptSet
+
+        pruned = SampleSet(self.num_samples)
         # the upweighted set as bits (N / 8 bytes), also what sample_weights copies to the device
-        upweighted = np.packbits(well_learned & ~pruned, bitorder="little")
-        self._plan = EpochPlan(epoch, np.flatnonzero(~pruned), upweighted)
+        upweighted = np.zeros((self.num_samples + 7) // 8, np.uint8)
+        mean = self._mean_seen_score() if epoch < self.full_data_from else None
+        if mean is not None:
+            key = stream_key(self.seed, epoch, INFOBATCH_PRUNE)
+            limit = below_fraction(*Fraction(self.prune_ratio).as_integer_ratio())
+            for lo in range(0, self.num_samples, PLAN_CHUNK):
+                hi = min(lo + PLAN_CHUNK, self.num_samples)
+                chunk = self.scores[lo:hi]
+                well_learned = np.isfinite(chunk) & (chunk.astype(np.float64) < mean)
+                coins = _infobatch_coin_chunk(key, limit, lo, hi)
+                pruned.add(np.flatnonzero(well_learned & coins) + lo)
+                upweighted[lo // 8:(hi + 7) // 8] = np.packbits(well_learned & ~coins, bitorder="little")
+        self._plan = EpochPlan(epoch, KeptSet(pruned, members=False), upweighted)
         self._device_bits = {}
 
     def _keep_indices(self, epoch):
-        return self._plan.kept.copy()
+        return self._plan.kept.to_array().astype(np.int64)
+
+    def _kept_set(self, epoch):
+        return self._plan.kept
 
     def _observe(self, sample_ids, loss_a, loss_b):
         ids, loss_a, loss_b = check_batch(sample_ids, loss_a, loss_b, self.num_samples)
-        self.scores[ids] = 0.5 * (loss_a + loss_b)
+        self.scores[ids] = np.minimum(0.5 * (np.asarray(loss_a, np.float64) + loss_b), SCORE_MAX)
 
     def _finish_epoch(self, epoch, epoch_loss):
         kept = len(self._plan.kept)
@@ -323,7 +379,7 @@ class InfoBatch(PruningSchedule):
         scores = state["scores"]
         if not torch.is_tensor(scores) or scores.shape != (self.num_samples,):
             raise ValueError(f"state_dict['scores'] must be a tensor of {self.num_samples} scores")
-        scores = scores.double().numpy().copy()
+        scores = scores.double().clamp(max=SCORE_MAX).numpy().astype(SCORE_DTYPE)  # a float64 one of old too
 
         def apply():
             self.scores = scores
@@ -397,181 +453,3 @@ class StaticCoreset(PruningSchedule):
         if not np.array_equal(state["keep_ids"].numpy(), self.keep_ids):
             raise ValueError("state_dict was saved with a different coreset id list")
         return lambda: None
-
-
-# ----------------------------------------------------------------------------- SeTa
-
-
-KMEANS_ITERATIONS = 50
-
-
-def seta_window(epoch: int, groups: int, window: float):
-    """(first cluster, clusters kept) of SeTa's sliding window at `epoch` (its iteration count).
-
-    Python's round(groups x window) clusters (at least 1); the window starts at
-    epoch mod (groups - size + 1), easy to hard, then wraps; epoch 0 keeps every cluster.
-    """
-    size = max(round(groups * window), 1)
-    if epoch == 0:
-        return 0, groups
-    return epoch % (groups - size + 1), size
-
-
-def kmeans_1d(values, groups: int, iterations: int = KMEANS_ITERATIONS):
-    """Cluster labels 0..groups-1 of 1-D values, ordered by centre (0: lowest); numpy or torch (float64).
-
-    Lloyd's algorithm from the (i + 0.5) / groups quantiles (the sorted values at those ranks),
-    a fixed number of rounds; an empty cluster keeps its centre. Deterministic: no random init.
-    """
-    lib = torch if isinstance(values, torch.Tensor) else np
-    x = values.double() if lib is torch else np.asarray(values, np.float64)
-    n = x.shape[0]
-    ranks = [min(int((i + 0.5) * n / groups), n - 1) for i in range(groups)]
-    ordered = lib.sort(x).values if lib is torch else np.sort(x)
-    centres = ordered[ranks] if lib is np else ordered[torch.tensor(ranks, device=x.device)]
-    for _ in range(iterations):
-        labels = (x[:, None] - centres[None, :]).abs().argmin(1) if lib is torch else \
-            np.abs(x[:, None] - centres[None, :]).argmin(1)
-        if lib is torch:
-            sums = torch.zeros(groups, dtype=x.dtype, device=x.device).index_add_(0, labels, x)
-            counts = torch.bincount(labels, minlength=groups).to(x.dtype)
-            centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
-        else:
-            sums = np.bincount(labels, weights=x, minlength=groups)
-            counts = np.bincount(labels, minlength=groups).astype(np.float64)
-            centres = np.where(counts > 0, sums / np.maximum(counts, 1), centres)
-    labels = (x[:, None] - centres[None, :]).abs().argmin(1) if lib is torch else \
-        np.abs(x[:, None] - centres[None, :]).argmin(1)
-    order = lib.argsort(centres)  # centres stay sorted in 1-D; ranked anyway
-    rank_of = lib.empty_like(order)
-    rank_of[order] = lib.arange(groups, device=x.device) if lib is torch else np.arange(groups)
-    return rank_of[labels]
-
-
-def seta_keep_reference(scores: np.ndarray, epoch: int, *, num_epochs: int, ratio: float, groups: int,
-                        window: float, delta: float, seed: int) -> np.ndarray:
-    """The oracle of one epoch's kept mask (numpy): scores are the last losses, NaN where never observed."""
-    from scan_fast.keyed_hash import SETA_KEEP, SIGN_BIT, counter_hashes, stream_key
-
-    n = scores.shape[0]
-    hashes = counter_hashes(stream_key(seed, epoch, SETA_KEEP), np.arange(n, dtype=np.int64)) ^ SIGN_BIT
-    keep_count = int(n * min(1.0, max(0.1, 1.0 - ratio)))
-    kept = np.zeros(n, bool)
-    kept[np.argsort(hashes, kind="stable")[:keep_count]] = True
-    if epoch >= int(num_epochs * delta):
-        return kept  # annealing: the random keep alone
-    seen = kept & ~np.isnan(scores)
-    if seen.sum() <= groups:
-        return kept
-    labels = kmeans_1d(scores[seen], groups)
-    first, size = seta_window(epoch, groups, window)
-    inside = np.zeros(n, bool)
-    inside[np.flatnonzero(seen)] = (labels >= first) & (labels < first + size)
-    return inside | (kept & np.isnan(scores))
-
-
-class SeTa(PruningSchedule):
-    """SeTa (Zhou, Gao and Wang, "Scale Efficient Training for Large Datasets", CVPR 2025).
-
-    Each epoch before int(delta x num_epochs): keep a keyed random int(n x keep) of all samples
-    (keep = clamp(1 - ratio, 0.1, 1)); cluster their last losses into `groups` clusters by 1-D
-    k-means (ordered easy to hard); keep the clusters of a window of round(groups x window)
-    that slides one cluster an epoch from easy to hard and wraps (`seta_window`; epoch 0 keeps
-    all). Later epochs anneal: the random keep alone. Samples never observed stay in. No loss
-    reweighting. The scores (the mean of both directions' last losses) live on the losses' device.
-    """
-
-    def __init__(self, num_samples, num_epochs, ratio=0.0, groups=5, window=0.6, delta=0.875, seed=0):
-        super().__init__(num_samples)
-        self.num_epochs = check_int("num_epochs", num_epochs, minimum=1)
-        self.ratio = check_fraction("ratio", ratio, below_one=True)
-        self.groups = check_int("groups", groups, minimum=1)
-        self.window = check_fraction("window", window)
-        if round(self.groups * self.window) < 1:
-            raise ValueError(f"window {window} keeps no cluster of {groups}")
-        self.delta = check_fraction("delta", delta)
-        self.seed = check_int("seed", seed, minimum=0)
-        self.scores = torch.full((self.num_samples,), float("nan"))  # last loss; NaN: never observed
-        self._plan: Optional[EpochPlan] = None  # frozen at the epoch's start
-
-    def is_preparation(self, epoch: int) -> bool:
-        return False
-
-    def needs_losses(self, epoch: int) -> bool:
-        return True
-
-    def coreset(self) -> np.ndarray:
-        return np.arange(self.num_samples, dtype=np.int64)
-
-    def kept_mask(self, epoch: int) -> torch.Tensor:
-        """The kept mask of `epoch` from the current scores, on the scores' device."""
-        from scan_fast.keyed_hash import SETA_KEEP, SIGN_BIT, counter_hashes, stream_key
-
-        n, device = self.num_samples, self.scores.device
-        ids = torch.arange(n, dtype=torch.int64, device=device)
-        hashes = counter_hashes(stream_key(self.seed, epoch, SETA_KEEP), ids) ^ SIGN_BIT
-        keep_count = int(n * min(1.0, max(0.1, 1.0 - self.ratio)))
-        kept = torch.zeros(n, dtype=torch.bool, device=device)
-        kept[torch.sort(hashes, stable=True).indices[:keep_count]] = True
-        if epoch >= int(self.num_epochs * self.delta):
-            return kept
-        unseen = torch.isnan(self.scores)
-        seen = kept & ~unseen
-        if int(seen.sum()) <= self.groups:
-            return kept
-        labels = kmeans_1d(self.scores[seen], self.groups)
-        first, size = seta_window(epoch, self.groups, self.window)
-        inside = torch.zeros(n, dtype=torch.bool, device=device)
-        inside[seen] = (labels >= first) & (labels < first + size)
-        return inside | (kept & unseen)
-
-    def _begin_epoch(self, epoch):
-        self._plan = EpochPlan(epoch, torch.nonzero(self.kept_mask(epoch)).flatten().cpu().numpy().astype(np.int64))
-
-    def _keep_indices(self, epoch):
-        return self._plan.kept.copy()
-
-    def _record(self, ids: torch.Tensor, loss_a: torch.Tensor, loss_b: torch.Tensor) -> None:
-        if self.scores.device != loss_a.device:
-            self.scores = self.scores.to(loss_a.device)
-        self.scores.index_put_((ids.to(loss_a.device, torch.int64),), (loss_a.float() + loss_b.float()) * 0.5)
-
-    def _observe(self, sample_ids, loss_a, loss_b):
-        ids, loss_a, loss_b = check_batch(sample_ids, loss_a, loss_b, self.num_samples)
-        device = self.scores.device
-        self._record(torch.from_numpy(ids).to(device), torch.from_numpy(np.asarray(loss_a, np.float32)).to(device),
-                     torch.from_numpy(np.asarray(loss_b, np.float32)).to(device))
-
-    def _device_batch(self, sample_ids, loss_a, loss_b):
-        self._record(sample_ids, loss_a, loss_b)  # on the device, no host read
-        return None
-
-    def _finish_epoch(self, epoch, epoch_loss):
-        kept = len(self._plan.kept)
-        phase = MUTATION if kept < self.num_samples else WARMUP
-        return EpochRecord(epoch, phase, 0, self.num_samples - kept, kept, epoch_loss)
-
-    def _config(self):
-        return {"num_epochs": self.num_epochs, "ratio": self.ratio, "groups": self.groups, "window": self.window,
-                "delta": self.delta, "seed": self.seed}
-
-    def _state(self):
-        plan = None if self._plan is None or not self._in_epoch else torch.from_numpy(self._plan.kept.copy())
-        return {"kind": "SeTa", "config": self._config(), "scores": self.scores.cpu().clone(), "plan": plan}
-
-    def _parse_state(self, state):
-        _check_kind(state, "SeTa")
-        check_saved_config("SeTa", state["config"], self._config())
-        scores, plan = state["scores"], state.get("plan")
-        if not torch.is_tensor(scores) or scores.shape != (self.num_samples,):
-            raise ValueError(f"state_dict['scores'] must be a tensor of {self.num_samples} scores")
-        if plan is not None and not torch.is_tensor(plan):
-            raise ValueError("state_dict['plan'] must be a tensor of kept ids")
-
-        def apply():
-            self.scores = scores.float().clone()
-            # inside an epoch its kept ids are the saved ones (the scores have moved on since its start)
-            self._plan = None if plan is None else EpochPlan(self._epoch, plan.numpy().astype(np.int64).copy())
-            if self._in_epoch and self._plan is None:
-                self._begin_epoch(self._epoch)
-        return apply

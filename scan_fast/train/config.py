@@ -81,7 +81,7 @@ def _infobatch(cfg, num_samples, rank, world_size):
 
 
 def _seta(cfg, num_samples, rank, world_size):
-    from scan_fast.schedule.strategies import SeTa
+    from scan_fast.schedule.seta import SeTa
 
     return SeTa(num_samples, cfg.epochs, ratio=cfg.seta_ratio, groups=cfg.seta_groups, window=cfg.seta_window,
                 delta=cfg.seta_delta, seed=cfg.seed)
