@@ -297,7 +297,11 @@ def check_path(path, progress: bool = True, workers: int = 1) -> List[str]:
         if isinstance(found, dict) and found.get("format") == INDEX_FORMAT:
             with tqdm(total=int(found.get("num_samples", 0)), desc="checking", unit="sample",
                       disable=None if progress else True) as bar:
-                return check_index(path, found, progress=bar.update)
+                problems = check_index(path, found, progress=bar.update)
+            if not problems:
+                files = [os.path.join(path, part["file"]) for part in found["parts"]]
+                problems += _check_unique(files, [int(part["num_samples"]) for part in found["parts"]])
+            return problems or _check_decodes(path, progress, workers)
         try:
             manifest = read_manifest(path)
         except (DataError, ValueError, KeyError, TypeError) as err:

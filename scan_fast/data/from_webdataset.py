@@ -239,7 +239,7 @@ def _shard_uids(shard: str) -> Dict[str, Union[Tuple[int, int], BadRow]]:
                 elif "uid" in record:
                     uid = parse_uid(record["uid"])
                     uids[key] = uid if uid is not None else BadRow(
-                        "bad uid", f"{member.name} has uid {record['uid']!r}, not 32 hex digits")
+                        "bad uid", f"{member.name} has uid {record['uid']!r}, not a uid (32 hex digits, not all zero)")
     except (tarfile.TarError, EOFError):  # a cut shard: its uids before the cut (reported by _read_shard)
         pass
     return uids

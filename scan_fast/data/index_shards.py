@@ -31,13 +31,13 @@ from .convert import (CONVERSION, CONVERSION_FORMAT, Processes, check_folder, fi
 from .dataset import MANIFEST, manifest_checksum
 from .from_webdataset import expand_shards, shard_samples
 from .jpeg_header import read_jpeg_header
-from .parts import clear_folder
 from .regions import DataError
 from .row_checks import check_images, check_webdataset_samples, tokenize_captions
 from .schema import image_field
 from .shard_index import (INDEX_FORMAT, INDEX_VERSION, PART_FILES, PART_STEM, RECORD_SUFFIX, ROW_DTYPE, file_entry,
                           index_fields, read_part_record, shard_fingerprint)
-from .source_ids import stage_ids
+from .parts import clear_folder, repeated_source_ids
+from .source_ids import KINDS, ids_path, pin_ids, stage_ids
 from .summary import WriteSummary
 from .tokenize import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
 
@@ -132,7 +132,7 @@ def index_shard(shard: str, folder, p: int, *, context_length: int, max_resoluti
     stem = part_stem(folder, p)
     files = {role: Path(f"{stem}{suffix}") for role, suffix in PART_FILES.items()}
     record_path = part_record_path(folder, p)
-    for path in [*files.values(), record_path]:
+    for path in [*files.values(), record_path, *(ids_path(stem, kind) for kind in KINDS)]:
         remove_stale_partials(path)
     samples, problems = shard_samples(shard)  # (where, TarImage, caption, key, uid)
     summary = WriteSummary(path=str(stem), rows_read=len(samples))
@@ -190,9 +190,9 @@ def index_shard(shard: str, folder, p: int, *, context_length: int, max_resoluti
         entries["side"] = {**file_entry(str(files["side"])), "record": side_record}
     size = os.path.getsize(shard)
     bounds = [int(table["height"].max()) if len(table) else 0, int(table["width"].max()) if len(table) else 0]
-    record = {"stem": stem.name, "shard": str(Path(shard).resolve()), "shard_bytes": size,
+    record = {"file": stem.name, "shard": str(Path(shard).resolve()), "shard_bytes": size,
               "shard_fingerprint": shard_fingerprint(shard, size), "num_samples": len(rows),
-              "converted": len(good), "image_bounds": bounds, "files": entries,
+              "converted": len(good), "image_bounds": bounds, "files": entries, "source_ids": pin_ids(stem),
               "skipped": len(summary.skipped), "captions_truncated": summary.captions_truncated,
               "rows_read": summary.rows_read}
     write_json(record_path, record)
@@ -250,6 +250,9 @@ def write_index_manifest(folder, num_parts: int, what: Optional[dict] = None) ->
                 "num_samples": sum(int(r["num_samples"]) for r in records), "fields": list(fields),
                 "context_length": int(what["context_length"]), "max_resolution": what["max_resolution"],
                 "source": "webdataset", "parts": records}
+    repeated = repeated_source_ids(folder, records)
+    if repeated:  # kept usable for training; key/uid coresets and exports refuse it (source_ids.py)
+        manifest["repeated_ids"] = repeated
     manifest["checksum"] = manifest_checksum(manifest)
     write_json(folder / MANIFEST, manifest)
     return manifest

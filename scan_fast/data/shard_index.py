@@ -7,7 +7,8 @@ order given; a folder's `*.tar` sorted by name), these files in IDX:
                           shard, the image's height and width (from the JPEG header), and `side`: -1, or
                           the sample's row in the side part when its image is not stored as it is
     part-<p>.tokens.npy   the caption's tokens, int32 x context length (open_clip's BPE)
-    part-<p>.keys.npy     the webdataset keys; part-<p>.uids.npy the DataComp uids (source_ids.py)
+    part-<p>.keys.npy     the webdataset keys; part-<p>.uids.npy the DataComp uids (source_ids.py),
+                          pinned by size and digest in the record like the rest
     part-<p>.side.beton   images that FFCV's JPEG decoder cannot read as they are (PNG, WebP, CMYK or
                           grayscale JPEG, JPEGs larger than --max-resolution), converted as `data clip`
                           converts them; absent when the shard has none
@@ -42,8 +43,7 @@ INDEX_VERSION = 1
 PART_STEM = "part-{:05d}"
 ROW_DTYPE = np.dtype([("offset", "<u8"), ("size", "<u4"), ("height", "<u2"), ("width", "<u2"), ("side", "<i4")])
 # The files of a part, by role, as suffixes of its stem.
-PART_FILES = {"rows": ".rows.npy", "tokens": ".tokens.npy", "keys": ".keys.npy", "uids": ".uids.npy",
-              "side": ".side.beton"}
+PART_FILES = {"rows": ".rows.npy", "tokens": ".tokens.npy", "side": ".side.beton"}
 RECORD_SUFFIX = ".json"
 _FINGERPRINT_BLOCK = 4096
 _FINGERPRINT_PROBES = 8
@@ -92,7 +92,7 @@ class IndexPart:
     def __init__(self, folder: str, record: dict, field_names: List[str], metadata_type: np.dtype,
                  context_length: int):
         self.folder, self.record = folder, record
-        self.path = os.path.join(folder, record["stem"])  # what messages and the key/uid arrays are named by
+        self.path = os.path.join(folder, record["file"])  # the stem: messages and the key/uid arrays are named by it
         self.shard = record["shard"]
         self.num_samples = int(record["num_samples"])
         self.metadata_type = metadata_type
@@ -198,10 +198,12 @@ class IndexDataset(Dataset):
         self.field_names = list(fields)
         self.metadata_type = get_metadata_type(list(fields.values()))
         self.records = manifest["parts"]
-        self.files = [os.path.join(folder, r["stem"]) for r in self.records]
+        self.files = [os.path.join(folder, r["file"]) for r in self.records]
         counts = np.array([int(r["num_samples"]) for r in self.records], dtype=np.int64)
         self.offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
         self.num_samples = int(self.offsets[-1])
+        self.pinned = True  # the key/uid arrays are pinned in the manifest (source_ids.check_pinned)
+        self.repeated_ids: Dict[str, str] = dict(manifest.get("repeated_ids") or {})
         self._parts: Dict[int, IndexPart] = {}
 
     def part(self, index: int) -> IndexPart:
@@ -270,7 +272,7 @@ def check_index(folder: str, manifest: dict, progress=None) -> List[str]:
     every shard against it (present, size, fingerprint); every part file's size and sha256; each row's
     image inside its shard (or its side part, whose own full check runs) and starting with a JPEG's
     start-of-image marker; the key and uid arrays' lengths."""
-    from .source_ids import load_ids
+    from .source_ids import check_pinned
 
     try:
         manifest = read_index_manifest(folder, manifest)
@@ -304,8 +306,7 @@ def check_index(folder: str, manifest: dict, progress=None) -> List[str]:
                                     f"in {part.shard} does not start like a JPEG: the shard changed after indexing")
                 if progress is not None:
                     progress(len(chunk))
-            for kind in ("keys", "uids"):
-                load_ids(part.path, kind, part.num_samples)
+            check_pinned(part.path, record.get("source_ids"))
         except (DataError, KeyError, TypeError, ValueError, OSError) as err:
             problems.append(str(err))
     dataset.close()
