@@ -140,3 +140,19 @@ def test_loader_decodes_stored_jpegs_as_pil_does(tmp_path):
             seen += 1
     assert seen == len(sources)
     assert torch.is_tensor(batch.images)
+
+
+def test_rgb_jpegs_pass_through_and_decode_as_rgb():
+    """A JPEG coded in RGB (Adobe marker, no YCbCr transform) is stored as it is: ffcv's decoder
+    turns it into the source's colours, not into colours read as YCbCr."""
+    from ffcv.libffcv import imdecode
+
+    from scan_fast.data.images import StoredJpeg, stored_image
+
+    source = _pixels(7, 32, 40)
+    data = _encoded(source, quality=95, keep_rgb=True)
+    assert b"Adobe" in data[:200]
+    assert stored_image(data, 256, passthrough=True) == StoredJpeg(data, 40, 32)
+    pixels = np.zeros((32, 40, 3), np.uint8)
+    imdecode(np.frombuffer(data, np.uint8), pixels, 32, 40, 32, 40, 0, 0, 1, 1, False, False)
+    assert np.abs(pixels.astype(int) - source).mean() < 3
