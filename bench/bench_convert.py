@@ -1,22 +1,28 @@
-"""Conversion at scale: `scan-fast data clip --webdataset ... --samples-per-part K` with 1 and 2 processes.
+"""Conversion at scale: `scan-fast data clip --webdataset ... --samples-per-part K`, JPEG passthrough
+against decoding and re-encoding every image, and 1 process against 2.
 
-Generates webdataset shards (JPEGs + captions + DataComp-style json, written with webdataset's
-TarWriter), then converts them to a part folder (one part per shard's worth of samples):
+Generates webdataset shards (256 px JPEGs + captions + DataComp-style json, written with
+webdataset's TarWriter; 20,000 samples by default), then runs each case on them as fresh
+processes, as a job would (start-up and imports are part of what a job pays):
 
-- `1 process`: one `scan-fast data clip` over every part;
-- `2 processes`: two `--part-range` jobs started together, each over half the parts (the one that
-  finishes last writes the manifest), as a job array would run them.
+- `re-encode`: `data clip --reencode`, every image decoded, shrunk and re-encoded (the writers'
+  only path before passthrough);
+- `passthrough`: `data clip`, each source JPEG stored as it is (checked by a 1/8-scale decode);
+- `..., 2 processes`: two `--part-range` jobs started together, each over half the parts (the one
+  that finishes last writes the manifest), as a job array runs them.
 
-Every process uses `--num-workers 1`, so the ratio measures the parts written in parallel, not
-ffcv's writer processes; `CPU s` is the CPU time of the case's processes and their writers;
-`after start-up` is the time each process reports for the conversion itself (counting, checking,
-writing; the slower job for 2 processes), without the interpreter's start and imports;
-`1 process, 2 workers` (one process with two ffcv writers and two checking
-threads) is printed beside it for reference. Each case runs as fresh processes (the import and
-compile time is part of what a job pays); rounds are interleaved and the median is reported. The
-2-process folder is checked to equal the 1-process one (the same parts, byte for byte).
+Every process uses `--num-workers 1`, so the ratios measure the work, not ffcv's writer
+processes. `after start-up` is the time each process reports for the conversion itself (the
+slower job for 2 processes); `CPU s` counts the case's processes and their writers. Rounds are
+interleaved and the median is reported. The 2-process folder is checked to equal the 1-process one
+(the parts' fingerprints). A provider is a name and the command of one job (PROVIDERS): another
+way to turn the same shards into a data set (an index, say) is one more entry.
 
-    .venv/bin/python bench/bench_convert.py [--shards 8] [--per-shard 500] [--resolution 256] [--rounds 3]
+Also printed: the start-up of one process (`data clip --help`, and importing the writers), and the
+row check's decode of a passthrough JPEG at 1/8 scale against a full decode, in time and in broken
+files found (the shards' JPEGs cut short, or with 4 bytes overwritten).
+
+    .venv/bin/python bench/bench_convert.py [--shards 40] [--per-shard 500] [--resolution 256] [--rounds 1]
 """
 import argparse
 import io
@@ -28,14 +34,40 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
 
 import numpy as np
 import webdataset as wds
 from PIL import Image
 
 CLI = [sys.executable, "-m", "scan_fast.cli"]
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One way to turn the shards into a data set: job(shards, out, part_range, samples_per_part)
+    is the command line of one process (part_range "I:J", or None for all of it)."""
+    name: str
+    job: Callable[[str, str, Optional[str], int], List[str]]
+    parallel: bool = False  # also run as two --part-range processes
+
+
+def _data_clip(*extra):
+    def job(shards, out, part_range, per_part):
+        argv = [*CLI, "data", "clip", "--webdataset", shards, "--out", out, "--samples-per-part", str(per_part),
+                "--num-workers", "1", "--no-progress", *extra]
+        return argv + (["--part-range", part_range] if part_range else [])
+    return job
+
+
+PROVIDERS = [
+    Provider("re-encode", _data_clip("--reencode")),
+    Provider("passthrough", _data_clip(), parallel=True),
+]
 
 
 def make_shards(folder, shards, per_shard, resolution, seed=0):
@@ -62,34 +94,32 @@ def _children_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def convert(shards, out, per_part, ranges, workers):
-    """Start one `data clip` per part range at once; (seconds until every one has finished, CPU
-    seconds of all of them and their writer processes)."""
+def run_jobs(argvs):
+    """Start the jobs at once; (seconds until every one has finished, CPU seconds of all of them
+    and their writer processes, the slowest job's own conversion time)."""
     cpu = _children_cpu()
     start = time.perf_counter()
-    jobs = []
-    for part_range in ranges:
-        argv = [*CLI, "data", "clip", "--webdataset", shards, "--out", out, "--samples-per-part", str(per_part),
-                "--num-workers", str(workers), "--no-progress"]
-        if part_range is not None:
-            argv += ["--part-range", part_range]
-        jobs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    jobs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for argv in argvs]
     inside = []
     for job in jobs:
         out, err = job.communicate()
         if job.returncode:
-            raise SystemExit(f"conversion failed: {err[-2000:]}")
+            raise SystemExit(f"{' '.join(job.args[:6])} ... failed: {err[-2000:]}")
         inside.append(float(re.search(r"written now in ([0-9.]+) s", out).group(1)))
     return time.perf_counter() - start, _children_cpu() - cpu, max(inside)
 
 
 def start_up():
-    """Seconds a fresh process takes to import the writers (ffcv's import compiles numba code): the
-    fixed cost each converting process pays once, which the ratio does not divide."""
-    start = time.perf_counter()
-    code = "from scan_fast.data import write_clip_from_table, write_clip_from_webdataset"  # as `data clip`
-    subprocess.run([sys.executable, "-c", code], check=True)
-    return time.perf_counter() - start
+    """(seconds of `data clip --help`, seconds to import what `data clip` runs) in fresh processes:
+    the fixed cost each converting process pays once, which no second process divides."""
+    times = []
+    for argv in ([*CLI, "data", "clip", "--help"],
+                 [sys.executable, "-c", "from scan_fast.data import write_clip_from_webdataset\n"
+                                        "from scan_fast.data.tokenize import CaptionTokenizer\nCaptionTokenizer()"]):
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def fingerprints(folder):
@@ -97,59 +127,106 @@ def fingerprints(folder):
     return manifest["num_samples"], [p["fingerprint"] for p in manifest["parts"]]
 
 
+def decode_check(shard, count=300, seed=0):
+    """The row check's 1/8-scale decode of a passthrough JPEG against a full decode: ms per image,
+    and how many of `count` broken copies each rejects (cut at a random byte, or 4 bytes overwritten)."""
+    from scan_fast.data.images import check_jpeg_decodes, decode_image
+    from scan_fast.data.tables import BadRow
+
+    with tarfile.open(shard) as tar:
+        jpegs = [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")][:count]
+    rng = np.random.default_rng(seed)
+    broken = {"cut short": [], "4 bytes overwritten": []}
+    for data in jpegs:
+        broken["cut short"].append(data[:int(rng.integers(len(data) // 4, len(data) - 1))])
+        spoilt = bytearray(data)
+        at = int(rng.integers(len(data) // 4, len(data) - 4))
+        spoilt[at:at + 4] = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
+        broken["4 bytes overwritten"].append(bytes(spoilt))
+    checks = {"full decode (PIL)": decode_image, "1/8-scale decode (PIL draft)": check_jpeg_decodes}
+    best = {name: float("inf") for name in checks}
+    for _ in range(3):  # interleaved passes, the fastest of each: the machine's load varies
+        for name, check in checks.items():
+            start = time.perf_counter()
+            for data in jpegs:
+                check(data)
+            best[name] = min(best[name], (time.perf_counter() - start) / len(jpegs) * 1e3)
+    rows = []
+    for name, check in checks.items():
+        found = {}
+        for kind, files in broken.items():
+            found[kind] = 0
+            for data in files:
+                try:
+                    check(data)
+                except BadRow:
+                    found[kind] += 1
+        rows.append((name, best[name], found))
+    return len(jpegs), rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--shards", type=int, default=40)
     parser.add_argument("--per-shard", type=int, default=500)
     parser.add_argument("--resolution", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--workdir", help="folder for the shards and outputs (default: a temporary folder)")
     args = parser.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="bench_convert.")
     shards = os.path.join(work, "shards")
     os.makedirs(shards, exist_ok=True)
-    make_shards(shards, args.shards, args.per_shard, args.resolution)
+    if not os.listdir(shards):
+        make_shards(shards, args.shards, args.per_shard, args.resolution)
     parts = args.shards  # K = --per-shard: one part per shard's worth of samples
     half = parts // 2
-    cases = {
-        "1 process": ([None], 1),
-        "2 processes (--part-range)": ([f"0:{half}", f"{half}:{parts}"], 1),
-        "1 process, 2 workers": ([None], 2),
-    }
-    times = {name: [] for name in cases}
-    cpus = {name: [] for name in cases}
-    insides = {name: [] for name in cases}
-    prints = {}
-    imports = []
+    cases = {}
+    for provider in PROVIDERS:
+        cases[f"{provider.name}, 1 process"] = (provider, [None])
+        if provider.parallel:
+            cases[f"{provider.name}, 2 processes (--part-range)"] = (provider, [f"0:{half}", f"{half}:{parts}"])
+    times, cpus, insides = ({name: [] for name in cases} for _ in range(3))
+    prints, starts = {}, []
     try:
         for _ in range(args.rounds):
-            imports.append(start_up())
-            for name, (ranges, workers) in cases.items():
+            starts.append(start_up())
+            for name, (provider, ranges) in cases.items():
                 out = os.path.join(work, "out")
                 shutil.rmtree(out, ignore_errors=True)
-                seconds, cpu, inside = convert(shards, out, args.per_shard, ranges, workers)
+                seconds, cpu, inside = run_jobs([provider.job(shards, out, r, args.per_shard) for r in ranges])
                 times[name].append(seconds)
                 insides[name].append(inside)
                 cpus[name].append(cpu)
                 prints[name] = fingerprints(out)
+        checked, decode_rows = decode_check(os.path.join(shards, sorted(os.listdir(shards))[0]))
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    same = prints["1 process"] == prints["2 processes (--part-range)"]
     samples = args.shards * args.per_shard
-    base = statistics.median(times["1 process"])
-    base_inside = statistics.median(insides["1 process"])
-    print(f"{samples} samples ({args.shards} shards x {args.per_shard}, {args.resolution} px JPEG), "
-          f"{parts} parts; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the end; "
-          f"median of {args.rounds} rounds")
-    print("| case | s (median) | rounds s | speed-up | after start-up s | speed-up after start-up | CPU s |")
+    print(f"{samples} samples ({args.shards} shards x {args.per_shard}, {args.resolution} px JPEG), {parts} parts; "
+          f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the end; median of {args.rounds} "
+          f"round(s)")
+    print("| case | s | rounds s | samples/s | after start-up s | samples/s after start-up | CPU s |")
     print("|---|---:|---|---:|---:|---:|---:|")
+    rate, rate_inside = {}, {}
     for name, values in times.items():
         median, inside = statistics.median(values), statistics.median(insides[name])
-        print(f"| {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {base / median:.2f}x | "
-              f"{inside:.1f} | {base_inside / inside:.2f}x | {statistics.median(cpus[name]):.1f} |")
-    print(f"start-up of one process (import of the writers): {statistics.median(imports):.1f} s median "
-          f"({', '.join(f'{v:.1f}' for v in imports)})")
+        rate[name], rate_inside[name] = samples / median, samples / inside
+        print(f"| {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {rate[name]:.0f} | {inside:.1f} | "
+              f"{rate_inside[name]:.0f} | {statistics.median(cpus[name]):.1f} |")
+    for label, num, den in (("passthrough vs re-encode, 1 process", "passthrough, 1 process", "re-encode, 1 process"),
+                            ("2 processes vs 1, passthrough", "passthrough, 2 processes (--part-range)",
+                             "passthrough, 1 process")):
+        print(f"{label}: {rate[num] / rate[den]:.2f}x ({rate_inside[num] / rate_inside[den]:.2f}x after start-up)")
+    help_s, import_s = (statistics.median(column) for column in zip(*starts))
+    print(f"start-up of one process: `data clip --help` {help_s:.2f} s, importing the writers and the tokenizer "
+          f"{import_s:.2f} s (medians)")
+    print(f"row check of {checked} passthrough JPEGs, and of as many broken copies of each kind:")
+    print("| check | ms per JPEG | " + " | ".join(f"{kind} found" for kind in decode_rows[0][2]) + " |")
+    print("|---|---:|" + "---:|" * len(decode_rows[0][2]))
+    for name, ms, found in decode_rows:
+        print(f"| {name} | {ms:.2f} | " + " | ".join(str(n) for n in found.values()) + " |")
+    same = prints["passthrough, 1 process"] == prints["passthrough, 2 processes (--part-range)"]
     print(f"2-process folder equal to the 1-process one (parts' fingerprints): {same}")
     if not same:
         raise SystemExit(1)

@@ -33,7 +33,7 @@ def _run_simulate(args):
     )
 
 
-def _add_image_flags(p, mode="jpg", max_resolution=256):
+def _add_image_flags(p, mode="jpg", max_resolution=256, from_files=False):
     g = p.add_argument_group("images")
     g.add_argument("--image-mode", choices=("jpg", "raw"), default=mode,
                    help="store images as JPEG or raw pixels")
@@ -41,6 +41,11 @@ def _add_image_flags(p, mode="jpg", max_resolution=256):
     if max_resolution is not False:
         g.add_argument("--max-resolution", type=int, default=max_resolution,
                        help="resize so the longer side is at most this many pixels")
+    if from_files:
+        g.add_argument("--reencode", action="store_true",
+                       help="decode and re-encode every image. By default a source JPEG that FFCV decodes as it is "
+                            "(8-bit baseline or progressive, 3 colour components) and whose longer side is at most "
+                            "--max-resolution is stored byte for byte, checked by a decode at 1/8 scale")
 
 
 def positive_int(text: str) -> int:
@@ -96,7 +101,7 @@ def add_data_parser(sub):
     clip.add_argument("--uid-column", help="table column holding each row's uid (32 hex digits, DataComp's): "
                                            "kept beside --out for coreset export --format datacomp")
     clip.add_argument("--context-length", type=int, default=77)
-    _add_image_flags(clip)
+    _add_image_flags(clip, from_files=True)
     _add_write_flags(clip)
     _add_part_flags(clip)
     clip.set_defaults(run=_run_data_clip)
@@ -111,7 +116,7 @@ def add_data_parser(sub):
         labelled.add_argument("--image-folder", required=True, help="root folder: one sub-folder per class")
         labelled.add_argument("--out", required=True, help="target .beton, or the part folder with "
                                                            "--samples-per-part")
-        _add_image_flags(labelled)
+        _add_image_flags(labelled, from_files=True)
         _add_write_flags(labelled)
         _add_part_flags(labelled)
         labelled.set_defaults(run=_run_data_labelled)
@@ -196,6 +201,8 @@ def _image_kwargs(args):
     kwargs = dict(image_mode=args.image_mode, jpeg_quality=args.jpeg_quality)
     if hasattr(args, "max_resolution"):
         kwargs["max_resolution"] = args.max_resolution
+    if hasattr(args, "reencode"):
+        kwargs["reencode"] = args.reencode
     return kwargs
 
 

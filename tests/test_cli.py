@@ -45,3 +45,35 @@ def test_bench_loader_refuses_an_unknown_suite(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2
     assert "--suites: unknown suite(s) ['swtich']; choose from throughput,switch,fractions,parts" in err[-1]
+
+
+_HEAVY = ("torch", "ffcv", "numba", "open_clip", "timm", "torchvision", "cv2", "scan_fast.train.run")
+
+
+def _imported_after(code: str) -> list:
+    """Which of _HEAVY a fresh interpreter has imported after running `code`."""
+    import subprocess
+    import sys
+
+    probe = f"{code}\nimport sys\nprint(sorted(m for m in {_HEAVY!r} if m in sys.modules))"
+    return eval(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
+
+
+def test_the_parser_builds_without_the_heavy_libraries():
+    """Every process starts by building the parser (and `--help` is nothing more): it imports none
+    of torch, ffcv, numba or open_clip, which only the command that runs needs."""
+    assert _imported_after("from scan_fast.cli import build_parser\nbuild_parser()") == []
+
+
+def test_the_tokenizer_leaves_open_clips_models_alone():
+    """A converting process tokenizes with open_clip's BPE without importing open_clip's package
+    (its models, timm and torchvision), and gets the same ids as open_clip's SimpleTokenizer."""
+    code = "from scan_fast.data.tokenize import CaptionTokenizer\nCaptionTokenizer()('a photo of a dog')"
+    assert [m for m in _imported_after(code) if m in ("open_clip", "timm", "torchvision")] == []
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from scan_fast.data.tokenize import CaptionTokenizer
+
+    for caption in ("a photo of a dog", "Ünïcode &amp; <b>html</b>  spaces", "x " * 100):
+        ids, _ = CaptionTokenizer(77)(caption)
+        assert ids.tolist() == SimpleTokenizer()(caption, 77)[0].tolist()

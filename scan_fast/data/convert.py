@@ -163,6 +163,7 @@ class PartsSummary:
     rows_written: int = 0
     skipped: int = 0
     captions_truncated: int = 0
+    jpegs_kept: int = 0
     pending: int = 0
     seconds: float = 0.0  # this process's time in the conversion (after start-up)
 
@@ -170,7 +171,8 @@ class PartsSummary:
         line = (f"{self.path}: {self.num_parts} parts ({self.written_now} written now in {self.seconds:.1f} s), "
                 f"read {self.rows_read} "
                 f"rows, wrote {self.rows_written}, skipped {self.skipped}, captions truncated "
-                f"{self.captions_truncated} (each part's skipped rows are in part-NNNNN.beton.summary.json)")
+                f"{self.captions_truncated}{f', {self.jpegs_kept} JPEGs stored as they are' if self.jpegs_kept else ''} "
+                f"(each part's skipped rows are in part-NNNNN.beton.summary.json)")
         if self.pending:
             line += (f"\n{self.pending} part(s) are not written yet: the manifest is written by the job that "
                      f"finishes the last part, or by `scan-fast data manifest {self.path}`")
@@ -189,6 +191,7 @@ def _summaries(folder: Path, indices) -> PartsSummary:
         total.rows_written += int(record.get("rows_written", 0))
         total.skipped += len(record.get("skipped", []))
         total.captions_truncated += int(record.get("captions_truncated", 0))
+        total.jpegs_kept += int(record.get("jpegs_kept", 0))
     return total
 
 

@@ -32,12 +32,13 @@ def write_labelled_from_image_folder(root, target, image_mode: str = "jpg", jpeg
                                      max_resolution: Optional[int] = 256, strict: bool = False,
                                      num_workers: Optional[int] = None, progress: bool = True,
                                      overwrite: bool = True, samples_per_part: Optional[int] = None,
-                                     part_range=None):
+                                     part_range=None, reencode: bool = False):
     """Labelled .beton (image, label, id) from root/<class>/<image>: MoCo's training data, or an
     evaluation set for either trainer. Labels follow sorted class names (as torchvision's
     ImageFolder), saved beside the target (classes.py). A class folder without images is an
     error, as in torchvision: keeping it would give a class no sample can have. With
-    `samples_per_part`, `target` is a part folder (convert.py) over the images in that order."""
+    `samples_per_part`, `target` is a part folder (convert.py) over the images in that order. A
+    source JPEG is stored as it is where it can be (images.py), unless `reencode`."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
@@ -62,7 +63,8 @@ def write_labelled_from_image_folder(root, target, image_mode: str = "jpg", jpeg
     fields = labelled_fields(image_mode=image_mode, jpeg_quality=jpeg_quality, max_resolution=max_resolution)
     if samples_per_part is None:
         summary = WriteSummary(path=str(target), rows_read=len(refs))
-        summary = write_image_rows(target, fields, refs, where, extras, summary, strict, num_workers, progress)
+        summary = write_image_rows(target, fields, refs, where, extras, summary, strict, num_workers, progress,
+                                   reencode=reencode)
         save_class_names(target, classes)
         return summary
     from .convert import convert_parts, part_workers
@@ -72,11 +74,12 @@ def write_labelled_from_image_folder(root, target, image_mode: str = "jpg", jpeg
     def write_part(path, part, start, stop):
         summary = WriteSummary(path=str(path), rows_read=stop - start)
         return write_image_rows(path, fields, refs[start:stop], where[start:stop], extras[start:stop], summary,
-                                strict, num_workers, progress)
+                                strict, num_workers, progress, reencode=reencode)
 
     what = {"source": {"kind": "image_folder", "path": str(root.resolve()), "images": len(refs),
                        "classes": classes},
-            "image_mode": image_mode, "jpeg_quality": jpeg_quality, "max_resolution": max_resolution}
+            "image_mode": image_mode, "jpeg_quality": jpeg_quality, "max_resolution": max_resolution,
+            "reencode": reencode}
     summary = convert_parts(target, what=what, samples_per_part=samples_per_part,
                             count_rows=lambda processes, previous: {"num_rows": len(refs)},
                             write_part=write_part, part_range=part_range, overwrite=overwrite, progress=progress)

@@ -20,7 +20,7 @@ def write_clip_from_table(table, target, image_root=None, image_column: Optional
                           jpeg_quality: int = 90, max_resolution: Optional[int] = 256,
                           strict: bool = False, num_workers: Optional[int] = None,
                           progress: bool = True, overwrite: bool = True, uid_column: Optional[str] = None,
-                          samples_per_part: Optional[int] = None, part_range=None):
+                          samples_per_part: Optional[int] = None, part_range=None, reencode: bool = False):
     """CLIP .beton from a folder of images and a CSV/TSV/JSONL of (image path, caption).
 
     Relative image paths are resolved against `image_root` (default: the table's folder).
@@ -29,8 +29,10 @@ def write_clip_from_table(table, target, image_root=None, image_column: Optional
     `uid_column` each row's uid (32 hex digits) is kept beside the target (source_ids.py).
     With `samples_per_part`, `target` is a part folder (convert.py): part p holds the valid rows
     among the table's rows [p K, (p + 1) K) in file order; `part_range` "i:j" writes parts i..j-1.
+    A source JPEG is stored as it is where it can be (images.py), unless `reencode`.
     """
-    image_kwargs = dict(image_mode=image_mode, jpeg_quality=jpeg_quality, max_resolution=max_resolution)
+    image_kwargs = dict(image_mode=image_mode, jpeg_quality=jpeg_quality, max_resolution=max_resolution,
+                        reencode=reencode)
     if samples_per_part is None:
         target = check_output(target, inputs=[table], overwrite=overwrite)
     check_num_workers(num_workers)

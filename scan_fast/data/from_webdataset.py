@@ -138,15 +138,18 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
                                image_mode: str = "jpg", jpeg_quality: int = 90,
                                max_resolution: Optional[int] = 256, strict: bool = False,
                                num_workers: Optional[int] = None, progress: bool = True,
-                               overwrite: bool = True, samples_per_part: Optional[int] = None, part_range=None):
+                               overwrite: bool = True, samples_per_part: Optional[int] = None, part_range=None,
+                               reencode: bool = False):
     """CLIP .beton from webdataset tar shards holding <key>.jpg/.png + <key>.txt.
 
     Each sample's key, and DataComp's `uid` where its .json has one, are kept beside the target
     (source_ids.py). With `samples_per_part`, `target` is a part folder (convert.py): source row
     r is the r-th sample of the shards in order; the samples per shard are counted first (every
-    shard's tar headers, shared among the processes, kept in conversion.json for reruns)."""
+    shard's tar headers, shared among the processes, kept in conversion.json for reruns). A source
+    JPEG is stored as it is where it can be (images.py), unless `reencode`."""
     paths = expand_shards(shards)
-    image_kwargs = dict(image_mode=image_mode, jpeg_quality=jpeg_quality, max_resolution=max_resolution)
+    image_kwargs = dict(image_mode=image_mode, jpeg_quality=jpeg_quality, max_resolution=max_resolution,
+                        reencode=reencode)
     common = dict(context_length=context_length, strict=strict, num_workers=num_workers, progress=progress,
                   image_kwargs=image_kwargs)
     if samples_per_part is None:

@@ -1,18 +1,23 @@
-"""Images as the writers read them: references to an image's bytes, and decoding to what a .beton stores.
+"""Images as the writers read them: references to an image's bytes, and what a .beton stores of them.
 
 A reference (FileImage, TarImage, BrokenLink) is cheap to list and is read twice: once when the
 row is checked, once in the writer process. A missing, unreadable or undecodable image is a
 BadRow (a skipped row), not an error.
+
+With passthrough (JPEG storage, the default of the writers), a source JPEG that ffcv's decoder
+reads as it is and that fits --max-resolution (jpeg_header.reencode_reason) is stored byte for byte
+as a StoredJpeg; every other image is decoded, shrunk and re-encoded by ffcv's RGBImageField.
 """
 import io
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import cv2
 from PIL import Image, UnidentifiedImageError
 
+from .jpeg_header import JpegHeaderError, jpeg_info, reencode_reason
 from .tables import BadRow
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -54,9 +59,62 @@ def shrink(image: np.ndarray, max_resolution: Optional[int]) -> np.ndarray:
     return image
 
 
-def stored_image(data: bytes, max_resolution: Optional[int]) -> np.ndarray:
-    """The pixels the .beton stores: decoded, then shrunk to max_resolution (`shrink`)."""
+@dataclass(frozen=True)
+class StoredJpeg:
+    """A source JPEG kept as it is, with the size its frame header gives (what the .beton's image
+    metadata records, as for a JPEG that ffcv encoded)."""
+    data: bytes
+    width: int
+    height: int
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+
+def passthrough_jpeg(data: bytes, max_resolution: Optional[int]) -> Optional[StoredJpeg]:
+    """data as a StoredJpeg when its header says it can be stored as is; None otherwise (a broken
+    header too: decoding it then names the problem)."""
+    try:
+        info = jpeg_info(data)
+    except JpegHeaderError:
+        return None
+    if reencode_reason(info, max_resolution) is not None:
+        return None
+    return StoredJpeg(data, info.width, info.height)
+
+
+def stored_image(data: bytes, max_resolution: Optional[int],
+                 passthrough: bool = False) -> Union[np.ndarray, StoredJpeg]:
+    """What the .beton stores: with passthrough, a JPEG that can be stored as is (StoredJpeg);
+    otherwise the pixels, decoded and shrunk to max_resolution (`shrink`)."""
+    if passthrough:
+        jpeg = passthrough_jpeg(data, max_resolution)
+        if jpeg is not None:
+            return jpeg
     return shrink(decode_image(data), max_resolution)
+
+
+DECODE_CHECK_SCALE = 8  # libjpeg's smallest DCT scale: the check skips most of the inverse DCT
+
+
+def check_jpeg_decodes(data: bytes) -> None:
+    """BadRow unless a JPEG decodes to the end: at 1/8 scale (PIL's draft mode), which reads every
+    entropy-coded byte as a full decode does (bench_convert.py counts the broken files each finds)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("RGB", (max(1, img.size[0] // DECODE_CHECK_SCALE), max(1, img.size[1] // DECODE_CHECK_SCALE)))
+            img.load()
+    except Exception as err:  # PIL raises a zoo of types for broken files
+        raise BadRow("undecodable image", f"{type(err).__name__}: {err}") from None
+
+
+def checked_image(data: bytes, max_resolution: Optional[int], passthrough: bool = False) -> Union[np.ndarray, StoredJpeg]:
+    """The row check of an image: what stored_image gives, a StoredJpeg checked to decode."""
+    stored = stored_image(data, max_resolution, passthrough)
+    if isinstance(stored, StoredJpeg):
+        check_jpeg_decodes(stored.data)
+    return stored
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from .convert import (CONVERSION, CONVERSION_FORMAT, Processes, check_folder, fi
                       read_conversion, write_json)
 from .dataset import MANIFEST, manifest_checksum
 from .from_webdataset import expand_shards, shard_samples
-from .jpeg_header import read_jpeg_header
+from .jpeg_header import JpegHeaderError, jpeg_info_at, reencode_reason
 from .regions import DataError
 from .row_checks import check_images, check_webdataset_samples, tokenize_captions
 from .schema import image_field
@@ -140,8 +140,8 @@ def index_shard(shard: str, folder, p: int, *, context_length: int, max_resoluti
     tokens = tokenize_captions([s[2] for s in usable], [s[0] for s in usable], CaptionTokenizer(context_length),
                                summary, strict)
     usable = [(sample, t) for sample, t in zip(usable, tokens) if t is not None]
-    headers = _jpeg_headers(shard, [sample[1] for sample, _ in usable])
-    to_convert = [i for i, h in enumerate(headers) if h is None or not h.passes_through(max_resolution)]
+    headers = _jpeg_headers(shard, [sample[1] for sample, _ in usable], max_resolution)
+    to_convert = [i for i, h in enumerate(headers) if h is None]
     refs = [usable[i][0][1] for i in to_convert]
     where = [usable[i][0][0] for i in to_convert]
     good, largest = check_images(refs, where, summary, strict, 1, False, max_resolution)
@@ -199,12 +199,20 @@ def index_shard(shard: str, folder, p: int, *, context_length: int, max_resoluti
     return summary
 
 
-def _jpeg_headers(shard: str, refs) -> list:
-    """Each image's JPEG header (None for other formats), reading only the header's bytes."""
+def _jpeg_headers(shard: str, refs, max_resolution: Optional[int]) -> list:
+    """Each image's JPEG frame header where FFCV's decoder reads the image as it is stored
+    (jpeg_header.reencode_reason, the rule conversion's passthrough follows), else None; only the
+    headers' bytes are read."""
     fd = os.open(shard, os.O_RDONLY)
     try:
-        return [read_jpeg_header(lambda offset, count, ref=ref: os.pread(fd, count, ref.offset + offset), ref.size)
-                for ref in refs]
+        found = []
+        for ref in refs:
+            try:
+                info = jpeg_info_at(fd, ref.offset, ref.size)
+            except JpegHeaderError:
+                info = None
+            found.append(info if reencode_reason(info, max_resolution) is None else None)
+        return found
     finally:
         os.close(fd)
 

@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from .images import stored_image
+from .images import StoredJpeg, checked_image
 from .source_ids import parse_uid
 from .summary import WriteSummary
 from .tables import BadRow
@@ -97,8 +97,11 @@ def tokenize_captions(captions: List, where: List[str], tokenizer, summary, stri
 
 
 def check_images(refs: Sequence, where: Sequence[str], summary: WriteSummary, strict: bool,
-                 num_workers: int, progress: bool, max_resolution: Optional[int]) -> Tuple[List[int], int]:
-    """Decode every image once; return (indices of good rows, largest stored image in bytes).
+                 num_workers: int, progress: bool, max_resolution: Optional[int],
+                 passthrough: bool = False) -> Tuple[List[int], int]:
+    """Check every image once (images.checked_image: decoded, or for a JPEG stored as it is, its
+    header read and a decode at reduced scale); return (indices of good rows, largest stored image
+    in bytes), counting the JPEGs stored as they are in summary.jpegs_kept.
 
     The size is taken after the --max-resolution shrink: pages sized for one huge original
     would make every page (and the file) that large.
@@ -106,17 +109,19 @@ def check_images(refs: Sequence, where: Sequence[str], summary: WriteSummary, st
 
     def check(i):
         try:
-            return i, stored_image(refs[i].read(), max_resolution).nbytes, None
+            stored = checked_image(refs[i].read(), max_resolution, passthrough)
+            return i, stored.nbytes, isinstance(stored, StoredJpeg), None
         except BadRow as err:
-            return i, 0, err
+            return i, 0, False, err
 
     good, largest = [], 0
     with ThreadPoolExecutor(max_workers=num_workers) as pool:
-        for i, nbytes, err in tqdm(pool.map(check, range(len(refs))), total=len(refs),
-                                   desc="checking", disable=None if progress else True):
+        for i, nbytes, kept, err in tqdm(pool.map(check, range(len(refs))), total=len(refs),
+                                         desc="checking", disable=None if progress else True):
             if err is None:
                 good.append(i)
                 largest = max(largest, nbytes)
+                summary.jpegs_kept += int(kept)
             else:
                 skip_or_stop(summary, where[i], err, strict)
     return good, largest

@@ -14,6 +14,7 @@ class WriteSummary:
     rows_read: int = 0
     rows_written: int = 0
     captions_truncated: int = 0
+    jpegs_kept: int = 0  # images stored as the source JPEG's own bytes (not decoded and re-encoded)
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (where, reason)
 
     def skip(self, where: str, err: BadRow) -> None:
@@ -25,7 +26,8 @@ class WriteSummary:
 
     def __str__(self) -> str:
         lines = [f"{self.path}: read {self.rows_read} rows, wrote {self.rows_written}, "
-                 f"skipped {len(self.skipped)}, captions truncated {self.captions_truncated}"]
+                 f"skipped {len(self.skipped)}, captions truncated {self.captions_truncated}"
+                 + (f", {self.jpegs_kept} JPEGs stored as they are" if self.jpegs_kept else "")]
         lines += [f"  skipped {n} x {kind}" for kind, n in sorted(self.skip_counts.items())]
         lines += [f"    {where}: {reason}" for where, reason in self.skipped[:10]]
         if len(self.skipped) > 10:

@@ -4,6 +4,9 @@ Same ids as `open_clip.tokenizer.SimpleTokenizer()(caption, context_length)`,
 plus a flag saying whether the caption was cut to fit (the writers count them).
 The vocabulary ships inside open_clip, so nothing is downloaded.
 """
+import importlib.util
+import os
+import sys
 from functools import lru_cache
 from typing import Tuple
 
@@ -14,9 +17,22 @@ DEFAULT_CONTEXT_LENGTH = 77
 
 @lru_cache(maxsize=1)
 def _simple_tokenizer():
-    from open_clip.tokenizer import SimpleTokenizer
+    return _open_clip_tokenizer().SimpleTokenizer()
 
-    return SimpleTokenizer()
+
+def _open_clip_tokenizer():
+    """open_clip's tokenizer.py. `import open_clip.tokenizer` first runs open_clip's package
+    __init__, which imports its models, timm and torchvision (about 4 CPU-seconds of every
+    converting process's start-up); the tokenizer needs none of them, so its file is executed on
+    its own (as importlib's documentation shows), unless open_clip is imported already."""
+    if "open_clip.tokenizer" in sys.modules:
+        return sys.modules["open_clip.tokenizer"]
+    package = importlib.util.find_spec("open_clip")  # finds the package without running it
+    path = os.path.join(package.submodule_search_locations[0], "tokenizer.py")
+    spec = importlib.util.spec_from_file_location("scan_fast.data._open_clip_tokenizer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def vocab_size() -> int:

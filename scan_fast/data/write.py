@@ -96,18 +96,23 @@ def _is_main_thread() -> bool:
 
 
 def write_image_rows(target, fields, refs, where, extras: List[dict], summary, strict,
-                     num_workers, progress, before_write=None) -> WriteSummary:
+                     num_workers, progress, before_write=None, reencode: bool = False) -> WriteSummary:
     """Common tail of the file-based writers: check, then write each good row's image, the
     fields in its `extras` dict and id = its row in the written file. before_write(good rows)
-    may stage files to keep beside the target (write_rows' companions)."""
+    may stage files to keep beside the target (write_rows' companions).
+
+    A JPEG field stores a source JPEG's bytes as they are where images.passthrough_jpeg allows,
+    unless reencode (every image decoded and re-encoded at the field's jpeg_quality)."""
     num_workers = check_num_workers(num_workers)
     max_resolution = fields["image"].max_resolution
-    good, largest = check_images(refs, where, summary, strict, num_workers, progress, max_resolution)
+    passthrough = fields["image"].write_mode == "jpg" and not reencode
+    good, largest = check_images(refs, where, summary, strict, num_workers, progress, max_resolution, passthrough)
     names = list(fields)
 
     def make_sample(i):
         row = good[i]
-        values = {**extras[row], "image": stored_image(refs[row].read(), max_resolution), "id": i}
+        image = stored_image(refs[row].read(), max_resolution, passthrough)
+        values = {**extras[row], "image": image, "id": i}
         return tuple(values[name] for name in names)
 
     companions = before_write(good) if before_write is not None and good else ()
@@ -122,7 +127,10 @@ def write_clip_rows(target, refs, captions, where, summary, context_length, stri
                     uids: Optional[list] = None):
     """CLIP rows: each caption tokenized (a row with an unusable one skipped), then write_image_rows.
 
+    image_kwargs: schema.image_field's, and `reencode` (write_image_rows');
     keys, uids: the source's own ids of each row, kept beside the target for the rows written."""
+    image_kwargs = dict(image_kwargs)
+    reencode = bool(image_kwargs.pop("reencode", False))
     tokenizer = CaptionTokenizer(context_length)
     tokens = tokenize_captions(captions, where, tokenizer, summary, strict)
     keep = [i for i, t in enumerate(tokens) if t is not None]
@@ -135,7 +143,7 @@ def write_clip_rows(target, refs, captions, where, summary, context_length, stri
                          uids=None if uids is None else [uids[i] for i in rows])
 
     summary = write_image_rows(target, fields, [refs[i] for i in keep], [where[i] for i in keep], extras,
-                               summary, strict, num_workers, progress, before_write=stage)
+                               summary, strict, num_workers, progress, before_write=stage, reencode=reencode)
     if classes is not None:
         save_class_names(target, classes)
     return summary

@@ -2,22 +2,36 @@
 
 base.PruningSchedule is the interface; Scan runs SCAN on the C++ index engine and
 ScanReference is the same schedule on Python sets (the oracle and the baseline).
+
+Names are imported on first use: the schedules need torch, and a module such as
+scan_fast.schedule.inputs (the command line's checks) is imported without them.
 """
-from scan_fast.schedule.base import PruningSchedule
-from scan_fast.schedule.config import MODES, ScanConfig
-from scan_fast.schedule.rates import cosine_rate, epoch_phase, warmup_step
-from scan_fast.schedule.reference import ScanReference
-from scan_fast.schedule.stats import EpochRecord, ScheduleStats
+from importlib import import_module
 
-
-def __getattr__(name):
-    # Scan needs the compiled engine; import it on first use so the reference works without it.
-    if name == "Scan":
-        from scan_fast.schedule.scan import Scan
-
-        return Scan
-    raise AttributeError(f"module 'scan_fast.schedule' has no attribute {name!r}")
-
+_EXPORTS = {
+    "PruningSchedule": "base",
+    "MODES": "config",
+    "ScanConfig": "config",
+    "cosine_rate": "rates",
+    "epoch_phase": "rates",
+    "warmup_step": "rates",
+    "ScanReference": "reference",
+    "EpochRecord": "stats",
+    "ScheduleStats": "stats",
+    "Scan": "scan",  # needs the compiled engine (scan_fast._C)
+}
 
 __all__ = ["PruningSchedule", "Scan", "ScanReference", "ScanConfig", "MODES", "EpochRecord",
            "ScheduleStats", "cosine_rate", "epoch_phase", "warmup_step"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'scan_fast.schedule' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
