@@ -107,6 +107,13 @@ def test_index_has_the_conversions_samples_ids_and_tokens(shards, index, tmp_pat
     stager = BatchStager(dataset)
     ids = np.arange(dataset.num_samples)
     metadata, (buffer, starts, sizes) = stager.stage(ids)
+    # the conversion (JPEGs stored as they are) holds the same bytes for every value of every sample
+    their_metadata, (theirs, their_starts, their_sizes) = BatchStager(open_dataset(converted)).stage(ids)
+    for k in range(len(starts)):
+        assert buffer[int(starts[k]):][:int(sizes[k])].tobytes() == \
+            theirs[int(their_starts[k]):][:int(their_sizes[k])].tobytes(), k
+    for column in ("height", "width", "mode"):
+        np.testing.assert_array_equal(metadata["f0"][column], their_metadata["f0"][column])
     tokenizer = CaptionTokenizer()
     for i, key in enumerate(keys):
         key = key.decode()
@@ -231,3 +238,22 @@ def test_cli_indexes_and_lists_the_command(shards, tmp_path, capsys):
     assert main(["data", "index", "--webdataset", str(shards), "--out", str(tmp_path / "idx"),
                  "--no-progress"]) == 2
     assert "already holds a finished data set" in capsys.readouterr().err
+
+
+def test_training_from_the_index_equals_training_from_a_passthrough_conversion(shards, index, tmp_path):
+    from helpers import epoch_rows
+    from scan_fast.train.clip import train_clip
+    from scan_fast.train.config import ClipConfig
+
+    out, _ = index
+    parts = tmp_path / "parts"
+    write_clip_from_webdataset(shards, parts, max_resolution=64, samples_per_part=16, **QUIET)
+    rows = {}
+    for name, data in (("index", out), ("parts", parts)):
+        cfg = ClipConfig(train_data=str(data), batch_size=8, epochs=3, lr=1e-3, warmup_epochs=0.5, workers=1,
+                         prune_threshold=1.0, augment=True, logs=str(tmp_path / "runs"), name=name,
+                         progress=False, tensorboard=False)
+        rows[name] = epoch_rows(train_clip(cfg)["folder"])
+    keep = ("epoch", "phase", "kept", "pruned", "steps", "samples", "loss", "lr", "eval")
+    assert [{k: r.get(k) for k in keep} for r in rows["index"]] == [{k: r.get(k) for k in keep} for r in rows["parts"]]
+    assert all(np.isfinite(float(r["loss"])) for r in rows["index"])

@@ -47,16 +47,20 @@ moco_fields = labelled_fields
 
 
 def check_beton(path, required_fields: Iterable[str] = ()) -> Dict[str, int]:
-    """Raise ValueError (DataError) unless `path` is a complete .beton or part folder holding
+    """Raise ValueError (DataError) unless `path` is a complete .beton, part folder or index holding
     `required_fields`; FileNotFoundError when there is nothing at `path`.
 
     Checks what costs O(1) per sample (beton.py, dataset.py): header, field table, that the
     tables lie inside the file and the allocation count, and for a folder its manifest and
     every part's size. `scan-fast data check` runs the full per-sample check. Returns
-    {"num_samples": ..., "page_size": ... (of the first part), "num_parts": ...}.
+    {"num_samples": ..., "num_parts": ..., and "page_size" (of the first part) for .beton data}.
     """
+    from .beton import BetonFile
     from .dataset import open_dataset
 
     dataset = open_dataset(path, tuple(required_fields))
-    return {"num_samples": dataset.num_samples, "page_size": dataset.part(0).page_size,
-            "num_parts": dataset.num_parts}
+    info = {"num_samples": dataset.num_samples, "num_parts": dataset.num_parts}
+    first = dataset.part(0)
+    if isinstance(first, BetonFile):  # an in-place index's images stay in their shards: no pages
+        info["page_size"] = first.page_size
+    return info
