@@ -8,6 +8,8 @@ processes, as a job would (start-up and imports are part of what a job pays):
 - `re-encode`: `data clip --reencode`, every image decoded, shrunk and re-encoded (the writers'
   only path before passthrough);
 - `passthrough`: `data clip`, each source JPEG stored as it is (checked by a 1/8-scale decode);
+- `index`: `data index`, the shards indexed in place (tar and JPEG headers, captions tokenized; no
+  image decoded, re-encoded or copied);
 - `..., 2 processes`: two `--part-range` jobs started together, each over half the parts (the one
   that finishes last writes the manifest), as a job array runs them.
 
@@ -64,9 +66,16 @@ def _data_clip(*extra):
     return job
 
 
+def _data_index(shards, out, part_range, per_part):
+    """`data index`: one part per shard, so --part-range I:J splits the shards as it splits the parts."""
+    argv = [*CLI, "data", "index", "--webdataset", shards, "--out", out, "--no-progress"]
+    return argv + (["--part-range", part_range] if part_range else [])
+
+
 PROVIDERS = [
     Provider("re-encode", _data_clip("--reencode")),
     Provider("passthrough", _data_clip(), parallel=True),
+    Provider("index", _data_index, parallel=True),
 ]
 
 
@@ -123,8 +132,9 @@ def start_up():
 
 
 def fingerprints(folder):
+    """The manifest's sample count and what identifies each part (an index's: its rows' digest)."""
     manifest = json.load(open(os.path.join(folder, "manifest.json")))
-    return manifest["num_samples"], [p["fingerprint"] for p in manifest["parts"]]
+    return manifest["num_samples"], [p.get("fingerprint") or p["files"]["rows"]["sha256"] for p in manifest["parts"]]
 
 
 def decode_check(shard, count=300, seed=0):
@@ -215,8 +225,11 @@ def main():
         print(f"| {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {rate[name]:.0f} | {inside:.1f} | "
               f"{rate_inside[name]:.0f} | {statistics.median(cpus[name]):.1f} |")
     for label, num, den in (("passthrough vs re-encode, 1 process", "passthrough, 1 process", "re-encode, 1 process"),
+                            ("index vs re-encode, 1 process", "index, 1 process", "re-encode, 1 process"),
+                            ("index vs passthrough, 1 process", "index, 1 process", "passthrough, 1 process"),
                             ("2 processes vs 1, passthrough", "passthrough, 2 processes (--part-range)",
-                             "passthrough, 1 process")):
+                             "passthrough, 1 process"),
+                            ("2 processes vs 1, index", "index, 2 processes (--part-range)", "index, 1 process")):
         print(f"{label}: {rate[num] / rate[den]:.2f}x ({rate_inside[num] / rate_inside[den]:.2f}x after start-up)")
     help_s, import_s = (statistics.median(column) for column in zip(*starts))
     print(f"start-up of one process: `data clip --help` {help_s:.2f} s, importing the writers and the tokenizer "
@@ -226,8 +239,9 @@ def main():
     print("|---|---:|" + "---:|" * len(decode_rows[0][2]))
     for name, ms, found in decode_rows:
         print(f"| {name} | {ms:.2f} | " + " | ".join(str(n) for n in found.values()) + " |")
-    same = prints["passthrough, 1 process"] == prints["passthrough, 2 processes (--part-range)"]
-    print(f"2-process folder equal to the 1-process one (parts' fingerprints): {same}")
+    same = all(prints[f"{p.name}, 1 process"] == prints[f"{p.name}, 2 processes (--part-range)"]
+               for p in PROVIDERS if p.parallel)
+    print(f"2-process folders equal to the 1-process ones (parts' fingerprints, rows' digests): {same}")
     if not same:
         raise SystemExit(1)
 

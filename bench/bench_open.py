@@ -18,6 +18,8 @@ Variants:
   open builds the sorted table once and caches it beside the file (timed apart), the reported
   open is the second;
 - "part folder": the same rows as parts of 10^6 samples with a manifest;
+- "in-place index": an index of webdataset shards (`data index`) of 10^6 samples a shard, whose
+  images are 8 x 8 JPEGs read from the shard files (a shard here is 1024 JPEGs that its rows share);
 - "ffcv Reader + OS cache (before)": the loader path before this data layer: ffcv's Loader with
   its Reader and OS-cache memory manager, a full-table integrity check and the epoch's whole
   order, on the "ours" file (measured at smaller sizes: ~1 KB a sample).
@@ -109,10 +111,53 @@ def write_tiny_beton(path, num_samples: int, first_id: int = 0, ffcv_layout: boo
             f.write(table.reshape(-1).tobytes())
 
 
+def write_tiny_index(folder: Path, n: int) -> None:
+    """An in-place index of N tiny samples, vectorised: parts of PART rows over shard files of 1024
+    8 x 8 JPEGs, tokens as CONTEXT int32, the part records and the manifest as `data index` writes them."""
+    import io
+    import json as json_
+
+    from PIL import Image
+
+    from scan_fast.data.index_shards import part_record_path, part_stem, write_index_manifest
+    from scan_fast.data.shard_index import ROW_DTYPE, file_entry, shard_fingerprint
+
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    Image.fromarray(np.arange(RES * RES * 3, dtype=np.uint8).reshape(RES, RES, 3)).save(buffer, "JPEG")
+    jpeg = buffer.getvalue()
+    starts = range(0, n, PART)
+    for p, start in enumerate(starts):
+        count = min(PART, n - start)
+        shard = folder / f"shard-{p:05d}.tar"
+        shard.write_bytes(jpeg * 1024)
+        rows = np.zeros(count, ROW_DTYPE)
+        rows["offset"] = (np.arange(count) % 1024) * len(jpeg)
+        rows["size"], rows["height"], rows["width"], rows["side"] = len(jpeg), RES, RES, -1
+        stem = part_stem(folder, p)
+        np.save(f"{stem}.rows.npy", rows)
+        tokens = np.zeros((count, CONTEXT), np.int32)
+        tokens[:, :3] = (49406, 320, 49407)
+        np.save(f"{stem}.tokens.npy", tokens)
+        size = shard.stat().st_size
+        record = {"file": stem.name, "shard": str(shard.resolve()), "shard_bytes": size,
+                  "shard_fingerprint": shard_fingerprint(str(shard), size), "num_samples": count, "converted": 0,
+                  "image_bounds": [RES, RES], "files": {role: file_entry(f"{stem}.{role}.npy")
+                                                         for role in ("rows", "tokens")},
+                  "source_ids": {}, "skipped": 0, "captions_truncated": 0, "rows_read": count}
+        part_record_path(folder, p).write_text(json_.dumps(record))
+    write_index_manifest(folder, len(starts), {"context_length": CONTEXT, "max_resolution": None})
+
+
 def make_variant(variant: str, n: int, root: Path) -> Path:
     from scan_fast.data.beton import BetonFile, save_record
 
     root.mkdir(parents=True, exist_ok=True)
+    if variant == "in-place index":
+        folder = root / f"index{n}"
+        if not (folder / "manifest.json").exists():
+            write_tiny_index(folder, n)
+        return folder
     if variant == "part folder":
         folder = root / f"parts{n}"
         if not (folder / "manifest.json").exists():
@@ -222,7 +267,7 @@ def main(argv=None) -> int:
         print(json.dumps(measure(*args.measure)))
         return 0
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_open_"))
-    variants = ["ours, one file", "ffcv layout, one file", "part folder"]
+    variants = ["ours, one file", "ffcv layout, one file", "part folder", "in-place index"]
     plan = [(v, [int(s) for s in args.sizes]) for v in variants]
     if not args.quick:
         plan.append(("ffcv Reader + OS cache (before)", [int(s) for s in args.old_sizes]))

@@ -56,7 +56,8 @@ def member_key(name: str) -> Tuple[str, str]:
 
 
 def _read_shard(shard: str):
-    """(samples, problems) of one shard: samples as read_webdataset_samples; problems are
+    """(samples, problems) of one shard, in one pass over its tar headers: samples as
+    read_webdataset_samples; problems are
     (where, BadRow) pairs for what cannot be written as read:
 
     - a truncated shard (a cut download): a member whose data runs past the file's end, a header
@@ -111,19 +112,38 @@ def _read_shard(shard: str):
         samples = []
         for key, members in groups.items():
             image = next((members[e] for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
-            caption = None
+            caption = uid = None
             if "txt" in members:
                 caption = tar.extractfile(members["txt"]).read().decode("utf-8", "replace")
+            if "json" in members:
+                uid = _json_uid(tar, members["json"])
             ref = TarImage(shard, image.offset_data, image.size) if image is not None else None
-            samples.append((f"{shard}:{key}", ref, caption))
+            samples.append((f"{shard}:{key}", ref, caption, key, uid))
     return samples, problems
+
+
+def _json_uid(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Union[None, Tuple[int, int], BadRow]:
+    """The uid of a sample's .json (DataComp's "uid"): None without one, a BadRow (the sample is then a
+    skipped row) for a .json that is not a JSON object or whose "uid" breaks source_ids.parse_uid's rule."""
+    try:
+        record = json.loads(tar.extractfile(member).read())
+    except (ValueError, tarfile.TarError, EOFError) as err:
+        return BadRow("unreadable .json", f"{member.name}: {err}")
+    if not isinstance(record, dict):
+        return BadRow("unreadable .json", f"{member.name} holds a {type(record).__name__}, not a JSON object")
+    if "uid" not in record:
+        return None
+    uid = parse_uid(record["uid"])
+    return uid if uid is not None else BadRow(
+        "bad uid", f"{member.name} has uid {record['uid']!r}, not a uid (32 hex digits, not all zero)")
 
 
 def read_webdataset_samples(shards):
     """Group tar members by key (webdataset convention: name up to the first dot of the basename).
 
-    Returns (samples, bad): samples = [(where, TarImage or None, caption or None)] with
-    where = "shard:key"; bad = [(where, BadRow)] for shards cut short (where = the shard) and for
+    Returns (samples, bad): samples = [(where, TarImage or None, caption or None, key, uid)] with
+    where = "shard:key" and uid (high, low), None (the sample has none) or a BadRow (a malformed
+    .json or uid: a skipped row); bad = [(where, BadRow)] for shards cut short (where = the shard) and for
     repeated keys (where = "shard:key"; each repeated sample is one entry, the first is kept).
     """
     samples, bad = [], []
@@ -156,7 +176,6 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
         target = check_output(target, inputs=paths, overwrite=overwrite)
         check_num_workers(num_workers)
         samples, bad = read_webdataset_samples(paths)
-        samples = _with_source_ids(paths, samples)
         summary = WriteSummary(path=str(target), rows_read=len(samples))
         return _write_webdataset_rows(target, samples, bad, summary, **common)
     from .convert import convert_parts, file_identity, part_workers
@@ -188,7 +207,7 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
                 continue
             found, problems = _read_shard(shard)
             found = found[max(0, start - first): stop - first]
-            samples += _with_source_ids([shard], found)
+            samples += found
             if reports_here:  # a cut shard and repeated keys: reported once, by the part of its first row
                 bad += problems
         summary = WriteSummary(path=str(path), rows_read=len(samples))
@@ -220,49 +239,6 @@ def _count_samples(shards: List[str], num_workers: int, progress: bool) -> List[
                          **bar))
 
 
-def _shard_uids(shard: str) -> Dict[str, Union[Tuple[int, int], BadRow]]:
-    """{sample key: uid} of a shard's samples whose .json holds a "uid" (DataComp), and {key: BadRow}
-    for a .json that is not a JSON object or whose "uid" breaks source_ids.parse_uid's rule (the
-    sample is then a skipped row). A sample without a .json, or without "uid" in it, has no uid."""
-    uids: Dict[str, Union[Tuple[int, int], BadRow]] = {}
-    try:
-        with tarfile.open(shard, "r:") as tar:
-            for member in tar:
-                key, ext = member_key(member.name)
-                if not member.isfile() or ext != "json":
-                    continue
-                try:
-                    record = json.loads(tar.extractfile(member).read())
-                except (ValueError, tarfile.TarError, EOFError) as err:
-                    uids[key] = BadRow("unreadable .json", f"{member.name}: {err}")
-                    continue
-                if not isinstance(record, dict):
-                    uids[key] = BadRow("unreadable .json", f"{member.name} holds a {type(record).__name__}, "
-                                                           f"not a JSON object")
-                elif "uid" in record:
-                    uid = parse_uid(record["uid"])
-                    uids[key] = uid if uid is not None else BadRow(
-                        "bad uid", f"{member.name} has uid {record['uid']!r}, not a uid (32 hex digits, not all zero)")
-    except (tarfile.TarError, EOFError):  # a cut shard: its uids before the cut (reported by _read_shard)
-        pass
-    return uids
-
-
-def _with_source_ids(shards: List[str], samples) -> list:
-    """read_webdataset_samples' (where, ref, caption), in shard order, with each sample's key and
-    uid appended (where = "shard:key")."""
-    out, s, uids = [], -1, {}
-    for where, ref, caption in samples:
-        if s < 0 or not where.startswith(shards[s] + ":"):
-            s += 1
-            while not where.startswith(shards[s] + ":"):
-                s += 1
-            uids = _shard_uids(shards[s])
-        key = where[len(shards[s]) + 1:]
-        out.append((where, ref, caption, key, uids.get(key)))
-    return out
-
-
 def _write_webdataset_rows(target, samples, bad, summary, *, context_length, strict, num_workers, progress,
                            image_kwargs) -> WriteSummary:
     """One .beton from webdataset samples (where, ref, caption, key, uid) and cut shards (reported)."""
@@ -276,5 +252,4 @@ def shard_samples(shard: str):
     """(samples, problems) of one shard as conversion reads them: samples (where, TarImage, caption, key,
     uid) in tar order, problems (where, BadRow) for a cut shard and repeated keys (the in-place index
     reads shards through this, so its rows are a conversion's)."""
-    found, problems = _read_shard(shard)
-    return _with_source_ids([shard], found), problems
+    return _read_shard(shard)

@@ -59,7 +59,7 @@ class IndexSummary:
 
     def __str__(self) -> str:
         share = 100.0 * self.converted / max(1, self.rows_written)
-        line = (f"{self.path}: {self.num_parts} shards indexed ({self.written_now} now in {self.seconds:.1f} s), "
+        line = (f"{self.path}: {self.num_parts} shards indexed ({self.written_now} written now in {self.seconds:.1f} s), "
                 f"read {self.rows_read} samples, indexed {self.rows_written} ({self.converted} = {share:.2f}% with "
                 f"an image converted into a side part), skipped {self.skipped}, captions truncated "
                 f"{self.captions_truncated} (each shard's skipped rows are in part-NNNNN.summary.json)")
