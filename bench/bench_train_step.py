@@ -77,7 +77,7 @@ def _epoch(model, provider, batch, steps, log_every, device="cpu", sync_debug=Fa
                      tokens=torch.randint(1, 1000, (batch, CONTEXT), generator=generator).to(device),
                      ids=torch.from_numpy(kept[i * batch:(i + 1) * batch]).to(device)) for i in range(steps)]
     cfg = ClipConfig(lr=1e-4, warmup_epochs=0.0, epochs=10, log_every=log_every)
-    step = Step(cfg=cfg, task=ClipTask(cfg), model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
+    step = Step(task=ClipTask(cfg), model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
                 scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=schedule,
                 autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device != "cpu" else None)
     loader = _sync_guarded(batches) if sync_debug else batches

@@ -40,7 +40,7 @@ class TinyTask(Task):
 
 def _step(model, schedule, log_every):
     cfg = TrainConfig(lr=1e-3, warmup_epochs=0.0, epochs=10, log_every=log_every)
-    return Step(cfg=cfg, task=TinyTask(cfg), model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
+    return Step(task=TinyTask(cfg), model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
                 scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=schedule)
 
 

@@ -27,7 +27,8 @@ def add_train_parsers(sub) -> None:
 
 
 def _run_train(args):
-    from scan_fast.train.run import PeerLost, TrainingDiverged
+    from scan_fast.train.run import TrainingDiverged
+    from scan_fast.train.runtime import PeerLost
 
     cfg = config_from_args(args, args.config_cls)
     if args.kind == "clip":

@@ -176,7 +176,7 @@ def _run(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_
 
 
 def run_main_job(job: MainJobConfig) -> List[dict]:
-    from scan_fast.train.run import flush_cpu_denormals
+    from scan_fast.train.runtime import flush_cpu_denormals
 
     flush_cpu_denormals()  # before building the data starts any thread pool
     start = time.perf_counter()
