@@ -21,7 +21,6 @@ def add_train_parsers(sub) -> None:
     for kind, config_cls, text in (("clip", ClipConfig, "CLIP (open_clip model) on image-text pairs"),
                                    ("moco", MocoConfig, "MoCo v3 (ViT or ResNet) on images")):
         p = kinds.add_parser(kind, help=text, description=f"Train {text}.")
-        p.add_argument("--config", help="YAML or TOML file holding any of the flags below")
         add_config_flags(p, config_cls, SECTIONS)
         p.set_defaults(run=_run_train, config_cls=config_cls)
 

@@ -65,9 +65,11 @@ def check_choices(config) -> None:
 
 
 def add_config_flags(parser, config_cls, section_order=()) -> None:
-    """One flag per field of the dataclass `config_cls` (each made with `flag`), in argument groups ordered by
+    """--config FILE, and one flag per field of the dataclass `config_cls` (each made with `flag`), in argument groups ordered by
     `section_order`, then by first use. Every flag defaults to None ("not given"), so that `config_from_args`
     keeps the dataclass's default, or a --config file's value, for the flags not given."""
+    parser.add_argument("--config", help="YAML or TOML file holding any of the flags below, with the same names "
+                                         "(dashes or underscores); flags on the command line win")
     groups = {}
     for f in sorted(fields(config_cls), key=lambda f: _section_rank(f, section_order)):
         if "section" not in f.metadata:
