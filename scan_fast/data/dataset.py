@@ -40,10 +40,6 @@ def manifest_checksum(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def is_part_folder(path) -> bool:
-    return os.path.isdir(os.fspath(path))
-
-
 class Dataset:
     """Samples 0..N-1 over one or more .beton parts (see the module docstring)."""
 
