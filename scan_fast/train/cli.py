@@ -12,7 +12,7 @@ from dataclasses import fields
 
 from scan_fast.train.config import (DEFAULT_ZEROSHOT_TEMPLATE, PRUNE_MODES, SECTIONS, ClipConfig, MocoConfig,
                                     TrainConfig)
-from scan_fast.train.flags import add_config_flags, config_from_args
+from scan_fast.train.flags import add_config_flags, add_field_flag, config_from_args
 
 def add_train_parsers(sub) -> None:
     train = sub.add_parser("train", help="pre-train CLIP or MoCo v3 with SCAN or a baseline pruning strategy",
@@ -120,15 +120,11 @@ def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot (CLIP) or kNN + linear probe (MoCo)",
                        description="Evaluate a trained checkpoint on a labelled .beton or part folder.")
     p.add_argument("checkpoint", help="a checkpoint written by scan-fast train")
-    p.add_argument("--val-data", required=True, help="labelled .beton or part folder to evaluate on "
-                   "(scan-fast data labelled, or data clip --label-column)")
-    p.add_argument("--zeroshot-classes", help="CLIP: class names file, one a line in label order, one per label "
-                                              "(default: the names saved beside --val-data)")
-    p.add_argument("--zeroshot-template", default=DEFAULT_ZEROSHOT_TEMPLATE,
-                   help="CLIP: prompt for each class name, with one {} where the name goes")
-    p.add_argument("--probe-train-data", help="MoCo: labelled .beton or part folder for the kNN bank and probe "
-                   "(default: the checkpoint's --train-data)")
-    p.add_argument("--workers", type=int, default=2, help="FFCV decoding threads (default: 2)")
+    add_field_flag(p, TrainConfig, "val_data", required=True)
+    add_field_flag(p, ClipConfig, "zeroshot_classes")
+    add_field_flag(p, ClipConfig, "zeroshot_template")
+    add_field_flag(p, MocoConfig, "probe_train_data")
+    add_field_flag(p, TrainConfig, "workers")
     p.set_defaults(run=_run_eval)
 
 

@@ -93,6 +93,18 @@ def add_config_flags(parser, config_cls, section_order=()) -> None:
         groups[section].add_argument(option_name(f.name), type=tp, nargs="+" if many else None, **kwargs)
 
 
+def add_field_flag(parser, config_cls, name: str, **kwargs) -> None:
+    """The flag of one field of `config_cls` for a command that is not a run (`scan-fast eval`): its type, choices
+    and help text, and the field's default as the flag's; `kwargs` go to argparse (e.g. required=True)."""
+    f = config_cls.__dataclass_fields__[name]
+    tp, choices, many = field_type(f.type)
+    default = None if f.default is MISSING else f.default
+    shown = "" if kwargs.get("required") or default in (None, "") else f" (default: {default})"
+    extra = {"choices": choices} if choices is not None else {"metavar": name.upper()}
+    parser.add_argument(option_name(name), type=tp, nargs="+" if many else None, default=default,
+                        help=f.metadata["help"] + shown, **extra, **kwargs)
+
+
 def _section_rank(f, section_order):
     section = f.metadata.get("section")
     return section_order.index(section) if section in section_order else len(section_order)
