@@ -274,7 +274,8 @@ def _ffcv_read_path_loader(beton: Path, resolution: int, workers: int):
     from ffcv.loader.loader import ORDER_MAP
     from ffcv.reader import Reader
 
-    from scan_fast.data.order import KeptIdsSource, OrderFactory
+    from ffcv_order import OrderFactory
+    from scan_fast.data.order import KeptIdsSource
     from scan_fast.data.pipelines import clip_pipelines
 
     reader = Reader(str(beton))

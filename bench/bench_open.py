@@ -205,7 +205,8 @@ def _old_open(path):
     from ffcv.reader import Reader
     from ffcv.types import ALLOC_TABLE_TYPE
 
-    from scan_fast.data.order import KeptIdsSource, OrderFactory
+    from ffcv_order import OrderFactory
+    from scan_fast.data.order import KeptIdsSource
     from scan_fast.data.pipelines import clip_pipelines
 
     reader = Reader(str(path))

@@ -9,7 +9,7 @@ all alike), each a `train_one_epoch` of the tiny CLIP model over in-memory batch
                chosen on the device each step, chosen ids flushed to the engine at log steps
 
 Reported: median step time (ms) per provider and batch size, the ratio to `none`, and host
-reads per step counted by scan_fast.train.host_reads (epochs of two lengths, so the end-of-epoch
+reads per step counted by tests/host_reads.py (epochs of two lengths, so the end-of-epoch
 reads cancel). Whole-step ratios on a shared 2-core machine move by a few percent from load alone,
 so the preparation step's own bookkeeping (gather_batch + observe_batch, and the flush of
 --log-every steps' ids, amortised) is also timed alone, as a share of the `none` step.
@@ -22,7 +22,9 @@ epoch's end (bench/gpu_check.sh step 7).
 """
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,8 +40,10 @@ from scan_fast.data.batch import Batch
 from scan_fast.train.clip import ClipTask
 from scan_fast.train.clip_model import Clip
 from scan_fast.train.config import ClipConfig
-from scan_fast.train.host_reads import count_host_reads
 from scan_fast.train.loop import Step, gather_batch, train_one_epoch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from host_reads import count_host_reads  # noqa: E402  (a test instrument: tests/host_reads.py)
 
 PROVIDERS = ("none", "mutation", "preparation")
 CONTEXT = 16
@@ -77,7 +81,7 @@ def _epoch(model, provider, batch, steps, log_every, device="cpu", sync_debug=Fa
                      tokens=torch.randint(1, 1000, (batch, CONTEXT), generator=generator).to(device),
                      ids=torch.from_numpy(kept[i * batch:(i + 1) * batch]).to(device)) for i in range(steps)]
     cfg = ClipConfig(lr=1e-4, warmup_epochs=0.0, epochs=10, log_every=log_every)
-    step = Step(cfg=cfg, task=ClipTask(cfg), model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
+    step = Step(task=ClipTask(cfg), model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
                 scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=schedule,
                 autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device != "cpu" else None)
     loader = _sync_guarded(batches) if sync_debug else batches

@@ -2,6 +2,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 CITED = re.compile(r"docs/[\w.-]+\.md")
 
@@ -35,9 +37,8 @@ def test_the_docs_name_every_training_flag_and_what_may_change_on_resume():
         assert flag in text, f"{flag} is not described in docs/"
 
 
-def test_the_architecture_map_names_only_files_that_exist_and_the_id_trip_is_short():
-    """Every source file docs/architecture.md names (a path, or a bare name inside its folder's row) exists,
-    and the id's trip from the data to the schedule and back takes at most 8 numbered hops."""
+def test_the_architecture_map_names_only_files_that_exist():
+    """Every source file docs/architecture.md names (a path, or a bare name inside its folder's row) exists."""
     text = (ROOT / "docs/architecture.md").read_text()
     sources = [p for folder in ("scan_fast", "kernels", "csrc", "bench", "tests") for p in (ROOT / folder).rglob("*")
                if p.suffix in (".py", ".cpp", ".hpp", ".sh")]
@@ -48,9 +49,43 @@ def test_the_architecture_map_names_only_files_that_exist_and_the_id_trip_is_sho
         if not (token in paths if "/" in token else token in names):
             missing.append(token)
     assert not missing, f"docs/architecture.md names files that do not exist: {sorted(set(missing))}"
-    trip = text.split("## How a sample id travels", 1)[1].split("\n## ", 1)[0]
-    hops = re.findall(r"^\d+\. \*\*", trip, flags=re.M)
-    assert 0 < len(hops) <= 8, f"the id's trip has {len(hops)} hops"
+
+
+def _trip(title):
+    text = (ROOT / "docs/architecture.md").read_text()
+    return text.split(f"## How {title} travels", 1)[1].split("\n## ", 1)[0]
+
+
+def _resolve(dotted):
+    """The object `dotted` names (module.attribute[.attribute]), imported; None when it does not exist."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name, None)
+            if obj is None:
+                return None
+        return obj
+    return None
+
+
+@pytest.mark.parametrize("title, most_hops", [("a sample id", 8), ("a per-sample loss", 6)])
+def test_every_function_a_trip_names_exists_where_it_says(title, most_hops):
+    """The trips of docs/architecture.md name real functions: each `scan_fast.module.function` imports; each hop
+    names at least one, and the trip has at most `most_hops` hops (a longer one is a code change to explain)."""
+    trip = _trip(title)
+    hops = re.split(r"^\d+\. \*\*", trip, flags=re.M)[1:]
+    assert 0 < len(hops) <= most_hops, f"the trip of {title} has {len(hops)} hops"
+    named = re.findall(r"`(scan_fast(?:\.\w+)+)(?:\([^`]*\))?`", trip)
+    missing = sorted({name for name in named if _resolve(name) is None})
+    assert not missing, f"docs/architecture.md's trip of {title} names what does not exist: {missing}"
+    for number, hop in enumerate(hops, 1):
+        assert re.search(r"`scan_fast\.\w+", hop), f"hop {number} of {title}'s trip names no function"
 
 
 def test_every_image_the_readme_and_docs_show_is_in_the_repository():

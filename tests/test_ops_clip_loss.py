@@ -126,7 +126,7 @@ def test_bad_input(image, text, logit_scale, error, match):
 
 def test_a_tensor_scale_is_not_read_back():
     """A tensor scale is checked for shape only (reading it would stall a GPU step): NaN shows in the loss."""
-    from scan_fast.train.host_reads import count_host_reads
+    from host_reads import count_host_reads
 
     with count_host_reads() as reads:
         got = clip_loss_per_sample(torch.randn(4, 3), torch.randn(4, 3), torch.tensor(float("nan")))

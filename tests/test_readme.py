@@ -1,6 +1,6 @@
 """The README's shell examples run: the own-data walkthrough as written, on a small made-up data set,
-and the `scan-fast data` lines of the command list at tiny sizes. Each command goes through the
-CLI's main() with the argv the shell would give it."""
+the `scan-fast data` lines of the command list at tiny sizes, and docs/scale.md's part-folder jobs.
+Each command goes through the CLI's main() with the argv the shell would give it."""
 import re
 import shlex
 from pathlib import Path
@@ -11,6 +11,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
+SCALE = (REPO / "docs" / "scale.md").read_text()
 
 
 def _bash_blocks(text):
@@ -88,14 +89,14 @@ def test_the_data_lines_of_the_command_list_run_at_tiny_sizes(tmp_path, monkeypa
         assert (tmp_path / "data" / name).is_file(), name
 
 
-def test_the_at_scale_block_runs_as_written(tmp_path, monkeypatch, capsys):
+def test_the_part_folder_block_of_docs_scale_runs_as_written(tmp_path, monkeypatch, capsys):
     """Two --part-range jobs over made-up shards (parts of 4 instead of 100,000), then data check."""
     import webdataset as wds
 
     from scan_fast.data.inspect import read_samples
 
-    marker = README.index("<!-- at-scale:")
-    commands = _commands(_bash_blocks(README[marker:])[0])
+    marker = SCALE.index("<!-- at-scale:")
+    commands = _commands(_bash_blocks(SCALE[marker:])[0])
     assert [c.split()[1:3] for c in commands] == [["data", "clip"], ["data", "clip"], ["data", "check"]]
     shards = tmp_path / "my_data" / "shards"
     shards.mkdir(parents=True)
@@ -127,3 +128,9 @@ def test_the_at_scale_block_runs_as_written(tmp_path, monkeypatch, capsys):
 def test_every_command_the_readme_names_has_help(command, tmp_path, monkeypatch, capsys):
     assert f"scan-fast {command}" in README
     assert "usage: scan-fast" in _run([f"scan-fast {command} --help"], tmp_path, monkeypatch, capsys)
+
+
+def test_the_readme_stays_short_and_links_every_topic_page():
+    assert len(README.splitlines()) <= 250
+    for page in ("scan-method", "training", "architecture", "data-formats", "scale", "results", "benchmarks"):
+        assert f"(docs/{page}.md)" in README, page

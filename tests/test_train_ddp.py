@@ -84,7 +84,8 @@ def moco_shapes(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("arch", ["vit_tiny_cpu", "resnet_tiny_cpu"])
+# the ResNet backbone repeats the ViT case's DDP path (make bench runs it with the slow tests)
+@pytest.mark.parametrize("arch", ["vit_tiny_cpu", pytest.param("resnet_tiny_cpu", marks=pytest.mark.slow)])
 def test_two_gloo_ranks_train_moco_with_identical_pruning_and_weights(moco_shapes, tmp_path, arch):
     launch(_moco_worker, arch, moco_shapes, str(tmp_path / "logs"), str(tmp_path))
     with np.load(tmp_path / "rank0.npz") as r0, np.load(tmp_path / "rank1.npz") as r1:
@@ -126,7 +127,7 @@ def _gather_worker(rank, world_size):
     assert torch.equal(loss_a, ids.float() / 2) and torch.equal(loss_b, -ids.float())
 
 
-@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("world_size", [2, pytest.param(3, marks=pytest.mark.slow)])  # 3: make bench
 def test_gathered_losses_are_in_global_position_order(world_size):
     """The schedule sees a global batch in the same order whatever the world size (elastic resume)."""
     launch(_gather_worker, world_size, world_size=world_size)

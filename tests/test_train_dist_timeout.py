@@ -13,7 +13,7 @@ TIMEOUT_S = 3.0
 def _worker_with_a_hung_rank(rank):
     import torch.distributed as dist
 
-    from scan_fast.train.run import setup_runtime
+    from scan_fast.train.runtime import setup_runtime
 
     setup_runtime("cpu", timeout_s=TIMEOUT_S)
     if rank == 1:  # alive but stuck, as a rank blocked on a dead file system would be

@@ -175,6 +175,7 @@ def test_moco_vit_small_is_moco_v3_vit_small():
     assert net.forward_features(torch.randn(2, 3, 64, 64)).shape == (2, 17, 384)
 
 
+@pytest.mark.slow  # the resume path of test_train_clip's augmented run; make bench runs it for MoCo
 def test_moco_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
     """With augmentation on: crops, flips and photometric draws are keyed by (seed, epoch, id),
     so the resumed run sees the same two views of every sample and ends bit-identical."""

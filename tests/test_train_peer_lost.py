@@ -82,7 +82,7 @@ def test_a_killed_rank_stops_rank_0_with_one_line(tmp_path):
 def test_only_a_lost_peer_is_cut_to_one_line():
     import torch.distributed as dist
 
-    from scan_fast.train.run import lost_contact
+    from scan_fast.train.runtime import lost_contact
 
     def raised(err):
         try:

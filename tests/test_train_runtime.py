@@ -10,7 +10,7 @@ def restore_denormals():
 
 
 def test_setup_runtime_flushes_denormals_on_cpu(restore_denormals):
-    from scan_fast.train.run import setup_runtime
+    from scan_fast.train.runtime import setup_runtime
 
     torch.set_flush_denormal(False)
     tiny = torch.tensor([1e-39], dtype=torch.float32)  # below fp32's smallest normal (1.18e-38)

@@ -91,6 +91,6 @@ def test_main_job_takes_the_loss():
     from scan_fast.train.main_job import MainJobConfig
 
     assert MainJobConfig().loss == "clip"  # `make demo` stays the CLIP job
-    MainJobConfig(loss="siglip").validate()
+    MainJobConfig(loss="siglip")
     with pytest.raises(ValueError, match="--loss must be one of .* got 'sigmoid'"):
-        MainJobConfig(loss="sigmoid").validate()
+        MainJobConfig(loss="sigmoid")

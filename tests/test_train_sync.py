@@ -1,4 +1,4 @@
-"""The training step makes no host read outside log steps (scan_fast.train.host_reads counts them).
+"""The training step makes no host read outside log steps (tests/host_reads.py counts them).
 
 An epoch of S steps with no log step inside it must read the host the same number of times
 whatever S is (the reads of the end-of-epoch check only), for every schedule and phase,
@@ -14,7 +14,7 @@ from scan_fast.data.batch import Batch
 from scan_fast.ops import clip_loss_per_sample
 from scan_fast.schedule import Scan
 from scan_fast.schedule.strategies import InfoBatch, NoPruning
-from scan_fast.train.host_reads import count_host_reads
+from host_reads import count_host_reads
 from scan_fast.train.config import TrainConfig
 from scan_fast.train.loop import NonFiniteLoss, Step, train_one_epoch
 from scan_fast.train.task import Task
@@ -40,7 +40,7 @@ class TinyTask(Task):
 
 def _step(model, schedule, log_every):
     cfg = TrainConfig(lr=1e-3, warmup_epochs=0.0, epochs=10, log_every=log_every)
-    return Step(cfg=cfg, task=TinyTask(cfg), model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
+    return Step(task=TinyTask(cfg), model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
                 scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=schedule)
 
 

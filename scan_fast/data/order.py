@@ -4,9 +4,9 @@ Each rank reads its shard of the epoch (scan_fast/schedule/shard.py): the kept
 ids in an order keyed by (seed, epoch), rank r of W taking order positions r,
 r + W, r + 2W, ... The shard comes from the schedule's kept bitset
 (`schedule.epoch_kept_set(epoch)`), so no rank ever holds the global kept list
-or a global permutation. The same functions serve the FFCV order
-(`KeptIdsOrder`) and the plain PyTorch `ScanSampler`, so both read the same ids
-in the same order.
+or a global permutation. The same functions serve the FFCV loaders
+(scan_fast/data/loaders.py) and the plain PyTorch `ScanSampler`, so both read the
+same ids in the same order.
 
 Distributed remainder: every rank reads floor(K / W) ids (like torch's
 `DistributedSampler(drop_last=True)`), so no id is on two ranks and every rank
@@ -17,11 +17,10 @@ Any object with an `epoch_indices(epoch)` method (a list per epoch) works too:
 its list is validated and turned into a bitset first.
 """
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import numba
 import numpy as np
-from ffcv.traversal_order.base import TraversalOrder
 
 from scan_fast.schedule.base import PruningSchedule
 from scan_fast.schedule.shard import KeptSet, epoch_shard, epoch_shard_part, shard_length
@@ -183,34 +182,3 @@ class KeptIdsSource:
             kept = validate_kept_ids(raw, self.dataset_len, epoch)
             self._cached = EpochKept(epoch, np.array(raw, copy=True), KeptSet.of(kept, self.dataset_len))
         return self._cached
-
-
-class KeptIdsOrder(TraversalOrder):
-    """FFCV traversal order reading `source.order(epoch)` at the start of every epoch."""
-
-    def __init__(self, loader, source: KeptIdsSource):
-        super().__init__(loader)
-        if source.dataset_len != loader.reader.num_samples:
-            raise ValueError(
-                f"dataset_len={source.dataset_len} but {loader.fname} holds "
-                f"{loader.reader.num_samples} samples")
-        self.source = source
-
-    def sample_order(self, epoch: int) -> Sequence[int]:
-        # FFCV's own orders hand out uint64 ids; the JIT-compiled readers are typed on that.
-        # The shard's int64 ids are non-negative, so the view is free.
-        return self.source.order(epoch).view(np.uint64)
-
-
-class OrderFactory:
-    """A hashable stand-in registered in ffcv's ORDER_MAP for one Loader.
-
-    ffcv 1.0.2 only accepts orders by key and builds them as `ORDER_MAP[key](loader)`,
-    so each loader registers its own factory while it is constructed.
-    """
-
-    def __init__(self, source: KeptIdsSource):
-        self.source = source
-
-    def __call__(self, loader) -> KeptIdsOrder:
-        return KeptIdsOrder(loader, self.source)

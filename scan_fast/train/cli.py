@@ -1,199 +1,18 @@
-"""argparse subcommands of the trainers: `scan-fast train clip|moco`, `scan-fast coreset export`.
+"""argparse subcommands of the trainers: `scan-fast train clip|moco`, `scan-fast eval`, `scan-fast coreset export`.
 
-Flags come from the config dataclasses (one flag per field, grouped by
-section: `add_config_flags`, which the demo's parser in main_job.py uses too);
-`--config FILE` (YAML or TOML) may hold any of them, with the same names
-(dashes or underscores), and flags on the command line win.
+Training flags are the config dataclasses' fields (scan_fast/train/flags.py: each field's help
+text, choices and section are defined beside it); `--config FILE` (YAML or TOML) may hold any
+of them, with the same names (dashes or underscores), and flags on the command line win.
 `scan_fast/cli.py` registers these with `add_train_parsers(sub)`,
 `add_coreset_parser(sub)` and `add_eval_parser(sub)`.
 """
-import argparse
-import collections.abc
 import os
 import sys
-import typing
-from dataclasses import MISSING, fields
+from dataclasses import fields
 
-from scan_fast.train.config import PRECISIONS, PRUNE_MODES, SCAN_TARGETS, ClipConfig, MocoConfig, TrainConfig
-
-SECTIONS = {
-    "data": ("train_data", "val_data", "batch_size", "workers", "augment", "resolution", "seed", "device"),
-    "model": ("model", "loss", "arch", "moco_dim", "moco_mlp_dim", "moco_m", "moco_m_cos", "moco_t"),
-    "optimisation": ("epochs", "lr", "wd", "beta1", "beta2", "eps", "warmup_epochs", "grad_clip_norm",
-                     "precision"),
-    "pruning": ("prune", "rho_ill", "rho_red", "t_cos", "prune_threshold", "prune_target", "abs_ill", "abs_red",
-                "coreset", "prune_counts", "infobatch_ratio", "infobatch_delta", "seta_ratio", "seta_groups",
-                "seta_window", "seta_delta"),
-    "evaluation": ("eval_frequency", "zeroshot_classes", "zeroshot_template", "knn_k",
-                   "probe_train_data"),
-    "run": ("logs", "name", "resume", "overwrite", "save_frequency", "tensorboard", "progress", "log_every",
-            "save_losses", "stop_after_step", "dist_timeout"),
-}
-HELP = {
-    "train_data": "the training data: a .beton or a part folder (scan-fast data ...)",
-    "val_data": "labelled .beton or part folder for evaluation (zero-shot for CLIP, kNN/linear probe for MoCo): "
-                "scan-fast data labelled, or data clip --label-column",
-    "batch_size": "batch size per process", "workers": "FFCV decoding threads",
-    "augment": "random-resized-crop augmentation (crops are keyed by seed, epoch and sample id, so a resumed "
-               "run sees the same images)",
-    "device": "auto, cpu or cuda[:N]", "model": "open_clip model config name (random init, no download)",
-    "loss": "CLIP loss: clip (InfoNCE) or siglip (sigmoid, learnt bias); default: the model config's, siglip "
-            "for open_clip's *-SigLIP* names and scan-tiny-vit-siglip",
-    "arch": "MoCo backbone: vit_small, resnet50, vit_tiny_cpu or resnet_tiny_cpu",
-    "epochs": "epochs to train", "lr": "peak learning rate", "wd": "AdamW weight decay",
-    "warmup_epochs": "linear LR warm-up, in (fractional) epochs",
-    "grad_clip_norm": "clip the gradients' total norm to this value, a number > 0 (not given: no clipping)",
-    "precision": f"one of {PRECISIONS} (GPU only)",
-    "prune": f"pruning strategy, one of {tuple(PRUNE_MODES)}", "prune_target": f"SCAN candidates, one of {SCAN_TARGETS}",
-    "rho_ill": "SCAN: share of each batch taken as ill-matched candidates (scan-epoch: the most of the epoch)",
-    "rho_red": "SCAN: share of each batch taken as redundant candidates (scan-epoch: share of the epoch)",
-    "t_cos": "SCAN: mutation epochs per cycle",
-    "prune_threshold": "SCAN: warm-up ends when the epoch loss drops by less than this share, in [0, 1]",
-    "abs_ill": "SCAN: ill-matched candidates are the losses above this value (> 0) instead of --rho-ill's share",
-    "abs_red": "SCAN: redundant candidates are the losses below this value (> 0) instead of --rho-red's share",
-    "coreset": "--prune static: the samples to train on: sample ids (.txt, one a line, or .npy), a DataComp uid "
-               ".npy (u8,u8) or a key list (coreset export --format datacomp|keys: matched to --train-data's "
-               "uids or keys), or a run's coreset.bits.npy",
-    "prune_counts": "--prune random: epochs.csv of a SCAN run whose per-epoch counts to match",
-    "infobatch_ratio": "InfoBatch: pruning probability of below-mean samples",
-    "infobatch_delta": "InfoBatch: share of the epochs that may prune (the rest use all data)",
-    "seta_ratio": "SeTa: share of all samples dropped at random each epoch",
-    "seta_groups": "SeTa: k-means clusters of the per-sample losses",
-    "seta_window": "SeTa: share of the clusters, easy to hard, that the sliding window keeps",
-    "seta_delta": "SeTa: share of the epochs that prune with the window (the rest anneal: random drop only)",
-    "resolution": "MoCo input size in pixels", "knn_k": "MoCo kNN eval: neighbours",
-    "probe_train_data": ("MoCo eval: labelled .beton or part folder for the kNN bank and the linear probe "
-                         "(default --train-data)"),
-    "eval_frequency": "evaluate every N epochs (0: after the last only)",
-    "zeroshot_classes": "file of class names, one a line in label order, one per label (default: the names "
-                        "saved beside --val-data)",
-    "zeroshot_template": "prompt for each class name, with one {} where the name goes",
-    "logs": "folder of all runs",
-    "name": "run folder name (default <kind>-<prune>-seed<seed>-<digest of the training flags>)",
-    "resume": "checkpoint to resume, or 'latest' for this run's last one; the training flags must be the "
-              "checkpoint's (docs/architecture.md lists those that may change)",
-    "overwrite": "replace the run folder if it already holds a run (without it, a new run refuses it)",
-    "dist_timeout": "seconds a collective waits for the other processes before the run fails (the other ranks "
-                    "wait while rank 0 evaluates: keep it above the evaluation's time); a rank that loses "
-                    "another stops with one line naming the collective and the last checkpoint (exit code 4)",
-    "progress": "a progress bar within each epoch, drawn on a terminal only (the line that sums up each epoch "
-                "is always printed)",
-    "save_frequency": "checkpoint every N epochs (and after the last), before evaluating",
-    "stop_after_step": "stop after this global step without saving (tests of resume)",
-    "log_every": "steps between the loop's host reads: the non-finite loss check, progress, and moving "
-                 "the candidates found on the device to the host",
-    "save_losses": "save each preparation epoch's per-sample losses (float16) as candidates.npz and plot "
-                   "their histogram in the report (memory and disk grow with the epoch)",
-}
-
-
-def _field_type(tp):
-    """(argparse type, is_bool, is_sequence) of a dataclass field annotation; a Sequence[X] field is a
-    flag that takes one or more X."""
-    args = typing.get_args(tp)
-    if args and type(None) in args:  # Optional[X]
-        tp = next(a for a in args if a is not type(None))
-    if typing.get_origin(tp) in (collections.abc.Sequence, list, tuple):
-        return typing.get_args(tp)[0], False, True
-    return tp, tp is bool, False
-
-
-def add_config_flags(parser, config_cls, sections=SECTIONS, help_texts=HELP, choices=None):
-    """One flag per field of the dataclass `config_cls`, in argument groups by `sections` (section -> field
-    names; every field must be in one), with help texts from `help_texts` and argparse choices from `choices`
-    (field -> allowed values). Every flag defaults to None ("not given"), so that `config_from_args` keeps
-    the dataclass's default, or a --config file's value, for the flags not given."""
-    by_name = {f.name: f for f in fields(config_cls)}
-    choices = choices or {}
-    for section, names in sections.items():
-        present = [n for n in names if n in by_name]
-        if not present:
-            continue
-        group = parser.add_argument_group(section)
-        for name in present:
-            f = by_name[name]
-            tp, is_bool, many = _field_type(f.type)
-            default = f.default if f.default is not MISSING else None
-            if many and default is not None:
-                default = " ".join(map(str, default))
-            help_text = help_texts.get(name, "") + (f" (default: {default})" if default not in (None, "") else "")
-            flag = "--" + name.replace("_", "-")
-            if is_bool:
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-            elif name in choices:
-                group.add_argument(flag, type=tp, default=None, help=help_text, choices=choices[name],
-                                   nargs="+" if many else None)
-            else:
-                group.add_argument(flag, type=tp, default=None, help=help_text, metavar=name.upper(),
-                                   nargs="+" if many else None)
-    missing = set(by_name) - {n for names in sections.values() for n in names}
-    assert not missing, f"config fields without a section: {missing}"
-
-
-def read_config_file(path) -> dict:
-    """Flag values from a YAML or TOML file: {field_name: value}."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--config: no file at {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
-    if path.endswith(".toml"):
-        import tomllib
-
-        try:
-            values = tomllib.loads(raw.decode())
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"--config {path}: not valid TOML ({err})") from None
-    else:
-        import yaml
-
-        try:
-            values = yaml.safe_load(raw) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"--config {path}: not valid YAML ({err})") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"--config {path}: expected a mapping of flag names to values")
-    return {str(k).replace("-", "_"): v for k, v in values.items()}
-
-
-def _config_value(path, name, value, annotation):
-    """A config file's value as the field's type, or a TypeError naming the key."""
-    tp, is_bool, many = _field_type(annotation)
-    if value is None and type(None) in typing.get_args(annotation):
-        return None
-    if many:
-        if not isinstance(value, list):
-            raise TypeError(f"--config {path}: {name} must be a list of {tp.__name__}, got {value!r}")
-        return tuple(_config_value(path, name, item, tp) for item in value)
-    if is_bool == isinstance(value, bool):  # true/false is neither a number nor a name
-        if isinstance(value, tp):
-            return value
-        if tp is float and isinstance(value, int):
-            return float(value)
-        if tp is float and isinstance(value, str):
-            try:  # PyYAML reads 5e-4 as a string (YAML 1.1 floats need a dot: 5.0e-4)
-                return float(value)
-            except ValueError:
-                pass
-    raise TypeError(f"--config {path}: {name} must be {tp.__name__}, got {value!r}")
-
-
-def config_from_args(args, config_cls):
-    """The config dataclass from parsed flags over the --config file's values."""
-    by_name = {f.name: f for f in fields(config_cls)}
-    values = {}
-    if getattr(args, "config", None):
-        from_file = read_config_file(args.config)
-        unknown = sorted(set(from_file) - set(by_name))
-        if unknown:
-            raise ValueError(f"--config {args.config}: unknown key(s) {unknown}")
-        for name, value in from_file.items():
-            values[name] = _config_value(args.config, name, value, by_name[name].type)
-    for name in by_name:
-        if getattr(args, name, None) is not None:  # given on the command line
-            value = getattr(args, name)
-            values[name] = tuple(value) if isinstance(value, list) else value  # nargs="+" gives a list
-    return config_cls(**values)
-
+from scan_fast.train.config import (DEFAULT_ZEROSHOT_TEMPLATE, PRUNE_MODES, SECTIONS, ClipConfig, MocoConfig,
+                                    TrainConfig)
+from scan_fast.train.flags import add_config_flags, add_field_flag, config_from_args
 
 def add_train_parsers(sub) -> None:
     train = sub.add_parser("train", help="pre-train CLIP or MoCo v3 with SCAN or a baseline pruning strategy",
@@ -202,13 +21,13 @@ def add_train_parsers(sub) -> None:
     for kind, config_cls, text in (("clip", ClipConfig, "CLIP (open_clip model) on image-text pairs"),
                                    ("moco", MocoConfig, "MoCo v3 (ViT or ResNet) on images")):
         p = kinds.add_parser(kind, help=text, description=f"Train {text}.")
-        p.add_argument("--config", help="YAML or TOML file holding any of the flags below")
-        add_config_flags(p, config_cls)
+        add_config_flags(p, config_cls, SECTIONS)
         p.set_defaults(run=_run_train, config_cls=config_cls)
 
 
 def _run_train(args):
-    from scan_fast.train.run import PeerLost, TrainingDiverged
+    from scan_fast.train.run import TrainingDiverged
+    from scan_fast.train.runtime import PeerLost
 
     cfg = config_from_args(args, args.config_cls)
     if args.kind == "clip":
@@ -301,19 +120,15 @@ def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot (CLIP) or kNN + linear probe (MoCo)",
                        description="Evaluate a trained checkpoint on a labelled .beton or part folder.")
     p.add_argument("checkpoint", help="a checkpoint written by scan-fast train")
-    p.add_argument("--val-data", required=True, help="labelled .beton or part folder to evaluate on "
-                   "(scan-fast data labelled, or data clip --label-column)")
-    p.add_argument("--zeroshot-classes", help="CLIP: class names file, one a line in label order, one per label "
-                                              "(default: the names saved beside --val-data)")
-    p.add_argument("--zeroshot-template", default="a photo of a {}.",
-                   help="CLIP: prompt for each class name, with one {} where the name goes")
-    p.add_argument("--probe-train-data", help="MoCo: labelled .beton or part folder for the kNN bank and probe "
-                   "(default: the checkpoint's --train-data)")
-    p.add_argument("--workers", type=int, default=2)
+    add_field_flag(p, TrainConfig, "val_data", required=True)
+    add_field_flag(p, ClipConfig, "zeroshot_classes")
+    add_field_flag(p, ClipConfig, "zeroshot_template")
+    add_field_flag(p, MocoConfig, "probe_train_data")
+    add_field_flag(p, TrainConfig, "workers")
     p.set_defaults(run=_run_eval)
 
 
-def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_template="a photo of a {}.",
+def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_template=DEFAULT_ZEROSHOT_TEMPLATE,
                         probe_train_data=None, workers=2) -> dict:
     """{"zero_shot": acc} for a CLIP checkpoint, {"knn": acc, "linear_probe": acc} for a MoCo one."""
     import torch

@@ -1,4 +1,7 @@
-"""One config dataclass per trainer; `validate()` names the flag of any bad value or combination.
+"""One config dataclass per trainer: each field is a flag (help text, choices and section beside it).
+
+Values are checked when a config is made (`__post_init__`, naming the flag of a bad value or
+combination); `validate()` adds what only a run needs (--train-data).
 
 Field names follow open_clip_train (model, train_data, batch_size, lr, wd,
 beta1, beta2, eps, precision, workers, logs, name, resume, seed, ...) and MoCo
@@ -7,9 +10,10 @@ mean the same; `warmup_epochs` is in epochs because pruned epochs vary in steps.
 """
 import math
 from dataclasses import dataclass, fields
-from typing import Callable, Optional, Tuple
+from typing import Callable, Literal, Optional, Tuple
 
 from scan_fast.schedule.inputs import FLOAT32_MAX, check_prune_threshold, check_threshold
+from scan_fast.train.flags import check_choices, choices_of, flag, option_name, redefault
 
 
 @dataclass(frozen=True)
@@ -108,22 +112,15 @@ PRUNE_MODES = {
     "seta": PruneMode(_seta, style=("tab:orange", "P", "--")),
     "static": PruneMode(_static, flags=("coreset",), needs_flags=True, in_demo=False),
 }
-SCAN_TARGETS = ("both", "redundant", "ill_matched")
-PRECISIONS = ("amp", "amp_bf16", "fp32")
-LOSSES = ("clip", "siglip")
-
-
+DEFAULT_ZEROSHOT_TEMPLATE = "a photo of a {}."
+SECTIONS = ("data", "model", "optimisation", "pruning", "evaluation", "run")  # --help's argument groups, in order
 _MAX_TIMEOUT_S = 10.0 ** 9  # datetime.timedelta holds at most 999999999 days
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _number(name: str, value):
     """`value` unless it is not a number (a config file may hold anything): then a ValueError naming the flag."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ValueError(f"{_flag(name)} must be a number, got {value!r}")
+        raise ValueError(f"{option_name(name)} must be a number, got {value!r}")
     return value
 
 
@@ -132,69 +129,104 @@ def _check_float(name: str, value, minimum: float, above_minimum: bool = False, 
     value = _number(name, value)
     low_ok = value > minimum if above_minimum else value >= minimum
     if not (math.isfinite(value) and low_ok and value <= FLOAT32_MAX):
-        raise ValueError(f"{_flag(name)} must be a finite number {'>' if above_minimum else '>='} {minimum:g} and "
-                         f"at most {FLOAT32_MAX:.4g} (float32's largest){hint}, got {value!r}")
+        raise ValueError(f"{option_name(name)} must be a finite number {'>' if above_minimum else '>='} {minimum:g} "
+                         f"and at most {FLOAT32_MAX:.4g} (float32's largest){hint}, got {value!r}")
     return value
+
+
+def _check_positive_ints(config, names) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{option_name(name)} must be a positive integer, got {value!r}")
+
+
+def _check_unit(config, names) -> None:
+    for name in names:
+        if not 0.0 <= _number(name, getattr(config, name)) <= 1.0:
+            raise ValueError(f"{option_name(name)} must be in [0, 1], got {getattr(config, name)!r}")
 
 
 @dataclass
 class TrainConfig:
     """What both trainers share: data, optimisation, pruning and the run."""
-    train_data: str = ""
-    val_data: Optional[str] = None
-    batch_size: int = 128
-    workers: int = 2
-    epochs: int = 10
-    lr: float = 5e-4
-    wd: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    warmup_epochs: float = 1.0
-    grad_clip_norm: Optional[float] = None
-    precision: str = "amp"  # AMP on GPU; CPU always runs fp32
-    device: str = "auto"
-    seed: int = 0
-    augment: bool = False
-    # pruning
-    prune: str = "scan"
-    rho_ill: float = 0.35
-    rho_red: float = 0.35
-    t_cos: int = 3
-    prune_threshold: float = 0.3
-    prune_target: str = "both"
-    abs_ill: Optional[float] = None
-    abs_red: Optional[float] = None
-    coreset: Optional[str] = None          # --prune static: id list (.txt or .npy)
-    prune_counts: Optional[str] = None     # --prune random: a SCAN run's epochs.csv to match
-    infobatch_ratio: float = 0.5
-    infobatch_delta: float = 0.875
+    train_data: str = flag("", "the training data: a .beton or a part folder (scan-fast data ...)", "data")
+    val_data: Optional[str] = flag(None, "labelled .beton or part folder for evaluation (zero-shot for CLIP, "
+                                   "kNN/linear probe for MoCo): scan-fast data labelled, or data clip --label-column",
+                                   "data")
+    batch_size: int = flag(128, "batch size per process", "data")
+    workers: int = flag(2, "FFCV decoding threads", "data")
+    epochs: int = flag(10, "epochs to train", "optimisation")
+    lr: float = flag(5e-4, "peak learning rate", "optimisation")
+    wd: float = flag(0.1, "AdamW weight decay", "optimisation")
+    beta1: float = flag(0.9, "AdamW beta1", "optimisation")
+    beta2: float = flag(0.98, "AdamW beta2", "optimisation")
+    eps: float = flag(1e-6, "AdamW epsilon", "optimisation")
+    warmup_epochs: float = flag(1.0, "linear LR warm-up, in (fractional) epochs", "optimisation")
+    grad_clip_norm: Optional[float] = flag(None, "clip the gradients' total norm to this value, a number > 0 (not "
+                                           "given: no clipping)", "optimisation")
+    precision: Literal["amp", "amp_bf16", "fp32"] = flag("amp", "GPU only (CPU always runs fp32)", "optimisation")
+    device: str = flag("auto", "auto, cpu or cuda[:N]", "data")
+    seed: int = flag(0, "seed of the model, the schedule's draws and the augmentation", "data")
+    augment: bool = flag(False, "random-resized-crop augmentation (crops are keyed by seed, epoch and sample id, so "
+                         "a resumed run sees the same images)", "data")
+    prune: Literal[tuple(PRUNE_MODES)] = flag("scan", "pruning strategy (docs/scan-method.md)", "pruning")
+    rho_ill: float = flag(0.35, "SCAN: share of each batch taken as ill-matched candidates (scan-epoch: the most "
+                          "of the epoch)", "pruning")
+    rho_red: float = flag(0.35, "SCAN: share of each batch taken as redundant candidates (scan-epoch: share of the "
+                          "epoch)", "pruning")
+    t_cos: int = flag(3, "SCAN: mutation epochs per cycle", "pruning")
+    prune_threshold: float = flag(0.3, "SCAN: warm-up ends when the epoch loss drops by less than this share, in "
+                                  "[0, 1]", "pruning")
+    prune_target: Literal["both", "redundant", "ill_matched"] = flag("both", "SCAN candidates", "pruning")
+    abs_ill: Optional[float] = flag(None, "SCAN: ill-matched candidates are the losses above this value (> 0) "
+                                    "instead of --rho-ill's share", "pruning")
+    abs_red: Optional[float] = flag(None, "SCAN: redundant candidates are the losses below this value (> 0) "
+                                    "instead of --rho-red's share", "pruning")
+    coreset: Optional[str] = flag(None, "--prune static: the samples to train on: sample ids (.txt, one a line, or "
+                                  ".npy), a DataComp uid .npy (u8,u8) or a key list (coreset export --format "
+                                  "datacomp|keys: matched to --train-data's uids or keys), or a run's "
+                                  "coreset.bits.npy", "pruning")
+    prune_counts: Optional[str] = flag(None, "--prune random: epochs.csv of a SCAN run whose per-epoch counts to "
+                                       "match", "pruning")
+    infobatch_ratio: float = flag(0.5, "InfoBatch: pruning probability of below-mean samples", "pruning")
+    infobatch_delta: float = flag(0.875, "InfoBatch: share of the epochs that may prune (the rest use all data)",
+                                  "pruning")
     # SeTa (Zhou et al., CVPR 2025); defaults of its ImageNet script
-    seta_ratio: float = 0.0        # share of all samples dropped at random each epoch
-    seta_groups: int = 5           # k-means clusters of the losses
-    seta_window: float = 0.6       # share of the clusters (easy to hard) the sliding window keeps
-    seta_delta: float = 0.875      # share of the epochs that prune; the rest anneal (random keep only)
-    # run
-    logs: str = "runs"
-    name: Optional[str] = None
-    resume: Optional[str] = None
-    overwrite: bool = False   # replace what the run folder holds (a new run refuses a folder in use)
-    save_frequency: int = 1
-    eval_frequency: int = 0   # evaluate every N epochs; 0: only after the last
-    tensorboard: bool = True
-    progress: bool = True
-    log_every: int = 50       # steps between host reads: loss check, progress, candidate flush
-    save_losses: bool = False  # write each preparation epoch's per-sample losses (candidates.npz, histogram)
-    stop_after_step: Optional[int] = None  # stop (as if killed) after this global step
-    dist_timeout: float = 600.0  # seconds a collective waits for the other ranks (gloo's default: 30 min)
+    seta_ratio: float = flag(0.0, "SeTa: share of all samples dropped at random each epoch", "pruning")
+    seta_groups: int = flag(5, "SeTa: k-means clusters of the per-sample losses", "pruning")
+    seta_window: float = flag(0.6, "SeTa: share of the clusters, easy to hard, that the sliding window keeps",
+                              "pruning")
+    seta_delta: float = flag(0.875, "SeTa: share of the epochs that prune with the window (the rest anneal: random "
+                             "drop only)", "pruning")
+    logs: str = flag("runs", "folder of all runs", "run")
+    name: Optional[str] = flag(None, "run folder name (default <kind>-<prune>-seed<seed>-<digest of the training "
+                               "flags>)", "run")
+    resume: Optional[str] = flag(None, "checkpoint to resume, or 'latest' for this run's last one; the training "
+                                 "flags must be the checkpoint's (docs/architecture.md lists those that may change)",
+                                 "run")
+    overwrite: bool = flag(False, "replace the run folder if it already holds a run (without it, a new run refuses "
+                           "it)", "run")
+    save_frequency: int = flag(1, "checkpoint every N epochs (and after the last), before evaluating", "run")
+    eval_frequency: int = flag(0, "evaluate every N epochs (0: after the last only)", "evaluation")
+    tensorboard: bool = flag(True, "write TensorBoard event files in the run folder", "run")
+    progress: bool = flag(True, "a progress bar within each epoch, drawn on a terminal only (the line that sums up "
+                          "each epoch is always printed)", "run")
+    log_every: int = flag(50, "steps between the loop's host reads: the non-finite loss check, progress, and moving "
+                          "the candidates found on the device to the host", "run")
+    save_losses: bool = flag(False, "save each preparation epoch's per-sample losses (float16) as candidates.npz "
+                             "and plot their histogram in the report (memory and disk grow with the epoch)", "run")
+    stop_after_step: Optional[int] = flag(None, "stop after this global step without saving (tests of resume)",
+                                          "run")
+    dist_timeout: float = flag(600.0, "seconds a collective waits for the other processes before the run fails "
+                               "(the other ranks wait while rank 0 evaluates: keep it above the evaluation's time); "
+                               "a rank that loses another stops with one line naming the collective and the last "
+                               "checkpoint (exit code 4)", "run")
 
-    def validate(self) -> "TrainConfig":
-        if not self.train_data:
-            raise ValueError("--train-data is required: the .beton or part folder to train on")
-        for name in ("batch_size", "workers", "epochs", "t_cos", "save_frequency", "log_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{_flag(name)} must be a positive integer, got {value!r}")
+    def __post_init__(self):
+        check_choices(self)
+        _check_positive_ints(self, ("batch_size", "workers", "epochs", "t_cos", "save_frequency", "log_every",
+                                    "seta_groups"))
         if self.eval_frequency < 0:
             raise ValueError(f"--eval-frequency must be >= 0, got {self.eval_frequency}")
         for name in ("lr", "wd", "eps", "warmup_epochs"):
@@ -204,34 +236,20 @@ class TrainConfig:
                          hint=" (leave it out for no clipping)")
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"--warmup-epochs {self.warmup_epochs} is longer than --epochs {self.epochs}")
-        for name in ("beta1", "beta2", "rho_ill", "rho_red"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{_flag(name)} must be in [0, 1], got {getattr(self, name)!r}")
+        _check_unit(self, ("beta1", "beta2", "rho_ill", "rho_red", "infobatch_delta", "seta_delta"))
         if self.rho_ill + self.rho_red > 1.0 + 1e-12:
             raise ValueError(f"--rho-ill + --rho-red must be <= 1, got {self.rho_ill} + {self.rho_red}")
         if not 0.0 <= self.infobatch_ratio < 1.0:
             raise ValueError(f"--infobatch-ratio must be in [0, 1), got {self.infobatch_ratio}")
-        if not 0.0 <= self.infobatch_delta <= 1.0:
-            raise ValueError(f"--infobatch-delta must be in [0, 1], got {self.infobatch_delta}")
         if not 0.0 <= self.seta_ratio <= 0.9:
             raise ValueError(f"--seta-ratio must be in [0, 0.9], got {self.seta_ratio}")
-        if isinstance(self.seta_groups, bool) or not isinstance(self.seta_groups, int) or self.seta_groups < 1:
-            raise ValueError(f"--seta-groups must be a positive integer, got {self.seta_groups!r}")
         if not 0.0 < self.seta_window <= 1.0 or round(self.seta_groups * self.seta_window) < 1:
             raise ValueError(f"--seta-window must be in (0, 1] and keep at least one of --seta-groups "
                              f"{self.seta_groups} clusters, got {self.seta_window}")
-        if not 0.0 <= self.seta_delta <= 1.0:
-            raise ValueError(f"--seta-delta must be in [0, 1], got {self.seta_delta}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.prune not in PRUNE_MODES:
-            raise ValueError(f"--prune must be one of {tuple(PRUNE_MODES)}, got {self.prune!r}")
-        if self.prune_target not in SCAN_TARGETS:
-            raise ValueError(f"--prune-target must be one of {SCAN_TARGETS}, got {self.prune_target!r}")
         self._check_strategy_flags()
         check_prune_threshold("--prune-threshold", _number("prune_threshold", self.prune_threshold))
         for name in ("abs_ill", "abs_red"):
-            check_threshold(_flag(name), _number(name, getattr(self, name)))
+            check_threshold(option_name(name), _number(name, getattr(self, name)))
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the run in its folder and --overwrite replaces it: pass one")
         if not (math.isfinite(self.dist_timeout) and 0 < self.dist_timeout <= _MAX_TIMEOUT_S):
@@ -239,6 +257,11 @@ class TrainConfig:
                              f"got {self.dist_timeout!r}")
         if self.stop_after_step is not None and self.stop_after_step < 1:
             raise ValueError(f"--stop-after-step must be >= 1, got {self.stop_after_step}")
+
+    def validate(self) -> "TrainConfig":
+        """The config of a run: its values are checked already; a run needs --train-data besides."""
+        if not self.train_data:
+            raise ValueError("--train-data is required: the .beton or part folder to train on")
         return self
 
     def _check_strategy_flags(self) -> None:
@@ -246,13 +269,12 @@ class TrainConfig:
         for name, mode in PRUNE_MODES.items():
             given = [f for f in mode.flags if getattr(self, f) is not None]
             chosen = self.prune == name
+            flags = "/".join(option_name(f) for f in mode.flags)
             if mode.needs_flags and chosen != bool(given):
-                flags = "/".join(_flag(f) for f in mode.flags)
-                values = ", ".join(f"{_flag(f)} {getattr(self, f)}" for f in mode.flags)
+                values = ", ".join(f"{option_name(f)} {getattr(self, f)}" for f in mode.flags)
                 raise ValueError(f"--prune {name} needs {flags} FILE, and {flags} is only used with --prune {name}"
                                  f" (got --prune {self.prune}, {values})")
             if given and not chosen:
-                flags = "/".join(_flag(f) for f in mode.flags)
                 verb = "applies" if len(mode.flags) == 1 else "apply"
                 raise ValueError(f"{flags} only {verb} to --prune {name} (got --prune {self.prune})")
 
@@ -262,40 +284,43 @@ class TrainConfig:
 
 @dataclass
 class ClipConfig(TrainConfig):
-    model: str = "scan-tiny-vit"
-    loss: Optional[str] = None  # "clip" or "siglip"; None: the model config's (SigLIP for *-SigLIP* names)
-    zeroshot_classes: Optional[str] = None  # class names file for a user ImageFolder-style val set
-    zeroshot_template: str = "a photo of a {}."
-
-    def validate(self) -> "ClipConfig":
-        super().validate()
-        if self.loss is not None and self.loss not in LOSSES:
-            raise ValueError(f"--loss must be one of {LOSSES}, got {self.loss!r}")
-        return self
+    model: str = flag("scan-tiny-vit", "open_clip model config name (random init, no download)", "model")
+    loss: Optional[Literal["clip", "siglip"]] = flag(None, "CLIP loss: clip (InfoNCE) or siglip (sigmoid, learnt "
+                                                     "bias); default: the model config's, siglip for open_clip's "
+                                                     "*-SigLIP* names and scan-tiny-vit-siglip", "model")
+    zeroshot_classes: Optional[str] = flag(None, "file of class names, one a line in label order, one per label "
+                                           "(default: the names saved beside --val-data)", "evaluation")
+    zeroshot_template: str = flag(DEFAULT_ZEROSHOT_TEMPLATE, "prompt for each class name, with one {} where the "
+                                  "name goes", "evaluation")
 
 
 @dataclass
 class MocoConfig(TrainConfig):
-    arch: str = "vit_tiny_cpu"
-    moco_dim: int = 64
-    moco_mlp_dim: int = 256
-    moco_m: float = 0.99
-    moco_m_cos: bool = True
-    moco_t: float = 0.2
-    lr: float = 1.5e-4
-    wd: float = 0.1
-    beta2: float = 0.999
-    eps: float = 1e-8
-    augment: bool = True
-    resolution: int = 32
-    knn_k: int = 20
-    probe_train_data: Optional[str] = None  # labelled .beton for the kNN bank / probe fit (default: train_data)
+    arch: str = flag("vit_tiny_cpu", "MoCo backbone: vit_small, resnet50, vit_tiny_cpu or resnet_tiny_cpu", "model")
+    moco_dim: int = flag(64, "MoCo: output dimension of the projection head", "model")
+    moco_mlp_dim: int = flag(256, "MoCo: hidden dimension of the projection and prediction heads", "model")
+    moco_m: float = flag(0.99, "MoCo: momentum of the momentum encoder, in [0, 1]", "model")
+    moco_m_cos: bool = flag(True, "MoCo: raise the momentum to 1 on a half-cosine over the run", "model")
+    moco_t: float = flag(0.2, "MoCo: softmax temperature of the InfoNCE loss (> 0)", "model")
+    lr: float = redefault(TrainConfig, "lr", 1.5e-4)
+    wd: float = redefault(TrainConfig, "wd", 0.1)
+    beta2: float = redefault(TrainConfig, "beta2", 0.999)
+    eps: float = redefault(TrainConfig, "eps", 1e-8)
+    augment: bool = redefault(TrainConfig, "augment", True)
+    resolution: int = flag(32, "MoCo input size in pixels", "data")
+    knn_k: int = flag(20, "MoCo kNN eval: neighbours", "evaluation")
+    probe_train_data: Optional[str] = flag(None, "MoCo eval: labelled .beton or part folder for the kNN bank and "
+                                           "the linear probe (default --train-data)", "evaluation")
 
-    def validate(self) -> "MocoConfig":
-        super().validate()
+    def __post_init__(self):
+        super().__post_init__()
         if not 0.0 <= self.moco_m <= 1.0:
             raise ValueError(f"--moco-m must be in [0, 1], got {self.moco_m}")
         _check_float("moco_t", self.moco_t, minimum=0.0, above_minimum=True)
         if self.resolution < 8:
             raise ValueError(f"--resolution must be >= 8, got {self.resolution}")
-        return self
+
+
+PRECISIONS = choices_of(TrainConfig, "precision")
+SCAN_TARGETS = choices_of(TrainConfig, "prune_target")
+LOSSES = choices_of(ClipConfig, "loss")

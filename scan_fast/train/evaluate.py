@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scan_fast.train.config import DEFAULT_ZEROSHOT_TEMPLATE
+
 
 def check_template(template: str) -> str:
     """A prompt template holds exactly one empty {} field (where the class name goes)."""
@@ -30,7 +32,7 @@ def check_template(template: str) -> str:
     return template
 
 
-def class_prompts(val_data, classes_file=None, template: str = "a photo of a {}.") -> Tuple[List[str], List[List[str]]]:
+def class_prompts(val_data, classes_file=None, template: str = DEFAULT_ZEROSHOT_TEMPLATE) -> Tuple[List[str], List[List[str]]]:
     """(class names, prompts per class) for the labelled set `val_data`, indexed by its labels."""
     from scan_fast.data.classes import load_class_names, read_names_file
 
@@ -77,7 +79,7 @@ def check_labelled(val_data) -> None:
         raise ValueError(f"--val-data: {err}{hint}") from None
 
 
-def zero_shot_classes(val_data, classes_file=None, template: str = "a photo of a {}.") -> List[List[str]]:
+def zero_shot_classes(val_data, classes_file=None, template: str = DEFAULT_ZEROSHOT_TEMPLATE) -> List[List[str]]:
     """Prompts per class of `val_data`, after checking that every label of the set has a class name."""
     from scan_fast.data.classes import check_class_names
     from scan_fast.data.inspect import read_labels

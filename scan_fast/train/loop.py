@@ -15,11 +15,16 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from scan_fast.schedule import PruningSchedule
+    from scan_fast.train.config import TrainConfig
+    from scan_fast.train.task import Task
 
 _NO_BAD_STEP = torch.iinfo(torch.int64).max
 
@@ -59,18 +64,22 @@ class StopTraining(Exception):
 class Step:
     """What one optimisation step needs, fixed for a run (moco-v3's train() arguments, in one place).
 
-    cfg: the run's flags the step reads (a TrainConfig: lr, warmup_epochs, epochs, grad_clip_norm,
-    log_every, stop_after_step, save_losses); task: its forward, pair_weight and after_step
-    (scan_fast.train.task.Task); model: the model the task calls (its DistributedDataParallel
-    wrapper on several ranks); autocast: a context factory for mixed precision, or None.
+    task: its forward, pair_weight and after_step, and its config (`cfg`: the run's flags the step
+    reads: lr, warmup_epochs, epochs, grad_clip_norm, log_every, stop_after_step, save_losses);
+    model: the model the task calls (its DistributedDataParallel wrapper on several ranks);
+    schedule: where the per-sample losses go (`observe_batch`); autocast: a context factory for
+    mixed precision, or None.
     """
-    cfg: object
-    task: object
+    task: "Task"
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    schedule: object                   # a scan_fast.schedule.PruningSchedule
+    schedule: "PruningSchedule"
     autocast: Optional[Callable] = None
+
+    @property
+    def cfg(self) -> "TrainConfig":
+        return self.task.cfg
 
 
 class SampleLosses(NamedTuple):

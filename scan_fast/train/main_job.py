@@ -16,11 +16,12 @@ written under the output folder.
 import os
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Literal, Optional, Sequence
 
 import numpy as np
 
 from scan_fast.train.config import LOSSES, PRUNE_MODES, PruneMode
+from scan_fast.train.flags import add_config_flags, check_choices, config_from_args, flag
 
 STRATEGIES = tuple(name for name, mode in PRUNE_MODES.items() if mode.in_demo)  # static needs a coreset file
 BASELINE = next(name for name, mode in PRUNE_MODES.items() if mode.demo_baseline)  # what the others are compared with
@@ -31,26 +32,26 @@ TRAIN_PARTS = 4
 
 @dataclass
 class MainJobConfig:
-    out: str = "demo_out"
+    out: str = flag("demo_out", "folder for data, runs and the report", "run")
     # 8000 pairs x 10 epochs: enough for the tiny CLIP to learn shape as well as colour
     # (4000 left the harder shapes near chance), about 3 minutes per seed on 2 cores.
-    num_samples: int = 8000
-    test_samples: int = 1024
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 2e-3
-    warmup_epochs: float = 1.0
-    seeds: Sequence[int] = (0,)
-    strategies: Sequence[str] = DEFAULT_STRATEGIES
-    workers: int = 2
-    progress: bool = True
-    loss: str = "clip"  # "siglip": the tiny SigLIP config, SCAN's pair = (image loss, text loss)
-    data: str = "shapes"  # or "colour-digits" (scan_fast/train/colour_digits.py)
+    num_samples: int = flag(8000, "training pairs of the generated data set", "data")
+    test_samples: int = flag(1024, "clean held-out pairs for the zero-shot evaluation", "data")
+    epochs: int = flag(10, "epochs of every run", "training")
+    batch_size: int = flag(128, "batch size", "training")
+    lr: float = flag(2e-3, "peak learning rate", "training")
+    warmup_epochs: float = flag(1.0, "linear LR warm-up, in (fractional) epochs", "training")
+    seeds: Sequence[int] = flag((0,), "one run per strategy and seed", "training")
+    strategies: Sequence[Literal[STRATEGIES]] = flag(DEFAULT_STRATEGIES, "the strategies to compare", "training")
+    workers: int = flag(2, "FFCV decoding threads", "run")
+    progress: bool = flag(True, "tqdm bars", "run")
+    loss: Literal[LOSSES] = flag("clip", "clip: the tiny CLIP; siglip: the same towers with the sigmoid "
+                                           "loss", "training")
+    data: Literal[DATA_SETS] = flag("shapes", "shapes, or colour-digits: handwritten digits in colour with "
+                                    "mismatched and faint pairs (scan_fast/train/colour_digits.py)", "data")
 
-    def validate(self) -> "MainJobConfig":
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
-        if unknown:
-            raise ValueError(f"--strategies: unknown {unknown}; choose from {STRATEGIES}")
+    def __post_init__(self):
+        check_choices(self)
         for strategy in self.strategies:
             source = PRUNE_MODES[strategy].copies_counts_of
             if source is not None and source not in self.strategies:
@@ -63,11 +64,6 @@ class MainJobConfig:
             raise ValueError(f"--num-samples {self.num_samples} is fewer than one batch ({self.batch_size})")
         if not self.seeds:
             raise ValueError("--seeds: give at least one seed")
-        if self.data not in DATA_SETS:
-            raise ValueError(f"--data must be one of {DATA_SETS}, got {self.data!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"--loss must be one of {LOSSES}, got {self.loss!r}")
-        return self
 
 
 def build_colour_digits(out: str, num_samples: int, test_samples: int, progress: bool = True) -> Dict[str, str]:
@@ -180,9 +176,8 @@ def _run(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_
 
 
 def run_main_job(job: MainJobConfig) -> List[dict]:
-    from scan_fast.train.run import flush_cpu_denormals
+    from scan_fast.train.runtime import flush_cpu_denormals
 
-    job.validate()
     flush_cpu_denormals()  # before building the data starts any thread pool
     start = time.perf_counter()
     build = build_colour_digits if job.data == "colour-digits" else build_data
@@ -382,42 +377,15 @@ def plot_comparison(curves: Dict[str, dict], out: str) -> List[str]:
     return ["accuracy_vs_compute.png", "comparison.png"]
 
 
-# the demo's flags: one per MainJobConfig field (scan_fast.train.cli.add_config_flags)
-FLAG_SECTIONS = {
-    "data": ("data", "num_samples", "test_samples"),
-    "training": ("loss", "strategies", "seeds", "epochs", "batch_size", "lr", "warmup_epochs"),
-    "run": ("out", "workers", "progress"),
-}
-FLAG_HELP = {
-    "out": "folder for data, runs and the report",
-    "num_samples": "training pairs of the generated data set",
-    "test_samples": "clean held-out pairs for the zero-shot evaluation",
-    "epochs": "epochs of every run", "batch_size": "batch size", "lr": "peak learning rate",
-    "warmup_epochs": "linear LR warm-up, in (fractional) epochs",
-    "seeds": "one run per strategy and seed",
-    "strategies": f"subset of {STRATEGIES}",
-    "workers": "FFCV decoding threads",
-    "progress": "tqdm bars",
-    "loss": "clip: the tiny CLIP; siglip: the same towers with the sigmoid loss",
-    "data": "shapes, or colour-digits: handwritten digits in colour with mismatched and faint pairs "
-            "(scan_fast/train/colour_digits.py)",
-}
-FLAG_CHOICES = {"loss": LOSSES, "data": DATA_SETS}
-
-
 def add_main_job_parser(sub, name: str = "demo") -> None:
     """`scan-fast demo`: the comparison above (wire it in scan_fast/cli.py); its flags are MainJobConfig's."""
-    from scan_fast.train.cli import add_config_flags
-
     p = sub.add_parser(name, help="train a tiny CLIP with SCAN, scan-epoch and baselines (none / random / infobatch / "
                                   "seta) and compare",
                        description=__doc__.split("\n\n")[0])
-    add_config_flags(p, MainJobConfig, FLAG_SECTIONS, FLAG_HELP, FLAG_CHOICES)
+    add_config_flags(p, MainJobConfig, ("data", "training", "run"))
     p.set_defaults(run=_run_main_job)
 
 
 def _run_main_job(args):
-    from scan_fast.train.cli import config_from_args
-
     run_main_job(config_from_args(args, MainJobConfig))
     return 0

@@ -2,22 +2,19 @@
 
 `train(task)` is what every task (scan_fast/train/task.py) shares before its epochs: it checks the
 task's config and data, starts the processes, seeds, builds the schedule and refuses a run an epoch
-of which could train no step. `fit(cfg, task, schedule, runtime)` has the task build its model and
+of which could train no step. `fit(task, schedule, runtime)` has the task build its model and
 loader, then drives epochs of `loop.train_one_epoch` over the loader, which reads this rank's shard
 of the schedule's kept set for the epoch, ends each epoch in the schedule, evaluates, logs, and
 checkpoints atomically; with `resume` it continues a killed run exactly where its last checkpoint
 left it. It calls only what `PruningSchedule` and `Task` declare.
 """
-import datetime
 import os
 import sys
-import traceback
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from scan_fast.data.source_ids import save_kept_bits
 from scan_fast.train.checkpoint import first_non_finite, restore, save_checkpoint
@@ -25,103 +22,17 @@ from scan_fast.train.config import PRUNE_MODES
 from scan_fast.train.loop import NonFiniteLoss, Step, StopTraining, lr_at, per_sample_losses, train_one_epoch
 from scan_fast.train.report import RunLogger, plot_run, write_report
 from scan_fast.train.resume import checkpoint_config, open_run, run_folder
+from scan_fast.train.runtime import PeerLost, Runtime, lost_contact, seed_everything, setup_runtime
+
+if TYPE_CHECKING:
+    from scan_fast.schedule import PruningSchedule
+    from scan_fast.train.config import TrainConfig
+    from scan_fast.train.task import Task
 
 
 class TrainingDiverged(RuntimeError):
     """The loss, a weight or the optimizer state went NaN/inf; training stopped and no checkpoint was
     written after it (every checkpoint on disk is finite)."""
-
-
-class PeerLost(RuntimeError):
-    """A collective failed because another rank died, hung past --dist-timeout or became unreachable;
-    the message names the collective and the last checkpoint. The backend's error is its __cause__."""
-
-
-# what gloo (its tcp transport), NCCL and the c10d store say when the other end of a collective is gone
-_LOST_CONTACT = ("gloo/transport/", "Connection reset by peer", "Connection closed by peer", "Broken pipe",
-                 "Timed out waiting", "remote process exited", "communicator was aborted",
-                 "Watchdog caught collective operation timeout")
-
-
-def lost_contact(err: BaseException) -> Optional[str]:
-    """Where this rank lost contact with another ("all_gather at scan_fast/ops/distributed.py:30"), or
-    None when err is not such a failure: a bug keeps its traceback."""
-    if not (dist.is_available() and dist.is_initialized()) or not isinstance(err, RuntimeError):
-        return None
-    lost = isinstance(err, (dist.DistNetworkError, dist.DistStoreError)) or \
-        any(text in str(err) for text in _LOST_CONTACT)
-    if not lost:
-        return None
-    frames = traceback.extract_tb(err.__traceback__)
-    ours = [f for f in frames if f"{os.sep}scan_fast{os.sep}" in f.filename]
-    at = ""
-    if ours:
-        path = ours[-1].filename
-        at = f" at {path[path.rindex(f'{os.sep}scan_fast{os.sep}') + 1:]}:{ours[-1].lineno}"
-    called = [f.name for f in frames if f.filename.endswith("distributed_c10d.py") and f.name != "wrapper"]
-    if any(f.name == "backward" for f in frames):  # a gathered loss's backward, or DDP's gradient all-reduce
-        return f"{called[-1] if called else 'the gradient all-reduce'} in the backward pass{at}"
-    if called:
-        return called[-1] + at
-    ddp = any(f.filename.endswith(os.path.join("nn", "parallel", "distributed.py")) for f in frames)
-    return f"{'the forward pass of DistributedDataParallel' if ddp else 'a collective'}{at}"
-
-
-@dataclass
-class Runtime:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def flush_cpu_denormals() -> None:
-    """Flush denormal floats to zero on the CPU (FTZ/DAZ), as a GPU does.
-
-    AdamW's second moments of rarely-updated weights shrink into the denormal range, where
-    each CPU operation on them costs about 100x a normal one: a tiny CLIP step ran up to
-    ~30x slower. The mode is per thread and new threads inherit it, so it is set before
-    any intra-op or loader thread starts: here, called first by setup_runtime (train clip,
-    train moco) and by the main job. Values change only where a result would be below
-    ~1.2e-38 in fp32.
-    """
-    torch.set_flush_denormal(True)
-
-
-def setup_runtime(device: str = "auto", timeout_s: Optional[float] = None) -> Runtime:
-    """Rank and device from torchrun's environment; gloo on CPU, NCCL on GPU; denormals flushed on the CPU.
-
-    timeout_s bounds every collective: a rank that hangs (not dies) makes the
-    others fail after it instead of waiting for the backend's default (30 min).
-    """
-    flush_cpu_denormals()  # first: before any thread pool of this process starts
-    world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch_device = torch.device(device if device.startswith("cuda:") else f"cuda:{local}")
-        torch.cuda.set_device(torch_device)
-    else:
-        torch_device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        timeout = None if timeout_s is None else datetime.timedelta(seconds=timeout_s)
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
-    return Runtime(rank, world_size, torch_device)
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def make_schedule(cfg, num_samples: int, rank: int = 0, world_size: int = 1):
@@ -162,7 +73,7 @@ def _autocast(cfg, device):
     return lambda: torch.autocast("cuda", dtype=dtype)
 
 
-def train(task) -> dict:
+def train(task: "Task") -> dict:
     """A run of `task` (made from its config, `task.cfg`); returns the run summary (fit's)."""
     cfg = task.cfg
     num_samples = task.check()
@@ -170,41 +81,79 @@ def train(task) -> dict:
     seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
     schedule = make_schedule(cfg, num_samples, runtime.rank, runtime.world_size)
     check_epochs_fill_a_batch(cfg, schedule, num_samples, runtime.world_size)  # before the model is built
-    return fit(cfg, task, schedule, runtime)
+    return fit(task, schedule, runtime)
 
 
-def fit(cfg, task, schedule, runtime: Runtime) -> dict:
-    """Train `cfg.epochs` epochs of `task` (made from `cfg`) on `schedule`'s ids; returns the run summary
-    (also in report.md on rank 0). The task builds its model, loader and evaluation here, in that order,
-    from the generators the caller seeded."""
-    from tqdm import tqdm
+class RunCheckpoint:
+    """The run's latest.pt: what it holds (the epoch and global step it was saved after, on every rank),
+    saving only finite state, and the messages of a stopped run that name it."""
 
-    model = task.build_model(runtime)
-    loader = task.build_loader(schedule, runtime)
-    evaluate = task.evaluation(model, runtime.device)  # None: no --val-data
-    kind, num_samples = task.kind, schedule.num_samples
-    folder = run_folder(cfg, kind, runtime.world_size)
-    ckpt_dir = os.path.join(folder, "checkpoints")
-    device = runtime.device
-    state = open_run(cfg, folder, runtime.world_size, runtime.is_main, map_location=device)  # before any write
-    latest = os.path.join(ckpt_dir, "latest.pt")
-    saved = {"epoch": None if state is None else state["epoch"],  # what latest.pt holds
-             "step": 0 if state is None else state["global_step"]}
+    def __init__(self, folder: str, state: Optional[dict], runtime: Runtime):
+        self.path = os.path.join(folder, "checkpoints", "latest.pt")
+        self.runtime = runtime
+        self.epoch = None if state is None else state["epoch"]  # the next epoch to train, as saved
+        self.step = 0 if state is None else state["global_step"]
 
-    def peer_lost(err):
+    def _saved_after(self) -> str:
+        return "" if self.epoch is None else f" (saved after epoch {self.epoch - 1}, global step {self.step})"
+
+    def diverged(self, what: str) -> "TrainingDiverged":
+        """A TrainingDiverged for `what` went non-finite, naming the last finite checkpoint."""
+        safe = ("no checkpoint was written" if not os.path.isfile(self.path) else
+                f"the last checkpoint, {self.path}, is from before it{self._saved_after()}")
+        return TrainingDiverged(f"{what}; training stopped and {safe}")
+
+    def peer_lost(self, err: BaseException) -> Optional[PeerLost]:
         """err as PeerLost when a collective lost contact with another rank; None for any other error."""
         where = lost_contact(err)
         if where is None:
             return None
-        if saved["epoch"] is None and not os.path.isfile(latest):
+        if self.epoch is None and not os.path.isfile(self.path):
             last = "no checkpoint was written"
         else:
-            after = "" if saved["epoch"] is None else \
-                f" (saved after epoch {saved['epoch'] - 1}, global step {saved['step']})"
-            last = f"the last checkpoint is {latest}{after}"
-        return PeerLost(f"rank {runtime.rank} lost contact with another rank during {where} (a peer process "
+            last = f"the last checkpoint is {self.path}{self._saved_after()}"
+        return PeerLost(f"rank {self.runtime.rank} lost contact with another rank during {where} (a peer process "
                         f"died or hung; see its log); {last}")
 
+    def save(self, step: Step, epoch: int, global_step: int, history: List[dict]) -> None:
+        """Save the state after `epoch - 1` on rank 0. Every rank first checks the weights and optimizer state (the
+        same on all), so all stop together: nothing non-finite is saved."""
+        bad = first_non_finite(step.task.model, step.optimizer)
+        if bad is not None:
+            raise self.diverged(f"non-finite state after epoch {epoch - 1} (global step {global_step}): {bad} holds "
+                                f"NaN or inf although the losses checked were finite (an optimizer step after the "
+                                f"last check broke it)")
+        if self.runtime.is_main:
+            save_checkpoint(self.path, model=step.task.model, optimizer=step.optimizer, scaler=step.scaler,
+                            schedule=step.schedule, epoch=epoch, global_step=global_step, history=history,
+                            config=checkpoint_config(step.cfg, self.runtime.world_size))
+        self.epoch, self.step = epoch, global_step  # on every rank: what rank 0's latest.pt now holds
+
+
+@dataclass
+class _Run:
+    """A run once set up: its step, loader, evaluation, folder, checkpoint and where it starts."""
+    step: Step
+    loader: object
+    evaluate: Optional[Callable[[], float]]
+    folder: str
+    checkpoint: RunCheckpoint
+    logger: RunLogger
+    start_epoch: int = 0
+    global_step: int = 0
+    history: List[dict] = field(default_factory=list)
+
+
+def _set_up(task: "Task", schedule: "PruningSchedule", runtime: Runtime) -> _Run:
+    """The task's model, loader and evaluation (in that order, from the generators the caller seeded), the
+    optimizer, the run folder, and the state of the checkpoint it resumes."""
+    cfg, device = task.cfg, runtime.device
+    model = task.build_model(runtime)
+    loader = task.build_loader(schedule, runtime)
+    evaluate = task.evaluation(model, device)  # None: no --val-data
+    folder = run_folder(cfg, task.kind, runtime.world_size)
+    state = open_run(cfg, folder, runtime.world_size, runtime.is_main, map_location=device)  # before any write
+    checkpoint = RunCheckpoint(folder, state, runtime)
     model.to(device)
     train_model = model
     if runtime.world_size > 1:
@@ -212,7 +161,7 @@ def fit(cfg, task, schedule, runtime: Runtime) -> dict:
             train_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         except RuntimeError as err:
-            lost = peer_lost(err)
+            lost = checkpoint.peer_lost(err)
             if lost is None:
                 raise
             raise lost from err
@@ -222,95 +171,92 @@ def fit(cfg, task, schedule, runtime: Runtime) -> dict:
     optimizer = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   eps=cfg.eps, **implementation)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.precision == "amp")
-
-    start_epoch, global_step, history = 0, 0, []
+    step = Step(task=task, model=train_model, optimizer=optimizer, scaler=scaler, schedule=schedule,
+                autocast=_autocast(cfg, device))
+    start = (0, 0, [])
     if state is not None:
         restore(state, model=model, optimizer=optimizer, scaler=scaler, schedule=schedule)
-        start_epoch, global_step, history = state["epoch"], state["global_step"], list(state["history"])
-
+        start = (state["epoch"], state["global_step"], list(state["history"]))
     logger = RunLogger(folder, tensorboard=cfg.tensorboard, enabled=runtime.is_main)
-    batch_total = cfg.batch_size * runtime.world_size
-    full_epoch_samples = num_samples // batch_total * batch_total
+    return _Run(step, loader, evaluate, folder, checkpoint, logger, *start)
 
-    def safe_checkpoint():
-        """Where the run's last finite state is, for a message about a stopped run."""
-        if not os.path.isfile(latest):
-            return "no checkpoint was written"
-        after = "" if saved["epoch"] is None else \
-            f" (saved after epoch {saved['epoch'] - 1}, global step {saved['step']})"
-        return f"the last checkpoint, {latest}, is from before it{after}"
 
-    def checkpoint(epoch):
-        # every rank checks (the weights are the same on all), so all stop together; nothing non-finite is saved
-        bad = first_non_finite(model, optimizer)
-        if bad is not None:
-            raise TrainingDiverged(f"non-finite state after epoch {epoch - 1} (global step {global_step}): {bad} "
-                                   f"holds NaN or inf although the losses checked were finite (an optimizer step "
-                                   f"after the last check broke it); training stopped and {safe_checkpoint()}")
-        if runtime.is_main:
-            save_checkpoint(latest, model=model, optimizer=optimizer, scaler=scaler, schedule=schedule,
-                            epoch=epoch, global_step=global_step, history=history,
-                            config=checkpoint_config(cfg, runtime.world_size))
-        saved.update(epoch=epoch, step=global_step)  # on every rank: what rank 0's latest.pt now holds
-
-    step = Step(cfg=cfg, task=task, model=train_model, optimizer=optimizer, scaler=scaler, schedule=schedule,
-                autocast=_autocast(cfg, device))
+def fit(task: "Task", schedule: "PruningSchedule", runtime: Runtime) -> dict:
+    """Train `task.cfg.epochs` epochs of `task` on `schedule`'s ids; returns the run summary (also in report.md
+    on rank 0)."""
+    cfg = task.cfg
+    run = _set_up(task, schedule, runtime)
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            schedule.begin_epoch(epoch)
-            kept = schedule.kept_count(epoch)
-            phase = schedule.phase_name(epoch)
-            loader.set_epoch(epoch)
-            iters = len(loader)
-            progress = tqdm(total=iters, desc=f"{kind} epoch {epoch} [{phase}, kept {kept / num_samples:.0%}]",
-                            disable=None if cfg.progress and runtime.is_main else True,  # None: bars on a terminal only
-                            leave=False, dynamic_ncols=True)
-            try:
-                result = train_one_epoch(step, loader, epoch, iters, global_step, progress)
-            except NonFiniteLoss as err:
-                raise TrainingDiverged(f"{err}; training stopped and {safe_checkpoint()}") from None
-            finally:
-                progress.close()
-            global_step += result.steps
-            schedule.end_epoch(epoch, _schedule_loss(result, history, epoch, kept, cfg, runtime))
-            if runtime.is_main and cfg.save_losses and schedule.is_preparation(epoch):
-                _save_candidates(folder, epoch, schedule, result)
+        for epoch in range(run.start_epoch, cfg.epochs):
+            row = _train_epoch(run, epoch, runtime)
+            run.history.append(row)
             last = epoch == cfg.epochs - 1
-            history.append({
-                "epoch": epoch, "phase": phase, "kept": kept,
-                "pruned": num_samples - kept, "kept_fraction": kept / num_samples, "steps": result.steps,
-                "samples": result.samples, "loss": result.mean_loss,
-                "lr": lr_at(epoch + 1, cfg.lr, cfg.warmup_epochs, cfg.epochs),
-                "seconds": result.seconds, "cpu_seconds": result.cpu_seconds, "samples_per_s": result.samples / max(result.seconds, 1e-9),
-                "eval": None})
             save = last or (epoch + 1) % cfg.save_frequency == 0
             if save:  # before evaluating: a failed evaluation must not lose the epoch's training
-                checkpoint(epoch + 1)
-            if evaluate is not None and runtime.is_main and (
+                run.checkpoint.save(run.step, epoch + 1, run.global_step, run.history)
+            if run.evaluate is not None and runtime.is_main and (
                     last or (cfg.eval_frequency and (epoch + 1) % cfg.eval_frequency == 0)):
-                history[-1]["eval"] = evaluate()
+                row["eval"] = run.evaluate()
                 if save:  # again, with the score in the saved history
-                    checkpoint(epoch + 1)
-            logger.log_epoch(history)
+                    run.checkpoint.save(run.step, epoch + 1, run.global_step, run.history)
+            run.logger.log_epoch(run.history)
             if runtime.is_main:
-                print(_epoch_line(kind, history[-1]), flush=True)
+                print(_epoch_line(task.kind, row), flush=True)
     except StopTraining as stop:
-        return {"stopped_at_step": stop.global_step, "folder": folder}
+        return {"stopped_at_step": stop.global_step, "folder": run.folder}
     except RuntimeError as err:
-        lost = peer_lost(err)
+        lost = run.checkpoint.peer_lost(err)
         if lost is None:
             raise
         raise lost from err
     finally:
-        logger.close()
-        loader.stop()  # a run that stopped mid-epoch leaves no loader thread behind
-    summary = _summary(cfg, history, full_epoch_samples, folder, schedule)
-    task.summarize(summary, schedule, history, runtime)
+        run.logger.close()
+        run.loader.stop()  # a run that stopped mid-epoch leaves no loader thread behind
+    return _finish(run, runtime)
+
+
+def _train_epoch(run: _Run, epoch: int, runtime: Runtime) -> dict:
+    """One epoch: the schedule's kept ids through train_one_epoch, the epoch ended in the schedule; its history
+    row (without its evaluation)."""
+    from tqdm import tqdm
+
+    cfg, schedule, num_samples = run.step.cfg, run.step.schedule, run.step.schedule.num_samples
+    schedule.begin_epoch(epoch)
+    kept, phase = schedule.kept_count(epoch), schedule.phase_name(epoch)
+    run.loader.set_epoch(epoch)
+    iters = len(run.loader)
+    progress = tqdm(total=iters, desc=f"{run.step.task.kind} epoch {epoch} [{phase}, kept {kept / num_samples:.0%}]",
+                    disable=None if cfg.progress and runtime.is_main else True,  # None: bars on a terminal only
+                    leave=False, dynamic_ncols=True)
+    try:
+        result = train_one_epoch(run.step, run.loader, epoch, iters, run.global_step, progress)
+    except NonFiniteLoss as err:
+        raise run.checkpoint.diverged(str(err)) from None
+    finally:
+        progress.close()
+    run.global_step += result.steps
+    schedule.end_epoch(epoch, _schedule_loss(result, run.history, epoch, kept, cfg, runtime))
+    if runtime.is_main and cfg.save_losses and schedule.is_preparation(epoch):
+        _save_candidates(run.folder, epoch, schedule, result)
+    return {"epoch": epoch, "phase": phase, "kept": kept, "pruned": num_samples - kept,
+            "kept_fraction": kept / num_samples, "steps": result.steps, "samples": result.samples,
+            "loss": result.mean_loss, "lr": lr_at(epoch + 1, cfg.lr, cfg.warmup_epochs, cfg.epochs),
+            "seconds": result.seconds, "cpu_seconds": result.cpu_seconds,
+            "samples_per_s": result.samples / max(result.seconds, 1e-9), "eval": None}
+
+
+def _finish(run: _Run, runtime: Runtime) -> dict:
+    """The run's summary, with the task's values; on rank 0 the coreset bits, plots and report.md."""
+    cfg, schedule, task = run.step.cfg, run.step.schedule, run.step.task
+    batch_total = cfg.batch_size * runtime.world_size
+    full_epoch_samples = schedule.num_samples // batch_total * batch_total
+    summary = _summary(cfg, run.history, full_epoch_samples, run.folder, schedule)
+    task.summarize(summary, schedule, run.history, runtime)
     if runtime.is_main:
-        save_kept_bits(os.path.join(folder, "coreset.bits.npy"), schedule.coreset_set())
-        plots = plot_run(folder, history, _candidate_losses(folder))
-        write_report(folder, f"{kind.upper()} run `{os.path.basename(folder)}` (--prune {cfg.prune})",
-                     summary, history, plots)
+        save_kept_bits(os.path.join(run.folder, "coreset.bits.npy"), schedule.coreset_set())
+        plots = plot_run(run.folder, run.history, _candidate_losses(run.folder))
+        write_report(run.folder, f"{task.kind.upper()} run `{os.path.basename(run.folder)}` (--prune {cfg.prune})",
+                     summary, run.history, plots)
     return summary
 
 

@@ -4,7 +4,7 @@
 A task checks its config and data, builds its model and its training loader, runs the forward that
 turns a `Batch` into the `PairLoss` of this rank's rows, evaluates, and adds its own values to the
 run's summary. What every task shares is done once: `scan_fast.train.run.train(task)` sets up the
-processes, the seed, the schedule and the start check, `fit(cfg, task, schedule, runtime)` runs the
+processes, the seed, the schedule and the start check, `fit(task, schedule, runtime)` runs the
 epochs, checkpoints and report, and `loop.train_one_epoch` the steps.
 """
 from typing import Callable, Optional

@@ -1,4 +1,5 @@
-"""Count the places where scan-fast's own code reads a tensor back to the host.
+"""Count the places where scan-fast's own code reads a tensor back to the host (a test instrument, imported
+as `from host_reads import count_host_reads` by the tests and by bench/bench_train_step.py).
 
 On a GPU each such read (`.item()`, `.cpu()`, `.numpy()`, `.tolist()`, `bool()`, `int()`,
 `float()` of a tensor, `.nonzero()`) waits for the device to finish its queued work. The
@@ -15,9 +16,10 @@ from contextlib import contextmanager
 
 import torch
 
+import scan_fast
+
 _METHODS = ("item", "cpu", "numpy", "tolist", "nonzero", "__bool__", "__int__", "__float__", "__index__")
-_PACKAGE_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
-                      for m in (sys.modules["scan_fast"],))
+_PACKAGE_DIRS = (os.path.dirname(os.path.abspath(scan_fast.__file__)) + os.sep,)
 
 
 def _kernels_dir():
