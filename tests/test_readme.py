@@ -124,7 +124,30 @@ def test_the_part_folder_block_of_docs_scale_runs_as_written(tmp_path, monkeypat
         np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("command", ["train clip", "eval", "coreset export", "data labelled"])
+def test_the_index_block_runs_as_written(tmp_path, monkeypatch, capsys):
+    """data index over made-up JPEG shards, then a short CLIP run from the index."""
+    import io
+
+    import webdataset as wds
+
+    marker = README.index("<!-- index:")
+    commands = _commands(_bash_blocks(README[marker:])[0])
+    assert [c.split()[1:3] for c in commands] == [["data", "index"], ["train", "clip"]]
+    shards = tmp_path / "my_data" / "shards"
+    shards.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for s in range(2):
+        with wds.TarWriter(str(shards / f"{s:05d}.tar")) as sink:
+            for k in range(12):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(buf, format="JPEG")
+                sink.write({"__key__": f"{s}{k:04d}", "jpg": buf.getvalue(), "txt": f"sample {s} {k}"})
+    out = _run([commands[0] + " --no-progress", commands[1] + " --workers 1 --no-progress --logs runs"],
+               tmp_path, monkeypatch, capsys)
+    assert "2 shards indexed" in out and (tmp_path / "runs" / "from_shards" / "epochs.csv").is_file()
+
+
+@pytest.mark.parametrize("command", ["train clip", "eval", "coreset export", "data labelled", "data index"])
 def test_every_command_the_readme_names_has_help(command, tmp_path, monkeypatch, capsys):
     assert f"scan-fast {command}" in README
     assert "usage: scan-fast" in _run([f"scan-fast {command} --help"], tmp_path, monkeypatch, capsys)

@@ -13,7 +13,6 @@ killed run, run again, indexes only the missing shards; `--part-range I:J` and t
 shards among processes (shard p goes to rank p % WORLD_SIZE); the manifest is written when every
 part is finished.
 """
-import json
 import os
 import sys
 import time
@@ -22,24 +21,28 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from ffcv.fields import IntField
 from tqdm import tqdm
 
 from scan_fast.outputs import partial_path, remove_stale_partials
 
+from .beton import BetonFile, load_record
 from .convert import (CONVERSION, CONVERSION_FORMAT, Processes, check_folder, file_identity, parse_part_range,
                       read_conversion, write_json)
 from .dataset import MANIFEST, manifest_checksum
 from .from_webdataset import expand_shards, shard_samples
+from .images import stored_image
 from .jpeg_header import JpegHeaderError, jpeg_info_at, reencode_reason
+from .parts import clear_folder, repeated_source_ids
 from .regions import DataError
 from .row_checks import check_images, check_webdataset_samples, tokenize_captions
 from .schema import image_field
 from .shard_index import (INDEX_FORMAT, INDEX_VERSION, PART_FILES, PART_STEM, RECORD_SUFFIX, ROW_DTYPE, file_entry,
                           index_fields, read_part_record, shard_fingerprint)
-from .parts import clear_folder, repeated_source_ids
 from .source_ids import KINDS, ids_path, pin_ids, stage_ids
 from .summary import WriteSummary
 from .tokenize import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
+from .write import write_rows
 
 SOURCE_KIND = "webdataset index"
 
@@ -159,8 +162,6 @@ def index_shard(shard: str, folder, p: int, *, context_length: int, max_resoluti
         side_record = _write_side(files["side"], [refs[g] for g in good], [where[g] for g in good], largest,
                                   max_resolution, jpeg_quality)
         converted = np.flatnonzero(table["side"] >= 0)
-        from .beton import BetonFile
-
         side = BetonFile(files["side"], side_record)
         image = side.metadata["f0"]
         table["height"][converted] = image["height"][table["side"][converted]]
@@ -219,12 +220,6 @@ def _jpeg_headers(shard: str, refs, max_resolution: Optional[int]) -> list:
 
 def _write_side(target: Path, refs, where, largest: int, max_resolution, jpeg_quality) -> dict:
     """The side .beton of a part: its images converted as `data clip` converts them; its record."""
-    from ffcv.fields import IntField
-
-    from .beton import load_record
-    from .images import stored_image
-    from .write import write_rows
-
     fields = {"image": image_field("jpg", jpeg_quality, max_resolution), "id": IntField()}
     side_summary = WriteSummary(path=str(target), rows_read=len(refs))
 
@@ -233,8 +228,6 @@ def _write_side(target: Path, refs, where, largest: int, max_resolution, jpeg_qu
 
     write_rows(target, fields, len(refs), make_sample, side_summary, describe=lambda i: where[i], num_workers=1,
                max_sample_bytes=largest, progress=False)
-    from .beton import BetonFile
-
     side = BetonFile(target)
     record = load_record(side, progress=False)
     side.close()
