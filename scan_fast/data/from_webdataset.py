@@ -55,9 +55,11 @@ def member_key(name: str) -> Tuple[str, str]:
     return os.path.join(folder, key), ext.lower()
 
 
-def _read_shard(shard: str):
-    """(samples, problems) of one shard: samples as read_webdataset_samples; problems are
-    (where, BadRow) pairs for what cannot be written as read:
+def _read_shard(shard: str, with_ids: bool = False):
+    """(samples, problems) of one shard, in one pass over its tar headers: samples as
+    read_webdataset_samples, with each sample's key and DataComp uid (from its .json, None
+    without one) appended when with_ids; problems are (where, BadRow) pairs for what cannot be
+    written as read:
 
     - a truncated shard (a cut download): a member whose data runs past the file's end, a header
       cut short, or a shard cut at a member boundary (no end-of-archive marker, the two zero blocks
@@ -115,8 +117,19 @@ def _read_shard(shard: str):
             if "txt" in members:
                 caption = tar.extractfile(members["txt"]).read().decode("utf-8", "replace")
             ref = TarImage(shard, image.offset_data, image.size) if image is not None else None
-            samples.append((f"{shard}:{key}", ref, caption))
+            sample = (f"{shard}:{key}", ref, caption)
+            samples.append(sample + (key, _member_uid(tar, members.get("json"))) if with_ids else sample)
     return samples, problems
+
+
+def _member_uid(tar, member: Optional[tarfile.TarInfo]):
+    """The 32-hex-digit "uid" of a sample's .json member (DataComp's), or None."""
+    if member is None:
+        return None
+    try:
+        return parse_uid(json.loads(tar.extractfile(member).read()).get("uid"))
+    except (ValueError, AttributeError, tarfile.TarError, EOFError):
+        return None
 
 
 def read_webdataset_samples(shards):
@@ -155,8 +168,11 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
     if samples_per_part is None:
         target = check_output(target, inputs=paths, overwrite=overwrite)
         check_num_workers(num_workers)
-        samples, bad = read_webdataset_samples(paths)
-        samples = _with_source_ids(paths, samples)
+        samples, bad = [], []
+        for shard in paths:
+            found, problems = _read_shard(shard, with_ids=True)
+            samples += found
+            bad += problems
         summary = WriteSummary(path=str(target), rows_read=len(samples))
         return _write_webdataset_rows(target, samples, bad, summary, **common)
     from .convert import convert_parts, file_identity, part_workers
@@ -186,9 +202,8 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
             reports_here = min(first // samples_per_part, num_parts - 1) == part  # a cut shard's report
             if not (first < stop and last > start) and not (reports_here and first == last):
                 continue
-            found, problems = _read_shard(shard)
-            found = found[max(0, start - first): stop - first]
-            samples += _with_source_ids([shard], found)
+            found, problems = _read_shard(shard, with_ids=True)
+            samples += found[max(0, start - first): stop - first]
             if reports_here:  # a cut shard and repeated keys: reported once, by the part of its first row
                 bad += problems
         summary = WriteSummary(path=str(path), rows_read=len(samples))
@@ -218,41 +233,6 @@ def _count_samples(shards: List[str], num_workers: int, progress: bool) -> List[
                              mp_context=multiprocessing.get_context("fork")) as pool:
         return list(tqdm(pool.map(_shard_samples, shards, chunksize=max(1, len(shards) // (8 * num_workers))),
                          **bar))
-
-
-def _shard_uids(shard: str) -> Dict[str, Tuple[int, int]]:
-    """{sample key: uid} of a shard's samples whose .json holds a 32-hex-digit "uid" (DataComp)."""
-    uids = {}
-    try:
-        with tarfile.open(shard, "r:") as tar:
-            for member in tar:
-                key, ext = member_key(member.name)
-                if not member.isfile() or ext != "json":
-                    continue
-                try:
-                    uid = parse_uid(json.loads(tar.extractfile(member).read()).get("uid"))
-                except (ValueError, AttributeError, tarfile.TarError, EOFError):
-                    uid = None
-                if uid is not None:
-                    uids[key] = uid
-    except (tarfile.TarError, EOFError):  # a cut shard: its uids before the cut (reported by _read_shard)
-        pass
-    return uids
-
-
-def _with_source_ids(shards: List[str], samples) -> list:
-    """read_webdataset_samples' (where, ref, caption), in shard order, with each sample's key and
-    uid appended (where = "shard:key")."""
-    out, s, uids = [], -1, {}
-    for where, ref, caption in samples:
-        if s < 0 or not where.startswith(shards[s] + ":"):
-            s += 1
-            while not where.startswith(shards[s] + ":"):
-                s += 1
-            uids = _shard_uids(shards[s])
-        key = where[len(shards[s]) + 1:]
-        out.append((where, ref, caption, key, uids.get(key)))
-    return out
 
 
 def _write_webdataset_rows(target, samples, bad, summary, *, context_length, strict, num_workers, progress,
