@@ -156,3 +156,20 @@ def test_rgb_jpegs_pass_through_and_decode_as_rgb():
     pixels = np.zeros((32, 40, 3), np.uint8)
     imdecode(np.frombuffer(data, np.uint8), pixels, 32, 40, 32, 40, 0, 0, 1, 1, False, False)
     assert np.abs(pixels.astype(int) - source).mean() < 3
+
+
+def test_a_repeated_keys_uid_is_the_kept_samples(tmp_path):
+    """The shard's one pass gives each sample the uid of its own .json: for a repeated key, the
+    first sample's (the one kept), not the repeat's."""
+    import json
+
+    from scan_fast.data.source_ids import load_ids, uid_array
+
+    first, repeat = "0" * 31 + "1", "f" * 32
+    jpeg = _encoded(_pixels(8, 16, 16))
+    _tar(tmp_path / "dup.tar", [("a.jpg", jpeg), ("a.txt", b"first"), ("a.json", json.dumps({"uid": first}).encode()),
+                                ("a.jpg", jpeg), ("a.txt", b"again"), ("a.json", json.dumps({"uid": repeat}).encode())])
+    summary = write_clip_from_webdataset(tmp_path / "dup.tar", tmp_path / "dup.beton", **QUIET)
+    assert summary.rows_written == 1 and summary.skip_counts == {"duplicate key": 1}
+    np.testing.assert_array_equal(load_ids(tmp_path / "dup.beton", "uids", 1),
+                                  uid_array([(int(first[:16], 16), int(first[16:], 16))]))
