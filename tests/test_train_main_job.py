@@ -105,7 +105,7 @@ def test_the_job_runs_on_colour_digits_whose_held_out_split_has_no_captions(tmp_
 
     job = MainJobConfig(out=str(tmp_path), data="colour-digits", strategies=("none",), epochs=1, num_samples=128,
                         test_samples=64, batch_size=64, progress=False, workers=1)
-    (row,) = run_main_job(job.validate())
+    (row,) = run_main_job(job)
     assert row["strategy"] == "none" and row["sample_steps"] == 128
     assert 0.0 <= row["eval"] <= 1.0
     test_set = os.path.join(str(tmp_path), "data", "colour_digits_test64.beton")
