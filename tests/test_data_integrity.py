@@ -321,3 +321,25 @@ def test_data_check_cli_names_the_damaged_images_and_exits_1(damaged, capsys):
     assert main(["data", "check", damaged, "--no-progress", "--num-workers", "2"]) == 1
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 2 and "sample id 20 (row 20)" in out[0] and "sample id 30 (row 30)" in out[1]
+
+
+def test_the_checked_centre_crop_equals_ffcvs_on_good_images(shapes):
+    """The evaluation decoder is ffcv's CenterCropRGBImageDecoder plus the decode check: same pixels."""
+    import torch
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
+    from ffcv.transforms import ToTensor
+
+    from scan_fast.data.decoders import CheckedCenterCropDecoder
+    from scan_fast.data.loaders import build_loader
+
+    def read(decoder):
+        pipes = {"image": [decoder, ToTensor()], "tokens": None, "id": [IntDecoder(), ToTensor()]}
+        loader = build_loader(shapes, 16, pipes, ("image", "id"), shuffle=False, drop_last=False, num_workers=1)
+        images = torch.cat([batch.images.clone() for batch in loader])
+        loader.close()
+        return images
+
+    ours, theirs = read(CheckedCenterCropDecoder((24, 24))), read(CenterCropRGBImageDecoder((24, 24), ratio=1.0))
+    assert ours.shape == (48, 24, 24, 3)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
