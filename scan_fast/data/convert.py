@@ -154,6 +154,22 @@ def check_folder(out, what: dict, overwrite: bool, part_range) -> Path:
     return out
 
 
+def open_part_job(out, what: dict, overwrite: bool, part_range) -> Tuple[Path, Processes]:
+    """Before the parts of a conversion or an index: whether it may write `out` (check_folder), this
+    process among torchrun's, and `out` made (emptied first by rank 0 with --overwrite)."""
+    out = check_folder(out, what, overwrite, part_range)
+    processes = Processes()
+    try:
+        if overwrite and processes.rank == 0:
+            clear_folder(out, names=(CONVERSION,))
+        processes.barrier()
+        out.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        processes.close()
+        raise
+    return out, processes
+
+
 @dataclass
 class PartsSummary:
     path: str
@@ -209,14 +225,9 @@ def convert_parts(out, *, what: dict, samples_per_part: int, count_rows: Callabl
         raise ValueError(f"--samples-per-part must be a positive integer, got {samples_per_part!r}")
     part_range = parse_part_range(part_range)
     what = {**what, "samples_per_part": samples_per_part}
-    out = check_folder(out, what, overwrite, part_range)
     began = time.perf_counter()
-    processes = Processes()
+    out, processes = open_part_job(out, what, overwrite, part_range)
     try:
-        if overwrite and processes.rank == 0:
-            clear_folder(out, names=(CONVERSION,))
-        processes.barrier()
-        out.mkdir(parents=True, exist_ok=True)
         previous = read_conversion(out)
         counted = count_rows(processes, previous if previous is not None and previous["what"] == what else None)
         num_rows = int(counted["num_rows"])

@@ -136,8 +136,14 @@ def read_manifest(folder) -> dict:
         raise DataError(f"{where} is not readable JSON: {err}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise DataError(f"{where} is not a scan-fast part manifest")
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise DataError(f"{where} has manifest version {manifest.get('version')}, expected {MANIFEST_VERSION}")
+    return check_manifest(where, manifest, MANIFEST_VERSION)
+
+
+def check_manifest(where: str, manifest: dict, version: int) -> dict:
+    """A manifest's version, checksum and sample counts (a part folder's or an index's); DataError
+    naming the file `where` otherwise."""
+    if manifest.get("version") != version:
+        raise DataError(f"{where} has manifest version {manifest.get('version')}, expected {version}")
     if manifest.get("checksum") != manifest_checksum(manifest):
         raise DataError(f"{where} fails its checksum: it was edited or damaged")
     parts = manifest.get("parts") or []

@@ -27,13 +27,13 @@ from tqdm import tqdm
 from scan_fast.outputs import partial_path, remove_stale_partials
 
 from .beton import BetonFile, load_record
-from .convert import (CONVERSION, CONVERSION_FORMAT, Processes, check_folder, file_identity, parse_part_range,
-                      read_conversion, write_json)
+from .convert import (CONVERSION, CONVERSION_FORMAT, file_identity, open_part_job, parse_part_range, read_conversion,
+                      write_json)
 from .dataset import MANIFEST, manifest_checksum
 from .from_webdataset import expand_shards, shard_samples
 from .images import stored_image
 from .jpeg_header import JpegHeaderError, jpeg_info_at, reencode_reason
-from .parts import clear_folder, repeated_source_ids
+from .parts import repeated_source_ids
 from .regions import DataError
 from .row_checks import check_images, check_webdataset_samples, tokenize_captions
 from .schema import image_field
@@ -90,14 +90,9 @@ def index_webdataset(shards, out, *, context_length: int = DEFAULT_CONTEXT_LENGT
     part_range = parse_part_range(part_range)
     what = {"source": {"kind": SOURCE_KIND, "shards": [file_identity(p) for p in paths]},
             "context_length": context_length, "max_resolution": max_resolution, "jpeg_quality": jpeg_quality}
-    out = check_folder(out, what, overwrite, part_range)
     began = time.perf_counter()
-    processes = Processes()
+    out, processes = open_part_job(out, what, overwrite, part_range)
     try:
-        if overwrite and processes.rank == 0:
-            clear_folder(out, names=(CONVERSION,))
-        processes.barrier()
-        out.mkdir(parents=True, exist_ok=True)
         record = {"format": CONVERSION_FORMAT, "what": what, "num_parts": len(paths)}
         if processes.rank == 0 and read_conversion(out) != record:
             write_json(out / CONVERSION, record)

@@ -35,7 +35,7 @@ from ffcv.fields.rgb_image import IMAGE_MODES
 from ffcv.types import get_metadata_type
 
 from .beton import BetonFile
-from .dataset import MANIFEST, Dataset, manifest_checksum
+from .dataset import MANIFEST, Dataset, check_manifest
 from .regions import DataError, Located, open_for_reads, read_rows
 
 INDEX_FORMAT = "scan-fast webdataset index"
@@ -220,19 +220,8 @@ class IndexDataset(Dataset):
 
 
 def read_index_manifest(folder: str, manifest: dict) -> dict:
-    """An index manifest (already read as JSON), checked for form, checksum and sample counts."""
-    where = os.path.join(folder, MANIFEST)
-    if manifest.get("version") != INDEX_VERSION:
-        raise DataError(f"{where} has index version {manifest.get('version')}, expected {INDEX_VERSION}")
-    if manifest.get("checksum") != manifest_checksum(manifest):
-        raise DataError(f"{where} fails its checksum: it was edited or damaged")
-    parts = manifest.get("parts") or []
-    if not parts:
-        raise DataError(f"{where} lists no parts")
-    total = sum(int(p["num_samples"]) for p in parts)
-    if total != int(manifest["num_samples"]):
-        raise DataError(f"{where} lists parts of {total} samples in all but says {manifest['num_samples']}")
-    return manifest
+    """An index manifest (already read as JSON), checked for version, checksum and sample counts."""
+    return check_manifest(os.path.join(folder, MANIFEST), manifest, INDEX_VERSION)
 
 
 def open_index(folder: str, manifest: dict) -> IndexDataset:
