@@ -54,7 +54,9 @@ HELP = {
     "coreset": "--prune static: the samples to train on: sample ids (.txt, one a line, or .npy), a DataComp uid "
                ".npy (u8,u8) or a key list (coreset export --format datacomp|keys: matched to --train-data's "
                "uids or keys), or a run's coreset.bits.npy",
-    "prune_counts": "--prune random: epochs.csv of a SCAN run whose per-epoch counts to match",
+    "prune_counts": "--prune random: epochs.csv of a SCAN run whose per-epoch counts to match; --prune "
+                    "none-matched: epochs.csv of a run whose total sample-steps to train on all the data, spread "
+                    "evenly over --epochs (the demo sets the fewest that hold them)",
     "infobatch_ratio": "InfoBatch: pruning probability of below-mean samples",
     "infobatch_delta": "InfoBatch: share of the epochs that may prune (the rest use all data)",
     "seta_ratio": "SeTa: share of all samples dropped at random each epoch",

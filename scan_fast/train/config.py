@@ -24,6 +24,8 @@ class PruneMode:
     random_count: how many ids it keeps is a random draw, so its fewest is an expectation (InfoBatch);
     in_demo: the demo can run it (static needs a coreset file of its own);
     copies_counts_of: the strategy whose run's per-epoch counts it matches (the demo runs that one first);
+    matches_sample_steps: it matches that run's total sample-steps, not its per-epoch counts: all the data over
+        the fewest epochs that hold them (scan_fast/schedule/budget.py), the demo sets --epochs to those;
     demo_baseline: the demo's reference, every other strategy's accuracy is compared with it;
     style: (colour, marker, line style) of its curves in the demo's plots.
     """
@@ -35,6 +37,7 @@ class PruneMode:
     random_count: bool = False
     in_demo: bool = True
     copies_counts_of: Optional[str] = None
+    matches_sample_steps: bool = False
     demo_baseline: bool = False
     style: Tuple[str, str, str] = ("tab:gray", "x", "-")
 
@@ -73,6 +76,16 @@ def _random(cfg, num_samples, rank, world_size):
                          t_cos=cfg.t_cos, prune_threshold=cfg.prune_threshold, mode=cfg.prune_target, seed=cfg.seed)
 
 
+def _none_matched(cfg, num_samples, rank, world_size):
+    from scan_fast.schedule.budget import matched_prune_counts
+    from scan_fast.schedule.strategies import RandomPruning
+    from scan_fast.train.report import read_sample_steps
+
+    counts = matched_prune_counts(read_sample_steps(cfg.prune_counts), num_samples, cfg.batch_size * world_size,
+                                  cfg.epochs)
+    return RandomPruning(num_samples, prune_counts=counts, seed=cfg.seed)
+
+
 def _infobatch(cfg, num_samples, rank, world_size):
     from scan_fast.schedule.strategies import InfoBatch
 
@@ -104,6 +117,10 @@ PRUNE_MODES = {
                             style=("tab:green", "s", "-")),
     "none": PruneMode(_none, demo_baseline=True, style=("black", "D", "--")),
     "random": PruneMode(_random, flags=("prune_counts",), copies_counts_of="scan", style=("tab:red", "v", ":")),
+    # the equal-compute baseline: no pruning, for the sample-steps of the variant's run, its own cosine
+    "none-matched": PruneMode(_none_matched, flags=("prune_counts",), needs_flags=True,
+                              copies_counts_of="scan-epoch", matches_sample_steps=True,
+                              style=("dimgray", "d", "-")),
     "infobatch": PruneMode(_infobatch, random_count=True, style=("tab:purple", "^", "-.")),
     "seta": PruneMode(_seta, style=("tab:orange", "P", "--")),
     "static": PruneMode(_static, flags=("coreset",), needs_flags=True, in_demo=False),
@@ -245,7 +262,9 @@ class TrainConfig:
         """The flags a strategy owns (PruneMode.flags) are only given with it, and with it when it needs them."""
         for name, mode in PRUNE_MODES.items():
             given = [f for f in mode.flags if getattr(self, f) is not None]
-            chosen = self.prune == name
+            # a flag two strategies share (--prune-counts) is the chosen one's where it owns it too
+            chosen = self.prune == name or bool(given and self.prune in PRUNE_MODES
+                                                and set(given) <= set(PRUNE_MODES[self.prune].flags))
             if mode.needs_flags and chosen != bool(given):
                 flags = "/".join(_flag(f) for f in mode.flags)
                 values = ", ".join(f"{_flag(f)} {getattr(self, f)}" for f in mode.flags)
