@@ -13,10 +13,11 @@ trains), so the variant cuts the epoch's loss histogram at its valley instead:
     threshold    t = Otsu's cut of h: the bin index maximising w0 w1 (m0 - m1)^2 over cuts
                  {q < t} | {q >= t} (bin centres = the codes; first maximum)
     two modes    s = h smoothed by a centred box of SMOOTH_BINS bins; p0 = the first argmax of s below t,
-                 p1 = the first argmax of s at or above t; the losses have a wrong-pair mode when the lowest
+                 p1 = the first argmax of s at or above t; the losses have a second mode when the lowest
                  s between p0 and p1 is at most VALLEY_RATIO s[p1] (a valley before a second peak)
-    ILL          {q >= t}, or, when that is more than k_ill = floor(rho_ill n) samples, the top of the
-                 histogram down to k_ill (see `take_plan`); with one mode, the top k_ill
+    ILL          {q >= t} when the losses have two modes and {q >= t} holds at most k_ill = floor(rho_ill n)
+                 samples (a wrong-pair mode within the paper's budget); otherwise the paper's cycle (below)
+                 with the top of the histogram down to k_ill (see `take_plan`)
     RED          the lowest codes up to k_red = floor(rho_red n) samples, never from a bin that holds
                  ILL samples
 
@@ -27,8 +28,9 @@ keeps the paper's budget: when ILL takes fewer than k_ill, the rest is not hande
 moving it to the easiest samples pruned 7 points more of the post-warm-up sample-steps and cost 1.6
 points of zero-shot accuracy on the demo data, as the late mutation epochs then train on 30% of it).
 
-One mode (no valley: clean data, or wrong pairs that do not stand apart): no loss tells a wrong pair from a
-hard one, so the cycle is the paper's: ILL is the epoch's top k_ill (the paper's budget, taken epoch-wide),
+No separate wrong-pair mode (no valley: clean data, or wrong pairs that do not stand apart; or an upper mode
+larger than rho_ill: on clean shapes, pairs whose caption has a twin in the batch sit at ln 2 and hold 20% or
+more of the epoch): no loss tells a wrong pair from a hard or unlucky one, so the cycle is the paper's: ILL is the epoch's top k_ill (the paper's budget, taken epoch-wide),
 the mutation epochs prune a keyed sample of floor(rate(e) |ILL u RED|) as Scan does, and nothing is held out
 of the next preparation. (Pruning every top-k_ill pair at once and holding them out, as below, removes the
 hardest clean pairs for good: measured 8.7 points below `none` on a clean digits set.) The decision is
@@ -129,14 +131,14 @@ def take_plan(hist: np.ndarray, k: int, from_top: bool) -> Tuple[int, int, int]:
 
 
 def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float) -> dict:
-    """The epoch's cut: ILL = codes >= ill_cut, or from the top down to k_ill = floor(rho_ill n) (always so
-    when the histogram has one mode: "one_mode" True); RED from the bottom up to k_red = floor(rho_red n),
-    below the ILL bins."""
+    """The epoch's cut: ILL = codes >= t when they form a second mode of at most k_ill = floor(rho_ill n)
+    samples; otherwise ("paper_cycle" True: no separate wrong-pair mode within the budget) the top of the
+    histogram down to k_ill. RED from the bottom up to k_red = floor(rho_red n), below the ILL bins."""
     hist = np.asarray(hist, dtype=np.int64)
     k_ill = math.floor(rho_ill * n)
     t = otsu_cut(hist)
-    one_mode = not has_two_modes(hist, t)
-    if not one_mode and int(hist[t:].sum()) <= k_ill:
+    paper_cycle = not has_two_modes(hist, t) or int(hist[t:].sum()) > k_ill
+    if not paper_cycle:
         ill = (t, -1, 0)
     else:
         ill = take_plan(hist, k_ill, from_top=True)
@@ -145,7 +147,7 @@ def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float) -> dict:
     below = hist.copy()
     below[min(ill[0], ill[1] if ill[1] >= 0 else ill[0]):] = 0
     red = take_plan(below, k_red, from_top=False)
-    return {"otsu": t, "one_mode": one_mode, "ill": ill, "red": red, "k_ill": k_ill, "k_red": k_red}
+    return {"otsu": t, "paper_cycle": paper_cycle, "ill": ill, "red": red, "k_ill": k_ill, "k_red": k_red}
 
 
 def tie_hashes(ids, seed: int, epoch: int):
@@ -179,12 +181,12 @@ def epoch_candidates_reference(ids, loss_a, loss_b, *, rho_ill: float, rho_red: 
 
 
 def mutation_prune_reference(ill: SampleSet, red: SampleSet, mode: str, rate: float, seed: int,
-                             epoch: int, one_mode: bool = False) -> SampleSet:
+                             epoch: int, paper_cycle: bool = False) -> SampleSet:
     """The prune set of a mutation epoch at cosine rate `rate`: every ILL candidate (modes "both" and
     "ill_matched") and a keyed uniform sample of floor(rate |RED \\ ILL|) of the RED candidates (modes
     "both" and "redundant"); mode "redundant" alone, and every mode after a one-mode preparation, is the
     paper's draw: floor(rate |candidates|) of the mode's candidates, as Scan draws them."""
-    if one_mode:
+    if paper_cycle:
         pool = {"both": ill | red, "ill_matched": ill, "redundant": red}[mode]
         return pool.sample(prune_count(rate, len(pool)), seed, mutation_stream(epoch))
     if mode == "redundant":
@@ -228,7 +230,7 @@ class ScanEpoch(Scan):
         self._codes = None  # uint8 (hi - lo + 1,) on the losses' device while preparing; last slot: a sink
         self._hist = None   # int64 (NUM_CODES + 1,) of every observed sample of the epoch; last slot: unused
         self.last_plan = None
-        self._one_mode = False  # the last completed preparation's losses had one mode: the paper's cycle
+        self._paper_cycle = False  # the last completed preparation found no wrong-pair mode: the paper's cycle
         self._edges = {}    # device -> EDGES there (copied once, not every step)
         self._held = None   # the ILL bits held out of this preparation epoch's loss (None: nothing held)
         self._held_on = {}  # device -> self._held there
@@ -247,7 +249,7 @@ class ScanEpoch(Scan):
             rate = cosine_rate(position, self.config.t_cos)
             self._pruned_cache = PrunedSet(epoch, mutation_prune_reference(self._ill, self._red, self.config.mode,
                                                                            rate, self.config.seed, epoch,
-                                                                           self._one_mode))
+                                                                           self._paper_cycle))
         return self._pruned_cache.pruned
 
     def holds_out(self) -> bool:
@@ -278,7 +280,8 @@ class ScanEpoch(Scan):
         """Set what `epoch` holds out: the last preparation's ILL bits in a preparation epoch (counted once
         an epoch, never per step)."""
         self._held, self._held_on = None, {}
-        if self.is_preparation(epoch) and self.config.mode != "redundant" and not self._one_mode and len(self._ill):
+        if (self.is_preparation(epoch) and self.config.mode != "redundant" and not self._paper_cycle
+                and len(self._ill)):
             self._held = self._ill.packed_bits()
 
     def _buffers(self, device):
@@ -358,12 +361,12 @@ class ScanEpoch(Scan):
             self._new.red.add(self._gather(red))
             self._codes = self._hist = None
             # every rank read the same histogram; an epoch with no observations keeps the epoch-wide cycle
-            self._one_mode = bool(self.last_plan["one_mode"]) if self.last_plan is not None else False
+            self._paper_cycle = bool(self.last_plan["paper_cycle"]) if self.last_plan is not None else False
         return super()._finish_epoch(epoch, epoch_loss)
 
-    def one_mode(self) -> bool:
-        """Whether the last completed preparation found one mode, so its cycle is the paper's."""
-        return self._one_mode
+    def paper_cycle(self) -> bool:
+        """Whether the last completed preparation found no separate wrong-pair mode, so its cycle is the paper's."""
+        return self._paper_cycle
 
     # -- checkpoints: Scan's state plus, inside a preparation epoch, this block's codes
     def _state(self):
@@ -372,16 +375,16 @@ class ScanEpoch(Scan):
         state["world_size"] = self.world_size
         state["codes"] = None if self._codes is None else self._codes.cpu().clone()
         state["hist"] = None if self._hist is None else self._hist.cpu().clone()
-        state["one_mode"] = self._one_mode
+        state["paper_cycle"] = self._paper_cycle
         return state
 
     def _parse_state(self, state):
         if state.get("kind") != "ScanEpoch":
             raise ValueError(f"state_dict is for {state.get('kind')}, not ScanEpoch")
         codes, hist = state.get("codes"), state.get("hist")
-        one_mode = state.get("one_mode", False)  # absent from checkpoints written before the one-mode test
-        if not isinstance(one_mode, bool):
-            raise ValueError(f"state_dict['one_mode'] must be a bool, got {one_mode!r}")
+        paper_cycle = state.get("paper_cycle", False)  # absent from checkpoints written before the test
+        if not isinstance(paper_cycle, bool):
+            raise ValueError(f"state_dict['paper_cycle'] must be a bool, got {paper_cycle!r}")
         if (codes is None) != (hist is None):
             raise ValueError("state_dict's 'codes' and 'hist' must be both set or both None")
         if codes is not None:
@@ -398,7 +401,7 @@ class ScanEpoch(Scan):
 
         def apply():
             apply_scan()
-            self._one_mode = one_mode
+            self._paper_cycle = paper_cycle
             self._codes = None if codes is None else codes.clone()
             self._hist = None if hist is None else hist.clone()
             if self._in_epoch:  # resumed inside an epoch: _begin_epoch will not run for it
