@@ -27,7 +27,7 @@ def test_main_job_flushes_before_building_data(monkeypatch, tmp_path, restore_de
 
     seen = {}
 
-    def fake_build(out, num_samples, test_samples, progress=True):
+    def fake_build(out, num_samples, test_samples, progress=True, data="shapes"):
         seen["flushed"] = (torch.tensor([1e-39]) * 0.5).item() == 0.0
         raise RuntimeError("stop here")
 

@@ -19,6 +19,11 @@ shapes: generated image-text pairs ("a small red ring in the top left") of
     <name>.truth.json. Images are rendered in vectorised blocks on demand while
     writing, so memory stays flat at 1M+ samples. Same arguments, same bytes
     (with the default single writer).
+    With captions="varied" (the demo's `shapes-hard`) each caption is one of
+    VARIED_TEMPLATES (some leave out the size or the position) and a
+    mismatched caption is a near miss: it differs from the right one in one
+    word, the shape or the colour, so wrong pairs are harder to tell from right
+    ones. captions="plain" (the default) draws nothing more: its data is unchanged.
 """
 import json
 from pathlib import Path
@@ -59,6 +64,11 @@ SIZES = ("small", "large")
 RADII = (0.3, 0.42)  # shape radius by size, in grid cells
 JITTER = 0.05        # largest shift of a shape's centre from its cell's centre, in grid cells
 SHAPES_TEMPLATE = "a {size} {colour} {shape} in the {position}"
+# captions="varied": all fit the tiny CLIP's 16 tokens; each names the shape and the colour (the class)
+VARIED_TEMPLATES = (SHAPES_TEMPLATE, "a {colour} {shape}", "{position}: a {size} {colour} {shape}",
+                    "there is a {colour} {shape} in the {position}", "a {shape} in {colour}, {size}",
+                    "{size} {colour} {shape}, {position}")
+CAPTION_STYLES = ("plain", "varied")
 
 
 def _check_kind(kind):
@@ -159,7 +169,7 @@ class ShapesGenerator:
     """Attributes for all samples up front (a few bytes each), pixels rendered per block."""
 
     def __init__(self, num_samples: int, resolution: int = 32, mismatch_fraction: float = 0.1,
-                 duplicate_fraction: float = 0.1, seed: int = 0):
+                 duplicate_fraction: float = 0.1, seed: int = 0, captions: str = "plain"):
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
         if not 16 <= resolution <= 1024:
@@ -168,6 +178,9 @@ class ShapesGenerator:
                             ("duplicate_fraction", duplicate_fraction)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if captions not in CAPTION_STYLES:
+            raise ValueError(f"captions must be one of {CAPTION_STYLES}, got {captions!r}")
+        self.captions = captions
         self.num_samples, self.resolution, self.seed = num_samples, resolution, seed
         self.mismatch_fraction, self.duplicate_fraction = mismatch_fraction, duplicate_fraction
         self.block = int(np.clip(2 ** 22 // resolution ** 2, 16, 1024))
@@ -208,9 +221,18 @@ class ShapesGenerator:
         self.caption_shape[bad] = (self.shape[bad] + rng.integers(1, len(SHAPES), bad.size)) % len(SHAPES)
         self.caption_colour[bad] = (self.colour[bad] + rng.integers(1, len(COLOURS), bad.size)) % len(COLOURS)
         self.caption_position[bad] = rng.integers(0, len(POSITIONS), bad.size)
+        self.template = np.zeros(n, dtype=np.int64)
+        if self.captions == "varied":  # its own stream: the plain data's draws above stay as they were
+            varied = np.random.default_rng([self.seed, 2])
+            self.template = varied.integers(0, len(VARIED_TEMPLATES), n)
+            # a near miss: the right caption with one word changed, the shape or the colour
+            wrong_shape = varied.random(bad.size) < 0.5
+            self.caption_shape[bad] = np.where(wrong_shape, self.caption_shape[bad], self.shape[bad])
+            self.caption_colour[bad] = np.where(wrong_shape, self.colour[bad], self.caption_colour[bad])
+            self.caption_position[bad] = self.position[bad]
 
     def caption(self, i: int) -> str:
-        return SHAPES_TEMPLATE.format(size=SIZES[self.size[i]], colour=list(COLOURS)[self.caption_colour[i]],
+        return VARIED_TEMPLATES[self.template[i]].format(size=SIZES[self.size[i]], colour=list(COLOURS)[self.caption_colour[i]],
                                       shape=SHAPES[self.caption_shape[i]],
                                       position=POSITIONS[self.caption_position[i]])
 
@@ -253,20 +275,22 @@ class ShapesGenerator:
         return {"mismatched": self.mismatched, "duplicate_of": self.duplicate_of,
                 "shape": self.shape, "colour": self.colour, "position": self.position,
                 "size": self.size, "caption_shape": self.caption_shape,
-                "caption_colour": self.caption_colour, "caption_position": self.caption_position}
+                "caption_colour": self.caption_colour, "caption_position": self.caption_position,
+                "template": self.template}
 
 
 def write_shapes(target, num_samples: int = 10_000, kind: str = "clip", resolution: int = 32,
                  mismatch_fraction: float = 0.1, duplicate_fraction: float = 0.1, seed: int = 0,
                  image_mode: str = "jpg", jpeg_quality: int = 90,
                  context_length: int = DEFAULT_CONTEXT_LENGTH, num_workers: int = 1,
-                 progress: bool = True, samples_per_part: Optional[int] = None) -> WriteSummary:
+                 progress: bool = True, samples_per_part: Optional[int] = None,
+                 captions: str = "plain") -> WriteSummary:
     """Write the shapes dataset plus <target minus .beton>.truth.npz / .truth.json.
 
     With `samples_per_part`, `target` is a part folder (dataset.py) of parts of that many samples:
     the same rows in the same order as a single file, so the same data set."""
     _check_kind(kind)
-    gen = ShapesGenerator(num_samples, resolution, mismatch_fraction, duplicate_fraction, seed)
+    gen = ShapesGenerator(num_samples, resolution, mismatch_fraction, duplicate_fraction, seed, captions)
     tokenizer = CaptionTokenizer(context_length)
     make = _sample_maker(kind, gen.image, lambda i: tokenizer(gen.caption(i))[0], gen.label)
     fields = _fields(kind, context_length, dict(image_mode=image_mode, jpeg_quality=jpeg_quality))
@@ -283,28 +307,52 @@ def write_shapes(target, num_samples: int = 10_000, kind: str = "clip", resoluti
 
         write_sample_parts(target, samples_per_part, num_samples, write_part)
         summary = WriteSummary(path=str(target), rows_read=num_samples, rows_written=num_samples)
-    stem = _truth_stem(target)
+    stem = truth_stem(target)
     truth = gen.truth()
     np.savez_compressed(f"{stem}.truth.npz", **truth)
     meta = {"num_samples": num_samples, "resolution": resolution, "seed": seed,
             "mismatch_fraction": mismatch_fraction, "duplicate_fraction": duplicate_fraction,
             "num_mismatched": int(truth["mismatched"].sum()),
-            "num_duplicates": int((truth["duplicate_of"] >= 0).sum()),
-            "template": SHAPES_TEMPLATE, "shapes": list(SHAPES), "colours": list(COLOURS),
-            "positions": list(POSITIONS), "sizes": list(SIZES), "grid": GRID, "radii": list(RADII),
-            "jitter": JITTER, "label": "shape * len(colours) + colour"}
+            "num_duplicates": int((truth["duplicate_of"] >= 0).sum()), **shapes_vocabulary(captions),
+            "label": "shape * len(colours) + colour"}
     Path(f"{stem}.truth.json").write_text(json.dumps(meta, indent=1))
     return summary
 
 
-def _truth_stem(target) -> str:
+def shapes_vocabulary(captions: str = "plain") -> Dict:
+    """What a shapes set's .truth.json records of the generator (its words, geometry and caption style): a set
+    whose record differs was written by another generator (the demo rewrites it)."""
+    vocabulary = {"template": SHAPES_TEMPLATE, "shapes": list(SHAPES), "colours": list(COLOURS),
+                  "positions": list(POSITIONS), "sizes": list(SIZES), "grid": GRID, "radii": list(RADII),
+                  "jitter": JITTER}
+    if captions != "plain":  # the plain sets' records stay as they were
+        vocabulary.update(captions=captions, templates=list(VARIED_TEMPLATES))
+    return vocabulary
+
+
+def truth_stem(target) -> str:
+    """The path of a shapes set's ground truth without its suffix: <stem>.truth.npz / .truth.json beside a .beton
+    file (its name less .beton) or a part folder (its path, a trailing slash or not)."""
     target = str(target).rstrip("/")
     return target[: -len(".beton")] if target.endswith(".beton") else target
 
 
+def has_shapes_truth(target) -> bool:
+    """Whether `target` has the ground truth write_shapes saves beside it."""
+    return Path(f"{truth_stem(target)}.truth.npz").is_file()
+
+
+def read_shapes_meta(target) -> Optional[Dict]:
+    """The .truth.json write_shapes saved beside `target`, or None where there is none or it is unreadable."""
+    try:
+        return json.loads(Path(f"{truth_stem(target)}.truth.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def load_shapes_truth(target) -> Dict[str, np.ndarray]:
     """The ground truth saved by write_shapes for `target` (arrays indexed by sample id)."""
-    path = Path(f"{_truth_stem(target)}.truth.npz")
+    path = Path(f"{truth_stem(target)}.truth.npz")
     if not path.is_file():
         raise FileNotFoundError(f"no ground truth at {path}; was {target} written by write_shapes?")
     with np.load(path) as data:

@@ -12,8 +12,12 @@ trains), so the variant cuts the epoch's loss histogram at its valley instead:
     epoch        h = the 255-bin histogram of the codes of every observed sample
     threshold    t = Otsu's cut of h: the bin index maximising w0 w1 (m0 - m1)^2 over cuts
                  {q < t} | {q >= t} (bin centres = the codes; first maximum)
-    ILL          {q >= t}, or, when that is more than k_ill = floor(rho_ill n) samples, the top of the
-                 histogram down to k_ill (see `select_top`)
+    two modes    s = h smoothed by a centred box of SMOOTH_BINS bins; p0 = the first argmax of s below t,
+                 p1 = the first argmax of s at or above t; the losses have a second mode when the lowest
+                 s between p0 and p1 is at most VALLEY_RATIO s[p1] (a valley before a second peak)
+    ILL          {q >= t} when the losses have two modes and {q >= t} holds at most k_ill = floor(rho_ill n)
+                 samples (a wrong-pair mode within the paper's budget); otherwise the paper's cycle (below)
+                 with the top of the histogram down to k_ill (see `take_plan`)
     RED          the lowest codes up to k_red = floor(rho_red n) samples, never from a bin that holds
                  ILL samples
 
@@ -23,6 +27,14 @@ that does not, each sample whose keyed hash u(seed, epoch, id) (a uniform 64-bit
 keeps the paper's budget: when ILL takes fewer than k_ill, the rest is not handed to RED (measured:
 moving it to the easiest samples pruned 7 points more of the post-warm-up sample-steps and cost 1.6
 points of zero-shot accuracy on the demo data, as the late mutation epochs then train on 30% of it).
+
+No separate wrong-pair mode (no valley: clean data, or wrong pairs that do not stand apart; or an upper mode
+larger than rho_ill: on clean shapes, pairs whose caption has a twin in the batch sit at ln 2 and hold 20% or
+more of the epoch): no loss tells a wrong pair from a hard or unlucky one, so the cycle is the paper's: ILL is the epoch's top k_ill (the paper's budget, taken epoch-wide),
+the mutation epochs prune a keyed sample of floor(rate(e) |ILL u RED|) as Scan does, and nothing is held out
+of the next preparation. (Pruning every top-k_ill pair at once and holding them out, as below, removes the
+hardest clean pairs for good: measured 8.7 points below `none` on a clean digits set.) The decision is
+made again at every preparation epoch.
 
 Held-out ill-matched pairs: an ILL candidate is a wrong pair, not a hard one, so the variant stops
 learning from it at once instead of ramping it out. Mutation epochs prune every ILL candidate and a
@@ -57,6 +69,9 @@ from scan_fast.schedule.stats import EpochRecord
 LOG_LO, LOG_HI = math.log(1e-4), math.log(1e4)  # codes span losses 1e-4 .. 1e4 (7.5% a bin)
 NUM_CODES = 255                                  # codes 0..254; UNSEEN marks ids not observed
 UNSEEN = 255
+SMOOTH_BINS = 5       # the box the valley test smooths the histogram with (about 43% of a loss)
+VALLEY_RATIO = 0.5   # a valley at most half the upper peak: two modes (the demo's wrong pairs: 0.33 in the
+                     # first preparation epoch of shapes, CLIP, seed 0)
 _EDGES64 = np.exp(LOG_LO + np.arange(NUM_CODES - 1) * (LOG_HI - LOG_LO) / (NUM_CODES - 1))
 EDGES = _EDGES64.astype(np.float32)              # 254 increasing float32 edges
 
@@ -86,6 +101,20 @@ def otsu_cut(hist: np.ndarray) -> int:
     return int(np.argmax(between)) + 1
 
 
+def has_two_modes(hist: np.ndarray, cut: int) -> bool:
+    """Whether the histogram has a second, upper mode beyond a valley around Otsu's `cut` (module docstring):
+    the lowest smoothed count between the lower peak and the upper peak is at most VALLEY_RATIO x the upper
+    peak. A function of the histogram's shape only: scaling every count leaves it unchanged."""
+    hist = np.asarray(hist, dtype=np.float64)
+    if cut <= 0 or cut >= len(hist) or not hist[:cut].any() or not hist[cut:].any():
+        return False
+    smooth = np.convolve(hist, np.ones(SMOOTH_BINS) / SMOOTH_BINS, mode="same")
+    low_peak = int(np.argmax(smooth[:cut]))
+    high_peak = cut + int(np.argmax(smooth[cut:]))
+    valley = smooth[low_peak:high_peak + 1].min()
+    return bool(valley <= VALLEY_RATIO * smooth[high_peak])
+
+
 def take_plan(hist: np.ndarray, k: int, from_top: bool) -> Tuple[int, int, int]:
     """(whole-bin cut c, partial bin p, samples to take from p) for "up to k" from one end.
 
@@ -102,18 +131,23 @@ def take_plan(hist: np.ndarray, k: int, from_top: bool) -> Tuple[int, int, int]:
 
 
 def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float) -> dict:
-    """The epoch's cut: ILL = codes >= ill_cut, or from the top down to k_ill = floor(rho_ill n); RED
-    from the bottom up to k_red = floor(rho_red n), below the ILL bins."""
+    """The epoch's cut: ILL = codes >= t when they form a second mode of at most k_ill = floor(rho_ill n)
+    samples; otherwise ("paper_cycle" True: no separate wrong-pair mode within the budget) the top of the
+    histogram down to k_ill. RED from the bottom up to k_red = floor(rho_red n), below the ILL bins."""
     hist = np.asarray(hist, dtype=np.int64)
     k_ill = math.floor(rho_ill * n)
     t = otsu_cut(hist)
-    ill = (t, -1, 0) if int(hist[t:].sum()) <= k_ill else take_plan(hist, k_ill, from_top=True)
+    paper_cycle = not has_two_modes(hist, t) or int(hist[t:].sum()) > k_ill
+    if not paper_cycle:
+        ill = (t, -1, 0)
+    else:
+        ill = take_plan(hist, k_ill, from_top=True)
     k_red = math.floor(rho_red * n)
     # RED never reaches into the ILL bins
     below = hist.copy()
     below[min(ill[0], ill[1] if ill[1] >= 0 else ill[0]):] = 0
     red = take_plan(below, k_red, from_top=False)
-    return {"otsu": t, "ill": ill, "red": red, "k_ill": k_ill, "k_red": k_red}
+    return {"otsu": t, "paper_cycle": paper_cycle, "ill": ill, "red": red, "k_ill": k_ill, "k_red": k_red}
 
 
 def tie_hashes(ids, seed: int, epoch: int):
@@ -147,10 +181,14 @@ def epoch_candidates_reference(ids, loss_a, loss_b, *, rho_ill: float, rho_red: 
 
 
 def mutation_prune_reference(ill: SampleSet, red: SampleSet, mode: str, rate: float, seed: int,
-                             epoch: int) -> SampleSet:
+                             epoch: int, paper_cycle: bool = False) -> SampleSet:
     """The prune set of a mutation epoch at cosine rate `rate`: every ILL candidate (modes "both" and
     "ill_matched") and a keyed uniform sample of floor(rate |RED \\ ILL|) of the RED candidates (modes
-    "both" and "redundant"); mode "redundant" alone is the paper's draw."""
+    "both" and "redundant"); mode "redundant" alone, and every mode after a one-mode preparation, is the
+    paper's draw: floor(rate |candidates|) of the mode's candidates, as Scan draws them."""
+    if paper_cycle:
+        pool = {"both": ill | red, "ill_matched": ill, "redundant": red}[mode]
+        return pool.sample(prune_count(rate, len(pool)), seed, mutation_stream(epoch))
     if mode == "redundant":
         return red.sample(prune_count(rate, len(red)), seed, mutation_stream(epoch))
     if mode == "ill_matched":
@@ -192,6 +230,7 @@ class ScanEpoch(Scan):
         self._codes = None  # uint8 (hi - lo + 1,) on the losses' device while preparing; last slot: a sink
         self._hist = None   # int64 (NUM_CODES + 1,) of every observed sample of the epoch; last slot: unused
         self.last_plan = None
+        self._paper_cycle = False  # the last completed preparation found no wrong-pair mode: the paper's cycle
         self._edges = {}    # device -> EDGES there (copied once, not every step)
         self._held = None   # the ILL bits held out of this preparation epoch's loss (None: nothing held)
         self._held_on = {}  # device -> self._held there
@@ -209,7 +248,8 @@ class ScanEpoch(Scan):
         if self._pruned_cache is None or self._pruned_cache.epoch != epoch:
             rate = cosine_rate(position, self.config.t_cos)
             self._pruned_cache = PrunedSet(epoch, mutation_prune_reference(self._ill, self._red, self.config.mode,
-                                                                           rate, self.config.seed, epoch))
+                                                                           rate, self.config.seed, epoch,
+                                                                           self._paper_cycle))
         return self._pruned_cache.pruned
 
     def holds_out(self) -> bool:
@@ -240,7 +280,8 @@ class ScanEpoch(Scan):
         """Set what `epoch` holds out: the last preparation's ILL bits in a preparation epoch (counted once
         an epoch, never per step)."""
         self._held, self._held_on = None, {}
-        if self.is_preparation(epoch) and self.config.mode != "redundant" and len(self._ill):
+        if (self.is_preparation(epoch) and self.config.mode != "redundant" and not self._paper_cycle
+                and len(self._ill)):
             self._held = self._ill.packed_bits()
 
     def _buffers(self, device):
@@ -288,6 +329,7 @@ class ScanEpoch(Scan):
     def block_candidates(self, epoch: int):
         """(ill ids, red ids) of this rank's block, from the epoch's histogram (the same on every rank)."""
         if self._codes is None:
+            self.last_plan = None
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         hist = self._hist[:NUM_CODES].cpu().numpy()
         p = plan(hist, int(hist.sum()), self.config.rho_ill, self.config.rho_red)
@@ -318,7 +360,13 @@ class ScanEpoch(Scan):
             self._new.ill.add(self._gather(ill))
             self._new.red.add(self._gather(red))
             self._codes = self._hist = None
+            # every rank read the same histogram; an epoch with no observations keeps the epoch-wide cycle
+            self._paper_cycle = bool(self.last_plan["paper_cycle"]) if self.last_plan is not None else False
         return super()._finish_epoch(epoch, epoch_loss)
+
+    def paper_cycle(self) -> bool:
+        """Whether the last completed preparation found no separate wrong-pair mode, so its cycle is the paper's."""
+        return self._paper_cycle
 
     # -- checkpoints: Scan's state plus, inside a preparation epoch, this block's codes
     def _state(self):
@@ -327,12 +375,16 @@ class ScanEpoch(Scan):
         state["world_size"] = self.world_size
         state["codes"] = None if self._codes is None else self._codes.cpu().clone()
         state["hist"] = None if self._hist is None else self._hist.cpu().clone()
+        state["paper_cycle"] = self._paper_cycle
         return state
 
     def _parse_state(self, state):
         if state.get("kind") != "ScanEpoch":
             raise ValueError(f"state_dict is for {state.get('kind')}, not ScanEpoch")
         codes, hist = state.get("codes"), state.get("hist")
+        paper_cycle = state.get("paper_cycle", False)  # absent from checkpoints written before the test
+        if not isinstance(paper_cycle, bool):
+            raise ValueError(f"state_dict['paper_cycle'] must be a bool, got {paper_cycle!r}")
         if (codes is None) != (hist is None):
             raise ValueError("state_dict's 'codes' and 'hist' must be both set or both None")
         if codes is not None:
@@ -349,6 +401,7 @@ class ScanEpoch(Scan):
 
         def apply():
             apply_scan()
+            self._paper_cycle = paper_cycle
             self._codes = None if codes is None else codes.clone()
             self._hist = None if hist is None else hist.clone()
             if self._in_epoch:  # resumed inside an epoch: _begin_epoch will not run for it

@@ -1,7 +1,5 @@
 """The CLIP and SigLIP tasks (`ClipTask`, `SigLipTask`) and `train_clip(config)`: contrastive
 image-text pre-training with SCAN (or a baseline) on an FFCV .beton or part folder."""
-import os
-
 import numpy as np
 
 from scan_fast.train.clip_model import Clip, default_loss
@@ -102,10 +100,10 @@ def train_clip(cfg: ClipConfig) -> dict:
 
 
 def mismatch_truth(train_data):
-    """Injected-mismatch flags of an embedded shapes set, or None for other data."""
-    stem = train_data[: -len(".beton")] if train_data.endswith(".beton") else train_data
-    if not os.path.isfile(f"{stem}.truth.npz"):
+    """Injected-mismatch flags of an embedded shapes (or colour-digits) set, or None for other data."""
+    from scan_fast.data.embedded import has_shapes_truth, load_shapes_truth
+
+    if not has_shapes_truth(train_data):
         return None
-    from scan_fast.data import load_shapes_truth
 
     return np.asarray(load_shapes_truth(train_data)["mismatched"], dtype=bool)

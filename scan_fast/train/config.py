@@ -28,6 +28,8 @@ class PruneMode:
     random_count: how many ids it keeps is a random draw, so its fewest is an expectation (InfoBatch);
     in_demo: the demo can run it (static needs a coreset file of its own);
     copies_counts_of: the strategy whose run's per-epoch counts it matches (the demo runs that one first);
+    matches_sample_steps: it matches that run's total sample-steps, not its per-epoch counts: all the data over
+        the fewest epochs that hold them (scan_fast/schedule/budget.py), the demo sets --epochs to those;
     demo_baseline: the demo's reference, every other strategy's accuracy is compared with it;
     style: (colour, marker, line style) of its curves in the demo's plots.
     """
@@ -39,6 +41,7 @@ class PruneMode:
     random_count: bool = False
     in_demo: bool = True
     copies_counts_of: Optional[str] = None
+    matches_sample_steps: bool = False
     demo_baseline: bool = False
     style: Tuple[str, str, str] = ("tab:gray", "x", "-")
 
@@ -77,6 +80,16 @@ def _random(cfg, num_samples, rank, world_size):
                          t_cos=cfg.t_cos, prune_threshold=cfg.prune_threshold, mode=cfg.prune_target, seed=cfg.seed)
 
 
+def _none_matched(cfg, num_samples, rank, world_size):
+    from scan_fast.schedule.budget import matched_prune_counts
+    from scan_fast.schedule.strategies import RandomPruning
+    from scan_fast.train.report import read_sample_steps
+
+    counts = matched_prune_counts(read_sample_steps(cfg.prune_counts), num_samples, cfg.batch_size * world_size,
+                                  cfg.epochs)
+    return RandomPruning(num_samples, prune_counts=counts, seed=cfg.seed)
+
+
 def _infobatch(cfg, num_samples, rank, world_size):
     from scan_fast.schedule.strategies import InfoBatch
 
@@ -108,6 +121,10 @@ PRUNE_MODES = {
                             style=("tab:green", "s", "-")),
     "none": PruneMode(_none, demo_baseline=True, style=("black", "D", "--")),
     "random": PruneMode(_random, flags=("prune_counts",), copies_counts_of="scan", style=("tab:red", "v", ":")),
+    # the equal-compute baseline: no pruning, for the sample-steps of the variant's run, its own cosine
+    "none-matched": PruneMode(_none_matched, flags=("prune_counts",), needs_flags=True,
+                              copies_counts_of="scan-epoch", matches_sample_steps=True,
+                              style=("dimgray", "d", "-")),
     "infobatch": PruneMode(_infobatch, random_count=True, style=("tab:purple", "^", "-.")),
     "seta": PruneMode(_seta, style=("tab:orange", "P", "--")),
     "static": PruneMode(_static, flags=("coreset",), needs_flags=True, in_demo=False),
@@ -188,7 +205,9 @@ class TrainConfig:
                                   "datacomp|keys: matched to --train-data's uids or keys), or a run's "
                                   "coreset.bits.npy", "pruning")
     prune_counts: Optional[str] = flag(None, "--prune random: epochs.csv of a SCAN run whose per-epoch counts to "
-                                       "match", "pruning")
+                                       "match; --prune none-matched: epochs.csv of a run whose total sample-steps to "
+                                       "train on all the data, spread evenly over --epochs (the demo sets the fewest "
+                                       "that hold them)", "pruning")
     infobatch_ratio: float = flag(0.5, "InfoBatch: pruning probability of below-mean samples", "pruning")
     infobatch_delta: float = flag(0.875, "InfoBatch: share of the epochs that may prune (the rest use all data)",
                                   "pruning")
@@ -268,7 +287,9 @@ class TrainConfig:
         """The flags a strategy owns (PruneMode.flags) are only given with it, and with it when it needs them."""
         for name, mode in PRUNE_MODES.items():
             given = [f for f in mode.flags if getattr(self, f) is not None]
-            chosen = self.prune == name
+            # a flag two strategies share (--prune-counts) is the chosen one's where it owns it too
+            chosen = self.prune == name or bool(given and self.prune in PRUNE_MODES
+                                                and set(given) <= set(PRUNE_MODES[self.prune].flags))
             flags = "/".join(option_name(f) for f in mode.flags)
             if mode.needs_flags and chosen != bool(given):
                 values = ", ".join(f"{option_name(f)} {getattr(self, f)}" for f in mode.flags)

@@ -1,12 +1,15 @@
-"""The main job (`make demo`): SCAN and its epoch-wide variant against none / random (and, by
---strategies, InfoBatch and SeTa) on the embedded shapes data, or on colour-digits (--data).
+"""The main job (`make demo`): SCAN and its epoch-wide variant against none / none-matched / random (and,
+by --strategies, InfoBatch and SeTa) on the embedded shapes data, or another set of demo_data.py (--data:
+clean, hard-caption and colour-digits sets).
 
 Builds `shapes` (8 shapes x 8 colours, small or large, in one of 4 quadrants;
 20% mismatched captions, 10% near-duplicates) with a clean held-out split for
 zero-shot evaluation over its 64 shape x colour classes; trains the tiny CLIP
 (`--loss siglip`: the same towers with the sigmoid loss) once per strategy and seed at equal
 epochs (random prunes exactly the counts of the SCAN run of the same seed, read from its
-epochs.csv), and prints one
+epochs.csv), except none-matched, the equal-compute baseline: all the data for the sample-steps of
+the scan-epoch run of the same seed, over the fewest epochs that hold them, its learning rate's cosine
+over that shorter run (scan_fast/schedule/budget.py); and prints one
 table: sample-steps, training wall time, zero-shot accuracy (evaluated after every epoch, for the
 accuracy-vs-compute plots), and for SCAN and scan-epoch the
 precision / recall of its ill-matched candidates against the injected
@@ -22,12 +25,12 @@ import numpy as np
 
 from scan_fast.train.config import LOSSES, PRUNE_MODES, PruneMode
 from scan_fast.train.flags import add_config_flags, check_choices, config_from_args, flag
+from scan_fast.train.demo_data import DATA_SETS, build_data
 
 STRATEGIES = tuple(name for name, mode in PRUNE_MODES.items() if mode.in_demo)  # static needs a coreset file
 BASELINE = next(name for name, mode in PRUNE_MODES.items() if mode.demo_baseline)  # what the others are compared with
-DATA_SETS = ("shapes", "colour-digits")
-DEFAULT_STRATEGIES = ("scan", "scan-epoch", "none", "random")  # make demo: under 4 minutes on 2 cores
-TRAIN_PARTS = 4
+MATCHED = next(name for name, mode in PRUNE_MODES.items() if mode.matches_sample_steps)  # the equal-compute baseline
+DEFAULT_STRATEGIES = ("scan", "scan-epoch", "none", "none-matched", "random")  # make demo: under 4 min on 2 cores
 
 
 @dataclass
@@ -47,8 +50,10 @@ class MainJobConfig:
     progress: bool = flag(True, "tqdm bars", "run")
     loss: Literal[LOSSES] = flag("clip", "clip: the tiny CLIP; siglip: the same towers with the sigmoid "
                                            "loss", "training")
-    data: Literal[DATA_SETS] = flag("shapes", "shapes, or colour-digits: handwritten digits in colour with "
-                                    "mismatched and faint pairs (scan_fast/train/colour_digits.py)", "data")
+    data: Literal[tuple(DATA_SETS)] = flag(
+        "shapes", "shapes (20%% wrong captions), shapes-clean (none), shapes-hard (near-miss wrong captions, varied "
+                  "templates), colour-digits (handwritten digits in colour, wrong and faint pairs), colour-digits-clean "
+                  "(scan_fast/train/demo_data.py)", "data")
 
     def __post_init__(self):
         check_choices(self)
@@ -66,81 +71,6 @@ class MainJobConfig:
             raise ValueError("--seeds: give at least one seed")
 
 
-def build_colour_digits(out: str, num_samples: int, test_samples: int, progress: bool = True) -> Dict[str, str]:
-    """The colour-digits train and held-out sets under out/data (reused when their meta matches)."""
-    import json
-
-    from scan_fast.train.clip_model import TINY_CLIP_CONFIG
-    from scan_fast.train.colour_digits import write_colour_digits
-
-    context = TINY_CLIP_CONFIG["text_cfg"]["context_length"]
-    folder = os.path.join(out, "data")
-    os.makedirs(folder, exist_ok=True)
-    paths = {"train": os.path.join(folder, f"colour_digits{num_samples}.beton"),
-             "test": os.path.join(folder, f"colour_digits_test{test_samples}.beton")}
-    for split, n, seed in (("train", num_samples, 0), ("test", test_samples, 1)):
-        path = paths[split]
-        try:
-            meta = json.loads(open(path[: -len(".beton")] + ".meta.json").read())
-            fresh = os.path.isfile(path) and meta["num_samples"] == n and meta["split"] == split
-        except (OSError, ValueError, KeyError):
-            fresh = False
-        if not fresh:
-            noise = {} if split == "train" else dict(mismatch_fraction=0.0, faint_fraction=0.0,
-                                                     duplicate_fraction=0.0)
-            if os.path.exists(path):
-                os.remove(path)
-            write_colour_digits(path, n, split=split, context_length=context, seed=seed, progress=progress, **noise)
-    return paths
-
-
-def build_data(out: str, num_samples: int, test_samples: int, progress: bool = True) -> Dict[str, str]:
-    """Write the embedded data sets once (reused when already there with the same size and,
-    for shapes, the same vocabulary and geometry: data of an older generator is rewritten)."""
-    import json
-
-    from scan_fast.data import check_beton, write_shapes
-    from scan_fast.data.embedded import (COLOURS, GRID, JITTER, POSITIONS, RADII, SHAPES, SHAPES_TEMPLATE, SIZES,
-                                         _truth_stem)
-    from scan_fast.train.clip_model import TINY_CLIP_CONFIG
-
-    context = TINY_CLIP_CONFIG["text_cfg"]["context_length"]
-    folder = os.path.join(out, "data")
-    os.makedirs(folder, exist_ok=True)
-    # The training set is a part folder (4 parts), so the main job reads data the way a large
-    # data set is read; the rows and their order are those of a single file.
-    paths = {"train": os.path.join(folder, f"shapes{num_samples}"),
-             "test": os.path.join(folder, f"shapes_test{test_samples}.beton")}
-
-    def missing(path, n=None):
-        try:
-            return n is not None and check_beton(path)["num_samples"] != n
-        except (FileNotFoundError, ValueError):
-            return True
-
-    vocabulary = {"template": SHAPES_TEMPLATE, "shapes": list(SHAPES), "colours": list(COLOURS),
-                  "positions": list(POSITIONS), "sizes": list(SIZES), "grid": GRID, "radii": list(RADII),
-                  "jitter": JITTER}
-
-    def stale_shapes(path, n):
-        if missing(path, n):
-            return True
-        try:
-            meta = json.loads(open(_truth_stem(path) + ".truth.json").read())
-        except (OSError, ValueError):
-            return True
-        return any(meta.get(key) != value for key, value in vocabulary.items())
-
-    if stale_shapes(paths["train"], num_samples):
-        write_shapes(paths["train"], num_samples=num_samples, mismatch_fraction=0.2, duplicate_fraction=0.1,
-                     seed=0, context_length=context, progress=progress,
-                     samples_per_part=-(-num_samples // TRAIN_PARTS))
-    if stale_shapes(paths["test"], test_samples):
-        write_shapes(paths["test"], num_samples=test_samples, mismatch_fraction=0.0, duplicate_fraction=0.0,
-                     seed=1, context_length=context, progress=progress)
-    return paths
-
-
 def _compile_data_pipeline(data: Dict[str, str], job: MainJobConfig) -> None:
     """Read the held-out set once, untimed, through the labelled loader the evaluation reads it with
     (every data set's held-out split is labelled; colour-digits' has no captions): FFCV compiles its
@@ -155,6 +85,16 @@ def _compile_data_pipeline(data: Dict[str, str], job: MainJobConfig) -> None:
         pass
 
 
+def _epochs_of(job: MainJobConfig, prune: str, prune_counts: Optional[str]) -> int:
+    """The job's epochs, or for a strategy that matches another run's sample-steps the fewest that hold them."""
+    if not PRUNE_MODES[prune].matches_sample_steps:
+        return job.epochs
+    from scan_fast.schedule.budget import matched_epochs
+    from scan_fast.train.report import read_sample_steps
+
+    return matched_epochs(read_sample_steps(prune_counts), job.num_samples, job.batch_size)
+
+
 def _run(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_counts: Optional[str]) -> dict:
     from scan_fast.train.clip import train_clip
     from scan_fast.train.clip_model import TINY_CLIP, TINY_SIGLIP
@@ -162,10 +102,10 @@ def _run(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_
 
     from scan_fast.train.colour_digits import TEMPLATE
 
-    extra = {"zeroshot_template": TEMPLATE} if job.data == "colour-digits" else {}
+    extra = {"zeroshot_template": TEMPLATE} if DATA_SETS[job.data].family == "colour-digits" else {}
     cfg = ClipConfig(model=TINY_SIGLIP if job.loss == "siglip" else TINY_CLIP, loss=job.loss,
                      train_data=data["train"], val_data=data["test"], batch_size=job.batch_size,
-                     epochs=job.epochs, lr=job.lr, warmup_epochs=job.warmup_epochs, seed=seed, prune=prune,
+                     epochs=_epochs_of(job, prune, prune_counts), lr=job.lr, warmup_epochs=job.warmup_epochs, seed=seed, prune=prune,
                      prune_counts=prune_counts, workers=job.workers, logs=os.path.join(job.out, "runs"),
                      name=f"{prune}-seed{seed}", progress=job.progress, tensorboard=True,
                      overwrite=True,  # the job's runs are its own outputs, made again on every call
@@ -180,8 +120,7 @@ def run_main_job(job: MainJobConfig) -> List[dict]:
 
     flush_cpu_denormals()  # before building the data starts any thread pool
     start = time.perf_counter()
-    build = build_colour_digits if job.data == "colour-digits" else build_data
-    data = build(job.out, job.num_samples, job.test_samples, job.progress)
+    data = build_data(job.out, job.num_samples, job.test_samples, job.progress, job.data)
     _compile_data_pipeline(data, job)
     rows = []
     for seed in job.seeds:
@@ -213,6 +152,7 @@ def aggregate(rows: List[dict]) -> List[dict]:
     the baseline (`none`) paired by seed (a seed's data and initial weights are shared by its strategies,
     so the paired gap is far less noisy than the spread of either accuracy over seeds), with its worst seed."""
     none_by_seed = {r["seed"]: r.get("eval") for r in rows if r["strategy"] == BASELINE}
+    matched_by_seed = {r["seed"]: r.get("eval") for r in rows if r["strategy"] == MATCHED}
     out = []
     for strategy in dict.fromkeys(r["strategy"] for r in rows):
         group = [r for r in rows if r["strategy"] == strategy]
@@ -224,6 +164,10 @@ def aggregate(rows: List[dict]) -> List[dict]:
                 if strategy != BASELINE and r.get("eval") is not None and none_by_seed.get(r["seed"]) is not None]
         agg["eval_vs_none"], agg["eval_vs_none_std"] = _mean_std(gaps)
         agg["eval_vs_none_worst"] = min(gaps) if gaps else None
+        gaps = [r["eval"] - matched_by_seed[r["seed"]] for r in group
+                if strategy != MATCHED and r.get("eval") is not None and matched_by_seed.get(r["seed"]) is not None]
+        agg["eval_vs_matched"], agg["eval_vs_matched_std"] = _mean_std(gaps)
+        agg["eval_vs_matched_worst"] = min(gaps) if gaps else None
         out.append(agg)
     return out
 
@@ -237,18 +181,25 @@ def format_table(rows: List[dict]) -> str:
         text = f"{mean * scale:{sign}.{digits}f}{suffix}"
         return text + (f" ± {std * scale:.{digits}f}" if agg["seeds"] > 1 else "")
 
+    matched = any(r["strategy"] == MATCHED for r in rows)
     header = ("| strategy | seeds | sample-steps | pruned (all / after warm-up) | train wall s | train CPU s "
               f"| zero-shot acc % | vs {BASELINE}, paired by seed (points) | worst seed vs {BASELINE} "
-              "| ill-matched precision % | ill-matched recall % |")
-    lines = [header, "|" + "---|" * 11]
+              + (f"| vs {MATCHED}, paired (points) | worst seed vs {MATCHED} " if matched else "")
+              + "| ill-matched precision % | ill-matched recall % |")
+    lines = [header, "|" + "---|" * (13 if matched else 11)]
     for agg in aggregate(rows):
+        versus = ""
+        if matched:
+            worst_m = "—" if agg["eval_vs_matched_worst"] is None else f"{100 * agg['eval_vs_matched_worst']:+.1f}"
+            versus = f"| {cell(agg, 'eval_vs_matched', 100, 1, sign='+')} | {worst_m} "
         pruned = cell(agg, "pruned_fraction", 100, 1, "%")
         if agg["pruned_fraction_after_warmup"] is not None:
             pruned += " / " + cell(agg, "pruned_fraction_after_warmup", 100, 1, "%")
         worst = "—" if agg["eval_vs_none_worst"] is None else f"{100 * agg['eval_vs_none_worst']:+.1f}"
         lines.append(f"| {agg['strategy']} | {agg['seeds']} | {cell(agg, 'sample_steps', 1, 0)} | {pruned} "
                      f"| {cell(agg, 'wall_seconds')} | {cell(agg, 'cpu_seconds')} | {cell(agg, 'eval', 100)} "
-                     f"| {cell(agg, 'eval_vs_none', 100, 1, sign='+')} | {worst} | {cell(agg, 'ill_precision', 100)} "
+                     f"| {cell(agg, 'eval_vs_none', 100, 1, sign='+')} | {worst} {versus}"
+                     f"| {cell(agg, 'ill_precision', 100)} "
                      f"| {cell(agg, 'ill_recall', 100)} |")
     return "\n".join(lines)
 
@@ -262,15 +213,19 @@ def write_comparison(job: MainJobConfig, rows: List[dict], table: str, seconds: 
 
     finders = ", ".join(name for name, mode in PRUNE_MODES.items() if mode.finds_candidates)
     truth_note = (f"Precision / recall: the ill-matched candidates of the last preparation epoch ({finders}) "
-                  f"against the {int(0.2 * 100)}% injected mismatched captions.")
-    if job.data == "colour-digits":
-        data_line = (f"# SCAN vs baselines on colour-digits (tiny {_MODEL_NAMES[job.loss]}, CPU)", "",
-                     f"{job.num_samples} training pairs of handwritten digits in colour (20% mismatched captions, "
+                  "against the injected mismatched captions.")
+    choice = DATA_SETS[job.data]
+    wrong = f"{round(100 * choice.mismatch_fraction)}% mismatched captions"
+    if choice.captions == "varied":
+        wrong += " that differ from the right one in one word, captions in several templates"
+    if choice.family == "colour-digits":
+        data_line = (f"# SCAN vs baselines on {job.data} (tiny {_MODEL_NAMES[job.loss]}, CPU)", "",
+                     f"{job.num_samples} training pairs of handwritten digits in colour ({wrong}, "
                      f"15% faint but right, 10% near-duplicates), {job.test_samples} clean held-out pairs of unseen "
                      "handwriting for 80-way (digit x colour) zero-shot classification; ")
     else:
-        data_line = (f"# SCAN vs baselines on the embedded shapes data (tiny {_MODEL_NAMES[job.loss]}, CPU)", "",
-                     f"{job.num_samples} training pairs (20% mismatched captions, 10% near-duplicates), "
+        data_line = (f"# SCAN vs baselines on {job.data} (tiny {_MODEL_NAMES[job.loss]}, CPU)", "",
+                     f"{job.num_samples} training pairs ({wrong}, 10% near-duplicates), "
                      f"{job.test_samples} clean held-out pairs for {len(SHAPES) * len(COLOURS)}-way (shape x colour) "
                      "zero-shot classification; ")
     per_run = ["| strategy | seed | sample-steps | wall s | zero-shot acc | run report |", "|---|---|---|---|---|---|"]
@@ -281,7 +236,8 @@ def write_comparison(job: MainJobConfig, rows: List[dict], table: str, seconds: 
     text = "\n".join([
         data_line[0], data_line[1], data_line[2] + f"{job.epochs} epochs, "
         f"batch {job.batch_size}, lr {job.lr}, seeds {list(job.seeds)}. Random pruning removes exactly as many "
-        "samples per epoch as the SCAN run of the same seed. Total time "
+        "samples per epoch as the SCAN run of the same seed; none-matched trains all the data for the "
+        "sample-steps of the scan-epoch run of the same seed (fewer epochs, its own cosine). Total time "
         f"{seconds:.0f} s.", "", table, "", truth_note, "", "## Runs", "", *per_run, "",
         "## Plots", "",
         "Zero-shot accuracy after every epoch against the cumulative sample-steps and the cumulative training "

@@ -77,6 +77,27 @@ def read_prune_counts(path: str) -> Dict[int, int]:
     return counts
 
 
+def read_sample_steps(path: str) -> int:
+    """The sample-steps a run trained (the sum of its epochs.csv's samples column), for --prune none-matched."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--prune-counts: no file at {path}")
+    total = 0
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if "samples" not in (reader.fieldnames or ()):
+            raise ValueError(f"--prune-counts: {path} lacks column 'samples'; expected a run's epochs.csv")
+        for row_number, row in enumerate(reader, start=2):
+            try:
+                samples = int(row["samples"])
+            except (TypeError, ValueError):
+                raise ValueError(f"--prune-counts: {path}, line {row_number}: samples must be an integer, "
+                                 f"got {row.get('samples')!r}") from None
+            if samples < 0:
+                raise ValueError(f"--prune-counts: {path}, line {row_number}: negative samples {samples}")
+            total += samples
+    return total
+
+
 def plot_run(folder: str, history: List[dict], candidate_losses: Optional[dict] = None) -> List[str]:
     """loss.png, kept.png and (when given) candidates.png; returns the file names written."""
     import matplotlib
