@@ -18,7 +18,7 @@
    read path (the loader before batches were staged), interleaved in one run.
 5. inplace: the same JPEGs as webdataset shards, read by clip_loader from an in-place index
    (`data index`), from a part folder converted from those shards, and by ffcv's own Loader
-   on the converted file (same pipelines; a pruned epoch through its `indices`), at 64 and
+   on the converted file (its own crop decoder and flip; a pruned epoch through its `indices`), at 64 and
    224 px, all samples and a random half; targets: index >= 0.9x the part folder and >= 0.9x
    ffcv's Loader, the part folder >= 1.0x ffcv's Loader at 64 px. Also the bytes each reads
    per batch (read syscalls, storage reads from a cold page cache, and data file pages mapped)
@@ -343,15 +343,22 @@ def make_shards(root: Path, num_samples: int, resolution: int, per_shard: int = 
 
 
 def _ffcv_loader(beton: Path, resolution: int, workers: int, kept=None):
-    """clip_loader's pipelines on ffcv's own Loader (Reader, OS-cache memory manager, Random order),
-    reading only `kept` (its `indices`) when given."""
+    """ffcv's own Loader (Reader, OS-cache memory manager, Random order) with ffcv's own random-resized-crop
+    decoder and flip (what a user of ffcv alone runs), reading only `kept` (its `indices`) when given."""
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.ndarray import NDArrayDecoder
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
 
-    from scan_fast.data.pipelines import clip_pipelines
+    from scan_fast.data.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-    pipes = clip_pipelines(resolution)
+    image = [RandomResizedCropRGBImageDecoder((resolution, resolution), scale=(0.9, 1.0)), RandomHorizontalFlip(),
+             NormalizeImage(np.array(OPENAI_CLIP_MEAN) * 255, np.array(OPENAI_CLIP_STD) * 255, np.float32),
+             ToTensor(), ToTorchImage()]
+    pipes = {"image": image, "tokens": [NDArrayDecoder(), ToTensor()], "id": [IntDecoder(), ToTensor(), Squeeze(1)]}
     return Loader(str(beton), batch_size=BATCH, num_workers=workers, order=OrderOption.RANDOM, seed=0,
-                  indices=kept, pipelines={**pipes, "label": None}, drop_last=False)
+                  indices=kept, pipelines=pipes, drop_last=False)
 
 
 def _io_counters():

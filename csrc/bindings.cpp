@@ -255,6 +255,27 @@ PYBIND11_MODULE(_C, m) {
         not hold whole (cut short). int32 fds, uint64 offsets, sizes and out_offsets, a writable uint8 out.
     )pbdoc");
 
+  m.def(
+      "find_sorted_pointers",
+      [](int32_t fd, uint64_t table_offset, uint64_t count, const CArray<uint64_t>& queries) {
+        const auto n = static_cast<py::ssize_t>(queries.size());
+        py::array_t<int64_t> found(n);
+        py::array_t<uint64_t> sizes(n);
+        int64_t* found_data = found.mutable_data();
+        uint64_t* sizes_data = sizes.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          scan_fast::find_sorted_pointers(fd, table_offset, count, queries.data(), static_cast<size_t>(n), found_data,
+                                          sizes_data);
+        }
+        return py::make_tuple(std::move(found), std::move(sizes));
+      },
+      py::arg("fd"), py::arg("table_offset"), py::arg("count"), py::arg("queries").noconvert(), R"pbdoc(
+        (index int64, size uint64) of each query pointer in a .beton allocation table sorted by pointer
+        (count records of three uint64 at table_offset of fd; -1 where absent), reading only the probed
+        records with pread, the GIL released.
+    )pbdoc");
+
   m.def("set_num_threads", &scan_fast::set_num_threads, py::arg("num_threads"),
         "Threads for the bulk loops; results never depend on it.");
   m.def("get_num_threads", &scan_fast::get_num_threads);

@@ -37,6 +37,8 @@ from ffcv.fields import BytesField, JSONField, NDArrayField, RGBImageField
 from ffcv.types import (ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType, get_handlers,
                         get_metadata_type)
 
+from scan_fast import _C
+
 from .regions import DataError, Located, open_for_reads, read_rows
 
 # Rows handled at a time by the chunked passes (24 bytes each in the allocation table).
@@ -202,19 +204,29 @@ class BetonFile:
         the pointer index."""
         fd = self.file_descriptor()
         metadata = read_rows(fd, self.metadata_offset, self.metadata_type, rows, self.path)
-        n, index = len(rows), self.pointer_index()
+        n = len(rows)
         offsets = np.empty((n, len(fields)), np.uint64)
         sizes = np.empty((n, len(fields)), np.uint64)
         for k, (column, sub) in enumerate(fields):
             ptrs = np.ascontiguousarray(metadata[column][sub] if sub else metadata[column], dtype=np.uint64)
-            found = find_pointers(index["ptr"], ptrs)
+            found, sizes[:, k] = self._find_values(ptrs)
             if (found < 0).any():
                 bad = int(np.flatnonzero(found < 0)[0])
                 raise DataError(f"{self.path} is corrupt: sample {int(rows[bad])} points at byte {int(ptrs[bad])}, "
                                 f"which holds no stored value (scan-fast data check {self.path})")
             offsets[:, k] = ptrs
-            sizes[:, k] = index["size"][found]
         return Located(metadata, np.full((n, len(fields)), fd, np.int32), offsets, sizes, metadata.nbytes)
+
+    def _find_values(self, ptrs: np.ndarray):
+        """(index in the pointer index, size) of each stored value at `ptrs`: in a file whose own table is
+        sorted by pointer (our writers'), searched with pread (only the probed records are read: a mapped
+        table would page in whole folios around each probe); otherwise in the cached sorted copy."""
+        record = self.record if self.record is not None else self.describe()
+        if record["ptr_sorted"]:
+            return _C.find_sorted_pointers(self.file_descriptor(), self.table_ptr, self.num_allocations, ptrs)
+        index = self.pointer_index()
+        found = find_pointers(index["ptr"], ptrs)
+        return found, np.where(found >= 0, index["size"][np.maximum(found, 0)], 0).astype(np.uint64)
 
     def close(self):
         if self._fd is not None:
