@@ -25,6 +25,7 @@ from ffcv.libffcv import imdecode, resize_crop
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.state import State
+from llvmlite import ir
 from numba import carray, types
 from numba.extending import intrinsic
 
@@ -137,7 +138,6 @@ class _CheckedDecoder(SimpleRGBImageDecoder):
             cell = carray(_uint64_pointer(cell_address), (2,))
             seed, epoch = cell[0], cell[1]
             ids = carray(_uint64_pointer(ids_address), (ids_length,))
-            failed = carray(_uint8_pointer(sink_address), (sink_length,))
             for dst_ix in parallel_range(len(batch_indices)):
                 row = batch_indices[dst_ix]
                 sample_id = ids[dst_ix] if staged else row
@@ -149,7 +149,7 @@ class _CheckedDecoder(SimpleRGBImageDecoder):
                     status = imdecode_c(data, image, height, width, height, width, 0, 0, 1, 1, False, False)
                     if status != 0:  # damaged: never another sample's pixels left in the scratch buffer
                         if dst_ix < sink_length:
-                            failed[dst_ix] = 1
+                            _mark_failed(sink_address + dst_ix)
                         destination[dst_ix][:] = 0
                         continue
                     image = image.reshape(-1)[:3 * height * width].reshape(height, width, 3)
@@ -166,12 +166,14 @@ class _CheckedDecoder(SimpleRGBImageDecoder):
 
 
 @intrinsic
-def _uint8_pointer(typingctx, address):
-    """An integer address as a uint8* (the failure sink the loader reads after each batch)."""
-    signature = types.CPointer(types.uint8)(address)
+def _mark_failed(typingctx, address):
+    """Store 1 in the byte at an integer address (the failure sink's entry the loader reads after each batch).
+    A store through the address, not an array view of it: numba may type such a view as read-only."""
+    signature = types.void(address)
 
     def codegen(context, builder, sig, args):
-        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
+        byte = ir.IntType(8)
+        builder.store(ir.Constant(byte, 1), builder.inttoptr(args[0], byte.as_pointer()))
 
     return signature, codegen
 
