@@ -6,6 +6,8 @@ function that takes the parsed namespace; library code never reads argv.
 import argparse
 import sys
 
+from scan_fast.data.tokenize import DEFAULT_CONTEXT_LENGTH
+
 
 def add_simulate_parser(sub):
     p = sub.add_parser(
@@ -100,7 +102,7 @@ def add_data_parser(sub):
                                              "class names beside --out), so the set can be a zero-shot --val-data")
     clip.add_argument("--uid-column", help="table column holding each row's uid (32 hex digits, DataComp's): "
                                            "kept beside --out for coreset export --format datacomp")
-    clip.add_argument("--context-length", type=int, default=77)
+    clip.add_argument("--context-length", type=int, default=DEFAULT_CONTEXT_LENGTH, help="caption tokens per sample")
     _add_image_flags(clip, from_files=True)
     _add_write_flags(clip)
     _add_part_flags(clip)
@@ -137,7 +139,7 @@ def add_data_parser(sub):
                        help="tar shards, a folder of them, or a glob (indexed in the order given; a folder's "
                             "*.tar sorted by name)")
     index.add_argument("--out", required=True, help="the index folder to write")
-    index.add_argument("--context-length", type=int, default=77, help="caption tokens per sample")
+    index.add_argument("--context-length", type=int, default=DEFAULT_CONTEXT_LENGTH, help="caption tokens per sample")
     index.add_argument("--max-resolution", type=int, default=256,
                        help="a JPEG whose longer side is larger is converted into the side part, resized to this")
     index.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the side part's images")
@@ -175,7 +177,7 @@ def add_data_parser(sub):
     digits.add_argument("--resolution", type=int, default=32)
     digits.add_argument("--test-fraction", type=float, default=0.2)
     digits.add_argument("--seed", type=int, default=0)
-    digits.add_argument("--context-length", type=int, default=77)
+    digits.add_argument("--context-length", type=int, default=DEFAULT_CONTEXT_LENGTH, help="caption tokens per sample")
     digits.add_argument("--no-progress", action="store_true")
     _add_image_flags(digits, mode="raw", max_resolution=False)
     digits.set_defaults(run=_run_data_digits)
@@ -188,7 +190,7 @@ def add_data_parser(sub):
     shapes.add_argument("--mismatch-fraction", type=float, default=0.1)
     shapes.add_argument("--duplicate-fraction", type=float, default=0.1)
     shapes.add_argument("--seed", type=int, default=0)
-    shapes.add_argument("--context-length", type=int, default=77)
+    shapes.add_argument("--context-length", type=int, default=DEFAULT_CONTEXT_LENGTH, help="caption tokens per sample")
     shapes.add_argument("--num-workers", type=int, default=1,
                         help="writer processes; 1 keeps the bytes reproducible")
     shapes.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
