@@ -409,13 +409,14 @@ def suite_inplace(root: Path, sizes: dict, reps: int, workers: int):
                       "part folder": lambda: clip_loader(parts, BATCH, resolution, scan=scan, drop_last=False,
                                                          num_workers=workers),
                       "ffcv Loader, converted file": lambda: _ffcv_loader(single, resolution, workers, kept)}
-            providers = {}
+            # One provider at a time, each built, warmed up (JIT) and timed before the next is built: numba's
+            # typing is not safe while another loader's pipeline compiles in its thread (ffcv's Loader takes
+            # no lock of ours), so the providers' rounds are not interleaved here.
+            providers, rates = {}, {name: [] for name in makers}
             for name, make in makers.items():
-                providers[name] = make()
-                time_epoch(providers[name])  # warm-up (JIT)
-            rates = {name: [] for name in providers}
-            for _ in range(reps):
-                for name, loader in providers.items():
+                loader = providers[name] = make()
+                time_epoch(loader)
+                for _ in range(reps):
                     if hasattr(loader, "set_epoch"):
                         loader.set_epoch(0)  # the same kept list every time
                     seconds, images = time_epoch(loader)

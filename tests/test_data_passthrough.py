@@ -3,7 +3,6 @@ import io
 import tarfile
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 

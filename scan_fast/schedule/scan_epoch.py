@@ -52,7 +52,7 @@ all-gather their blocks' candidate bits (N/8 bytes in all) once; between epochs 
 Scan's two bitsets. No step reads the host: the codes and the histogram stay on the device.
 """
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -64,7 +64,6 @@ from scan_fast.schedule.inputs import check_batch, check_int
 from scan_fast.schedule.rates import (EARLIEST_MUTATION, PREPARATION, cosine_rate, epoch_phase, mutation_stream,
                                       prune_count)
 from scan_fast.schedule.scan import PrunedSet, Scan
-from scan_fast.schedule.stats import EpochRecord
 
 LOG_LO, LOG_HI = math.log(1e-4), math.log(1e4)  # codes span losses 1e-4 .. 1e4 (7.5% a bin)
 NUM_CODES = 255                                  # codes 0..254; UNSEEN marks ids not observed
