@@ -40,6 +40,7 @@ from ffcv.types import (ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, Header
 from scan_fast import _C
 
 from .regions import DataError, Located, open_for_reads, read_rows
+from .sorted_runs import merge_sorted_runs
 
 # Rows handled at a time by the chunked passes (24 bytes each in the allocation table).
 CHUNK_ROWS = 1 << 21
@@ -439,7 +440,7 @@ def _build_sorted_table(beton: BetonFile, fingerprint: str) -> Path:
                     np.lib.format.write_array_header_1_0(
                         out, {"descr": np.lib.format.dtype_to_descr(ALLOC_TABLE_TYPE), "fortran_order": False,
                               "shape": (len(table),)})
-                    for block in _merge_runs(runs):
+                    for block in merge_sorted_runs(runs, "ptr"):
                         out.write(block.tobytes())
                 os.chmod(partial, 0o666 & ~_umask())
                 os.replace(partial, target)
@@ -447,21 +448,3 @@ def _build_sorted_table(beton: BetonFile, fingerprint: str) -> Path:
         except OSError:
             continue
     raise DataError(f"cannot write the sorted allocation table of {beton.path} beside it or in {_cache_dir()}")
-
-
-def _merge_runs(runs: List[np.ndarray], block: int = 1 << 16) -> Iterator[np.ndarray]:
-    """Merge runs sorted by "ptr" (pointers are unique): each round takes from every run what lies at
-    or below the smallest of the runs' block maxima, which is then complete."""
-    position = [0] * len(runs)
-    while True:
-        live = [i for i, run in enumerate(runs) if position[i] < len(run)]
-        if not live:
-            return
-        heads = {i: runs[i][position[i]:position[i] + block] for i in live}
-        cutoff = min(int(heads[i]["ptr"][-1]) for i in live)
-        taken = []
-        for i in live:
-            count = int(np.searchsorted(heads[i]["ptr"], np.uint64(cutoff), side="right"))
-            taken.append(heads[i][:count])
-            position[i] += count
-        yield np.sort(np.concatenate(taken), order="ptr", kind="stable")

@@ -35,6 +35,8 @@ import numpy as np
 
 from scan_fast.outputs import partial_path
 
+from .sorted_runs import merge_sorted_runs
+
 UID_DTYPE = np.dtype([("f0", "<u8"), ("f1", "<u8")])  # == np.dtype("u8,u8") on little-endian machines
 KINDS = ("keys", "uids")
 KEYS_HEADER = "# scan-fast keys"
@@ -200,7 +202,7 @@ def find_repeat(arrays: Sequence[np.ndarray], kind: str, chunk: int = _CHUNK) ->
                 np.save(path, np.sort(run, order="v", kind="stable"))
                 runs.append(np.load(path, mmap_mode="r"))
         previous = None
-        for block in _merge_sorted(runs):
+        for block in merge_sorted_runs(runs, "v"):
             if previous is not None:
                 block = np.concatenate([previous, block])
             same = np.flatnonzero(block["v"][1:] == block["v"][:-1])
@@ -212,23 +214,6 @@ def find_repeat(arrays: Sequence[np.ndarray], kind: str, chunk: int = _CHUNK) ->
             previous = block[-1:]
     return None if count == 0 else (count, *first)
 
-
-def _merge_sorted(runs: List[np.ndarray], block: int = 1 << 16) -> Iterator[np.ndarray]:
-    """The runs' records (each run sorted by "v") as one stream of sorted blocks: each round takes from
-    every run what lies at or below the smallest of the runs' block maxima."""
-    position = [0] * len(runs)
-    while True:
-        live = [i for i, run in enumerate(runs) if position[i] < len(run)]
-        if not live:
-            return
-        heads = {i: runs[i][position[i]:position[i] + block] for i in live}
-        cutoff = min(heads[i]["v"][-1] for i in live)
-        taken = []
-        for i in live:
-            count = int(np.searchsorted(heads[i]["v"], cutoff, side="right"))
-            taken.append(heads[i][:count])
-            position[i] += count
-        yield np.sort(np.concatenate(taken), order="v", kind="stable")
 
 
 def describe_repeat(files: Sequence, kind: str, repeat, arrays: Sequence[np.ndarray]) -> str:
