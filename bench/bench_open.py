@@ -120,7 +120,7 @@ def write_tiny_index(folder: Path, n: int) -> None:
     from PIL import Image
 
     from scan_fast.data.index_shards import part_record_path, part_stem, write_index_manifest
-    from scan_fast.data.shard_index import ROW_DTYPE, file_entry, shard_fingerprint
+    from scan_fast.data.index_format import ROW_DTYPE, file_entry, shard_fingerprint
 
     folder.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()

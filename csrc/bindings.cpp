@@ -10,6 +10,7 @@
 #include "regions.hpp"
 #include "sample_set.hpp"
 #include "shard.hpp"
+#include "tar_headers.hpp"
 
 namespace py = pybind11;
 using scan_fast::CandidateRule;
@@ -274,6 +275,27 @@ PYBIND11_MODULE(_C, m) {
         (index int64, size uint64) of each query pointer in a .beton allocation table sorted by pointer
         (count records of three uint64 at table_offset of fd; -1 where absent), reading only the probed
         records with pread, the GIL released.
+    )pbdoc");
+
+  m.def(
+      "list_tar",
+      [](int32_t fd, uint64_t file_size) {
+        scan_fast::TarListing listing;
+        {
+          py::gil_scoped_release nogil;
+          listing = scan_fast::list_tar(fd, file_size);
+        }
+        py::list names;
+        for (const auto& name : listing.names) names.append(py::bytes(name));
+        py::array_t<uint64_t> offsets(static_cast<py::ssize_t>(listing.offsets.size()), listing.offsets.data());
+        py::array_t<uint64_t> sizes(static_cast<py::ssize_t>(listing.sizes.size()), listing.sizes.data());
+        return py::make_tuple(names, offsets, sizes, listing.end, listing.stop, listing.detail);
+      },
+      py::arg("fd"), py::arg("file_size"), R"pbdoc(
+        The regular-file members of the tar file open as fd (file_size bytes), from its headers alone,
+        read as Python's tarfile reads them: (names as bytes, data offsets uint64, sizes uint64, end, stop,
+        detail), where the listing stopped at byte `end` because of `stop`: "end" (where tarfile stops
+        quietly), "error" (a member cannot be read: detail) or "not_tar" (the first header: detail).
     )pbdoc");
 
   m.def("set_num_threads", &scan_fast::set_num_threads, py::arg("num_threads"),

@@ -257,3 +257,29 @@ def test_training_from_the_index_equals_training_from_a_passthrough_conversion(s
     keep = ("epoch", "phase", "kept", "pruned", "steps", "samples", "loss", "lr", "eval")
     assert [{k: r.get(k) for k in keep} for r in rows["index"]] == [{k: r.get(k) for k in keep} for r in rows["parts"]]
     assert all(np.isfinite(float(r["loss"])) for r in rows["index"])
+
+
+def test_indexing_imports_no_ffcv_torch_or_opencv(tmp_path):
+    """`data index` of shards of plain JPEGs starts in a fraction of a second: the job loads neither ffcv
+    (with torch and numba's compiles) nor torch for the tokenizer nor OpenCV (a shard with images to
+    convert loads ffcv for its side part), and its tokens are still open_clip's."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(1)
+    captions = ["a photo of a cat", "Two DOGS &amp; a ball", "café au lait, 日本", "don't  stop\tnow!"]
+    members = []
+    for i, caption in enumerate(captions):
+        members += [(f"{i:04d}.jpg", _image_bytes(rng, 16, 16)), (f"{i:04d}.txt", caption.encode())]
+    _tar(tmp_path / "00000.tar", members)
+    out = tmp_path / "idx"
+    code = ("import sys\n"
+            "from scan_fast.cli import main\n"
+            f"main(['data', 'index', '--webdataset', {str(tmp_path / '00000.tar')!r}, '--out', {str(out)!r}, "
+            "'--no-progress'])\n"
+            "loaded = sorted(m for m in ('ffcv', 'torch', 'cv2', 'numba') if m in sys.modules)\n"
+            "assert not loaded, f'data index loaded {loaded}'\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    tokenizer = CaptionTokenizer(77)
+    np.testing.assert_array_equal(np.load(out / "part-00000.tokens.npy"), np.stack([tokenizer(c)[0] for c in captions]))

@@ -1,4 +1,5 @@
 """Writers: round trips through .beton, bad rows skipped and reported, nothing partial left behind."""
+import functools
 import io
 import json
 import os
@@ -6,6 +7,8 @@ import tarfile
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
@@ -68,6 +71,25 @@ def test_tokenizer_matches_open_clip(context_length):
             ours(empty)
     with pytest.raises(TypeError, match="caption must be str"):
         ours(None)
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizers():
+    return SimpleTokenizer(), CaptionTokenizer(77)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from([*" \t\n\r\x0b\x0c\x1f\x7f&<;#", *"aAzZ09.,'!?-_/:@$%()", "é", "ü", "日", "\u00a0",
+                                         "\u2019", "ﬁ", "Ａ"]), min_size=1, max_size=40),
+       st.sampled_from(["amp;", "lt;", "#39;", "'s", "'LL", "don't", "x2", "12.5"]))
+def test_tokenizer_fast_path_matches_open_clip(text, piece):
+    """Plain captions skip open_clip's cleaning and reuse word ids: the ids must be open_clip's for any
+    text, plain or not (HTML entities, control characters, curly quotes, ligatures, full-width forms)."""
+    theirs, ours = _tokenizers()
+    for caption in (text, text + piece, piece + " " + text, text.upper()):
+        expected = theirs.encode(caption)
+        assert ours._encode(caption) == expected
+        assert ours._encode(caption) == expected  # the second time from the word cache
 
 
 def test_table_round_trip_raw_is_exact(image_dir, tmp_path):

@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from scan_fast.outputs import partial_path, remove_stale_partials
 
-from .beton import BetonFile, DataError
-from .dataset import MANIFEST, read_json, read_manifest
+from .manifest import MANIFEST, read_json, read_manifest
 from .parts import clear_folder, finished_parts, part_path, part_ranges, write_manifest
+from .regions import DataError
 from .source_ids import KINDS, UID_DTYPE, check_pinned, describe_repeat, find_repeat, ids_path, load_ids
 
 CONVERSION = "conversion.json"
@@ -302,10 +302,13 @@ def check_path(path, progress: bool = True, workers: int = 1) -> List[str]:
     per-sample check of every file, and for a folder the manifest and every part against it;
     then, when the structure is sound, every stored image decoded (image_check.py, `workers`
     threads)."""
+    from .beton import BetonFile
+
     path = os.fspath(path)
     problems: List[str] = []
     if os.path.isdir(path):
-        from .shard_index import INDEX_FORMAT, check_index
+        from .index_format import INDEX_FORMAT
+        from .shard_index import check_index
 
         found = read_json(os.path.join(path, MANIFEST))
         if isinstance(found, dict) and found.get("format") == INDEX_FORMAT:

@@ -19,25 +19,14 @@ part's size is compared with it (a missing or cut part is refused here, by name)
 and parts are mapped only when a batch first needs them, each checked against
 its manifest entry then.
 """
-import hashlib
-import json
 import os
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from .beton import BetonFile, DataError, load_record
-
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "scan-fast parts"
-MANIFEST_VERSION = 1
-
-
-def manifest_checksum(manifest: dict) -> str:
-    """sha256 of the manifest's canonical JSON without its own checksum."""
-    body = {k: v for k, v in manifest.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+from .beton import BetonFile, load_record
+from .manifest import MANIFEST, read_json, read_manifest
+from .regions import DataError
 
 
 class Dataset:
@@ -115,48 +104,9 @@ def open_dataset(path, required_fields=(), progress: bool = True) -> Dataset:
     return dataset.require(required_fields)
 
 
-def read_json(path) -> Optional[object]:
-    """A JSON file's content; None when it is missing or not JSON."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def read_manifest(folder) -> dict:
-    """The manifest of a part folder, checked for form and checksum."""
-    folder = os.fspath(folder)
-    where = os.path.join(folder, MANIFEST)
-    if not os.path.isfile(where):
-        raise DataError(f"{folder} is a folder without {MANIFEST}: not a part folder "
-                        f"(a conversion that has not finished writes it last)")
-    try:
-        manifest = json.loads(Path(where).read_text())
-    except (OSError, ValueError) as err:
-        raise DataError(f"{where} is not readable JSON: {err}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise DataError(f"{where} is not a scan-fast part manifest")
-    return check_manifest(where, manifest, MANIFEST_VERSION)
-
-
-def check_manifest(where: str, manifest: dict, version: int) -> dict:
-    """A manifest's version, checksum and sample counts (a part folder's or an index's); DataError
-    naming the file `where` otherwise."""
-    if manifest.get("version") != version:
-        raise DataError(f"{where} has manifest version {manifest.get('version')}, expected {version}")
-    if manifest.get("checksum") != manifest_checksum(manifest):
-        raise DataError(f"{where} fails its checksum: it was edited or damaged")
-    parts = manifest.get("parts") or []
-    if not parts:
-        raise DataError(f"{where} lists no parts")
-    total = sum(int(p["num_samples"]) for p in parts)
-    if total != int(manifest["num_samples"]):
-        raise DataError(f"{where} lists parts of {total} samples in all but says {manifest['num_samples']}")
-    return manifest
-
-
 def _open_folder(folder: str) -> Dataset:
-    from .shard_index import INDEX_FORMAT, open_index
+    from .index_format import INDEX_FORMAT
+    from .shard_index import open_index
 
     found = read_json(os.path.join(folder, MANIFEST))
     if isinstance(found, dict) and found.get("format") == INDEX_FORMAT:

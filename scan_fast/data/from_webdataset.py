@@ -1,157 +1,20 @@
-"""CLIP .beton from webdataset tar shards: a sample is the members that share a key, <key>.jpg
-(or .jpeg, .png, .webp) and <key>.txt, with DataComp's uid from <key>.json where it has one.
-
-Shards are read through their tar headers (an image's bytes later, from its offset). A shard cut
-short and a key repeated within a shard are skipped rows (row_checks.py), not errors.
+"""CLIP .beton from webdataset tar shards, read as tar_shards.py reads them: a sample is the
+members that share a key, <key>.jpg (or .jpeg, .png, .webp) and <key>.txt, with DataComp's uid from
+<key>.json where it has one. A shard cut short and a key repeated within a shard are skipped rows
+(row_checks.py), not errors.
 """
-import glob
-import json
-import os
-import tarfile
-from typing import Dict, List, Optional, Tuple, Union
+from typing import List, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from scan_fast.outputs import check_output
 
-from .images import TarImage
 from .row_checks import check_num_workers, check_webdataset_samples
-from .source_ids import parse_uid
 from .summary import WriteSummary
-from .tables import BadRow
+from .tar_shards import expand_shards, read_webdataset_samples, shard_samples
 from .tokenize import DEFAULT_CONTEXT_LENGTH
 from .write import write_clip_rows
-
-
-def expand_shards(shards) -> List[str]:
-    if isinstance(shards, (str, os.PathLike)):
-        shards = [shards]
-    paths = []
-    for item in shards:
-        item = os.fspath(item)
-        if os.path.isdir(item):
-            paths += sorted(glob.glob(os.path.join(item, "*.tar")))
-        elif any(ch in item for ch in "*?["):
-            paths += sorted(glob.glob(item))
-        elif os.path.isfile(item):
-            paths.append(item)
-        else:
-            raise FileNotFoundError(f"webdataset shard {item} does not exist")
-    if not paths:
-        raise ValueError(f"no .tar shards found in {shards}")
-    return paths
-
-
-_TAR_BLOCK = 512
-_END_OF_ARCHIVE = 2 * _TAR_BLOCK  # a complete tar ends with two zero blocks
-
-
-def member_key(name: str) -> Tuple[str, str]:
-    """(sample key, extension) of a tar member: webdataset's convention, the name up to the first
-    dot of its base name (with its folder), and the rest in lower case."""
-    folder, base = os.path.split(name)
-    key, _, ext = base.partition(".")
-    return os.path.join(folder, key), ext.lower()
-
-
-def _read_shard(shard: str):
-    """(samples, problems) of one shard, in one pass over its tar headers: samples as
-    read_webdataset_samples; problems are
-    (where, BadRow) pairs for what cannot be written as read:
-
-    - a truncated shard (a cut download): a member whose data runs past the file's end, a header
-      cut short, or a shard cut at a member boundary (no end-of-archive marker, the two zero blocks
-      a complete tar ends with); the members before the cut are kept;
-    - a duplicate key: a member whose key and extension an earlier member of the shard already has.
-      Keys name samples, so a repeat is not written twice or silently overwritten: the first sample
-      with the key is kept and each repeat is reported (one skipped row per repeated sample).
-    """
-    try:
-        tar = tarfile.open(shard, "r:")
-    except tarfile.TarError as err:
-        raise ValueError(f"webdataset shard {shard} is not a readable tar file: {err}") from None
-    size = os.path.getsize(shard)
-    groups: Dict[str, Dict[str, tarfile.TarInfo]] = {}
-    repeats: Dict[str, Dict[str, List[str]]] = {}  # key -> extension -> names of the repeated members
-    problems = []
-    with tar:
-        try:
-            for member in tar:
-                if member.offset_data + member.size > size:
-                    raise tarfile.ReadError(f"member {member.name} ends at byte "
-                                            f"{member.offset_data + member.size}, the file has {size}")
-                if not member.isfile():
-                    continue
-                key, ext = member_key(member.name)
-                members = groups.setdefault(key, {})
-                if ext in members:
-                    repeats.setdefault(key, {}).setdefault(ext, []).append(member.name)
-                else:
-                    members[ext] = member
-            # tarfile stops quietly at the end of the file or at a header cut short: look for the marker
-            with open(shard, "rb") as f:
-                f.seek(tar.offset)
-                marker = f.read(_END_OF_ARCHIVE)
-            if len(marker) < _END_OF_ARCHIVE or any(marker):
-                if marker.strip(b"\0") and len(marker) >= _TAR_BLOCK:  # a whole block that is no header
-                    problems.append((shard, BadRow("unreadable shard", f"no valid member header at byte "
-                                                   f"{tar.offset}; the {len(groups)} samples before it are kept")))
-                else:
-                    what = "a member header cut short" if marker.strip(b"\0") else "no end-of-archive marker"
-                    raise tarfile.ReadError(f"{what} at byte {tar.offset} (the file has {size} bytes)")
-        except (tarfile.TarError, EOFError) as err:
-            problems.append((shard, BadRow("truncated shard",
-                                           f"{err}; the {len(groups)} samples before it are kept")))
-        for key, by_ext in repeats.items():
-            names = sorted(name for repeated in by_ext.values() for name in repeated)
-            for _ in range(max(len(repeated) for repeated in by_ext.values())):
-                problems.append((f"{shard}:{key}", BadRow(
-                    "duplicate key", f"{', '.join(names)} repeat(s) the key of an earlier sample of the shard; "
-                                     f"the first sample with this key is kept")))
-        samples = []
-        for key, members in groups.items():
-            image = next((members[e] for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
-            caption = uid = None
-            if "txt" in members:
-                caption = tar.extractfile(members["txt"]).read().decode("utf-8", "replace")
-            if "json" in members:
-                uid = _json_uid(tar, members["json"])
-            ref = TarImage(shard, image.offset_data, image.size) if image is not None else None
-            samples.append((f"{shard}:{key}", ref, caption, key, uid))
-    return samples, problems
-
-
-def _json_uid(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Union[None, Tuple[int, int], BadRow]:
-    """The uid of a sample's .json (DataComp's "uid"): None without one, a BadRow (the sample is then a
-    skipped row) for a .json that is not a JSON object or whose "uid" breaks source_ids.parse_uid's rule."""
-    try:
-        record = json.loads(tar.extractfile(member).read())
-    except (ValueError, tarfile.TarError, EOFError) as err:
-        return BadRow("unreadable .json", f"{member.name}: {err}")
-    if not isinstance(record, dict):
-        return BadRow("unreadable .json", f"{member.name} holds a {type(record).__name__}, not a JSON object")
-    if "uid" not in record:
-        return None
-    uid = parse_uid(record["uid"])
-    return uid if uid is not None else BadRow(
-        "bad uid", f"{member.name} has uid {record['uid']!r}, not a uid (32 hex digits, not all zero)")
-
-
-def read_webdataset_samples(shards):
-    """Group tar members by key (webdataset convention: name up to the first dot of the basename).
-
-    Returns (samples, bad): samples = [(where, TarImage or None, caption or None, key, uid)] with
-    where = "shard:key" and uid (high, low), None (the sample has none) or a BadRow (a malformed
-    .json or uid: a skipped row); bad = [(where, BadRow)] for shards cut short (where = the shard) and for
-    repeated keys (where = "shard:key"; each repeated sample is one entry, the first is kept).
-    """
-    samples, bad = [], []
-    for shard in expand_shards(shards):
-        found, problems = _read_shard(shard)
-        samples += found
-        bad += problems
-    return samples, bad
 
 
 def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CONTEXT_LENGTH,
@@ -205,7 +68,7 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
             reports_here = min(first // samples_per_part, num_parts - 1) == part  # a cut shard's report
             if not (first < stop and last > start) and not (reports_here and first == last):
                 continue
-            found, problems = _read_shard(shard)
+            found, problems = shard_samples(shard)
             found = found[max(0, start - first): stop - first]
             samples += found
             if reports_here:  # a cut shard and repeated keys: reported once, by the part of its first row
@@ -219,23 +82,23 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
                          write_part=write_part, part_range=part_range, overwrite=overwrite, progress=progress)
 
 
-def _shard_samples(shard: str) -> int:
-    """Samples in a shard, grouped as _read_shard groups them (a pass over its tar headers)."""
-    return len(_read_shard(shard)[0])
+def _count_samples_of(shard: str) -> int:
+    """Samples in a shard (tar_shards.shard_samples: a pass over its tar headers)."""
+    return len(shard_samples(shard)[0])
 
 
 def _count_samples(shards: List[str], num_workers: int, progress: bool) -> List[int]:
-    """_shard_samples of each shard, in `num_workers` forked processes (tar headers are parsed in
-    Python, so threads would share one core)."""
+    """_count_samples_of each shard, in `num_workers` forked processes (members are grouped into
+    samples in Python, so threads would share one core)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     bar = dict(total=len(shards), desc="counting samples", unit="shard", disable=None if progress else True)
     if num_workers <= 1 or len(shards) <= 1:
-        return [_shard_samples(shard) for shard in tqdm(shards, **bar)]
+        return [_count_samples_of(shard) for shard in tqdm(shards, **bar)]
     with ProcessPoolExecutor(max_workers=min(num_workers, len(shards)),
                              mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(tqdm(pool.map(_shard_samples, shards, chunksize=max(1, len(shards) // (8 * num_workers))),
+        return list(tqdm(pool.map(_count_samples_of, shards, chunksize=max(1, len(shards) // (8 * num_workers))),
                          **bar))
 
 
@@ -246,10 +109,3 @@ def _write_webdataset_rows(target, samples, bad, summary, *, context_length, str
     where_list, refs, captions, keys, uids = ([sample[c] for sample in usable] for c in range(5))
     return write_clip_rows(target, refs, captions, where_list, summary, context_length, strict,
                            num_workers, progress, image_kwargs, keys=keys, uids=uids)
-
-
-def shard_samples(shard: str):
-    """(samples, problems) of one shard as conversion reads them: samples (where, TarImage, caption, key,
-    uid) in tar order, problems (where, BadRow) for a cut shard and repeated keys (the in-place index
-    reads shards through this, so its rows are a conversion's)."""
-    return _read_shard(shard)

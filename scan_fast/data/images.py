@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 import numpy as np
-import cv2
 from PIL import Image, UnidentifiedImageError
 
 from .jpeg_header import JpegHeaderError, jpeg_info, reencode_reason
@@ -54,6 +53,8 @@ def shrink(image: np.ndarray, max_resolution: Optional[int]) -> np.ndarray:
     size = np.array([image.shape[1], image.shape[0]])
     ratio = max_resolution / size.max()
     if ratio < 1:
+        import cv2  # here, not at the top: `data index` and the loaders' start-up need no OpenCV
+
         image = cv2.resize(image, tuple(int(x) for x in np.maximum((ratio * size).astype(int), 1)),
                            interpolation=cv2.INTER_AREA)
     return image

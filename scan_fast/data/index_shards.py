@@ -21,28 +21,25 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from ffcv.fields import IntField
 from tqdm import tqdm
 
 from scan_fast.outputs import partial_path, remove_stale_partials
 
-from .beton import BetonFile, load_record
 from .convert import (CONVERSION, CONVERSION_FORMAT, file_identity, open_part_job, parse_part_range, read_conversion,
                       write_json)
-from .dataset import MANIFEST, manifest_checksum
-from .from_webdataset import expand_shards, shard_samples
 from .images import stored_image
+from .index_format import (INDEX_FIELDS, INDEX_FORMAT, INDEX_VERSION, PART_FILES, PART_STEM, RECORD_SUFFIX, ROW_DTYPE,
+                           file_entry, read_part_record, shard_fingerprint)
 from .jpeg_header import JpegHeaderError, jpeg_info_at, reencode_reason
+from .manifest import MANIFEST, manifest_checksum
 from .parts import repeated_source_ids
 from .regions import DataError
 from .row_checks import check_images, check_webdataset_samples, tokenize_captions
-from .schema import image_field
-from .shard_index import (INDEX_FORMAT, INDEX_VERSION, PART_FILES, PART_STEM, RECORD_SUFFIX, ROW_DTYPE, file_entry,
-                          index_fields, read_part_record, shard_fingerprint)
+from .schema import check_image_options
 from .source_ids import KINDS, ids_path, pin_ids, stage_ids
 from .summary import WriteSummary
+from .tar_shards import expand_shards, shard_samples
 from .tokenize import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
-from .write import write_rows
 
 SOURCE_KIND = "webdataset index"
 
@@ -85,7 +82,7 @@ def index_webdataset(shards, out, *, context_length: int = DEFAULT_CONTEXT_LENGT
                      progress: bool = True, overwrite: bool = False, part_range=None) -> IndexSummary:
     """Index webdataset shards (tar files, a folder or glob of them) into the folder `out`."""
     paths = expand_shards(shards)
-    image_field("jpg", jpeg_quality, max_resolution)  # checks the options before any work
+    check_image_options("jpg", jpeg_quality, max_resolution)  # before any work
     CaptionTokenizer(context_length)
     part_range = parse_part_range(part_range)
     what = {"source": {"kind": SOURCE_KIND, "shards": [file_identity(p) for p in paths]},
@@ -154,6 +151,8 @@ def index_shard(shard: str, folder, p: int, *, context_length: int, max_resoluti
                                                                       header.width, -1)
     side_record = None
     if good:
+        from .beton import BetonFile  # imports ffcv: only for a shard with images to convert
+
         side_record = _write_side(files["side"], [refs[g] for g in good], [where[g] for g in good], largest,
                                   max_resolution, jpeg_quality)
         converted = np.flatnonzero(table["side"] >= 0)
@@ -215,6 +214,12 @@ def _jpeg_headers(shard: str, refs, max_resolution: Optional[int]) -> list:
 
 def _write_side(target: Path, refs, where, largest: int, max_resolution, jpeg_quality) -> dict:
     """The side .beton of a part: its images converted as `data clip` converts them; its record."""
+    from ffcv.fields import IntField
+
+    from .beton import BetonFile, load_record
+    from .schema import image_field
+    from .write import write_rows
+
     fields = {"image": image_field("jpg", jpeg_quality, max_resolution), "id": IntField()}
     side_summary = WriteSummary(path=str(target), rows_read=len(refs))
 
@@ -241,9 +246,8 @@ def write_index_manifest(folder, num_parts: int, what: Optional[dict] = None) ->
         records.append(record)
     if what is None:
         what = read_conversion(folder)["what"]
-    fields = index_fields(int(what["context_length"]))
     manifest = {"format": INDEX_FORMAT, "version": INDEX_VERSION,
-                "num_samples": sum(int(r["num_samples"]) for r in records), "fields": list(fields),
+                "num_samples": sum(int(r["num_samples"]) for r in records), "fields": list(INDEX_FIELDS),
                 "context_length": int(what["context_length"]), "max_resolution": what["max_resolution"],
                 "source": "webdataset", "parts": records}
     repeated = repeated_source_ids(folder, records)

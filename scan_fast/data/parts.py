@@ -16,8 +16,8 @@ import numpy as np
 
 from scan_fast.outputs import partial_path
 
-from .beton import BetonFile, DataError, load_record
-from .dataset import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, manifest_checksum
+from .manifest import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, manifest_checksum
+from .regions import DataError
 from .source_ids import KINDS, UID_DTYPE, describe_repeat, find_repeat, load_ids, pin_ids
 
 PART_PATTERN = "part-{:05d}.beton"
@@ -41,6 +41,8 @@ def finished_parts(folder, num_parts: int) -> List[bool]:
 
 def write_manifest(folder, num_parts: int, extra: Optional[Dict] = None) -> dict:
     """Write FOLDER/manifest.json from parts 0..num_parts-1 (each must be finished); returns it."""
+    from .beton import BetonFile, load_record  # imports ffcv: only where .beton parts are read
+
     folder = Path(folder)
     missing = [str(part_path(folder, i)) for i, done in enumerate(finished_parts(folder, num_parts)) if not done]
     if missing:

@@ -10,24 +10,34 @@ A labelled set's class names, in label order, are saved beside it (see classes.p
 from typing import Dict, Iterable, Optional
 
 import numpy as np
-from ffcv.fields import Field, IntField, NDArrayField, RGBImageField
 
 IMAGE_MODES = ("jpg", "raw")
+# ffcv is imported in the functions that build its fields: importing it costs seconds (torch, and
+# numba compiling ffcv's image modes), which a job that writes no .beton (`data index`) never pays.
 
 
-def image_field(image_mode: str = "jpg", jpeg_quality: int = 90,
-                max_resolution: Optional[int] = None) -> RGBImageField:
+def check_image_options(image_mode: str = "jpg", jpeg_quality: int = 90, max_resolution: Optional[int] = None):
+    """ValueError naming the option that an image field cannot take."""
     if image_mode not in IMAGE_MODES:
         raise ValueError(f"image_mode must be one of {IMAGE_MODES}, got {image_mode!r}")
     if not 1 <= int(jpeg_quality) <= 100:
         raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality!r}")
     if max_resolution is not None and not 8 <= int(max_resolution) <= 65535:
         raise ValueError(f"max_resolution must be in [8, 65535] or None, got {max_resolution!r}")
+
+
+def image_field(image_mode: str = "jpg", jpeg_quality: int = 90,
+                max_resolution: Optional[int] = None) -> "RGBImageField":
+    from ffcv.fields import RGBImageField
+
+    check_image_options(image_mode, jpeg_quality, max_resolution)
     return RGBImageField(write_mode=image_mode, jpeg_quality=jpeg_quality,
                          max_resolution=max_resolution)
 
 
-def clip_fields(context_length: int, with_labels: bool = False, **image_kwargs) -> Dict[str, Field]:
+def clip_fields(context_length: int, with_labels: bool = False, **image_kwargs) -> Dict[str, "Field"]:
+    from ffcv.fields import IntField, NDArrayField
+
     fields = {
         "image": image_field(**image_kwargs),
         "tokens": NDArrayField(np.dtype("int32"), (context_length,)),
@@ -38,8 +48,10 @@ def clip_fields(context_length: int, with_labels: bool = False, **image_kwargs) 
     return fields
 
 
-def labelled_fields(**image_kwargs) -> Dict[str, Field]:
+def labelled_fields(**image_kwargs) -> Dict[str, "Field"]:
     """A labelled image set: MoCo's training data, and evaluation data for either trainer."""
+    from ffcv.fields import IntField
+
     return {"image": image_field(**image_kwargs), "label": IntField(), "id": IntField()}
 
 

@@ -24,8 +24,6 @@ fingerprint (size, first and last bytes and a few blocks between) and its files'
 then. A batch's images are read from the shards with pread (regions.py): pruned samples are never
 read, and nothing is mapped.
 """
-import hashlib
-import json
 import os
 from typing import Dict, List, Optional
 
@@ -35,55 +33,15 @@ from ffcv.fields.rgb_image import IMAGE_MODES
 from ffcv.types import get_metadata_type
 
 from .beton import BetonFile
-from .dataset import MANIFEST, Dataset, check_manifest
+from .dataset import Dataset
+from .index_format import (INDEX_FIELDS, INDEX_VERSION, PART_FILES, ROW_DTYPE, file_entry, npy_data_offset,
+                           shard_fingerprint)
+from .manifest import MANIFEST, check_manifest
 from .regions import DataError, Located, open_for_reads, read_rows
-
-INDEX_FORMAT = "scan-fast webdataset index"
-INDEX_VERSION = 1
-PART_STEM = "part-{:05d}"
-ROW_DTYPE = np.dtype([("offset", "<u8"), ("size", "<u4"), ("height", "<u2"), ("width", "<u2"), ("side", "<i4")])
-# The files of a part, by role, as suffixes of its stem.
-PART_FILES = {"rows": ".rows.npy", "tokens": ".tokens.npy", "side": ".side.beton"}
-RECORD_SUFFIX = ".json"
-_FINGERPRINT_BLOCK = 4096
-_FINGERPRINT_PROBES = 8
-
 
 def index_fields(context_length: int) -> Dict[str, object]:
     """The fields an index reads as, in the order of a `data clip` conversion's (schema.clip_fields)."""
-    return {"image": RGBImageField(), "tokens": NDArrayField(np.dtype("int32"), (context_length,)),
-            "id": IntField()}
-
-
-def shard_fingerprint(path: str, size: int) -> str:
-    """A digest of a shard at O(1) cost: its size, its first and last 4 KiB and 4 KiB at 8 places
-    between (a shard replaced, rewritten or cut differs here)."""
-    digest = hashlib.sha256(str(size).encode())
-    places = sorted({0, max(0, size - _FINGERPRINT_BLOCK),
-                     *(size * k // (_FINGERPRINT_PROBES + 1) for k in range(1, _FINGERPRINT_PROBES + 1))})
-    with open(path, "rb") as f:
-        for place in places:
-            f.seek(place)
-            digest.update(f.read(_FINGERPRINT_BLOCK))
-    return digest.hexdigest()[:32]
-
-
-def npy_data_offset(path: str, dtype: np.dtype, shape: tuple) -> int:
-    """Where the data of a .npy file starts; DataError unless it holds `dtype` arrays of `shape`
-    (None in shape: any length)."""
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                np.lib.format.read_array_header_2_0
-            found_shape, fortran, found_dtype = read_header(f)
-            offset = f.tell()
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path} is not a readable .npy array: {err}") from None
-    want = tuple(len_ if len_ is not None else found_shape[i] for i, len_ in enumerate(shape))
-    if found_dtype != dtype or fortran or found_shape != want:
-        raise DataError(f"{path} holds {found_dtype} x {found_shape}, expected {dtype} x {want}")
-    return offset
+    return dict(zip(INDEX_FIELDS, (RGBImageField(), NDArrayField(np.dtype("int32"), (context_length,)), IntField())))
 
 
 class IndexPart:
@@ -237,23 +195,6 @@ def open_index(folder: str, manifest: dict) -> IndexDataset:
             raise DataError(f"shard {shard} has {size} bytes, the index {folder} recorded "
                             f"{record['shard_bytes']}: it was cut or changed after indexing")
     return IndexDataset(folder, manifest)
-
-
-def file_entry(path: str) -> dict:
-    """A part file as the manifest pins it: name, size and sha256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"file": os.path.basename(path), "bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
-
-
-def read_part_record(path: str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def check_index(folder: str, manifest: dict, progress=None) -> List[str]:
