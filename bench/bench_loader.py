@@ -409,55 +409,108 @@ def suite_inplace(root: Path, sizes: dict, reps: int, workers: int):
                       "part folder": lambda: clip_loader(parts, BATCH, resolution, scan=scan, drop_last=False,
                                                          num_workers=workers),
                       "ffcv Loader, converted file": lambda: _ffcv_loader(single, resolution, workers, kept)}
-            # One provider at a time, each built, warmed up (JIT) and timed before the next is built: numba's
-            # typing is not safe while another loader's pipeline compiles in its thread (ffcv's Loader takes
-            # no lock of ours), so the providers' rounds are not interleaved here.
-            providers, rates = {}, {name: [] for name in makers}
-            for name, make in makers.items():
-                loader = providers[name] = make()
-                time_epoch(loader)
+            # Each provider lives in its own (forked) process, where it is built and warmed up (JIT): numba's
+            # dispatchers are shared within a process and are not safe against another loader's pipeline
+            # compiling at once (ffcv's Loader takes no lock of ours; earlier runs of this suite met it as a
+            # KeyError in numba). The parent then times one epoch of each in turn, round after round, so all
+            # see the same background load; then each counts its reads.
+            files = {"in-place index": [shards, index], "part folder": [parts],
+                     "ffcv Loader, converted file": [single]}
+            children = {name: _Child(make) for name, make in makers.items()}
+            try:
+                rates = {name: [] for name in makers}
                 for _ in range(reps):
-                    if hasattr(loader, "set_epoch"):
-                        loader.set_epoch(0)  # the same kept list every time
-                    seconds, images = time_epoch(loader)
-                    rates[name].append(images / seconds)
+                    for name, child in children.items():
+                        seconds, images = child.call(_timed_epoch)
+                        rates[name].append(images / seconds)
+                reads = [child.call(_reads_per_batch, name, files[name], resolution, n, fraction)
+                         for name, child in children.items()]
+            finally:
+                for child in children.values():
+                    child.close()
             part_rate, ffcv_rate = (statistics.median(rates[k]) for k in ("part folder", "ffcv Loader, converted file"))
             for name, values in rates.items():
                 p50, p20, p80 = quantiles(values)
                 rows.append(dict(suite="inplace", provider=name, setting=f"{resolution}px N={n} kept={fraction}",
                                  metric="images/s", unit="img/s", p50=p50, p20=p20, p80=p80,
                                  ratio=p50 / part_rate, ratio2=p50 / ffcv_rate))
-            rows += _reads_per_batch(providers, {"in-place index": [shards, index], "part folder": [parts],
-                                                 "ffcv Loader, converted file": [single]}, resolution, n, fraction)
+            rows += reads
     return rows
 
 
-def _reads_per_batch(providers, files, resolution, n, fraction):
-    """Bytes read per batch by each provider in one epoch from a cold page cache, against the stored bytes
+class _Child:
+    """A loader built and warmed up (one epoch) in a forked process, which then runs what call() sends:
+    fn(loader, *args) there (fn a module-level function: it is sent by name), its result returned here."""
+
+    def __init__(self, make):
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self._pipe, theirs = context.Pipe()
+        self._process = context.Process(target=self._serve, args=(make, theirs), daemon=True)
+        self._process.start()
+        self._result()  # built and warmed up
+
+    @staticmethod
+    def _serve(make, pipe):
+        try:
+            loader = make()
+            time_epoch(loader)
+            pipe.send((True, None))
+            while True:
+                message = pipe.recv()
+                if message is None:
+                    return
+                fn, args = message
+                pipe.send((True, fn(loader, *args)))
+        except BaseException as err:  # the parent raises it with this message
+            pipe.send((False, f"{type(err).__name__}: {err}"))
+
+    def _result(self):
+        ok, result = self._pipe.recv()
+        if not ok:
+            raise RuntimeError(result)
+        return result
+
+    def call(self, fn, *args):
+        self._pipe.send((fn, args))
+        return self._result()
+
+    def close(self):
+        if self._process.is_alive():
+            self._pipe.send(None)
+        self._process.join(timeout=30)
+
+
+def _timed_epoch(loader):
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(0)  # the same kept list every time
+    return time_epoch(loader)
+
+
+def _reads_per_batch(loader, name, files, resolution, n, fraction):
+    """Bytes one provider reads per batch in one epoch from a cold page cache, against the stored bytes
     of the batch (the staged values, or for ffcv the kept samples' share of the file's data)."""
-    rows = []
-    for name, loader in providers.items():
-        paths = [str(p) for f in files[name] for p in ([f] if Path(f).is_file() else sorted(Path(f).iterdir()))]
-        _evict(paths)
-        staged_before = getattr(getattr(loader, "stager", None), "bytes_read", 0)
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(0)
-        mapped_before, (rchar, storage) = _mapped(paths), _io_counters()
-        _, images = time_epoch(loader)
-        after_rchar, after_storage = _io_counters()
-        batches = -(-images // BATCH)
-        stager = getattr(loader, "stager", None)
-        if stager is not None:
-            stored = stager.bytes_read - staged_before
-        else:
-            stored = Path(paths[0]).stat().st_size * images / n
-        rows.append(dict(suite="reads", provider=name, setting=f"{resolution}px N={n} kept={fraction}",
-                         metric="KiB/batch", unit="", p50=(after_rchar - rchar) / batches / 1024,
-                         p20=(after_storage - storage) / batches / 1024,
-                         p80=(_mapped(paths) - mapped_before) / batches / 1024,
-                         ratio=max(after_rchar - rchar, after_storage - storage, _mapped(paths) - mapped_before)
-                         / max(stored, 1)))
-    return rows
+    paths = [str(p) for f in files for p in ([f] if Path(f).is_file() else sorted(Path(f).iterdir()))]
+    _evict(paths)
+    staged_before = getattr(getattr(loader, "stager", None), "bytes_read", 0)
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(0)
+    mapped_before, (rchar, storage) = _mapped(paths), _io_counters()
+    _, images = time_epoch(loader)
+    after_rchar, after_storage = _io_counters()
+    batches = -(-images // BATCH)
+    stager = getattr(loader, "stager", None)
+    if stager is not None:
+        stored = stager.bytes_read - staged_before
+    else:
+        stored = Path(paths[0]).stat().st_size * images / n
+    return dict(suite="reads", provider=name, setting=f"{resolution}px N={n} kept={fraction}",
+                metric="KiB/batch", unit="", p50=(after_rchar - rchar) / batches / 1024,
+                p20=(after_storage - storage) / batches / 1024,
+                p80=(_mapped(paths) - mapped_before) / batches / 1024,
+                ratio=max(after_rchar - rchar, after_storage - storage, _mapped(paths) - mapped_before)
+                / max(stored, 1))
 
 
 def print_table(rows):
@@ -487,9 +540,7 @@ def write_csv(path, rows, config):
 
 
 SUITES = ("throughput", "switch", "fractions", "parts", "inplace")
-# run by default; "inplace" on request (--suites inplace): in its process a later batch of the index loader
-# still meets a numba KeyError while its pipeline compiles a second signature (see docs/benchmarks.md)
-DEFAULT_SUITES = ("throughput", "switch", "fractions", "parts")
+DEFAULT_SUITES = SUITES
 
 
 def main(argv=None):

@@ -2,10 +2,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <unordered_map>
+#include <vector>
 
 namespace scan_fast {
 
@@ -42,26 +45,51 @@ struct TableRecord {
   uint64_t sample_id, ptr, size;
 };
 
-TableRecord read_record(int32_t fd, uint64_t table_offset, uint64_t index) {
-  TableRecord record{};
-  auto* dst = reinterpret_cast<uint8_t*>(&record);
-  const uint64_t want = sizeof(TableRecord);
-  uint64_t done = 0;
-  while (done < want) {
-    const ssize_t got = ::pread(fd, dst + done, want - done,
-                                static_cast<off_t>(table_offset + index * sizeof(TableRecord) + done));
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      throw std::system_error(errno, std::generic_category(), "pread of allocation table record " + std::to_string(index));
-    }
-    if (got == 0) {
-      throw std::system_error(EIO, std::generic_category(),
-                              "the allocation table ends before record " + std::to_string(index));
-    }
-    done += static_cast<uint64_t>(got);
+// The table's records in blocks of about 4 KiB, each read once per call: a query's probes (the
+// interpolated guess and the bounds around it) and nearby queries' probes mostly fall in one block, so
+// a query costs about one pread instead of four. Blocks live for one call only (bounded by its queries).
+class TableReader {
+ public:
+  TableReader(int32_t fd, uint64_t table_offset, uint64_t count) : fd_(fd), table_offset_(table_offset), count_(count) {}
+
+  TableRecord get(uint64_t index) {
+    const uint64_t block = index / kPerBlock;
+    auto it = blocks_.find(block);
+    if (it == blocks_.end()) it = blocks_.emplace(block, read_block(block)).first;
+    return it->second[index - block * kPerBlock];
   }
-  return record;
-}
+
+ private:
+  static constexpr uint64_t kPerBlock = 4096 / sizeof(TableRecord);
+
+  std::vector<TableRecord> read_block(uint64_t block) const {
+    const uint64_t first = block * kPerBlock;
+    const uint64_t n = std::min(kPerBlock, count_ - first);
+    std::vector<TableRecord> records(n);
+    auto* dst = reinterpret_cast<uint8_t*>(records.data());
+    const uint64_t want = n * sizeof(TableRecord);
+    uint64_t done = 0;
+    while (done < want) {
+      const ssize_t got = ::pread(fd_, dst + done, want - done,
+                                  static_cast<off_t>(table_offset_ + first * sizeof(TableRecord) + done));
+      if (got < 0) {
+        if (errno == EINTR) continue;
+        throw std::system_error(errno, std::generic_category(),
+                                "pread of allocation table records from " + std::to_string(first));
+      }
+      if (got == 0) {
+        throw std::system_error(EIO, std::generic_category(),
+                                "the allocation table ends before record " + std::to_string(first + done / sizeof(TableRecord)));
+      }
+      done += static_cast<uint64_t>(got);
+    }
+    return records;
+  }
+
+  int32_t fd_;
+  uint64_t table_offset_, count_;
+  std::unordered_map<uint64_t, std::vector<TableRecord>> blocks_;
+};
 
 }  // namespace
 
@@ -71,8 +99,9 @@ void find_sorted_pointers(int32_t fd, uint64_t table_offset, uint64_t count, con
     for (size_t q = 0; q < num_queries; ++q) found[q] = -1, sizes[q] = 0;
     return;
   }
-  const TableRecord first_record = read_record(fd, table_offset, 0);
-  const TableRecord last_record = read_record(fd, table_offset, count - 1);
+  TableReader table(fd, table_offset, count);
+  const TableRecord first_record = table.get(0);
+  const TableRecord last_record = table.get(count - 1);
   for (size_t q = 0; q < num_queries; ++q) {
     const uint64_t value = queries[q];
     found[q] = -1;
@@ -89,7 +118,7 @@ void find_sorted_pointers(int32_t fd, uint64_t table_offset, uint64_t count, con
       } else {
         mid = lo + (hi - lo) / 2;
       }
-      const TableRecord probe = (mid == lo) ? lo_record : (mid == hi - 1) ? hi_record : read_record(fd, table_offset, mid);
+      const TableRecord probe = (mid == lo) ? lo_record : (mid == hi - 1) ? hi_record : table.get(mid);
       if (probe.ptr == value) {
         found[q] = static_cast<int64_t>(mid);
         sizes[q] = probe.size;
@@ -97,10 +126,10 @@ void find_sorted_pointers(int32_t fd, uint64_t table_offset, uint64_t count, con
       }
       if (probe.ptr < value) {
         lo = mid + 1;
-        if (lo < hi) lo_record = (lo == hi - 1) ? hi_record : read_record(fd, table_offset, lo);
+        if (lo < hi) lo_record = (lo == hi - 1) ? hi_record : table.get(lo);
       } else {
         hi = mid;
-        if (lo < hi) hi_record = (hi - 1 == lo) ? lo_record : read_record(fd, table_offset, hi - 1);
+        if (lo < hi) hi_record = (hi - 1 == lo) ? lo_record : table.get(hi - 1);
       }
     }
   }

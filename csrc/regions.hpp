@@ -22,9 +22,10 @@ namespace scan_fast {
 
 // A .beton's allocation table sorted by pointer: `count` records of (sample_id, ptr, size), three uint64
 // each, from byte `table_offset` of file `fd`. For each query pointer, the index of the record holding
-// it (-1 when none does) and that record's size, reading only the records probed with pread: steps of
-// interpolation (pointers grow almost linearly along a written table, so one to three probes usually
-// find a value) alternate with halvings (never more than twice log2(count)). Throws
+// it (-1 when none does) and that record's size, reading only the blocks of about 4 KiB that hold the
+// records probed, with pread, each block once per call: steps of interpolation (pointers grow almost
+// linearly along a written table, so one to three probes usually find a value, mostly in one block)
+// alternate with halvings (never more than twice log2(count)). Throws
 // std::system_error when a read fails or the table is cut short.
 void find_sorted_pointers(int32_t fd, uint64_t table_offset, uint64_t count, const uint64_t* queries, size_t num_queries,
                           int64_t* found, uint64_t* sizes);

@@ -50,7 +50,7 @@ def test_read_rows_reads_the_rows_asked_for(tmp_path):
 
 
 @settings(max_examples=60, deadline=None)
-@given(gaps=st.lists(st.integers(1, 5000), min_size=1, max_size=300), seed=st.integers(0, 2**32 - 1))
+@given(gaps=st.lists(st.integers(1, 5000), min_size=1, max_size=1000), seed=st.integers(0, 2**32 - 1))
 def test_pread_pointer_search_equals_the_mapped_one(tmp_path_factory, gaps, seed):
     """The pread interpolation search finds what find_pointers (numba, over the mapped table) finds, absent
     pointers included, in tables of any spacing."""
