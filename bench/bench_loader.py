@@ -20,9 +20,12 @@
    (`data index`), from a part folder converted from those shards, and by ffcv's own Loader
    on the converted file (its own crop decoder and flip; a pruned epoch through its `indices`), at 64 and
    224 px, all samples and a random half; targets: index >= 0.9x the part folder and >= 0.9x
-   ffcv's Loader, the part folder >= 1.0x ffcv's Loader at 64 px. Also the bytes each reads
-   per batch (read syscalls, storage reads from a cold page cache, and data file pages mapped)
-   against the batch's stored bytes (target <= 2x).
+   ffcv's Loader, the part folder >= 1.0x ffcv's Loader at 64 px. Each provider runs in its own
+   spawned process; epochs of the three are timed in turn, round after round. Also the bytes each
+   reads per batch (read syscalls, storage reads from a cold page cache, and data file pages
+   mapped) against the batch's stored bytes (target <= 2x for storage reads and pages mapped; the
+   read syscalls include the whole 4 KiB blocks of a .beton's allocation table its pointer search
+   reads from the page cache).
 
     python bench/bench_loader.py                         # ~5 min on 2 cores
     python bench/bench_loader.py --quick                 # smoke run
@@ -391,7 +394,6 @@ def _mapped(prefixes):
 def suite_inplace(root: Path, sizes: dict, reps: int, workers: int):
     from scan_fast.data.from_webdataset import write_clip_from_webdataset
     from scan_fast.data.index_shards import index_webdataset
-    from scan_fast.data.loaders import clip_loader
 
     rows = []
     for resolution, n in sizes.items():
@@ -403,22 +405,18 @@ def suite_inplace(root: Path, sizes: dict, reps: int, workers: int):
         write_clip_from_webdataset(shards, single, max_resolution=resolution, progress=False)
         for fraction in (1.0, 0.5):
             kept = np.flatnonzero(np.random.default_rng(1).random(n) < fraction) if fraction < 1 else None
-            scan = FixedListScan(n, lists=[kept] * 1000) if kept is not None else None
-            makers = {"in-place index": lambda: clip_loader(index, BATCH, resolution, scan=scan, drop_last=False,
-                                                            num_workers=workers),
-                      "part folder": lambda: clip_loader(parts, BATCH, resolution, scan=scan, drop_last=False,
-                                                         num_workers=workers),
-                      "ffcv Loader, converted file": lambda: _ffcv_loader(single, resolution, workers, kept)}
-            # Each provider lives in its own (forked) process, where it is built and warmed up (JIT): numba's
-            # dispatchers are shared within a process and are not safe against another loader's pipeline
-            # compiling at once (ffcv's Loader takes no lock of ours; earlier runs of this suite met it as a
-            # KeyError in numba). The parent then times one epoch of each in turn, round after round, so all
-            # see the same background load; then each counts its reads.
+            specs = {"in-place index": ("scan-fast", index), "part folder": ("scan-fast", parts),
+                     "ffcv Loader, converted file": ("ffcv", single)}
+            # Each provider lives in its own fresh (spawned) process, where it is built and warmed up (JIT), as
+            # a training process would run it: numba's dispatchers are shared within a process and are not
+            # safe against another loader's pipeline compiling at once (ffcv's Loader takes no lock of ours;
+            # earlier runs of this suite met it as a KeyError in numba). The parent then times one epoch of
+            # each in turn, round after round, so all see the same background load; then each counts its reads.
             files = {"in-place index": [shards, index], "part folder": [parts],
                      "ffcv Loader, converted file": [single]}
-            children = {name: _Child(make) for name, make in makers.items()}
+            children = {name: _Child((kind, path, n, resolution, workers, kept)) for name, (kind, path) in specs.items()}
             try:
-                rates = {name: [] for name in makers}
+                rates = {name: [] for name in specs}
                 for _ in range(reps):
                     for name, child in children.items():
                         seconds, images = child.call(_timed_epoch)
@@ -439,32 +437,18 @@ def suite_inplace(root: Path, sizes: dict, reps: int, workers: int):
 
 
 class _Child:
-    """A loader built and warmed up (one epoch) in a forked process, which then runs what call() sends:
-    fn(loader, *args) there (fn a module-level function: it is sent by name), its result returned here."""
+    """A loader built from `spec` (see _build) and warmed up (one epoch) in a spawned process, which then
+    runs what call() sends: fn(loader, *args) there (fn a module-level function, sent by name), its
+    result returned here."""
 
-    def __init__(self, make):
+    def __init__(self, spec):
         import multiprocessing
 
-        context = multiprocessing.get_context("fork")
+        context = multiprocessing.get_context("spawn")
         self._pipe, theirs = context.Pipe()
-        self._process = context.Process(target=self._serve, args=(make, theirs), daemon=True)
+        self._process = context.Process(target=_serve, args=(spec, theirs), daemon=True)
         self._process.start()
         self._result()  # built and warmed up
-
-    @staticmethod
-    def _serve(make, pipe):
-        try:
-            loader = make()
-            time_epoch(loader)
-            pipe.send((True, None))
-            while True:
-                message = pipe.recv()
-                if message is None:
-                    return
-                fn, args = message
-                pipe.send((True, fn(loader, *args)))
-        except BaseException as err:  # the parent raises it with this message
-            pipe.send((False, f"{type(err).__name__}: {err}"))
 
     def _result(self):
         ok, result = self._pipe.recv()
@@ -480,6 +464,32 @@ class _Child:
         if self._process.is_alive():
             self._pipe.send(None)
         self._process.join(timeout=30)
+
+
+def _build(kind, path, n, resolution, workers, kept):
+    """scan-fast's clip_loader over `path` of n samples (keeping `kept` every epoch when given), or ffcv's own
+    Loader."""
+    if kind == "ffcv":
+        return _ffcv_loader(path, resolution, workers, kept)
+    from scan_fast.data.loaders import clip_loader
+
+    scan = FixedListScan(n, lists=[kept] * 1000) if kept is not None else None
+    return clip_loader(path, BATCH, resolution, scan=scan, drop_last=False, num_workers=workers)
+
+
+def _serve(spec, pipe):
+    try:
+        loader = _build(*spec)
+        time_epoch(loader)
+        pipe.send((True, None))
+        while True:
+            message = pipe.recv()
+            if message is None:
+                return
+            fn, args = message
+            pipe.send((True, fn(loader, *args)))
+    except BaseException as err:  # the parent raises it with this message
+        pipe.send((False, f"{type(err).__name__}: {err}"))
 
 
 def _timed_epoch(loader):
@@ -509,14 +519,13 @@ def _reads_per_batch(loader, name, files, resolution, n, fraction):
                 metric="KiB/batch", unit="", p50=(after_rchar - rchar) / batches / 1024,
                 p20=(after_storage - storage) / batches / 1024,
                 p80=(_mapped(paths) - mapped_before) / batches / 1024,
-                ratio=max(after_rchar - rchar, after_storage - storage, _mapped(paths) - mapped_before)
-                / max(stored, 1))
+                ratio=max(after_storage - storage, _mapped(paths) - mapped_before) / max(stored, 1))
 
 
 def print_table(rows):
     headers = {"throughput": "ratio vs torchvision", "parts": "ratio vs one file",
                "inplace": "ratio vs part folder, vs ffcv Loader",
-               "reads": "read syscalls / storage reads / pages mapped KiB per batch; worst / stored bytes",
+               "reads": "read syscalls / storage reads / pages mapped KiB per batch; worst of the last two / stored",
                "switch": "ratio vs ours (validate)",
                "kept fraction": "t(f) / (f * t(1.0))"}
     for suite, ratio_name in headers.items():

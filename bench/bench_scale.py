@@ -83,7 +83,7 @@ def _warm_up(scan, world_size, seed):
 
 
 def _infobatch(num_samples, seed):
-    from scan_fast.schedule.strategies import InfoBatch
+    from scan_fast.schedule.infobatch import InfoBatch
 
     return InfoBatch(num_samples, num_epochs=8, prune_ratio=0.5, seed=seed)
 
@@ -95,7 +95,7 @@ def _seta(num_samples, seed):
 
 
 def _random(num_samples, seed):
-    from scan_fast.schedule.strategies import RandomPruning
+    from scan_fast.schedule.random_pruning import RandomPruning
 
     return RandomPruning(num_samples, prune_counts={1: num_samples // 4}, seed=seed)
 

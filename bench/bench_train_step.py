@@ -35,7 +35,7 @@ import torch
 torch.set_flush_denormal(True)
 
 from scan_fast.schedule import Scan
-from scan_fast.schedule.strategies import NoPruning
+from scan_fast.schedule.no_pruning import NoPruning
 from scan_fast.data.batch import Batch
 from scan_fast.train.clip import ClipTask
 from scan_fast.train.clip_model import Clip

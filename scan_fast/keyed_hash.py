@@ -64,8 +64,8 @@ TOP_UP_ILL = 1        # scan_fast/schedule/candidates.py: the per-batch top-up (
 TOP_UP_RED = 2        # (engine: kTopUpRed)
 SHARD_ORDER = 7       # scan_fast/schedule/shard.py: the keyed Feistel order of an epoch's kept ids
 SCAN_EPOCH_TIE = 7    # scan_fast/schedule/scan_epoch.py: the partial-bin choice
-SETA_KEEP = 11        # scan_fast/schedule/strategies.py: SeTa's random keep
-INFOBATCH_PRUNE = 12  # scan_fast/schedule/strategies.py: InfoBatch's soft-pruning coin of each id
+SETA_KEEP = 11        # scan_fast/schedule/seta.py: SeTa's random keep
+INFOBATCH_PRUNE = 12  # scan_fast/schedule/infobatch.py: InfoBatch's soft-pruning coin of each id
 
 
 def below_fraction(numerator: int, denominator: int) -> int:

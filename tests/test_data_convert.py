@@ -292,7 +292,9 @@ def test_image_folder_parts_equal_a_single_file_and_keep_the_class_names(tmp_pat
 def test_kept_bits_list_each_schedules_coreset(num_samples):
     from scan_fast.data.source_ids import bits_to_ids, kept_bits
     from scan_fast.schedule.shard import KeptSet
-    from scan_fast.schedule.strategies import InfoBatch, NoPruning, StaticCoreset
+    from scan_fast.schedule.infobatch import InfoBatch
+    from scan_fast.schedule.no_pruning import NoPruning
+    from scan_fast.schedule.static_coreset import StaticCoreset
 
     rng = np.random.default_rng(num_samples)
     chosen = np.unique(rng.integers(0, num_samples, max(1, num_samples // 3)))

@@ -18,7 +18,7 @@ from scan_fast.data.regions import DataError
 from scan_fast.data.shard_index import IndexDataset
 from scan_fast.data.source_ids import coreset_ids, export_kept, load_ids
 from scan_fast.data.tokenize import CaptionTokenizer
-from scan_fast.schedule.strategies import StaticCoreset
+from scan_fast.schedule.static_coreset import StaticCoreset
 
 QUIET = dict(progress=False)
 

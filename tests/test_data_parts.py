@@ -22,7 +22,7 @@ from scan_fast.data.inspect import read_samples
 from scan_fast.data.loaders import build_loader, clip_loader
 from scan_fast.data.order import KeptIdsSource
 from scan_fast.schedule.shard import KeptSet
-from scan_fast.schedule.strategies import RandomPruning
+from scan_fast.schedule.random_pruning import RandomPruning
 
 N, PER_PART, RES, BATCH = 150, 40, 16, 16
 

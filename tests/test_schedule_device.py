@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scan_fast.schedule import Scan, ScanReference
-from scan_fast.schedule.strategies import InfoBatch, NoPruning, RandomPruning
+from scan_fast.schedule.infobatch import InfoBatch
+from scan_fast.schedule.no_pruning import NoPruning
+from scan_fast.schedule.random_pruning import RandomPruning
 
 N, BATCH, EPOCHS = 240, 40, 9
 

@@ -9,7 +9,10 @@ from scan_fast.index import SampleSet, get_num_threads, keyed_shard, set_num_thr
 from scan_fast.schedule import Scan, ScanReference
 from scan_fast.schedule.shard import (KeptSet, epoch_shard, epoch_shard_reference, keyed_permutation_reference,
                                       shard_length)
-from scan_fast.schedule.strategies import InfoBatch, NoPruning, RandomPruning, StaticCoreset
+from scan_fast.schedule.infobatch import InfoBatch
+from scan_fast.schedule.no_pruning import NoPruning
+from scan_fast.schedule.random_pruning import RandomPruning
+from scan_fast.schedule.static_coreset import StaticCoreset
 
 
 def _kept_set(n, fraction, members, seed):

@@ -111,9 +111,9 @@ def test_state_roundtrip_resumes_identically_also_inside_an_epoch():
 def test_chunked_selection_equals_the_oracle_with_float16_scores(chunk, monkeypatch):
     """Scores are float16 (2 bytes a sample); the keep is a radix select and the k-means runs on the
     scores' histogram, a chunk of ids at a time: still exactly the oracle's ids."""
-    from scan_fast.schedule import strategies
+    from scan_fast.schedule import base
 
-    monkeypatch.setattr(strategies, "PLAN_CHUNK", chunk)
+    monkeypatch.setattr(base, "PLAN_CHUNK", chunk)
     n = 700
     losses = np.random.default_rng(2).gamma(2.0, 1.0, n).astype(np.float32)
     losses[3] = 1e6  # beyond float16: stored as 65504

@@ -8,7 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scan_fast.schedule import ScanReference
-from scan_fast.schedule.strategies import InfoBatch, NoPruning, RandomPruning, StaticCoreset
+from scan_fast.schedule.infobatch import InfoBatch
+from scan_fast.schedule.no_pruning import NoPruning
+from scan_fast.schedule.random_pruning import RandomPruning
+from scan_fast.schedule.static_coreset import StaticCoreset
 
 
 def _roundtrip(state):
@@ -153,7 +156,7 @@ def test_infobatch_prunes_below_mean_at_the_ratio_and_rescales():
 def test_infobatch_coins_are_keyed_by_seed_epoch_and_id():
     """The soft-pruning coin of id i is u(seed, epoch, i) < ratio, from the keyed hash in plain Python ints."""
     from scan_fast.keyed_hash import INFOBATCH_PRUNE, GOLDEN, MASK64, mix64_int, stream_key
-    from scan_fast.schedule.strategies import infobatch_coins
+    from scan_fast.schedule.infobatch import infobatch_coins
 
     n, ratio, seed, epoch = 500, 0.3, 7, 4
     key = stream_key(seed, epoch, INFOBATCH_PRUNE)
@@ -294,7 +297,7 @@ def test_random_keeps_exactly_the_ids_of_the_published_draw_from_a_bitset(n, cou
 
 def _infobatch_reference(scores, prune_ratio, seed, epoch):
     """The oracle of an InfoBatch epoch plan from float16 scores (inf: never seen), in one O(N) pass."""
-    from scan_fast.schedule.strategies import infobatch_coins
+    from scan_fast.schedule.infobatch import infobatch_coins
 
     seen = np.isfinite(scores)
     if not seen.any():
@@ -306,9 +309,9 @@ def _infobatch_reference(scores, prune_ratio, seed, epoch):
 
 @pytest.mark.parametrize("chunk", [8, 64, 1 << 22])
 def test_infobatch_plan_matches_its_oracle_from_float16_scores(chunk, monkeypatch):
-    from scan_fast.schedule import strategies
+    from scan_fast.schedule import base
 
-    monkeypatch.setattr(strategies, "PLAN_CHUNK", chunk)
+    monkeypatch.setattr(base, "PLAN_CHUNK", chunk)
     n = 301
     rng = np.random.default_rng(4)
     s = InfoBatch(n, num_epochs=10, prune_ratio=0.4, seed=3)

@@ -199,7 +199,7 @@ def test_non_finite_weights_are_never_checkpointed(data, tmp_path, monkeypatch, 
 
 
 def test_save_checkpoint_refuses_non_finite_optimizer_state(tmp_path):
-    from scan_fast.schedule.strategies import NoPruning
+    from scan_fast.schedule.no_pruning import NoPruning
     from scan_fast.train.checkpoint import NonFiniteState, save_checkpoint
 
     model = torch.nn.Linear(3, 2)

@@ -13,7 +13,8 @@ from torch import nn
 from scan_fast.data.batch import Batch
 from scan_fast.ops import clip_loss_per_sample
 from scan_fast.schedule import Scan
-from scan_fast.schedule.strategies import InfoBatch, NoPruning
+from scan_fast.schedule.infobatch import InfoBatch
+from scan_fast.schedule.no_pruning import NoPruning
 from host_reads import count_host_reads
 from scan_fast.train.config import TrainConfig
 from scan_fast.train.loop import NonFiniteLoss, Step, train_one_epoch

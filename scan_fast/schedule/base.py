@@ -283,3 +283,31 @@ class PruningSchedule(ABC):
     def _parse_state(self, state: dict) -> Callable[[], None]:
         """Validate the strategy's part of `state`; return a function that applies it."""
         return lambda: None
+
+
+# What the strategies with per-id scores and epoch plans share (infobatch.py, seta.py).
+SCORE_DTYPE = np.float16  # InfoBatch's and SeTa's per-id score: 2 bytes a sample on every rank
+SCORE_MAX = float(np.finfo(np.float16).max)  # larger losses are stored as this (inf marks "never seen")
+PLAN_CHUNK = 1 << 22  # ids per step of an epoch plan (a multiple of 8: whole bytes of bits)
+
+
+class EpochPlan(NamedTuple):
+    """An epoch's ids, fixed at its start (InfoBatch, SeTa): the epoch, its kept ids (InfoBatch: a KeptSet
+    over the pruned ids' bitset; SeTa: sorted int64), and for InfoBatch the upweighted ids as
+    little-endian bits (N / 8 bytes)."""
+    epoch: int
+    kept: object
+    upweighted: Optional[np.ndarray] = None
+
+
+def check_state_kind(state, kind):
+    """ValueError unless a state_dict was saved by the strategy `kind`."""
+    if state.get("kind") != kind:
+        raise ValueError(f"state_dict is for {state.get('kind')!r}, not {kind}")
+
+
+def every_id(num_samples: int):
+    """All ids as a KeptSet, without listing them (the coreset of schedules that keep everything)."""
+    from scan_fast.schedule.shard import KeptSet
+
+    return KeptSet.everything(num_samples)

@@ -11,12 +11,11 @@ import numpy as np
 import torch
 
 from scan_fast.index import SampleSet
-from scan_fast.schedule.base import PruningSchedule, check_saved_config
+from scan_fast.schedule import base
+from scan_fast.schedule.base import SCORE_MAX, EpochPlan, PruningSchedule, check_saved_config, check_state_kind
 from scan_fast.schedule.inputs import check_batch, check_fraction, check_int
 from scan_fast.schedule.rates import MUTATION, WARMUP
 from scan_fast.schedule.stats import EpochRecord
-from scan_fast.schedule import strategies
-from scan_fast.schedule.strategies import SCORE_MAX, EpochPlan, _check_kind
 
 
 KMEANS_ITERATIONS = 50
@@ -132,8 +131,8 @@ def _signed64(value: int) -> int:
 def _hash_chunks(key: int, n: int, device):
     from scan_fast.keyed_hash import counter_hashes
 
-    for lo in range(0, n, strategies.PLAN_CHUNK):
-        yield lo, counter_hashes(key, torch.arange(lo, min(lo + strategies.PLAN_CHUNK, n), dtype=torch.int64,
+    for lo in range(0, n, base.PLAN_CHUNK):
+        yield lo, counter_hashes(key, torch.arange(lo, min(lo + base.PLAN_CHUNK, n), dtype=torch.int64,
                                                    device=device))
 
 
@@ -297,7 +296,7 @@ class SeTa(PruningSchedule):
         return {"kind": "SeTa", "config": self._config(), "scores": self.scores.cpu().clone(), "plan": plan}
 
     def _parse_state(self, state):
-        _check_kind(state, "SeTa")
+        check_state_kind(state, "SeTa")
         check_saved_config("SeTa", state["config"], self._config())
         scores, plan = state["scores"], state.get("plan")
         if not torch.is_tensor(scores) or scores.shape != (self.num_samples,):

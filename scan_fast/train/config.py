@@ -66,13 +66,13 @@ def _scan_epoch(cfg, num_samples, rank, world_size):
 
 
 def _none(cfg, num_samples, rank, world_size):
-    from scan_fast.schedule.strategies import NoPruning
+    from scan_fast.schedule.no_pruning import NoPruning
 
     return NoPruning(num_samples)
 
 
 def _random(cfg, num_samples, rank, world_size):
-    from scan_fast.schedule.strategies import RandomPruning
+    from scan_fast.schedule.random_pruning import RandomPruning
     from scan_fast.train.report import read_prune_counts
 
     counts = read_prune_counts(cfg.prune_counts) if cfg.prune_counts else None
@@ -82,7 +82,7 @@ def _random(cfg, num_samples, rank, world_size):
 
 def _none_matched(cfg, num_samples, rank, world_size):
     from scan_fast.schedule.budget import matched_prune_counts
-    from scan_fast.schedule.strategies import RandomPruning
+    from scan_fast.schedule.random_pruning import RandomPruning
     from scan_fast.train.report import read_sample_steps
 
     counts = matched_prune_counts(read_sample_steps(cfg.prune_counts), num_samples, cfg.batch_size * world_size,
@@ -91,7 +91,7 @@ def _none_matched(cfg, num_samples, rank, world_size):
 
 
 def _infobatch(cfg, num_samples, rank, world_size):
-    from scan_fast.schedule.strategies import InfoBatch
+    from scan_fast.schedule.infobatch import InfoBatch
 
     return InfoBatch(num_samples, cfg.epochs, prune_ratio=cfg.infobatch_ratio, delta=cfg.infobatch_delta,
                      seed=cfg.seed)
@@ -106,7 +106,7 @@ def _seta(cfg, num_samples, rank, world_size):
 
 def _static(cfg, num_samples, rank, world_size):
     from scan_fast.data.source_ids import coreset_ids
-    from scan_fast.schedule.strategies import StaticCoreset
+    from scan_fast.schedule.static_coreset import StaticCoreset
 
     ids = coreset_ids(cfg.coreset, cfg.train_data)  # uids, keys or a kept bitset -> ids; None: an id list
     return StaticCoreset.from_file(cfg.coreset, num_samples) if ids is None else StaticCoreset(num_samples, ids)
