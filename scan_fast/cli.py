@@ -316,7 +316,7 @@ def _run_bench(args):
 
 def build_parser() -> argparse.ArgumentParser:
     from scan_fast.train.cli import add_coreset_parser, add_eval_parser, add_train_parsers
-    from scan_fast.train.main_job import add_main_job_parser
+    from scan_fast.demo.main_job import add_main_job_parser
 
     parser = argparse.ArgumentParser(
         prog="scan-fast", description="Fast SCAN dataset pruning for contrastive pre-training."

@@ -1,7 +1,7 @@
 """colour-digits, the main job's second noisy data set: captions, noise shares, held-out handwriting."""
 import numpy as np
 
-from scan_fast.train.colour_digits import DIGIT_NAMES, class_names, generate
+from scan_fast.demo.colour_digits import DIGIT_NAMES, class_names, generate
 
 
 def test_captions_name_the_drawn_digit_and_colour_except_the_mismatched():

@@ -31,7 +31,7 @@ def test_a_config_parses_and_validates(path):
     args = build_parser().parse_args(argv)
     config_cls = getattr(args, "config_cls", None)
     if config_cls is None:
-        from scan_fast.train.main_job import MainJobConfig as config_cls
+        from scan_fast.demo.main_job import MainJobConfig as config_cls
     cfg = config_from_args(args, config_cls)
     if hasattr(cfg, "validate"):
         cfg.validate()
@@ -43,7 +43,7 @@ def test_a_config_parses_and_validates(path):
 
 def test_the_demo_config_is_make_demos_job():
     from scan_fast.train.flags import config_values
-    from scan_fast.train.main_job import MainJobConfig
+    from scan_fast.demo.main_job import MainJobConfig
 
     path = next(p for p in CONFIGS if p.name == "demo.yaml")
     assert MainJobConfig(**config_values(str(path), MainJobConfig)) == MainJobConfig()

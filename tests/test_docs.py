@@ -96,3 +96,17 @@ def test_every_image_the_readme_and_docs_show_is_in_the_repository():
             if "://" not in target and not (page.parent / target).is_file():
                 missing.append(f"{page.relative_to(ROOT).as_posix()}: {target}")
     assert not missing, f"images shown but not in the repository: {missing}"
+
+
+def test_the_library_does_not_import_the_demo_app():
+    """scan_fast/demo/ is the demo app: of the package, only the command line (cli.py) imports it, so the
+    library (data, schedule, ops, train, kernels) stands without it, as docs/architecture.md says."""
+    importers = []
+    for path in sorted((ROOT / "scan_fast").rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        if relative.startswith("scan_fast/demo/") or relative == "scan_fast/cli.py":
+            continue
+        if re.search(r"^\s*(from scan_fast\.demo\b|from scan_fast import demo\b|import scan_fast\.demo\b)",
+                     path.read_text(), re.M):
+            importers.append(relative)
+    assert not importers, f"library modules import the demo app: {importers}"

@@ -50,7 +50,7 @@ def _epochs_csv(path, samples):
 
 def test_none_matched_trains_the_source_runs_sample_steps_over_fewer_epochs(tmp_path):
     from scan_fast.train.config import PRUNE_MODES, ClipConfig
-    from scan_fast.train.main_job import MainJobConfig, _epochs_of
+    from scan_fast.demo.main_job import MainJobConfig, _epochs_of
 
     source = _epochs_csv(tmp_path / "epochs.csv", [896] * 5 + [512])  # 39 steps of 128
     job = MainJobConfig(out=str(tmp_path), num_samples=1000, batch_size=128)
@@ -79,7 +79,7 @@ def test_none_matched_flags(kwargs, match):
 
 
 def test_the_demo_table_pairs_every_strategy_with_none_matched():
-    from scan_fast.train.main_job import format_table
+    from scan_fast.demo.main_job import format_table
 
     rows = [dict(strategy=s, seed=seed, sample_steps=10, eval=e + seed / 100)
             for s, e in (("scan-epoch", 0.5), ("none", 0.4), ("none-matched", 0.45)) for seed in (0, 1)]
@@ -110,7 +110,7 @@ def test_near_miss_captions_differ_in_one_word_and_plain_data_is_unchanged():
 
 def test_the_clean_and_hard_sets_are_written_with_their_noise(tmp_path):
     from scan_fast.data.embedded import load_shapes_truth, read_shapes_meta
-    from scan_fast.train.demo_data import build_data
+    from scan_fast.demo.data_sets import build_data
 
     clean = build_data(str(tmp_path), 64, 16, progress=False, data="shapes-clean")
     hard = build_data(str(tmp_path), 64, 16, progress=False, data="shapes-hard")
@@ -124,7 +124,7 @@ def test_the_clean_and_hard_sets_are_written_with_their_noise(tmp_path):
 
 def test_the_clean_colour_digits_keep_faint_pairs(tmp_path):
     from scan_fast.data.embedded import load_shapes_truth
-    from scan_fast.train.demo_data import build_data
+    from scan_fast.demo.data_sets import build_data
 
     paths = build_data(str(tmp_path), 64, 16, progress=False, data="colour-digits-clean")
     truth = load_shapes_truth(paths["train"])

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from scan_fast.train.main_job import MainJobConfig, aggregate, format_table
+from scan_fast.demo.main_job import MainJobConfig, aggregate, format_table
 
 
 def _row(strategy, seed, steps, acc, **extra):
@@ -49,7 +49,7 @@ def test_build_data_reuses_current_shapes_and_rewrites_stale_ones(tmp_path):
     import os
 
     from scan_fast.data.embedded import SHAPES
-    from scan_fast.train.main_job import build_data
+    from scan_fast.demo.main_job import build_data
 
     paths = build_data(str(tmp_path), num_samples=40, test_samples=16, progress=False)
     assert sorted(paths) == ["test", "train"]
@@ -76,7 +76,7 @@ def test_build_data_reuses_current_shapes_and_rewrites_stale_ones(tmp_path):
 
 
 def test_curves_average_seeds_and_the_plots_are_written(tmp_path):
-    from scan_fast.train.main_job import plot_comparison, strategy_curves
+    from scan_fast.demo.main_job import plot_comparison, strategy_curves
     from scan_fast.train.report import write_csv
 
     rows = []
@@ -101,7 +101,7 @@ def test_curves_average_seeds_and_the_plots_are_written(tmp_path):
 def test_the_job_runs_on_colour_digits_whose_held_out_split_has_no_captions(tmp_path):
     """The held-out split of colour-digits is labelled only (no tokens): the job reads it as the evaluation does."""
     from scan_fast.data.schema import check_beton
-    from scan_fast.train.main_job import run_main_job
+    from scan_fast.demo.main_job import run_main_job
 
     job = MainJobConfig(out=str(tmp_path), data="colour-digits", strategies=("none",), epochs=1, num_samples=128,
                         test_samples=64, batch_size=64, progress=False, workers=1)

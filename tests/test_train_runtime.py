@@ -23,7 +23,7 @@ def test_setup_runtime_flushes_denormals_on_cpu(restore_denormals):
 
 
 def test_main_job_flushes_before_building_data(monkeypatch, tmp_path, restore_denormals):
-    from scan_fast.train import main_job
+    from scan_fast.demo import main_job
 
     seen = {}
 

@@ -88,7 +88,7 @@ def test_every_baseline_trains_with_the_sigmoid_loss(data, tmp_path, prune):
 
 
 def test_main_job_takes_the_loss():
-    from scan_fast.train.main_job import MainJobConfig
+    from scan_fast.demo.main_job import MainJobConfig
 
     assert MainJobConfig().loss == "clip"  # `make demo` stays the CLIP job
     MainJobConfig(loss="siglip")

@@ -1,7 +1,7 @@
 """Generated and embedded datasets, written to .beton without any download.
 
 write_samples writes samples made in memory, valid by construction (no row checks), with id = row:
-the embedded datasets below and colour digits (train/colour_digits.py) are written by it.
+the embedded datasets below and colour digits (demo/colour_digits.py) are written by it.
 
 digits: scikit-learn's bundled handwritten digits (1,797 real 8x8 images),
     upsampled to RGB, captioned "a photo of the digit seven", with a

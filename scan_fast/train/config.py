@@ -26,12 +26,10 @@ class PruneMode:
     finds_candidates: it chooses SCAN's ill-matched and redundant candidates (the demo saves their losses);
     coreset_state: the state_dict kind of its schedule when `coreset export` can read its checkpoints;
     random_count: how many ids it keeps is a random draw, so its fewest is an expectation (InfoBatch);
-    in_demo: the demo can run it (static needs a coreset file of its own);
-    copies_counts_of: the strategy whose run's per-epoch counts it matches (the demo runs that one first);
-    matches_sample_steps: it matches that run's total sample-steps, not its per-epoch counts: all the data over
-        the fewest epochs that hold them (scan_fast/schedule/budget.py), the demo sets --epochs to those;
-    demo_baseline: the demo's reference, every other strategy's accuracy is compared with it;
-    style: (colour, marker, line style) of its curves in the demo's plots.
+    matches_sample_steps: it matches another run's total sample-steps (--prune-counts), not its per-epoch
+        counts: all the data over the fewest epochs that hold them (scan_fast/schedule/budget.py).
+
+    How the demo runs and draws each strategy lives with the demo (scan_fast/demo/main_job.py: SHOWN).
     """
     build: Callable
     flags: Tuple[str, ...] = ()
@@ -39,11 +37,7 @@ class PruneMode:
     finds_candidates: bool = False
     coreset_state: Optional[str] = None
     random_count: bool = False
-    in_demo: bool = True
-    copies_counts_of: Optional[str] = None
     matches_sample_steps: bool = False
-    demo_baseline: bool = False
-    style: Tuple[str, str, str] = ("tab:gray", "x", "-")
 
 
 # the schedule builders of PRUNE_MODES: (cfg, num_samples, rank, world_size) -> a PruningSchedule
@@ -113,21 +107,17 @@ def _static(cfg, num_samples, rank, world_size):
 
 
 # every --prune strategy, registered once: make_schedule (run.py) builds each, validate() checks their flags,
-# the demo (main_job.py) and `coreset export` (cli.py) read what they need from here; nothing else tests the names
+# the demo (scan_fast/demo/main_job.py) and `coreset export` (cli.py) read what they need from here; nothing else tests the names
 PRUNE_MODES = {
-    "scan": PruneMode(_scan, flags=("abs_ill", "abs_red"), finds_candidates=True, coreset_state="Scan",
-                      style=("tab:blue", "o", "-")),
-    "scan-epoch": PruneMode(_scan_epoch, finds_candidates=True, coreset_state="ScanEpoch",
-                            style=("tab:green", "s", "-")),
-    "none": PruneMode(_none, demo_baseline=True, style=("black", "D", "--")),
-    "random": PruneMode(_random, flags=("prune_counts",), copies_counts_of="scan", style=("tab:red", "v", ":")),
-    # the equal-compute baseline: no pruning, for the sample-steps of the variant's run, its own cosine
-    "none-matched": PruneMode(_none_matched, flags=("prune_counts",), needs_flags=True,
-                              copies_counts_of="scan-epoch", matches_sample_steps=True,
-                              style=("dimgray", "d", "-")),
-    "infobatch": PruneMode(_infobatch, random_count=True, style=("tab:purple", "^", "-.")),
-    "seta": PruneMode(_seta, style=("tab:orange", "P", "--")),
-    "static": PruneMode(_static, flags=("coreset",), needs_flags=True, in_demo=False),
+    "scan": PruneMode(_scan, flags=("abs_ill", "abs_red"), finds_candidates=True, coreset_state="Scan"),
+    "scan-epoch": PruneMode(_scan_epoch, finds_candidates=True, coreset_state="ScanEpoch"),
+    "none": PruneMode(_none),
+    "random": PruneMode(_random, flags=("prune_counts",)),
+    # the equal-compute baseline: no pruning, for the sample-steps of another run, its own cosine
+    "none-matched": PruneMode(_none_matched, flags=("prune_counts",), needs_flags=True, matches_sample_steps=True),
+    "infobatch": PruneMode(_infobatch, random_count=True),
+    "seta": PruneMode(_seta),
+    "static": PruneMode(_static, flags=("coreset",), needs_flags=True),
 }
 DEFAULT_ZEROSHOT_TEMPLATE = "a photo of a {}."
 SECTIONS = ("data", "model", "optimisation", "pruning", "evaluation", "run")  # --help's argument groups, in order

@@ -6,7 +6,7 @@ shapes-clean    the same generator with no mismatched captions, the near-duplica
                 difficulty are left to prune
 shapes-hard     20% mismatched captions that are near misses (one word wrong: the shape or the colour), every
                 caption from one of several templates, 10% near-duplicates: wrong pairs harder to tell apart
-colour-digits   handwritten digits in colour (scan_fast/train/colour_digits.py): 20% mismatched, 15% faint but
+colour-digits   handwritten digits in colour (scan_fast/demo/colour_digits.py): 20% mismatched, 15% faint but
                 right, 10% near-duplicates
 colour-digits-clean   the same with no mismatched captions, the faint pairs and near-duplicates kept
 
@@ -50,8 +50,8 @@ def _stem(data: str) -> str:
 def build_colour_digits(out: str, num_samples: int, test_samples: int, progress: bool = True,
                         data: str = "colour-digits") -> Dict[str, str]:
     """The colour-digits train and held-out sets under out/data (reused when their meta matches)."""
+    from scan_fast.demo.colour_digits import write_colour_digits
     from scan_fast.train.clip_model import TINY_CLIP_CONFIG
-    from scan_fast.train.colour_digits import write_colour_digits
 
     choice = DATA_SETS[data]
     context = TINY_CLIP_CONFIG["text_cfg"]["context_length"]

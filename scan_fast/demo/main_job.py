@@ -1,5 +1,5 @@
 """The main job (`make demo`): SCAN and its epoch-wide variant against none / none-matched / random (and,
-by --strategies, InfoBatch and SeTa) on the embedded shapes data, or another set of demo_data.py (--data:
+by --strategies, InfoBatch and SeTa) on the embedded shapes data, or another set of data_sets.py (--data:
 clean, hard-caption and colour-digits sets).
 
 Builds `shapes` (8 shapes x 8 colours, small or large, in one of 4 quadrants;
@@ -19,16 +19,35 @@ written under the output folder.
 import os
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Literal, Optional, Sequence
+from typing import Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from scan_fast.train.config import LOSSES, PRUNE_MODES, PruneMode
+from scan_fast.demo.data_sets import DATA_SETS, build_data
+from scan_fast.train.config import LOSSES, PRUNE_MODES
 from scan_fast.train.flags import add_config_flags, check_choices, config_from_args, flag
-from scan_fast.train.demo_data import DATA_SETS, build_data
 
-STRATEGIES = tuple(name for name, mode in PRUNE_MODES.items() if mode.in_demo)  # static needs a coreset file
-BASELINE = next(name for name, mode in PRUNE_MODES.items() if mode.demo_baseline)  # what the others are compared with
+
+class Shown(NamedTuple):
+    """How the demo runs and draws a --prune strategy: style, (colour, marker, line style) of its curves;
+    copies_counts_of, the strategy whose run's counts it takes as --prune-counts (run first)."""
+    style: Tuple[str, str, str]
+    copies_counts_of: Optional[str] = None
+
+
+# The strategies the demo compares, in PRUNE_MODES' order (static needs a coreset file of its own).
+SHOWN = {
+    "scan": Shown(("tab:blue", "o", "-")),
+    "scan-epoch": Shown(("tab:green", "s", "-")),
+    "none": Shown(("black", "D", "--")),
+    "random": Shown(("tab:red", "v", ":"), copies_counts_of="scan"),
+    "none-matched": Shown(("dimgray", "d", "-"), copies_counts_of="scan-epoch"),
+    "infobatch": Shown(("tab:purple", "^", "-.")),
+    "seta": Shown(("tab:orange", "P", "--")),
+}
+OTHER_STYLE = ("tab:gray", "x", "-")
+STRATEGIES = tuple(SHOWN)
+BASELINE = "none"  # what the others are compared with
 MATCHED = next(name for name, mode in PRUNE_MODES.items() if mode.matches_sample_steps)  # the equal-compute baseline
 DEFAULT_STRATEGIES = ("scan", "scan-epoch", "none", "none-matched", "random")  # make demo: under 4 min on 2 cores
 
@@ -53,12 +72,12 @@ class MainJobConfig:
     data: Literal[tuple(DATA_SETS)] = flag(
         "shapes", "shapes (20%% wrong captions), shapes-clean (none), shapes-hard (near-miss wrong captions, varied "
                   "templates), colour-digits (handwritten digits in colour, wrong and faint pairs), colour-digits-clean "
-                  "(scan_fast/train/demo_data.py)", "data")
+                  "(scan_fast/demo/data_sets.py)", "data")
 
     def __post_init__(self):
         check_choices(self)
         for strategy in self.strategies:
-            source = PRUNE_MODES[strategy].copies_counts_of
+            source = SHOWN[strategy].copies_counts_of
             if source is not None and source not in self.strategies:
                 raise ValueError(f"--strategies: {strategy} matches a {source.upper()} run's counts, so it needs "
                                  f"{source} too")
@@ -96,11 +115,10 @@ def _epochs_of(job: MainJobConfig, prune: str, prune_counts: Optional[str]) -> i
 
 
 def _run(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_counts: Optional[str]) -> dict:
+    from scan_fast.demo.colour_digits import TEMPLATE
     from scan_fast.train.clip import train_clip
     from scan_fast.train.clip_model import TINY_CLIP, TINY_SIGLIP
     from scan_fast.train.config import ClipConfig
-
-    from scan_fast.train.colour_digits import TEMPLATE
 
     extra = {"zeroshot_template": TEMPLATE} if DATA_SETS[job.data].family == "colour-digits" else {}
     cfg = ClipConfig(model=TINY_SIGLIP if job.loss == "siglip" else TINY_CLIP, loss=job.loss,
@@ -124,10 +142,10 @@ def run_main_job(job: MainJobConfig) -> List[dict]:
     _compile_data_pipeline(data, job)
     rows = []
     for seed in job.seeds:
-        sources = {PRUNE_MODES[s].copies_counts_of for s in job.strategies}
+        sources = {SHOWN[s].copies_counts_of for s in job.strategies}
         ordered = sorted(job.strategies, key=lambda s: s not in sources)  # SCAN first: random copies its counts
         for prune in ordered:
-            counts, source = None, PRUNE_MODES[prune].copies_counts_of
+            counts, source = None, SHOWN[prune].copies_counts_of
             if source is not None:
                 counts = os.path.join(job.out, "runs", f"{source}-seed{seed}", "epochs.csv")
             print(f"== {prune}, seed {seed}", flush=True)
@@ -292,8 +310,8 @@ def plot_comparison(curves: Dict[str, dict], out: str) -> List[str]:
     import matplotlib.pyplot as plt
 
     def style(strategy):
-        mode = PRUNE_MODES.get(strategy)
-        return mode.style if mode is not None else PruneMode.style
+        shown = SHOWN.get(strategy)
+        return shown.style if shown is not None else OTHER_STYLE
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for strategy, c in curves.items():
