@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from .regions import DataError
+from .source_ids import file_sha256
 
 INDEX_FORMAT = "scan-fast webdataset index"
 INDEX_VERSION = 1
@@ -57,11 +58,7 @@ def npy_data_offset(path: str, dtype: np.dtype, shape: tuple) -> int:
 
 def file_entry(path: str) -> dict:
     """A part file as the manifest pins it: name, size and sha256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"file": os.path.basename(path), "bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+    return {"file": os.path.basename(path), "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
 
 
 def read_part_record(path: str) -> Optional[dict]:

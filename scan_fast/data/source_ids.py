@@ -126,7 +126,8 @@ def load_ids(beton, kind: str, num_samples: Optional[int] = None) -> Optional[np
 
 # --------------------------------------------------------------------------- pins and uniqueness
 
-def _digest(path: Path) -> str:
+def file_sha256(path) -> str:
+    """The sha256 of a file's bytes, read a MiB at a time (what manifests pin files by)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -140,7 +141,7 @@ def pin_ids(beton) -> dict:
     for kind in KINDS:
         path = ids_path(beton, kind)
         if path.is_file():
-            pins[kind] = {"file": path.name, "bytes": path.stat().st_size, "sha256": _digest(path)}
+            pins[kind] = {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
     return pins
 
 
@@ -165,7 +166,7 @@ def check_pinned(beton, pins: Optional[dict], kinds=KINDS, digest: bool = True) 
         size = path.stat().st_size
         if size != int(pin["bytes"]):
             raise ValueError(f"{path} has {size} bytes, the manifest says {pin['bytes']}: it was cut or replaced")
-        if digest and _digest(path) != pin["sha256"]:
+        if digest and file_sha256(path) != pin["sha256"]:
             raise ValueError(f"{path} is not the file the manifest pins (its sha256 differs): it was edited or "
                              f"replaced, e.g. by another part's")
 

@@ -15,7 +15,7 @@ held-out digits.
 """
 import json
 import os
-from typing import Dict, NamedTuple
+from typing import Dict, NamedTuple, Tuple
 
 
 class DemoData(NamedTuple):
@@ -47,16 +47,22 @@ def _stem(data: str) -> str:
     return data.replace("-", "_")
 
 
+def _data_folder(out: str) -> Tuple[str, int]:
+    """(out/data, made if missing; the context length of the demo's tiny CLIP, which its tokens are cut to)."""
+    from scan_fast.train.clip_model import TINY_CLIP_CONFIG
+
+    folder = os.path.join(out, "data")
+    os.makedirs(folder, exist_ok=True)
+    return folder, TINY_CLIP_CONFIG["text_cfg"]["context_length"]
+
+
 def build_colour_digits(out: str, num_samples: int, test_samples: int, progress: bool = True,
                         data: str = "colour-digits") -> Dict[str, str]:
     """The colour-digits train and held-out sets under out/data (reused when their meta matches)."""
     from scan_fast.demo.colour_digits import write_colour_digits
-    from scan_fast.train.clip_model import TINY_CLIP_CONFIG
 
     choice = DATA_SETS[data]
-    context = TINY_CLIP_CONFIG["text_cfg"]["context_length"]
-    folder = os.path.join(out, "data")
-    os.makedirs(folder, exist_ok=True)
+    folder, context = _data_folder(out)
     paths = {"train": os.path.join(folder, f"{_stem(data)}{num_samples}.beton"),
              "test": os.path.join(folder, f"colour_digits_test{test_samples}.beton")}
     for split, n, seed in (("train", num_samples, 0), ("test", test_samples, 1)):
@@ -83,12 +89,9 @@ def build_shapes(out: str, num_samples: int, test_samples: int, progress: bool =
     noise and generator: data of an older generator is rewritten)."""
     from scan_fast.data import check_beton, write_shapes
     from scan_fast.data.embedded import read_shapes_meta, shapes_vocabulary
-    from scan_fast.train.clip_model import TINY_CLIP_CONFIG
 
     choice = DATA_SETS[data]
-    context = TINY_CLIP_CONFIG["text_cfg"]["context_length"]
-    folder = os.path.join(out, "data")
-    os.makedirs(folder, exist_ok=True)
+    folder, context = _data_folder(out)
     # The training set is a part folder (4 parts), so the main job reads data the way a large
     # data set is read; the rows and their order are those of a single file.
     paths = {"train": os.path.join(folder, f"{_stem(data)}{num_samples}"),
