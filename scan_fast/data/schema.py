@@ -7,9 +7,12 @@ A labelled set's class names, in label order, are saved beside it (see classes.p
 
 `id` is the row index in the file; it is what pruning schedules keep or drop.
 """
-from typing import Dict, Iterable, Optional
+from typing import TYPE_CHECKING, Dict, Iterable, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ffcv.fields import Field, RGBImageField
 
 IMAGE_MODES = ("jpg", "raw")
 # ffcv is imported in the functions that build its fields: importing it costs seconds (torch, and
