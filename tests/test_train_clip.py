@@ -37,7 +37,7 @@ def test_scan_run_end_to_end(data, tmp_path):
     # `scan-fast eval` on the checkpoint reproduces the run's own final zero-shot accuracy
     assert _cli(["eval", os.path.join(folder, "checkpoints/latest.pt"), "--val-data", data["test"],
                  "--workers", "1"]) == 0
-    from scan_fast.train.cli import evaluate_checkpoint
+    from scan_fast.train.evaluate import evaluate_checkpoint
 
     again = evaluate_checkpoint(os.path.join(folder, "checkpoints/latest.pt"), data["test"], workers=1)
     assert again["zero_shot"] == pytest.approx(summary["eval"])
@@ -273,7 +273,7 @@ def test_an_epoch_without_a_step_logs_nan_and_warns(seven, tmp_path, monkeypatch
 
 
 def test_warmup_only_checkpoint_is_not_exported_and_has_the_usual_file_mode(seven, tmp_path):
-    from scan_fast.train.cli import export_coreset
+    from scan_fast.train.coreset import export_coreset
 
     summary = train_clip(ClipConfig(train_data=seven, batch_size=7, epochs=1, workers=1, logs=str(tmp_path),
                                     progress=False, tensorboard=False))

@@ -84,8 +84,10 @@ def moco_shapes(tmp_path_factory):
     return path
 
 
-# the ResNet backbone repeats the ViT case's DDP path (make bench runs it with the slow tests)
-@pytest.mark.parametrize("arch", ["vit_tiny_cpu", pytest.param("resnet_tiny_cpu", marks=pytest.mark.slow)])
+# MoCo under DDP, both backbones, runs with the slow tests (make bench): about 19 s of pytest on 2 cores each; the DDP
+# path itself (identical pruning decisions, each rank's share of the kept ids) is the CLIP test's above
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["vit_tiny_cpu", "resnet_tiny_cpu"])
 def test_two_gloo_ranks_train_moco_with_identical_pruning_and_weights(moco_shapes, tmp_path, arch):
     launch(_moco_worker, arch, moco_shapes, str(tmp_path / "logs"), str(tmp_path))
     with np.load(tmp_path / "rank0.npz") as r0, np.load(tmp_path / "rank1.npz") as r1:

@@ -98,6 +98,7 @@ def test_curves_average_seeds_and_the_plots_are_written(tmp_path):
     assert all((tmp_path / name).stat().st_size > 1000 for name in written)
 
 
+@pytest.mark.slow  # the demo app on its second data set: make bench runs it (8 s of pytest on 2 cores)
 def test_the_job_runs_on_colour_digits_whose_held_out_split_has_no_captions(tmp_path):
     """The held-out split of colour-digits is labelled only (no tokens): the job reads it as the evaluation does."""
     from scan_fast.data.schema import check_beton

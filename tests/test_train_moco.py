@@ -36,7 +36,7 @@ def test_moco_vit_with_scan_end_to_end(data, tmp_path):
     assert int(rows[3]["pruned"]) == pool // 4 > 0  # rate(1) = 0.25 of the candidates
     assert 0.0 <= summary["knn"] <= 1.0 and 0.0 <= summary["linear_probe"] <= 1.0
     assert all(np.isfinite(float(r["loss"])) for r in rows)
-    from scan_fast.train.cli import evaluate_checkpoint
+    from scan_fast.train.evaluate import evaluate_checkpoint
 
     again = evaluate_checkpoint(os.path.join(summary["folder"], "checkpoints/latest.pt"), data["test"], workers=1)
     assert again["knn"] == pytest.approx(summary["knn"])

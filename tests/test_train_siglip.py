@@ -59,7 +59,7 @@ def test_scan_run_with_the_sigmoid_loss(data, tmp_path):
     assert 0.0 <= summary["eval"] <= 1.0
     state = load_checkpoint(os.path.join(summary["folder"], "checkpoints/latest.pt"))
     assert state["config"]["loss"] is None and state["model"]["model.logit_bias"].item() != -10.0  # trained
-    from scan_fast.train.cli import evaluate_checkpoint
+    from scan_fast.train.evaluate import evaluate_checkpoint
 
     again = evaluate_checkpoint(os.path.join(summary["folder"], "checkpoints/latest.pt"), data["test"], workers=1)
     assert again["zero_shot"] == pytest.approx(summary["eval"])

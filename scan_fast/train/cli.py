@@ -4,14 +4,12 @@ Training flags are the config dataclasses' fields (scan_fast/train/flags.py: eac
 text, choices and section are defined beside it); `--config FILE` (YAML or TOML) may hold any
 of them, with the same names (dashes or underscores), and flags on the command line win.
 `scan_fast/cli.py` registers these with `add_train_parsers(sub)`,
-`add_coreset_parser(sub)` and `add_eval_parser(sub)`.
+`add_coreset_parser(sub)` and `add_eval_parser(sub)`; what `eval` and `coreset export` run lives in
+evaluate.py (`evaluate_checkpoint`) and coreset.py (`export_coreset`).
 """
-import os
 import sys
-from dataclasses import fields
 
-from scan_fast.train.config import (DEFAULT_ZEROSHOT_TEMPLATE, PRUNE_MODES, SECTIONS, ClipConfig, MocoConfig,
-                                    TrainConfig)
+from scan_fast.train.config import SECTIONS, ClipConfig, MocoConfig, TrainConfig
 from scan_fast.train.flags import add_config_flags, add_field_flag, config_from_args
 
 def add_train_parsers(sub) -> None:
@@ -67,49 +65,9 @@ def add_coreset_parser(sub) -> None:
     export.set_defaults(run=_run_coreset_export)
 
 
-def export_coreset(checkpoint: str, out: str, overwrite: bool = True, fmt: str = "ids", data=None) -> int:
-    """Write the coreset of a SCAN checkpoint as `fmt` (ids, keys, datacomp); returns how many
-    samples were written."""
-    import numpy as np
-
-    from scan_fast.outputs import check_output, partial_path
-    from scan_fast.train.checkpoint import load_checkpoint
-
-    check_output(out, inputs=[checkpoint], overwrite=overwrite)
-    state = load_checkpoint(checkpoint)
-    schedule_state = state["schedule"]
-    prune = state["config"].get("prune")
-    mode = PRUNE_MODES.get(prune)  # a state without "kind" is taken for Scan's, as before schedules named it
-    if mode is None or mode.coreset_state is None or schedule_state.get("kind", "Scan") != mode.coreset_state:
-        raise ValueError(f"{checkpoint} is from a --prune {prune} run, not a SCAN run")
-    # the schedule as the run built it (scan-epoch's coreset is Scan's, from the same two bitsets)
-    saved = {f.name: state["config"][f.name] for f in fields(TrainConfig) if f.name in state["config"]}
-    scan = mode.build(TrainConfig(**saved), int(schedule_state["num_samples"]), 0,
-                      int(schedule_state.get("world_size", 1)))
-    scan.load_state_dict(schedule_state)
-    if not any(record.phase == "preparation" for record in scan.stats().records):
-        raise ValueError(f"{checkpoint}: the run has not completed a preparation epoch (it holds "
-                         f"{len(scan.stats().records)} epoch(s), all warm-up), so SCAN has chosen no candidates "
-                         f"and its coreset would be every id; export from a checkpoint after a preparation epoch")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    if fmt != "ids":
-        from scan_fast.data.dataset import open_dataset
-        from scan_fast.data.source_ids import export_kept, kept_bits
-
-        data = data or state["config"].get("train_data")
-        dataset = open_dataset(data, progress=False)
-        if dataset.num_samples != scan.num_samples:
-            raise ValueError(f"{data} holds {dataset.num_samples} samples, the run in {checkpoint} trained on "
-                             f"{scan.num_samples}: not its training data (--data)")
-        return export_kept(dataset, kept_bits(scan.coreset_set()), fmt, out)
-    ids = scan.coreset()
-    partial = partial_path(out)
-    np.savetxt(partial, ids, fmt="%d", header=f"coreset of {checkpoint}: {len(ids)} of {scan.num_samples} ids")
-    os.replace(partial, out)
-    return len(ids)
-
-
 def _run_coreset_export(args):
+    from scan_fast.train.coreset import export_coreset
+
     count = export_coreset(args.checkpoint, args.out, overwrite=args.overwrite, fmt=args.format, data=args.data)
     print(f"wrote {count} {'ids' if args.format == 'ids' else 'keys' if args.format == 'keys' else 'uids'} "
           f"to {args.out}")
@@ -128,70 +86,9 @@ def add_eval_parser(sub) -> None:
     p.set_defaults(run=_run_eval)
 
 
-def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_template=DEFAULT_ZEROSHOT_TEMPLATE,
-                        probe_train_data=None, workers=2) -> dict:
-    """{"zero_shot": acc} for a CLIP checkpoint, {"knn": acc, "linear_probe": acc} for a MoCo one."""
-    import torch
-
-    from scan_fast.train.checkpoint import load_checkpoint
-    from scan_fast.train.evaluate import check_labelled
-
-    state = load_checkpoint(checkpoint)
-    check_labelled(val_data)
-    absent = [key for key in ("model", "config") if not isinstance(state.get(key), dict)]
-    if absent:
-        raise ValueError(f"{checkpoint}: not a complete scan-fast checkpoint (no {' or '.join(absent)} entry)")
-    config = state["config"]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if "model" in config:  # CLIP
-        from scan_fast.train.clip import clip_task
-        from scan_fast.train.clip_model import Clip
-        from scan_fast.train.evaluate import zero_shot_classes
-
-        zero_shot_classes(val_data, zeroshot_classes, zeroshot_template)  # before the model is built
-        positions = state["model"].get("model.positional_embedding")
-        if positions is None:
-            raise ValueError(f"{checkpoint}: not a CLIP checkpoint of scan-fast (its model has no "
-                             f"model.positional_embedding)")
-        model = Clip(config["model"], context_length=positions.shape[0], loss=config.get("loss"))
-        _load_weights(model, state["model"], checkpoint)
-        model.to(device)
-        cfg = ClipConfig(train_data=config["train_data"], val_data=val_data, zeroshot_classes=zeroshot_classes,
-                         zeroshot_template=zeroshot_template, workers=workers, model=config["model"],
-                         loss=config.get("loss"))
-        return {"zero_shot": clip_task(cfg).evaluation(model, device)()}
-    from scan_fast.train.moco import MocoTask
-    from scan_fast.train.moco_model import build_moco
-
-    model = build_moco(config["arch"], config["resolution"], config["moco_dim"], config["moco_mlp_dim"],
-                       config["moco_t"])
-    _load_weights(model, state["model"], checkpoint)
-    model.to(device)
-    cfg = MocoConfig(train_data=config["train_data"], val_data=val_data, probe_train_data=probe_train_data,
-                     resolution=config["resolution"], knn_k=config["knn_k"], workers=workers)
-    knn = MocoTask(cfg).evaluation(model, device)
-    return {"knn": knn(), "linear_probe": knn.linear_probe()}
-
-
-def _load_weights(model, weights, checkpoint) -> None:
-    """load_state_dict, with a one-line error naming the checkpoint and the keys or sizes that differ."""
-    if not isinstance(weights, dict):
-        raise ValueError(f"{checkpoint}: its 'model' entry is not a state dict")
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-    if missing or unexpected:
-        raise ValueError(f"{checkpoint}: its weights do not fit the model its config names "
-                         f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                         f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})")
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        sizes = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
-        raise ValueError(f"{checkpoint}: its weights do not fit the model its config names "
-                         f"({sizes[0] if sizes else err})") from None
-
-
 def _run_eval(args):
+    from scan_fast.train.evaluate import evaluate_checkpoint
+
     results = evaluate_checkpoint(args.checkpoint, args.val_data, args.zeroshot_classes, args.zeroshot_template,
                                   args.probe_train_data, args.workers)
     for key, value in results.items():

@@ -107,7 +107,7 @@ def _static(cfg, num_samples, rank, world_size):
 
 
 # every --prune strategy, registered once: make_schedule (run.py) builds each, validate() checks their flags,
-# the demo (scan_fast/demo/main_job.py) and `coreset export` (cli.py) read what they need from here; nothing else tests the names
+# `coreset export` (coreset.py) and the demo (scan_fast/demo/main_job.py) read what they need from here
 PRUNE_MODES = {
     "scan": PruneMode(_scan, flags=("abs_ill", "abs_red"), finds_candidates=True, coreset_state="Scan"),
     "scan-epoch": PruneMode(_scan_epoch, finds_candidates=True, coreset_state="ScanEpoch"),

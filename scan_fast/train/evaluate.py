@@ -163,3 +163,65 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, steps: int = 300, lr
         opt.step()
     with torch.no_grad():
         return float((head(test_x).argmax(1) == test_y).float().mean())
+
+
+def evaluate_checkpoint(checkpoint, val_data, zeroshot_classes=None, zeroshot_template=DEFAULT_ZEROSHOT_TEMPLATE,
+                        probe_train_data=None, workers=2) -> dict:
+    """{"zero_shot": acc} for a CLIP checkpoint, {"knn": acc, "linear_probe": acc} for a MoCo one
+    (`scan-fast eval`)."""
+    from scan_fast.train.config import ClipConfig, MocoConfig
+
+    from scan_fast.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    check_labelled(val_data)
+    absent = [key for key in ("model", "config") if not isinstance(state.get(key), dict)]
+    if absent:
+        raise ValueError(f"{checkpoint}: not a complete scan-fast checkpoint (no {' or '.join(absent)} entry)")
+    config = state["config"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if "model" in config:  # CLIP
+        from scan_fast.train.clip import clip_task
+        from scan_fast.train.clip_model import Clip
+
+        zero_shot_classes(val_data, zeroshot_classes, zeroshot_template)  # before the model is built
+        positions = state["model"].get("model.positional_embedding")
+        if positions is None:
+            raise ValueError(f"{checkpoint}: not a CLIP checkpoint of scan-fast (its model has no "
+                             f"model.positional_embedding)")
+        model = Clip(config["model"], context_length=positions.shape[0], loss=config.get("loss"))
+        _load_weights(model, state["model"], checkpoint)
+        model.to(device)
+        cfg = ClipConfig(train_data=config["train_data"], val_data=val_data, zeroshot_classes=zeroshot_classes,
+                         zeroshot_template=zeroshot_template, workers=workers, model=config["model"],
+                         loss=config.get("loss"))
+        return {"zero_shot": clip_task(cfg).evaluation(model, device)()}
+    from scan_fast.train.moco import MocoTask
+    from scan_fast.train.moco_model import build_moco
+
+    model = build_moco(config["arch"], config["resolution"], config["moco_dim"], config["moco_mlp_dim"],
+                       config["moco_t"])
+    _load_weights(model, state["model"], checkpoint)
+    model.to(device)
+    cfg = MocoConfig(train_data=config["train_data"], val_data=val_data, probe_train_data=probe_train_data,
+                     resolution=config["resolution"], knn_k=config["knn_k"], workers=workers)
+    knn = MocoTask(cfg).evaluation(model, device)
+    return {"knn": knn(), "linear_probe": knn.linear_probe()}
+
+
+def _load_weights(model, weights, checkpoint) -> None:
+    """load_state_dict, with a one-line error naming the checkpoint and the keys or sizes that differ."""
+    if not isinstance(weights, dict):
+        raise ValueError(f"{checkpoint}: its 'model' entry is not a state dict")
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{checkpoint}: its weights do not fit the model its config names "
+                         f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                         f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        sizes = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        raise ValueError(f"{checkpoint}: its weights do not fit the model its config names "
+                         f"({sizes[0] if sizes else err})") from None
