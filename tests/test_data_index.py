@@ -283,3 +283,26 @@ def test_indexing_imports_no_ffcv_torch_or_opencv(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     tokenizer = CaptionTokenizer(77)
     np.testing.assert_array_equal(np.load(out / "part-00000.tokens.npy"), np.stack([tokenizer(c)[0] for c in captions]))
+
+
+def test_moco_trains_from_an_index_and_asks_for_a_labelled_knn_bank(index, tmp_path):
+    """MoCo's training reads images and ids only, so an index (no labels) is training data; the kNN
+    evaluation's bank is the training data unless --probe-train-data names another, and it needs labels."""
+    from scan_fast.data import moco_loader, write_shapes
+    from scan_fast.train.config import MocoConfig
+    from scan_fast.train.moco import MocoTask
+
+    folder, _ = index
+    seen = []
+    for batch in moco_loader(folder, 8, 32, seed=0, num_workers=1, drop_last=False):
+        assert batch.images.shape == batch.view2.shape == (len(batch.ids), 3, 32, 32) and batch.labels is None
+        seen += batch.ids.tolist()
+    assert sorted(seen) == list(range(open_dataset(folder).num_samples))
+    assert MocoTask(MocoConfig(train_data=str(folder), arch="vit_tiny_cpu")).check() == len(seen)
+    labelled = tmp_path / "labelled.beton"
+    write_shapes(labelled, num_samples=16, kind="moco", resolution=32, progress=False)
+    with pytest.raises(ValueError, match=r"lacks field.*label.*give a labelled --probe-train-data"):
+        MocoTask(MocoConfig(train_data=str(folder), val_data=str(labelled), arch="vit_tiny_cpu")).check()
+    assert MocoTask(MocoConfig(train_data=str(folder), val_data=str(labelled), probe_train_data=str(labelled),
+                               arch="vit_tiny_cpu")).check() == len(seen)
+

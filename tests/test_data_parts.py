@@ -64,7 +64,7 @@ def test_the_folder_is_the_single_file_split_in_parts(same_rows):
             np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("world", [1, 2, pytest.param(3, marks=pytest.mark.slow)])  # 3 ranks: make bench
 def test_part_folder_and_single_file_give_the_same_global_batches(same_rows, world):
     single, folder = same_rows
     schedule = RandomPruning(N, prune_counts={0: 40, 1: 55}, seed=2)

@@ -65,7 +65,9 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
         train_clip(clip_config(data, tmp_path, name="resumed", resume="latest"))
 
 
-@pytest.mark.parametrize("prune", ["none", "random", "infobatch", "static", "scan-epoch", "seta"])
+# none's counts (every sample, every epoch) are the SCAN run's warm-up epochs: make bench runs it
+@pytest.mark.parametrize("prune", [pytest.param("none", marks=pytest.mark.slow), "random", "infobatch", "static",
+                                   "scan-epoch", "seta"])
 def test_each_prune_mode_trains_the_stated_counts(data, tmp_path, prune):
     extra, epochs = {}, 3
     if prune == "static":

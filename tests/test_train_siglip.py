@@ -65,7 +65,9 @@ def test_scan_run_with_the_sigmoid_loss(data, tmp_path):
     assert again["zero_shot"] == pytest.approx(summary["eval"])
 
 
-# `none` is the SCAN run's warm-up
+# `none` is the SCAN run's warm-up. Each baseline's trainer path is CLIP's per-mode test and the sigmoid loss's the
+# SCAN run above, so these run with the slow tests (make bench): about 10 s of pytest on 2 cores
+@pytest.mark.slow
 @pytest.mark.parametrize("prune", ["random", "infobatch", "static"])
 def test_every_baseline_trains_with_the_sigmoid_loss(data, tmp_path, prune):
     extra = {}

@@ -424,9 +424,10 @@ def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
                 augment: bool = True, crop_scale: Tuple[float, float] = (0.08, 1.0),
                 blur_sigma: Tuple[float, float] = (0.1, 2.0), num_workers: int = 2,
                 batches_ahead: int = 3, start_epoch: int = 0) -> ScanLoader:
-    """Batches of images (view 1), view2, labels and ids with augment=True (both views float,
-    photometrically augmented), of images, labels and ids without."""
-    required = ("image", "label", "id")
+    """Batches of images (view 1), view2 and ids with augment=True (both views float, photometrically
+    augmented; labels are not read, so an in-place index trains MoCo too), of images, labels and ids
+    without."""
+    required = ("image", "id") if augment else ("image", "label", "id")
     pipes = moco_pipelines(resolution, device=device, augment=augment, crop_scale=crop_scale)
     loader = build_loader(path, batch_size, pipes, required, scan=scan,
                           seed=seed, shuffle=shuffle, drop_last=drop_last, distributed=distributed,

@@ -106,8 +106,9 @@ def clip_pipelines(resolution: int = 224, device="cpu", augment: bool = True, fl
 def moco_pipelines(resolution: int = 224, device="cpu", augment: bool = True,
                    crop_scale: Tuple[float, float] = (0.08, 1.0),
                    mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Dict[str, Optional[object]]:
-    """Pipelines for (view1 uint8, label, id, view2 uint8) with augment, both views reading the
-    stored `image`; (image normalised, label, id) without."""
+    """Pipelines for (view1 uint8, id, view2 uint8) with augment, both views reading the stored
+    `image` (training reads no label, so data without one, an in-place index, trains too);
+    (image normalised, label, id) without."""
     _check_resolution(resolution)
     if not augment:
         plain = _normalized_image_ops(resolution, False, crop_scale, False, device, mean, std)
@@ -116,5 +117,5 @@ def moco_pipelines(resolution: int = 224, device="cpu", augment: bool = True,
     for view, name in enumerate(("image", "view2")):
         ops = _uint8_image_ops(_image_decoder(resolution, True, crop_scale, True, view), device)
         views[name] = PipelineSpec("image", decoder=ops[0], transforms=ops[1:])
-    # ffcv emits stored fields in file order, then extra outputs: (view1, label, id, view2).
-    return {"image": views["image"], "label": _int_ops(), "id": _int_ops(), "view2": views["view2"]}
+    # ffcv emits stored fields in file order, then extra outputs: (view1, id, view2).
+    return {"image": views["image"], "id": _int_ops(), "view2": views["view2"]}

@@ -157,7 +157,8 @@ def _check_unit(config, names) -> None:
 @dataclass
 class TrainConfig:
     """What both trainers share: data, optimisation, pruning and the run."""
-    train_data: str = flag("", "the training data: a .beton or a part folder (scan-fast data ...)", "data")
+    train_data: str = flag("", "the training data: a .beton, a part folder or an index of webdataset shards "
+                                "(scan-fast data ...)", "data")
     val_data: Optional[str] = flag(None, "labelled .beton or part folder for evaluation (zero-shot for CLIP, "
                                    "kNN/linear probe for MoCo): scan-fast data labelled, or data clip --label-column",
                                    "data")
@@ -321,7 +322,8 @@ class MocoConfig(TrainConfig):
     resolution: int = flag(32, "MoCo input size in pixels", "data")
     knn_k: int = flag(20, "MoCo kNN eval: neighbours", "evaluation")
     probe_train_data: Optional[str] = flag(None, "MoCo eval: labelled .beton or part folder for the kNN bank and "
-                                           "the linear probe (default --train-data)", "evaluation")
+                                           "the linear probe (default --train-data, which then needs labels)",
+                                           "evaluation")
 
     def __post_init__(self):
         super().__post_init__()

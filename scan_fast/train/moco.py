@@ -25,10 +25,18 @@ class MocoTask(Task):
         from scan_fast.data import check_beton
 
         cfg = self.cfg.validate()
-        info = check_beton(cfg.train_data, ("image", "label", "id"))
-        for path in (cfg.val_data, cfg.probe_train_data):
+        info = check_beton(cfg.train_data, ("image", "id"))  # training reads no label
+        # the kNN bank (--probe-train-data, else the training data) and --val-data need labels
+        bank = cfg.probe_train_data or (cfg.train_data if cfg.val_data is not None else None)
+        for path, flag in ((cfg.val_data, "--val-data"), (bank, "--probe-train-data")):
             if path is not None:
-                check_beton(path, ("image", "label", "id"))
+                try:
+                    check_beton(path, ("image", "label", "id"))
+                except ValueError as err:
+                    if path == cfg.train_data and cfg.probe_train_data is None:
+                        raise ValueError(f"{err}: the kNN evaluation takes its bank from --train-data; give a "
+                                         f"labelled {flag}") from None
+                    raise
         if not cfg.augment:
             raise ValueError("--no-augment: MoCo needs two augmented views of each image")
         return info["num_samples"]
