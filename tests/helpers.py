@@ -218,3 +218,15 @@ def assert_resume_matches(full_folder, resumed_folder, **weight_tolerance):
             torch.testing.assert_close(full[key], resumed[key], **weight_tolerance)
         else:
             assert torch.equal(full[key], resumed[key]), key
+
+
+def write_tar(path, members):
+    """A tar file of (name, bytes) members, in order (webdataset shards and broken ones for the data tests)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import write_tar
 from scan_fast.cli import main
 from scan_fast.data import clip_loader, open_dataset, write_clip_from_webdataset
 from scan_fast.data.convert import check_path
@@ -27,14 +28,6 @@ def _image_bytes(rng, height, width, mode="RGB", fmt="JPEG", **save):
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode).save(buffer, fmt, **save)
     return buffer.getvalue()
-
-
-def _tar(path, members):
-    with tarfile.open(path, "w") as tar:
-        for name, payload in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
 
 
 def _uid(shard, i):
@@ -67,7 +60,7 @@ def shards(tmp_path_factory):
             members.append((f"{key}.json", json.dumps({"uid": _uid(s, i)}).encode()))
         if s == 0:
             members.append(("s0/0002.jpg", _image_bytes(rng, 8, 8)))  # a repeated key
-        _tar(folder / f"{s:05d}.tar", members)
+        write_tar(folder / f"{s:05d}.tar", members)
     return folder
 
 
@@ -271,7 +264,7 @@ def test_indexing_imports_no_ffcv_torch_or_opencv(tmp_path):
     members = []
     for i, caption in enumerate(captions):
         members += [(f"{i:04d}.jpg", _image_bytes(rng, 16, 16)), (f"{i:04d}.txt", caption.encode())]
-    _tar(tmp_path / "00000.tar", members)
+    write_tar(tmp_path / "00000.tar", members)
     out = tmp_path / "idx"
     code = ("import sys\n"
             "from scan_fast.cli import main\n"

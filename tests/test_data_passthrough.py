@@ -1,11 +1,11 @@
 """JPEG passthrough: a source JPEG that ffcv reads as it is goes into the .beton byte for byte."""
 import io
-import tarfile
 
 import numpy as np
 import torch
 from PIL import Image
 
+from helpers import write_tar
 from scan_fast.data.beton import BetonFile, find_pointers
 from scan_fast.data.ffcv_writer import JPEG_MODE
 from scan_fast.data.from_image_folder import write_labelled_from_image_folder
@@ -28,14 +28,6 @@ def _encoded(pixels, fmt="JPEG", mode="RGB", **save):
     buf = io.BytesIO()
     Image.fromarray(pixels).convert(mode).save(buf, format=fmt, **save)
     return buf.getvalue()
-
-
-def _tar(path, members):
-    with tarfile.open(path, "w") as tar:
-        for name, payload in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
 
 
 def _stored(path):
@@ -71,7 +63,7 @@ def test_webdataset_jpegs_stored_as_they_are(tmp_path):
     for k, (name, (data, _)) in enumerate(sources.items()):
         members += [(f"{k:03d}.jpg", data), (f"{k:03d}.txt", f"a {name} picture".encode())]
     members += [("cut.jpg", truncated), ("cut.txt", b"a picture cut short")]
-    _tar(tmp_path / "shard.tar", members)
+    write_tar(tmp_path / "shard.tar", members)
 
     summary = write_clip_from_webdataset(tmp_path / "shard.tar", tmp_path / "pass.beton", **QUIET)
     assert summary.jpegs_kept == 2 and "2 JPEGs stored as they are" in str(summary)
@@ -166,7 +158,7 @@ def test_a_repeated_keys_uid_is_the_kept_samples(tmp_path):
 
     first, repeat = "0" * 31 + "1", "f" * 32
     jpeg = _encoded(_pixels(8, 16, 16))
-    _tar(tmp_path / "dup.tar", [("a.jpg", jpeg), ("a.txt", b"first"), ("a.json", json.dumps({"uid": first}).encode()),
+    write_tar(tmp_path / "dup.tar", [("a.jpg", jpeg), ("a.txt", b"first"), ("a.json", json.dumps({"uid": first}).encode()),
                                 ("a.jpg", jpeg), ("a.txt", b"again"), ("a.json", json.dumps({"uid": repeat}).encode())])
     summary = write_clip_from_webdataset(tmp_path / "dup.tar", tmp_path / "dup.beton", **QUIET)
     assert summary.rows_written == 1 and summary.skip_counts == {"duplicate key": 1}

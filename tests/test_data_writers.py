@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
+from helpers import write_tar
 from scan_fast.data.from_image_folder import write_moco_from_image_folder
 from scan_fast.data.from_table import write_clip_from_table
 from scan_fast.data.from_webdataset import write_clip_from_webdataset
@@ -223,24 +224,16 @@ def test_jsonl_bad_lines_are_skipped(image_dir, tmp_path):
     assert dict(summary.skipped)[f"{table}:3"] == "missing column: caption"
 
 
-def _tar(path, members):
-    with tarfile.open(path, "w") as tar:
-        for name, payload in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-
-
 def test_webdataset_round_trip_and_incomplete_samples(image_dir, tmp_path):
     _, images = image_dir
     shards = tmp_path / "shards"
     shards.mkdir()
-    _tar(shards / "000000.tar", [
+    write_tar(shards / "000000.tar", [
         ("s/000.jpg", _png_bytes(images["img0.png"])), ("s/000.txt", b"first caption"),
         ("s/001.png", _png_bytes(images["img1.png"])),  # no text
         ("s/002.txt", b"no image here"),
     ])
-    _tar(shards / "000001.tar", [
+    write_tar(shards / "000001.tar", [
         ("s/003.txt", b"third caption"), ("s/003.png", _png_bytes(images["img3.png"])),
         ("s/004.png", b""), ("s/004.txt", b"zero-byte image"),
     ])
@@ -268,7 +261,7 @@ def _pairs(images, keys):
 def test_webdataset_duplicate_keys_are_skipped_rows_naming_shard_and_key(image_dir, tmp_path):
     _, images = image_dir
     shard = tmp_path / "dup.tar"
-    _tar(shard, _pairs(images, ["a", "b", "c", "a", "b", "a"]))  # a three times, b twice
+    write_tar(shard, _pairs(images, ["a", "b", "c", "a", "b", "a"]))  # a three times, b twice
     summary = write_clip_from_webdataset(shard, tmp_path / "dup.beton", image_mode="raw", max_resolution=None,
                                          **QUIET)
     assert summary.rows_written == 3 and summary.skip_counts == {"duplicate key": 3}
@@ -289,7 +282,7 @@ def test_webdataset_duplicate_keys_are_skipped_rows_naming_shard_and_key(image_d
 ])
 def test_webdataset_shard_cut_without_its_end_marker_is_truncated(image_dir, tmp_path, cut, reason):
     _, images = image_dir
-    _tar(tmp_path / "whole.tar", _pairs(images, ["k0", "k1"]))
+    write_tar(tmp_path / "whole.tar", _pairs(images, ["k0", "k1"]))
     data = (tmp_path / "whole.tar").read_bytes()
     with tarfile.open(tmp_path / "whole.tar") as tar:
         offsets = [m.offset for m in tar.getmembers()]  # 512-byte header + one block of data each; the PNGs fit

@@ -89,25 +89,31 @@ def test_the_data_lines_of_the_command_list_run_at_tiny_sizes(tmp_path, monkeypa
         assert (tmp_path / "data" / name).is_file(), name
 
 
-def test_the_part_folder_block_of_docs_scale_runs_as_written(tmp_path, monkeypatch, capsys):
-    """Two --part-range jobs over made-up shards (parts of 4 instead of 100,000), then data check."""
+def _jpeg_shards(folder, per_shard: int, side: int, num_shards: int = 2):
+    """Webdataset shards of random side x side JPEGs with captions (keys s0000...), in `folder` (made)."""
+    import io
+
     import webdataset as wds
 
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for s in range(num_shards):
+        with wds.TarWriter(str(folder / f"{s:05d}.tar")) as sink:
+            for k in range(per_shard):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, format="JPEG")
+                sink.write({"__key__": f"{s}{k:04d}", "jpg": buf.getvalue(), "txt": f"sample {s} {k}"})
+    return folder
+
+
+def test_the_part_folder_block_of_docs_scale_runs_as_written(tmp_path, monkeypatch, capsys):
+    """Two --part-range jobs over made-up shards (parts of 4 instead of 100,000), then data check."""
     from scan_fast.data.inspect import read_samples
 
     marker = SCALE.index("<!-- at-scale:")
     commands = _commands(_bash_blocks(SCALE[marker:])[0])
     assert [c.split()[1:3] for c in commands] == [["data", "clip"], ["data", "clip"], ["data", "check"]]
-    shards = tmp_path / "my_data" / "shards"
-    shards.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for s in range(2):
-        with wds.TarWriter(str(shards / f"{s:05d}.tar")) as sink:
-            for k in range(7):
-                image = Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
-                buf = __import__("io").BytesIO()
-                image.save(buf, format="JPEG")
-                sink.write({"__key__": f"{s}{k:04d}", "jpg": buf.getvalue(), "txt": f"sample {s} {k}"})
+    shards = _jpeg_shards(tmp_path / "my_data" / "shards", per_shard=7, side=20)
     tiny = [re.sub(r"--samples-per-part \d+", "--samples-per-part 4", c) + (" --no-progress --num-workers 1"
             if " clip " in c else " --no-progress") for c in commands]
     out = _run(tiny, tmp_path, monkeypatch, capsys)
@@ -126,22 +132,10 @@ def test_the_part_folder_block_of_docs_scale_runs_as_written(tmp_path, monkeypat
 
 def test_the_index_block_runs_as_written(tmp_path, monkeypatch, capsys):
     """data index over made-up JPEG shards, then a short CLIP run from the index."""
-    import io
-
-    import webdataset as wds
-
     marker = README.index("<!-- index:")
     commands = _commands(_bash_blocks(README[marker:])[0])
     assert [c.split()[1:3] for c in commands] == [["data", "index"], ["train", "clip"]]
-    shards = tmp_path / "my_data" / "shards"
-    shards.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for s in range(2):
-        with wds.TarWriter(str(shards / f"{s:05d}.tar")) as sink:
-            for k in range(12):
-                buf = io.BytesIO()
-                Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(buf, format="JPEG")
-                sink.write({"__key__": f"{s}{k:04d}", "jpg": buf.getvalue(), "txt": f"sample {s} {k}"})
+    _jpeg_shards(tmp_path / "my_data" / "shards", per_shard=12, side=24)
     out = _run([commands[0] + " --no-progress", commands[1] + " --workers 1 --no-progress --logs runs"],
                tmp_path, monkeypatch, capsys)
     assert "2 shards indexed" in out and (tmp_path / "runs" / "from_shards" / "epochs.csv").is_file()

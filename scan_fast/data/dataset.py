@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .beton import BetonFile, load_record
-from .manifest import MANIFEST, read_json, read_manifest
+from .manifest import MANIFEST, check_listed_file, read_json, read_manifest
 from .regions import DataError
 
 
@@ -115,13 +115,8 @@ def _open_folder(folder: str) -> Dataset:
     files, records = [], []
     for record in manifest["parts"]:
         file = os.path.join(folder, record["file"])
-        try:
-            size = os.path.getsize(file)
-        except OSError:
-            raise DataError(f"part {file} listed in {os.path.join(folder, MANIFEST)} is missing") from None
-        if size != int(record["bytes"]):
-            raise DataError(f"part {file} has {size} bytes, the manifest says {record['bytes']}: "
-                            f"it was cut or replaced")
+        check_listed_file(file, record["bytes"], f"part {file}", os.path.join(folder, MANIFEST), "the manifest says",
+                          "it was cut or replaced")
         files.append(file)
         records.append(record)
     first = BetonFile(files[0], records[0])

@@ -60,3 +60,14 @@ def check_manifest(where: str, manifest: dict, version: int) -> dict:
     if total != int(manifest["num_samples"]):
         raise DataError(f"{where} lists parts of {total} samples in all but says {manifest['num_samples']}")
     return manifest
+
+
+def check_listed_file(path: str, recorded_bytes, what: str, manifest_path: str, says: str, because: str) -> None:
+    """DataError unless the file a manifest lists is there with the size it recorded: `what` names the
+    file, `says` who recorded the size, `because` what a changed size means."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        raise DataError(f"{what} listed in {manifest_path} is missing") from None
+    if size != int(recorded_bytes):
+        raise DataError(f"{what} has {size} bytes, {says} {recorded_bytes}: {because}")

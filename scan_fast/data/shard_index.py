@@ -36,7 +36,7 @@ from .beton import BetonFile
 from .dataset import Dataset
 from .index_format import (INDEX_FIELDS, INDEX_VERSION, PART_FILES, ROW_DTYPE, file_entry, npy_data_offset,
                            shard_fingerprint)
-from .manifest import MANIFEST, check_manifest
+from .manifest import MANIFEST, check_listed_file, check_manifest
 from .regions import DataError, Located, open_for_reads, read_rows
 
 def index_fields(context_length: int) -> Dict[str, object]:
@@ -77,13 +77,8 @@ class IndexPart:
     def _file(self, role: str) -> str:
         entry = self.record["files"][role]
         path = os.path.join(self.folder, entry["file"])
-        try:
-            size = os.path.getsize(path)
-        except OSError:
-            raise DataError(f"{path} of the index {self.folder} is missing") from None
-        if size != int(entry["bytes"]):
-            raise DataError(f"{path} has {size} bytes, the index manifest says {entry['bytes']}: "
-                            f"it was cut or replaced")
+        check_listed_file(path, entry["bytes"], path, os.path.join(self.folder, MANIFEST), "the index manifest says",
+                          "it was cut or replaced")
         return path
 
     def _fd(self, path: str) -> int:
@@ -187,13 +182,8 @@ def open_index(folder: str, manifest: dict) -> IndexDataset:
     manifest = read_index_manifest(folder, manifest)
     for record in manifest["parts"]:
         shard = record["shard"]
-        try:
-            size = os.path.getsize(shard)
-        except OSError:
-            raise DataError(f"shard {shard} listed in {os.path.join(folder, MANIFEST)} is missing") from None
-        if size != int(record["shard_bytes"]):
-            raise DataError(f"shard {shard} has {size} bytes, the index {folder} recorded "
-                            f"{record['shard_bytes']}: it was cut or changed after indexing")
+        check_listed_file(shard, record["shard_bytes"], f"shard {shard}", os.path.join(folder, MANIFEST),
+                          f"the index {folder} recorded", "it was cut or changed after indexing")
     return IndexDataset(folder, manifest)
 
 
