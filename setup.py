@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 VERSION = "0.1.0"
@@ -46,8 +46,7 @@ setup(
     name="scan-fast",
     version=VERSION,
     description="Fast SCAN dataset pruning for contrastive pre-training (CLIP, MoCo v3)",
-    packages=["scan_fast", "scan_fast.kernels"]
-    + [f"scan_fast.{p.name}" for p in (ROOT / "scan_fast").iterdir() if (p / "__init__.py").exists()],
+    packages=["scan_fast.kernels"] + find_packages(include=["scan_fast", "scan_fast.*"]),
     package_dir={"scan_fast": "scan_fast", "scan_fast.kernels": "kernels"},
     ext_modules=[CMakeExtension("scan_fast._C")],
     cmdclass={"build_ext": CMakeBuild},

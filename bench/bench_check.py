@@ -21,7 +21,7 @@ def main(argv=None) -> int:
 
     from scan_fast.data import write_shapes
     from scan_fast.data.dataset import open_dataset
-    from scan_fast.data.image_check import check_images
+    from scan_fast.data.read.image_check import check_images
 
     with tempfile.TemporaryDirectory(prefix="bench_check.") as scratch:
         folder = f"{scratch}/parts"

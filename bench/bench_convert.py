@@ -153,8 +153,8 @@ def fingerprints(folder):
 def decode_check(shard, count=300, seed=0):
     """The row check's 1/8-scale decode of a passthrough JPEG against a full decode: ms per image,
     and how many of `count` broken copies each rejects (cut at a random byte, or 4 bytes overwritten)."""
-    from scan_fast.data.images import check_jpeg_decodes, decode_image
-    from scan_fast.data.tables import BadRow
+    from scan_fast.data.write.images import check_jpeg_decodes, decode_image
+    from scan_fast.data.write.tables import BadRow
 
     with tarfile.open(shard) as tar:
         jpegs = [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")][:count]

@@ -76,7 +76,7 @@ def make_data(root: Path, num_samples: int, resolution: int):
     from PIL import Image
 
     from scan_fast.data.embedded import ShapesGenerator
-    from scan_fast.data.from_table import write_clip_from_table
+    from scan_fast.data.write.from_table import write_clip_from_table
 
     folder = root / f"jpeg{resolution}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -99,8 +99,8 @@ def torchvision_loader(table: Path, resolution: int, workers: int):
     from PIL import Image
     from torchvision import transforms as T
 
-    from scan_fast.data.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    from scan_fast.data.tables import read_caption_table
+    from scan_fast.data.read.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from scan_fast.data.write.tables import read_caption_table
     from scan_fast.data.tokenize import CaptionTokenizer
 
     rows, _ = read_caption_table(table)
@@ -130,8 +130,8 @@ def unkeyed_ffcv_loader(beton: Path, resolution: int, workers: int):
     from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
     from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
 
-    from scan_fast.data.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    from scan_fast.data.loaders import build_loader
+    from scan_fast.data.read.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from scan_fast.data.read.loaders import build_loader
 
     image = [RandomResizedCropRGBImageDecoder((resolution, resolution), scale=(0.9, 1.0)), RandomHorizontalFlip(),
              NormalizeImage(np.array(OPENAI_CLIP_MEAN) * 255, np.array(OPENAI_CLIP_STD) * 255, np.float32),
@@ -148,7 +148,7 @@ def time_epoch(loader):
 
 
 def suite_throughput(data, reps, workers):
-    from scan_fast.data.loaders import clip_loader
+    from scan_fast.data.read.loaders import clip_loader
 
     rows = []
     for resolution, (table, beton) in data.items():
@@ -176,9 +176,9 @@ def suite_switch(switch_n, small_beton, small_n, small_table, reps, workers):
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import Squeeze, ToTensor
 
-    from scan_fast.data.order import KeptIdsSource, validate_kept_ids
-    from scan_fast.data.loaders import clip_loader
-    from scan_fast.data.from_table import write_clip_from_table
+    from scan_fast.data.read.order import KeptIdsSource, validate_kept_ids
+    from scan_fast.data.read.loaders import clip_loader
+    from scan_fast.data.write.from_table import write_clip_from_table
 
     rng = np.random.default_rng(0)
     lists = [np.flatnonzero(rng.random(switch_n) < f) for f in (0.65, 0.35) * (reps + 1)]
@@ -246,7 +246,7 @@ def suite_switch(switch_n, small_beton, small_n, small_table, reps, workers):
 
 
 def suite_fractions(data, reps, workers):
-    from scan_fast.data.loaders import clip_loader
+    from scan_fast.data.read.loaders import clip_loader
 
     rows = []
     for resolution, (_, beton) in data.items():
@@ -278,8 +278,8 @@ def _ffcv_read_path_loader(beton: Path, resolution: int, workers: int):
     from ffcv.reader import Reader
 
     from ffcv_order import OrderFactory
-    from scan_fast.data.order import KeptIdsSource
-    from scan_fast.data.pipelines import clip_pipelines
+    from scan_fast.data.read.order import KeptIdsSource
+    from scan_fast.data.read.pipelines import clip_pipelines
 
     reader = Reader(str(beton))
     key = OrderFactory(KeptIdsSource(None, int(reader.num_samples), seed=0))
@@ -294,7 +294,7 @@ def _ffcv_read_path_loader(beton: Path, resolution: int, workers: int):
 
 def suite_parts(root: Path, num_samples: int, reps: int, workers: int):
     from scan_fast.data.embedded import write_shapes
-    from scan_fast.data.loaders import clip_loader
+    from scan_fast.data.read.loaders import clip_loader
 
     single, folder = root / "parts_single.beton", root / "parts_folder"
     write_shapes(single, num_samples=num_samples, resolution=64, progress=False)
@@ -354,7 +354,7 @@ def _ffcv_loader(beton: Path, resolution: int, workers: int, kept=None):
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
 
-    from scan_fast.data.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from scan_fast.data.read.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
     image = [RandomResizedCropRGBImageDecoder((resolution, resolution), scale=(0.9, 1.0)), RandomHorizontalFlip(),
              NormalizeImage(np.array(OPENAI_CLIP_MEAN) * 255, np.array(OPENAI_CLIP_STD) * 255, np.float32),
@@ -392,8 +392,8 @@ def _mapped(prefixes):
 
 
 def suite_inplace(root: Path, sizes: dict, reps: int, workers: int):
-    from scan_fast.data.from_webdataset import write_clip_from_webdataset
-    from scan_fast.data.index_shards import index_webdataset
+    from scan_fast.data.write.from_webdataset import write_clip_from_webdataset
+    from scan_fast.data.write.index_shards import index_webdataset
 
     rows = []
     for resolution, n in sizes.items():
@@ -471,7 +471,7 @@ def _build(kind, path, n, resolution, workers, kept):
     Loader."""
     if kind == "ffcv":
         return _ffcv_loader(path, resolution, workers, kept)
-    from scan_fast.data.loaders import clip_loader
+    from scan_fast.data.read.loaders import clip_loader
 
     scan = FixedListScan(n, lists=[kept] * 1000) if kept is not None else None
     return clip_loader(path, BATCH, resolution, scan=scan, drop_last=False, num_workers=workers)

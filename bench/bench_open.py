@@ -119,7 +119,7 @@ def write_tiny_index(folder: Path, n: int) -> None:
 
     from PIL import Image
 
-    from scan_fast.data.index_shards import part_record_path, part_stem, write_index_manifest
+    from scan_fast.data.write.index_shards import part_record_path, part_stem, write_index_manifest
     from scan_fast.data.index_format import ROW_DTYPE, file_entry, shard_fingerprint
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,7 @@ def make_variant(variant: str, n: int, root: Path) -> Path:
     if variant == "part folder":
         folder = root / f"parts{n}"
         if not (folder / "manifest.json").exists():
-            from scan_fast.data.parts import part_path, write_manifest
+            from scan_fast.data.write.parts import part_path, write_manifest
 
             folder.mkdir(exist_ok=True)
             parts = range(0, n, PART)
@@ -206,8 +206,8 @@ def _old_open(path):
     from ffcv.types import ALLOC_TABLE_TYPE
 
     from ffcv_order import OrderFactory
-    from scan_fast.data.order import KeptIdsSource
-    from scan_fast.data.pipelines import clip_pipelines
+    from scan_fast.data.read.order import KeptIdsSource
+    from scan_fast.data.read.pipelines import clip_pipelines
 
     reader = Reader(str(path))
     table = np.fromfile(str(path), dtype=ALLOC_TABLE_TYPE, offset=int(reader.header["alloc_table_ptr"]))
@@ -224,7 +224,7 @@ def _old_open(path):
 def measure(variant: str, path: str) -> dict:
     import torch  # noqa: F401 - imported before the baseline, as a trainer has it
 
-    from scan_fast.data.loaders import clip_loader
+    from scan_fast.data.read.loaders import clip_loader
 
     data_path = str(Path(path).resolve())
     before = _memory(data_path)

@@ -36,7 +36,7 @@ torch.set_flush_denormal(True)
 
 from scan_fast.schedule import Scan
 from scan_fast.schedule.no_pruning import NoPruning
-from scan_fast.data.batch import Batch
+from scan_fast.data.read.batch import Batch
 from scan_fast.train.clip import ClipTask
 from scan_fast.train.clip_model import Clip
 from scan_fast.train.config import ClipConfig

@@ -5,7 +5,7 @@ from typing import Sequence
 import numpy as np
 from ffcv.traversal_order.base import TraversalOrder
 
-from scan_fast.data.order import KeptIdsSource
+from scan_fast.data.read.order import KeptIdsSource
 
 
 class KeptIdsOrder(TraversalOrder):

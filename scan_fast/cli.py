@@ -233,7 +233,7 @@ def _run_data_clip(args):
 
 
 def _run_data_index(args):
-    from scan_fast.data.index_shards import index_webdataset
+    from scan_fast.data.write.index_shards import index_webdataset
 
     print(index_webdataset(args.webdataset, args.out, context_length=args.context_length,
                            max_resolution=args.max_resolution, jpeg_quality=args.jpeg_quality, strict=args.strict,
@@ -241,7 +241,7 @@ def _run_data_index(args):
 
 
 def _run_data_check(args):
-    from scan_fast.data.convert import check_path
+    from scan_fast.data.write.convert import check_path
 
     problems = check_path(args.path, progress=not args.no_progress, workers=args.num_workers)
     for line in problems:
@@ -254,7 +254,7 @@ def _run_data_check(args):
 
 
 def _run_data_manifest(args):
-    from scan_fast.data.convert import write_folder_manifest
+    from scan_fast.data.write.convert import write_folder_manifest
 
     manifest = write_folder_manifest(args.folder)
     print(f"wrote {args.folder}/manifest.json: {len(manifest['parts'])} parts, {manifest['num_samples']} samples")
@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _reported_errors() -> tuple:
     """Errors that are the user's to fix, printed as one line: bad values and files, and a data
     file that fails while an epoch reads it (the loader's LoaderError names the file)."""
-    loaders = sys.modules.get("scan_fast.data.loaders")
+    loaders = sys.modules.get("scan_fast.data.read.loaders")
     return (ValueError, TypeError, FileNotFoundError) + ((loaders.LoaderError,) if loaders else ())
 
 

@@ -8,10 +8,10 @@ import torchvision.transforms.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scan_fast.data import augment
-from scan_fast.data.batch import Batch
-from scan_fast.data.decoders import KeyedRandomResizedCropDecoder, keyed_crop as crop_rule
-from scan_fast.data.keyed_random import keyed_uniforms, sample_key as key_of
+from scan_fast.data.read import augment
+from scan_fast.data.read.batch import Batch
+from scan_fast.data.read.decoders import KeyedRandomResizedCropDecoder, keyed_crop as crop_rule
+from scan_fast.data.read.keyed_random import keyed_uniforms, sample_key as key_of
 
 keyed_crop = numba.njit(crop_rule)  # as the decoder compiles it
 
@@ -127,7 +127,7 @@ def test_whole_image_crop_with_flip_equals_the_mirrored_centre_decode(betons, mo
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
     from ffcv.transforms import ToTensor
 
-    from scan_fast.data.loaders import build_loader
+    from scan_fast.data.read.loaders import build_loader
 
     def read(decoder):
         pipes = {"image": [decoder, ToTensor()], "label": None, "id": [IntDecoder(), ToTensor()]}

@@ -2,7 +2,7 @@
 import json
 
 from scan_fast.cli import main
-from scan_fast.data.inspect import read_samples
+from scan_fast.data.read.inspect import read_samples
 
 
 def test_data_shapes_command(tmp_path, capsys):

@@ -15,8 +15,8 @@ from PIL import Image
 
 from scan_fast.cli import main
 from scan_fast.data.dataset import open_dataset
-from scan_fast.data.inspect import read_samples
-from scan_fast.data.parts import part_path
+from scan_fast.data.read.inspect import read_samples
+from scan_fast.data.write.parts import part_path
 from scan_fast.data.source_ids import UID_DTYPE, coreset_ids, export_kept, ids_path, load_ids
 
 SHARDS, PER_SHARD, K = 2, 5, 4  # 10 rows -> parts of 4, 4, 2
@@ -272,7 +272,7 @@ def test_table_parts_keep_the_uid_column_and_equal_a_single_file(tmp_path):
 
 def test_image_folder_parts_equal_a_single_file_and_keep_the_class_names(tmp_path):
     from scan_fast.data.classes import load_class_names
-    from scan_fast.data.inspect import read_labels
+    from scan_fast.data.read.inspect import read_labels
 
     rng = np.random.default_rng(5)
     for name, count in (("cat", 3), ("dog", 4)):

@@ -8,7 +8,7 @@ import pytest
 from scan_fast.data.embedded import (COLOURS, DIGIT_NAMES, GRID, POSITIONS, RADII, SHAPE_MASKS, SHAPES,
                                      ShapesGenerator, digits_arrays, load_shapes_truth, split_held_out,
                                      write_digits, write_shapes)
-from scan_fast.data.inspect import read_samples
+from scan_fast.data.read.inspect import read_samples
 from scan_fast.data.schema import check_beton
 from scan_fast.data.tokenize import CaptionTokenizer
 

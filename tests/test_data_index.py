@@ -12,9 +12,9 @@ from PIL import Image
 from helpers import write_tar
 from scan_fast.cli import main
 from scan_fast.data import clip_loader, open_dataset, write_clip_from_webdataset
-from scan_fast.data.convert import check_path
-from scan_fast.data.index_shards import index_webdataset
-from scan_fast.data.inspect import read_samples
+from scan_fast.data.write.convert import check_path
+from scan_fast.data.write.index_shards import index_webdataset
+from scan_fast.data.read.inspect import read_samples
 from scan_fast.data.regions import DataError
 from scan_fast.data.shard_index import IndexDataset
 from scan_fast.data.source_ids import coreset_ids, export_kept, load_ids
@@ -95,7 +95,7 @@ def test_index_has_the_conversions_samples_ids_and_tokens(shards, index, tmp_pat
     uids = np.concatenate([load_ids(f, "uids") for f in dataset.files])
     np.testing.assert_array_equal(uids, load_ids(converted, "uids"))
     stored = read_samples(converted)
-    from scan_fast.data.staging import BatchStager
+    from scan_fast.data.read.staging import BatchStager
 
     stager = BatchStager(dataset)
     ids = np.arange(dataset.num_samples)
@@ -135,7 +135,7 @@ def test_a_pruned_epoch_reads_only_the_kept_samples_bytes(index):
                          num_workers=1, drop_last=False)
     seen = np.concatenate([batch.ids.numpy() for batch in loader])
     assert sorted(seen.tolist()) == kept.tolist()
-    from scan_fast.data.staging import BatchStager
+    from scan_fast.data.read.staging import BatchStager
 
     located = BatchStager(dataset)
     expected = 0

@@ -56,7 +56,7 @@ def damaged(shapes, tmp_path):
 @pytest.mark.parametrize("augment", [True, False])
 def test_a_damaged_jpeg_stops_the_epoch_naming_its_sample_and_file(damaged, augment):
     from scan_fast.data import clip_loader
-    from scan_fast.data.loaders import LoaderError
+    from scan_fast.data.read.loaders import LoaderError
 
     loader = clip_loader(damaged, 16, RES, shuffle=False, augment=augment, num_workers=1)
     with pytest.raises(LoaderError, match=r"sample id 20 \(row 20 of .*damaged\.beton\) does not decode"):
@@ -69,7 +69,7 @@ def test_a_zeroed_start_marker_is_caught_too(shapes, tmp_path):
     import shutil
 
     from scan_fast.data import clip_loader
-    from scan_fast.data.loaders import LoaderError
+    from scan_fast.data.read.loaders import LoaderError
 
     path = str(tmp_path / "marker.beton")
     shutil.copy(shapes, path)
@@ -89,7 +89,7 @@ def test_undamaged_images_read_as_before(shapes):
 
 
 def test_data_check_decodes_every_image_and_names_each_damaged_one(damaged, shapes):
-    from scan_fast.data.convert import check_path
+    from scan_fast.data.write.convert import check_path
 
     assert check_path(shapes, progress=False) == []
     for workers in (1, 2):
@@ -101,7 +101,7 @@ def test_data_check_decodes_every_image_and_names_each_damaged_one(damaged, shap
 
 def test_data_check_names_the_part_of_a_damaged_image(tmp_path):
     from scan_fast.data import write_shapes
-    from scan_fast.data.convert import check_path
+    from scan_fast.data.write.convert import check_path
 
     folder = tmp_path / "parts"
     write_shapes(str(folder), num_samples=40, resolution=RES, context_length=16, progress=False,
@@ -117,8 +117,8 @@ def test_data_check_names_the_part_of_a_damaged_image(tmp_path):
 def test_an_extreme_aspect_image_is_stored_not_a_crash(tmp_path, shape):
     from PIL import Image
 
-    from scan_fast.data.from_table import write_clip_from_table
-    from scan_fast.data.inspect import read_samples
+    from scan_fast.data.write.from_table import write_clip_from_table
+    from scan_fast.data.read.inspect import read_samples
 
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / "long.png")
@@ -186,7 +186,7 @@ def test_parse_uid_is_32_hex_digits_of_either_case_and_nothing_else():
 
 
 def test_a_malformed_webdataset_uid_is_a_skipped_row_naming_shard_and_key(tmp_path):
-    from scan_fast.data.from_webdataset import write_clip_from_webdataset
+    from scan_fast.data.write.from_webdataset import write_clip_from_webdataset
     from scan_fast.data.source_ids import load_ids, parse_uid
 
     (tmp_path / "src").mkdir()
@@ -205,7 +205,7 @@ def test_a_malformed_webdataset_uid_is_a_skipped_row_naming_shard_and_key(tmp_pa
 @pytest.fixture(scope="module")
 def wds_folder(tmp_path_factory):
     """12 webdataset samples with uids, as a part folder of 3 parts of 4 (two of equal length)."""
-    from scan_fast.data.from_webdataset import write_clip_from_webdataset
+    from scan_fast.data.write.from_webdataset import write_clip_from_webdataset
 
     root = tmp_path_factory.mktemp("wds")
     (root / "src").mkdir()
@@ -225,7 +225,7 @@ def wds_copy(wds_folder, tmp_path):
 
 @pytest.mark.parametrize("kind", ["keys", "uids"])
 def test_a_deleted_side_file_fails_data_check_and_export(wds_copy, kind):
-    from scan_fast.data.convert import check_path
+    from scan_fast.data.write.convert import check_path
     from scan_fast.data.dataset import open_dataset
     from scan_fast.data.source_ids import export_kept
 
@@ -242,7 +242,7 @@ def test_a_deleted_side_file_fails_data_check_and_export(wds_copy, kind):
 def test_swapped_uid_arrays_fail_data_check_and_export(wds_copy):
     import os
 
-    from scan_fast.data.convert import check_path
+    from scan_fast.data.write.convert import check_path
     from scan_fast.data.dataset import open_dataset
     from scan_fast.data.source_ids import export_kept
 
@@ -257,9 +257,9 @@ def test_swapped_uid_arrays_fail_data_check_and_export(wds_copy):
 
 
 def test_a_key_and_a_uid_repeated_across_shards_are_reported_with_both_locations(tmp_path, capsys):
-    from scan_fast.data.convert import check_path
+    from scan_fast.data.write.convert import check_path
     from scan_fast.data.dataset import open_dataset
-    from scan_fast.data.from_webdataset import write_clip_from_webdataset
+    from scan_fast.data.write.from_webdataset import write_clip_from_webdataset
     from scan_fast.data.source_ids import coreset_ids
 
     (tmp_path / "src").mkdir()
@@ -330,8 +330,8 @@ def test_the_checked_centre_crop_equals_ffcvs_on_good_images(shapes):
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
     from ffcv.transforms import ToTensor
 
-    from scan_fast.data.decoders import CheckedCenterCropDecoder
-    from scan_fast.data.loaders import build_loader
+    from scan_fast.data.read.decoders import CheckedCenterCropDecoder
+    from scan_fast.data.read.loaders import build_loader
 
     def read(decoder):
         pipes = {"image": [decoder, ToTensor()], "tokens": None, "id": [IntDecoder(), ToTensor()]}

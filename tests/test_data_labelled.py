@@ -9,8 +9,8 @@ from PIL import Image
 
 from scan_fast.cli import main
 from scan_fast.data import labelled_loader, read_labels
-from scan_fast.data.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from scan_fast.data.inspect import read_samples
+from scan_fast.data.read.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from scan_fast.data.read.inspect import read_samples
 from scan_fast.train.checkpoint import FORMAT
 from scan_fast.train.clip_model import Clip
 from scan_fast.train.evaluate import class_embeddings, class_prompts, zero_shot_classes
@@ -56,7 +56,7 @@ def test_label_column_labels_a_caption_table(user_data):
 
 
 def test_numeric_class_names_sort_as_numbers(tmp_path):
-    from scan_fast.data.tables import label_names
+    from scan_fast.data.write.tables import label_names
 
     assert label_names(["10", "9", "9", "100"]) == ["9", "10", "100"]
     assert label_names(["b", "a", "10"]) == ["10", "a", "b"]

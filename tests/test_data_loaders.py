@@ -11,12 +11,12 @@ from ffcv.fields.basics import IntDecoder
 from ffcv.transforms import Squeeze, ToTensor
 
 from helpers import requires_cuda
-from scan_fast.data.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from scan_fast.data.read.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from scan_fast.data.embedded import write_shapes
-from scan_fast.data.inspect import read_samples
-from scan_fast.data.loaders import build_loader, clip_loader, moco_loader
-from scan_fast.data.order import epoch_order
-from scan_fast.data.sampler import ScanSampler
+from scan_fast.data.read.inspect import read_samples
+from scan_fast.data.read.loaders import build_loader, clip_loader, moco_loader
+from scan_fast.data.read.order import epoch_order
+from scan_fast.data.read.sampler import ScanSampler
 
 N, RES, BATCH = 300, 16, 32
 
@@ -250,7 +250,7 @@ def test_loader_input_errors(clip_beton, tmp_path):
 def test_only_numbas_finalizer_key_error_is_silenced():
     import types
 
-    from scan_fast.data.loaders import _is_numba_finalizer_key_error
+    from scan_fast.data.read.loaders import _is_numba_finalizer_key_error
 
     def unraisable(filename, name, exc_type):
         namespace = {}
@@ -271,7 +271,7 @@ def test_an_error_in_the_loader_thread_is_raised_in_the_training_loop(tmp_path):
     """ffcv's epoch thread dies on an error and its reader would wait forever; ours raises it."""
     from ffcv.fields.basics import IntDecoder
 
-    from scan_fast.data.loaders import LoaderError, build_loader
+    from scan_fast.data.read.loaders import LoaderError, build_loader
 
     path = str(tmp_path / "small.beton")
     write_shapes(path, num_samples=40, kind="moco", progress=False)

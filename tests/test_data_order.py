@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scan_fast.data.order import KeptIdsSource, epoch_order, validate_kept_ids
-from scan_fast.data.sampler import ScanSampler
+from scan_fast.data.read.order import KeptIdsSource, epoch_order, validate_kept_ids
+from scan_fast.data.read.sampler import ScanSampler
 
 
 class ShrinkGrowScan:

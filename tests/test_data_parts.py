@@ -18,9 +18,9 @@ from scan_fast.data import beton as beton_module
 from scan_fast.data.beton import BetonFile, DataError, load_record
 from scan_fast.data.dataset import open_dataset
 from scan_fast.data.embedded import write_shapes
-from scan_fast.data.inspect import read_samples
-from scan_fast.data.loaders import build_loader, clip_loader
-from scan_fast.data.order import KeptIdsSource
+from scan_fast.data.read.inspect import read_samples
+from scan_fast.data.read.loaders import build_loader, clip_loader
+from scan_fast.data.read.order import KeptIdsSource
 from scan_fast.schedule.shard import KeptSet
 from scan_fast.schedule.random_pruning import RandomPruning
 

@@ -7,10 +7,10 @@ from PIL import Image
 
 from helpers import write_tar
 from scan_fast.data.beton import BetonFile, find_pointers
-from scan_fast.data.ffcv_writer import JPEG_MODE
-from scan_fast.data.from_image_folder import write_labelled_from_image_folder
-from scan_fast.data.from_webdataset import write_clip_from_webdataset
-from scan_fast.data.loaders import labelled_loader
+from scan_fast.data.write.ffcv_writer import JPEG_MODE
+from scan_fast.data.write.from_image_folder import write_labelled_from_image_folder
+from scan_fast.data.write.from_webdataset import write_clip_from_webdataset
+from scan_fast.data.read.loaders import labelled_loader
 
 QUIET = dict(progress=False, num_workers=1)
 SIDE = 48  # the image folder's images: one size, so a centre crop at it gives back every pixel
@@ -138,7 +138,7 @@ def test_rgb_jpegs_pass_through_and_decode_as_rgb():
     turns it into the source's colours, not into colours read as YCbCr."""
     from ffcv.libffcv import imdecode
 
-    from scan_fast.data.images import StoredJpeg, stored_image
+    from scan_fast.data.write.images import StoredJpeg, stored_image
 
     source = _pixels(7, 32, 40)
     data = _encoded(source, quality=95, keep_rgb=True)

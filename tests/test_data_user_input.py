@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 
 from scan_fast.cli import main
-from scan_fast.data.from_image_folder import write_labelled_from_image_folder
-from scan_fast.data.from_table import write_clip_from_table
-from scan_fast.data.inspect import read_samples
+from scan_fast.data.write.from_image_folder import write_labelled_from_image_folder
+from scan_fast.data.write.from_table import write_clip_from_table
+from scan_fast.data.read.inspect import read_samples
 from scan_fast.data.schema import check_beton
-from scan_fast.data.summary import WriteSummary
-from scan_fast.data.write import write_rows
+from scan_fast.data.write.summary import WriteSummary
+from scan_fast.data.write.rows import write_rows
 
 QUIET = dict(progress=False, num_workers=1)
 
@@ -217,8 +217,8 @@ _SLOW_WRITER = """
 import sys, time
 import numpy as np
 from scan_fast.data.schema import labelled_fields
-from scan_fast.data.summary import WriteSummary
-from scan_fast.data.write import write_rows
+from scan_fast.data.write.summary import WriteSummary
+from scan_fast.data.write.rows import write_rows
 
 def make(i):
     time.sleep(0.05)

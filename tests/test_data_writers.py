@@ -13,14 +13,14 @@ from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
 from helpers import write_tar
-from scan_fast.data.from_image_folder import write_moco_from_image_folder
-from scan_fast.data.from_table import write_clip_from_table
-from scan_fast.data.from_webdataset import write_clip_from_webdataset
-from scan_fast.data.inspect import read_samples
+from scan_fast.data.write.from_image_folder import write_moco_from_image_folder
+from scan_fast.data.write.from_table import write_clip_from_table
+from scan_fast.data.write.from_webdataset import write_clip_from_webdataset
+from scan_fast.data.read.inspect import read_samples
 from scan_fast.data.schema import check_beton, clip_fields
-from scan_fast.data.summary import WriteSummary
+from scan_fast.data.write.summary import WriteSummary
 from scan_fast.data.tokenize import CaptionTokenizer
-from scan_fast.data.write import write_rows
+from scan_fast.data.write.rows import write_rows
 
 LONG_CAPTION = " ".join(["a very long caption about a dog"] * 20)
 QUIET = dict(progress=False, num_workers=1)
@@ -378,8 +378,8 @@ def test_a_write_whose_every_row_fails_ends_the_process(tmp_path):
     script = tmp_path / "fail.py"
     script.write_text(textwrap.dedent(f"""
         from scan_fast.data.schema import moco_fields
-        from scan_fast.data.summary import WriteSummary
-        from scan_fast.data.write import write_rows
+        from scan_fast.data.write.summary import WriteSummary
+        from scan_fast.data.write.rows import write_rows
 
         def make(i):
             raise ValueError("x" * 100_000)

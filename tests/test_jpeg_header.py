@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from scan_fast.data.jpeg_header import (READ_CHUNK, JpegHeaderError, JpegInfo, jpeg_info, jpeg_info_at,
+from scan_fast.data.write.jpeg_header import (READ_CHUNK, JpegHeaderError, JpegInfo, jpeg_info, jpeg_info_at,
                                         reencode_reason)
 
 

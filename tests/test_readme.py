@@ -108,7 +108,7 @@ def _jpeg_shards(folder, per_shard: int, side: int, num_shards: int = 2):
 
 def test_the_part_folder_block_of_docs_scale_runs_as_written(tmp_path, monkeypatch, capsys):
     """Two --part-range jobs over made-up shards (parts of 4 instead of 100,000), then data check."""
-    from scan_fast.data.inspect import read_samples
+    from scan_fast.data.read.inspect import read_samples
 
     marker = SCALE.index("<!-- at-scale:")
     commands = _commands(_bash_blocks(SCALE[marker:])[0])

@@ -186,8 +186,8 @@ def test_epoch_shard_begins_the_epoch_and_keeps_the_order_of_calls():
 
 def test_loaders_and_sampler_read_shards_without_the_kept_list():
     """KeptIdsSource and ScanSampler take a schedule's kept bitset; epoch_indices is never called."""
-    from scan_fast.data.order import KeptIdsSource
-    from scan_fast.data.sampler import ScanSampler
+    from scan_fast.data.read.order import KeptIdsSource
+    from scan_fast.data.read.sampler import ScanSampler
 
     class NoList(Scan):
         def epoch_indices(self, epoch):
@@ -203,7 +203,7 @@ def test_loaders_and_sampler_read_shards_without_the_kept_list():
 
 
 def test_the_source_recomputes_a_shard_when_a_reloaded_state_changes_the_epoch():
-    from scan_fast.data.order import KeptIdsSource
+    from scan_fast.data.read.order import KeptIdsSource
 
     scan = Scan(400, seed=2, prune_threshold=0.9)
     _run_schedule(scan, epochs=3)  # epoch 2 prepared: epoch 3 prunes

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scan_fast.data.batch import Batch
+from scan_fast.data.read.batch import Batch
 from scan_fast.ops import clip_loss_per_sample
 from scan_fast.schedule import Scan
 from scan_fast.schedule.infobatch import InfoBatch

@@ -1,41 +1,45 @@
 """FFCV data path: datasets to .beton, embedded datasets, and loaders that read
 each epoch's kept ids without rewriting the data or rebuilding the loader.
 
+Three rooms: write/ (conversion and the in-place index), read/ (loaders, staging, checks), and
+here the formats both sides share (.beton files, part folders and indexes, manifests, source ids,
+the tokenizer, the schema) with the embedded data sets.
+
 Imports are lazy: ffcv, numba and open_clip load only when a name is used.
 """
 from importlib import import_module
 
 _EXPORTS = {
     "CaptionTokenizer": "tokenize",
-    "WriteSummary": "summary",
-    "write_clip_from_table": "from_table",
-    "write_clip_from_webdataset": "from_webdataset",
-    "write_moco_from_image_folder": "from_image_folder",
-    "write_labelled_from_image_folder": "from_image_folder",
-    "read_labels": "inspect",
+    "WriteSummary": "write.summary",
+    "write_clip_from_table": "write.from_table",
+    "write_clip_from_webdataset": "write.from_webdataset",
+    "write_moco_from_image_folder": "write.from_image_folder",
+    "write_labelled_from_image_folder": "write.from_image_folder",
+    "read_labels": "read.inspect",
     "load_class_names": "classes",
     "write_digits": "embedded",
     "write_shapes": "embedded",
     "load_shapes_truth": "embedded",
-    "validate_kept_ids": "order",
-    "epoch_order": "order",
-    "clip_pipelines": "pipelines",
-    "moco_pipelines": "pipelines",
-    "clip_loader": "loaders",
-    "moco_loader": "loaders",
-    "labelled_loader": "loaders",
-    "ScanLoader": "loaders",
-    "Batch": "batch",
-    "LoaderError": "loaders",
-    "KeyedRandomResizedCropDecoder": "decoders",
-    "keyed_uniforms": "keyed_random",
-    "ScanSampler": "sampler",
+    "validate_kept_ids": "read.order",
+    "epoch_order": "read.order",
+    "clip_pipelines": "read.pipelines",
+    "moco_pipelines": "read.pipelines",
+    "clip_loader": "read.loaders",
+    "moco_loader": "read.loaders",
+    "labelled_loader": "read.loaders",
+    "ScanLoader": "read.loaders",
+    "Batch": "read.batch",
+    "LoaderError": "read.loaders",
+    "KeyedRandomResizedCropDecoder": "read.decoders",
+    "keyed_uniforms": "read.keyed_random",
+    "ScanSampler": "read.sampler",
     "check_beton": "schema",
     "open_dataset": "dataset",
     "Dataset": "dataset",
     "BetonFile": "beton",
     "DataError": "beton",
-    "read_samples": "inspect",
+    "read_samples": "read.inspect",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,6 +1,6 @@
 """A data set: one .beton file, or a folder of .beton parts with a manifest.
 
-Part folder layout (written by `scan_fast.data.parts`):
+Part folder layout (written by `scan_fast.data.write.parts`):
 
     FOLDER/manifest.json          what the folder holds (see below)
     FOLDER/part-00000.beton       each part a complete .beton that ffcv's own Loader opens

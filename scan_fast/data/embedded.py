@@ -33,9 +33,9 @@ import numpy as np
 
 from .schema import clip_fields, moco_fields
 from .tokenize import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
-from .parts import clear_folder, part_ranges, write_sample_parts
-from .summary import WriteSummary
-from .write import write_rows
+from .write.parts import clear_folder, part_ranges, write_sample_parts
+from .write.summary import WriteSummary
+from .write.rows import write_rows
 
 KINDS = ("clip", "moco")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

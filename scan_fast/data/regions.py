@@ -1,7 +1,7 @@
 """Reading a batch's bytes with pread: where each stored value lies, and one gathered read of them all.
 
 A data set's parts (a .beton, or a shard of the in-place index) say where each value of some rows
-lies as (file descriptor, offset, size) triples (`Located`); the stager (staging.py) then reads them
+lies as (file descriptor, offset, size) triples (`Located`); the stager (read/staging.py) then reads them
 all into its buffer with one call of the engine's `read_regions` (GIL released). Nothing is mapped:
 a random row costs its own bytes, not the page-cache folio around it (up to 2 MiB), which matters on
 network storage and for the page cache a run leaves to others. Per-sample tables are read the same

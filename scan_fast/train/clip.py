@@ -58,7 +58,7 @@ class ClipTask(Task):
         if self.cfg.val_data is None:
             return None
         from scan_fast.data import labelled_loader
-        from scan_fast.data.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        from scan_fast.data.read.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
         from scan_fast.train.evaluate import zero_shot_accuracy, zero_shot_classes
 
         cfg = self.cfg

@@ -82,7 +82,7 @@ def check_labelled(val_data) -> None:
 def zero_shot_classes(val_data, classes_file=None, template: str = DEFAULT_ZEROSHOT_TEMPLATE) -> List[List[str]]:
     """Prompts per class of `val_data`, after checking that every label of the set has a class name."""
     from scan_fast.data.classes import check_class_names
-    from scan_fast.data.inspect import read_labels
+    from scan_fast.data.read.inspect import read_labels
 
     names, prompts = class_prompts(val_data, classes_file, template)
     source = f"--zeroshot-classes {classes_file}" if classes_file else f"the class names for {val_data}"

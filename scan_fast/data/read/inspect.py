@@ -11,8 +11,8 @@ import numpy as np
 from ffcv.fields import IntField, NDArrayField, RGBImageField
 from PIL import Image
 
-from .beton import find_pointers
-from .dataset import open_dataset
+from ..beton import find_pointers
+from ..dataset import open_dataset
 
 
 def read_samples(path, ids: Optional[Sequence[int]] = None) -> Dict[str, List]:

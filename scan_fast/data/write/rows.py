@@ -14,15 +14,15 @@ from ffcv.writer import MIN_PAGE_SIZE
 
 from scan_fast.outputs import check_output, partial_path, remove_stale_partials
 
-from .beton import BetonFile, save_record
-from .classes import save_class_names
+from ..beton import BetonFile, save_record
+from ..classes import save_class_names
 from .ffcv_writer import CheckedDatasetWriter
 from .images import stored_image
 from .row_checks import check_images, check_num_workers, tokenize_captions
-from .schema import clip_fields
-from .source_ids import stage_ids
+from ..schema import clip_fields
+from ..source_ids import stage_ids
 from .summary import WriteSummary
-from .tokenize import CaptionTokenizer
+from ..tokenize import CaptionTokenizer
 
 DEFAULT_PAGE_SIZE = MIN_PAGE_SIZE  # grown to fit the largest sample
 

@@ -5,13 +5,13 @@ from typing import Optional
 
 from scan_fast.outputs import check_output
 
-from .classes import save_class_names
+from ..classes import save_class_names
 from .images import FileImage
 from .row_checks import check_num_workers, check_table_rows, label_given
 from .summary import WriteSummary
 from .tables import label_names, read_caption_table
-from .tokenize import DEFAULT_CONTEXT_LENGTH
-from .write import write_clip_rows
+from ..tokenize import DEFAULT_CONTEXT_LENGTH
+from .rows import write_clip_rows
 
 
 def write_clip_from_table(table, target, image_root=None, image_column: Optional[str] = None,

@@ -13,8 +13,8 @@ from scan_fast.outputs import check_output
 from .row_checks import check_num_workers, check_webdataset_samples
 from .summary import WriteSummary
 from .tar_shards import expand_shards, read_webdataset_samples, shard_samples
-from .tokenize import DEFAULT_CONTEXT_LENGTH
-from .write import write_clip_rows
+from ..tokenize import DEFAULT_CONTEXT_LENGTH
+from .rows import write_clip_rows
 
 
 def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CONTEXT_LENGTH,

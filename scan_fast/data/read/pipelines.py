@@ -29,7 +29,7 @@ from ffcv.transforms import NormalizeImage, Squeeze, ToDevice, ToTensor, ToTorch
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Normalize
 from .decoders import CheckedCenterCropDecoder, KeyedRandomResizedCropDecoder
-from .tokenize import vocab_size
+from ..tokenize import vocab_size
 
 
 def _check_resolution(resolution):

@@ -1,6 +1,6 @@
 """Writing part folders (the layout is described in dataset.py): parts first, the manifest last.
 
-Part i is `part-<i:05d>.beton`, a complete .beton written by `write.write_rows`
+Part i is `part-<i:05d>.beton`, a complete .beton written by `rows.write_rows`
 (temporary file, full per-sample check, rename, record beside it as
 `part-<i>.beton.index.json`). A part that exists under its final name is finished and
 is never rewritten; the manifest is written (atomically) only when every part is,
@@ -16,9 +16,9 @@ import numpy as np
 
 from scan_fast.outputs import partial_path
 
-from .manifest import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, manifest_checksum
-from .regions import DataError
-from .source_ids import KINDS, UID_DTYPE, describe_repeat, find_repeat, load_ids, pin_ids
+from ..manifest import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, manifest_checksum
+from ..regions import DataError
+from ..source_ids import KINDS, UID_DTYPE, describe_repeat, find_repeat, load_ids, pin_ids
 
 PART_PATTERN = "part-{:05d}.beton"
 
@@ -41,7 +41,7 @@ def finished_parts(folder, num_parts: int) -> List[bool]:
 
 def write_manifest(folder, num_parts: int, extra: Optional[Dict] = None) -> dict:
     """Write FOLDER/manifest.json from parts 0..num_parts-1 (each must be finished); returns it."""
-    from .beton import BetonFile, load_record  # imports ffcv: only where .beton parts are read
+    from ..beton import BetonFile, load_record  # imports ffcv: only where .beton parts are read
 
     folder = Path(folder)
     missing = [str(part_path(folder, i)) for i, done in enumerate(finished_parts(folder, num_parts)) if not done]

@@ -20,9 +20,9 @@ from ffcv.fields import IntField
 from ffcv.memory_managers.base import MemoryContext, MemoryManager
 from ffcv.pipeline.compiler import Compiler
 
-from .beton import pointer_subfield
-from .dataset import Dataset
-from .regions import DataError, read_regions
+from ..beton import pointer_subfield
+from ..dataset import Dataset
+from ..regions import DataError, read_regions
 
 
 # A staged batch stays valid until STAGING_BUFFERS - 1 more batches are staged.

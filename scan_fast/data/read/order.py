@@ -5,7 +5,7 @@ ids in an order keyed by (seed, epoch), rank r of W taking order positions r,
 r + W, r + 2W, ... The shard comes from the schedule's kept bitset
 (`schedule.epoch_kept_set(epoch)`), so no rank ever holds the global kept list
 or a global permutation. The same functions serve the FFCV loaders
-(scan_fast/data/loaders.py) and the plain PyTorch `ScanSampler`, so both read the
+(scan_fast/data/read/loaders.py) and the plain PyTorch `ScanSampler`, so both read the
 same ids in the same order.
 
 Distributed remainder: every rank reads floor(K / W) ids (like torch's

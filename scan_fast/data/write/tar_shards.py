@@ -17,7 +17,7 @@ from typing import Dict, List, Tuple, Union
 from scan_fast import _C
 
 from .images import TarImage
-from .source_ids import parse_uid
+from ..source_ids import parse_uid
 from .tables import BadRow
 
 _TAR_BLOCK = 512

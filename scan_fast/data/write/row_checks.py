@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from .images import StoredJpeg, checked_image
-from .source_ids import parse_uid
+from ..source_ids import parse_uid
 from .summary import WriteSummary
 from .tables import BadRow
 

@@ -1,7 +1,7 @@
 """`ScanSampler`: the kept ids of each epoch for a plain PyTorch DataLoader.
 
 Same ids in the same order as the FFCV loader built with the same scan, seed
-and rank (see `scan_fast.data.order`); call `set_epoch(epoch)` before each
+and rank (see `scan_fast.data.read.order`); call `set_epoch(epoch)` before each
 epoch, as with torch's DistributedSampler.
 """
 import os
@@ -30,7 +30,7 @@ class ScanSampler(Sampler[int]):
                  rank: Optional[int] = None, world_size: Optional[int] = None,
                  drop_last: bool = False):
         if isinstance(dataset_len, (str, os.PathLike)):  # a .beton or part folder: its sample count
-            from .dataset import open_dataset
+            from ..dataset import open_dataset
 
             dataset_len = open_dataset(dataset_len).num_samples
         if not isinstance(dataset_len, int) or dataset_len <= 0:

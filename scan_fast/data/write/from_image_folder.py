@@ -4,12 +4,12 @@ from typing import List, Optional, Union
 
 from scan_fast.outputs import check_output
 
-from .classes import save_class_names
+from ..classes import save_class_names
 from .images import BrokenLink, FileImage
 from .row_checks import check_num_workers
-from .schema import labelled_fields
+from ..schema import labelled_fields
 from .summary import WriteSummary
-from .write import write_image_rows
+from .rows import write_image_rows
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 

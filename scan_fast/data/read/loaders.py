@@ -2,7 +2,7 @@
 
 `clip_loader` / `moco_loader` build a `ScanLoader` (an ffcv Loader) over a .beton
 file or a part folder (dataset.py) that reads this rank's shard of each epoch
-from the schedule (all ids when scan is None; see scan_fast/data/order.py): the
+from the schedule (all ids when scan is None; see scan_fast/data/read/order.py): the
 kept ids in an order keyed by (seed, epoch), an equal-length strided share per
 rank under distributed=True (remainder dropped, so no id is on two ranks), and
 `len(loader)` / drop_last computed from that shard. No rank builds the global
@@ -43,8 +43,8 @@ from ffcv.pipeline.graph import Graph
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, KeyedMocoViews
 from .batch import OUTPUT_FIELDS, Batch
-from .beton import DataError
-from .dataset import Dataset, open_dataset
+from ..beton import DataError
+from ..dataset import Dataset, open_dataset
 from .order import CHUNK_IDS, KeptIdsSource
 from .pipelines import clip_pipelines, moco_pipelines
 from .sampler import resolve_rank

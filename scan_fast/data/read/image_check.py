@@ -17,7 +17,7 @@ import numpy as np
 from ffcv.fields.rgb_image import IMAGE_MODES, RGBImageField
 from ffcv.libffcv import imdecode
 
-from .beton import DataError
+from ..beton import DataError
 from .staging import BatchStager
 
 BATCH = 512

@@ -4,7 +4,7 @@ Part p holds the valid rows among source rows [p K, (p + 1) K) (K = --samples-pe
 so the layout does not depend on how many processes write it. Which parts this process
 writes: those in --part-range i:j (all when absent) with p % W == rank under torchrun
 (W processes, a gloo group on CPU). A part is written under a temporary name and renamed
-when finished and checked (write.write_rows), so a part under its final name is never
+when finished and checked (rows.write_rows), so a part under its final name is never
 rewritten: a killed conversion, run again with the same command, writes only the parts
 that are missing. `conversion.json` in the folder records what is being converted (the
 source, its row counts, the options) before any part is written; a rerun must match it.
@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from scan_fast.outputs import partial_path, remove_stale_partials
 
-from .manifest import MANIFEST, read_json, read_manifest
+from ..manifest import MANIFEST, read_json, read_manifest
 from .parts import clear_folder, finished_parts, part_path, part_ranges, write_manifest
-from .regions import DataError
-from .source_ids import KINDS, UID_DTYPE, check_pinned, describe_repeat, find_repeat, ids_path, load_ids
+from ..regions import DataError
+from ..source_ids import KINDS, UID_DTYPE, check_pinned, describe_repeat, find_repeat, ids_path, load_ids
 
 CONVERSION = "conversion.json"
 CONVERSION_FORMAT = "scan-fast conversion"
@@ -302,13 +302,13 @@ def check_path(path, progress: bool = True, workers: int = 1) -> List[str]:
     per-sample check of every file, and for a folder the manifest and every part against it;
     then, when the structure is sound, every stored image decoded (image_check.py, `workers`
     threads)."""
-    from .beton import BetonFile
+    from ..beton import BetonFile
 
     path = os.fspath(path)
     problems: List[str] = []
     if os.path.isdir(path):
-        from .index_format import INDEX_FORMAT
-        from .shard_index import check_index
+        from ..index_format import INDEX_FORMAT
+        from ..shard_index import check_index
 
         found = read_json(os.path.join(path, MANIFEST))
         if isinstance(found, dict) and found.get("format") == INDEX_FORMAT:
@@ -387,8 +387,8 @@ def _check_unique(files: List[str], counts: List[int]) -> List[str]:
 
 
 def _check_decodes(path, progress: bool, workers: int) -> List[str]:
-    from .dataset import open_dataset
-    from .image_check import check_images
+    from ..dataset import open_dataset
+    from ..read.image_check import check_images
 
     try:
         dataset = open_dataset(path, progress=False)

@@ -28,18 +28,18 @@ from scan_fast.outputs import partial_path, remove_stale_partials
 from .convert import (CONVERSION, CONVERSION_FORMAT, file_identity, open_part_job, parse_part_range, read_conversion,
                       write_json)
 from .images import stored_image
-from .index_format import (INDEX_FIELDS, INDEX_FORMAT, INDEX_VERSION, PART_FILES, PART_STEM, RECORD_SUFFIX, ROW_DTYPE,
+from ..index_format import (INDEX_FIELDS, INDEX_FORMAT, INDEX_VERSION, PART_FILES, PART_STEM, RECORD_SUFFIX, ROW_DTYPE,
                            file_entry, read_part_record, shard_fingerprint)
 from .jpeg_header import JpegHeaderError, jpeg_info_at, reencode_reason
-from .manifest import MANIFEST, manifest_checksum
+from ..manifest import MANIFEST, manifest_checksum
 from .parts import repeated_source_ids
-from .regions import DataError
+from ..regions import DataError
 from .row_checks import check_images, check_webdataset_samples, tokenize_captions
-from .schema import check_image_options
-from .source_ids import KINDS, ids_path, pin_ids, stage_ids
+from ..schema import check_image_options
+from ..source_ids import KINDS, ids_path, pin_ids, stage_ids
 from .summary import WriteSummary
 from .tar_shards import expand_shards, shard_samples
-from .tokenize import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
+from ..tokenize import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
 
 SOURCE_KIND = "webdataset index"
 
@@ -151,7 +151,7 @@ def index_shard(shard: str, folder, p: int, *, context_length: int, max_resoluti
                                                                       header.width, -1)
     side_record = None
     if good:
-        from .beton import BetonFile  # imports ffcv: only for a shard with images to convert
+        from ..beton import BetonFile  # imports ffcv: only for a shard with images to convert
 
         side_record = _write_side(files["side"], [refs[g] for g in good], [where[g] for g in good], largest,
                                   max_resolution, jpeg_quality)
@@ -216,9 +216,9 @@ def _write_side(target: Path, refs, where, largest: int, max_resolution, jpeg_qu
     """The side .beton of a part: its images converted as `data clip` converts them; its record."""
     from ffcv.fields import IntField
 
-    from .beton import BetonFile, load_record
-    from .schema import image_field
-    from .write import write_rows
+    from ..beton import BetonFile, load_record
+    from ..schema import image_field
+    from .rows import write_rows
 
     fields = {"image": image_field("jpg", jpeg_quality, max_resolution), "id": IntField()}
     side_summary = WriteSummary(path=str(target), rows_read=len(refs))
