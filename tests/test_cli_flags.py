@@ -9,7 +9,8 @@ import pytest
 
 BEFORE = json.loads((Path(__file__).parent / "cli_flags_before.json").read_text())
 FROM_CONFIGS = ("scan-fast train clip", "scan-fast train moco", "scan-fast demo", "scan-fast eval",
-                "scan-fast coreset export")
+                "scan-fast coreset export", *(f"scan-fast data {name}" for name in (
+                    "clip", "labelled", "moco", "index", "check", "manifest", "digits", "shapes")))
 
 
 def _flags(parser, path=("scan-fast",), out=None):
@@ -21,8 +22,8 @@ def _flags(parser, path=("scan-fast",), out=None):
             for name, child in action.choices.items():
                 _flags(child, path + (name,), out)
         elif not isinstance(action, argparse._HelpAction):
-            name = max(action.option_strings, key=len) if action.option_strings else action.dest
-            entry[name] = (action.help or "", sorted(map(str, action.choices)) if action.choices else None)
+            for name in action.option_strings or [action.dest]:  # --x and --no-x of a bool flag alike
+                entry[name] = (action.help or "", sorted(map(str, action.choices)) if action.choices else None)
     return out
 
 
@@ -56,7 +57,7 @@ def test_every_flag_of_a_config_command_says_what_it_does(command, now):
 def test_a_config_field_is_its_flag_with_its_literal_choices():
     from scan_fast.train.config import PRUNE_MODES, ClipConfig
 
-    from scan_fast.train.flags import choices_of
+    from scan_fast.flags import choices_of
 
     assert choices_of(ClipConfig, "prune") == tuple(PRUNE_MODES)
     with pytest.raises(ValueError, match="--precision must be one of .* got 'fp8'"):

@@ -23,7 +23,7 @@ def test_the_recipes_are_there():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_a_config_parses_and_validates(path):
     from scan_fast.cli import build_parser
-    from scan_fast.train.flags import config_from_args, read_config_file
+    from scan_fast.flags import config_from_args, read_config_file
 
     argv = _command(path)
     assert argv[argv.index("--config") + 1] == f"configs/{path.name}"
@@ -42,7 +42,7 @@ def test_a_config_parses_and_validates(path):
 
 
 def test_the_demo_config_is_make_demos_job():
-    from scan_fast.train.flags import config_values
+    from scan_fast.flags import config_values
     from scan_fast.demo.main_job import MainJobConfig
 
     path = next(p for p in CONFIGS if p.name == "demo.yaml")

@@ -26,8 +26,9 @@ shapes: generated image-text pairs ("a small red ring in the top left") of
     ones. captions="plain" (the default) draws nothing more: its data is unchanged.
 """
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Literal, Optional
 
 import numpy as np
 
@@ -35,7 +36,8 @@ from .schema import clip_fields, moco_fields
 from .tokenize import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
 from .write.parts import clear_folder, part_ranges, write_sample_parts
 from .write.summary import WriteSummary
-from .write.rows import write_rows
+from .write.options import WriteOptions, context_length_flag, progress_flag
+from scan_fast.flags import flag, redefault
 
 KINDS = ("clip", "moco")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -71,6 +73,45 @@ VARIED_TEMPLATES = (SHAPES_TEMPLATE, "a {colour} {shape}", "{position}: a {size}
 CAPTION_STYLES = ("plain", "varied")
 
 
+def _kind_flag():
+    return flag("clip", "clip: captioned images with labels (training and zero-shot evaluation); moco: labelled "
+                        "images", "data set")
+
+
+@dataclass(frozen=True)
+class DigitsFlags:
+    """`scan-fast data digits`: write_digits' arguments as flags."""
+    out: str = flag(None, "folder for digits_{train,test}.beton", "data set", required=True)
+    kind: Literal["clip", "moco"] = _kind_flag()
+    resolution: int = flag(32, "image side in pixels (the 8 x 8 digits scaled up)", "data set")
+    test_fraction: float = flag(0.2, "share of each class held out as digits_test.beton", "data set")
+    seed: int = flag(0, "seed of the held-out split", "data set")
+    image_mode: Literal["jpg", "raw"] = redefault(WriteOptions, "image_mode", "raw")
+    jpeg_quality: int = redefault(WriteOptions, "jpeg_quality", 90)
+    context_length: int = context_length_flag()
+    progress: bool = progress_flag()
+
+
+@dataclass(frozen=True)
+class ShapesFlags:
+    """`scan-fast data shapes`: write_shapes' arguments as flags, and --overwrite."""
+    out: str = flag(None, "target .beton file (ground truth goes beside it)", "data set", required=True)
+    kind: Literal["clip", "moco"] = _kind_flag()
+    num_samples: int = flag(10_000, "pairs to generate", "data set")
+    resolution: int = flag(32, "image side in pixels", "data set")
+    mismatch_fraction: float = flag(0.1, "share of captions that name another shape and colour (the wrong pairs, "
+                                         "recorded in the truth files)", "data set")
+    duplicate_fraction: float = flag(0.1, "share of images that are near-duplicates of an earlier one (its "
+                                          "attributes, slightly moved and recoloured)", "data set")
+    seed: int = flag(0, "seed of every choice", "data set")
+    image_mode: Literal["jpg", "raw"] = redefault(WriteOptions, "image_mode", "jpg")
+    jpeg_quality: int = redefault(WriteOptions, "jpeg_quality", 90)
+    context_length: int = context_length_flag()
+    num_workers: int = flag(1, "writer processes; 1 keeps the bytes reproducible", "writing")
+    overwrite: bool = redefault(WriteOptions, "overwrite", False)
+    progress: bool = progress_flag()
+
+
 def _check_kind(kind):
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -103,6 +144,8 @@ def write_samples(target, fields: Dict, num_rows: int, make_sample: Callable[[in
     def with_id(i):
         sample = make_sample(i)
         return (*sample[:id_pos], i, *sample[id_pos:])
+
+    from .write.rows import write_rows  # imports ffcv: only when a set is written
 
     return write_rows(target, fields, num_rows, with_id, summary, num_workers=num_workers,
                       max_sample_bytes=max_image_bytes, progress=progress)

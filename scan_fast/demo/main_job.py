@@ -25,7 +25,7 @@ import numpy as np
 
 from scan_fast.demo.data_sets import DATA_SETS, build_data
 from scan_fast.train.config import LOSSES, PRUNE_MODES
-from scan_fast.train.flags import add_config_flags, check_choices, config_from_args, flag
+from scan_fast.flags import add_config_flags, check_choices, config_from_args, flag
 
 
 class Shown(NamedTuple):

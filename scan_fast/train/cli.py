@@ -1,6 +1,6 @@
 """argparse subcommands of the trainers: `scan-fast train clip|moco`, `scan-fast eval`, `scan-fast coreset export`.
 
-Training flags are the config dataclasses' fields (scan_fast/train/flags.py: each field's help
+Training flags are the config dataclasses' fields (scan_fast/flags.py: each field's help
 text, choices and section are defined beside it); `--config FILE` (YAML or TOML) may hold any
 of them, with the same names (dashes or underscores), and flags on the command line win.
 `scan_fast/cli.py` registers these with `add_train_parsers(sub)`,
@@ -10,7 +10,7 @@ evaluate.py (`evaluate_checkpoint`) and coreset.py (`export_coreset`).
 import sys
 
 from scan_fast.train.config import SECTIONS, ClipConfig, MocoConfig, TrainConfig
-from scan_fast.train.flags import add_config_flags, add_field_flag, config_from_args
+from scan_fast.flags import add_config_flags, add_field_flag, config_from_args
 
 def add_train_parsers(sub) -> None:
     train = sub.add_parser("train", help="pre-train CLIP or MoCo v3 with SCAN or a baseline pruning strategy",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Callable, Literal, Optional, Tuple
 
 from scan_fast.schedule.inputs import FLOAT32_MAX, check_prune_threshold, check_threshold
-from scan_fast.train.flags import check_choices, choices_of, flag, option_name, redefault
+from scan_fast.flags import check_choices, choices_of, flag, option_name, redefault
 
 
 @dataclass(frozen=True)

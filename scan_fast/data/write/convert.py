@@ -23,6 +23,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
+from scan_fast.flags import flag
 from scan_fast.outputs import partial_path, remove_stale_partials
 
 from ..manifest import MANIFEST, read_json, read_manifest
@@ -271,6 +272,13 @@ def convert_parts(out, *, what: dict, samples_per_part: int, count_rows: Callabl
         processes.close()
 
 
+@dataclass(frozen=True)
+class ManifestFlags:
+    """`scan-fast data manifest`'s argument."""
+    folder: str = flag(None, "the part folder (--out of data clip/labelled --samples-per-part) or index", "data",
+                       positional=True)
+
+
 def write_folder_manifest(folder) -> dict:
     """`scan-fast data manifest FOLDER`: the manifest of a folder whose parts are all written."""
     folder = Path(folder)
@@ -296,6 +304,14 @@ def write_folder_manifest(folder) -> dict:
 
 
 # --------------------------------------------------------------------------- scan-fast data check
+
+@dataclass(frozen=True)
+class CheckFlags:
+    """`scan-fast data check`'s arguments (check_path's)."""
+    path: str = flag(None, "a .beton file, a part folder or an index", "data", positional=True)
+    num_workers: int = flag(1, "threads decoding the images", "run")
+    progress: bool = flag(True, "the progress bar", "run")
+
 
 def check_path(path, progress: bool = True, workers: int = 1) -> List[str]:
     """Every problem of a .beton or a part folder, one line each naming the file: the full

@@ -1,4 +1,5 @@
 """Labelled .beton (image, label, id) from an ImageFolder tree, root/<class>/<image>."""
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Union
 
@@ -6,7 +7,7 @@ from scan_fast.outputs import check_output
 
 from ..classes import save_class_names
 from .images import BrokenLink, FileImage
-from .row_checks import check_num_workers
+from .options import WriteOptions
 from ..schema import labelled_fields
 from .summary import WriteSummary
 from .rows import write_image_rows
@@ -28,23 +29,20 @@ def _folder_images(folder: Path) -> List[Union[FileImage, BrokenLink]]:
     return found
 
 
-def write_labelled_from_image_folder(root, target, image_mode: str = "jpg", jpeg_quality: int = 90,
-                                     max_resolution: Optional[int] = 256, strict: bool = False,
-                                     num_workers: Optional[int] = None, progress: bool = True,
-                                     overwrite: bool = True, samples_per_part: Optional[int] = None,
-                                     part_range=None, reencode: bool = False):
+def write_labelled_from_image_folder(root, target, options: Optional[WriteOptions] = None, **option_values):
     """Labelled .beton (image, label, id) from root/<class>/<image>: MoCo's training data, or an
     evaluation set for either trainer. Labels follow sorted class names (as torchvision's
     ImageFolder), saved beside the target (classes.py). A class folder without images is an
     error, as in torchvision: keeping it would give a class no sample can have. With
     `samples_per_part`, `target` is a part folder (convert.py) over the images in that order. A
-    source JPEG is stored as it is where it can be (images.py), unless `reencode`."""
+    source JPEG is stored as it is where it can be (images.py), unless `reencode`. options: a
+    WriteOptions (or its fields as keywords)."""
+    options = WriteOptions.of(options, **option_values)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
-    if samples_per_part is None:
-        target = check_output(target, overwrite=overwrite)
-    check_num_workers(num_workers)
+    if options.samples_per_part is None:
+        target = check_output(target, overwrite=options.overwrite)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"image folder {root} has no class sub-folders")
@@ -60,29 +58,28 @@ def write_labelled_from_image_folder(root, target, image_mode: str = "jpg", jpeg
     if empty:
         raise ValueError(f"image folder {root}: class folder(s) {empty} hold no images with extensions "
                          f"{IMAGE_EXTENSIONS}; remove them or add images")
-    fields = labelled_fields(image_mode=image_mode, jpeg_quality=jpeg_quality, max_resolution=max_resolution)
-    if samples_per_part is None:
+    fields = labelled_fields(**options.image_field_options())
+    if options.samples_per_part is None:
         summary = WriteSummary(path=str(target), rows_read=len(refs))
-        summary = write_image_rows(target, fields, refs, where, extras, summary, strict, num_workers, progress,
-                                   reencode=reencode)
+        summary = write_image_rows(target, fields, refs, where, extras, summary, options)
         save_class_names(target, classes)
         return summary
     from .convert import convert_parts, part_workers
 
-    num_workers = part_workers(num_workers)
+    options = replace(options, num_workers=part_workers(options.num_workers))
 
     def write_part(path, part, start, stop):
         summary = WriteSummary(path=str(path), rows_read=stop - start)
         return write_image_rows(path, fields, refs[start:stop], where[start:stop], extras[start:stop], summary,
-                                strict, num_workers, progress, reencode=reencode)
+                                options)
 
     what = {"source": {"kind": "image_folder", "path": str(root.resolve()), "images": len(refs),
                        "classes": classes},
-            "image_mode": image_mode, "jpeg_quality": jpeg_quality, "max_resolution": max_resolution,
-            "reencode": reencode}
-    summary = convert_parts(target, what=what, samples_per_part=samples_per_part,
+            **options.image_record()}
+    summary = convert_parts(target, what=what, samples_per_part=options.samples_per_part,
                             count_rows=lambda processes, previous: {"num_rows": len(refs)},
-                            write_part=write_part, part_range=part_range, overwrite=overwrite, progress=progress)
+                            write_part=write_part, part_range=options.part_range, overwrite=options.overwrite,
+                            progress=options.progress)
     save_class_names(str(Path(target)), classes)
     return summary
 

@@ -3,6 +3,7 @@ members that share a key, <key>.jpg (or .jpeg, .png, .webp) and <key>.txt, with 
 <key>.json where it has one. A shard cut short and a key repeated within a shard are skipped rows
 (row_checks.py), not errors.
 """
+from dataclasses import replace
 from typing import List, Optional
 
 import numpy as np
@@ -10,7 +11,8 @@ from tqdm import tqdm
 
 from scan_fast.outputs import check_output
 
-from .row_checks import check_num_workers, check_webdataset_samples
+from .options import WriteOptions
+from .row_checks import check_webdataset_samples
 from .summary import WriteSummary
 from .tar_shards import expand_shards, read_webdataset_samples, shard_samples
 from ..tokenize import DEFAULT_CONTEXT_LENGTH
@@ -18,33 +20,27 @@ from .rows import write_clip_rows
 
 
 def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CONTEXT_LENGTH,
-                               image_mode: str = "jpg", jpeg_quality: int = 90,
-                               max_resolution: Optional[int] = 256, strict: bool = False,
-                               num_workers: Optional[int] = None, progress: bool = True,
-                               overwrite: bool = True, samples_per_part: Optional[int] = None, part_range=None,
-                               reencode: bool = False):
+                               options: Optional[WriteOptions] = None, **option_values):
     """CLIP .beton from webdataset tar shards holding <key>.jpg/.png + <key>.txt.
 
     Each sample's key, and DataComp's `uid` where its .json has one, are kept beside the target
-    (source_ids.py). With `samples_per_part`, `target` is a part folder (convert.py): source row
+    (source_ids.py). options: a WriteOptions (or its fields as keywords). With `samples_per_part`,
+    `target` is a part folder (convert.py): source row
     r is the r-th sample of the shards in order; the samples per shard are counted first (every
     shard's tar headers, shared among the processes, kept in conversion.json for reruns). A source
     JPEG is stored as it is where it can be (images.py), unless `reencode`."""
+    options = WriteOptions.of(options, **option_values)
     paths = expand_shards(shards)
-    image_kwargs = dict(image_mode=image_mode, jpeg_quality=jpeg_quality, max_resolution=max_resolution,
-                        reencode=reencode)
-    common = dict(context_length=context_length, strict=strict, num_workers=num_workers, progress=progress,
-                  image_kwargs=image_kwargs)
+    samples_per_part = options.samples_per_part
     if samples_per_part is None:
-        target = check_output(target, inputs=paths, overwrite=overwrite)
-        check_num_workers(num_workers)
+        target = check_output(target, inputs=paths, overwrite=options.overwrite)
         samples, bad = read_webdataset_samples(paths)
         summary = WriteSummary(path=str(target), rows_read=len(samples))
-        return _write_webdataset_rows(target, samples, bad, summary, **common)
+        return _write_webdataset_rows(target, samples, bad, summary, context_length, options)
     from .convert import convert_parts, file_identity, part_workers
 
-    num_workers = part_workers(num_workers)
-    common["num_workers"] = num_workers
+    num_workers = part_workers(options.num_workers)
+    options = replace(options, num_workers=num_workers)
     offsets: List[int] = []
 
     def count_rows(processes, previous):
@@ -52,7 +48,7 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
             counts = previous["rows_per_shard"]
         else:
             mine = list(range(processes.rank, len(paths), processes.world))
-            found = dict(zip(mine, _count_samples([paths[s] for s in mine], num_workers, progress)))
+            found = dict(zip(mine, _count_samples([paths[s] for s in mine], num_workers, options.progress)))
             counts = [0] * len(paths)
             for share in processes.all_gather(found):
                 for s, n in share.items():
@@ -74,12 +70,13 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
             if reports_here:  # a cut shard and repeated keys: reported once, by the part of its first row
                 bad += problems
         summary = WriteSummary(path=str(path), rows_read=len(samples))
-        return _write_webdataset_rows(path, samples, bad, summary, **common)
+        return _write_webdataset_rows(path, samples, bad, summary, context_length, options)
 
     what = {"source": {"kind": "webdataset", "shards": [file_identity(p) for p in paths]},
-            "context_length": context_length, **image_kwargs}
+            "context_length": context_length, **options.image_record()}
     return convert_parts(target, what=what, samples_per_part=samples_per_part, count_rows=count_rows,
-                         write_part=write_part, part_range=part_range, overwrite=overwrite, progress=progress)
+                         write_part=write_part, part_range=options.part_range, overwrite=options.overwrite,
+                         progress=options.progress)
 
 
 def _count_samples_of(shard: str) -> int:
@@ -102,10 +99,10 @@ def _count_samples(shards: List[str], num_workers: int, progress: bool) -> List[
                          **bar))
 
 
-def _write_webdataset_rows(target, samples, bad, summary, *, context_length, strict, num_workers, progress,
-                           image_kwargs) -> WriteSummary:
+def _write_webdataset_rows(target, samples, bad, summary, context_length: int,
+                           options: WriteOptions) -> WriteSummary:
     """One .beton from webdataset samples (where, ref, caption, key, uid) and cut shards (reported)."""
-    usable = check_webdataset_samples(samples, bad, summary, strict)
+    usable = check_webdataset_samples(samples, bad, summary, options.strict)
     where_list, refs, captions, keys, uids = ([sample[c] for sample in usable] for c in range(5))
-    return write_clip_rows(target, refs, captions, where_list, summary, context_length, strict,
-                           num_workers, progress, image_kwargs, keys=keys, uids=uids)
+    return write_clip_rows(target, refs, captions, where_list, summary, context_length, options,
+                           keys=keys, uids=uids)

@@ -31,15 +31,15 @@ from .images import stored_image
 from ..index_format import (INDEX_FIELDS, INDEX_FORMAT, INDEX_VERSION, PART_FILES, PART_STEM, RECORD_SUFFIX, ROW_DTYPE,
                            file_entry, read_part_record, shard_fingerprint)
 from .jpeg_header import JpegHeaderError, jpeg_info_at, reencode_reason
+from .options import IndexOptions
 from ..manifest import MANIFEST, manifest_checksum
 from .parts import repeated_source_ids
 from ..regions import DataError
 from .row_checks import check_images, check_webdataset_samples, tokenize_captions
-from ..schema import check_image_options
 from ..source_ids import KINDS, ids_path, pin_ids, stage_ids
 from .summary import WriteSummary
 from .tar_shards import expand_shards, shard_samples
-from ..tokenize import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
+from ..tokenize import CaptionTokenizer
 
 SOURCE_KIND = "webdataset index"
 
@@ -77,18 +77,18 @@ def part_record_path(folder, p: int) -> Path:
     return Path(f"{part_stem(folder, p)}{RECORD_SUFFIX}")
 
 
-def index_webdataset(shards, out, *, context_length: int = DEFAULT_CONTEXT_LENGTH,
-                     max_resolution: Optional[int] = 256, jpeg_quality: int = 90, strict: bool = False,
-                     progress: bool = True, overwrite: bool = False, part_range=None) -> IndexSummary:
-    """Index webdataset shards (tar files, a folder or glob of them) into the folder `out`."""
+def index_webdataset(shards, out, options: Optional[IndexOptions] = None, **option_values) -> IndexSummary:
+    """Index webdataset shards (tar files, a folder or glob of them) into the folder `out`;
+    options: an IndexOptions (or its fields as keywords), checked before any work."""
+    options = IndexOptions.of(options, **option_values)
     paths = expand_shards(shards)
-    check_image_options("jpg", jpeg_quality, max_resolution)  # before any work
+    context_length, max_resolution, jpeg_quality = options.context_length, options.max_resolution, options.jpeg_quality
     CaptionTokenizer(context_length)
-    part_range = parse_part_range(part_range)
+    part_range = parse_part_range(options.part_range)
     what = {"source": {"kind": SOURCE_KIND, "shards": [file_identity(p) for p in paths]},
             "context_length": context_length, "max_resolution": max_resolution, "jpeg_quality": jpeg_quality}
     began = time.perf_counter()
-    out, processes = open_part_job(out, what, overwrite, part_range)
+    out, processes = open_part_job(out, what, options.overwrite, part_range)
     try:
         record = {"format": CONVERSION_FORMAT, "what": what, "num_parts": len(paths)}
         if processes.rank == 0 and read_conversion(out) != record:
@@ -98,13 +98,13 @@ def index_webdataset(shards, out, *, context_length: int = DEFAULT_CONTEXT_LENGT
             raise ValueError(f"--part-range {start}:{stop} starts past the last shard ({len(paths)} shards)")
         mine = [p for p in range(start, min(stop, len(paths))) if p % processes.world == processes.rank]
         todo = [p for p in mine if not part_record_path(out, p).is_file()]
-        options = dict(context_length=context_length, max_resolution=max_resolution, jpeg_quality=jpeg_quality,
-                       strict=strict)
+        shard_options = dict(context_length=context_length, max_resolution=max_resolution,
+                             jpeg_quality=jpeg_quality, strict=options.strict)
         with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="shard",
                   desc=f"indexing (rank {processes.rank})" if processes.world > 1 else "indexing",
-                  disable=None if progress else True) as bar:
+                  disable=None if options.progress else True) as bar:
             for p in todo:
-                summary = index_shard(paths[p], out, p, **options)
+                summary = index_shard(paths[p], out, p, **shard_options)
                 if summary.skipped:  # as the writers print each part's skipped rows
                     tqdm.write(str(summary), file=sys.stdout)
                 bar.update(1)

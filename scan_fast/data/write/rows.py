@@ -18,6 +18,7 @@ from ..beton import BetonFile, save_record
 from ..classes import save_class_names
 from .ffcv_writer import CheckedDatasetWriter
 from .images import stored_image
+from .options import WriteOptions
 from .row_checks import check_images, check_num_workers, tokenize_captions
 from ..schema import clip_fields
 from ..source_ids import stage_ids
@@ -95,17 +96,17 @@ def _is_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def write_image_rows(target, fields, refs, where, extras: List[dict], summary, strict,
-                     num_workers, progress, before_write=None, reencode: bool = False) -> WriteSummary:
+def write_image_rows(target, fields, refs, where, extras: List[dict], summary, options: WriteOptions,
+                     before_write=None) -> WriteSummary:
     """Common tail of the file-based writers: check, then write each good row's image, the
     fields in its `extras` dict and id = its row in the written file. before_write(good rows)
     may stage files to keep beside the target (write_rows' companions).
 
     A JPEG field stores a source JPEG's bytes as they are where images.passthrough_jpeg allows,
-    unless reencode (every image decoded and re-encoded at the field's jpeg_quality)."""
-    num_workers = check_num_workers(num_workers)
+    unless options.reencode (every image decoded and re-encoded at the field's jpeg_quality)."""
+    num_workers, strict, progress = check_num_workers(options.num_workers), options.strict, options.progress
     max_resolution = fields["image"].max_resolution
-    passthrough = fields["image"].write_mode == "jpg" and not reencode
+    passthrough = fields["image"].write_mode == "jpg" and not options.reencode
     good, largest = check_images(refs, where, summary, strict, num_workers, progress, max_resolution, passthrough)
     names = list(fields)
 
@@ -121,21 +122,17 @@ def write_image_rows(target, fields, refs, where, extras: List[dict], summary, s
                       max_sample_bytes=largest, progress=progress, companions=companions)
 
 
-def write_clip_rows(target, refs, captions, where, summary, context_length, strict, num_workers,
-                    progress, image_kwargs, labels: Optional[List[int]] = None,
-                    classes: Optional[List[str]] = None, keys: Optional[List[str]] = None,
-                    uids: Optional[list] = None):
+def write_clip_rows(target, refs, captions, where, summary, context_length: int, options: WriteOptions,
+                    labels: Optional[List[int]] = None, classes: Optional[List[str]] = None,
+                    keys: Optional[List[str]] = None, uids: Optional[list] = None):
     """CLIP rows: each caption tokenized (a row with an unusable one skipped), then write_image_rows.
 
-    image_kwargs: schema.image_field's, and `reencode` (write_image_rows');
     keys, uids: the source's own ids of each row, kept beside the target for the rows written."""
-    image_kwargs = dict(image_kwargs)
-    reencode = bool(image_kwargs.pop("reencode", False))
     tokenizer = CaptionTokenizer(context_length)
-    tokens = tokenize_captions(captions, where, tokenizer, summary, strict)
+    tokens = tokenize_captions(captions, where, tokenizer, summary, options.strict)
     keep = [i for i, t in enumerate(tokens) if t is not None]
     extras = [{"tokens": tokens[i], **({} if labels is None else {"label": labels[i]})} for i in keep]
-    fields = clip_fields(context_length, with_labels=labels is not None, **image_kwargs)
+    fields = clip_fields(context_length, with_labels=labels is not None, **options.image_field_options())
 
     def stage(good):
         rows = [keep[g] for g in good]
@@ -143,7 +140,7 @@ def write_clip_rows(target, refs, captions, where, summary, context_length, stri
                          uids=None if uids is None else [uids[i] for i in rows])
 
     summary = write_image_rows(target, fields, [refs[i] for i in keep], [where[i] for i in keep], extras,
-                               summary, strict, num_workers, progress, before_write=stage, reencode=reencode)
+                               summary, options, before_write=stage)
     if classes is not None:
         save_class_names(target, classes)
     return summary

@@ -14,9 +14,11 @@ from dataclasses import MISSING, field, fields
 from typing import Literal
 
 
-def flag(default, help: str, section: str, default_factory=MISSING):
-    """A dataclass field that is also the flag --<name>, in argument group `section`."""
-    metadata = {"help": help, "section": section}
+def flag(default, help: str, section: str, default_factory=MISSING, required: bool = False,
+         positional: bool = False):
+    """A dataclass field that is also the flag --<name>, in argument group `section`; `required`: a flag the
+    command cannot run without (its default is None), `positional`: an argument given without a name."""
+    metadata = {"help": help, "section": section, "required": required, "positional": positional}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -70,6 +72,12 @@ def add_config_flags(parser, config_cls, section_order=()) -> None:
     keeps the dataclass's default, or a --config file's value, for the flags not given."""
     parser.add_argument("--config", help="YAML or TOML file holding any of the flags below, with the same names "
                                          "(dashes or underscores); flags on the command line win")
+    add_field_flags(parser, config_cls, section_order)
+
+
+def add_field_flags(parser, config_cls, section_order=()) -> None:
+    """One flag per field of the dataclass `config_cls` (each made with `flag`), in argument groups ordered by
+    `section_order`, then by first use; every flag defaults to None ("not given", see `config_from_args`)."""
     groups = {}
     for f in sorted(fields(config_cls), key=lambda f: _section_rank(f, section_order)):
         if "section" not in f.metadata:
@@ -83,6 +91,11 @@ def add_config_flags(parser, config_cls, section_order=()) -> None:
             default = " ".join(map(str, default))
         help_text = f.metadata["help"] + (f" (default: {default})" if default not in (None, "") else "")
         kwargs = dict(default=None, help=help_text)
+        if f.metadata.get("positional"):
+            groups[section].add_argument(f.name, type=tp, nargs="+" if many else None, help=help_text)
+            continue
+        if f.metadata.get("required"):
+            kwargs["required"] = True
         if tp is bool:
             groups[section].add_argument(option_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
             continue
@@ -95,10 +108,10 @@ def add_config_flags(parser, config_cls, section_order=()) -> None:
 
 def add_field_flag(parser, config_cls, name: str, **kwargs) -> None:
     """The flag of one field of `config_cls` for a command that is not a run (`scan-fast eval`): its type, choices
-    and help text, and the field's default as the flag's; `kwargs` go to argparse (e.g. required=True)."""
+    and help text, and the field's default as the flag's (or kwargs' default); `kwargs` go to argparse (e.g. required=True)."""
     f = config_cls.__dataclass_fields__[name]
     tp, choices, many = field_type(f.type)
-    default = None if f.default is MISSING else f.default
+    default = kwargs.pop("default", None if f.default is MISSING else f.default)
     shown = "" if kwargs.get("required") or default in (None, "") else f" (default: {default})"
     extra = {"choices": choices} if choices is not None else {"metavar": name.upper()}
     parser.add_argument(option_name(name), type=tp, nargs="+" if many else None, default=default,
