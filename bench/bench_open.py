@@ -55,27 +55,19 @@ RES, CONTEXT, BATCH, PART = 8, 8, 64, 1_000_000
 def write_tiny_beton(path, num_samples: int, first_id: int = 0, ffcv_layout: bool = False,
                      chunk: int = 1 << 20) -> None:
     """N CLIP samples (raw RES x RES image, CONTEXT int32 tokens, id = row) as a .beton, vectorised."""
-    from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType, TYPE_ID_HANDLER
-
+    from scan_fast.data.beton_layout import ALLOC_TABLE, HEADER, VERSION, field_table, sample_dtype
     from scan_fast.data.schema import clip_fields
 
     fields = clip_fields(CONTEXT, image_mode="raw")
-    type_ids = {v: k for k, v in TYPE_ID_HANDLER.items()}
-    descriptors = np.zeros(len(fields), dtype=FieldDescType)
-    for i, (name, field) in enumerate(fields.items()):
-        descriptors[i]["type_id"] = type_ids[type(field)]
-        descriptors[i]["name"][:len(name)] = np.frombuffer(name.encode(), np.uint8)
-        descriptors[i]["arguments"][:] = field.to_binary()[0]
-    from ffcv.types import get_metadata_type
-
-    meta_type = get_metadata_type(list(fields.values()))
+    descriptors = field_table([(name, spec.type_id, spec.arguments()) for name, spec in fields.items()])
+    meta_type = sample_dtype([spec.type_id for spec in fields.values()])
     image_bytes, token_bytes = RES * RES * 3, CONTEXT * 4
     sample_bytes = image_bytes + token_bytes
-    meta_start = HeaderType.itemsize + descriptors.nbytes
+    meta_start = HEADER.itemsize + descriptors.nbytes
     data_start = meta_start + num_samples * meta_type.itemsize
     table_ptr = data_start + num_samples * sample_bytes
-    header = np.zeros(1, HeaderType)
-    header["version"], header["num_fields"], header["page_size"] = CURRENT_VERSION, len(fields), 1 << 21
+    header = np.zeros(1, HEADER)
+    header["version"], header["num_fields"], header["page_size"] = VERSION, len(fields), 1 << 21
     header["num_samples"], header["alloc_table_ptr"] = num_samples, table_ptr
     rng = np.random.default_rng(num_samples)
     with open(path, "wb") as f:
@@ -103,7 +95,7 @@ def write_tiny_beton(path, num_samples: int, first_id: int = 0, ffcv_layout: boo
             order = np.concatenate([order[chunk_of % 2 == 0], order[chunk_of % 2 == 1]])
         for start in range(0, num_samples, chunk):
             rows = order[start:start + chunk]
-            table = np.zeros((len(rows), 2), ALLOC_TABLE_TYPE)
+            table = np.zeros((len(rows), 2), ALLOC_TABLE)
             table["sample_id"] = rows[:, None]
             table["ptr"][:, 0] = data_start + rows * sample_bytes
             table["ptr"][:, 1] = table["ptr"][:, 0] + image_bytes

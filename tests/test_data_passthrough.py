@@ -7,7 +7,7 @@ from PIL import Image
 
 from helpers import write_tar
 from scan_fast.data.beton import BetonFile, find_pointers
-from scan_fast.data.write.ffcv_writer import JPEG_MODE
+from scan_fast.data.beton_layout import IMAGE_MODES
 from scan_fast.data.write.from_image_folder import write_labelled_from_image_folder
 from scan_fast.data.write.from_webdataset import write_clip_from_webdataset
 from scan_fast.data.read.loaders import labelled_loader
@@ -72,7 +72,7 @@ def test_webdataset_jpegs_stored_as_they_are(tmp_path):
     stored = _stored(tmp_path / "pass.beton")
     assert len(stored) == len(sources)
     for (name, (data, kept)), (mode, width, height, raw) in zip(sources.items(), stored):
-        assert mode == JPEG_MODE
+        assert mode == IMAGE_MODES["jpg"]
         with Image.open(io.BytesIO(data)) as img:
             size = img.size
         assert (raw == data) == kept, name
@@ -89,12 +89,6 @@ def test_webdataset_jpegs_stored_as_they_are(tmp_path):
     assert not any(raw == data for (data, _), (*_, raw) in zip(sources.values(), _stored(tmp_path / "reencoded.beton")))
     raw_mode = write_clip_from_webdataset(tmp_path / "shard.tar", tmp_path / "raw.beton", image_mode="raw", **QUIET)
     assert raw_mode.jpegs_kept == 0
-
-
-def test_jpeg_mode_is_ffcvs():
-    from ffcv.fields.rgb_image import IMAGE_MODES
-
-    assert IMAGE_MODES["jpg"] == JPEG_MODE
 
 
 def test_loader_decodes_stored_jpegs_as_pil_does(tmp_path):

@@ -23,6 +23,7 @@ part folder's manifest, or beside a single file as `<file>.index.json`), so a
 loader never repeats it. `check_all()` is the full per-sample check, for
 `scan-fast data check` and write time.
 """
+import functools
 import hashlib
 import json
 import mmap
@@ -31,14 +32,12 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
-import numba
 import numpy as np
-from ffcv.fields import BytesField, JSONField, NDArrayField, RGBImageField
-from ffcv.types import (ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType, get_handlers,
-                        get_metadata_type)
 
 from scan_fast import _C
 
+from .beton_layout import (ALLOC_TABLE, CUSTOM, FIELD_DESC, HEADER, METADATA, RGB_IMAGE, VERSION, pointer_of,
+                           sample_dtype)
 from .regions import DataError, Located, open_for_reads, read_rows
 from .sorted_runs import merge_sorted_runs
 
@@ -50,14 +49,12 @@ _FINGERPRINT_BYTES = 4096
 
 
 def pointer_subfield(field) -> Optional[str]:
-    """Where a field's metadata keeps the address of its stored bytes: a sub-field name, "" when
-    the metadata is the address itself (arrays), None for fields stored in the metadata."""
-    if isinstance(field, RGBImageField):
-        return "data_ptr"
-    if isinstance(field, (BytesField, JSONField)):
-        return "ptr"
-    if isinstance(field, NDArrayField):  # TorchTensorField too
-        return ""
+    """Where an ffcv field's metadata keeps the address of its stored bytes (beton_layout.POINTER)."""
+    from ffcv.types import TYPE_ID_HANDLER
+
+    for type_id, handler in TYPE_ID_HANDLER.items():  # TorchTensorField is an NDArrayField: exact type
+        if handler is not None and type(field) is handler:
+            return pointer_of(type_id)
     return None
 
 
@@ -80,50 +77,67 @@ class BetonFile:
         self._mmap = None
         self._sorted_table = None
         self._fd = None
+        self._description = None
+
+    @property
+    def handlers(self) -> dict:
+        """ffcv's field objects by name (what the loaders build their decoders from), made on first use:
+        opening, checking and writing a file need only its layout (beton_layout.py), not ffcv."""
+        if self._handlers is None:
+            from ffcv.types import get_handlers
+
+            descriptors = np.frombuffer(self.descriptor_bytes, dtype=FIELD_DESC)
+            try:
+                handlers = get_handlers(descriptors)
+            except (KeyError, ValueError, TypeError) as err:
+                raise DataError(f"{self.path} has a field ffcv cannot read: {err}") from None
+            self._handlers = dict(zip(self.field_names, handlers))
+        return self._handlers
 
     # -- O(1) opening ---------------------------------------------------------------------------
     def _read_header(self):
         path, size = self.path, self.size
-        if size < HeaderType.itemsize:
+        if size < HEADER.itemsize:
             raise DataError(f"{path} is not a .beton: {size} bytes, shorter than the header")
         with open(path, "rb") as f:
-            head = f.read(HeaderType.itemsize)
-            header = np.frombuffer(head, dtype=HeaderType, count=1)[0]
-            if int(header["version"]) != CURRENT_VERSION:
+            head = f.read(HEADER.itemsize)
+            header = np.frombuffer(head, dtype=HEADER, count=1)[0]
+            if int(header["version"]) != VERSION:
                 raise DataError(f"{path} is not a .beton (format version {int(header['version'])}, "
-                                f"expected {CURRENT_VERSION})")
+                                f"expected {VERSION})")
             num_fields, num_samples = int(header["num_fields"]), int(header["num_samples"])
             page_size, table_ptr = int(header["page_size"]), int(header["alloc_table_ptr"])
             if not 0 < num_fields <= 64 or page_size <= 0 or page_size & (page_size - 1):
                 raise DataError(f"{path} is not a .beton (implausible header: {num_fields} fields, "
                                 f"page size {page_size})")
-            descriptors_end = HeaderType.itemsize + num_fields * FieldDescType.itemsize
+            descriptors_end = HEADER.itemsize + num_fields * FIELD_DESC.itemsize
             if descriptors_end > size:
                 raise DataError(f"{path} is truncated: {size} bytes, field table ends at {descriptors_end}")
-            self.descriptor_bytes = f.read(num_fields * FieldDescType.itemsize)
+            self.descriptor_bytes = f.read(num_fields * FIELD_DESC.itemsize)
             self.header_bytes = head
-        descriptors = np.frombuffer(self.descriptor_bytes, dtype=FieldDescType)
+        descriptors = np.frombuffer(self.descriptor_bytes, dtype=FIELD_DESC)
         self.field_names = [bytes(d["name"]).rstrip(b"\0").decode("ascii", "replace") for d in descriptors]
-        try:
-            handlers = get_handlers(descriptors)
-        except (KeyError, ValueError, TypeError) as err:
-            raise DataError(f"{path} has a field ffcv cannot read: {err}") from None
-        if any(h is None for h in handlers):
-            raise DataError(f"{path} has custom fields {[n for n, h in zip(self.field_names, handlers) if h is None]}, "
-                            f"which scan-fast cannot read")
-        self.handlers = dict(zip(self.field_names, handlers))
-        self.metadata_type = get_metadata_type(handlers)
+        type_ids = [int(t) for t in descriptors["type_id"]]
+        custom = [n for n, t in zip(self.field_names, type_ids) if t == CUSTOM]
+        if custom:
+            raise DataError(f"{path} has custom fields {custom}, which scan-fast cannot read")
+        unknown = [t for t in type_ids if t not in METADATA]
+        if unknown:
+            raise DataError(f"{path} has a field ffcv cannot read: unknown type id {unknown[0]}")
+        self.field_types = dict(zip(self.field_names, type_ids))
+        self._handlers = None
+        self.metadata_type = sample_dtype(type_ids)
         self.num_samples, self.page_size, self.table_ptr = num_samples, page_size, table_ptr
         self.metadata_offset = descriptors_end
         metadata_end = descriptors_end + num_samples * self.metadata_type.itemsize
-        if table_ptr == 0 or table_ptr > size or (size - table_ptr) % ALLOC_TABLE_TYPE.itemsize:
+        if table_ptr == 0 or table_ptr > size or (size - table_ptr) % ALLOC_TABLE.itemsize:
             raise DataError(f"{path} is truncated or unfinished: allocation table at byte {table_ptr}, "
                             f"file has {size} bytes")
         if metadata_end > table_ptr:
             raise DataError(f"{path} is truncated or corrupt: its {num_samples} samples' metadata ends at byte "
                             f"{metadata_end}, past the allocation table at {table_ptr}")
-        self.num_allocations = (size - table_ptr) // ALLOC_TABLE_TYPE.itemsize
-        self.per_sample = sum(pointer_subfield(h) is not None for h in handlers)
+        self.num_allocations = (size - table_ptr) // ALLOC_TABLE.itemsize
+        self.per_sample = sum(pointer_of(t) is not None for t in type_ids)
         # Each sample holds one allocation per variable-size field, so a table cut short or a
         # sample written only in part shows up as a count that is off.
         if self.num_allocations != self.per_sample * num_samples:
@@ -179,7 +193,7 @@ class BetonFile:
     @property
     def table(self) -> np.ndarray:
         """The allocation table (mapped) in file order: (sample_id, ptr, size) per stored value."""
-        return np.frombuffer(self._map(), dtype=ALLOC_TABLE_TYPE, count=self.num_allocations,
+        return np.frombuffer(self._map(), dtype=ALLOC_TABLE, count=self.num_allocations,
                              offset=self.table_ptr)
 
     def pointer_index(self) -> np.ndarray:
@@ -222,8 +236,7 @@ class BetonFile:
         """(index in the pointer index, size) of each stored value at `ptrs`: in a file whose own table is
         sorted by pointer (our writers'), searched with pread (only the probed records are read: a mapped
         table would page in whole folios around each probe); otherwise in the cached sorted copy."""
-        record = self.record if self.record is not None else self.describe()
-        if record["ptr_sorted"]:
+        if (self.record if self.record is not None else self.describe())["ptr_sorted"]:
             return _C.find_sorted_pointers(self.file_descriptor(), self.table_ptr, self.num_allocations, ptrs)
         index = self.pointer_index()
         found = find_pointers(index["ptr"], ptrs)
@@ -247,7 +260,13 @@ class BetonFile:
             yield start, array[start:start + rows]
 
     def describe(self) -> dict:
-        """What a loader needs to know that takes a pass over the file: see the module docstring."""
+        """What a loader needs to know that takes a pass over the file: see the module docstring. The
+        pass is made once per opening (a write checks the file, then records this)."""
+        if self._description is None:
+            self._description = self._describe()
+        return dict(self._description)
+
+    def _describe(self) -> dict:
         table, previous_end, ptr_sorted = self.table, 0, True
         for _, part in self.chunks(table):
             ptr = part["ptr"]
@@ -255,8 +274,8 @@ class BetonFile:
                 ptr_sorted = bool(ptr[0] >= previous_end and np.all(ptr[1:] >= ptr[:-1] + part["size"][:-1]))
                 previous_end = int(ptr[-1]) + int(part["size"][-1])
         bounds = {}
-        for i, (name, field) in enumerate(self.handlers.items()):
-            if isinstance(field, RGBImageField):
+        for i, (name, type_id) in enumerate(self.field_types.items()):
+            if type_id == RGB_IMAGE:
                 height = width = 0
                 for _, part in self.chunks(self.metadata[f"f{i}"]):
                     if len(part):
@@ -285,11 +304,11 @@ class BetonFile:
                                 f"lies outside the data region or names a sample past {self.num_samples}")
             if len(ends):
                 previous_end = int(ends[-1])
-        names = list(self.handlers)
+        names = list(self.field_types)
         for start, rows in self.chunks(self.metadata):
             sample = np.arange(start, start + len(rows), dtype=np.uint64)
             for i, name in enumerate(names):
-                sub = pointer_subfield(self.handlers[name])
+                sub = pointer_of(self.field_types[name])
                 column = rows[f"f{i}"]
                 if sub is None:
                     if name == "id":
@@ -300,7 +319,7 @@ class BetonFile:
                                             f"not its row (ids must be 0 .. N-1 in file order)")
                     continue
                 ptrs = np.ascontiguousarray(column[sub] if sub else column, dtype=np.uint64)
-                found = find_pointers(index["ptr"], ptrs)
+                found = self._find_values(ptrs)[0]
                 owner = np.where(found >= 0, index["sample_id"][np.maximum(found, 0)], np.uint64(2 ** 63))
                 bad = np.flatnonzero((found < 0) | (owner != sample))
                 if bad.size:
@@ -311,14 +330,26 @@ class BetonFile:
                 progress(len(rows))
 
 
-@numba.njit(nogil=True, cache=True)
 def find_pointers(sorted_ptrs, queries):
     """Index in `sorted_ptrs` (ascending, unique, any stride) of each query; -1 where absent.
 
-    Compiled, because numpy's searchsorted would copy a strided table first. Interpolation steps
-    alternate with halvings: pointers grow almost linearly along a written table, so a value is
-    usually found in one to three probes (each a page of a mapped table touched) instead of
-    log2(N), and never in more than twice log2(N)."""
+    Compiled by numba on first use (importing numba costs a second, which opening, checking and
+    writing our files never pay: their tables are searched by the engine, `_C.find_sorted_pointers`),
+    because numpy's searchsorted would copy a strided table first. Interpolation steps alternate with
+    halvings: pointers grow almost linearly along a written table, so a value is usually found in one
+    to three probes (each a page of a mapped table touched) instead of log2(N), and never in more
+    than twice log2(N)."""
+    return _compiled_find_pointers()(sorted_ptrs, queries)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_find_pointers():
+    import numba
+
+    return numba.njit(nogil=True, cache=True)(_find_pointers)
+
+
+def _find_pointers(sorted_ptrs, queries):
     out = np.empty(queries.shape[0], np.int64)
     n = sorted_ptrs.shape[0]
     for q in range(queries.shape[0]):
@@ -417,7 +448,7 @@ def _sorted_table_file(beton: BetonFile) -> Path:
                 table = np.load(candidate, mmap_mode="r")
             except (OSError, ValueError):
                 continue
-            if table.dtype == ALLOC_TABLE_TYPE and len(table) == beton.num_allocations:
+            if table.dtype == ALLOC_TABLE and len(table) == beton.num_allocations:
                 return candidate
     return _build_sorted_table(beton, fingerprint)
 
@@ -438,7 +469,7 @@ def _build_sorted_table(beton: BetonFile, fingerprint: str) -> Path:
                 fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
                 with os.fdopen(fd, "wb") as out:
                     np.lib.format.write_array_header_1_0(
-                        out, {"descr": np.lib.format.dtype_to_descr(ALLOC_TABLE_TYPE), "fortran_order": False,
+                        out, {"descr": np.lib.format.dtype_to_descr(ALLOC_TABLE), "fortran_order": False,
                               "shape": (len(table),)})
                     for block in merge_sorted_runs(runs, "ptr"):
                         out.write(block.tobytes())

@@ -24,7 +24,9 @@ _WORD_CACHE = 1 << 18  # words whose ids are kept (the cache starts again when f
 
 @lru_cache(maxsize=1)
 def _simple_tokenizer():
-    return _open_clip_tokenizer().SimpleTokenizer()
+    module = _open_clip_tokenizer()
+    made = getattr(module, "_tokenizer", None)  # the file makes a default one as it loads: a quarter second
+    return made if type(made) is module.SimpleTokenizer else module.SimpleTokenizer()
 
 
 def _open_clip_tokenizer():

@@ -8,8 +8,9 @@ ffcv 1.0.2's public DatasetWriter.from_indexed_dataset runs the private `_write_
   segment), and its progress bar is always drawn, into log files too.
 - `finalize` stores the allocation table in the order the workers finished; here it is sorted by
   pointer, the order in which the loaders look stored values up (beton.py).
-The workers encode an RGBImageField's value through _ImageEncoder, which also takes a source JPEG
-to store as it is (images.StoredJpeg); the file's field table still names ffcv's RGBImageField.
+The writer takes schema.py's field descriptions; the workers encode each value through them (an
+image field also takes a source JPEG to store as it is, schema.StoredJpeg), and the file's field
+table is that of the ffcv fields they describe.
 The overrides use DatasetWriter's prepare() and the attributes it sets (metadata_sm,
 metadata_start, data_region_start, header), as of ffcv 1.0.2 (requirements.txt pins it).
 """
@@ -22,17 +23,11 @@ from multiprocessing import Process, Queue, Value
 from typing import Callable
 
 import numpy as np
-from ffcv.fields import RGBImageField
 from ffcv.memory_allocator import MemoryAllocator
-from ffcv.types import ALLOC_TABLE_TYPE
 from ffcv.writer import DatasetWriter
 from tqdm import tqdm
 
-from .images import StoredJpeg
-
-# ffcv.fields.rgb_image.IMAGE_MODES["jpg"]: a numba typed dict, whose first lookup from Python
-# compiles code for a second or so in every writing process (a test checks the two agree).
-JPEG_MODE = 0
+from ..beton_layout import ALLOC_TABLE
 
 
 class CheckedDatasetWriter(DatasetWriter):
@@ -40,7 +35,9 @@ class CheckedDatasetWriter(DatasetWriter):
 
     def __init__(self, fname, fields, page_size, num_workers, progress: bool):
         self.errors: Queue = Queue()  # a failing row's message, from the worker to this process
-        super().__init__(fname, fields, page_size=page_size, num_workers=num_workers)
+        self.specs = fields  # schema.py's descriptions: they encode the values
+        super().__init__(fname, {name: spec.ffcv_field for name, spec in fields.items()}, page_size=page_size,
+                         num_workers=num_workers)
         self.progress = progress
 
     def write(self, num_rows: int, make_sample: Callable[[int], tuple], describe: Callable[[int], str],
@@ -60,9 +57,7 @@ class CheckedDatasetWriter(DatasetWriter):
         allocations_queue: Queue = Queue()
         done = Value(ctypes.c_uint64, 0)
         allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
-        encoders = {name: _ImageEncoder(field) if type(field) is RGBImageField else field
-                    for name, field in self.fields.items()}
-        args = (work, self.metadata_sm, self.metadata_type, encoders, allocator, done,
+        args = (work, self.metadata_sm, self.metadata_type, self.specs, allocator, done,
                 allocations_queue, *extra_worker_args)
         workers = [Process(target=_worker, args=(os.getpid(), work_fn, *args)) for _ in range(self.num_workers)]
         allocations, finished = [], 0
@@ -97,7 +92,7 @@ class CheckedDatasetWriter(DatasetWriter):
     def finalize(self, allocations) -> None:
         """ffcv's finalize, with the allocation table sorted by pointer: the order the loaders look
         stored values up in (beton.py), so a loader never has to sort it."""
-        table = np.array([tuple(a) for a in allocations], dtype=ALLOC_TABLE_TYPE)
+        table = np.array([tuple(a) for a in allocations], dtype=ALLOC_TABLE)
         table.sort(order="ptr", kind="stable")
         with open(self.fname, "r+b") as fp:
             fp.seek(self.metadata_start)
@@ -113,26 +108,6 @@ class CheckedDatasetWriter(DatasetWriter):
             return self.errors.get(timeout=1.0)
         except queue.Empty:
             return f"a writer process exited with code {exitcode} (its traceback is above)"
-
-
-class _ImageEncoder:
-    """An RGBImageField's encode that also stores a StoredJpeg's bytes as they are, with the
-    metadata RGBImageField.encode writes for a JPEG it encoded itself: mode jpg, the image's
-    height and width, and the pointer to its bytes."""
-
-    def __init__(self, field: RGBImageField):
-        self.field = field
-
-    def encode(self, destination, value, malloc):
-        if not isinstance(value, StoredJpeg):
-            return self.field.encode(destination, value, malloc)
-        if self.field.write_mode != "jpg":
-            raise ValueError(f"a JPEG's bytes cannot be stored in an image field with write_mode "
-                             f"{self.field.write_mode!r}")
-        destination["mode"] = JPEG_MODE
-        destination["height"], destination["width"] = value.height, value.width
-        destination["data_ptr"], storage = malloc(len(value.data))
-        storage[:] = np.frombuffer(value.data, dtype=np.uint8)
 
 
 def _worker(parent_pid: int, work_fn, *args):

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .jpeg_header import JpegHeaderError, jpeg_info, reencode_reason
+from ..schema import StoredJpeg
 from .tables import BadRow
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -58,19 +59,6 @@ def shrink(image: np.ndarray, max_resolution: Optional[int]) -> np.ndarray:
         image = cv2.resize(image, tuple(int(x) for x in np.maximum((ratio * size).astype(int), 1)),
                            interpolation=cv2.INTER_AREA)
     return image
-
-
-@dataclass(frozen=True)
-class StoredJpeg:
-    """A source JPEG kept as it is, with the size its frame header gives (what the .beton's image
-    metadata records, as for a JPEG that ffcv encoded)."""
-    data: bytes
-    width: int
-    height: int
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.data)
 
 
 def passthrough_jpeg(data: bytes, max_resolution: Optional[int]) -> Optional[StoredJpeg]:

@@ -214,20 +214,18 @@ def _jpeg_headers(shard: str, refs, max_resolution: Optional[int]) -> list:
 
 def _write_side(target: Path, refs, where, largest: int, max_resolution, jpeg_quality) -> dict:
     """The side .beton of a part: its images converted as `data clip` converts them; its record."""
-    from ffcv.fields import IntField
-
     from ..beton import BetonFile, load_record
-    from ..schema import image_field
+    from ..schema import IntSpec, image_field
     from .rows import write_rows
 
-    fields = {"image": image_field("jpg", jpeg_quality, max_resolution), "id": IntField()}
+    fields = {"image": image_field("jpg", jpeg_quality, max_resolution), "id": IntSpec()}
     side_summary = WriteSummary(path=str(target), rows_read=len(refs))
 
     def make_sample(i):
         return stored_image(refs[i].read(), max_resolution), i
 
     write_rows(target, fields, len(refs), make_sample, side_summary, describe=lambda i: where[i], num_workers=1,
-               max_sample_bytes=largest, progress=False)
+               max_sample_bytes=largest, progress=False, in_process=True)
     side = BetonFile(target)
     record = load_record(side, progress=False)
     side.close()

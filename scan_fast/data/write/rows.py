@@ -10,13 +10,12 @@ import signal
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ffcv.writer import MIN_PAGE_SIZE
-
 from scan_fast.outputs import check_output, partial_path, remove_stale_partials
 
 from ..beton import BetonFile, save_record
 from ..classes import save_class_names
-from .ffcv_writer import CheckedDatasetWriter
+from ..beton_layout import MIN_PAGE_SIZE
+from .beton_writer import write_beton
 from .images import stored_image
 from .options import WriteOptions
 from .row_checks import check_images, check_num_workers, tokenize_captions
@@ -26,6 +25,7 @@ from .summary import WriteSummary
 from ..tokenize import CaptionTokenizer
 
 DEFAULT_PAGE_SIZE = MIN_PAGE_SIZE  # grown to fit the largest sample
+ENCODED_IN_PROCESS = 100  # write_image_rows: at most 1 row in 100 encoded here, in one process
 
 
 class _Terminated(BaseException):
@@ -46,8 +46,10 @@ def _page_size_for(max_sample_bytes: int) -> int:
 def write_rows(target, fields: Dict, num_rows: int, make_sample: Callable[[int], tuple],
                summary: WriteSummary, describe: Callable[[int], str] = str,
                num_workers: int = 1, max_sample_bytes: int = 0, progress: bool = True,
-               companions: Sequence[Tuple[Path, Path]] = ()) -> WriteSummary:
-    """Write samples 0..num_rows-1 to `target` via a temporary file renamed into place on success.
+               companions: Sequence[Tuple[Path, Path]] = (), in_process: bool = False) -> WriteSummary:
+    """Write samples 0..num_rows-1 to `target` via a temporary file renamed into place on success:
+    by ffcv's writer in `num_workers` processes, or with `in_process` by beton_writer.write_beton in
+    this one (the same file as one ffcv worker writes; no ffcv import for rows that need no encoding).
 
     companions: (temporary, final) files written for this target (source_ids.stage_ids), renamed
     just before it, so a target under its final name always has them; removed on failure."""
@@ -59,12 +61,17 @@ def write_rows(target, fields: Dict, num_rows: int, make_sample: Callable[[int],
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(target)
     partial = partial_path(target)
-    writer = CheckedDatasetWriter(str(partial), fields, _page_size_for(max_sample_bytes),
-                                  max(1, min(num_workers, num_rows)), progress)
+    page_size = _page_size_for(max_sample_bytes)
     on_main_thread = _is_main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
-        writer.write(num_rows, make_sample, describe, chunksize=max(1, min(256, num_rows // max(1, num_workers))))
+        if in_process:
+            write_beton(partial, fields, num_rows, make_sample, describe, page_size, progress)
+        else:
+            from .ffcv_writer import CheckedDatasetWriter  # imports ffcv
+
+            writer = CheckedDatasetWriter(str(partial), fields, page_size, max(1, min(num_workers, num_rows)), progress)
+            writer.write(num_rows, make_sample, describe, chunksize=max(1, min(256, num_rows // max(1, num_workers))))
         written = BetonFile(partial)
         written.check_all()  # the full per-sample check, once, while the file is in the page cache
         record = {**written.describe(), "file": target.name}
@@ -103,11 +110,17 @@ def write_image_rows(target, fields, refs, where, extras: List[dict], summary, o
     may stage files to keep beside the target (write_rows' companions).
 
     A JPEG field stores a source JPEG's bytes as they are where images.passthrough_jpeg allows,
-    unless options.reencode (every image decoded and re-encoded at the field's jpeg_quality)."""
+    unless options.reencode (every image decoded and re-encoded at the field's jpeg_quality). This
+    process writes the file itself (write_rows' in_process) with one writer process, or when at most
+    one row in ENCODED_IN_PROCESS needs encoding: then there is little to spread over ffcv's writer
+    processes, and the rows stored as they are need no ffcv import."""
     num_workers, strict, progress = check_num_workers(options.num_workers), options.strict, options.progress
     max_resolution = fields["image"].max_resolution
     passthrough = fields["image"].write_mode == "jpg" and not options.reencode
+    kept_before = summary.jpegs_kept
     good, largest = check_images(refs, where, summary, strict, num_workers, progress, max_resolution, passthrough)
+    to_encode = len(good) - (summary.jpegs_kept - kept_before)
+    in_process = num_workers == 1 or to_encode * ENCODED_IN_PROCESS <= len(good)
     names = list(fields)
 
     def make_sample(i):
@@ -119,7 +132,7 @@ def write_image_rows(target, fields, refs, where, extras: List[dict], summary, o
     companions = before_write(good) if before_write is not None and good else ()
     return write_rows(target, fields, len(good), make_sample, summary,
                       describe=lambda i: where[good[i]], num_workers=num_workers,
-                      max_sample_bytes=largest, progress=progress, companions=companions)
+                      max_sample_bytes=largest, progress=progress, companions=companions, in_process=in_process)
 
 
 def write_clip_rows(target, refs, captions, where, summary, context_length: int, options: WriteOptions,
