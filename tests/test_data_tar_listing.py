@@ -6,6 +6,7 @@ import io
 import os
 import tarfile
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -108,3 +109,17 @@ def test_cut_or_damaged_tar_stops_where_tarfile_stops(tmp_path_factory, data, dr
                 assert end == tar.offset
     except tarfile.ReadError:  # tarfile cannot open it: neither can we
         assert stop == "not_tar" and found == []
+
+
+def test_shards_are_named_by_path_folder_glob_or_brace_pattern(tmp_path):
+    from scan_fast.data.write.tar_shards import expand_shards
+
+    names = [tmp_path / f"shard-{i:03d}.tar" for i in range(3)]
+    for path in names:
+        path.write_bytes(b"")
+    expected = [str(p) for p in names]
+    assert expand_shards(str(tmp_path / "shard-{000..002}.tar")) == expected
+    assert expand_shards(str(tmp_path)) == expected == expand_shards(str(tmp_path / "shard-*.tar"))
+    assert expand_shards([str(names[2]), str(tmp_path / "shard-{000..001}.tar")]) == expected[2:] + expected[:2]
+    with pytest.raises(FileNotFoundError, match=r"webdataset shard .*shard-003\.tar does not exist"):
+        expand_shards(str(tmp_path / "shard-{000..003}.tar"))

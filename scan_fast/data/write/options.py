@@ -110,8 +110,9 @@ def out_flag(help: str):
 class ClipSource:
     """`data clip`'s source and target (its options are a ConversionFlags)."""
     table: Optional[str] = flag(None, "CSV/TSV/JSONL with an image path and a caption per row", "source")
-    webdataset: Optional[Sequence[str]] = flag(None, "tar shards, a folder of them, or a glob (a repeated key, or a "
-                                                     "shard cut short, is a skipped row: --strict stops)", "source")
+    webdataset: Optional[Sequence[str]] = flag(None, "tar shards, a folder of them, a glob or a brace pattern "
+                                                     "(shard-{000..099}.tar) (a repeated key, or a shard cut short, is "
+                                                     "a skipped row: --strict stops)", "source")
     out: str = out_flag("target .beton, or the part folder with --samples-per-part")
     image_root: Optional[str] = flag(None, "folder that table image paths are relative to", "source")
     image_column: Optional[str] = flag(None, "table column holding the image path", "source")
@@ -141,6 +142,7 @@ class ImageFolderSource:
 @dataclass(frozen=True)
 class IndexSource:
     """`data index`'s source and target (its options are an IndexOptions)."""
-    webdataset: Sequence[str] = flag(None, "tar shards, a folder of them, or a glob (indexed in the order given; a "
-                                           "folder's *.tar sorted by name)", "source", required=True)
+    webdataset: Sequence[str] = flag(None, "tar shards, a folder of them, a glob or a brace pattern "
+                                           "(shard-{000..099}.tar) (indexed in the order given; a folder's *.tar "
+                                           "sorted by name)", "source", required=True)
     out: str = out_flag("the index folder to write")

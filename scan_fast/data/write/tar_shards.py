@@ -14,6 +14,8 @@ import json
 import os
 from typing import Dict, List, Tuple, Union
 
+from braceexpand import braceexpand
+
 from scan_fast import _C
 
 from .images import TarImage
@@ -26,12 +28,16 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # the first a sample has is i
 
 
 def expand_shards(shards) -> List[str]:
-    """The .tar files of a path, a folder (its *.tar sorted by name), a glob, or a list of them."""
+    """The .tar files of a path, a folder (its *.tar sorted by name), a glob, a brace pattern as
+    webdataset takes it (shard-{000..099}.tar: every name must exist), or a list of them."""
     if isinstance(shards, (str, os.PathLike)):
         shards = [shards]
     paths = []
     for item in shards:
         item = os.fspath(item)
+        if "{" in item and not os.path.exists(item):
+            paths += expand_shards(list(braceexpand(item)))
+            continue
         if os.path.isdir(item):
             paths += sorted(glob.glob(os.path.join(item, "*.tar")))
         elif any(ch in item for ch in "*?["):
