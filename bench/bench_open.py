@@ -17,7 +17,7 @@ Variants:
   DatasetWriter leaves it (each of its two workers' allocations in turn, so unsorted); its first
   open builds the sorted table once and caches it beside the file (timed apart), the reported
   open is the second;
-- "part folder": the same rows as parts of 10^6 samples with a manifest;
+- "part folder": the same rows as parts of 10^6 samples (--part-size) with a manifest;
 - "in-place index": an index of webdataset shards (`data index`) of 10^6 samples a shard, whose
   images are 8 x 8 JPEGs read from the shard files (a shard here is 1024 JPEGs that its rows share);
 - "ffcv Reader + OS cache (before)": the loader path before this data layer: ffcv's Loader with
@@ -146,12 +146,12 @@ def make_variant(variant: str, n: int, root: Path) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     if variant == "in-place index":
-        folder = root / f"index{n}"
+        folder = root / f"index{n}-{PART}"
         if not (folder / "manifest.json").exists():
             write_tiny_index(folder, n)
         return folder
     if variant == "part folder":
-        folder = root / f"parts{n}"
+        folder = root / f"parts{n}-{PART}"
         if not (folder / "manifest.json").exists():
             from scan_fast.data.write.parts import part_path, write_manifest
 
@@ -245,6 +245,7 @@ def run_measure(variant: str, path: Path, repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
+    global PART
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs=2, type=float, default=[1e6, 1e7], metavar="N",
                         help="the two data set sizes of the new path (default 1e6 1e7)")
@@ -254,8 +255,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="fresh processes per measurement (median)")
     parser.add_argument("--variants", nargs="+", help="only these variants (names as in the table)")
     parser.add_argument("--quick", action="store_true", help="skip the path before")
+    parser.add_argument("--part-size", type=float, default=PART,
+                        help="samples per part (part folder) and per shard (index), default 1e6: at a fixed N, "
+                             "two part sizes tell what each part opened costs from what each sample costs")
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    PART = int(args.part_size)
     if args.measure:
         print(json.dumps(measure(*args.measure)))
         return 0
