@@ -7,31 +7,26 @@ import argparse
 import sys
 
 
-
 def add_simulate_parser(sub):
     p = sub.add_parser(
         "simulate",
         help="run the SCAN engine on a simulated loss stream and print the schedule",
         description="Run the SCAN schedule on a simulated per-sample loss stream.",
     )
-    p.add_argument("--out", default="simulate_out", help="folder for the outputs")
-    p.add_argument("--num-samples", type=int, default=200_000)
-    p.add_argument("--epochs", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--seed", type=int, default=0)
+    from scan_fast.flags import add_field_flags
+    from scan_fast.simulate import SimulateFlags
+
+    add_field_flags(p, SimulateFlags)
     p.set_defaults(run=_run_simulate)
 
 
 def _run_simulate(args):
-    from scan_fast.simulate import run_demo
+    from dataclasses import asdict
 
-    return run_demo(
-        out=args.out,
-        num_samples=args.num_samples,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+    from scan_fast.flags import config_from_args
+    from scan_fast.simulate import SimulateFlags, run_demo
+
+    return run_demo(**asdict(config_from_args(args, SimulateFlags)))
 
 
 BENCHMARKS = ("mutation", "index", "loss", "loader", "kernels_gpu", "scale", "convert")

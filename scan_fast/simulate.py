@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scan_fast.flags import flag
 from scan_fast.schedule.inputs import check_int
 
 ILL, REDUNDANT, NORMAL = 0, 1, 2
@@ -132,6 +133,18 @@ def _plot_png(stats) -> bytes:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return buffer.getvalue()
+
+
+@dataclass
+class SimulateFlags:
+    """`scan-fast simulate`'s arguments (run_demo's)."""
+    out: str = flag("simulate_out", "folder for the outputs", "simulation")
+    num_samples: int = flag(200_000, "samples in the simulated data set", "simulation")
+    epochs: int = flag(16, "epochs of the schedule", "simulation")
+    batch_size: int = flag(4096, "samples a batch (the paper's per-batch candidates are taken from each)",
+                           "simulation")
+    seed: int = flag(0, "seed of the simulated losses, the batch order and the schedule's keyed choices",
+                     "simulation")
 
 
 def run_demo(out: str, num_samples: int = 200_000, epochs: int = 16, batch_size: int = 4096,

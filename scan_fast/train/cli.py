@@ -10,7 +10,8 @@ evaluate.py (`evaluate_checkpoint`) and coreset.py (`export_coreset`).
 import sys
 
 from scan_fast.train.config import SECTIONS, ClipConfig, MocoConfig, TrainConfig
-from scan_fast.flags import add_config_flags, add_field_flag, config_from_args
+from scan_fast.flags import add_config_flags, add_field_flag, add_field_flags, config_from_args
+from scan_fast.train.coreset import CoresetExport
 
 def add_train_parsers(sub) -> None:
     train = sub.add_parser("train", help="pre-train CLIP or MoCo v3 with SCAN or a baseline pruning strategy",
@@ -53,24 +54,14 @@ def add_coreset_parser(sub) -> None:
                                             "candidates) for --prune static --coreset, or for DataComp's "
                                             "resharder. A checkpoint from before the run's first completed "
                                             "preparation epoch is refused.")
-    export.add_argument("checkpoint", help="a SCAN run's checkpoint (e.g. runs/NAME/checkpoints/latest.pt)")
-    export.add_argument("--out", required=True, help="file to write")
-    export.add_argument("--format", choices=("ids", "keys", "datacomp"), default="ids",
-                        help="ids: the global sample ids, one a line (default); keys: the webdataset keys, one a "
-                             "line, under a '# scan-fast keys' line; datacomp: the uids as a sorted .npy of "
-                             "dtype u8,u8 (high, low 64 bits), what DataComp's resharder reads")
-    export.add_argument("--data", help="the training data set whose keys or uids to write (default: the "
-                                       "checkpoint's --train-data)")
-    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_field_flags(export, CoresetExport)
     export.set_defaults(run=_run_coreset_export)
 
 
 def _run_coreset_export(args):
-    from scan_fast.train.coreset import export_coreset
-
-    count = export_coreset(args.checkpoint, args.out, overwrite=args.overwrite, fmt=args.format, data=args.data)
-    print(f"wrote {count} {'ids' if args.format == 'ids' else 'keys' if args.format == 'keys' else 'uids'} "
-          f"to {args.out}")
+    export = config_from_args(args, CoresetExport)
+    count = export.run()
+    print(f"wrote {count} {dict(ids='ids', keys='keys', datacomp='uids')[export.format]} to {export.out}")
     return 0
 
 

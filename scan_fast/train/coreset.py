@@ -1,8 +1,31 @@
 """`scan-fast coreset export`: the coreset of a SCAN checkpoint, as ids, webdataset keys or DataComp uids."""
 import os
-from dataclasses import fields
+from dataclasses import dataclass, fields
+from typing import Literal, Optional
 
+from scan_fast.flags import check_choices, flag
 from scan_fast.train.config import PRUNE_MODES, TrainConfig
+
+
+@dataclass
+class CoresetExport:
+    """`scan-fast coreset export`'s arguments (export_coreset's)."""
+    checkpoint: str = flag(None, "a SCAN run's checkpoint (e.g. runs/NAME/checkpoints/latest.pt)", "export",
+                           positional=True)
+    out: str = flag(None, "file to write", "export", required=True)
+    format: Literal["ids", "keys", "datacomp"] = flag(
+        "ids", "ids: the global sample ids, one a line; keys: the webdataset keys, one a line, under a "
+               "'# scan-fast keys' line; datacomp: the uids as a sorted .npy of dtype u8,u8 (high, low 64 bits), "
+               "what DataComp's resharder reads", "export")
+    data: Optional[str] = flag(None, "the training data set whose keys or uids to write (default: the checkpoint's "
+                                     "--train-data)", "export")
+    overwrite: bool = flag(False, "replace --out if it exists", "export")
+
+    def __post_init__(self):
+        check_choices(self)
+
+    def run(self) -> int:
+        return export_coreset(self.checkpoint, self.out, overwrite=self.overwrite, fmt=self.format, data=self.data)
 
 
 def export_coreset(checkpoint: str, out: str, overwrite: bool = True, fmt: str = "ids", data=None) -> int:
