@@ -7,7 +7,8 @@ processes, as a job would (start-up and imports are part of what a job pays):
 
 - `re-encode`: `data clip --reencode`, every image decoded, shrunk and re-encoded (the writers'
   only path before passthrough);
-- `passthrough`: `data clip`, each source JPEG stored as it is (checked by a 1/8-scale decode);
+- `passthrough`: `data clip`, each source JPEG stored as it is (checked by a 1/8-scale decode
+  with libjpeg-turbo, which refuses what the loader's decoder refuses);
 - `index`: `data index`, the shards indexed in place (tar and JPEG headers, captions tokenized; no
   image decoded, re-encoded or copied);
 - `..., 2 processes`: two `--part-range` jobs started together, each over half the parts (the one
@@ -21,8 +22,8 @@ interleaved and the median is reported. The 2-process folder is checked to equal
 way to turn the same shards into a data set (an index, say) is one more entry.
 
 Also printed: the start-up of one process (`data clip --help`, and importing the writers), and the
-row check's decode of a passthrough JPEG at 1/8 scale against a full decode, in time and in broken
-files found (the shards' JPEGs cut short, or with 4 bytes overwritten).
+row check's decode of a passthrough JPEG at 1/8 scale against the loader's full decode and PIL's, in
+time and in broken files found (the shards' JPEGs cut short, or with 4 bytes overwritten).
 
     .venv/bin/python bench/bench_convert.py [--shards 40] [--per-shard 500] [--resolution 256] [--rounds 1]
 """
@@ -151,10 +152,36 @@ def fingerprints(folder):
 
 
 def decode_check(shard, count=300, seed=0):
-    """The row check's 1/8-scale decode of a passthrough JPEG against a full decode: ms per image,
-    and how many of `count` broken copies each rejects (cut at a random byte, or 4 bytes overwritten)."""
+    """The row check's 1/8-scale decode of a passthrough JPEG (libjpeg-turbo, as the loader decodes) against
+    the loader's own full-size decode (ffcv's imdecode), PIL's full decode and PIL's 1/8-scale draft decode
+    (the check before): ms per image, and how many of `count` broken copies each rejects (cut at a random
+    byte, or 4 bytes overwritten)."""
+    import numba
+    from ffcv.libffcv import imdecode
+
     from scan_fast.data.write.images import check_jpeg_decodes, decode_image
+    from scan_fast.data.write.jpeg_header import JpegHeaderError, jpeg_info
     from scan_fast.data.write.tables import BadRow
+
+    loader_decode = numba.njit(imdecode)
+
+    def loader(data):  # the loader's verdict: any error or warning is a failed image
+        try:
+            header = jpeg_info(data)
+        except JpegHeaderError as err:
+            raise BadRow("undecodable image", str(err)) from None
+        out = np.zeros(header.height * header.width * 3, np.uint8)
+        if loader_decode(np.frombuffer(data, np.uint8), out, header.height, header.width, header.height,
+                         header.width, 0, 0, 1, 1, False, False) != 0:
+            raise BadRow("undecodable image", "imdecode failed")
+
+    def pil_draft(data):
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+                img.load()
+        except Exception as err:
+            raise BadRow("undecodable image", str(err)) from None
 
     with tarfile.open(shard) as tar:
         jpegs = [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")][:count]
@@ -166,7 +193,10 @@ def decode_check(shard, count=300, seed=0):
         at = int(rng.integers(len(data) // 4, len(data) - 4))
         spoilt[at:at + 4] = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
         broken["4 bytes overwritten"].append(bytes(spoilt))
-    checks = {"full decode (PIL)": decode_image, "1/8-scale decode (PIL draft)": check_jpeg_decodes}
+    loader(jpegs[0])  # compiled before it is timed
+    checks = {"the loader's decode (ffcv imdecode, full size)": loader, "full decode (PIL)": decode_image,
+              "1/8-scale decode (PIL draft; the row check before)": pil_draft,
+              "1/8-scale decode (libjpeg-turbo; the row check)": check_jpeg_decodes}
     best = {name: float("inf") for name in checks}
     for _ in range(3):  # interleaved passes, the fastest of each: the machine's load varies
         for name, check in checks.items():

@@ -7,6 +7,7 @@
 
 #include <optional>
 
+#include "jpeg_check.hpp"
 #include "regions.hpp"
 #include "sample_set.hpp"
 #include "shard.hpp"
@@ -296,6 +297,25 @@ PYBIND11_MODULE(_C, m) {
         read as Python's tarfile reads them: (names as bytes, data offsets uint64, sizes uint64, end, stop,
         detail), where the listing stopped at byte `end` because of `stop`: "end" (where tarfile stops
         quietly), "error" (a member cannot be read: detail) or "not_tar" (the first header: detail).
+    )pbdoc");
+
+  m.def(
+      "jpeg_decode_error",
+      [](py::bytes data) -> std::optional<std::string> {
+        char* buffer = nullptr;
+        Py_ssize_t size = 0;
+        PyBytes_AsStringAndSize(data.ptr(), &buffer, &size);
+        std::string error;
+        {
+          py::gil_scoped_release nogil;
+          error = scan_fast::jpeg_decode_error(reinterpret_cast<const uint8_t*>(buffer), static_cast<size_t>(size));
+        }
+        if (error.empty()) return std::nullopt;
+        return error;
+      },
+      py::arg("data"), R"pbdoc(
+        None when the JPEG `data` decodes with libjpeg-turbo (at 1/8 scale) without error or warning, as the
+        loader's decoder needs; TurboJPEG's message otherwise.
     )pbdoc");
 
   m.def("set_num_threads", &scan_fast::set_num_threads, py::arg("num_threads"),

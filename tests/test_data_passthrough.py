@@ -158,3 +158,61 @@ def test_a_repeated_keys_uid_is_the_kept_samples(tmp_path):
     assert summary.rows_written == 1 and summary.skip_counts == {"duplicate key": 1}
     np.testing.assert_array_equal(load_ids(tmp_path / "dup.beton", "uids", 1),
                                   uid_array([(int(first[:16], 16), int(first[16:], 16))]))
+
+
+def test_the_row_check_refuses_exactly_what_the_loaders_decoder_refuses():
+    """The writers' check of a JPEG stored as it is (libjpeg-turbo at 1/8 scale) against the loader's own
+    decode of it (ffcv's imdecode at full size, any error or warning a failed image): intact JPEGs pass
+    both, and of copies cut short or with bytes overwritten each refuses the same ones, so a stored JPEG
+    does not fail at its first epoch; PIL's full decode (the check before) lets some of those through."""
+    import numba
+    from ffcv.libffcv import imdecode
+
+    from scan_fast.data.write.images import check_jpeg_decodes
+    from scan_fast.data.write.jpeg_header import JpegHeaderError, jpeg_info
+    from scan_fast.data.write.tables import BadRow
+
+    loader_decode = numba.njit(imdecode)
+    rng = np.random.default_rng(0)
+    originals = [_encoded(_pixels(s, int(rng.integers(24, 80)), int(rng.integers(24, 80))),
+                          quality=int(rng.integers(50, 95)), progressive=bool(s % 2)) for s in range(12)]
+    copies = list(originals)
+    for data in originals:
+        for _ in range(8):
+            copies.append(data[:int(rng.integers(len(data) // 4, len(data) - 1))])
+            spoilt = bytearray(data)
+            at = int(rng.integers(len(data) // 4, len(data) - 4))
+            spoilt[at:at + 4] = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
+            copies.append(bytes(spoilt))
+
+    def loader_refuses(data):
+        try:
+            header = jpeg_info(data)
+        except JpegHeaderError:  # no size to decode at: the writers re-encode such a file (and fail)
+            return True
+        height, width = header.height, header.width
+        out = np.zeros(height * width * 3, np.uint8)
+        return loader_decode(np.frombuffer(data, np.uint8), out, height, width, height, width, 0, 0, 1, 1,
+                             False, False) != 0
+
+    def check_refuses(data):
+        try:
+            check_jpeg_decodes(data)
+        except BadRow:
+            return True
+        return False
+
+    def pil_refuses(data):
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+        except Exception:
+            return True
+        return False
+
+    loader = [loader_refuses(data) for data in copies]
+    check = [check_refuses(data) for data in copies]
+    assert not any(check[:len(originals)]) and sum(loader) > len(copies) // 3
+    assert [k for k in range(len(copies)) if loader[k] != check[k]] == []
+    assert not any(check_refuses(data) for data in originals)  # a refusal leaves the next check sound
+    assert any(refused and not pil_refuses(data) for data, refused in zip(copies, loader))

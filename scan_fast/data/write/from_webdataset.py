@@ -14,7 +14,7 @@ from scan_fast.outputs import check_output
 from .options import WriteOptions
 from .row_checks import check_webdataset_samples
 from .summary import WriteSummary
-from .tar_shards import expand_shards, read_webdataset_samples, shard_samples
+from .tar_shards import count_shard_samples, expand_shards, read_webdataset_samples, shard_samples
 from ..tokenize import DEFAULT_CONTEXT_LENGTH
 from .rows import write_clip_rows
 
@@ -79,23 +79,18 @@ def write_clip_from_webdataset(shards, target, context_length: int = DEFAULT_CON
                          progress=options.progress)
 
 
-def _count_samples_of(shard: str) -> int:
-    """Samples in a shard (tar_shards.shard_samples: a pass over its tar headers)."""
-    return len(shard_samples(shard)[0])
-
-
 def _count_samples(shards: List[str], num_workers: int, progress: bool) -> List[int]:
-    """_count_samples_of each shard, in `num_workers` forked processes (members are grouped into
+    """count_shard_samples each shard, in `num_workers` forked processes (members are grouped into
     samples in Python, so threads would share one core)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     bar = dict(total=len(shards), desc="counting samples", unit="shard", disable=None if progress else True)
     if num_workers <= 1 or len(shards) <= 1:
-        return [_count_samples_of(shard) for shard in tqdm(shards, **bar)]
+        return [count_shard_samples(shard) for shard in tqdm(shards, **bar)]
     with ProcessPoolExecutor(max_workers=min(num_workers, len(shards)),
                              mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(tqdm(pool.map(_count_samples_of, shards, chunksize=max(1, len(shards) // (8 * num_workers))),
+        return list(tqdm(pool.map(count_shard_samples, shards, chunksize=max(1, len(shards) // (8 * num_workers))),
                          **bar))
 
 

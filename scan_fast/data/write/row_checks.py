@@ -116,8 +116,10 @@ def check_images(refs: Sequence, where: Sequence[str], summary: WriteSummary, st
 
     good, largest = [], 0
     with ThreadPoolExecutor(max_workers=num_workers) as pool:
-        for i, nbytes, kept, err in tqdm(pool.map(check, range(len(refs))), total=len(refs),
-                                         desc="checking", disable=None if progress else True):
+        # one worker: each row is checked on this thread, with no hand-off to the pool per row
+        checked = map(check, range(len(refs))) if num_workers == 1 else pool.map(check, range(len(refs)))
+        for i, nbytes, kept, err in tqdm(checked, total=len(refs), desc="checking",
+                                         disable=None if progress else True):
             if err is None:
                 good.append(i)
                 largest = max(largest, nbytes)

@@ -72,41 +72,9 @@ def shard_samples(shard: str):
       Keys name samples, so a repeat is not written twice or silently overwritten: the first sample
       with the key is kept and each repeat is reported (one skipped row per repeated sample).
     """
-    size = os.path.getsize(shard)
     with open(shard, "rb") as f:
         fd = f.fileno()
-        names, offsets, sizes, end, stop, detail = _C.list_tar(fd, size)
-        if stop == "not_tar":
-            raise ValueError(f"webdataset shard {shard} is not a readable tar file: {detail}")
-        groups: Dict[str, Dict[str, int]] = {}  # key -> extension -> member
-        repeats: Dict[str, Dict[str, List[str]]] = {}  # key -> extension -> names of the repeated members
-        decoded = [name.decode("utf-8", "surrogateescape") for name in names]
-        for m, name in enumerate(decoded):
-            key, ext = member_key(name)
-            members = groups.setdefault(key, {})
-            if ext in members:
-                repeats.setdefault(key, {}).setdefault(ext, []).append(name)
-            else:
-                members[ext] = m
-        problems = []
-        if stop == "error":
-            problems.append((shard, BadRow("truncated shard", f"{detail}; the {len(groups)} samples before it are kept")))
-        else:  # where tarfile stops quietly: a complete shard ends with the end-of-archive marker
-            marker = os.pread(fd, _END_OF_ARCHIVE, end)
-            if len(marker) < _END_OF_ARCHIVE or any(marker):
-                if marker.strip(b"\0") and len(marker) >= _TAR_BLOCK:  # a whole block that is no header
-                    problems.append((shard, BadRow("unreadable shard", f"no valid member header at byte {end}; "
-                                                   f"the {len(groups)} samples before it are kept")))
-                else:
-                    what = "a member header cut short" if marker.strip(b"\0") else "no end-of-archive marker"
-                    problems.append((shard, BadRow("truncated shard", f"{what} at byte {end} (the file has {size} "
-                                                   f"bytes); the {len(groups)} samples before it are kept")))
-        for key, by_ext in repeats.items():
-            repeated_names = sorted(name for repeated in by_ext.values() for name in repeated)
-            for _ in range(max(len(repeated) for repeated in by_ext.values())):
-                problems.append((f"{shard}:{key}", BadRow(
-                    "duplicate key", f"{', '.join(repeated_names)} repeat(s) the key of an earlier sample of the "
-                                     f"shard; the first sample with this key is kept")))
+        decoded, offsets, sizes, groups, problems = _shard_members(shard, fd)
         samples = []
         for key, members in groups.items():
             image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
@@ -120,6 +88,50 @@ def shard_samples(shard: str):
             ref = TarImage(shard, int(offsets[image]), int(sizes[image])) if image is not None else None
             samples.append((f"{shard}:{key}", ref, caption, key, uid))
     return samples, problems
+
+
+def count_shard_samples(shard: str) -> int:
+    """len(shard_samples(shard)[0]) from the tar headers alone (no caption or .json read)."""
+    with open(shard, "rb") as f:
+        return len(_shard_members(shard, f.fileno())[3])
+
+
+def _shard_members(shard: str, fd: int):
+    """(member names, offsets, sizes, {key: {extension: member}}, problems) of the shard open as fd."""
+    size = os.fstat(fd).st_size
+    names, offsets, sizes, end, stop, detail = _C.list_tar(fd, size)
+    if stop == "not_tar":
+        raise ValueError(f"webdataset shard {shard} is not a readable tar file: {detail}")
+    groups: Dict[str, Dict[str, int]] = {}  # key -> extension -> member
+    repeats: Dict[str, Dict[str, List[str]]] = {}  # key -> extension -> names of the repeated members
+    decoded = [name.decode("utf-8", "surrogateescape") for name in names]
+    for m, name in enumerate(decoded):
+        key, ext = member_key(name)
+        members = groups.setdefault(key, {})
+        if ext in members:
+            repeats.setdefault(key, {}).setdefault(ext, []).append(name)
+        else:
+            members[ext] = m
+    problems = []
+    if stop == "error":
+        problems.append((shard, BadRow("truncated shard", f"{detail}; the {len(groups)} samples before it are kept")))
+    else:  # where tarfile stops quietly: a complete shard ends with the end-of-archive marker
+        marker = os.pread(fd, _END_OF_ARCHIVE, end)
+        if len(marker) < _END_OF_ARCHIVE or any(marker):
+            if marker.strip(b"\0") and len(marker) >= _TAR_BLOCK:  # a whole block that is no header
+                problems.append((shard, BadRow("unreadable shard", f"no valid member header at byte {end}; "
+                                               f"the {len(groups)} samples before it are kept")))
+            else:
+                what = "a member header cut short" if marker.strip(b"\0") else "no end-of-archive marker"
+                problems.append((shard, BadRow("truncated shard", f"{what} at byte {end} (the file has {size} "
+                                               f"bytes); the {len(groups)} samples before it are kept")))
+    for key, by_ext in repeats.items():
+        repeated_names = sorted(name for repeated in by_ext.values() for name in repeated)
+        for _ in range(max(len(repeated) for repeated in by_ext.values())):
+            problems.append((f"{shard}:{key}", BadRow(
+                "duplicate key", f"{', '.join(repeated_names)} repeat(s) the key of an earlier sample of the "
+                                 f"shard; the first sample with this key is kept")))
+    return decoded, offsets, sizes, groups, problems
 
 
 def _json_uid(name: str, data: bytes) -> Union[None, Tuple[int, int], BadRow]:
