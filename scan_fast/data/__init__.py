@@ -7,51 +7,42 @@ the tokenizer, the schema) with the embedded data sets.
 
 Imports are lazy: ffcv, numba and open_clip load only when a name is used.
 """
-from importlib import import_module
+from ..lazy_exports import lazy_exports
 
 _EXPORTS = {
-    "CaptionTokenizer": "tokenize",
-    "WriteSummary": "write.summary",
-    "write_clip_from_table": "write.from_table",
-    "write_clip_from_webdataset": "write.from_webdataset",
-    "write_moco_from_image_folder": "write.from_image_folder",
-    "write_labelled_from_image_folder": "write.from_image_folder",
-    "read_labels": "read.inspect",
-    "load_class_names": "classes",
-    "write_digits": "embedded",
-    "write_shapes": "embedded",
-    "load_shapes_truth": "embedded",
-    "validate_kept_ids": "read.order",
-    "epoch_order": "read.order",
-    "clip_pipelines": "read.pipelines",
-    "moco_pipelines": "read.pipelines",
-    "clip_loader": "read.loaders",
-    "moco_loader": "read.loaders",
-    "labelled_loader": "read.loaders",
-    "ScanLoader": "read.loaders",
-    "Batch": "read.batch",
-    "LoaderError": "read.loaders",
-    "KeyedRandomResizedCropDecoder": "read.decoders",
-    "keyed_uniforms": "read.keyed_random",
-    "ScanSampler": "read.sampler",
-    "check_beton": "schema",
-    "open_dataset": "dataset",
-    "Dataset": "dataset",
-    "BetonFile": "beton",
-    "DataError": "beton",
-    "read_samples": "read.inspect",
+    "CaptionTokenizer": ".tokenize",
+    "WriteSummary": ".write.summary",
+    "write_clip_from_table": ".write.from_table",
+    "write_clip_from_webdataset": ".write.from_webdataset",
+    "write_moco_from_image_folder": ".write.from_image_folder",
+    "write_labelled_from_image_folder": ".write.from_image_folder",
+    "read_labels": ".read.inspect",
+    "load_class_names": ".classes",
+    "write_digits": ".embedded",
+    "write_shapes": ".embedded",
+    "load_shapes_truth": ".embedded",
+    "validate_kept_ids": ".read.order",
+    "epoch_order": ".read.order",
+    "clip_pipelines": ".read.pipelines",
+    "moco_pipelines": ".read.pipelines",
+    "clip_loader": ".read.loaders",
+    "moco_loader": ".read.loaders",
+    "labelled_loader": ".read.loaders",
+    "ScanLoader": ".read.loaders",
+    "Batch": ".read.batch",
+    "LoaderError": ".read.loaders",
+    "KeyedRandomResizedCropDecoder": ".read.decoders",
+    "keyed_uniforms": ".read.keyed_random",
+    "ScanSampler": ".read.sampler",
+    "check_beton": ".schema",
+    "open_dataset": ".dataset",
+    "Dataset": ".dataset",
+    "BetonFile": ".beton",
+    "DataError": ".beton",
+    "read_samples": ".read.inspect",
 }
 
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)

@@ -6,32 +6,23 @@ ScanReference is the same schedule on Python sets (the oracle and the baseline).
 Names are imported on first use: the schedules need torch, and a module such as
 scan_fast.schedule.inputs (the command line's checks) is imported without them.
 """
-from importlib import import_module
+from ..lazy_exports import lazy_exports
 
 _EXPORTS = {
-    "PruningSchedule": "base",
-    "MODES": "config",
-    "ScanConfig": "config",
-    "cosine_rate": "rates",
-    "epoch_phase": "rates",
-    "warmup_step": "rates",
-    "ScanReference": "reference",
-    "EpochRecord": "stats",
-    "ScheduleStats": "stats",
-    "Scan": "scan",  # needs the compiled engine (scan_fast._C)
+    "PruningSchedule": ".base",
+    "MODES": ".config",
+    "ScanConfig": ".config",
+    "cosine_rate": ".rates",
+    "epoch_phase": ".rates",
+    "warmup_step": ".rates",
+    "ScanReference": ".reference",
+    "EpochRecord": ".stats",
+    "ScheduleStats": ".stats",
+    "Scan": ".scan",  # needs the compiled engine (scan_fast._C)
 }
 
 __all__ = ["PruningSchedule", "Scan", "ScanReference", "ScanConfig", "MODES", "EpochRecord",
            "ScheduleStats", "cosine_rate", "epoch_phase", "warmup_step"]
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'scan_fast.schedule' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
