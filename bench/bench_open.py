@@ -142,7 +142,8 @@ def write_tiny_index(folder: Path, n: int) -> None:
 
 
 def make_variant(variant: str, n: int, root: Path) -> Path:
-    from scan_fast.data.beton import BetonFile, save_record
+    from scan_fast.data.beton import BetonFile
+    from scan_fast.data.beton_records import save_record
 
     root.mkdir(parents=True, exist_ok=True)
     if variant == "in-place index":

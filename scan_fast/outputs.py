@@ -32,6 +32,14 @@ def check_output(target, inputs: Iterable = (), overwrite: bool = True, flag: st
     return target
 
 
+def default_file_mode() -> int:
+    """The mode a new file gets from open() under this process's umask: for a file made by mkstemp (mode 0600)
+    before it is renamed into place."""
+    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def partial_path(target, pid: int = None) -> Path:
     """The temporary name a file is written under before it is renamed onto `target`."""
     target = Path(target)

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scan_fast.data import beton as beton_module
-from scan_fast.data.beton import BetonFile, DataError, load_record
+from scan_fast.data.beton import BetonFile, DataError
+from scan_fast.data.beton_records import load_record
 from scan_fast.data.dataset import open_dataset
 from scan_fast.data.embedded import write_shapes
 from scan_fast.data.read.inspect import read_samples

@@ -25,12 +25,9 @@ loader never repeats it. `check_all()` is the full per-sample check, for
 """
 import functools
 import hashlib
-import json
 import mmap
 import os
-import tempfile
-from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -39,7 +36,6 @@ from scan_fast import _C
 from .beton_layout import (ALLOC_TABLE, CUSTOM, FIELD_DESC, HEADER, METADATA, RGB_IMAGE, VERSION, pointer_of,
                            sample_dtype)
 from .regions import DataError, Located, open_for_reads, read_rows
-from .sorted_runs import merge_sorted_runs
 
 # Rows handled at a time by the chunked passes (24 bytes each in the allocation table).
 CHUNK_ROWS = 1 << 21
@@ -204,7 +200,9 @@ class BetonFile:
             if record["ptr_sorted"]:
                 self._sorted_table = self.table
             else:
-                self._sorted_table = np.load(_sorted_table_file(self), mmap_mode="r")
+                from .beton_records import sorted_table_file  # builds the table once when the file has none
+
+                self._sorted_table = np.load(sorted_table_file(self), mmap_mode="r")
         return self._sorted_table
 
     def file_descriptor(self) -> int:
@@ -374,108 +372,3 @@ def _find_pointers(sorted_ptrs, queries):
             step += 1
         out[q] = found
     return out
-
-
-# ------------------------------------------------------------------ records beside a single file
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "scan-fast" / "index"
-
-
-def _beside_or_cache(path: str, suffix: str, fingerprint: str) -> List[Path]:
-    """Where a cached file may live: beside the data, else in the user cache (read-only data)."""
-    return [Path(path + suffix), _cache_dir() / f"{fingerprint}{suffix}"]
-
-
-def _write_atomically(target: Path, write) -> bool:
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-    except OSError:
-        return False
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(partial, 0o666 & ~_umask())
-        os.replace(partial, target)
-        return True
-    except OSError:
-        if os.path.exists(partial):
-            os.unlink(partial)
-        return False
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def save_record(path, record: dict) -> None:
-    """Keep `describe()`'s record beside a single file (or in the user cache if its folder is read-only)."""
-    payload = json.dumps(record, indent=1).encode()
-    for target in _beside_or_cache(os.fspath(path), INDEX_SUFFIX, record["fingerprint"]):
-        if _write_atomically(target, lambda f: f.write(payload)):
-            return
-
-
-def load_record(beton: BetonFile, progress: bool = True) -> dict:
-    """The record of a single file: read from beside it, or built once (one chunked pass) and saved."""
-    fingerprint = beton.fingerprint()
-    for candidate in _beside_or_cache(beton.path, INDEX_SUFFIX, fingerprint):
-        try:
-            record = json.loads(candidate.read_text())
-        except (OSError, ValueError):
-            continue
-        if record.get("fingerprint") == fingerprint and int(record.get("bytes", -1)) == beton.size:
-            return record
-    if progress:
-        print(f"indexing {beton.path} once ({beton.num_samples} samples); the index is kept beside it",
-              flush=True)
-    record = beton.describe()
-    if not record["ptr_sorted"]:
-        _build_sorted_table(beton, fingerprint)
-    save_record(beton.path, record)
-    return record
-
-
-def _sorted_table_file(beton: BetonFile) -> Path:
-    fingerprint = beton.fingerprint()
-    for candidate in _beside_or_cache(beton.path, SORTED_TABLE_SUFFIX, fingerprint):
-        if candidate.is_file():
-            try:
-                table = np.load(candidate, mmap_mode="r")
-            except (OSError, ValueError):
-                continue
-            if table.dtype == ALLOC_TABLE and len(table) == beton.num_allocations:
-                return candidate
-    return _build_sorted_table(beton, fingerprint)
-
-
-def _build_sorted_table(beton: BetonFile, fingerprint: str) -> Path:
-    """Sort the allocation table by pointer out of core: sort chunks into runs, then merge the runs
-    block by block. Memory: about two chunks, whatever the file's size."""
-    table = beton.table
-    for target in _beside_or_cache(beton.path, SORTED_TABLE_SUFFIX, fingerprint):
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".sorting.") as scratch:
-                runs = []
-                for k, (_, part) in enumerate(beton.chunks(table)):
-                    run = os.path.join(scratch, f"run{k}.npy")
-                    np.save(run, np.sort(np.array(part), order="ptr", kind="stable"))
-                    runs.append(np.load(run, mmap_mode="r"))
-                fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-                with os.fdopen(fd, "wb") as out:
-                    np.lib.format.write_array_header_1_0(
-                        out, {"descr": np.lib.format.dtype_to_descr(ALLOC_TABLE), "fortran_order": False,
-                              "shape": (len(table),)})
-                    for block in merge_sorted_runs(runs, "ptr"):
-                        out.write(block.tobytes())
-                os.chmod(partial, 0o666 & ~_umask())
-                os.replace(partial, target)
-            return target
-        except OSError:
-            continue
-    raise DataError(f"cannot write the sorted allocation table of {beton.path} beside it or in {_cache_dir()}")

@@ -24,7 +24,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .beton import BetonFile, load_record
+from .beton import BetonFile
+from .beton_records import load_record
 from .manifest import MANIFEST, check_listed_file, read_json, read_manifest
 from .regions import DataError
 

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from scan_fast.outputs import default_file_mode
 from scan_fast.train.task import unwrapped
 
 FORMAT = "scan-fast-checkpoint-v1"
@@ -106,18 +107,12 @@ def save_checkpoint(path, *, model, optimizer, scaler, schedule, epoch: int, glo
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600: give it the mode any other file gets
+        os.chmod(tmp, default_file_mode())  # mkstemp makes it 0600: give it the mode any other file gets
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
-    os.umask(mask)
-    return mask
 
 
 def remove_stale_temporaries(folder) -> None:

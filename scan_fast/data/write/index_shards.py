@@ -214,7 +214,8 @@ def _jpeg_headers(shard: str, refs, max_resolution: Optional[int]) -> list:
 
 def _write_side(target: Path, refs, where, largest: int, max_resolution, jpeg_quality) -> dict:
     """The side .beton of a part: its images converted as `data clip` converts them; its record."""
-    from ..beton import BetonFile, load_record
+    from ..beton import BetonFile
+    from ..beton_records import load_record
     from ..schema import IntSpec, image_field
     from .rows import write_rows
 

@@ -41,7 +41,8 @@ def finished_parts(folder, num_parts: int) -> List[bool]:
 
 def write_manifest(folder, num_parts: int, extra: Optional[Dict] = None) -> dict:
     """Write FOLDER/manifest.json from parts 0..num_parts-1 (each must be finished); returns it."""
-    from ..beton import BetonFile, load_record  # imports ffcv: only where .beton parts are read
+    from ..beton import BetonFile  # only where .beton parts are read
+    from ..beton_records import load_record
 
     folder = Path(folder)
     missing = [str(part_path(folder, i)) for i, done in enumerate(finished_parts(folder, num_parts)) if not done]

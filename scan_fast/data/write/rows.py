@@ -12,7 +12,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from scan_fast.outputs import check_output, partial_path, remove_stale_partials
 
-from ..beton import BetonFile, save_record
+from ..beton import BetonFile
+from ..beton_records import save_record
 from ..classes import save_class_names
 from ..beton_layout import MIN_PAGE_SIZE
 from .beton_writer import write_beton
