@@ -20,16 +20,23 @@ def has_triton() -> bool:
     return True
 
 
+def check_batch_tensor(name: str, tensor, ndim: int, layout: str) -> torch.Tensor:
+    """A floating-point tensor of `ndim` dims (`layout` names them, e.g. "(batch, dim)") with at least one
+    row, or a TypeError/ValueError naming `name`."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {tensor.dtype}")
+    if tensor.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(tensor.shape)}")
+    if tensor.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(tensor.shape)})")
+    return tensor
+
+
 def check_features(name: str, features) -> torch.Tensor:
     """A 2-D, non-empty, floating-point (batch, dim) tensor, or a TypeError/ValueError naming `name`."""
-    if not isinstance(features, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(features).__name__}")
-    if not features.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype, got {features.dtype}")
-    if features.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(features.shape)}")
-    if features.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(features.shape)})")
+    check_batch_tensor(name, features, 2, "(batch, dim)")
     if features.shape[1] == 0:
         raise ValueError(f"{name} has feature dim 0 (shape {tuple(features.shape)})")
     return features

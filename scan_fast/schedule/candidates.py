@@ -27,7 +27,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from scan_fast.checks import has_triton
+from scan_fast.checks import check_batch_tensor, has_triton
 from scan_fast.index import batch_candidates  # noqa: F401  (the engine: host arrays)
 from scan_fast.keyed_hash import SIGN_BIT, TOP_UP_ILL, TOP_UP_RED, counter_hashes, stream_key
 from scan_fast.schedule.inputs import check_fraction, check_rho_pair, check_threshold, check_u64
@@ -105,14 +105,7 @@ def batch_candidates_reference(loss_a, loss_b, *, k_ill: Optional[int] = None, k
 def _check_losses(loss_a, loss_b) -> None:
     """Type, shape and device only: free on any device (values are the caller's check)."""
     for name, loss in (("loss_a", loss_a), ("loss_b", loss_b)):
-        if not isinstance(loss, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(loss).__name__}")
-        if not loss.is_floating_point():
-            raise TypeError(f"{name} must have a floating dtype, got {loss.dtype}")
-        if loss.dim() != 1:
-            raise ValueError(f"{name} must be 1-D (batch,), got shape {tuple(loss.shape)}")
-        if loss.shape[0] == 0:
-            raise ValueError(f"{name} is an empty batch")
+        check_batch_tensor(name, loss, 1, "(batch,)")
     if loss_a.shape != loss_b.shape:
         raise ValueError(f"loss_a {tuple(loss_a.shape)} and loss_b {tuple(loss_b.shape)} must have the same length")
     if loss_a.device != loss_b.device:
