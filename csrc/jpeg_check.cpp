@@ -43,9 +43,8 @@ std::string jpeg_decode_error(const uint8_t* data, size_t size) {
     return decompressor.fail();
   const tjscalingfactor eighth{1, 8};
   const int scaled_width = TJSCALED(width, eighth), scaled_height = TJSCALED(height, eighth);
-  // Room for the full-size image, as the loader's decoder has. The writers check only JPEGs they store as
-  // they are, so width and height are at most --max-resolution.
-  std::vector<unsigned char> pixels(static_cast<size_t>(width) * static_cast<size_t>(height) * 3);
+  thread_local std::vector<unsigned char> pixels;  // grows to the largest 1/8-scale image the thread checks
+  pixels.resize(static_cast<size_t>(scaled_width) * static_cast<size_t>(scaled_height) * 3);
   if (tjDecompress2(handle, data, static_cast<unsigned long>(size), pixels.data(), scaled_width, 0, scaled_height,
                     TJPF_RGB, TJFLAG_FASTDCT | TJFLAG_STOPONWARNING) != 0)
     return decompressor.fail();
