@@ -292,3 +292,32 @@ def test_an_error_in_the_loader_thread_is_raised_in_the_training_loop(tmp_path):
     loader.set_epoch(1)  # the loader stays usable
     with pytest.raises(LoaderError, match="reading epoch 1"):
         list(loader)
+
+
+def _epochs_read(loader, epochs):
+    """(ids, images) of each of `epochs` epochs, copied out of the loader's reused buffers."""
+    read = []
+    for _ in range(epochs):
+        batches = [(b.ids.clone(), b.images.clone()) for b in loader]
+        read.append((torch.cat([i for i, _ in batches]), torch.cat([x for _, x in batches])))
+    return read
+
+
+def test_a_reused_loader_reads_what_a_new_one_reads(tmp_path):
+    from scan_fast.data import reuse_compiled_loaders
+
+    path = tmp_path / "jpg.beton"
+    write_shapes(path, num_samples=96, resolution=RES, image_mode="jpg", progress=False)
+    expected = _epochs_read(clip_loader(path, 16, RES, scan=ShrinkGrowScan(96, seed=2), seed=5, start_epoch=1,
+                                        num_workers=2), 2)
+    with reuse_compiled_loaders():
+        first = clip_loader(path, 16, RES, scan=ShrinkGrowScan(96, seed=1), seed=1, num_workers=2)
+        next(iter(first))  # compiled, and left in the middle of an epoch
+        again = clip_loader(path, 16, RES, scan=ShrinkGrowScan(96, seed=2), seed=5, start_epoch=1, num_workers=2)
+        assert again is first  # not compiled again
+        other = clip_loader(path, 16, RES + 8, num_workers=2)  # other pipelines: a loader of its own
+        assert other is not first
+        for (ids, images), (want_ids, want_images) in zip(_epochs_read(again, 2), expected):
+            torch.testing.assert_close(ids, want_ids, rtol=0, atol=0)
+            torch.testing.assert_close(images, want_images, rtol=0, atol=0)
+    assert clip_loader(path, 16, RES, num_workers=2) is not first  # outside the block: built anew

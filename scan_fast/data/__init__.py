@@ -29,6 +29,7 @@ _EXPORTS = {
     "moco_loader": ".read.loaders",
     "labelled_loader": ".read.loaders",
     "ScanLoader": ".read.loaders",
+    "reuse_compiled_loaders": ".read.loader_reuse",
     "Batch": ".read.batch",
     "LoaderError": ".read.loaders",
     "KeyedRandomResizedCropDecoder": ".read.decoders",

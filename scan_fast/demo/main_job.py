@@ -90,18 +90,19 @@ class MainJobConfig:
             raise ValueError("--seeds: give at least one seed")
 
 
-def _compile_data_pipeline(data: Dict[str, str], job: MainJobConfig) -> None:
-    """Read the held-out set once, untimed, through the labelled loader the evaluation reads it with
-    (every data set's held-out split is labelled; colour-digits' has no captions): FFCV compiles its
-    pipeline (numba) on the first loader of a process, ~10 s that would otherwise land on whichever
-    strategy runs first."""
-    from scan_fast.data import labelled_loader
-    from scan_fast.train.clip_model import TINY_CLIP_CONFIG
+def _compile_loaders(job: MainJobConfig, data: Dict[str, str]) -> None:
+    """Build the loaders of the job's runs as the trainer builds them, untimed, and read a batch from each:
+    ffcv compiles their pipelines (numba, ~4 s a loader here and ~5 s more for a process's first), which
+    every run then reuses (reuse_compiled_loaders) instead of timing it in its first epoch."""
+    from scan_fast.train.clip import clip_task
+    from scan_fast.train.runtime import setup_runtime
 
-    loader = labelled_loader(data["test"], min(job.batch_size, job.test_samples),
-                             TINY_CLIP_CONFIG["vision_cfg"]["image_size"], num_workers=job.workers)
-    for _ in loader:
-        pass
+    cfg = _clip_config(job, data, "none", job.seeds[0], None)
+    task, runtime = clip_task(cfg), setup_runtime(cfg.device)
+    model = task.build_model(runtime)
+    for loader in (task.build_loader(None, runtime), task.evaluation_loader(model, runtime.device)):
+        next(iter(loader))
+        loader.stop()
 
 
 def _epochs_of(job: MainJobConfig, prune: str, prune_counts: Optional[str]) -> int:
@@ -114,43 +115,45 @@ def _epochs_of(job: MainJobConfig, prune: str, prune_counts: Optional[str]) -> i
     return matched_epochs(read_sample_steps(prune_counts), job.num_samples, job.batch_size)
 
 
-def _run(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_counts: Optional[str]) -> dict:
+def _clip_config(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int, prune_counts: Optional[str]):
     from scan_fast.demo.colour_digits import TEMPLATE
-    from scan_fast.train.clip import train_clip
     from scan_fast.train.clip_model import TINY_CLIP, TINY_SIGLIP
     from scan_fast.train.config import ClipConfig
 
     extra = {"zeroshot_template": TEMPLATE} if DATA_SETS[job.data].family == "colour-digits" else {}
-    cfg = ClipConfig(model=TINY_SIGLIP if job.loss == "siglip" else TINY_CLIP, loss=job.loss,
-                     train_data=data["train"], val_data=data["test"], batch_size=job.batch_size,
-                     epochs=_epochs_of(job, prune, prune_counts), lr=job.lr, warmup_epochs=job.warmup_epochs, seed=seed, prune=prune,
-                     prune_counts=prune_counts, workers=job.workers, logs=os.path.join(job.out, "runs"),
-                     name=f"{prune}-seed{seed}", progress=job.progress, tensorboard=True,
-                     overwrite=True,  # the job's runs are its own outputs, made again on every call
-                     eval_frequency=1,  # every epoch: the accuracy-vs-compute curves (a small held-out set)
-                     # the report's loss histogram of the candidates (8k samples)
-                     save_losses=PRUNE_MODES[prune].finds_candidates, **extra)
-    return train_clip(cfg)
+    return ClipConfig(model=TINY_SIGLIP if job.loss == "siglip" else TINY_CLIP, loss=job.loss,
+                      train_data=data["train"], val_data=data["test"], batch_size=job.batch_size,
+                      epochs=_epochs_of(job, prune, prune_counts), lr=job.lr, warmup_epochs=job.warmup_epochs,
+                      seed=seed, prune=prune, prune_counts=prune_counts, workers=job.workers,
+                      logs=os.path.join(job.out, "runs"), name=f"{prune}-seed{seed}", progress=job.progress,
+                      tensorboard=True,
+                      overwrite=True,  # the job's runs are its own outputs, made again on every call
+                      eval_frequency=1,  # every epoch: the accuracy-vs-compute curves (a small held-out set)
+                      # the report's loss histogram of the candidates (8k samples)
+                      save_losses=PRUNE_MODES[prune].finds_candidates, **extra)
 
 
 def run_main_job(job: MainJobConfig) -> List[dict]:
+    from scan_fast.data import reuse_compiled_loaders
+    from scan_fast.train.clip import train_clip
     from scan_fast.train.runtime import flush_cpu_denormals
 
     flush_cpu_denormals()  # before building the data starts any thread pool
     start = time.perf_counter()
     data = build_data(job.out, job.num_samples, job.test_samples, job.progress, job.data)
-    _compile_data_pipeline(data, job)
     rows = []
-    for seed in job.seeds:
-        sources = {SHOWN[s].copies_counts_of for s in job.strategies}
-        ordered = sorted(job.strategies, key=lambda s: s not in sources)  # SCAN first: random copies its counts
-        for prune in ordered:
-            counts, source = None, SHOWN[prune].copies_counts_of
-            if source is not None:
-                counts = os.path.join(job.out, "runs", f"{source}-seed{seed}", "epochs.csv")
-            print(f"== {prune}, seed {seed}", flush=True)
-            summary = _run(job, data, prune, seed, counts)
-            rows.append({"strategy": prune, "seed": seed, **summary})
+    with reuse_compiled_loaders():
+        _compile_loaders(job, data)
+        for seed in job.seeds:
+            sources = {SHOWN[s].copies_counts_of for s in job.strategies}
+            ordered = sorted(job.strategies, key=lambda s: s not in sources)  # SCAN first: random copies its counts
+            for prune in ordered:
+                counts, source = None, SHOWN[prune].copies_counts_of
+                if source is not None:
+                    counts = os.path.join(job.out, "runs", f"{source}-seed{seed}", "epochs.csv")
+                print(f"== {prune}, seed {seed}", flush=True)
+                summary = train_clip(_clip_config(job, data, prune, seed, counts))
+                rows.append({"strategy": prune, "seed": seed, **summary})
     table = format_table(rows)
     path = write_comparison(job, rows, table, time.perf_counter() - start)
     print(table)

@@ -52,19 +52,24 @@ class ClipTask(Task):
                            distributed=runtime.world_size > 1, rank=runtime.rank, world_size=runtime.world_size,
                            device=runtime.device, augment=cfg.augment, flip=False, num_workers=cfg.workers)
 
+    def evaluation_loader(self, model, device):
+        """The loader of `cfg.val_data` the evaluation reads (at the model's image size)."""
+        from scan_fast.data import labelled_loader
+        from scan_fast.data.read.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+        return labelled_loader(self.cfg.val_data, 256, model.image_size, device=device, mean=OPENAI_CLIP_MEAN,
+                               std=OPENAI_CLIP_STD, num_workers=self.cfg.workers)
+
     def evaluation(self, model, device):
         """Zero-shot accuracy on `cfg.val_data`; its class names are checked against its labels here,
         before any training."""
         if self.cfg.val_data is None:
             return None
-        from scan_fast.data import labelled_loader
-        from scan_fast.data.read.augment import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
         from scan_fast.train.evaluate import zero_shot_accuracy, zero_shot_classes
 
         cfg = self.cfg
         prompts = zero_shot_classes(cfg.val_data, cfg.zeroshot_classes, cfg.zeroshot_template)
-        val_loader = labelled_loader(cfg.val_data, 256, model.image_size, device=device, mean=OPENAI_CLIP_MEAN,
-                                     std=OPENAI_CLIP_STD, num_workers=cfg.workers)
+        val_loader = self.evaluation_loader(model, device)
         return lambda: zero_shot_accuracy(model, val_loader, prompts, device)
 
     def forward(self, model, batch, epoch):

@@ -43,6 +43,7 @@ from ffcv.pipeline.graph import Graph
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, KeyedMocoViews
 from .batch import OUTPUT_FIELDS, Batch
+from .loader_reuse import reused_or_built
 from ..beton import DataError
 from ..dataset import Dataset, open_dataset
 from .order import CHUNK_IDS, KeptIdsSource
@@ -165,6 +166,15 @@ class ScanLoader(Loader):
         reader = self._running = _EpochReader(self, batches, epoch)
         _RUNNING.add(self)
         return _Batches(reader, tuple(self.pipeline_specs), self.batch_transform, epoch)
+
+    def repoint(self, source: KeptIdsSource, seed: int, start_epoch: int) -> None:
+        """Read `source`'s ids under `seed` from `start_epoch` on, with the pipelines as compiled: what a
+        new loader of the same file and arguments would read (loader_reuse.py)."""
+        self.stop()
+        self.source, self.seed = source, int(seed)
+        self.next_epoch = self._len_epoch = int(start_epoch)
+        self.__dict__.pop("batch_transform", None)  # a caller's (MoCo's views) is set again by that caller
+        len(self)  # the first epoch's kept ids are checked now, as at construction
 
     @property
     def epoch(self) -> int:
@@ -381,24 +391,34 @@ def _check_common(batch_size, num_workers):
 def build_loader(path, batch_size: int, pipelines, required_fields, scan=None, seed: int = 0,
                  shuffle: bool = True, drop_last: bool = True, distributed: bool = False,
                  rank: Optional[int] = None, world_size: Optional[int] = None, num_workers: int = 2,
-                 batches_ahead: int = 3, start_epoch: int = 0) -> ScanLoader:
+                 batches_ahead: int = 3, start_epoch: int = 0, reuse_key=None) -> ScanLoader:
     """A ScanLoader over `path` (a .beton or a part folder, or an open `Dataset`) with the given
-    per-field pipelines (stored fields not named are not read)."""
+    per-field pipelines (stored fields not named are not read). reuse_key: what the pipelines are made
+    of, for a caller that can say it; inside `reuse_compiled_loaders()` a loader built with the same path,
+    key and arguments is the one built before, re-pointed at scan, seed and start_epoch (loader_reuse.py)."""
     _check_common(batch_size, num_workers)
-    dataset = path if isinstance(path, Dataset) else open_dataset(path)
-    dataset.require(required_fields)
     if distributed:
         rank, world_size = resolve_rank(rank, world_size)
     elif rank not in (None, 0) or world_size not in (None, 1):
         raise ValueError(f"rank={rank}, world_size={world_size} given without distributed=True")
     else:
         rank, world_size = 0, 1
-    source = KeptIdsSource(scan, dataset.num_samples, seed=seed, shuffle=shuffle, rank=rank,
-                           world_size=world_size)
-    pipelines = {**{name: None for name in dataset.handlers}, **pipelines}
-    return ScanLoader(dataset, source, batch_size, pipelines, seed=seed, num_workers=num_workers,
-                      drop_last=drop_last, distributed=distributed, batches_ahead=batches_ahead,
-                      start_epoch=start_epoch)
+
+    def source_of(dataset: Dataset) -> KeptIdsSource:
+        return KeptIdsSource(scan, dataset.num_samples, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size)
+
+    def build() -> ScanLoader:
+        dataset = path if isinstance(path, Dataset) else open_dataset(path)
+        dataset.require(required_fields)
+        return ScanLoader(dataset, source_of(dataset), batch_size, {**{name: None for name in dataset.handlers},
+                                                                    **pipelines},
+                          seed=seed, num_workers=num_workers, drop_last=drop_last, distributed=distributed,
+                          batches_ahead=batches_ahead, start_epoch=start_epoch)
+
+    key = None if reuse_key is None or isinstance(path, Dataset) else (
+        os.path.abspath(os.fspath(path)), batch_size, tuple(required_fields), drop_last, distributed, num_workers,
+        batches_ahead, reuse_key)
+    return reused_or_built(key, build, lambda loader: loader.repoint(source_of(loader.dataset), seed, start_epoch))
 
 
 def clip_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed: int = 0,
@@ -415,7 +435,8 @@ def clip_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
     return build_loader(path, batch_size, pipes, required, scan=scan,
                         seed=seed, shuffle=shuffle, drop_last=drop_last, distributed=distributed,
                         rank=rank, world_size=world_size, num_workers=num_workers,
-                        batches_ahead=batches_ahead, start_epoch=start_epoch)
+                        batches_ahead=batches_ahead, start_epoch=start_epoch,
+                        reuse_key=("clip", resolution, str(device), augment, flip, tuple(crop_scale), with_labels))
 
 
 def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed: int = 0,
@@ -432,7 +453,8 @@ def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
     loader = build_loader(path, batch_size, pipes, required, scan=scan,
                           seed=seed, shuffle=shuffle, drop_last=drop_last, distributed=distributed,
                           rank=rank, world_size=world_size, num_workers=num_workers,
-                          batches_ahead=batches_ahead, start_epoch=start_epoch)
+                          batches_ahead=batches_ahead, start_epoch=start_epoch,
+                          reuse_key=("moco", resolution, str(device), augment, tuple(crop_scale)))
     if augment:
         loader.batch_transform = KeyedMocoViews(seed, blur_sigma=blur_sigma)
     return loader
@@ -445,4 +467,5 @@ def labelled_loader(path, batch_size: int, resolution: int = 224, *, device="cpu
     fields (`data labelled`, or a CLIP set written with labels: its tokens are not read)."""
     required = ("image", "label", "id")
     pipes = moco_pipelines(resolution, device=device, augment=False, mean=mean, std=std)
-    return build_loader(path, batch_size, pipes, required, shuffle=False, drop_last=False, num_workers=num_workers)
+    return build_loader(path, batch_size, pipes, required, shuffle=False, drop_last=False, num_workers=num_workers,
+                        reuse_key=("labelled", resolution, str(device), *map(float, mean), *map(float, std)))
