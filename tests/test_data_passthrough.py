@@ -216,3 +216,26 @@ def test_the_row_check_refuses_exactly_what_the_loaders_decoder_refuses():
     assert [k for k in range(len(copies)) if loader[k] != check[k]] == []
     assert not any(check_refuses(data) for data in originals)  # a refusal leaves the next check sound
     assert any(refused and not pil_refuses(data) for data, refused in zip(copies, loader))
+
+
+def test_images_read_from_many_shards_keep_few_open_and_follow_a_replaced_shard(tmp_path):
+    import os
+
+    from scan_fast.data.write.tar_shards import shard_samples
+
+    def member_bytes(k, version):
+        return f"shard {k} version {version}".encode() * (k + 1)
+
+    shards = [tmp_path / f"{k}.tar" for k in range(12)]
+    for k, shard in enumerate(shards):
+        write_tar(shard, [("000.jpg", member_bytes(k, 0)), ("000.txt", b"a caption")])
+    refs = [shard_samples(str(shard))[0][0][1] for shard in shards]
+    open_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        assert [ref.read() for ref in refs] == [member_bytes(k, 0) for k in range(12)]
+    assert len(os.listdir("/proc/self/fd")) <= open_before + 4  # a few kept open, not one per shard
+
+    replaced = tmp_path / "new.tar"  # the same path then names another file, as after temp + rename
+    write_tar(replaced, [("000.jpg", member_bytes(11, 1)), ("000.txt", b"a caption")])
+    os.replace(replaced, shards[11])
+    assert refs[11].read() == member_bytes(11, 1)

@@ -123,3 +123,13 @@ def test_shards_are_named_by_path_folder_glob_or_brace_pattern(tmp_path):
     assert expand_shards([str(names[2]), str(tmp_path / "shard-{000..001}.tar")]) == expected[2:] + expected[:2]
     with pytest.raises(FileNotFoundError, match=r"webdataset shard .*shard-003\.tar does not exist"):
         expand_shards(str(tmp_path / "shard-{000..003}.tar"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from([*"aB1._-/", "é"]), max_size=20))
+def test_member_key_is_webdatasets_split_of_the_name(name):
+    from scan_fast.data.write.tar_shards import member_key
+
+    folder, base = os.path.split(name)  # the oracle: the folder kept, the base name split at its first dot
+    key, _, ext = base.partition(".")
+    assert member_key(name) == (os.path.join(folder, key), ext.lower())

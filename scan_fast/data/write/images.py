@@ -10,8 +10,10 @@ as a StoredJpeg; every other image is decoded, shrunk and re-encoded by ffcv's R
 """
 import io
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -118,6 +120,34 @@ class FileImage:
             raise BadRow("unreadable image file", f"{self.path}: {err}") from None
 
 
+class _OpenShards(threading.local):
+    """The shards this thread read last, kept open: rows come shard by shard, and opening a shard for
+    each of its images cost as much as the row's other Python work. A few per thread; a file is closed
+    when it leaves, or with its thread, and opened again when the path names another file or the file
+    changed (a stat per read: a shard rewritten between two conversions of one process is read anew)."""
+    KEEP = 4
+
+    def __init__(self):
+        self.files: "OrderedDict[str, Tuple[io.FileIO, tuple]]" = OrderedDict()
+
+    def fd(self, path: str) -> int:
+        st = os.stat(path)
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        held = self.files.pop(path, None)
+        if held is not None and held[1] != identity:
+            held[0].close()
+            held = None
+        if held is None:
+            held = (io.FileIO(path, "r"), identity)
+        self.files[path] = held  # the most recent last
+        if len(self.files) > self.KEEP:
+            self.files.popitem(last=False)[1][0].close()
+        return held[0].fileno()
+
+
+_OPEN_SHARDS = _OpenShards()
+
+
 @dataclass(frozen=True)
 class TarImage:
     shard: str
@@ -125,9 +155,7 @@ class TarImage:
     size: int
 
     def read(self) -> bytes:
-        with open(self.shard, "rb") as fp:
-            fp.seek(self.offset)
-            return fp.read(self.size)
+        return os.pread(_OPEN_SHARDS.fd(self.shard), self.size, self.offset)
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,7 @@ def index_shard(shard: str, folder, p: int, *, context_length: int, max_resoluti
     to_convert = [i for i, h in enumerate(headers) if h is None]
     refs = [usable[i][0][1] for i in to_convert]
     where = [usable[i][0][0] for i in to_convert]
-    good, largest = check_images(refs, where, summary, strict, 1, False, max_resolution)
+    good, largest, _ = check_images(refs, where, summary, strict, 1, False, max_resolution)
     side_row = {to_convert[g]: row for row, g in enumerate(good)}
     converting = set(to_convert)
     rows = [i for i in range(len(usable)) if i not in converting or i in side_row]

@@ -5,11 +5,14 @@ counted in the WriteSummary; with strict=True the first one stops the write inst
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
 
 from tqdm import tqdm
 
-from .images import StoredJpeg, checked_image
+from .images import checked_image
+from ..schema import StoredJpeg
 from ..source_ids import parse_uid
 from .summary import WriteSummary
 from .tables import BadRow
@@ -96,12 +99,21 @@ def tokenize_captions(captions: List, where: List[str], tokenizer, summary, stri
     return tokens
 
 
+class CheckedImages(NamedTuple):
+    """check_images' verdict: the good rows, the largest stored image in bytes, and per row the size of a
+    JPEG stored as it is ((width, height); (-1, -1) for a row decoded or skipped), which the write uses
+    instead of reading the header again."""
+    good: List[int]
+    largest: int
+    jpeg_sizes: np.ndarray  # (rows, 2) int32
+
+
 def check_images(refs: Sequence, where: Sequence[str], summary: WriteSummary, strict: bool,
                  num_workers: int, progress: bool, max_resolution: Optional[int],
-                 passthrough: bool = False) -> Tuple[List[int], int]:
+                 passthrough: bool = False) -> CheckedImages:
     """Check every image once (images.checked_image: decoded, or for a JPEG stored as it is, its
-    header read and a decode at reduced scale); return (indices of good rows, largest stored image
-    in bytes), counting the JPEGs stored as they are in summary.jpegs_kept.
+    header read and a decode at reduced scale), counting the JPEGs stored as they are in
+    summary.jpegs_kept.
 
     The size is taken after the --max-resolution shrink: pages sized for one huge original
     would make every page (and the file) that large.
@@ -110,20 +122,22 @@ def check_images(refs: Sequence, where: Sequence[str], summary: WriteSummary, st
     def check(i):
         try:
             stored = checked_image(refs[i].read(), max_resolution, passthrough)
-            return i, stored.nbytes, isinstance(stored, StoredJpeg), None
+            return i, stored, None
         except BadRow as err:
-            return i, 0, False, err
+            return i, None, err
 
     good, largest = [], 0
+    jpeg_sizes = np.full((len(refs), 2), -1, np.int32)
     with ThreadPoolExecutor(max_workers=num_workers) as pool:
         # one worker: each row is checked on this thread, with no hand-off to the pool per row
         checked = map(check, range(len(refs))) if num_workers == 1 else pool.map(check, range(len(refs)))
-        for i, nbytes, kept, err in tqdm(checked, total=len(refs), desc="checking",
-                                         disable=None if progress else True):
+        for i, stored, err in tqdm(checked, total=len(refs), desc="checking", disable=None if progress else True):
             if err is None:
                 good.append(i)
-                largest = max(largest, nbytes)
-                summary.jpegs_kept += int(kept)
+                largest = max(largest, stored.nbytes)
+                if isinstance(stored, StoredJpeg):
+                    jpeg_sizes[i] = stored.width, stored.height
+                    summary.jpegs_kept += 1
             else:
                 skip_or_stop(summary, where[i], err, strict)
-    return good, largest
+    return CheckedImages(good, largest, jpeg_sizes)

@@ -20,7 +20,7 @@ from .beton_writer import write_beton
 from .images import stored_image
 from .options import WriteOptions
 from .row_checks import check_images, check_num_workers, tokenize_captions
-from ..schema import clip_fields
+from ..schema import StoredJpeg, clip_fields
 from ..source_ids import stage_ids
 from .summary import WriteSummary
 from ..tokenize import CaptionTokenizer
@@ -119,14 +119,17 @@ def write_image_rows(target, fields, refs, where, extras: List[dict], summary, o
     max_resolution = fields["image"].max_resolution
     passthrough = fields["image"].write_mode == "jpg" and not options.reencode
     kept_before = summary.jpegs_kept
-    good, largest = check_images(refs, where, summary, strict, num_workers, progress, max_resolution, passthrough)
+    good, largest, jpeg_sizes = check_images(refs, where, summary, strict, num_workers, progress, max_resolution,
+                                             passthrough)
     to_encode = len(good) - (summary.jpegs_kept - kept_before)
     in_process = num_workers == 1 or to_encode * ENCODED_IN_PROCESS <= len(good)
     names = list(fields)
 
     def make_sample(i):
         row = good[i]
-        image = stored_image(refs[row].read(), max_resolution, passthrough)
+        data, (width, height) = refs[row].read(), jpeg_sizes[row]
+        # the check's verdict: a JPEG it kept is stored as it is, at the size its header gave then
+        image = StoredJpeg(data, int(width), int(height)) if width >= 0 else stored_image(data, max_resolution)
         values = {**extras[row], "image": image, "id": i}
         return tuple(values[name] for name in names)
 

@@ -54,6 +54,9 @@ def expand_shards(shards) -> List[str]:
 def member_key(name: str) -> Tuple[str, str]:
     """(sample key, extension) of a tar member: webdataset's convention, the name up to the first
     dot of its base name (with its folder), and the rest in lower case."""
+    if "/" not in name:  # most shards' names: no folder to split off
+        key, _, ext = name.partition(".")
+        return key, ext.lower()
     folder, base = os.path.split(name)
     key, _, ext = base.partition(".")
     return os.path.join(folder, key), ext.lower()
