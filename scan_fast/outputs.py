@@ -4,6 +4,7 @@ existing file only when asked; plus the temporary names files are written under 
 Checked before any work starts, so a bad `--out` costs nothing. Imports nothing of scan_fast.
 """
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
@@ -56,17 +57,44 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_SWEPT_FOLDERS = set()  # folders whose stale partials a running `partials_swept` block removed
+
+
+def _stale_partial(name: str, prefix: str = ".") -> bool:
+    """Whether `name` is a temporary file (partial_path) under `prefix` whose writer process is gone."""
+    if not name.startswith(prefix):
+        return False
+    stem, sep, pid = name.rpartition(".partial-")
+    return bool(sep) and stem.startswith(".") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
+
+
 def remove_stale_partials(target) -> list:
-    """Delete temporary files of `target` left by writers that were killed (their process is gone)."""
+    """Delete temporary files of `target` left by writers that were killed (their process is gone): one listing
+    of its folder, none inside a `partials_swept` block of that folder."""
     target = Path(target)
-    removed = []
-    if not target.parent.is_dir():
-        return removed
-    prefix = f".{target.name}.partial-"
-    for path in target.parent.iterdir():
-        if path.name.startswith(prefix):
-            pid = path.name[len(prefix):]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                path.unlink(missing_ok=True)
-                removed.append(path)
+    if not target.parent.is_dir() or os.path.abspath(target.parent) in _SWEPT_FOLDERS:
+        return []
+    removed = [target.parent / entry.name for entry in os.scandir(target.parent)
+               if _stale_partial(entry.name, f".{target.name}.partial-")]
+    for path in removed:
+        path.unlink(missing_ok=True)
     return removed
+
+
+@contextmanager
+def partials_swept(folder):
+    """Remove every stale temporary file in `folder` once, then run the block without a listing per file
+    written: a command that writes thousands of files into one folder (the parts of a conversion, the files
+    of an index) would otherwise list the growing folder for each (quadratic in the parts)."""
+    folder = os.path.abspath(folder)
+    if os.path.isdir(folder):
+        for entry in os.scandir(folder):
+            if _stale_partial(entry.name):
+                Path(entry.path).unlink(missing_ok=True)
+    outer = folder in _SWEPT_FOLDERS
+    _SWEPT_FOLDERS.add(folder)
+    try:
+        yield
+    finally:
+        if not outer:
+            _SWEPT_FOLDERS.discard(folder)

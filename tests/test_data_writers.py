@@ -395,3 +395,27 @@ def test_a_write_whose_every_row_fails_ends_the_process(tmp_path):
     raised = done.stdout.split()
     assert raised[:3] == ["raised:", "row", "0"] and int(raised[-1]) < 2100  # long messages are cut
     assert not (tmp_path / "out.beton").exists()
+
+
+def test_stale_partials_are_swept_once_for_a_folder_of_parts(tmp_path, monkeypatch):
+    """A killed writer's temporary files go (any file's, once, at the start), a running writer's stay, and
+    the files written inside the block list the folder no more (it was quadratic in the parts)."""
+    import os
+
+    from scan_fast import outputs
+
+    dead, alive = 2**22 + 12345, os.getppid()
+    names = [f".part-00001.beton.partial-{dead}", f".part-00002.keys.npy.partial-{dead}",
+             f".part-00003.beton.partial-{alive}", "part-00000.beton", ".hidden", "x.partial-12"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    listings = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(outputs.os, "scandir", lambda path: listings.append(path) or real_scandir(path))
+    with outputs.partials_swept(tmp_path):
+        assert sorted(os.listdir(tmp_path)) == sorted(names[2:])
+        for p in range(50):
+            assert outputs.remove_stale_partials(tmp_path / f"part-{p:05d}.beton") == []
+    assert len(listings) == 1
+    (tmp_path / names[0]).write_bytes(b"")  # outside the block a single file's own partials go again
+    assert outputs.remove_stale_partials(tmp_path / "part-00001.beton") == [tmp_path / names[0]]

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from scan_fast.flags import flag
-from scan_fast.outputs import partial_path, remove_stale_partials
+from scan_fast.outputs import partial_path, partials_swept, remove_stale_partials
 
 from ..manifest import MANIFEST, read_json, read_manifest
 from .parts import clear_folder, finished_parts, part_path, part_ranges, write_manifest
@@ -248,7 +248,8 @@ def convert_parts(out, *, what: dict, samples_per_part: int, count_rows: Callabl
         finished = finished_parts(out, len(ranges))
         todo = [p for p in mine if not finished[p]]
         with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"parts (rank {processes.rank})"
-                  if processes.world > 1 else "parts", unit="part", disable=None if progress else True) as bar:
+                  if processes.world > 1 else "parts", unit="part", disable=None if progress else True) as bar, \
+                partials_swept(out):
             for p in todo:
                 target = part_path(out, p)
                 for kind in KINDS:

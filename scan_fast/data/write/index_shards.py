@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from scan_fast.outputs import partial_path, remove_stale_partials
+from scan_fast.outputs import partial_path, partials_swept, remove_stale_partials
 
 from .convert import (CONVERSION, CONVERSION_FORMAT, file_identity, open_part_job, parse_part_range, read_conversion,
                       write_json)
@@ -102,7 +102,7 @@ def index_webdataset(shards, out, options: Optional[IndexOptions] = None, **opti
                              jpeg_quality=jpeg_quality, strict=options.strict)
         with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="shard",
                   desc=f"indexing (rank {processes.rank})" if processes.world > 1 else "indexing",
-                  disable=None if options.progress else True) as bar:
+                  disable=None if options.progress else True) as bar, partials_swept(out):
             for p in todo:
                 summary = index_shard(paths[p], out, p, **shard_options)
                 if summary.skipped:  # as the writers print each part's skipped rows

@@ -45,20 +45,20 @@ def jpeg_info(head: bytes, read_at: Optional[Callable[[int, int], bytes]] = None
     reader = _Window(bytes(head), read_at)
     if reader.get(0, 2, required=False) != b"\xff\xd8":
         return None
-    pos = 2
+    pos, byte = 2, reader.byte
     while True:
-        if reader.get(pos, 1)[0] != 0xFF:
-            raise JpegHeaderError(f"no marker at byte {pos} (found 0x{reader.get(pos, 1)[0]:02x})")
-        while reader.get(pos + 1, 1)[0] == 0xFF:  # fill bytes before a marker (B.1.1.2)
+        if byte(pos) != 0xFF:
+            raise JpegHeaderError(f"no marker at byte {pos} (found 0x{byte(pos):02x})")
+        while byte(pos + 1) == 0xFF:  # fill bytes before a marker (B.1.1.2)
             pos += 1
-        marker = reader.get(pos + 1, 1)[0]
+        marker = byte(pos + 1)
         pos += 2
         if marker in _STANDALONE:
             continue
         if marker in (_SOI, _EOI, _SOS, 0x00):
             name = {_SOI: "a second SOI", _EOI: "EOI", _SOS: "SOS (scan data)", 0x00: "a stuffed 0xFF00"}[marker]
             raise JpegHeaderError(f"{name} at byte {pos - 2} before any frame header (SOF)")
-        length = int.from_bytes(reader.get(pos, 2), "big")
+        length = byte(pos) << 8 | byte(pos + 1)
         if length < 2:
             raise JpegHeaderError(f"segment 0xff{marker:02x} at byte {pos - 2} has length {length} (< 2)")
         if marker in _SOF_MARKERS:
@@ -107,6 +107,13 @@ class _Window:
 
     def __init__(self, head: bytes, read_at):
         self.start, self.data, self.read_at = 0, head, read_at
+
+    def byte(self, pos: int) -> int:
+        """The byte at `pos` (the common case, inside the chunk held, without a slice)."""
+        lo = pos - self.start
+        if 0 <= lo < len(self.data):
+            return self.data[lo]
+        return self.get(pos, 1)[0]
 
     def get(self, pos: int, count: int, required: bool = True) -> bytes:
         lo = pos - self.start
