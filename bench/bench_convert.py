@@ -12,7 +12,9 @@ processes, as a job would (start-up and imports are part of what a job pays):
 - `index`: `data index`, the shards indexed in place (tar and JPEG headers, captions tokenized; no
   image decoded, re-encoded or copied);
 - `..., 2 processes`: two `--part-range` jobs started together, each over half the parts (the one
-  that finishes last writes the manifest), as a job array runs them.
+  that finishes last writes the manifest), as a job array runs them;
+- `index, ..., N samples`: the index of the shards linked `--index-copies` times (100,000 samples by
+  default), where the index's work, not a process's start-up, decides what a second process gains.
 
 Every process uses `--num-workers 1`, so the ratios measure the work, not ffcv's writer
 processes. `after start-up` is the time each process reports for the conversion itself (the
@@ -26,6 +28,7 @@ row check's decode of a passthrough JPEG at 1/8 scale against the loader's full 
 time and in broken files found (the shards' JPEGs cut short, or with 4 bytes overwritten).
 
     .venv/bin/python bench/bench_convert.py [--shards 40] [--per-shard 500] [--resolution 256] [--rounds 1]
+                                            [--index-copies 5]
 """
 import argparse
 import io
@@ -218,12 +221,31 @@ def decode_check(shard, count=300, seed=0):
     return len(jpegs), rows
 
 
+def _linked_copies(work, shards, copies):
+    """A folder holding each shard `copies` times (hard links, or copies where links fail): an index over
+    many samples without generating them; keys repeat only across shards, as in any data set."""
+    folder = os.path.join(work, f"shards-x{copies}")
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+        for copy in range(copies):
+            for name in sorted(os.listdir(shards)):
+                source, target = os.path.join(shards, name), os.path.join(folder, f"copy{copy}-{name}")
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copyfile(source, target)
+    return folder
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=40)
     parser.add_argument("--per-shard", type=int, default=500)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--index-copies", type=int, default=5,
+                        help="also index the shards linked this many times, 1 and 2 processes: an index of 20,000 "
+                             "samples is ~1 s of work against ~0.5 s of start-up a process")
     parser.add_argument("--workdir", help="folder for the shards and outputs (default: a temporary folder)")
     args = parser.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="bench_convert.")
@@ -233,20 +255,28 @@ def main():
         make_shards(shards, args.shards, args.per_shard, args.resolution)
     parts = args.shards  # K = --per-shard: one part per shard's worth of samples
     half = parts // 2
-    cases = {}
+    samples = args.shards * args.per_shard
+    cases = {}  # name -> (provider, part ranges, shards, samples)
     for provider in PROVIDERS:
-        cases[f"{provider.name}, 1 process"] = (provider, [None])
+        cases[f"{provider.name}, 1 process"] = (provider, [None], shards, samples)
         if provider.parallel:
-            cases[f"{provider.name}, 2 processes (--part-range)"] = (provider, [f"0:{half}", f"{half}:{parts}"])
+            cases[f"{provider.name}, 2 processes (--part-range)"] = (provider, [f"0:{half}", f"{half}:{parts}"],
+                                                                     shards, samples)
+    if args.index_copies > 1:
+        linked, index = _linked_copies(work, shards, args.index_copies), PROVIDERS[-1]
+        many, big = parts * args.index_copies, samples * args.index_copies
+        cases[f"index, 1 process, {big} samples"] = (index, [None], linked, big)
+        cases[f"index, 2 processes (--part-range), {big} samples"] = (index, [f"0:{many // 2}", f"{many // 2}:{many}"],
+                                                                      linked, big)
     times, cpus, insides = ({name: [] for name in cases} for _ in range(3))
     prints, starts = {}, []
     try:
         for _ in range(args.rounds):
             starts.append(start_up())
-            for name, (provider, ranges) in cases.items():
+            for name, (provider, ranges, folder, _) in cases.items():
                 out = os.path.join(work, "out")
                 shutil.rmtree(out, ignore_errors=True)
-                seconds, cpu, inside = run_jobs([provider.job(shards, out, r, args.per_shard) for r in ranges])
+                seconds, cpu, inside = run_jobs([provider.job(folder, out, r, args.per_shard) for r in ranges])
                 times[name].append(seconds)
                 insides[name].append(inside)
                 cpus[name].append(cpu)
@@ -255,7 +285,6 @@ def main():
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    samples = args.shards * args.per_shard
     print(f"{samples} samples ({args.shards} shards x {args.per_shard}, {args.resolution} px JPEG), {parts} parts; "
           f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the end; median of {args.rounds} "
           f"round(s)")
@@ -263,8 +292,8 @@ def main():
     print("|---|---:|---|---:|---:|---:|---:|")
     rate, rate_inside = {}, {}
     for name, values in times.items():
-        median, inside = statistics.median(values), statistics.median(insides[name])
-        rate[name], rate_inside[name] = samples / median, samples / inside
+        median, inside, count = statistics.median(values), statistics.median(insides[name]), cases[name][3]
+        rate[name], rate_inside[name] = count / median, count / inside if inside else float("nan")  # < 0.05 s
         print(f"| {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {rate[name]:.0f} | {inside:.1f} | "
               f"{rate_inside[name]:.0f} | {statistics.median(cpus[name]):.1f} |")
     for label, num, den in (("passthrough vs re-encode, 1 process", "passthrough, 1 process", "re-encode, 1 process"),
@@ -272,7 +301,12 @@ def main():
                             ("index vs passthrough, 1 process", "index, 1 process", "passthrough, 1 process"),
                             ("2 processes vs 1, passthrough", "passthrough, 2 processes (--part-range)",
                              "passthrough, 1 process"),
-                            ("2 processes vs 1, index", "index, 2 processes (--part-range)", "index, 1 process")):
+                            ("2 processes vs 1, index", "index, 2 processes (--part-range)", "index, 1 process"),
+                            (f"2 processes vs 1, index of {samples * args.index_copies} samples",
+                             f"index, 2 processes (--part-range), {samples * args.index_copies} samples",
+                             f"index, 1 process, {samples * args.index_copies} samples")):
+        if num not in rate:
+            continue
         print(f"{label}: {rate[num] / rate[den]:.2f}x ({rate_inside[num] / rate_inside[den]:.2f}x after start-up)")
     help_s, import_s = (statistics.median(column) for column in zip(*starts))
     print(f"start-up of one process: `data clip --help` {help_s:.2f} s, importing the writers and the tokenizer "
@@ -284,8 +318,11 @@ def main():
     print("|---|---:|" + "---:|" * len(decode_rows[0][2]))
     for name, ms, found in decode_rows:
         print(f"| {name} | {ms:.2f} | " + " | ".join(str(n) for n in found.values()) + " |")
-    same = all(prints[f"{p.name}, 1 process"] == prints[f"{p.name}, 2 processes (--part-range)"]
-               for p in PROVIDERS if p.parallel)
+    pairs = [(f"{p.name}, 1 process", f"{p.name}, 2 processes (--part-range)") for p in PROVIDERS if p.parallel]
+    if args.index_copies > 1:
+        big = samples * args.index_copies
+        pairs.append((f"index, 1 process, {big} samples", f"index, 2 processes (--part-range), {big} samples"))
+    same = all(prints[one] == prints[two] for one, two in pairs)
     print(f"2-process folders equal to the 1-process ones (parts' fingerprints, rows' digests): {same}")
     if not same:
         raise SystemExit(1)
