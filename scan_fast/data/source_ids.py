@@ -189,7 +189,17 @@ def find_repeat(arrays: Sequence[np.ndarray], kind: str, chunk: int = _CHUNK) ->
     record = np.dtype([("v", f"S{width}"), ("part", "<u4"), ("row", "<u8")])
     count, first = 0, None
     with tempfile.TemporaryDirectory(prefix="scan-fast-ids.") as scratch:
-        runs = []
+        runs, pending = [], []  # a run holds up to `chunk` values of one or many parts (parts may be small)
+
+        def save_run():
+            run = np.concatenate(pending)
+            run = run[np.argsort(run["v"], kind="stable")]  # argsort of the field: a record sort compares all fields
+            path = os.path.join(scratch, f"run{len(runs)}.npy")
+            np.save(path, run)
+            runs.append(np.load(path, mmap_mode="r"))
+            pending.clear()
+
+        held = 0
         for p, array in enumerate(arrays):
             for start in range(0, len(array), chunk):
                 values = np.asarray(array[start:start + chunk])
@@ -197,11 +207,15 @@ def find_repeat(arrays: Sequence[np.ndarray], kind: str, chunk: int = _CHUNK) ->
                 if kind == "uids":
                     given = (values["f0"] != 0) | (values["f1"] != 0)
                     values, rows = values[given], rows[given]
+                if held + len(values) > chunk and pending:
+                    save_run()
+                    held = 0
                 run = np.empty(len(values), record)
                 run["v"], run["part"], run["row"] = _sortable(values, kind, width), p, rows
-                path = os.path.join(scratch, f"run{len(runs)}.npy")
-                np.save(path, np.sort(run, order="v", kind="stable"))
-                runs.append(np.load(path, mmap_mode="r"))
+                pending.append(run)
+                held += len(values)
+        if pending:
+            save_run()
         previous = None
         for block in merge_sorted_runs(runs, "v"):
             if previous is not None:
