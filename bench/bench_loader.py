@@ -17,11 +17,11 @@
    parts (target >= 0.95x), and over the one file through ffcv's own Reader and OS-cache
    read path (the loader before batches were staged), interleaved in one run.
 5. inplace: the same JPEGs as webdataset shards, read by clip_loader from an in-place index
-   (`data index`), from a part folder converted from those shards, and by ffcv's own Loader
-   on the converted file (its own crop decoder and flip; a pruned epoch through its `indices`), at 64 and
-   224 px, all samples and a random half; targets: index >= 0.9x the part folder and >= 0.9x
-   ffcv's Loader, the part folder >= 1.0x ffcv's Loader at 64 px. Each provider runs in its own
-   spawned process; epochs of the three are timed in turn, round after round. Also the bytes each
+   (`data index`; also with `direct_reads`, O_DIRECT), from a part folder converted from those shards, and
+   by ffcv's own Loader on the converted file (its own crop decoder and flip; a pruned epoch through its
+   `indices`), at 64 and 224 px, all samples and a random half; targets: index >= 0.9x the part folder and
+   >= 0.9x ffcv's Loader, the part folder >= 1.0x ffcv's Loader at 64 px. Each provider runs in its own
+   spawned process; epochs of the four are timed in turn, round after round. Also the bytes each
    reads per batch (read syscalls, storage reads from a cold page cache, and data file pages
    mapped) against the batch's stored bytes (target <= 2x for storage reads and pages mapped; the
    read syscalls include the whole 4 KiB blocks of a .beton's allocation table its pointer search
@@ -405,15 +405,15 @@ def suite_inplace(root: Path, sizes: dict, reps: int, workers: int):
         write_clip_from_webdataset(shards, single, max_resolution=resolution, progress=False)
         for fraction in (1.0, 0.5):
             kept = np.flatnonzero(np.random.default_rng(1).random(n) < fraction) if fraction < 1 else None
-            specs = {"in-place index": ("scan-fast", index), "part folder": ("scan-fast", parts),
-                     "ffcv Loader, converted file": ("ffcv", single)}
+            specs = {"in-place index": ("scan-fast", index), "in-place index, direct reads": ("scan-fast-direct", index),
+                     "part folder": ("scan-fast", parts), "ffcv Loader, converted file": ("ffcv", single)}
             # Each provider lives in its own fresh (spawned) process, where it is built and warmed up (JIT), as
             # a training process would run it: numba's dispatchers are shared within a process and are not
             # safe against another loader's pipeline compiling at once (ffcv's Loader takes no lock of ours;
             # earlier runs of this suite met it as a KeyError in numba). The parent then times one epoch of
             # each in turn, round after round, so all see the same background load; then each counts its reads.
-            files = {"in-place index": [shards, index], "part folder": [parts],
-                     "ffcv Loader, converted file": [single]}
+            files = {"in-place index": [shards, index], "in-place index, direct reads": [shards, index],
+                     "part folder": [parts], "ffcv Loader, converted file": [single]}
             children = {name: _Child((kind, path, n, resolution, workers, kept)) for name, (kind, path) in specs.items()}
             try:
                 rates = {name: [] for name in specs}
@@ -474,7 +474,8 @@ def _build(kind, path, n, resolution, workers, kept):
     from scan_fast.data.read.loaders import clip_loader
 
     scan = FixedListScan(n, lists=[kept] * 1000) if kept is not None else None
-    return clip_loader(path, BATCH, resolution, scan=scan, drop_last=False, num_workers=workers)
+    return clip_loader(path, BATCH, resolution, scan=scan, drop_last=False, num_workers=workers,
+                       direct_reads=kind == "scan-fast-direct")
 
 
 def _serve(spec, pipe):

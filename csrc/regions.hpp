@@ -12,7 +12,8 @@ namespace scan_fast {
 // Returns -1 when every region was read whole, else the index of the first region the file did not
 // hold whole (a file cut short after it was opened). Throws std::invalid_argument for a destination
 // outside `out`, std::system_error when the operating system refuses a read (a closed descriptor, an
-// I/O error).
+// I/O error). A descriptor opened with O_DIRECT is read in whole blocks of the device (512 bytes, or 4096
+// when 512 is refused) through an aligned buffer of the thread: only those blocks come from storage.
 int64_t read_regions(const int32_t* fds, const uint64_t* offsets, const uint64_t* sizes, size_t count,
                      uint8_t* out, size_t out_size, const uint64_t* out_offsets);
 

@@ -299,3 +299,20 @@ def test_moco_trains_from_an_index_and_asks_for_a_labelled_knn_bank(index, tmp_p
     assert MocoTask(MocoConfig(train_data=str(folder), val_data=str(labelled), probe_train_data=str(labelled),
                                arch="vit_tiny_cpu")).check() == len(seen)
 
+
+
+def test_direct_reads_stage_the_same_bytes(index):
+    """--direct-reads reads the shards with O_DIRECT (whole 512-byte blocks, no page cache): the same staged
+    batch, metadata and bytes, as reads through the page cache."""
+    from scan_fast.data.read.staging import BatchStager
+
+    out, _ = index
+    ids = np.random.default_rng(0).permutation(open_dataset(out).num_samples)[:9]
+    staged = []
+    for direct in (False, True):
+        dataset = open_dataset(out, direct_reads=direct)
+        metadata, (buffer, starts, sizes) = BatchStager(dataset).stage(ids)
+        staged.append((metadata.copy(), buffer[:int(starts[-1] + sizes[-1])].copy()))
+        dataset.close()
+    np.testing.assert_array_equal(staged[0][0], staged[1][0])
+    np.testing.assert_array_equal(staged[0][1], staged[1][1])

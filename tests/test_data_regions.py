@@ -71,3 +71,40 @@ def test_pread_pointer_search_equals_the_mapped_one(tmp_path_factory, gaps, seed
     expected = find_pointers(table["ptr"], queries)
     np.testing.assert_array_equal(found, expected)
     np.testing.assert_array_equal(sizes, np.where(expected >= 0, table["size"][np.maximum(expected, 0)], 0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(1, 20000), seed=st.integers(0, 2**32 - 1), count=st.integers(1, 30))
+def test_direct_reads_equal_buffered_reads(tmp_path_factory, size, seed, count):
+    """A descriptor opened with O_DIRECT (whole 512-byte blocks through an aligned buffer) reads what a
+    buffered one reads, at any offset and size, up to the file's end and past it (named)."""
+    import fcntl
+
+    import pytest
+
+    from scan_fast.data.regions import open_for_reads
+
+    path = tmp_path_factory.mktemp("direct") / "f.bin"
+    data = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path.write_bytes(data)
+    fd = open_for_reads(str(path), direct=True)
+    try:
+        if not os.O_DIRECT & fcntl.fcntl(fd, fcntl.F_GETFL):
+            pytest.skip("this file system refuses O_DIRECT")
+        rng = np.random.default_rng(seed + 1)
+        offsets = rng.integers(0, size, count).astype(np.uint64)
+        sizes = np.minimum(rng.integers(0, 3000, count), size - offsets).astype(np.uint64)
+        sizes[0] = size - offsets[0]  # one region up to the last byte of the file
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.uint64)
+        out = np.zeros(int(sizes.sum()) + 1, np.uint8)
+        read_regions(np.full(count, fd, np.int32), offsets, sizes, out, starts, str)
+        for k in range(count):
+            assert out[int(starts[k]):][:int(sizes[k])].tobytes() == data[int(offsets[k]):][:int(sizes[k])]
+        try:
+            read_regions(np.array([fd], np.int32), np.array([size - 1], np.uint64), np.array([2], np.uint64),
+                         out, np.zeros(1, np.uint64), lambda k: f"region {k} cut")
+            raise AssertionError("no error for a region past the end")
+        except DataError as err:
+            assert str(err) == "region 0 cut"
+    finally:
+        os.close(fd)

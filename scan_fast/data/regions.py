@@ -7,6 +7,7 @@ a random row costs its own bytes, not the page-cache folio around it (up to 2 Mi
 network storage and for the page cache a run leaves to others. Per-sample tables are read the same
 way, a row at a time (`read_rows`).
 """
+import errno
 import os
 from typing import Callable, NamedTuple
 
@@ -29,9 +30,19 @@ class Located(NamedTuple):
     table_bytes: int = 0  # bytes of per-sample tables read to find them (metadata or index rows)
 
 
-def open_for_reads(path: str) -> int:
-    """A read-only descriptor for random preads: no read-ahead around them."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+def open_for_reads(path: str, direct: bool = False) -> int:
+    """A read-only descriptor for random preads: no read-ahead around them. direct: opened with O_DIRECT, so
+    that a read costs its own 512-byte blocks from storage instead of whole 4 KiB pages (read_regions aligns
+    them) and fills no page cache; where the file system refuses direct I/O (tmpfs, some network file
+    systems) the descriptor reads through the page cache."""
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+    if direct and hasattr(os, "O_DIRECT"):
+        try:
+            return os.open(path, flags | os.O_DIRECT)
+        except OSError as err:
+            if err.errno != errno.EINVAL:
+                raise
+    fd = os.open(path, flags)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
     return fd
 

@@ -48,8 +48,8 @@ class IndexPart:
     """One indexed shard: its rows table, tokens and side part, and the shard itself, read with pread."""
 
     def __init__(self, folder: str, record: dict, field_names: List[str], metadata_type: np.dtype,
-                 context_length: int):
-        self.folder, self.record = folder, record
+                 context_length: int, direct_reads: bool = False):
+        self.folder, self.record, self.direct_reads = folder, record, direct_reads
         self.path = os.path.join(folder, record["file"])  # the stem: messages and the key/uid arrays are named by it
         self.shard = record["shard"]
         self.num_samples = int(record["num_samples"])
@@ -83,8 +83,8 @@ class IndexPart:
 
     def _fd(self, path: str) -> int:
         fd = self._fds.get(path)
-        if fd is None:
-            fd = self._fds[path] = open_for_reads(path)
+        if fd is None:  # the shard's images with direct reads when asked; the small tables through the cache
+            fd = self._fds[path] = open_for_reads(path, direct=self.direct_reads and path == self.shard)
         return fd
 
     def side(self) -> BetonFile:
@@ -142,9 +142,9 @@ class IndexPart:
 class IndexDataset(Dataset):
     """Samples 0..N-1 of an in-place index (see the module docstring), read like a part folder."""
 
-    def __init__(self, folder: str, manifest: dict):
+    def __init__(self, folder: str, manifest: dict, direct_reads: bool = False):
         self.path = folder
-        self.manifest = manifest
+        self.manifest, self.direct_reads = manifest, direct_reads
         self.context_length = int(manifest["context_length"])
         fields = index_fields(self.context_length)
         self.handlers = fields
@@ -163,7 +163,7 @@ class IndexDataset(Dataset):
         part = self._parts.get(index)
         if part is None:
             part = self._parts[index] = IndexPart(self.path, self.records[index], self.field_names,
-                                                  self.metadata_type, self.context_length)
+                                                  self.metadata_type, self.context_length, self.direct_reads)
         return part
 
     def image_bounds(self) -> Dict[str, List[int]]:
@@ -177,14 +177,15 @@ def read_index_manifest(folder: str, manifest: dict) -> dict:
     return check_manifest(os.path.join(folder, MANIFEST), manifest, INDEX_VERSION)
 
 
-def open_index(folder: str, manifest: dict) -> IndexDataset:
-    """An in-place index, opened at O(parts) cost: every shard must exist with its recorded size."""
+def open_index(folder: str, manifest: dict, direct_reads: bool = False) -> IndexDataset:
+    """An in-place index, opened at O(parts) cost: every shard must exist with its recorded size.
+    direct_reads: the shards' images are read with O_DIRECT (regions.open_for_reads)."""
     manifest = read_index_manifest(folder, manifest)
     for record in manifest["parts"]:
         shard = record["shard"]
         check_listed_file(shard, record["shard_bytes"], f"shard {shard}", os.path.join(folder, MANIFEST),
                           f"the index {folder} recorded", "it was cut or changed after indexing")
-    return IndexDataset(folder, manifest)
+    return IndexDataset(folder, manifest, direct_reads)
 
 
 def check_index(folder: str, manifest: dict, progress=None) -> List[str]:

@@ -50,7 +50,8 @@ class ClipTask(Task):
         # No flip, as open_clip's training transform (and the shapes captions name left and right).
         return clip_loader(cfg.train_data, cfg.batch_size, self.model.image_size, scan=schedule, seed=cfg.seed,
                            distributed=runtime.world_size > 1, rank=runtime.rank, world_size=runtime.world_size,
-                           device=runtime.device, augment=cfg.augment, flip=False, num_workers=cfg.workers)
+                           device=runtime.device, augment=cfg.augment, flip=False, num_workers=cfg.workers,
+                           direct_reads=cfg.direct_reads)
 
     def evaluation_loader(self, model, device):
         """The loader of `cfg.val_data` the evaluation reads (at the model's image size)."""

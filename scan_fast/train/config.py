@@ -164,6 +164,9 @@ class TrainConfig:
                                    "data")
     batch_size: int = flag(128, "batch size per process", "data")
     workers: int = flag(2, "FFCV decoding threads", "data")
+    direct_reads: bool = flag(False, "read an index's shards with O_DIRECT: each image costs its own 512-byte blocks "
+                                     "from storage and fills no page cache (for data larger than memory; every "
+                                     "epoch then reads from storage)", "data")
     epochs: int = flag(10, "epochs to train", "optimisation")
     lr: float = flag(5e-4, "peak learning rate", "optimisation")
     wd: float = flag(0.1, "AdamW weight decay", "optimisation")

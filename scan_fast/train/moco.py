@@ -55,7 +55,8 @@ class MocoTask(Task):
         cfg = self.cfg
         return moco_loader(cfg.train_data, cfg.batch_size, cfg.resolution, scan=schedule, seed=cfg.seed,
                            distributed=runtime.world_size > 1, rank=runtime.rank, world_size=runtime.world_size,
-                           device=runtime.device, augment=True, num_workers=cfg.workers)
+                           device=runtime.device, augment=True, num_workers=cfg.workers,
+                           direct_reads=cfg.direct_reads)
 
     def evaluation(self, model, device):
         if self.cfg.val_data is None:

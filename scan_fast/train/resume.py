@@ -28,6 +28,7 @@ MAY_CHANGE = {
     "val_data": "evaluation only", "eval_frequency": "evaluation only", "zeroshot_classes": "evaluation only",
     "zeroshot_template": "evaluation only", "knn_k": "evaluation only", "probe_train_data": "evaluation only",
     "workers": "decoding threads; every crop is keyed by (seed, epoch, id), not by the thread",
+    "direct_reads": "how the same bytes are read",
     "device": "where the run trains", "dist_timeout": "how long a collective may wait",
     "logs": "where the run is", "name": "where the run is", "resume": "how the run starts",
     "overwrite": "how the run starts", "save_frequency": "how often it is saved",

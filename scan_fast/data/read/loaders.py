@@ -391,9 +391,11 @@ def _check_common(batch_size, num_workers):
 def build_loader(path, batch_size: int, pipelines, required_fields, scan=None, seed: int = 0,
                  shuffle: bool = True, drop_last: bool = True, distributed: bool = False,
                  rank: Optional[int] = None, world_size: Optional[int] = None, num_workers: int = 2,
-                 batches_ahead: int = 3, start_epoch: int = 0, reuse_key=None) -> ScanLoader:
+                 batches_ahead: int = 3, start_epoch: int = 0, reuse_key=None,
+                 direct_reads: bool = False) -> ScanLoader:
     """A ScanLoader over `path` (a .beton or a part folder, or an open `Dataset`) with the given
-    per-field pipelines (stored fields not named are not read). reuse_key: what the pipelines are made
+    per-field pipelines (stored fields not named are not read); direct_reads: an index's shards read with
+    O_DIRECT (dataset.open_dataset). reuse_key: what the pipelines are made
     of, for a caller that can say it; inside `reuse_compiled_loaders()` a loader built with the same path,
     key and arguments is the one built before, re-pointed at scan, seed and start_epoch (loader_reuse.py)."""
     _check_common(batch_size, num_workers)
@@ -408,7 +410,7 @@ def build_loader(path, batch_size: int, pipelines, required_fields, scan=None, s
         return KeptIdsSource(scan, dataset.num_samples, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size)
 
     def build() -> ScanLoader:
-        dataset = path if isinstance(path, Dataset) else open_dataset(path)
+        dataset = path if isinstance(path, Dataset) else open_dataset(path, direct_reads=direct_reads)
         dataset.require(required_fields)
         return ScanLoader(dataset, source_of(dataset), batch_size, {**{name: None for name in dataset.handlers},
                                                                     **pipelines},
@@ -417,7 +419,7 @@ def build_loader(path, batch_size: int, pipelines, required_fields, scan=None, s
 
     key = None if reuse_key is None or isinstance(path, Dataset) else (
         os.path.abspath(os.fspath(path)), batch_size, tuple(required_fields), drop_last, distributed, num_workers,
-        batches_ahead, reuse_key)
+        batches_ahead, direct_reads, reuse_key)
     return reused_or_built(key, build, lambda loader: loader.repoint(source_of(loader.dataset), seed, start_epoch))
 
 
@@ -426,7 +428,7 @@ def clip_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
                 rank: Optional[int] = None, world_size: Optional[int] = None, device="cpu",
                 augment: bool = True, flip: bool = True, crop_scale: Tuple[float, float] = (0.9, 1.0),
                 with_labels: bool = False, num_workers: int = 2,
-                batches_ahead: int = 3, start_epoch: int = 0) -> ScanLoader:
+                batches_ahead: int = 3, start_epoch: int = 0, direct_reads: bool = False) -> ScanLoader:
     """Batches of images (float [B,3,R,R]), tokens (int32 [B,ctx]) and ids (int64 [B]), and labels
     with with_labels, from a .beton or a part folder."""
     required = ("image", "tokens", "id") + (("label",) if with_labels else ())
@@ -435,7 +437,7 @@ def clip_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
     return build_loader(path, batch_size, pipes, required, scan=scan,
                         seed=seed, shuffle=shuffle, drop_last=drop_last, distributed=distributed,
                         rank=rank, world_size=world_size, num_workers=num_workers,
-                        batches_ahead=batches_ahead, start_epoch=start_epoch,
+                        batches_ahead=batches_ahead, start_epoch=start_epoch, direct_reads=direct_reads,
                         reuse_key=("clip", resolution, str(device), augment, flip, tuple(crop_scale), with_labels))
 
 
@@ -444,7 +446,7 @@ def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
                 rank: Optional[int] = None, world_size: Optional[int] = None, device="cpu",
                 augment: bool = True, crop_scale: Tuple[float, float] = (0.08, 1.0),
                 blur_sigma: Tuple[float, float] = (0.1, 2.0), num_workers: int = 2,
-                batches_ahead: int = 3, start_epoch: int = 0) -> ScanLoader:
+                batches_ahead: int = 3, start_epoch: int = 0, direct_reads: bool = False) -> ScanLoader:
     """Batches of images (view 1), view2 and ids with augment=True (both views float, photometrically
     augmented; labels are not read, so an in-place index trains MoCo too), of images, labels and ids
     without."""
@@ -453,7 +455,7 @@ def moco_loader(path, batch_size: int, resolution: int = 224, scan=None, *, seed
     loader = build_loader(path, batch_size, pipes, required, scan=scan,
                           seed=seed, shuffle=shuffle, drop_last=drop_last, distributed=distributed,
                           rank=rank, world_size=world_size, num_workers=num_workers,
-                          batches_ahead=batches_ahead, start_epoch=start_epoch,
+                          batches_ahead=batches_ahead, start_epoch=start_epoch, direct_reads=direct_reads,
                           reuse_key=("moco", resolution, str(device), augment, tuple(crop_scale)))
     if augment:
         loader.batch_transform = KeyedMocoViews(seed, blur_sigma=blur_sigma)
