@@ -2,6 +2,7 @@
 import os
 
 import numpy as np
+import pytest
 from ffcv.types import ALLOC_TABLE_TYPE
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,18 +24,23 @@ def test_read_regions_equals_slicing(tmp_path_factory, data, seed, count):
     out = np.zeros(int(sizes.sum()) + 1, np.uint8)
     fd = os.open(path, os.O_RDONLY)
     try:
-        read_regions(np.full(count, fd, np.int32), offsets, sizes, out, starts, str)
-        for k in range(count):
-            assert out[int(starts[k]):][:int(sizes[k])].tobytes() == data[int(offsets[k]):][:int(sizes[k])]
+        _assert_reads(fd, data, offsets, sizes, out, starts)
         if count:  # a region past the end of the file: named, not read as garbage
-            try:
-                read_regions(np.array([fd], np.int32), np.array([len(data)], np.uint64), np.array([1], np.uint64),
-                             out, np.zeros(1, np.uint64), lambda k: f"region {k} cut")
-                raise AssertionError("no error for a region past the end")
-            except DataError as err:
-                assert str(err) == "region 0 cut"
+            _assert_past_the_end_is_named(fd, len(data), 1, out)
     finally:
         os.close(fd)
+
+
+def _assert_reads(fd, data, offsets, sizes, out, starts):
+    read_regions(np.full(len(offsets), fd, np.int32), offsets, sizes, out, starts, str)
+    for k in range(len(offsets)):
+        assert out[int(starts[k]):][:int(sizes[k])].tobytes() == data[int(offsets[k]):][:int(sizes[k])]
+
+
+def _assert_past_the_end_is_named(fd, offset, size, out):
+    with pytest.raises(DataError, match="^region 0 cut$"):
+        read_regions(np.array([fd], np.int32), np.array([offset], np.uint64), np.array([size], np.uint64),
+                     out, np.zeros(1, np.uint64), lambda k: f"region {k} cut")
 
 
 def test_read_rows_reads_the_rows_asked_for(tmp_path):
@@ -80,8 +86,6 @@ def test_direct_reads_equal_buffered_reads(tmp_path_factory, size, seed, count):
     buffered one reads, at any offset and size, up to the file's end and past it (named)."""
     import fcntl
 
-    import pytest
-
     from scan_fast.data.regions import open_for_reads
 
     path = tmp_path_factory.mktemp("direct") / "f.bin"
@@ -97,14 +101,7 @@ def test_direct_reads_equal_buffered_reads(tmp_path_factory, size, seed, count):
         sizes[0] = size - offsets[0]  # one region up to the last byte of the file
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.uint64)
         out = np.zeros(int(sizes.sum()) + 1, np.uint8)
-        read_regions(np.full(count, fd, np.int32), offsets, sizes, out, starts, str)
-        for k in range(count):
-            assert out[int(starts[k]):][:int(sizes[k])].tobytes() == data[int(offsets[k]):][:int(sizes[k])]
-        try:
-            read_regions(np.array([fd], np.int32), np.array([size - 1], np.uint64), np.array([2], np.uint64),
-                         out, np.zeros(1, np.uint64), lambda k: f"region {k} cut")
-            raise AssertionError("no error for a region past the end")
-        except DataError as err:
-            assert str(err) == "region 0 cut"
+        _assert_reads(fd, data, offsets, sizes, out, starts)
+        _assert_past_the_end_is_named(fd, size - 1, 2, out)
     finally:
         os.close(fd)
