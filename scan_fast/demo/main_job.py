@@ -121,13 +121,15 @@ def _clip_config(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int
     from scan_fast.train.config import ClipConfig
 
     extra = {"zeroshot_template": TEMPLATE} if DATA_SETS[job.data].family == "colour-digits" else {}
+    epochs = _epochs_of(job, prune, prune_counts)
     return ClipConfig(model=TINY_SIGLIP if job.loss == "siglip" else TINY_CLIP, loss=job.loss,
                       train_data=data["train"], val_data=data["test"], batch_size=job.batch_size,
-                      epochs=_epochs_of(job, prune, prune_counts), lr=job.lr, warmup_epochs=job.warmup_epochs,
+                      epochs=epochs, lr=job.lr, warmup_epochs=job.warmup_epochs,
                       seed=seed, prune=prune, prune_counts=prune_counts, workers=job.workers,
                       logs=os.path.join(job.out, "runs"), name=f"{prune}-seed{seed}", progress=job.progress,
                       tensorboard=True,
                       overwrite=True,  # the job's runs are its own outputs, made again on every call
+                      save_frequency=epochs,  # so a checkpoint after the last epoch only: no run is resumed
                       eval_frequency=1,  # every epoch: the accuracy-vs-compute curves (a small held-out set)
                       # the report's loss histogram of the candidates (8k samples)
                       save_losses=PRUNE_MODES[prune].finds_candidates, **extra)

@@ -192,16 +192,13 @@ def fit(task: "Task", schedule: "PruningSchedule", runtime: Runtime) -> dict:
             run.history.append(row)
             last = epoch == cfg.epochs - 1
             save = last or (epoch + 1) % cfg.save_frequency == 0
+            if save:  # before evaluating: a failed evaluation must not lose the epoch's training
+                run.checkpoint.save(run.step, epoch + 1, run.global_step, run.history)
             if run.evaluate is not None and runtime.is_main and (
                     last or (cfg.eval_frequency and (epoch + 1) % cfg.eval_frequency == 0)):
-                try:
-                    row["eval"] = run.evaluate()
-                except BaseException:
-                    if save:  # a failed evaluation must not lose the epoch's training
-                        run.checkpoint.save(run.step, epoch + 1, run.global_step, run.history)
-                    raise
-            if save:  # once, with the score in the saved history
-                run.checkpoint.save(run.step, epoch + 1, run.global_step, run.history)
+                row["eval"] = run.evaluate()
+                if save:  # again, with the score in the saved history
+                    run.checkpoint.save(run.step, epoch + 1, run.global_step, run.history)
             run.logger.log_epoch(run.history)
             if runtime.is_main:
                 print(_epoch_line(task.kind, row), flush=True)
