@@ -24,12 +24,12 @@ import numpy as np
 from tqdm import tqdm
 
 from scan_fast.flags import flag
-from scan_fast.outputs import partial_path, partials_swept, remove_stale_partials
+from scan_fast.outputs import partial_path, partials_swept
 
 from ..manifest import MANIFEST, read_json, read_manifest
 from .parts import clear_folder, finished_parts, part_path, part_ranges, write_manifest
 from ..regions import DataError
-from ..source_ids import KINDS, UID_DTYPE, check_pinned, describe_repeat, find_repeat, ids_path, load_ids
+from ..source_ids import KINDS, UID_DTYPE, check_pinned, describe_repeat, find_repeat, load_ids
 
 CONVERSION = "conversion.json"
 CONVERSION_FORMAT = "scan-fast conversion"
@@ -252,8 +252,6 @@ def convert_parts(out, *, what: dict, samples_per_part: int, count_rows: Callabl
                 partials_swept(out):
             for p in todo:
                 target = part_path(out, p)
-                for kind in KINDS:
-                    remove_stale_partials(ids_path(target, kind))
                 summary = write_part(target, p, *ranges[p])
                 if summary is not None:  # each part's rows read, written and skipped, as the single-file writers print
                     tqdm.write(str(summary), file=sys.stdout)

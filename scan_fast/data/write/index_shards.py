@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from scan_fast.outputs import partial_path, partials_swept, remove_stale_partials
+from scan_fast.outputs import partial_path, partials_swept
 
 from .convert import (CONVERSION, CONVERSION_FORMAT, file_identity, open_part_job, parse_part_range, read_conversion,
                       write_json)
@@ -36,7 +36,7 @@ from ..manifest import MANIFEST, manifest_checksum
 from .parts import repeated_source_ids
 from ..regions import DataError
 from .row_checks import check_images, check_webdataset_samples, tokenize_captions
-from ..source_ids import KINDS, ids_path, pin_ids, stage_ids
+from ..source_ids import pin_ids, stage_ids
 from .summary import WriteSummary
 from .tar_shards import expand_shards, shard_samples
 from ..tokenize import CaptionTokenizer
@@ -123,12 +123,11 @@ def index_webdataset(shards, out, options: Optional[IndexOptions] = None, **opti
 
 def index_shard(shard: str, folder, p: int, *, context_length: int, max_resolution: Optional[int],
                 jpeg_quality: int, strict: bool) -> WriteSummary:
-    """Write part p of the index in `folder` from `shard` (see the module docstring)."""
+    """Write part p of the index in `folder` from `shard` (see the module docstring); called inside
+    `partials_swept(folder)`, which removed killed writers' temporary files."""
     stem = part_stem(folder, p)
     files = {role: Path(f"{stem}{suffix}") for role, suffix in PART_FILES.items()}
     record_path = part_record_path(folder, p)
-    for path in [*files.values(), record_path, *(ids_path(stem, kind) for kind in KINDS)]:
-        remove_stale_partials(path)
     samples, problems = shard_samples(shard)  # (where, TarImage, caption, key, uid)
     summary = WriteSummary(path=str(stem), rows_read=len(samples))
     usable = check_webdataset_samples(samples, problems, summary, strict)
