@@ -83,7 +83,9 @@ def test_rule_separates_wrong_pairs_where_the_batch_rank_cannot():
     """20% wrong pairs: the paper's per-batch rank takes 35% as ill-matched; the valley takes the wrong ones."""
     n = 8000
     a, b, wrong = _losses(n, 1)
-    ill, red, p = epoch_candidates_reference(np.arange(n), a, b, rho_ill=0.35, rho_red=0.35, seed=0, epoch=2)
+    ill, red, p = epoch_candidates_reference(np.arange(n), a, b, rho_ill=0.35, rho_red=0.35, seed=0, epoch=2,
+                                             batch=100)
+    assert not p["paper_cycle"]
     precision, recall = wrong[ill].mean(), wrong[ill].sum() / wrong.sum()
     assert precision > 0.97 and recall > 0.97
     assert len(np.intersect1d(ill, red)) == 0
@@ -91,13 +93,18 @@ def test_rule_separates_wrong_pairs_where_the_batch_rank_cannot():
     assert not wrong[red].any()
 
 
-def test_unimodal_losses_take_no_more_than_rho_ill():
+def test_unimodal_losses_take_the_papers_per_batch_candidates():
+    """One mode: no loss tells a wrong pair from a hard one, so each batch gives its int(B rho) extremes."""
     rng = np.random.default_rng(2)
     a = np.exp(0.3 * rng.standard_normal(4000)).astype(np.float32)
-    ill, red, p = epoch_candidates_reference(np.arange(4000), a, a, rho_ill=0.2, rho_red=0.3, seed=0, epoch=2)
-    assert len(ill) <= int(0.2 * 4000) + 0.02 * 4000
-    codes = loss_codes(a, a)
-    assert codes[ill].min() >= codes[red].max()
+    ill, red, p = epoch_candidates_reference(np.arange(4000), a, a, rho_ill=0.2, rho_red=0.3, seed=0, epoch=2,
+                                             batch=100)
+    assert p["paper_cycle"] and p["ill"] is None and p["red"] is None
+    assert len(ill) == 40 * 20 and len(red) == 40 * 30  # both directions agree: exactly k of each batch
+    for start in range(0, 4000, 100):
+        batch = np.arange(start, start + 100)
+        top = batch[np.argsort(-a[batch], kind="stable")[:20]]
+        np.testing.assert_array_equal(np.intersect1d(ill, batch), np.sort(top))
 
 
 @settings(max_examples=12, deadline=None)
@@ -114,15 +121,16 @@ def test_schedule_equals_the_oracle_on_host_and_device_paths(n, batch, seed, bad
         s.end_epoch(2, 1.0)
         results.append((s.candidates("ill_matched"), s.candidates("redundant")))
     ill, red, _ = epoch_candidates_reference(order, a[order], b[order], rho_ill=rho[0], rho_red=rho[1],
-                                             seed=seed % 1000, epoch=2)
+                                             seed=seed % 1000, epoch=2, batch=batch)
     for got_ill, got_red in results:
         np.testing.assert_array_equal(got_ill, ill)
         np.testing.assert_array_equal(got_red, red)
 
 
-def test_exact_resume_inside_a_preparation_epoch():
+@pytest.mark.parametrize("bad", [0.2, 0.0])  # two modes: the epoch-wide cut; one: the per-batch candidates
+def test_exact_resume_inside_a_preparation_epoch(bad):
     n, batch = 1200, 100
-    a, b, _ = _losses(n, 3)
+    a, b, _ = _losses(n, 3, bad)
     order = np.random.default_rng(3).permutation(n).astype(np.int64)
     full, resumed = ScanEpoch(n, seed=4), ScanEpoch(n, seed=4)
     _to_preparation(full)
@@ -198,7 +206,7 @@ def test_modes_other_than_both_keep_the_paper_counts():
     _prepare(s, np.arange(n, dtype=np.int64), a, b, 100, device_path=True)
     s.end_epoch(2, 1.0)
     ill, red, _ = epoch_candidates_reference(np.arange(n), a, b, rho_ill=0.35, rho_red=0.35, seed=0, epoch=2,
-                                             mode="redundant")
+                                             batch=100)
     np.testing.assert_array_equal(s.candidates("redundant"), red)
     np.testing.assert_array_equal(s.candidates(), red)
     assert abs(len(red) - 700) <= 0.02 * n
@@ -370,38 +378,46 @@ def test_an_upper_mode_larger_than_rho_ill_is_not_taken_for_wrong_pairs():
     epoch. More than rho_ill above the valley: the paper's cycle, with its budget."""
     hist = _binned([(6000, 80, 8.0), (4000, 122, 2.0)])
     p = plan(hist, int(hist.sum()), 0.35, 0.35)
-    assert p["paper_cycle"] and not plan(hist, int(hist.sum()), 0.45, 0.35)["paper_cycle"]
-    assert int(hist[p["ill"][0]:].sum()) <= p["k_ill"] == int(0.35 * hist.sum())
+    assert p["paper_cycle"] and p["ill"] is None and p["k_ill"] == int(0.35 * hist.sum())
+    wider = plan(hist, int(hist.sum()), 0.45, 0.35)
+    assert not wider["paper_cycle"] and int(hist[wider["ill"][0]:].sum()) <= wider["k_ill"]
 
 
-def test_one_mode_takes_the_top_rho_ill_and_the_cycle_is_the_papers():
-    """Clean losses: ILL is the top k_ill, the mutation epochs prune floor(rate |ILL u RED|) as Scan does
-    (not every ILL candidate at once) and the next preparation holds nothing out."""
-    from scan_fast.index import SampleSet
-    from scan_fast.schedule.rates import mutation_stream
+@pytest.mark.parametrize("device_path", [False, True])
+def test_a_run_whose_losses_never_have_two_modes_is_scans_run(device_path):
+    """Clean losses: every preparation keeps Scan's per-batch candidates and every mutation epoch Scan's draw,
+    so the variant's run is the paper's, epoch for epoch, over two cycles; nothing is held out."""
+    from scan_fast.schedule import Scan
 
-    n = 3000
-    a, b, _ = _losses(n, 12, bad=0.0)
-    s = ScanEpoch(n, seed=3)
-    _to_preparation(s)
-    _prepare(s, np.arange(n, dtype=np.int64), a, b, 100, device_path=True)
-    s.end_epoch(2, 1.0)
-    assert s.paper_cycle() and s.last_plan["paper_cycle"]
-    ill, red = s.candidates("ill_matched"), s.candidates("redundant")
-    assert abs(len(ill) - int(0.35 * n)) <= 0.02 * n  # the paper's budget epoch-wide (a coin per id in one bin)
-    codes = loss_codes(a, b)
-    assert codes[ill].min() >= codes[np.setdiff1d(np.arange(n), ill)].max()
-    pool = np.union1d(ill, red)
-    candidates = SampleSet(n)
-    candidates.add(pool)
-    for epoch, rate in ((3, 0.25), (4, 0.75), (5, 1.0)):
-        pruned = np.setdiff1d(np.arange(n), s.epoch_indices(epoch))
-        assert len(pruned) == int(rate * len(pool)) and np.isin(pruned, pool).all()
-        paper = candidates.sample(int(rate * len(pool)), 3, mutation_stream(epoch)).to_array()  # Scan's draw
-        np.testing.assert_array_equal(pruned, paper)
-        s.end_epoch(epoch, 1.0)
-    s.epoch_indices(6)
-    assert not s.holds_out() and s.sample_weights(torch.arange(n)) is None
+    n, batch = 3000, 100
+    variant, paper = ScanEpoch(n, seed=3), Scan(n, seed=3)
+    rng = np.random.default_rng(12)
+    for s in (variant, paper):
+        _to_preparation(s)
+    for epoch in range(2, 10):
+        a = np.exp(-0.1 * epoch + 0.35 * rng.standard_normal(n)).astype(np.float32)
+        b = np.exp(-0.1 * epoch + 0.35 * rng.standard_normal(n)).astype(np.float32)
+        kept = [s.epoch_indices(epoch) for s in (variant, paper)]
+        np.testing.assert_array_equal(*kept)
+        assert variant.is_preparation(epoch) == paper.is_preparation(epoch)
+        if variant.is_preparation(epoch):
+            assert not variant.holds_out() and variant.sample_weights(torch.arange(n)) is None
+            order = rng.permutation(n).astype(np.int64)
+            for s in (variant, paper):
+                for start in range(0, n, batch):
+                    ids = order[start:start + batch]
+                    if device_path:
+                        s.observe_batch(torch.from_numpy(ids), torch.from_numpy(a[ids]), torch.from_numpy(b[ids]))
+                    else:
+                        s.observe(ids, a[ids], b[ids])
+        for s in (variant, paper):
+            s.end_epoch(epoch, 1.0)
+        if variant.is_preparation(epoch) or epoch == 2:
+            assert variant.paper_cycle()
+        for kind in ("ill_matched", "redundant"):
+            np.testing.assert_array_equal(variant.candidates(kind), paper.candidates(kind))
+    assert [r.phase for r in variant.stats().records] == [r.phase for r in paper.stats().records]
+    assert sum(r.phase == "preparation" for r in variant.stats().records) == 2
 
 
 def test_the_cycle_decision_survives_a_checkpoint_and_is_made_again_each_preparation():

@@ -17,9 +17,7 @@ trains), so the variant cuts the epoch's loss histogram at its valley instead:
                  s between p0 and p1 is at most VALLEY_RATIO s[p1] (a valley before a second peak)
     ILL          {q >= t} when the losses have two modes and {q >= t} holds at most k_ill = floor(rho_ill n)
                  samples (a wrong-pair mode within the paper's budget); otherwise the paper's cycle (below)
-                 with the top of the histogram down to k_ill (see `take_plan`)
-    RED          the lowest codes up to k_red = floor(rho_red n) samples, never from a bin that holds
-                 ILL samples
+    RED          the lowest codes up to k_red = floor(rho_red n) samples, below t
 
 n = samples observed in the epoch. "Up to k" takes whole bins while they fit and, from the first bin
 that does not, each sample whose keyed hash u(seed, epoch, id) (a uniform 64-bit word) is below
@@ -30,11 +28,15 @@ points of zero-shot accuracy on the demo data, as the late mutation epochs then 
 
 No separate wrong-pair mode (no valley: clean data, or wrong pairs that do not stand apart; or an upper mode
 larger than rho_ill: on clean shapes, pairs whose caption has a twin in the batch sit at ln 2 and hold 20% or
-more of the epoch): no loss tells a wrong pair from a hard or unlucky one, so the cycle is the paper's: ILL is the epoch's top k_ill (the paper's budget, taken epoch-wide),
-the mutation epochs prune a keyed sample of floor(rate(e) |ILL u RED|) as Scan does, and nothing is held out
-of the next preparation. (Pruning every top-k_ill pair at once and holding them out, as below, removes the
-hardest clean pairs for good: measured 8.7 points below `none` on a clean digits set.) The decision is
-made again at every preparation epoch.
+more of the epoch): no loss tells a wrong pair from a hard or unlucky one, so the cycle is the paper's, exactly:
+every preparation batch also goes through Scan's per-batch rule (the same keyed streams), and an epoch without
+a wrong-pair mode keeps those candidates; the mutation epochs prune a keyed sample of floor(rate(e) |ILL u RED|)
+as Scan does, and nothing is held out of the next preparation. A run whose preparations never see a second mode
+is Scan's run, epoch for epoch. (Two earlier forms cost accuracy on clean data: pruning every top-k_ill pair of
+the epoch at once and holding them out, as below, removed the hardest clean pairs for good, 8.7 points below
+`none` on a clean digits set; taking the epoch's top k_ill within the paper's cycle ranked by the epoch's
+losses, not the batch's, and was 0.3-1.2 points below the paper's rule on four one-mode data sets.) The
+decision is made again at every preparation epoch.
 
 Held-out ill-matched pairs: an ILL candidate is a wrong pair, not a hard one, so the variant stops
 learning from it at once instead of ramping it out. Mutation epochs prune every ILL candidate and a
@@ -48,8 +50,10 @@ Scale: each rank keeps the one-byte codes of its own block of ids (rank r of W: 
 [r ceil(N/W), (r + 1) ceil(N/W))), and every rank accumulates the same histogram from the
 gathered global batches (the trainer already gathers every rank's losses in preparation epochs).
 At the epoch's end every rank has the same t and counts, decides for its block, and the ranks
-all-gather their blocks' candidate bits (N/8 bytes in all) once; between epochs the state is
-Scan's two bitsets. No step reads the host: the codes and the histogram stay on the device.
+all-gather their blocks' candidate bits (N/8 bytes in all) once; besides the codes, a preparation
+fills Scan's two per-batch bitsets (N/8 bytes each, from the chosen ids Scan already brings over in
+bulk), and between epochs the state is Scan's two bitsets. No step reads the host: the codes and the
+histogram stay on the device.
 """
 import math
 from typing import Tuple
@@ -60,10 +64,11 @@ import torch
 from scan_fast.bits import bits_contain
 from scan_fast.keyed_hash import SCAN_EPOCH_TIE, SIGN_BIT, below_fraction, counter_hashes, stream_key
 from scan_fast.index import SampleSet
+from scan_fast.schedule.candidates import batch_candidates_reference, candidate_count
 from scan_fast.schedule.inputs import check_batch, check_int
-from scan_fast.schedule.rates import (EARLIEST_MUTATION, PREPARATION, cosine_rate, epoch_phase, mutation_stream,
-                                      prune_count)
-from scan_fast.schedule.scan import PrunedSet, Scan
+from scan_fast.schedule.rates import (EARLIEST_MUTATION, PREPARATION, batch_stream, cosine_rate, epoch_phase,
+                                      mutation_stream, prune_count)
+from scan_fast.schedule.scan import CandidateSets, PrunedSet, Scan
 
 LOG_LO, LOG_HI = math.log(1e-4), math.log(1e4)  # codes span losses 1e-4 .. 1e4 (7.5% a bin)
 NUM_CODES = 255                                  # codes 0..254; UNSEEN marks ids not observed
@@ -131,21 +136,16 @@ def take_plan(hist: np.ndarray, k: int, from_top: bool) -> Tuple[int, int, int]:
 
 def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float) -> dict:
     """The epoch's cut: ILL = codes >= t when they form a second mode of at most k_ill = floor(rho_ill n)
-    samples; otherwise ("paper_cycle" True: no separate wrong-pair mode within the budget) the top of the
-    histogram down to k_ill. RED from the bottom up to k_red = floor(rho_red n), below the ILL bins."""
+    samples, RED from the bottom up to k_red = floor(rho_red n), below t. Otherwise "paper_cycle" is True (no
+    separate wrong-pair mode within the budget: the paper's per-batch candidates stand) and "ill"/"red" are None."""
     hist = np.asarray(hist, dtype=np.int64)
-    k_ill = math.floor(rho_ill * n)
+    k_ill, k_red = math.floor(rho_ill * n), math.floor(rho_red * n)
     t = otsu_cut(hist)
     paper_cycle = not has_two_modes(hist, t) or int(hist[t:].sum()) > k_ill
+    ill = red = None
     if not paper_cycle:
         ill = (t, -1, 0)
-    else:
-        ill = take_plan(hist, k_ill, from_top=True)
-    k_red = math.floor(rho_red * n)
-    # RED never reaches into the ILL bins
-    below = hist.copy()
-    below[min(ill[0], ill[1] if ill[1] >= 0 else ill[0]):] = 0
-    red = take_plan(below, k_red, from_top=False)
+        red = take_plan(hist[:t], k_red, from_top=False)  # never reaches the ILL bins
     return {"otsu": t, "paper_cycle": paper_cycle, "ill": ill, "red": red, "k_ill": k_ill, "k_red": k_red}
 
 
@@ -168,15 +168,27 @@ def select(codes, ids, cut: Tuple[int, int, int], from_top: bool, seed: int, epo
 
 
 def epoch_candidates_reference(ids, loss_a, loss_b, *, rho_ill: float, rho_red: float, seed: int, epoch: int,
-                               mode: str = "both"):
-    """The oracle: (ill ids, red ids, plan) of one preparation epoch's observations (each id once)."""
+                               batch: int):
+    """The oracle: (ill ids, red ids, plan) of one preparation epoch's observations (each id once, in batches of
+    `batch` in this order): the epoch-wide cut when the losses have a wrong-pair mode, else the paper's
+    per-batch candidates (`batch_candidates_reference`, Scan's keyed streams)."""
     ids = np.asarray(ids, np.int64)
+    loss_a, loss_b = np.asarray(loss_a, np.float32), np.asarray(loss_b, np.float32)
     codes = loss_codes(loss_a, loss_b)
     hist = np.bincount(codes, minlength=NUM_CODES)[:NUM_CODES]
     p = plan(hist, len(ids), rho_ill, rho_red)
-    ill = select(codes, ids, p["ill"], True, seed, epoch, int(hist[p["ill"][1]]) if p["ill"][1] >= 0 else 0)
-    red = select(codes, ids, p["red"], False, seed, epoch, int(hist[p["red"][1]]) if p["red"][1] >= 0 else 0)
-    return np.sort(ids[ill]), np.sort(ids[red]), p
+    if p["paper_cycle"]:
+        ill, red = np.zeros(len(ids), bool), np.zeros(len(ids), bool)
+        for index, start in enumerate(range(0, len(ids), batch)):
+            part = slice(start, start + batch)
+            size = len(ids[part])
+            ill[part], red[part] = batch_candidates_reference(
+                loss_a[part], loss_b[part], k_ill=candidate_count(size, rho_ill),
+                k_red=candidate_count(size, rho_red), seed=seed, stream=batch_stream(epoch, index))
+    else:
+        ill = select(codes, ids, p["ill"], True, seed, epoch, 0)
+        red = select(codes, ids, p["red"], False, seed, epoch, int(hist[p["red"][1]]) if p["red"][1] >= 0 else 0)
+    return np.unique(ids[ill]), np.unique(ids[red]), p
 
 
 def mutation_prune_reference(ill: SampleSet, red: SampleSet, mode: str, rate: float, seed: int,
@@ -305,38 +317,39 @@ class ScanEpoch(Scan):
         codes.index_put_((slot,), code.to(torch.uint8))
 
     def _observe(self, sample_ids, loss_a, loss_b):
+        """Record the batch's codes and collect its per-batch candidates (Scan's, kept if the epoch has one mode);
+        returns Scan's (ILL, RED) counts of the batch."""
         if self._new is None:
             return 0, 0
         ids, loss_a, loss_b = check_batch(sample_ids, loss_a, loss_b, self.num_samples)
         device = self._codes.device if self._codes is not None else torch.device("cpu")
         self._record(torch.from_numpy(ids).to(device), torch.from_numpy(np.asarray(loss_a, np.float32)).to(device),
                      torch.from_numpy(np.asarray(loss_b, np.float32)).to(device))
-        self._batch_index += 1
-        return 0, 0  # decided at the epoch's end
+        return super()._observe(ids, loss_a, loss_b)
 
     def _device_batch(self, sample_ids, loss_a, loss_b):
+        """Record the codes on the device; Scan's per-batch chosen ids wait for the next flush."""
         if self._new is None:
             return None
         self._record(sample_ids, loss_a, loss_b)
-        self._batch_index += 1
-        return None  # nothing to flush: the state stays on the device until the epoch ends
-
-    def _drain(self, pending):  # never called: _device_batch keeps nothing pending
-        raise AssertionError("ScanEpoch keeps no pending batches")
+        return super()._device_batch(sample_ids, loss_a, loss_b)
 
     # -- the epoch's end: one histogram read, one decision per rank block, one gather
     def block_candidates(self, epoch: int):
-        """(ill ids, red ids) of this rank's block, from the epoch's histogram (the same on every rank)."""
+        """(ill ids, red ids) of this rank's block from the epoch's histogram (the same on every rank), or None
+        when the losses have no wrong-pair mode (the paper's per-batch candidates stand)."""
         if self._codes is None:
             self.last_plan = None
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         hist = self._hist[:NUM_CODES].cpu().numpy()
         p = plan(hist, int(hist.sum()), self.config.rho_ill, self.config.rho_red)
         self.last_plan = p
+        if p["paper_cycle"]:
+            return None
         codes = self._codes[:-1]
         ids = torch.arange(self._lo, self._hi, dtype=torch.int64, device=codes.device)
         seed = self.config.seed
-        ill = select(codes, ids, p["ill"], True, seed, epoch, int(hist[p["ill"][1]]) if p["ill"][1] >= 0 else 0)
+        ill = select(codes, ids, p["ill"], True, seed, epoch, 0)
         red = select(codes, ids, p["red"], False, seed, epoch, int(hist[p["red"][1]]) if p["red"][1] >= 0 else 0)
         return ids[ill].cpu().numpy(), ids[red].cpu().numpy()
 
@@ -355,12 +368,14 @@ class ScanEpoch(Scan):
     def _finish_epoch(self, epoch, epoch_loss):
         phase, _ = epoch_phase(epoch, self._start, self.config.t_cos)
         if phase == PREPARATION:
-            ill, red = self.block_candidates(epoch)
-            self._new.ill.add(self._gather(ill))
-            self._new.red.add(self._gather(red))
+            found = self.block_candidates(epoch)  # every rank read the same histogram: the same decision
+            self._paper_cycle = found is None
+            if found is not None:  # the epoch-wide cut replaces the per-batch candidates
+                ill, red = found
+                self._new = CandidateSets(SampleSet(self.num_samples), SampleSet(self.num_samples))
+                self._new.ill.add(self._gather(ill))
+                self._new.red.add(self._gather(red))
             self._codes = self._hist = None
-            # every rank read the same histogram; an epoch with no observations keeps the epoch-wide cycle
-            self._paper_cycle = bool(self.last_plan["paper_cycle"]) if self.last_plan is not None else False
         return super()._finish_epoch(epoch, epoch_loss)
 
     def paper_cycle(self) -> bool:
