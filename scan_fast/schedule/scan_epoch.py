@@ -38,13 +38,14 @@ the epoch at once and holding them out, as below, removed the hardest clean pair
 losses, not the batch's, and was 0.3-1.2 points below the paper's rule on four one-mode data sets.) The
 decision is made again at every preparation epoch.
 
-Held-out ill-matched pairs: an ILL candidate is a wrong pair, not a hard one, so the variant stops
-learning from it at once instead of ramping it out. Mutation epochs prune every ILL candidate and a
-keyed uniform sample of floor(rate(e) |RED|) of the RED candidates (the paper's cosine rate, applied
-to RED only); the next preparation epoch scores the ILL candidates (they stay in the batches, so the
-new histogram still holds their mode and a clean pair flagged by mistake can leave the set) but gives
-them loss weight 0, the other samples of the batch B / (B - held) (`held_out_weights`). With mode
-"redundant" nothing is held out and the mutation epochs are the paper's.
+Held-out ill-matched pairs (after a preparation with a wrong-pair mode): an ILL candidate is then a
+wrong pair, not a hard one, so the variant stops learning from it at once instead of ramping it out.
+Mutation epochs prune every ILL candidate and a keyed uniform sample of floor(rate(e) |RED|) of the RED
+candidates (the paper's cosine rate, applied to RED only); the next preparation epoch scores the ILL
+candidates (they stay in the batches, so the new histogram still holds their mode and a clean pair
+flagged by mistake can leave the set) but gives them loss weight 0, the other samples of the batch B /
+(B - held) (`held_out_weights`). With mode "redundant" nothing is held out and the mutation epochs are
+the paper's.
 
 Scale: each rank keeps the one-byte codes of its own block of ids (rank r of W: ids
 [r ceil(N/W), (r + 1) ceil(N/W))), and every rank accumulates the same histogram from the
