@@ -117,7 +117,10 @@ class Scan(PruningSchedule):
         """Collect one batch's candidates; returns (ILL, RED) counts of the batch."""
         if self._new is None:  # not a preparation epoch: no host copy of the losses
             return 0, 0
-        ids, loss_a, loss_b = check_batch(sample_ids, loss_a, loss_b, self.num_samples)
+        return self._collect(*check_batch(sample_ids, loss_a, loss_b, self.num_samples))
+
+    def _collect(self, ids, loss_a, loss_b):
+        """The per-batch rule on one checked batch (check_batch's arrays) into the sets being collected."""
         k_ill, k_red = self.config.batch_counts(len(ids))
         ill, red = batch_candidates(loss_a, loss_b, k_ill=k_ill, k_red=k_red, abs_ill=self.config.abs_ill,
                                     abs_red=self.config.abs_red, seed=self.config.seed,

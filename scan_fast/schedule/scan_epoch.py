@@ -326,7 +326,7 @@ class ScanEpoch(Scan):
         device = self._codes.device if self._codes is not None else torch.device("cpu")
         self._record(torch.from_numpy(ids).to(device), torch.from_numpy(np.asarray(loss_a, np.float32)).to(device),
                      torch.from_numpy(np.asarray(loss_b, np.float32)).to(device))
-        return super()._observe(ids, loss_a, loss_b)
+        return self._collect(ids, loss_a, loss_b)
 
     def _device_batch(self, sample_ids, loss_a, loss_b):
         """Record the codes on the device; Scan's per-batch chosen ids wait for the next flush."""
