@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scan_fast.schedule.scan_epoch import (EDGES, NUM_CODES, ScanEpoch, epoch_candidates_reference, loss_codes,
-                                           otsu_cut, plan)
+                                           has_two_modes, otsu_cut, plan)
 
 
 def _roundtrip(state):
@@ -370,7 +370,7 @@ def test_a_separate_wrong_pair_mode_is_found_at_any_scale(n, share, centre, sd, 
     p = plan(hist * scale, int((hist * scale).sum()), 0.35, 0.35)
     assert not p["paper_cycle"]
     assert p == dict(plan(hist, int(hist.sum()), 0.35, 0.35), k_ill=p["k_ill"], k_red=p["k_red"],
-                     ill=p["ill"], red=p["red"]) and p["otsu"] == otsu_cut(hist)
+                     ill=p["ill"], red=p["red"]) and p["cut"] == otsu_cut(hist)
 
 
 def test_an_upper_mode_larger_than_rho_ill_is_not_taken_for_wrong_pairs():
@@ -381,6 +381,43 @@ def test_an_upper_mode_larger_than_rho_ill_is_not_taken_for_wrong_pairs():
     assert p["paper_cycle"] and p["ill"] is None and p["k_ill"] == int(0.35 * hist.sum())
     wider = plan(hist, int(hist.sum()), 0.45, 0.35)
     assert not wider["paper_cycle"] and int(hist[wider["ill"][0]:].sum()) <= wider["k_ill"]
+
+
+def test_a_wrong_pair_mode_above_a_twin_caption_mode_is_found():
+    """Noisy shapes late in a long run: learned pairs low, twin captions at ln 2, wrong pairs far above. The
+    first cut puts the twins with the wrong pairs (over rho_ill); the second look, above it, finds the wrong
+    pairs alone."""
+    hist = _binned([(4700, 70, 10.0), (1700, 125, 3.0), (1600, 170, 3.0)])
+    n = int(hist.sum())
+    first = otsu_cut(hist)
+    assert has_two_modes(hist, first) and int(hist[first:].sum()) > int(0.35 * n)  # over the budget at first
+    p = plan(hist, n, 0.35, 0.35)
+    assert not p["paper_cycle"] and 135 < p["cut"] < 160
+    assert abs(int(hist[p["cut"]:].sum()) - 1600) <= 10
+    assert int(hist[:p["cut"]][:p["red"][0]].sum()) <= p["k_red"]  # RED from below the cut only
+
+
+@settings(max_examples=80, deadline=None)
+@given(weights=st.lists(st.integers(0, 4000), min_size=1, max_size=4),
+       centres=st.lists(st.integers(20, 230), min_size=4, max_size=4),
+       sds=st.lists(st.floats(1.0, 12.0), min_size=4, max_size=4), rho_ill=st.floats(0.05, 0.6))
+def test_the_cut_fits_the_budget_and_a_first_look_that_fits_decides(weights, centres, sds, rho_ill):
+    """On any mixture: a cut leaves at most k_ill above it and has a valley below it within the part it was
+    found in; when the first look has two modes and fits, it is the cut (those runs are unchanged by the
+    second look); when the first look has no valley, nothing is taken."""
+    hist = _binned(list(zip(weights, centres, sds)))
+    n = int(hist.sum())
+    if n == 0:
+        return
+    p = plan(hist, n, rho_ill, 0.35)
+    first = otsu_cut(hist)
+    if not has_two_modes(hist, first):
+        assert p["paper_cycle"]
+    elif int(hist[first:].sum()) <= p["k_ill"]:
+        assert p["cut"] == first
+    if not p["paper_cycle"]:
+        assert int(hist[p["cut"]:].sum()) <= p["k_ill"]
+        assert p["cut"] >= first
 
 
 @pytest.mark.parametrize("device_path", [False, True])
