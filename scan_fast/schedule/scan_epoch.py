@@ -144,7 +144,7 @@ def wrong_pair_cut(hist: np.ndarray, k_ill: int) -> Optional[int]:
     Otsu's cut of the histogram, when it has two modes (`has_two_modes`); while the part above holds more than
     k_ill, the same test again on that part alone. Long runs need the second look: pairs whose caption has a
     twin in the batch settle at ln 2 between the learned pairs and the wrong ones, and the first cut puts them
-    with the wrong pairs, over the budget (noisy shapes, CLIP, epoch 10 of 30: 46% above the first cut, 21%,
+    with the wrong pairs, over the budget (noisy shapes, CLIP, epoch 10 of 30: 46% above the first cut, 20%,
     the wrong pairs, above the second)."""
     hist = np.asarray(hist, dtype=np.int64)
     lo = 0
