@@ -383,15 +383,17 @@ def test_an_upper_mode_larger_than_rho_ill_is_not_taken_for_wrong_pairs():
     assert not wider["paper_cycle"] and int(hist[wider["ill"][0]:].sum()) <= wider["k_ill"]
 
 
-def test_a_wrong_pair_mode_above_a_twin_caption_mode_is_found():
+def test_a_wrong_pair_mode_above_a_twin_caption_mode_is_found_once_the_data_has_shown_one():
     """Noisy shapes late in a long run: learned pairs low, twin captions at ln 2, wrong pairs far above. The
-    first cut puts the twins with the wrong pairs (over rho_ill); the second look, above it, finds the wrong
-    pairs alone."""
+    first cut puts the twins with the wrong pairs (over rho_ill); after a preparation that found a wrong-pair
+    mode the second look, above it, finds the wrong pairs alone; before one, nothing is taken (on clean data
+    the twins alone split the same way)."""
     hist = _binned([(4700, 70, 10.0), (1700, 125, 3.0), (1600, 170, 3.0)])
     n = int(hist.sum())
     first = otsu_cut(hist)
     assert has_two_modes(hist, first) and int(hist[first:].sum()) > int(0.35 * n)  # over the budget at first
-    p = plan(hist, n, 0.35, 0.35)
+    assert plan(hist, n, 0.35, 0.35)["paper_cycle"]
+    p = plan(hist, n, 0.35, 0.35, look_again=True)
     assert not p["paper_cycle"] and 135 < p["cut"] < 160
     assert abs(int(hist[p["cut"]:].sum()) - 1600) <= 10
     assert int(hist[:p["cut"]][:p["red"][0]].sum()) <= p["k_red"]  # RED from below the cut only
@@ -400,24 +402,64 @@ def test_a_wrong_pair_mode_above_a_twin_caption_mode_is_found():
 @settings(max_examples=80, deadline=None)
 @given(weights=st.lists(st.integers(0, 4000), min_size=1, max_size=4),
        centres=st.lists(st.integers(20, 230), min_size=4, max_size=4),
-       sds=st.lists(st.floats(1.0, 12.0), min_size=4, max_size=4), rho_ill=st.floats(0.05, 0.6))
-def test_the_cut_fits_the_budget_and_a_first_look_that_fits_decides(weights, centres, sds, rho_ill):
-    """On any mixture: a cut leaves at most k_ill above it and has a valley below it within the part it was
-    found in; when the first look has two modes and fits, it is the cut (those runs are unchanged by the
-    second look); when the first look has no valley, nothing is taken."""
+       sds=st.lists(st.floats(1.0, 12.0), min_size=4, max_size=4), rho_ill=st.floats(0.05, 0.6),
+       look_again=st.booleans())
+def test_the_cut_fits_the_budget_and_a_first_look_that_fits_decides(weights, centres, sds, rho_ill, look_again):
+    """On any mixture: a cut leaves at most k_ill above it; when the first look has two modes and fits, it is the
+    cut (those runs are unchanged by the second look); when the first look has no valley, nothing is taken; the
+    second look only ever adds a cut above the first."""
     hist = _binned(list(zip(weights, centres, sds)))
     n = int(hist.sum())
     if n == 0:
         return
-    p = plan(hist, n, rho_ill, 0.35)
+    p = plan(hist, n, rho_ill, 0.35, look_again)
+    once = plan(hist, n, rho_ill, 0.35)
     first = otsu_cut(hist)
     if not has_two_modes(hist, first):
         assert p["paper_cycle"]
     elif int(hist[first:].sum()) <= p["k_ill"]:
         assert p["cut"] == first
+    if not once["paper_cycle"]:
+        assert p == once
     if not p["paper_cycle"]:
         assert int(hist[p["cut"]:].sum()) <= p["k_ill"]
         assert p["cut"] >= first
+
+
+def _three_mode_losses(n, seed):
+    """Learned pairs (55%) near 0.016, twin captions (25%) near ln 2, wrong pairs (20%) near 22, log-normal."""
+    rng = np.random.default_rng(seed)
+    kind = rng.choice(3, size=n, p=[0.55, 0.25, 0.2])
+    centre = np.log(np.array([0.016, 0.69, 22.0]))[kind]
+    spread = np.array([0.7, 0.1, 0.2])[kind]
+    a = np.exp(centre + spread * rng.standard_normal(n)).astype(np.float32)
+    b = np.exp(centre + spread * rng.standard_normal(n)).astype(np.float32)
+    return a, b, kind == 2
+
+
+@pytest.mark.parametrize("after_a_mode", [False, True])
+def test_the_schedule_looks_again_only_after_a_preparation_with_a_wrong_pair_mode(after_a_mode):
+    """Three modes in the preparation at epoch 6: after a first preparation with wrong pairs apart, ILL = the wrong
+    pairs (the oracle with look_again); after a clean one, the paper's per-batch candidates."""
+    n = 3000
+    first_a, first_b, _ = _losses(n, 21, bad=0.2 if after_a_mode else 0.0)
+    s = ScanEpoch(n, seed=4)
+    _through_first_cycle(s, n, first_a, first_b)
+    assert s.paper_cycle() is not after_a_mode and s.holds_out() is False
+    a, b, wrong = _three_mode_losses(n, 22)
+    s.epoch_indices(6)
+    assert s.holds_out() is after_a_mode
+    for start in range(0, n, 100):
+        ids = np.arange(start, start + 100, dtype=np.int64)
+        s.observe_batch(torch.from_numpy(ids), torch.from_numpy(a[ids]), torch.from_numpy(b[ids]))
+    s.end_epoch(6, 1.0)
+    ill, red, p = epoch_candidates_reference(np.arange(n), a, b, rho_ill=0.35, rho_red=0.35, seed=4, epoch=6,
+                                             batch=100, look_again=after_a_mode)
+    assert p["paper_cycle"] is not after_a_mode and s.paper_cycle() is not after_a_mode
+    np.testing.assert_array_equal(s.candidates("ill_matched"), ill)
+    np.testing.assert_array_equal(s.candidates("redundant"), red)
+    if after_a_mode:
+        assert np.array_equal(ill, np.flatnonzero(wrong))  # the wrong pairs, and only they
 
 
 @pytest.mark.parametrize("device_path", [False, True])

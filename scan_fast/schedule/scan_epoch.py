@@ -16,10 +16,11 @@ trains), so the variant cuts the epoch's loss histogram at its valley instead:
                  p1 = the first argmax of s at or above t; the losses have a second mode when the lowest
                  s between p0 and p1 is at most VALLEY_RATIO s[p1] (a valley before a second peak)
     ILL          {q >= t} when the losses have two modes and {q >= t} holds at most k_ill = floor(rho_ill n)
-                 samples (a wrong-pair mode within the paper's budget); when it holds more, t and the valley
-                 test again on the bins from t up only, until the part above fits (`wrong_pair_cut`: in long
-                 runs a third mode, captions with a twin in the batch at ln 2, lies between the learned
-                 pairs and the wrong ones); no valley on the way: the paper's cycle (below)
+                 samples (a wrong-pair mode within the paper's budget); when it holds more and the last
+                 preparation found a wrong-pair mode, t and the valley test again on the bins from t up only,
+                 until the part above fits (`wrong_pair_cut`: in long runs a third mode, captions with a twin
+                 in the batch at ln 2, lies between the learned pairs and the wrong ones); otherwise the
+                 paper's cycle (below)
     RED          the lowest codes up to k_red = floor(rho_red n) samples, below t
 
 n = samples observed in the epoch. "Up to k" takes whole bins while they fit and, from the first bin
@@ -138,14 +139,16 @@ def take_plan(hist: np.ndarray, k: int, from_top: bool) -> Tuple[int, int, int]:
     return (0 if from_top else len(hist)), -1, 0
 
 
-def wrong_pair_cut(hist: np.ndarray, k_ill: int) -> Optional[int]:
+def wrong_pair_cut(hist: np.ndarray, k_ill: int, look_again: bool = False) -> Optional[int]:
     """The cut below the highest loss mode that stands apart and holds at most k_ill samples, or None.
 
-    Otsu's cut of the histogram, when it has two modes (`has_two_modes`); while the part above holds more than
-    k_ill, the same test again on that part alone. Long runs need the second look: pairs whose caption has a
-    twin in the batch settle at ln 2 between the learned pairs and the wrong ones, and the first cut puts them
-    with the wrong pairs, over the budget (noisy shapes, CLIP, epoch 10 of 30: 46% above the first cut, 20%,
-    the wrong pairs, above the second)."""
+    Otsu's cut of the histogram, when it has two modes (`has_two_modes`) and at most k_ill above. With
+    `look_again` (the last preparation found a wrong-pair mode, so the data has one), a first cut with more
+    than k_ill above is made again on that part alone, until the part above fits. Long runs need it: pairs
+    whose caption has a twin in the batch settle at ln 2, between the learned pairs and the wrong ones, and
+    the first cut puts them with the wrong pairs, over the budget (noisy shapes, CLIP, epoch 10 of 30: 46%
+    above the first cut, 20%, the wrong pairs, above the second). Not before: on clean shapes the twins
+    alone split the same way (40% above the first cut, 25% of twins above the second)."""
     hist = np.asarray(hist, dtype=np.int64)
     lo = 0
     while lo < len(hist):
@@ -155,17 +158,19 @@ def wrong_pair_cut(hist: np.ndarray, k_ill: int) -> Optional[int]:
             return None
         if int(part[t:].sum()) <= k_ill:
             return lo + t
+        if not look_again:
+            return None
         lo += t  # t >= 1: every look is at a shorter part
     return None
 
 
-def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float) -> dict:
+def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float, look_again: bool = False) -> dict:
     """The epoch's cut: ILL = codes >= t, t = `wrong_pair_cut` (a separate upper mode of at most
     k_ill = floor(rho_ill n) samples), RED from the bottom up to k_red = floor(rho_red n), below t. Without such a
     mode "paper_cycle" is True (the paper's per-batch candidates stand) and "cut"/"ill"/"red" are None."""
     hist = np.asarray(hist, dtype=np.int64)
     k_ill, k_red = math.floor(rho_ill * n), math.floor(rho_red * n)
-    t = wrong_pair_cut(hist, k_ill)
+    t = wrong_pair_cut(hist, k_ill, look_again)
     paper_cycle = t is None
     ill = red = None
     if not paper_cycle:
@@ -193,15 +198,16 @@ def select(codes, ids, cut: Tuple[int, int, int], from_top: bool, seed: int, epo
 
 
 def epoch_candidates_reference(ids, loss_a, loss_b, *, rho_ill: float, rho_red: float, seed: int, epoch: int,
-                               batch: int):
+                               batch: int, look_again: bool = False):
     """The oracle: (ill ids, red ids, plan) of one preparation epoch's observations (each id once, in batches of
-    `batch` in this order): the epoch-wide cut when the losses have a wrong-pair mode, else the paper's
-    per-batch candidates (`batch_candidates_reference`, Scan's keyed streams)."""
+    `batch` in this order): the epoch-wide cut when the losses have a wrong-pair mode (`look_again`: the last
+    preparation found one), else the paper's per-batch candidates (`batch_candidates_reference`, Scan's keyed
+    streams)."""
     ids = np.asarray(ids, np.int64)
     loss_a, loss_b = np.asarray(loss_a, np.float32), np.asarray(loss_b, np.float32)
     codes = loss_codes(loss_a, loss_b)
     hist = np.bincount(codes, minlength=NUM_CODES)[:NUM_CODES]
-    p = plan(hist, len(ids), rho_ill, rho_red)
+    p = plan(hist, len(ids), rho_ill, rho_red, look_again)
     if p["paper_cycle"]:
         ill, red = np.zeros(len(ids), bool), np.zeros(len(ids), bool)
         for index, start in enumerate(range(0, len(ids), batch)):
@@ -367,7 +373,7 @@ class ScanEpoch(Scan):
             self.last_plan = None
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         hist = self._hist[:NUM_CODES].cpu().numpy()
-        p = plan(hist, int(hist.sum()), self.config.rho_ill, self.config.rho_red)
+        p = plan(hist, int(hist.sum()), self.config.rho_ill, self.config.rho_red, look_again=self.holds_out())
         self.last_plan = p
         if p["paper_cycle"]:
             return None
