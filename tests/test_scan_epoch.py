@@ -291,6 +291,24 @@ def test_preparation_weights_equal_the_oracle_on_host_and_device(n, seed, bad, b
         assert on_device.dtype == torch.float32 and on_device.device == torch.device("cpu")
 
 
+def test_the_epoch_note_says_what_the_preparation_decided():
+    """The log line of a preparation epoch: the wrong-pair mode's size and its lowest loss, or the paper's
+    candidates; other epochs say nothing."""
+    n = 2000
+    a, b, _ = _losses(n, 11)
+    s = ScanEpoch(n, seed=5)
+    _through_first_cycle(s, n, a, b)
+    ill = s.candidates("ill_matched")
+    note = s.epoch_note(2)
+    assert note.startswith(f"wrong-pair mode: {len(ill):,} of {n:,} (") and "at loss >= " in note
+    assert float(note.rsplit(">= ", 1)[1]) <= np.sort((a + b) / 2)[-len(ill)]  # the mode starts at or below it
+    assert s.epoch_note(3) == s.epoch_note(5) == ""
+    clean_a, clean_b, _ = _losses(n, 11, bad=0.0)
+    clean = ScanEpoch(n, seed=5)
+    _through_first_cycle(clean, n, clean_a, clean_b)
+    assert clean.epoch_note(2) == "no wrong-pair mode: the paper's per-batch candidates"
+
+
 def test_an_ill_candidate_is_scored_again_and_can_leave_the_set():
     """Held-out pairs stay in the batches of the next preparation: a pair whose loss fell leaves ILL."""
     n = 2000

@@ -68,7 +68,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
 # none's counts (every sample, every epoch) are the SCAN run's warm-up epochs: make bench runs it
 @pytest.mark.parametrize("prune", [pytest.param("none", marks=pytest.mark.slow), "random", "infobatch", "static",
                                    "scan-epoch", "seta"])
-def test_each_prune_mode_trains_the_stated_counts(data, tmp_path, prune):
+def test_each_prune_mode_trains_the_stated_counts(data, tmp_path, capsys, prune):
     extra, epochs = {}, 3
     if prune == "static":
         ids = np.arange(0, CLIP_N_TRAIN, 2)
@@ -93,6 +93,9 @@ def test_each_prune_mode_trains_the_stated_counts(data, tmp_path, prune):
     elif prune == "scan-epoch":
         assert pruned[:3] == [0, 0, 0] and 0 < pruned[3] < pruned[4] <= int(0.7 * CLIP_N_TRAIN)
         assert "ill_precision" in summary and "pruned_fraction_after_warmup" in summary
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("clip epoch ")]
+        said = ["wrong-pair mode" in line for line in lines]  # the preparation's decision, on its line only
+        assert len(lines) == 5 and said == [False, False, True, False, False]
     elif prune == "seta":  # epoch 0 keeps every cluster; epoch 1 a window of 3 of 5; int(0.875 * 3) = 2 anneals
         assert pruned[0] == 0 and 0 < pruned[1] < CLIP_N_TRAIN and pruned[2] == 0
     else:  # infobatch: epoch 0 has no scores; int(0.7 * 3) = 2: epoch 2 uses all data

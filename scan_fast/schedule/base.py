@@ -176,6 +176,10 @@ class PruningSchedule(ABC):
         """Per-sample loss weights of a batch (on ids' device), or None for an unweighted mean."""
         return None
 
+    def epoch_note(self, epoch: int) -> str:
+        """What the schedule decided at the end of `epoch`, for the epoch's log line ("" when nothing to say)."""
+        return ""
+
     def finds_candidates(self) -> bool:
         """True for the schedules that collect SCAN's candidates (reports give their precision / recall)."""
         return False

@@ -179,6 +179,15 @@ def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float, look_again: b
     return {"cut": t, "paper_cycle": paper_cycle, "ill": ill, "red": red, "k_ill": k_ill, "k_red": k_red}
 
 
+def decision_note(hist: np.ndarray, p: dict) -> str:
+    """One line on a preparation's decision: the wrong-pair mode's size and the loss it starts at, or that the
+    paper's per-batch candidates stand."""
+    if p["paper_cycle"]:
+        return "no wrong-pair mode: the paper's per-batch candidates"
+    above, n = int(np.sum(hist[p["cut"]:])), int(np.sum(hist))
+    return f"wrong-pair mode: {above:,} of {n:,} ({above / max(n, 1):.1%}) at loss >= {EDGES[p['cut'] - 1]:.3g}"
+
+
 def tie_hashes(ids, seed: int, epoch: int):
     """u(seed, epoch, id) as unsigned-ordered int64 (numpy or torch)."""
     return counter_hashes(stream_key(seed, mutation_stream(epoch), SCAN_EPOCH_TIE), ids) ^ SIGN_BIT
@@ -272,6 +281,7 @@ class ScanEpoch(Scan):
         self._codes = None  # uint8 (hi - lo + 1,) on the losses' device while preparing; last slot: a sink
         self._hist = None   # int64 (NUM_CODES + 1,) of every observed sample of the epoch; last slot: unused
         self.last_plan = None
+        self._note = (None, "")    # (epoch, text): the last preparation's decision, for its log line
         self._paper_cycle = False  # the last completed preparation found no wrong-pair mode: the paper's cycle
         self._edges = {}    # device -> EDGES there (copied once, not every step)
         self._held = None   # the ILL bits held out of this preparation epoch's loss (None: nothing held)
@@ -375,6 +385,7 @@ class ScanEpoch(Scan):
         hist = self._hist[:NUM_CODES].cpu().numpy()
         p = plan(hist, int(hist.sum()), self.config.rho_ill, self.config.rho_red, look_again=self.holds_out())
         self.last_plan = p
+        self._note = (epoch, decision_note(hist, p))
         if p["paper_cycle"]:
             return None
         codes = self._codes[:-1]
@@ -383,6 +394,10 @@ class ScanEpoch(Scan):
         ill = select(codes, ids, p["ill"], True, seed, epoch, 0)
         red = select(codes, ids, p["red"], False, seed, epoch, int(hist[p["red"][1]]) if p["red"][1] >= 0 else 0)
         return ids[ill].cpu().numpy(), ids[red].cpu().numpy()
+
+    def epoch_note(self, epoch: int) -> str:
+        """The preparation's decision (`decision_note`) at the end of a preparation epoch, else ""."""
+        return self._note[1] if self._note[0] == epoch else ""
 
     def _gather(self, ids: np.ndarray) -> np.ndarray:
         """Every rank's ids (the union), when this schedule is one of several ranks."""

@@ -201,7 +201,7 @@ def fit(task: "Task", schedule: "PruningSchedule", runtime: Runtime) -> dict:
                     run.checkpoint.save(run.step, epoch + 1, run.global_step, run.history)
             run.logger.log_epoch(run.history)
             if runtime.is_main:
-                print(_epoch_line(task.kind, row), flush=True)
+                print(_epoch_line(task.kind, row, run.step.schedule.epoch_note(epoch)), flush=True)
     except StopTraining as stop:
         return {"stopped_at_step": stop.global_step, "folder": run.folder}
     except RuntimeError as err:
@@ -275,10 +275,12 @@ def _schedule_loss(result, history, epoch, kept, cfg, runtime) -> float:
     return measured[-1] if measured else 0.0  # none measured: epoch 0 without a step, refused at the start
 
 
-def _epoch_line(kind, row):
+def _epoch_line(kind, row, note=""):
+    """The epoch's log line; `note`: what the schedule decided at its end (`PruningSchedule.epoch_note`)."""
     score = f", eval {row['eval']:.4f}" if row["eval"] is not None else ""
+    said = f"; {note}" if note else ""
     return (f"{kind} epoch {row['epoch']}: {row['phase']}, kept {row['kept_fraction']:.1%}, loss {row['loss']:.4f}, "
-            f"{row['samples']} samples in {row['seconds']:.1f}s ({row['samples_per_s']:.0f}/s){score}")
+            f"{row['samples']} samples in {row['seconds']:.1f}s ({row['samples_per_s']:.0f}/s){score}{said}")
 
 
 def _save_candidates(folder, epoch, schedule, result):
