@@ -31,10 +31,10 @@ moving it to the easiest samples pruned 7 points more of the post-warm-up sample
 points of zero-shot accuracy on the demo data, as the late mutation epochs then train on 30% of it).
 
 No separate wrong-pair mode (no valley: clean data, or wrong pairs that do not stand apart; or an upper mode
-larger than rho_ill with no valley inside it: on clean shapes, pairs whose caption has a twin in the batch sit
-at ln 2 and hold 20% or more of the epoch): no loss tells a wrong pair from a hard or unlucky one, so the cycle is the paper's, exactly:
-every preparation batch also goes through Scan's per-batch rule (the same keyed streams), and an epoch without
-a wrong-pair mode keeps those candidates; the mutation epochs prune a keyed sample of floor(rate(e) |ILL u RED|)
+larger than rho_ill with no valley inside it, or not looked into: on clean shapes, pairs whose caption has a
+twin in the batch sit at ln 2 and hold 20% or more of the epoch): no loss tells a wrong pair from a hard or
+unlucky one, so the cycle is the paper's, exactly: every preparation batch also goes through Scan's per-batch
+rule (the same keyed streams), and an epoch without a wrong-pair mode keeps those candidates; the mutation epochs prune a keyed sample of floor(rate(e) |ILL u RED|)
 as Scan does, and nothing is held out of the next preparation. A run whose preparations never see a second mode
 is Scan's run, epoch for epoch. (Two earlier forms cost accuracy on clean data: pruning every top-k_ill pair of
 the epoch at once and holding them out, as below, removed the hardest clean pairs for good, 8.7 points below

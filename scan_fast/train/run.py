@@ -201,7 +201,7 @@ def fit(task: "Task", schedule: "PruningSchedule", runtime: Runtime) -> dict:
                     run.checkpoint.save(run.step, epoch + 1, run.global_step, run.history)
             run.logger.log_epoch(run.history)
             if runtime.is_main:
-                print(_epoch_line(task.kind, row, run.step.schedule.epoch_note(epoch)), flush=True)
+                print(_epoch_line(task.kind, row, schedule.epoch_note(epoch)), flush=True)
     except StopTraining as stop:
         return {"stopped_at_step": stop.global_step, "folder": run.folder}
     except RuntimeError as err:
