@@ -34,13 +34,13 @@ No separate wrong-pair mode (no valley: clean data, or wrong pairs that do not s
 larger than rho_ill with no valley inside it, or not looked into: on clean shapes, pairs whose caption has a
 twin in the batch sit at ln 2 and hold 20% or more of the epoch): no loss tells a wrong pair from a hard or
 unlucky one, so the cycle is the paper's, exactly: every preparation batch also goes through Scan's per-batch
-rule (the same keyed streams), and an epoch without a wrong-pair mode keeps those candidates; the mutation epochs prune a keyed sample of floor(rate(e) |ILL u RED|)
-as Scan does, and nothing is held out of the next preparation. A run whose preparations never see a second mode
-is Scan's run, epoch for epoch. (Two earlier forms cost accuracy on clean data: pruning every top-k_ill pair of
-the epoch at once and holding them out, as below, removed the hardest clean pairs for good, 8.7 points below
-`none` on a clean digits set; taking the epoch's top k_ill within the paper's cycle ranked by the epoch's
-losses, not the batch's, and was 0.3-1.2 points below the paper's rule on four one-mode data sets.) The
-decision is made again at every preparation epoch.
+rule (the same keyed streams), and an epoch without a wrong-pair mode keeps those candidates; the mutation
+epochs prune a keyed sample of floor(rate(e) |ILL u RED|) as Scan does, and nothing is held out of the next
+preparation. A run whose preparations never see a second mode is Scan's run, epoch for epoch. (Two earlier forms
+cost accuracy on clean data: pruning every top-k_ill pair of the epoch at once and holding them out, as below,
+removed the hardest clean pairs for good, 8.7 points below `none` on a clean digits set; taking the epoch's top
+k_ill within the paper's cycle ranked by the epoch's losses, not the batch's, and was 0.3-1.2 points below the
+paper's rule on four one-mode data sets.) The decision is made again at every preparation epoch.
 
 Held-out ill-matched pairs (after a preparation with a wrong-pair mode): an ILL candidate is then a
 wrong pair, not a hard one, so the variant stops learning from it at once instead of ramping it out.
