@@ -383,6 +383,8 @@ class ScanEpoch(Scan):
             self.last_plan = None
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         hist = self._hist[:NUM_CODES].cpu().numpy()
+        # look_again: this epoch holds out the last preparation's ILL, i.e. that one found a wrong-pair mode (in mode
+        # "redundant" nothing is held out, so no second look: ILL is not pruned there anyway)
         p = plan(hist, int(hist.sum()), self.config.rho_ill, self.config.rho_red, look_again=self.holds_out())
         self.last_plan = p
         self._note = (epoch, decision_note(hist, p))
