@@ -483,6 +483,97 @@ def test_the_schedule_looks_again_only_after_a_preparation_with_a_wrong_pair_mod
         assert np.array_equal(ill, np.flatnonzero(wrong))  # the wrong pairs, and only they
 
 
+# ----------------------------------------------------------------------------- the floor of a wrong-pair mode
+
+
+def test_a_mode_that_peaks_below_the_floor_is_not_taken_for_wrong_pairs():
+    """Clean shapes late in a long CLIP run: learned pairs near 0.001, pairs whose caption has a copy in the batch
+    at ln 2 (26% of the epoch, within rho_ill). Without a floor that mode is taken for wrong pairs; with CLIP's
+    (ln 128 / 2 = 2.43) it is not, and the note says why. Wrong pairs near 6 are taken either way, the same cut."""
+    from scan_fast.schedule.scan_epoch import decision_note, upper_peak, wrong_pair_floor
+
+    floor = wrong_pair_floor(128)
+    assert floor == pytest.approx(np.log(128) / 2)
+    code = lambda loss: int(loss_codes(loss, loss))  # noqa: E731
+    twins = _binned([(5900, code(0.001), 10.0), (2100, code(0.69), 2.0)])
+    n = int(twins.sum())
+    without = plan(twins, n, 0.35, 0.35)
+    assert not without["paper_cycle"] and without["low_peak"] is None
+    p = plan(twins, n, 0.35, 0.35, min_mode_loss=floor)
+    assert p["paper_cycle"] and p["cut"] is None and p["ill"] is None and p["red"] is None
+    assert p["low_peak"] == upper_peak(twins, without["cut"]) and EDGES[p["low_peak"] - 1] < floor
+    assert decision_note(twins, p) == (f"no wrong-pair mode (the upper mode peaks at loss "
+                                       f"{EDGES[p['low_peak'] - 1]:.3g}, below 2.43): the paper's per-batch candidates")
+    wrong = _binned([(6400, code(1.0), 6.0), (1600, code(6.0), 3.0)])
+    taken = plan(wrong, int(wrong.sum()), 0.35, 0.35, min_mode_loss=floor)
+    assert not taken["paper_cycle"] and taken == dict(plan(wrong, int(wrong.sum()), 0.35, 0.35), min_mode_loss=floor)
+
+
+@settings(max_examples=60, deadline=None)
+@given(weights=st.lists(st.integers(0, 4000), min_size=1, max_size=4),
+       centres=st.lists(st.integers(20, 230), min_size=4, max_size=4),
+       sds=st.lists(st.floats(1.0, 12.0), min_size=4, max_size=4), floor=st.floats(0.01, 50.0),
+       look_again=st.booleans())
+def test_the_floor_only_refuses_a_mode_that_peaks_below_it(weights, centres, sds, floor, look_again):
+    """On any mixture the floor changes a decision only by refusing the cut whose upper mode peaks in a bin below
+    the floor's; every other plan is the plan without it."""
+    from scan_fast.schedule.scan_epoch import upper_peak
+
+    hist = _binned(list(zip(weights, centres, sds)))
+    n = int(hist.sum())
+    if n == 0:
+        return
+    free = plan(hist, n, 0.35, 0.35, look_again)
+    p = plan(hist, n, 0.35, 0.35, look_again, min_mode_loss=floor)
+    if not free["paper_cycle"] and upper_peak(hist, free["cut"]) < int(loss_codes(floor, floor)):
+        assert p["paper_cycle"] and p["low_peak"] == upper_peak(hist, free["cut"])
+    else:
+        assert p == dict(free, min_mode_loss=floor)
+
+
+@pytest.mark.parametrize("device_path", [False, True])
+def test_the_schedule_applies_its_floor_as_the_oracle_does(device_path):
+    """The twin-caption losses of a clean long run: ScanEpoch with CLIP's floor keeps the paper's per-batch
+    candidates, as the oracle; without a floor it takes the twins (the oracle again)."""
+    from scan_fast.schedule.scan_epoch import wrong_pair_floor
+
+    n = 3000
+    rng = np.random.default_rng(8)
+    twin = rng.random(n) < 0.26
+    centre = np.log(np.where(twin, 0.69, 0.001))
+    a, b = (np.exp(centre + np.where(twin, 0.05, 0.7) * rng.standard_normal(n)).astype(np.float32)
+            for _ in range(2))
+    order = np.arange(n, dtype=np.int64)
+    for floor in (wrong_pair_floor(100), None):
+        s = ScanEpoch(n, seed=3, min_mode_loss=floor)
+        _to_preparation(s)
+        _prepare(s, order, a, b, 100, device_path)
+        s.end_epoch(2, 1.0)
+        ill, red, p = epoch_candidates_reference(order, a, b, rho_ill=0.35, rho_red=0.35, seed=3, epoch=2,
+                                                 batch=100, min_mode_loss=floor)
+        assert s.paper_cycle() is p["paper_cycle"] is (floor is not None)
+        np.testing.assert_array_equal(s.candidates("ill_matched"), ill)
+        np.testing.assert_array_equal(s.candidates("redundant"), red)
+        if floor is None:
+            assert np.array_equal(ill, np.flatnonzero(twin))  # the twins taken for wrong pairs
+
+
+def test_the_trainer_gives_the_floor_of_its_global_batch_to_the_clip_loss_only():
+    from scan_fast.schedule.scan_epoch import wrong_pair_floor
+    from scan_fast.train.config import ClipConfig, MocoConfig
+    from scan_fast.train.run import make_schedule
+
+    for loss, expected in (("clip", wrong_pair_floor(64 * 2)), ("siglip", None)):
+        cfg = ClipConfig(train_data="unused", prune="scan-epoch", batch_size=64, loss=loss)
+        assert make_schedule(cfg, 1000, 1, 2).min_mode_loss == expected
+    assert make_schedule(ClipConfig(train_data="unused", prune="scan-epoch", batch_size=32), 1000).min_mode_loss == \
+        wrong_pair_floor(32)  # scan-tiny-vit's default loss is CLIP's
+    moco = MocoConfig(train_data="unused", prune="scan-epoch", arch="vit_tiny_cpu")
+    assert make_schedule(moco, 1000).min_mode_loss is None
+    with pytest.raises(ValueError, match="min_mode_loss must be a loss value > 0"):
+        ScanEpoch(1000, min_mode_loss=0.0)
+
+
 @pytest.mark.parametrize("device_path", [False, True])
 def test_a_run_whose_losses_never_have_two_modes_is_scans_run(device_path):
     """Clean losses: every preparation keeps Scan's per-batch candidates and every mutation epoch Scan's draw,

@@ -19,7 +19,9 @@ trains), so the variant cuts the epoch's loss histogram at its valley instead:
                  samples (a wrong-pair mode within the paper's budget); when it holds more and the last
                  preparation found a wrong-pair mode, t and the valley test again on the bins from t up only,
                  until the part above fits (`wrong_pair_cut`: in long runs a third mode, captions with a twin
-                 in the batch at ln 2, lies between the learned pairs and the wrong ones); otherwise the
+                 in the batch at ln 2, lies between the learned pairs and the wrong ones); and, with a
+                 floor (min_mode_loss: ln(B) / 2 for the CLIP loss over a global batch of B, `wrong_pair_floor`),
+                 when the part above peaks (p1 of its cut) at a loss of at least the floor; otherwise the
                  paper's cycle (below)
     RED          the lowest codes up to k_red = floor(rho_red n) samples, below t
 
@@ -32,7 +34,9 @@ points of zero-shot accuracy on the demo data, as the late mutation epochs then 
 
 No separate wrong-pair mode (no valley: clean data, or wrong pairs that do not stand apart; or an upper mode
 larger than rho_ill with no valley inside it, or not looked into: on clean shapes, pairs whose caption has a
-twin in the batch sit at ln 2 and hold 20% or more of the epoch): no loss tells a wrong pair from a hard or
+twin in the batch sit at ln 2 and hold 20% or more of the epoch; or an upper mode that peaks below the floor:
+late in a long CLIP run on clean shapes those twins stand apart from the learned pairs, near 0.001, as a mode of
+25-32% at 0.65-0.70, where a wrong pair's loss never sits): no loss tells a wrong pair from a hard or
 unlucky one, so the cycle is the paper's, exactly: every preparation batch also goes through Scan's per-batch
 rule (the same keyed streams), and an epoch without a wrong-pair mode keeps those candidates; the mutation
 epochs prune a keyed sample of floor(rate(e) |ILL u RED|) as Scan does, and nothing is held out of the next
@@ -70,7 +74,7 @@ from scan_fast.bits import bits_contain
 from scan_fast.keyed_hash import SCAN_EPOCH_TIE, SIGN_BIT, below_fraction, counter_hashes, stream_key
 from scan_fast.index import SampleSet
 from scan_fast.schedule.candidates import batch_candidates_reference, candidate_count
-from scan_fast.schedule.inputs import check_batch, check_int
+from scan_fast.schedule.inputs import check_batch, check_int, check_threshold
 from scan_fast.schedule.rates import (EARLIEST_MUTATION, PREPARATION, batch_stream, cosine_rate, epoch_phase,
                                       mutation_stream, prune_count)
 from scan_fast.schedule.scan import CandidateSets, PrunedSet, Scan
@@ -110,6 +114,15 @@ def otsu_cut(hist: np.ndarray) -> int:
     return int(np.argmax(between)) + 1
 
 
+def _smoothed(hist: np.ndarray) -> np.ndarray:
+    return np.convolve(np.asarray(hist, dtype=np.float64), np.ones(SMOOTH_BINS) / SMOOTH_BINS, mode="same")
+
+
+def upper_peak(hist: np.ndarray, cut: int) -> int:
+    """The code of the upper mode's peak above `cut`: the first argmax of the smoothed histogram there."""
+    return cut + int(np.argmax(_smoothed(hist)[cut:]))
+
+
 def has_two_modes(hist: np.ndarray, cut: int) -> bool:
     """Whether the histogram has a second, upper mode beyond a valley around Otsu's `cut` (module docstring):
     the lowest smoothed count between the lower peak and the upper peak is at most VALLEY_RATIO x the upper
@@ -117,11 +130,21 @@ def has_two_modes(hist: np.ndarray, cut: int) -> bool:
     hist = np.asarray(hist, dtype=np.float64)
     if cut <= 0 or cut >= len(hist) or not hist[:cut].any() or not hist[cut:].any():
         return False
-    smooth = np.convolve(hist, np.ones(SMOOTH_BINS) / SMOOTH_BINS, mode="same")
+    smooth = _smoothed(hist)
     low_peak = int(np.argmax(smooth[:cut]))
-    high_peak = cut + int(np.argmax(smooth[cut:]))
+    high_peak = upper_peak(hist, cut)
     valley = smooth[low_peak:high_peak + 1].min()
     return bool(valley <= VALLEY_RATIO * smooth[high_peak])
+
+
+def wrong_pair_floor(global_batch: int) -> float:
+    """The lowest loss a wrong-pair mode of the CLIP loss may peak at: ln(B) / 2 for a global batch of B.
+
+    A caption of another image scores no higher than a random caption, so its loss is about ln B or more (the
+    log-sum-exp of B logits is at least ln B plus their mean); right pairs whose caption has k copies in the
+    batch sit at ln k (k <= 4 on the demo's data: at most 1.39), learned ones far lower. Measured on shapes,
+    batch 128 (ln B / 2 = 2.43): wrong-pair modes peak at 6.1-23, the copies' mode at 0.65-0.70."""
+    return math.log(global_batch) / 2
 
 
 def take_plan(hist: np.ndarray, k: int, from_top: bool) -> Tuple[int, int, int]:
@@ -164,24 +187,36 @@ def wrong_pair_cut(hist: np.ndarray, k_ill: int, look_again: bool = False) -> Op
     return None
 
 
-def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float, look_again: bool = False) -> dict:
+def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float, look_again: bool = False,
+         min_mode_loss: Optional[float] = None) -> dict:
     """The epoch's cut: ILL = codes >= t, t = `wrong_pair_cut` (a separate upper mode of at most
-    k_ill = floor(rho_ill n) samples), RED from the bottom up to k_red = floor(rho_red n), below t. Without such a
-    mode "paper_cycle" is True (the paper's per-batch candidates stand) and "cut"/"ill"/"red" are None."""
+    k_ill = floor(rho_ill n) samples) when that mode peaks at a loss of at least `min_mode_loss` (None: anywhere;
+    `wrong_pair_floor`), RED from the bottom up to k_red = floor(rho_red n), below t. Without such a mode
+    "paper_cycle" is True (the paper's per-batch candidates stand) and "cut"/"ill"/"red" are None; "low_peak" is
+    the code of the peak of a mode refused for peaking below `min_mode_loss`, else None."""
     hist = np.asarray(hist, dtype=np.int64)
     k_ill, k_red = math.floor(rho_ill * n), math.floor(rho_red * n)
     t = wrong_pair_cut(hist, k_ill, look_again)
+    low_peak = None
+    if t is not None and min_mode_loss is not None:
+        peak = upper_peak(hist, t)
+        if peak < int(loss_codes(min_mode_loss, min_mode_loss)):  # right pairs (captions with copies), not wrong ones
+            low_peak, t = peak, None
     paper_cycle = t is None
     ill = red = None
     if not paper_cycle:
         ill = (t, -1, 0)
         red = take_plan(hist[:t], k_red, from_top=False)  # never reaches the ILL bins
-    return {"cut": t, "paper_cycle": paper_cycle, "ill": ill, "red": red, "k_ill": k_ill, "k_red": k_red}
+    return {"cut": t, "paper_cycle": paper_cycle, "ill": ill, "red": red, "k_ill": k_ill, "k_red": k_red,
+            "low_peak": low_peak, "min_mode_loss": min_mode_loss}
 
 
 def decision_note(hist: np.ndarray, p: dict) -> str:
     """One line on a preparation's decision: the wrong-pair mode's size and the loss it starts at, or that the
     paper's per-batch candidates stand."""
+    if p["paper_cycle"] and p["low_peak"] is not None:
+        return (f"no wrong-pair mode (the upper mode peaks at loss {EDGES[p['low_peak'] - 1]:.3g}, below "
+                f"{p['min_mode_loss']:.3g}): the paper's per-batch candidates")
     if p["paper_cycle"]:
         return "no wrong-pair mode: the paper's per-batch candidates"
     above, n = int(np.sum(hist[p["cut"]:])), int(np.sum(hist))
@@ -207,16 +242,16 @@ def select(codes, ids, cut: Tuple[int, int, int], from_top: bool, seed: int, epo
 
 
 def epoch_candidates_reference(ids, loss_a, loss_b, *, rho_ill: float, rho_red: float, seed: int, epoch: int,
-                               batch: int, look_again: bool = False):
+                               batch: int, look_again: bool = False, min_mode_loss: Optional[float] = None):
     """The oracle: (ill ids, red ids, plan) of one preparation epoch's observations (each id once, in batches of
     `batch` in this order): the epoch-wide cut when the losses have a wrong-pair mode (`look_again`: the last
-    preparation found one), else the paper's per-batch candidates (`batch_candidates_reference`, Scan's keyed
-    streams)."""
+    preparation found one) peaking at a loss of at least `min_mode_loss`, else the paper's per-batch candidates
+    (`batch_candidates_reference`, Scan's keyed streams)."""
     ids = np.asarray(ids, np.int64)
     loss_a, loss_b = np.asarray(loss_a, np.float32), np.asarray(loss_b, np.float32)
     codes = loss_codes(loss_a, loss_b)
     hist = np.bincount(codes, minlength=NUM_CODES)[:NUM_CODES]
-    p = plan(hist, len(ids), rho_ill, rho_red, look_again)
+    p = plan(hist, len(ids), rho_ill, rho_red, look_again, min_mode_loss)
     if p["paper_cycle"]:
         ill, red = np.zeros(len(ids), bool), np.zeros(len(ids), bool)
         for index, start in enumerate(range(0, len(ids), batch)):
@@ -266,13 +301,17 @@ class ScanEpoch(Scan):
     """SCAN's cycle with epoch-wide candidates (module docstring); the mutation epochs are Scan's.
 
     ScanEpoch(num_samples, rho_ill=0.35, rho_red=0.35, t_cos=3, prune_threshold=0.3, mode="both",
-              seed=0, rank=0, world_size=1)
+              seed=0, rank=0, world_size=1, min_mode_loss=None)
+
+    min_mode_loss: the lowest loss a wrong-pair mode may peak at (None: anywhere); the trainer gives the CLIP
+    loss's `wrong_pair_floor` of its global batch. Derived from the run's batch, so not part of the saved state.
     """
 
     def __init__(self, num_samples, rho_ill=0.35, rho_red=0.35, t_cos=3, prune_threshold=0.3,
-                 mode="both", seed=0, rank=0, world_size=1):
+                 mode="both", seed=0, rank=0, world_size=1, min_mode_loss=None):
         super().__init__(num_samples, rho_ill=rho_ill, rho_red=rho_red, t_cos=t_cos,
                          prune_threshold=prune_threshold, mode=mode, seed=seed)
+        self.min_mode_loss = check_threshold("min_mode_loss", min_mode_loss)
         self.world_size = check_int("world_size", world_size, minimum=1)
         self.rank = check_int("rank", rank, minimum=0, maximum=self.world_size - 1)
         block = -(-self.num_samples // self.world_size)
@@ -385,7 +424,8 @@ class ScanEpoch(Scan):
         hist = self._hist[:NUM_CODES].cpu().numpy()
         # look_again: this epoch holds out the last preparation's ILL, i.e. that one found a wrong-pair mode (in mode
         # "redundant" nothing is held out, so no second look: ILL is not pruned there anyway)
-        p = plan(hist, int(hist.sum()), self.config.rho_ill, self.config.rho_red, look_again=self.holds_out())
+        p = plan(hist, int(hist.sum()), self.config.rho_ill, self.config.rho_red, look_again=self.holds_out(),
+                 min_mode_loss=self.min_mode_loss)
         self.last_plan = p
         self._note = (epoch, decision_note(hist, p))
         if p["paper_cycle"]:

@@ -2,7 +2,7 @@
 image-text pre-training with SCAN (or a baseline) on an FFCV .beton or part folder."""
 import numpy as np
 
-from scan_fast.train.clip_model import Clip, default_loss
+from scan_fast.train.clip_model import Clip
 from scan_fast.train.config import ClipConfig
 from scan_fast.train.run import candidate_precision_recall, train
 from scan_fast.train.task import Task, unwrapped
@@ -98,7 +98,7 @@ class SigLipTask(ClipTask):
 
 def clip_task(cfg: ClipConfig) -> ClipTask:
     """The task of a CLIP config: SigLipTask for --loss siglip (the default of *-SigLIP* model configs)."""
-    return SigLipTask(cfg) if (cfg.loss or default_loss(cfg.model)) == "siglip" else ClipTask(cfg)
+    return SigLipTask(cfg) if cfg.pair_loss() == "siglip" else ClipTask(cfg)
 
 
 def train_clip(cfg: ClipConfig) -> dict:

@@ -52,11 +52,13 @@ def _scan(cfg, num_samples, rank, world_size):
 
 
 def _scan_epoch(cfg, num_samples, rank, world_size):
-    from scan_fast.schedule.scan_epoch import ScanEpoch
+    from scan_fast.schedule.scan_epoch import ScanEpoch, wrong_pair_floor
 
+    # the floor holds for the CLIP loss's softmax over the global batch (scan_epoch.wrong_pair_floor)
+    floor = wrong_pair_floor(cfg.batch_size * world_size) if cfg.pair_loss() == "clip" else None
     return ScanEpoch(num_samples, rho_ill=cfg.rho_ill, rho_red=cfg.rho_red, t_cos=cfg.t_cos,
                      prune_threshold=cfg.prune_threshold, mode=cfg.prune_target, seed=cfg.seed, rank=rank,
-                     world_size=world_size)
+                     world_size=world_size, min_mode_loss=floor)
 
 
 def _none(cfg, num_samples, rank, world_size):
@@ -296,6 +298,11 @@ class TrainConfig:
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def pair_loss(self) -> Optional[str]:
+        """The loss the run's pairs are trained with: "clip", "siglip" or "moco"; None for the options every
+        task shares alone (`coreset export` rebuilds a schedule from them)."""
+        return None
+
 
 @dataclass
 class ClipConfig(TrainConfig):
@@ -307,6 +314,12 @@ class ClipConfig(TrainConfig):
                                            "(default: the names saved beside --val-data)", "evaluation")
     zeroshot_template: str = flag(DEFAULT_ZEROSHOT_TEMPLATE, "prompt for each class name, with one {} where the "
                                   "name goes", "evaluation")
+
+    def pair_loss(self) -> str:
+        """--loss, or the model config's default (`default_loss`)."""
+        from scan_fast.train.clip_model import default_loss
+
+        return self.loss or default_loss(self.model)
 
 
 @dataclass
@@ -327,6 +340,9 @@ class MocoConfig(TrainConfig):
     probe_train_data: Optional[str] = flag(None, "MoCo eval: labelled .beton or part folder for the kNN bank and "
                                            "the linear probe (default --train-data, which then needs labels)",
                                            "evaluation")
+
+    def pair_loss(self) -> str:
+        return "moco"
 
     def __post_init__(self):
         super().__post_init__()
