@@ -319,7 +319,6 @@ class ScanEpoch(Scan):
         self._hi = min(self._lo + block, self.num_samples)
         self._codes = None  # uint8 (hi - lo + 1,) on the losses' device while preparing; last slot: a sink
         self._hist = None   # int64 (NUM_CODES + 1,) of every observed sample of the epoch; last slot: unused
-        self.last_plan = None
         self._note = (None, "")    # (epoch, text): the last preparation's decision, for its log line
         self._paper_cycle = False  # the last completed preparation found no wrong-pair mode: the paper's cycle
         self._edges = {}    # device -> EDGES there (copied once, not every step)
@@ -419,14 +418,12 @@ class ScanEpoch(Scan):
         """(ill ids, red ids) of this rank's block from the epoch's histogram (the same on every rank), or None
         when the losses have no wrong-pair mode (the paper's per-batch candidates stand)."""
         if self._codes is None:
-            self.last_plan = None
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         hist = self._hist[:NUM_CODES].cpu().numpy()
         # look_again: this epoch holds out the last preparation's ILL, i.e. that one found a wrong-pair mode (in mode
         # "redundant" nothing is held out, so no second look: ILL is not pruned there anyway)
         p = plan(hist, int(hist.sum()), self.config.rho_ill, self.config.rho_red, look_again=self.holds_out(),
                  min_mode_loss=self.min_mode_loss)
-        self.last_plan = p
         self._note = (epoch, decision_note(hist, p))
         if p["paper_cycle"]:
             return None
