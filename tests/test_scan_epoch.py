@@ -420,11 +420,14 @@ def test_a_wrong_pair_mode_above_a_twin_caption_mode_is_found_once_the_data_has_
     assert int(hist[:p["cut"]][:p["red"][0]].sum()) <= p["k_red"]  # RED from below the cut only
 
 
+# up to four normal modes anywhere on the codes: the mixtures the plan's invariants are checked on (`_binned`)
+MIXTURES = dict(weights=st.lists(st.integers(0, 4000), min_size=1, max_size=4),
+                centres=st.lists(st.integers(20, 230), min_size=4, max_size=4),
+                sds=st.lists(st.floats(1.0, 12.0), min_size=4, max_size=4))
+
+
 @settings(max_examples=80, deadline=None)
-@given(weights=st.lists(st.integers(0, 4000), min_size=1, max_size=4),
-       centres=st.lists(st.integers(20, 230), min_size=4, max_size=4),
-       sds=st.lists(st.floats(1.0, 12.0), min_size=4, max_size=4), rho_ill=st.floats(0.05, 0.6),
-       look_again=st.booleans())
+@given(**MIXTURES, rho_ill=st.floats(0.05, 0.6), look_again=st.booleans())
 def test_the_cut_fits_the_budget_and_a_first_look_that_fits_decides(weights, centres, sds, rho_ill, look_again):
     """On any mixture: a cut leaves at most k_ill above it; when the first look has two modes and fits, it is the
     cut (those runs are unchanged by the second look); when the first look has no valley, nothing is taken; the
@@ -510,10 +513,7 @@ def test_a_mode_that_peaks_below_the_floor_is_not_taken_for_wrong_pairs():
 
 
 @settings(max_examples=60, deadline=None)
-@given(weights=st.lists(st.integers(0, 4000), min_size=1, max_size=4),
-       centres=st.lists(st.integers(20, 230), min_size=4, max_size=4),
-       sds=st.lists(st.floats(1.0, 12.0), min_size=4, max_size=4), floor=st.floats(0.01, 50.0),
-       look_again=st.booleans())
+@given(**MIXTURES, floor=st.floats(0.01, 50.0), look_again=st.booleans())
 def test_the_floor_only_refuses_a_mode_that_peaks_below_it(weights, centres, sds, floor, look_again):
     """On any mixture the floor changes a decision only by refusing the cut whose upper mode peaks in a bin below
     the floor's; every other plan is the plan without it."""
