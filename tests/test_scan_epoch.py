@@ -633,3 +633,98 @@ def test_the_cycle_decision_survives_a_checkpoint_and_is_made_again_each_prepara
     assert not s.paper_cycle()  # wrong pairs appeared: the epoch-wide cycle again
     ill = s.candidates("ill_matched")
     assert np.isin(ill, np.setdiff1d(np.arange(n), s.epoch_indices(7))).all()
+
+
+@pytest.mark.parametrize("device_path", [False, True])
+def test_with_fallback_none_a_run_whose_losses_never_have_two_modes_is_nones_run(device_path):
+    """fallback="none" on clean losses: every preparation finds no wrong-pair mode, so every epoch trains on all
+    the data in none's order (the same shards on every rank), with no candidates and nothing held out."""
+    from scan_fast.schedule.no_pruning import NoPruning
+
+    n, batch = 3000, 100
+    variant, none = ScanEpoch(n, seed=3, fallback="none"), NoPruning(n)
+    rng = np.random.default_rng(12)
+    _to_preparation(variant)
+    for epoch in range(2):
+        none.epoch_indices(epoch)
+        none.end_epoch(epoch, 1.0)
+    for epoch in range(2, 10):
+        for rank in (0, 1):
+            np.testing.assert_array_equal(variant.epoch_shard(epoch, rank, 2, seed=3),
+                                          none.epoch_shard(epoch, rank, 2, seed=3))
+        if variant.is_preparation(epoch):
+            assert not variant.holds_out() and variant.sample_weights(torch.arange(n)) is None
+            a = np.exp(-0.1 * epoch + 0.35 * rng.standard_normal(n)).astype(np.float32)
+            b = np.exp(-0.1 * epoch + 0.35 * rng.standard_normal(n)).astype(np.float32)
+            _observe_in_batches(variant, rng.permutation(n).astype(np.int64), a, b, batch, device_path)
+        variant.end_epoch(epoch, 1.0)
+        none.end_epoch(epoch, 1.0)
+        if variant.is_preparation(epoch):
+            assert variant.paper_cycle() and variant.epoch_note(epoch) == "no wrong-pair mode: nothing pruned this cycle"
+            assert len(variant.candidates("ill_matched")) == len(variant.candidates("redundant")) == 0
+    phases = [r.phase for r in variant.stats().records]
+    assert phases.count("preparation") == 2 and phases.count("mutation") == 6
+    assert all(r.kept == n for r in variant.stats().records)
+
+
+def _observe_in_batches(schedule, order, a, b, batch, device_path):
+    for start in range(0, len(order), batch):
+        ids = order[start:start + batch]
+        if device_path:
+            schedule.observe_batch(torch.from_numpy(ids), torch.from_numpy(a[ids]), torch.from_numpy(b[ids]))
+        else:
+            schedule.observe(ids, a[ids], b[ids])
+
+
+def test_with_fallback_none_a_found_mode_prunes_as_scan_epoch_does_and_a_clean_cycle_prunes_nothing():
+    """Noisy losses: the same candidates and kept sets as fallback="paper"; a later preparation without a mode
+    prunes nothing in its cycle (where "paper" keeps the per-batch candidates and prunes them)."""
+    n, batch = 2000, 100
+    noisy_a, noisy_b, _ = _losses(n, 21, bad=0.2)
+    clean_a, clean_b, _ = _losses(n, 22, bad=0.0)
+    runs = {fallback: ScanEpoch(n, seed=4, fallback=fallback) for fallback in ("paper", "none")}
+    order = np.random.default_rng(5).permutation(n).astype(np.int64)
+    for s in runs.values():
+        _to_preparation(s)
+    for epoch in range(2, 10):
+        kept = {f: s.epoch_indices(epoch) for f, s in runs.items()}
+        if epoch < 6:
+            np.testing.assert_array_equal(kept["paper"], kept["none"])
+        elif epoch > 6:  # the second cycle: clean losses, no mode
+            assert len(kept["none"]) == n and len(kept["paper"]) < n
+        for s in runs.values():
+            if s.is_preparation(epoch):
+                a, b = (noisy_a, noisy_b) if epoch == 2 else (clean_a, clean_b)
+                _observe_in_batches(s, order, a, b, batch, device_path=False)
+            s.end_epoch(epoch, 1.0)
+        if epoch == 2:
+            for kind in ("ill_matched", "redundant"):
+                np.testing.assert_array_equal(runs["paper"].candidates(kind), runs["none"].candidates(kind))
+            assert len(runs["none"].candidates("ill_matched")) > 0
+    assert runs["none"].epoch_note(6) == "no wrong-pair mode: nothing pruned this cycle"
+
+
+def test_the_fallback_is_checked_on_resume_and_by_the_constructor():
+    n = 2000
+    a, b, _ = _losses(n, 13, bad=0.0)
+    s = ScanEpoch(n, seed=1, fallback="none")
+    _through_first_cycle(s, n, a, b)
+    state = _roundtrip(s.state_dict())
+    resumed = ScanEpoch(n, seed=1, fallback="none")
+    resumed.load_state_dict(state)
+    assert resumed.paper_cycle() and resumed.fallback == "none"
+    np.testing.assert_array_equal(resumed.epoch_shard(6, seed=1), s.epoch_shard(6, seed=1))
+    with pytest.raises(ValueError, match="fallback='none'; this schedule has fallback='paper'"):
+        ScanEpoch(n, seed=1).load_state_dict(state)
+    with pytest.raises(ValueError, match="fallback must be one of paper, none, got 'all'"):
+        ScanEpoch(n, fallback="all")
+
+
+def test_the_trainer_builds_scan_epoch_or_none_with_the_none_fallback():
+    from scan_fast.train.config import ClipConfig
+    from scan_fast.train.run import make_schedule
+
+    built = {prune: make_schedule(ClipConfig(train_data="unused", prune=prune, batch_size=64), 1000)
+             for prune in ("scan-epoch", "scan-epoch-or-none")}
+    assert built["scan-epoch"].fallback == "paper" and built["scan-epoch-or-none"].fallback == "none"
+    assert built["scan-epoch"].min_mode_loss == built["scan-epoch-or-none"].min_mode_loss

@@ -35,6 +35,9 @@ def test_aggregate_means_and_stds_over_seeds():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(strategies=("scan", "bogus")), "--strategies must be one of .* got .bogus."),
     (dict(strategies=("none", "random")), "random matches a SCAN run"),
+    (dict(strategies=("scan-epoch", "none-matched"), matched_to="scan"), "none-matched matches a SCAN run's counts, "
+                                                                         "so it needs scan too"),
+    (dict(matched_to="none"), "--matched-to must be one of .* got .none."),
     (dict(num_samples=64, batch_size=128), "fewer than one batch"),
     (dict(seeds=()), "at least one seed"),
     (dict(epochs=0), "--epochs must be >= 1"),
@@ -42,6 +45,14 @@ def test_aggregate_means_and_stds_over_seeds():
 def test_bad_main_job_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MainJobConfig(**kwargs)
+
+
+def test_none_matched_takes_the_counts_of_the_matched_to_strategy():
+    assert MainJobConfig().counts_source("none-matched") == "scan-epoch"
+    job = MainJobConfig(strategies=("scan-epoch-or-none", "none-matched", "random", "scan"),
+                        matched_to="scan-epoch-or-none")
+    assert job.counts_source("none-matched") == "scan-epoch-or-none" and job.counts_source("random") == "scan"
+    assert job.counts_source("scan-epoch-or-none") is None
 
 
 def test_build_data_reuses_current_shapes_and_rewrites_stale_ones(tmp_path):

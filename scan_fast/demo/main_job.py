@@ -8,10 +8,10 @@ zero-shot evaluation over its 64 shape x colour classes; trains the tiny CLIP
 (`--loss siglip`: the same towers with the sigmoid loss) once per strategy and seed at equal
 epochs (random prunes exactly the counts of the SCAN run of the same seed, read from its
 epochs.csv), except none-matched, the equal-compute baseline: all the data for the sample-steps of
-the scan-epoch run of the same seed, over the fewest epochs that hold them, its learning rate's cosine
+the scan-epoch run (--matched-to) of the same seed, over the fewest epochs that hold them, its learning rate's cosine
 over that shorter run (scan_fast/schedule/budget.py); and prints one
 table: sample-steps, training wall time, zero-shot accuracy (evaluated after every epoch, for the
-accuracy-vs-compute plots), and for SCAN and scan-epoch the
+accuracy-vs-compute plots), and for SCAN and its variants the
 precision / recall of its ill-matched candidates against the injected
 mismatches. Each run's report and plots, and the comparison report, are
 written under the output folder.
@@ -30,7 +30,8 @@ from scan_fast.flags import add_config_flags, check_choices, config_from_args, f
 
 class Shown(NamedTuple):
     """How the demo runs and draws a --prune strategy: style, (colour, marker, line style) of its curves;
-    copies_counts_of, the strategy whose run's counts it takes as --prune-counts (run first)."""
+    copies_counts_of, the strategy whose run's counts it takes as --prune-counts (run first; none-matched's is
+    --matched-to's)."""
     style: Tuple[str, str, str]
     copies_counts_of: Optional[str] = None
 
@@ -39,6 +40,7 @@ class Shown(NamedTuple):
 SHOWN = {
     "scan": Shown(("tab:blue", "o", "-")),
     "scan-epoch": Shown(("tab:green", "s", "-")),
+    "scan-epoch-or-none": Shown(("tab:cyan", "X", "-")),
     "none": Shown(("black", "D", "--")),
     "random": Shown(("tab:red", "v", ":"), copies_counts_of="scan"),
     "none-matched": Shown(("dimgray", "d", "-"), copies_counts_of="scan-epoch"),
@@ -50,6 +52,7 @@ STRATEGIES = tuple(SHOWN)
 BASELINE = "none"  # what the others are compared with
 MATCHED = next(name for name, mode in PRUNE_MODES.items() if mode.matches_sample_steps)  # the equal-compute baseline
 DEFAULT_STRATEGIES = ("scan", "scan-epoch", "none", "none-matched", "random")  # make demo: under 4 min on 2 cores
+PRUNING = tuple(s for s in STRATEGIES if s not in (BASELINE, MATCHED))  # what none-matched can be matched to
 
 
 @dataclass
@@ -69,6 +72,8 @@ class MainJobConfig:
     progress: bool = flag(True, "tqdm bars", "run")
     loss: Literal[LOSSES] = flag("clip", "clip: the tiny CLIP; siglip: the same towers with the sigmoid "
                                            "loss", "training")
+    matched_to: Literal[PRUNING] = flag(SHOWN[MATCHED].copies_counts_of, "the strategy whose sample-steps "
+                                        "none-matched trains for, run in the same job", "training")
     data: Literal[tuple(DATA_SETS)] = flag(
         "shapes", "shapes (20%% wrong captions), shapes-clean (none), shapes-hard (near-miss wrong captions, varied "
                   "templates), colour-digits (handwritten digits in colour, wrong and faint pairs), colour-digits-clean "
@@ -77,7 +82,7 @@ class MainJobConfig:
     def __post_init__(self):
         check_choices(self)
         for strategy in self.strategies:
-            source = SHOWN[strategy].copies_counts_of
+            source = self.counts_source(strategy)
             if source is not None and source not in self.strategies:
                 raise ValueError(f"--strategies: {strategy} matches a {source.upper()} run's counts, so it needs "
                                  f"{source} too")
@@ -88,6 +93,11 @@ class MainJobConfig:
             raise ValueError(f"--num-samples {self.num_samples} is fewer than one batch ({self.batch_size})")
         if not self.seeds:
             raise ValueError("--seeds: give at least one seed")
+
+    def counts_source(self, strategy: str) -> Optional[str]:
+        """The strategy whose run's counts `strategy` takes (SHOWN's copies_counts_of; for none-matched
+        --matched-to), or None."""
+        return self.matched_to if strategy == MATCHED else SHOWN[strategy].copies_counts_of
 
 
 def _compile_loaders(job: MainJobConfig, data: Dict[str, str]) -> None:
@@ -147,10 +157,10 @@ def run_main_job(job: MainJobConfig) -> List[dict]:
     with reuse_compiled_loaders():
         _compile_loaders(job, data)
         for seed in job.seeds:
-            sources = {SHOWN[s].copies_counts_of for s in job.strategies}
+            sources = {job.counts_source(s) for s in job.strategies}
             ordered = sorted(job.strategies, key=lambda s: s not in sources)  # SCAN first: random copies its counts
             for prune in ordered:
-                counts, source = None, SHOWN[prune].copies_counts_of
+                counts, source = None, job.counts_source(prune)
                 if source is not None:
                     counts = os.path.join(job.out, "runs", f"{source}-seed{seed}", "epochs.csv")
                 print(f"== {prune}, seed {seed}", flush=True)
@@ -260,7 +270,7 @@ def write_comparison(job: MainJobConfig, rows: List[dict], table: str, seconds: 
         data_line[0], data_line[1], data_line[2] + f"{job.epochs} epochs, "
         f"batch {job.batch_size}, lr {job.lr}, seeds {list(job.seeds)}. Random pruning removes exactly as many "
         "samples per epoch as the SCAN run of the same seed; none-matched trains all the data for the "
-        "sample-steps of the scan-epoch run of the same seed (fewer epochs, its own cosine). Total time "
+        f"sample-steps of the {job.matched_to} run of the same seed (fewer epochs, its own cosine). Total time "
         f"{seconds:.0f} s.", "", table, "", truth_note, "", "## Runs", "", *per_run, "",
         "## Plots", "",
         "Zero-shot accuracy after every epoch against the cumulative sample-steps and the cumulative training "

@@ -45,6 +45,10 @@ cost accuracy on clean data: pruning every top-k_ill pair of the epoch at once a
 removed the hardest clean pairs for good, 8.7 points below `none` on a clean digits set; taking the epoch's top
 k_ill within the paper's cycle ranked by the epoch's losses, not the batch's, and was 0.3-1.2 points below the
 paper's rule on four one-mode data sets.) The decision is made again at every preparation epoch.
+With fallback "none" (`--prune scan-epoch-or-none`) such a cycle prunes nothing instead: its mutation epochs train
+on all the data, so a run whose preparations never see a wrong-pair mode is `none`'s run, epoch for epoch. It
+saves compute only where it finds wrong pairs: on data without them, pruning by the paper's rule measured no
+better than training less for the same compute (docs/results.md).
 
 Held-out ill-matched pairs (after a preparation with a wrong-pair mode): an ILL candidate is then a
 wrong pair, not a hard one, so the variant stops learning from it at once instead of ramping it out.
@@ -82,6 +86,9 @@ from scan_fast.schedule.scan import CandidateSets, PrunedSet, Scan
 LOG_LO, LOG_HI = math.log(1e-4), math.log(1e4)  # codes span losses 1e-4 .. 1e4 (7.5% a bin)
 NUM_CODES = 255                                  # codes 0..254; UNSEEN marks ids not observed
 UNSEEN = 255
+# what a cycle does after a preparation that finds no wrong-pair mode: "paper", the paper's per-batch candidates;
+# "none", prune nothing (train on all the data until a preparation finds one)
+FALLBACKS = ("paper", "none")
 SMOOTH_BINS = 5       # the box the valley test smooths the histogram with (about 43% of a loss)
 VALLEY_RATIO = 0.5   # a valley at most half the upper peak: two modes (the demo's wrong pairs: 0.33 in the
                      # first preparation epoch of shapes, CLIP, seed 0)
@@ -211,14 +218,15 @@ def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float, look_again: b
             "low_peak": low_peak, "min_mode_loss": min_mode_loss}
 
 
-def decision_note(hist: np.ndarray, p: dict) -> str:
+def decision_note(hist: np.ndarray, p: dict, fallback: str = "paper") -> str:
     """One line on a preparation's decision: the wrong-pair mode's size and the loss it starts at, or that the
-    paper's per-batch candidates stand."""
+    cycle falls back (`fallback`: the paper's per-batch candidates, or no pruning)."""
+    then = {"paper": "the paper's per-batch candidates", "none": "nothing pruned this cycle"}[fallback]
     if p["paper_cycle"] and p["low_peak"] is not None:
         return (f"no wrong-pair mode (the upper mode peaks at loss {EDGES[p['low_peak'] - 1]:.3g}, below "
-                f"{p['min_mode_loss']:.3g}): the paper's per-batch candidates")
+                f"{p['min_mode_loss']:.3g}): {then}")
     if p["paper_cycle"]:
-        return "no wrong-pair mode: the paper's per-batch candidates"
+        return f"no wrong-pair mode: {then}"
     above, n = int(np.sum(hist[p["cut"]:])), int(np.sum(hist))
     return f"wrong-pair mode: {above:,} of {n:,} ({above / max(n, 1):.1%}) at loss >= {EDGES[p['cut'] - 1]:.3g}"
 
@@ -301,17 +309,22 @@ class ScanEpoch(Scan):
     """SCAN's cycle with epoch-wide candidates (module docstring); the mutation epochs are Scan's.
 
     ScanEpoch(num_samples, rho_ill=0.35, rho_red=0.35, t_cos=3, prune_threshold=0.3, mode="both",
-              seed=0, rank=0, world_size=1, min_mode_loss=None)
+              seed=0, rank=0, world_size=1, min_mode_loss=None, fallback="paper")
 
     min_mode_loss: the lowest loss a wrong-pair mode may peak at (None: anywhere); the trainer gives the CLIP
     loss's `wrong_pair_floor` of its global batch. Derived from the run's batch, so not part of the saved state.
+    fallback: a cycle whose preparation finds no wrong-pair mode keeps the paper's per-batch candidates
+    ("paper") or prunes nothing ("none"); saved with the state, and a resume must use the same.
     """
 
     def __init__(self, num_samples, rho_ill=0.35, rho_red=0.35, t_cos=3, prune_threshold=0.3,
-                 mode="both", seed=0, rank=0, world_size=1, min_mode_loss=None):
+                 mode="both", seed=0, rank=0, world_size=1, min_mode_loss=None, fallback="paper"):
         super().__init__(num_samples, rho_ill=rho_ill, rho_red=rho_red, t_cos=t_cos,
                          prune_threshold=prune_threshold, mode=mode, seed=seed)
         self.min_mode_loss = check_threshold("min_mode_loss", min_mode_loss)
+        if fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+        self.fallback = fallback
         self.world_size = check_int("world_size", world_size, minimum=1)
         self.rank = check_int("rank", rank, minimum=0, maximum=self.world_size - 1)
         block = -(-self.num_samples // self.world_size)
@@ -320,7 +333,7 @@ class ScanEpoch(Scan):
         self._codes = None  # uint8 (hi - lo + 1,) on the losses' device while preparing; last slot: a sink
         self._hist = None   # int64 (NUM_CODES + 1,) of every observed sample of the epoch; last slot: unused
         self._note = (None, "")    # (epoch, text): the last preparation's decision, for its log line
-        self._paper_cycle = False  # the last completed preparation found no wrong-pair mode: the paper's cycle
+        self._paper_cycle = False  # the last completed preparation found no wrong-pair mode: the fallback's cycle
         self._edges = {}    # device -> EDGES there (copied once, not every step)
         self._held = None   # the ILL bits held out of this preparation epoch's loss (None: nothing held)
         self._held_on = {}  # device -> self._held there
@@ -424,7 +437,7 @@ class ScanEpoch(Scan):
         # "redundant" nothing is held out, so no second look: ILL is not pruned there anyway)
         p = plan(hist, int(hist.sum()), self.config.rho_ill, self.config.rho_red, look_again=self.holds_out(),
                  min_mode_loss=self.min_mode_loss)
-        self._note = (epoch, decision_note(hist, p))
+        self._note = (epoch, decision_note(hist, p, self.fallback))
         if p["paper_cycle"]:
             return None
         codes = self._codes[:-1]
@@ -455,16 +468,18 @@ class ScanEpoch(Scan):
         if phase == PREPARATION:
             found = self.block_candidates(epoch)  # every rank read the same histogram: the same decision
             self._paper_cycle = found is None
-            if found is not None:  # the epoch-wide cut replaces the per-batch candidates
+            if found is not None or self.fallback == "none":  # the per-batch candidates are replaced: by the
+                self._new = CandidateSets(SampleSet(self.num_samples), SampleSet(self.num_samples))  # cut, or none
+            if found is not None:
                 ill, red = found
-                self._new = CandidateSets(SampleSet(self.num_samples), SampleSet(self.num_samples))
                 self._new.ill.add(self._gather(ill))
                 self._new.red.add(self._gather(red))
             self._codes = self._hist = None
         return super()._finish_epoch(epoch, epoch_loss)
 
     def paper_cycle(self) -> bool:
-        """Whether the last completed preparation found no separate wrong-pair mode, so its cycle is the paper's."""
+        """Whether the last completed preparation found no separate wrong-pair mode, so its cycle is the fallback's
+        (the paper's, or with fallback "none" no pruning)."""
         return self._paper_cycle
 
     # -- checkpoints: Scan's state plus, inside a preparation epoch, this block's codes
@@ -475,6 +490,7 @@ class ScanEpoch(Scan):
         state["codes"] = None if self._codes is None else self._codes.cpu().clone()
         state["hist"] = None if self._hist is None else self._hist.cpu().clone()
         state["paper_cycle"] = self._paper_cycle
+        state["fallback"] = self.fallback
         return state
 
     def _parse_state(self, state):
@@ -484,6 +500,10 @@ class ScanEpoch(Scan):
         paper_cycle = state.get("paper_cycle", False)  # absent from checkpoints written before the test
         if not isinstance(paper_cycle, bool):
             raise ValueError(f"state_dict['paper_cycle'] must be a bool, got {paper_cycle!r}")
+        fallback = state.get("fallback", "paper")  # absent from checkpoints written before the choice
+        if fallback != self.fallback:
+            raise ValueError(f"state_dict was saved by a ScanEpoch with fallback={fallback!r}; this schedule has "
+                             f"fallback={self.fallback!r}")
         if (codes is None) != (hist is None):
             raise ValueError("state_dict's 'codes' and 'hist' must be both set or both None")
         if codes is not None:
