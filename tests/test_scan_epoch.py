@@ -37,14 +37,18 @@ def _to_preparation(schedule):
     assert schedule.is_preparation(2)
 
 
-def _prepare(schedule, order, a, b, batch, device_path):
-    schedule.epoch_indices(2)
+def _observe_in_batches(schedule, order, a, b, batch, device_path):
     for start in range(0, len(order), batch):
         ids = order[start:start + batch]
         if device_path:
             schedule.observe_batch(torch.from_numpy(ids), torch.from_numpy(a[ids]), torch.from_numpy(b[ids]))
         else:
             schedule.observe(ids, a[ids], b[ids])
+
+
+def _prepare(schedule, order, a, b, batch, device_path):
+    schedule.epoch_indices(2)
+    _observe_in_batches(schedule, order, a, b, batch, device_path)
 
 
 def test_codes_are_the_bins_of_the_float32_mean_and_torch_agrees():
@@ -595,12 +599,7 @@ def test_a_run_whose_losses_never_have_two_modes_is_scans_run(device_path):
             assert not variant.holds_out() and variant.sample_weights(torch.arange(n)) is None
             order = rng.permutation(n).astype(np.int64)
             for s in (variant, paper):
-                for start in range(0, n, batch):
-                    ids = order[start:start + batch]
-                    if device_path:
-                        s.observe_batch(torch.from_numpy(ids), torch.from_numpy(a[ids]), torch.from_numpy(b[ids]))
-                    else:
-                        s.observe(ids, a[ids], b[ids])
+                _observe_in_batches(s, order, a, b, batch, device_path)
         for s in (variant, paper):
             s.end_epoch(epoch, 1.0)
         if variant.is_preparation(epoch) or epoch == 2:
@@ -665,15 +664,6 @@ def test_with_fallback_none_a_run_whose_losses_never_have_two_modes_is_nones_run
     phases = [r.phase for r in variant.stats().records]
     assert phases.count("preparation") == 2 and phases.count("mutation") == 6
     assert all(r.kept == n for r in variant.stats().records)
-
-
-def _observe_in_batches(schedule, order, a, b, batch, device_path):
-    for start in range(0, len(order), batch):
-        ids = order[start:start + batch]
-        if device_path:
-            schedule.observe_batch(torch.from_numpy(ids), torch.from_numpy(a[ids]), torch.from_numpy(b[ids]))
-        else:
-            schedule.observe(ids, a[ids], b[ids])
 
 
 def test_with_fallback_none_a_found_mode_prunes_as_scan_epoch_does_and_a_clean_cycle_prunes_nothing():
