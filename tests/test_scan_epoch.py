@@ -659,7 +659,8 @@ def test_with_fallback_none_a_run_whose_losses_never_have_two_modes_is_nones_run
         variant.end_epoch(epoch, 1.0)
         none.end_epoch(epoch, 1.0)
         if variant.is_preparation(epoch):
-            assert variant.paper_cycle() and variant.epoch_note(epoch) == "no wrong-pair mode: nothing pruned this cycle"
+            assert variant.paper_cycle()
+            assert variant.epoch_note(epoch) == "no wrong-pair mode: nothing pruned this cycle"
             assert len(variant.candidates("ill_matched")) == len(variant.candidates("redundant")) == 0
     phases = [r.phase for r in variant.stats().records]
     assert phases.count("preparation") == 2 and phases.count("mutation") == 6

@@ -53,6 +53,9 @@ def test_none_matched_takes_the_counts_of_the_matched_to_strategy():
                         matched_to="scan-epoch-or-none")
     assert job.counts_source("none-matched") == "scan-epoch-or-none" and job.counts_source("random") == "scan"
     assert job.counts_source("scan-epoch-or-none") is None
+    assert job.run_order() == ["scan-epoch-or-none", "scan", "none-matched", "random"]
+    chain = MainJobConfig(strategies=("none-matched", "none", "random", "scan"), matched_to="random")
+    assert chain.run_order() == ["scan", "random", "none-matched", "none"]  # each after the run it copies
 
 
 def test_build_data_reuses_current_shapes_and_rewrites_stale_ones(tmp_path):

@@ -99,6 +99,13 @@ class MainJobConfig:
         --matched-to), or None."""
         return self.matched_to if strategy == MATCHED else SHOWN[strategy].copies_counts_of
 
+    def run_order(self) -> List[str]:
+        """The strategies in the order a seed runs them: each after every run whose counts it takes (random after
+        scan, none-matched after --matched-to's run, also when that is random)."""
+        def links_fed(strategy):  # the longest chain of runs that take their counts from `strategy`
+            return max((1 + links_fed(s) for s in self.strategies if self.counts_source(s) == strategy), default=0)
+        return sorted(self.strategies, key=lambda s: -links_fed(s))
+
 
 def _compile_loaders(job: MainJobConfig, data: Dict[str, str]) -> None:
     """Build the loaders of the job's runs as the trainer builds them, untimed, and read a batch from each:
@@ -157,9 +164,7 @@ def run_main_job(job: MainJobConfig) -> List[dict]:
     with reuse_compiled_loaders():
         _compile_loaders(job, data)
         for seed in job.seeds:
-            sources = {job.counts_source(s) for s in job.strategies}
-            ordered = sorted(job.strategies, key=lambda s: s not in sources)  # SCAN first: random copies its counts
-            for prune in ordered:
+            for prune in job.run_order():
                 counts, source = None, job.counts_source(prune)
                 if source is not None:
                     counts = os.path.join(job.out, "runs", f"{source}-seed{seed}", "epochs.csv")

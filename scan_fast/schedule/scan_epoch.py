@@ -468,8 +468,9 @@ class ScanEpoch(Scan):
         if phase == PREPARATION:
             found = self.block_candidates(epoch)  # every rank read the same histogram: the same decision
             self._paper_cycle = found is None
-            if found is not None or self.fallback == "none":  # the per-batch candidates are replaced: by the
-                self._new = CandidateSets(SampleSet(self.num_samples), SampleSet(self.num_samples))  # cut, or none
+            # the epoch-wide cut replaces the per-batch candidates; without a mode, fallback "none" replaces them by none
+            if found is not None or self.fallback == "none":
+                self._new = CandidateSets(SampleSet(self.num_samples), SampleSet(self.num_samples))
             if found is not None:
                 ill, red = found
                 self._new.ill.add(self._gather(ill))
