@@ -8,8 +8,9 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from scan_fast.schedule.scan_epoch import (EDGES, NUM_CODES, ScanEpoch, epoch_candidates_reference, loss_codes,
-                                           has_two_modes, otsu_cut, plan)
+from scan_fast.schedule.scan_epoch import (EDGES, NUM_CODES, UNSEEN, ScanEpoch, epoch_candidates_reference,
+                                           has_two_modes, loss_codes, otsu_cut, plan, recent_candidates_reference,
+                                           recent_codes)
 
 
 def _roundtrip(state):
@@ -719,3 +720,128 @@ def test_the_trainer_builds_scan_epoch_or_none_with_the_none_fallback():
              for prune in ("scan-epoch", "scan-epoch-or-none")}
     assert built["scan-epoch"].fallback == "paper" and built["scan-epoch-or-none"].fallback == "none"
     assert built["scan-epoch"].min_mode_loss == built["scan-epoch-or-none"].min_mode_loss
+
+
+# ----------------------------------------------------------------------------- the second look: recent losses
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, NUM_CODES - 1)), min_size=1, max_size=50))
+def test_recent_codes_take_a_first_code_and_then_the_mean_rounded_half_up(pairs):
+    recent = np.array([r for r, _ in pairs], np.uint8)
+    codes = np.array([c for _, c in pairs], np.uint8)
+    expected = np.array([c if r == UNSEEN else (int(r) + int(c) + 1) // 2 for r, c in pairs], np.uint8)
+    np.testing.assert_array_equal(recent_codes(recent, codes), expected)
+    np.testing.assert_array_equal(recent_codes(torch.from_numpy(recent), torch.from_numpy(codes)).numpy(), expected)
+    assert recent_codes(torch.from_numpy(recent), torch.from_numpy(codes)).dtype == torch.uint8
+
+
+def _noisy_epochs(n, seed, epochs, gap=6.0, sd=0.6):
+    """Per epoch fresh noise around 1 (clean) and `gap` (a share 0.2 of wrong pairs): too wide for one epoch's
+    histogram to show a valley, narrow enough once averaged over three epochs."""
+    rng = np.random.default_rng(seed)
+    wrong = rng.random(n) < 0.2
+    centre = np.where(wrong, np.log(gap), 0.0)
+    losses = [np.exp(centre + sd * rng.standard_normal(n)).astype(np.float32) for _ in range(epochs)]
+    return losses, wrong
+
+
+def _run_epochs(s, losses, batch, device_path, order_seed=0, first=0):
+    """Epochs first.. of `losses` (one array an epoch, both directions alike), each id once in a keyed order;
+    the first two are warm-up epochs whose loss barely drops."""
+    for epoch, a in enumerate(losses, start=first):
+        kept = s.epoch_indices(epoch)
+        if s.needs_losses(epoch):
+            order = np.random.default_rng(order_seed + epoch).permutation(kept).astype(np.int64)
+            _observe_in_batches(s, order, a, a, batch, device_path)
+        s.end_epoch(epoch, {0: 10.0, 1: 9.9}.get(epoch, 1.0))
+
+
+@pytest.mark.parametrize("device_path", [False, True])
+def test_a_mode_only_the_recent_losses_show_is_found_by_the_second_look(device_path):
+    n, batch, seed = 3000, 100, 3
+    losses, wrong = _noisy_epochs(n, 7, 3)
+    s = ScanEpoch(n, seed=seed, fallback="none", recent_look=True)
+    _run_epochs(s, losses, batch, device_path)
+    assert s.is_preparation(2) and s.needs_losses(0) and s.needs_losses(3)
+    recent = np.full(n, UNSEEN, np.uint8)
+    for a in losses:
+        recent = recent_codes(recent, loss_codes(a, a))
+    order = np.random.default_rng(2).permutation(n).astype(np.int64)
+    _, _, own = epoch_candidates_reference(order, losses[2][order], losses[2][order], rho_ill=0.35, rho_red=0.35,
+                                           seed=seed, epoch=2, batch=batch)
+    assert own["paper_cycle"]  # the preparation's own losses show no mode
+    ill, red, p = recent_candidates_reference(recent, rho_ill=0.35, rho_red=0.35, seed=seed, epoch=2)
+    assert not s.paper_cycle()
+    np.testing.assert_array_equal(s.candidates("ill_matched"), ill)
+    np.testing.assert_array_equal(s.candidates("redundant"), red)
+    assert wrong[ill].mean() > 0.95 and wrong[ill].sum() > 0.9 * wrong.sum()
+    assert s.epoch_note(2).startswith(f"wrong-pair mode in the recent losses: {len(ill):,} of {n:,}")
+    assert np.isin(ill, s.epoch_indices(3), invert=True).all()  # held out from the next epoch
+
+
+def test_without_the_second_look_the_same_losses_prune_nothing():
+    n = 3000
+    losses, _ = _noisy_epochs(n, 7, 6)
+    s = ScanEpoch(n, seed=3, fallback="none")
+    _run_epochs(s, losses, 100, device_path=True)
+    assert s.paper_cycle() and len(s.candidates("ill_matched")) == 0
+    assert not s.needs_losses(3) and len(s.epoch_indices(6)) == n
+
+
+def test_the_recent_losses_survive_a_checkpoint_and_restart_on_another_world_size():
+    n, batch = 3000, 100
+    losses, _ = _noisy_epochs(n, 7, 3)
+    full, resumed = ScanEpoch(n, seed=3, recent_look=True), ScanEpoch(n, seed=3, recent_look=True)
+    _run_epochs(full, losses[:2], batch, device_path=True)
+    state = _roundtrip(full.state_dict())
+    assert state["recent"].shape == (n + 1,) and state["recent_look"] is True
+    resumed.load_state_dict(state)
+    for s in (full, resumed):
+        _run_epochs(s, losses[2:], batch, device_path=True, first=2)
+    assert not full.paper_cycle()
+    np.testing.assert_array_equal(full.candidates(), resumed.candidates())
+    other = ScanEpoch(n, seed=3, rank=1, world_size=2, recent_look=True)
+    other.load_state_dict(state)
+    assert other.state_dict()["recent"] is None  # other blocks: the average starts again
+    with pytest.raises(ValueError, match="recent_look=True; this schedule has recent_look=False"):
+        ScanEpoch(n, seed=3).load_state_dict(state)
+    older = {k: v for k, v in state.items() if k not in ("recent_look", "recent")}  # saved before the second look
+    ScanEpoch(n, seed=3, recent_look=True).load_state_dict(older)
+    state["recent"] = state["recent"][:-1]
+    with pytest.raises(ValueError, match=r"state_dict\[.recent.\] does not fit this rank.s block"):
+        ScanEpoch(n, seed=3, recent_look=True).load_state_dict(state)
+    with pytest.raises(ValueError, match="recent_look must be True or False, got 1"):
+        ScanEpoch(n, recent_look=1)
+
+
+def _recent_look_worker(rank, world_size):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    n, batch = 3000, 100
+    losses, _ = _noisy_epochs(n, 7, 3)
+    one = ScanEpoch(n, seed=3, recent_look=True)
+    mine = ScanEpoch(n, seed=3, rank=rank, world_size=world_size, recent_look=True)
+    for s in (one, mine):  # every rank sees every gathered global batch
+        _run_epochs(s, losses, batch, device_path=True)
+    assert not one.paper_cycle() and not mine.paper_cycle()
+    for kind in ("ill_matched", "redundant"):
+        np.testing.assert_array_equal(mine.candidates(kind), one.candidates(kind))
+    assert mine.state_dict()["recent"].shape[0] - 1 == -(-n // world_size) - (rank == world_size - 1) * (
+        -(-n // world_size) * world_size - n)  # one byte a sample of its own block
+
+
+def test_ranks_sum_their_blocks_recent_histograms_to_the_one_rank_decision():
+    from helpers import launch
+
+    launch(_recent_look_worker, 2, world_size=2)
+
+
+def test_the_trainer_gives_scan_epoch_or_none_the_second_look_only():
+    from scan_fast.train.config import ClipConfig
+    from scan_fast.train.run import make_schedule
+
+    built = {prune: make_schedule(ClipConfig(train_data="unused", prune=prune, batch_size=64), 1000)
+             for prune in ("scan-epoch", "scan-epoch-or-none")}
+    assert built["scan-epoch-or-none"].recent_look and not built["scan-epoch"].recent_look

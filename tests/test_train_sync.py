@@ -52,6 +52,7 @@ def _schedule(kind, epoch):
 
     schedule = {"scan": lambda: Scan(N, prune_threshold=1.0), "infobatch": lambda: InfoBatch(N, 10),
                 "scan-epoch": lambda: ScanEpoch(N, prune_threshold=1.0), "seta": lambda: SeTa(N, 10),
+                "scan-epoch-or-none": lambda: ScanEpoch(N, prune_threshold=1.0, fallback="none", recent_look=True),
                 "none": lambda: NoPruning(N)}[kind]()
     for e in range(epoch):
         kept = schedule.epoch_indices(e)
@@ -80,6 +81,10 @@ def _reads(kind, epoch, steps, log_every=10**6):
 @pytest.mark.parametrize("kind, epoch, phase", [("scan", 0, "warmup"), ("scan", 2, "preparation"),
                                                 ("scan", 3, "mutation"), ("infobatch", 1, "pruning"),
                                                 ("scan-epoch", 2, "preparation"), ("scan-epoch", 3, "mutation"),
+                                                # the recent losses are observed in every epoch
+                                                ("scan-epoch-or-none", 0, "warmup"),
+                                                ("scan-epoch-or-none", 2, "preparation"),
+                                                ("scan-epoch-or-none", 3, "mutation"),
                                                 ("seta", 2, "pruning"),
                                                 ("none", 0, "full")])
 def test_no_host_reads_inside_the_epoch(kind, epoch, phase):

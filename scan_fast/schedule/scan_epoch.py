@@ -50,6 +50,14 @@ on all the data, so a run whose preparations never see a wrong-pair mode is `non
 saves compute only where it finds wrong pairs: on data without them, pruning by the paper's rule measured no
 better than training less for the same compute (docs/results.md).
 
+The second look (recent_look; `--prune scan-epoch-or-none` has it): one epoch's loss of a wrong caption that differs
+from the right one in one word overlaps the hard clean pairs' (the batch it falls in moves it), so no valley forms;
+averaged over epochs the noise shrinks and such captions can stand apart (shapes-hard, CLIP, from epoch 6 on). Every
+epoch observed then updates each sample's recent loss, r = q where the sample had none, else round-half-up((r + q)
+/ 2) (`recent_codes`: weights 1/2, 1/4, ... from the newest epoch that saw it; pruned samples keep theirs), and a
+preparation whose own histogram has no wrong-pair mode makes the same cut (`plan`, with the same look_again and
+floor) on the histogram of the recent codes of every sample seen so far; ILL and RED are then chosen by those codes.
+
 Held-out ill-matched pairs (after a preparation with a wrong-pair mode): an ILL candidate is then a
 wrong pair, not a hard one, so the variant stops learning from it at once instead of ramping it out.
 Mutation epochs prune every ILL candidate and a keyed uniform sample of floor(rate(e) |RED|) of the RED
@@ -66,7 +74,10 @@ At the epoch's end every rank has the same t and counts, decides for its block, 
 all-gather their blocks' candidate bits (N/8 bytes in all) once; besides the codes, a preparation
 fills Scan's two per-batch bitsets (N/8 bytes each, from the chosen ids Scan already brings over in
 bulk), and between epochs the state is Scan's two bitsets. No step reads the host: the codes and the
-histogram stay on the device.
+histogram stay on the device. With recent_look each rank also keeps the recent codes of its block (one byte a
+sample, N/W bytes, across epochs), the trainer gathers the losses in every epoch, not only in preparations, and a
+preparation without a mode sums one histogram of NUM_CODES counts over the ranks (the recent codes of an id live on
+its block's rank only).
 """
 import math
 from typing import Optional, Tuple
@@ -103,6 +114,17 @@ def loss_codes(loss_a, loss_b) -> np.ndarray:
     """One byte a sample: the bin of the float32 mean of both directions among EDGES."""
     mean = (np.asarray(loss_a, np.float32) + np.asarray(loss_b, np.float32)) * np.float32(0.5)
     return np.searchsorted(EDGES, mean, side="right").astype(np.uint8)
+
+
+def recent_codes(recent, codes):
+    """Each sample's recent loss after an epoch that saw it (numpy or torch, uint8): its code where it had none
+    (UNSEEN), else the mean of the two rounded half up: half weight to the newest epoch, a quarter to the one
+    before, and so on."""
+    if isinstance(recent, torch.Tensor):
+        r, c = recent.to(torch.int16), codes.to(torch.int16)
+        return torch.where(r == UNSEEN, c, torch.div(r + c + 1, 2, rounding_mode="floor")).to(torch.uint8)
+    r, c = np.asarray(recent, np.int16), np.asarray(codes, np.int16)
+    return np.where(r == UNSEEN, c, (r + c + 1) // 2).astype(np.uint8)
 
 
 def otsu_cut(hist: np.ndarray) -> int:
@@ -218,9 +240,10 @@ def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float, look_again: b
             "low_peak": low_peak, "min_mode_loss": min_mode_loss}
 
 
-def decision_note(hist: np.ndarray, p: dict, fallback: str = "paper") -> str:
-    """One line on a preparation's decision: the wrong-pair mode's size and the loss it starts at, or that the
-    cycle falls back (`fallback`: the paper's per-batch candidates, or no pruning)."""
+def decision_note(hist: np.ndarray, p: dict, fallback: str = "paper", recent: bool = False) -> str:
+    """One line on a preparation's decision: the wrong-pair mode's size and the loss it starts at (`recent`: found
+    in the samples' recent losses), or that the cycle falls back (`fallback`: the paper's per-batch candidates, or
+    no pruning)."""
     then = {"paper": "the paper's per-batch candidates", "none": "nothing pruned this cycle"}[fallback]
     if p["paper_cycle"] and p["low_peak"] is not None:
         return (f"no wrong-pair mode (the upper mode peaks at loss {EDGES[p['low_peak'] - 1]:.3g}, below "
@@ -228,7 +251,9 @@ def decision_note(hist: np.ndarray, p: dict, fallback: str = "paper") -> str:
     if p["paper_cycle"]:
         return f"no wrong-pair mode: {then}"
     above, n = int(np.sum(hist[p["cut"]:])), int(np.sum(hist))
-    return f"wrong-pair mode: {above:,} of {n:,} ({above / max(n, 1):.1%}) at loss >= {EDGES[p['cut'] - 1]:.3g}"
+    where = " in the recent losses" if recent else ""
+    return (f"wrong-pair mode{where}: {above:,} of {n:,} ({above / max(n, 1):.1%}) at loss >= "
+            f"{EDGES[p['cut'] - 1]:.3g}")
 
 
 def tie_hashes(ids, seed: int, epoch: int):
@@ -274,6 +299,23 @@ def epoch_candidates_reference(ids, loss_a, loss_b, *, rho_ill: float, rho_red: 
     return np.unique(ids[ill]), np.unique(ids[red]), p
 
 
+def recent_candidates_reference(recent, *, rho_ill: float, rho_red: float, seed: int, epoch: int,
+                                look_again: bool = False, min_mode_loss: Optional[float] = None):
+    """The oracle of the second look: (ill ids, red ids, plan) of the same cut made on `recent`, every sample's
+    recent loss code (`recent_codes` over the epochs that saw it; UNSEEN: none did), or None when those have no
+    wrong-pair mode either."""
+    recent = np.asarray(recent, np.uint8)
+    ids = np.flatnonzero(recent != UNSEEN)
+    codes = recent[ids]
+    hist = np.bincount(codes, minlength=NUM_CODES)[:NUM_CODES]
+    p = plan(hist, len(ids), rho_ill, rho_red, look_again, min_mode_loss)
+    if p["paper_cycle"]:
+        return None
+    ill = select(codes, ids, p["ill"], True, seed, epoch, 0)
+    red = select(codes, ids, p["red"], False, seed, epoch, int(hist[p["red"][1]]) if p["red"][1] >= 0 else 0)
+    return ids[ill], ids[red], p
+
+
 def mutation_prune_reference(ill: SampleSet, red: SampleSet, mode: str, rate: float, seed: int,
                              epoch: int, paper_cycle: bool = False) -> SampleSet:
     """The prune set of a mutation epoch at cosine rate `rate`: every ILL candidate (modes "both" and
@@ -309,22 +351,29 @@ class ScanEpoch(Scan):
     """SCAN's cycle with epoch-wide candidates (module docstring); the mutation epochs are Scan's.
 
     ScanEpoch(num_samples, rho_ill=0.35, rho_red=0.35, t_cos=3, prune_threshold=0.3, mode="both",
-              seed=0, rank=0, world_size=1, min_mode_loss=None, fallback="paper")
+              seed=0, rank=0, world_size=1, min_mode_loss=None, fallback="paper", recent_look=False)
 
     min_mode_loss: the lowest loss a wrong-pair mode may peak at (None: anywhere); the trainer gives the CLIP
     loss's `wrong_pair_floor` of its global batch. Derived from the run's batch, so not part of the saved state.
     fallback: a cycle whose preparation finds no wrong-pair mode keeps the paper's per-batch candidates
     ("paper") or prunes nothing ("none"); saved with the state, and a resume must use the same.
+    recent_look: observe every epoch's losses and keep each sample's recent loss (`recent_codes`); a preparation
+    whose own losses show no wrong-pair mode makes the same cut on the recent losses (module docstring). Saved
+    with the state, and a resume must use the same.
     """
 
     def __init__(self, num_samples, rho_ill=0.35, rho_red=0.35, t_cos=3, prune_threshold=0.3,
-                 mode="both", seed=0, rank=0, world_size=1, min_mode_loss=None, fallback="paper"):
+                 mode="both", seed=0, rank=0, world_size=1, min_mode_loss=None, fallback="paper",
+                 recent_look=False):
         super().__init__(num_samples, rho_ill=rho_ill, rho_red=rho_red, t_cos=t_cos,
                          prune_threshold=prune_threshold, mode=mode, seed=seed)
         self.min_mode_loss = check_threshold("min_mode_loss", min_mode_loss)
         if fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
         self.fallback = fallback
+        if not isinstance(recent_look, bool):
+            raise ValueError(f"recent_look must be True or False, got {recent_look!r}")
+        self.recent_look = recent_look
         self.world_size = check_int("world_size", world_size, minimum=1)
         self.rank = check_int("rank", rank, minimum=0, maximum=self.world_size - 1)
         block = -(-self.num_samples // self.world_size)
@@ -332,6 +381,7 @@ class ScanEpoch(Scan):
         self._hi = min(self._lo + block, self.num_samples)
         self._codes = None  # uint8 (hi - lo + 1,) on the losses' device while preparing; last slot: a sink
         self._hist = None   # int64 (NUM_CODES + 1,) of every observed sample of the epoch; last slot: unused
+        self._recent = None  # uint8 (hi - lo + 1,) with recent_look: the block's recent loss codes; last slot: a sink
         self._note = (None, "")    # (epoch, text): the last preparation's decision, for its log line
         self._paper_cycle = False  # the last completed preparation found no wrong-pair mode: the fallback's cycle
         self._edges = {}    # device -> EDGES there (copied once, not every step)
@@ -372,7 +422,11 @@ class ScanEpoch(Scan):
         ids = np.asarray(sample_ids, np.int64)
         return held_out_weights(bits_contain(self._held, ids))
 
-    # -- preparation: codes and histogram, on the losses' device
+    # -- preparation: codes and histogram, on the losses' device (with recent_look, every epoch: recent codes)
+    def needs_losses(self, epoch: int) -> bool:
+        """Preparation epochs; with recent_look every epoch (each sample's recent loss follows its losses)."""
+        return self.recent_look or self.is_preparation(epoch)
+
     def _begin_epoch(self, epoch):
         super()._begin_epoch(epoch)
         self._hold_for(epoch)
@@ -393,38 +447,52 @@ class ScanEpoch(Scan):
             self._hist = torch.zeros(NUM_CODES + 1, dtype=torch.int64, device=device)
         return self._codes, self._hist
 
+    def _recent_on(self, device):
+        if self._recent is None:
+            self._recent = torch.full((self._hi - self._lo + 1,), UNSEEN, dtype=torch.uint8, device=device)
+        elif self._recent.device != device:  # resumed from a checkpoint read on another device
+            self._recent = self._recent.to(device)
+        return self._recent
+
     def _record(self, ids: torch.Tensor, loss_a: torch.Tensor, loss_b: torch.Tensor) -> None:
-        codes, hist = self._buffers(loss_a.device)
-        if codes.device != loss_a.device:  # resumed from a checkpoint read on another device
-            self._codes, self._hist = codes, hist = codes.to(loss_a.device), hist.to(loss_a.device)
+        """The batch's codes: into the epoch's histogram and this block's codes in a preparation epoch, and with
+        recent_look into this block's recent codes."""
         mean = (loss_a.float() + loss_b.float()) * 0.5
         edges = self._edges.get(mean.device)
         if edges is None:
             edges = self._edges[mean.device] = torch.from_numpy(EDGES).to(mean.device)
         code = torch.bucketize(mean, edges, right=True)
-        hist.index_add_(0, code, torch.ones_like(code))
         ids = ids.to(code.device, torch.int64)
         own = (ids >= self._lo) & (ids < self._hi)
-        slot = torch.where(own, ids - self._lo, codes.shape[0] - 1)  # others go to the sink slot
-        codes.index_put_((slot,), code.to(torch.uint8))
+        slot = torch.where(own, ids - self._lo, self._hi - self._lo)  # others go to the sink slot
+        if self._new is not None:
+            codes, hist = self._buffers(code.device)
+            if codes.device != code.device:  # resumed from a checkpoint read on another device
+                self._codes, self._hist = codes, hist = codes.to(code.device), hist.to(code.device)
+            hist.index_add_(0, code, torch.ones_like(code))
+            codes.index_put_((slot,), code.to(torch.uint8))
+        if self.recent_look:
+            recent = self._recent_on(code.device)
+            recent.index_put_((slot,), recent_codes(recent[slot], code))
 
     def _observe(self, sample_ids, loss_a, loss_b):
         """Record the batch's codes and collect its per-batch candidates (Scan's, kept if the epoch has one mode);
         returns Scan's (ILL, RED) counts of the batch."""
-        if self._new is None:
+        if self._new is None and not self.recent_look:
             return 0, 0
         ids, loss_a, loss_b = check_batch(sample_ids, loss_a, loss_b, self.num_samples)
-        device = self._codes.device if self._codes is not None else torch.device("cpu")
+        buffer = self._codes if self._codes is not None else self._recent
+        device = buffer.device if buffer is not None else torch.device("cpu")
         self._record(torch.from_numpy(ids).to(device), torch.from_numpy(np.asarray(loss_a, np.float32)).to(device),
                      torch.from_numpy(np.asarray(loss_b, np.float32)).to(device))
-        return self._collect(ids, loss_a, loss_b)
+        return self._collect(ids, loss_a, loss_b) if self._new is not None else (0, 0)
 
     def _device_batch(self, sample_ids, loss_a, loss_b):
         """Record the codes on the device; Scan's per-batch chosen ids wait for the next flush."""
-        if self._new is None:
+        if self._new is None and not self.recent_look:
             return None
         self._record(sample_ids, loss_a, loss_b)
-        return super()._device_batch(sample_ids, loss_a, loss_b)
+        return super()._device_batch(sample_ids, loss_a, loss_b)  # None outside a preparation epoch
 
     # -- the epoch's end: one histogram read, one decision per rank block, one gather
     def block_candidates(self, epoch: int):
@@ -437,10 +505,18 @@ class ScanEpoch(Scan):
         # "redundant" nothing is held out, so no second look: ILL is not pruned there anyway)
         p = plan(hist, int(hist.sum()), self.config.rho_ill, self.config.rho_red, look_again=self.holds_out(),
                  min_mode_loss=self.min_mode_loss)
-        self._note = (epoch, decision_note(hist, p, self.fallback))
+        codes, recent = self._codes[:-1], False
+        if p["paper_cycle"] and self._recent is not None:  # the second look: the same cut on the recent losses
+            seen = self._recent[:-1]
+            local = torch.bincount(seen, minlength=UNSEEN + 1)[:NUM_CODES]  # unseen ids: bin UNSEEN, left out
+            recent_hist = self._sum_over_ranks(local).cpu().numpy()
+            again = plan(recent_hist, int(recent_hist.sum()), self.config.rho_ill, self.config.rho_red,
+                         look_again=self.holds_out(), min_mode_loss=self.min_mode_loss)
+            if not again["paper_cycle"]:
+                p, hist, codes, recent = again, recent_hist, seen, True
+        self._note = (epoch, decision_note(hist, p, self.fallback, recent))
         if p["paper_cycle"]:
             return None
-        codes = self._codes[:-1]
         ids = torch.arange(self._lo, self._hi, dtype=torch.int64, device=codes.device)
         seed = self.config.seed
         ill = select(codes, ids, p["ill"], True, seed, epoch, 0)
@@ -462,6 +538,18 @@ class ScanEpoch(Scan):
         parts = [None] * self.world_size
         dist.all_gather_object(parts, ids)
         return np.concatenate(parts)
+
+    def _sum_over_ranks(self, hist: torch.Tensor) -> torch.Tensor:
+        """Every rank's histogram summed (one all-reduce of NUM_CODES counts), when this schedule is one of several
+        ranks: the recent codes of an id live on its block's rank only."""
+        import torch.distributed as dist
+
+        if self.world_size == 1:
+            return hist
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() == self.world_size):
+            raise RuntimeError(f"ScanEpoch(world_size={self.world_size}) needs the process group to sum histograms")
+        dist.all_reduce(hist)
+        return hist
 
     def _finish_epoch(self, epoch, epoch_loss):
         phase, _ = epoch_phase(epoch, self._start, self.config.t_cos)
@@ -492,6 +580,8 @@ class ScanEpoch(Scan):
         state["hist"] = None if self._hist is None else self._hist.cpu().clone()
         state["paper_cycle"] = self._paper_cycle
         state["fallback"] = self.fallback
+        state["recent_look"] = self.recent_look
+        state["recent"] = None if self._recent is None else self._recent.cpu().clone()
         return state
 
     def _parse_state(self, state):
@@ -505,6 +595,16 @@ class ScanEpoch(Scan):
         if fallback != self.fallback:
             raise ValueError(f"state_dict was saved by a ScanEpoch with fallback={fallback!r}; this schedule has "
                              f"fallback={self.fallback!r}")
+        recent_look = state.get("recent_look")  # absent from checkpoints written before the second look: either
+        if recent_look is not None and recent_look != self.recent_look:
+            raise ValueError(f"state_dict was saved by a ScanEpoch with recent_look={recent_look!r}; this schedule "
+                             f"has recent_look={self.recent_look!r}")
+        recent = state.get("recent")
+        if recent is not None and state.get("world_size") != self.world_size:
+            recent = None  # other blocks on another number of ranks: the recent losses start again
+        if recent is not None and (not torch.is_tensor(recent) or recent.shape != (self._hi - self._lo + 1,)
+                                   or recent.dtype != torch.uint8):
+            raise ValueError("state_dict['recent'] does not fit this rank's block")
         if (codes is None) != (hist is None):
             raise ValueError("state_dict's 'codes' and 'hist' must be both set or both None")
         if codes is not None:
@@ -524,6 +624,7 @@ class ScanEpoch(Scan):
             self._paper_cycle = paper_cycle
             self._codes = None if codes is None else codes.clone()
             self._hist = None if hist is None else hist.clone()
+            self._recent = None if recent is None else recent.clone()
             if self._in_epoch:  # resumed inside an epoch: _begin_epoch will not run for it
                 self._hold_for(self._epoch)
             else:

@@ -51,18 +51,18 @@ def _scan(cfg, num_samples, rank, world_size):
                 abs_ill=cfg.abs_ill, abs_red=cfg.abs_red)
 
 
-def _scan_epoch(cfg, num_samples, rank, world_size, fallback="paper"):
+def _scan_epoch(cfg, num_samples, rank, world_size, fallback="paper", recent_look=False):
     from scan_fast.schedule.scan_epoch import ScanEpoch, wrong_pair_floor
 
     # the floor holds for the CLIP loss's softmax over the global batch (scan_epoch.wrong_pair_floor)
     floor = wrong_pair_floor(cfg.batch_size * world_size) if cfg.pair_loss() == "clip" else None
     return ScanEpoch(num_samples, rho_ill=cfg.rho_ill, rho_red=cfg.rho_red, t_cos=cfg.t_cos,
                      prune_threshold=cfg.prune_threshold, mode=cfg.prune_target, seed=cfg.seed, rank=rank,
-                     world_size=world_size, min_mode_loss=floor, fallback=fallback)
+                     world_size=world_size, min_mode_loss=floor, fallback=fallback, recent_look=recent_look)
 
 
 def _scan_epoch_or_none(cfg, num_samples, rank, world_size):
-    return _scan_epoch(cfg, num_samples, rank, world_size, fallback="none")
+    return _scan_epoch(cfg, num_samples, rank, world_size, fallback="none", recent_look=True)
 
 
 def _none(cfg, num_samples, rank, world_size):
@@ -117,7 +117,8 @@ def _static(cfg, num_samples, rank, world_size):
 PRUNE_MODES = {
     "scan": PruneMode(_scan, flags=("abs_ill", "abs_red"), finds_candidates=True, coreset_state="Scan"),
     "scan-epoch": PruneMode(_scan_epoch, finds_candidates=True, coreset_state="ScanEpoch"),
-    # scan-epoch, but a cycle whose preparation finds no wrong-pair mode prunes nothing (none's run on clean data)
+    # scan-epoch, but a preparation whose losses show no wrong-pair mode looks again at the samples' recent losses,
+    # and a cycle without one there either prunes nothing (none's run on clean data)
     "scan-epoch-or-none": PruneMode(_scan_epoch_or_none, finds_candidates=True, coreset_state="ScanEpoch"),
     "none": PruneMode(_none),
     "random": PruneMode(_random, flags=("prune_counts",)),
