@@ -96,3 +96,21 @@ def test_main_job_takes_the_loss():
     MainJobConfig(loss="siglip")
     with pytest.raises(ValueError, match="--loss must be one of .* got 'sigmoid'"):
         MainJobConfig(loss="sigmoid")
+
+
+def test_registering_a_model_config_leaves_no_file_behind(tmp_path, monkeypatch):
+    import tempfile
+
+    import open_clip
+
+    from scan_fast.train import clip_model
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(clip_model, "_REGISTERED", {})
+    config = dict(clip_model.TINY_CLIP_CONFIG, embed_dim=48)
+    clip_model.register_model_config("scan-test-tiny", config)
+    assert "scan-test-tiny" in open_clip.list_models()
+    assert open_clip.get_model_config("scan-test-tiny")["embed_dim"] == 48
+    clip_model.register_model_config(TINY_SIGLIP, clip_model.TINY_SIGLIP_CONFIG)  # a later rescan keeps both
+    assert "scan-test-tiny" in open_clip.list_models() and TINY_SIGLIP in open_clip.list_models()
+    assert list(tmp_path.iterdir()) == []

@@ -62,12 +62,13 @@ def register_model_config(name: str, config: dict) -> None:
 
     if _REGISTERED.get(name) == config and name in open_clip.list_models():
         return
-    folder = os.path.join(tempfile.gettempdir(), f"scan_fast_model_configs_{os.getpid()}")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{name}.json")
-    with open(path, "w") as f:
-        json.dump(config, f)
-    open_clip.add_model_config(path)
+    # open_clip reads the file at once and keeps what it read, so no file outlives the call (a folder per process
+    # left in the temp directory would pile up over runs)
+    with tempfile.TemporaryDirectory(prefix="scan_fast_model_config_") as folder:
+        path = os.path.join(folder, f"{name}.json")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        open_clip.add_model_config(path)
     _REGISTERED[name] = config
 
 
