@@ -845,3 +845,39 @@ def test_the_trainer_gives_scan_epoch_or_none_the_second_look_only():
     built = {prune: make_schedule(ClipConfig(train_data="unused", prune=prune, batch_size=64), 1000)
              for prune in ("scan-epoch", "scan-epoch-or-none")}
     assert built["scan-epoch-or-none"].recent_look and not built["scan-epoch"].recent_look
+
+
+def test_a_mode_the_recent_losses_do_not_show_yet_is_not_taken_until_they_do():
+    """Pairs that looked easy for two epochs and stand apart in the third (a model that learned one attribute
+    before another): the preparation's own histogram has a mode, the recent losses not yet, so that cycle prunes
+    nothing; once the mode persists (epoch 6) it is taken, from the epoch's own losses."""
+    n, batch = 3000, 100
+    rng = np.random.default_rng(8)
+    flagged = rng.random(n) < 0.15
+    losses = [np.exp(np.where(flagged, centre, 0.0) + 0.35 * rng.standard_normal(n)).astype(np.float32)
+              for centre in [-1.5, -1.5] + [np.log(6.0)] * 5]
+    order = np.random.default_rng(2).permutation(n).astype(np.int64)
+    runs = {look: ScanEpoch(n, seed=3, fallback="none", recent_look=look) for look in (True, False)}
+    for look, s in runs.items():
+        _run_epochs(s, losses[:3], batch, device_path=True)
+    _, _, own = epoch_candidates_reference(order, losses[2][order], losses[2][order], rho_ill=0.35, rho_red=0.35,
+                                           seed=3, epoch=2, batch=batch)
+    recent = np.full(n, UNSEEN, np.uint8)
+    for a in losses[:3]:
+        recent = recent_codes(recent, loss_codes(a, a))
+    assert not own["paper_cycle"] and recent_candidates_reference(recent, rho_ill=0.35, rho_red=0.35, seed=3,
+                                                                  epoch=2) is None
+    assert len(runs[False].candidates("ill_matched")) > 0  # without the second look the mode is taken at once
+    waiting = runs[True]
+    assert waiting.paper_cycle() and len(waiting.candidates("ill_matched")) == 0
+    assert waiting.epoch_note(2).startswith("a wrong-pair mode in this epoch only, not in the recent losses (")
+    assert waiting.epoch_note(2).endswith("): nothing pruned this cycle")
+    _run_epochs(waiting, losses[3:], batch, device_path=True, first=3)
+    assert all(r.kept == n for r in waiting.stats().records)
+    six = np.random.default_rng(6).permutation(n).astype(np.int64)
+    ill, red, p = epoch_candidates_reference(six, losses[6][six], losses[6][six], rho_ill=0.35, rho_red=0.35, seed=3,
+                                             epoch=6, batch=batch)
+    assert not waiting.paper_cycle() and not p["paper_cycle"]
+    np.testing.assert_array_equal(waiting.candidates("ill_matched"), ill)
+    np.testing.assert_array_equal(waiting.candidates("redundant"), red)
+    assert flagged[ill].mean() > 0.95 and flagged[ill].sum() > 0.95 * flagged.sum()  # the flagged pairs

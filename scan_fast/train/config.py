@@ -117,8 +117,8 @@ def _static(cfg, num_samples, rank, world_size):
 PRUNE_MODES = {
     "scan": PruneMode(_scan, flags=("abs_ill", "abs_red"), finds_candidates=True, coreset_state="Scan"),
     "scan-epoch": PruneMode(_scan_epoch, finds_candidates=True, coreset_state="ScanEpoch"),
-    # scan-epoch, but a preparation whose losses show no wrong-pair mode looks again at the samples' recent losses,
-    # and a cycle without one there either prunes nothing (none's run on clean data)
+    # scan-epoch, but a wrong-pair mode is taken only where the samples' recent losses show one too (from them when
+    # the preparation's own losses do not), and a cycle without one prunes nothing (none's run on clean data)
     "scan-epoch-or-none": PruneMode(_scan_epoch_or_none, finds_candidates=True, coreset_state="ScanEpoch"),
     "none": PruneMode(_none),
     "random": PruneMode(_random, flags=("prune_counts",)),
