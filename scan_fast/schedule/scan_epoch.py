@@ -287,6 +287,14 @@ def select(codes, ids, cut: Tuple[int, int, int], from_top: bool, seed: int, epo
     return mask
 
 
+def plan_masks(codes, ids, p: dict, hist: np.ndarray, seed: int, epoch: int):
+    """(ILL mask, RED mask) over `codes` (numpy or torch; ids give the tie hashes) for a plan with a wrong-pair mode:
+    ILL the codes from its cut up, RED up to k_red from the bottom (`hist`: the histogram the plan was made on)."""
+    partial = p["red"][1]
+    return (select(codes, ids, p["ill"], True, seed, epoch, 0),
+            select(codes, ids, p["red"], False, seed, epoch, int(hist[partial]) if partial >= 0 else 0))
+
+
 def epoch_candidates_reference(ids, loss_a, loss_b, *, rho_ill: float, rho_red: float, seed: int, epoch: int,
                                batch: int, look_again: bool = False, min_mode_loss: Optional[float] = None):
     """The oracle: (ill ids, red ids, plan) of one preparation epoch's observations (each id once, in batches of
@@ -307,8 +315,7 @@ def epoch_candidates_reference(ids, loss_a, loss_b, *, rho_ill: float, rho_red: 
                 loss_a[part], loss_b[part], k_ill=candidate_count(size, rho_ill),
                 k_red=candidate_count(size, rho_red), seed=seed, stream=batch_stream(epoch, index))
     else:
-        ill = select(codes, ids, p["ill"], True, seed, epoch, 0)
-        red = select(codes, ids, p["red"], False, seed, epoch, int(hist[p["red"][1]]) if p["red"][1] >= 0 else 0)
+        ill, red = plan_masks(codes, ids, p, hist, seed, epoch)
     return np.unique(ids[ill]), np.unique(ids[red]), p
 
 
@@ -324,8 +331,7 @@ def recent_candidates_reference(recent, *, rho_ill: float, rho_red: float, seed:
     p = plan(hist, len(ids), rho_ill, rho_red, look_again, min_mode_loss)
     if p["paper_cycle"]:
         return None
-    ill = select(codes, ids, p["ill"], True, seed, epoch, 0)
-    red = select(codes, ids, p["red"], False, seed, epoch, int(hist[p["red"][1]]) if p["red"][1] >= 0 else 0)
+    ill, red = plan_masks(codes, ids, p, hist, seed, epoch)
     return ids[ill], ids[red], p
 
 
@@ -535,9 +541,7 @@ class ScanEpoch(Scan):
         if p["paper_cycle"]:
             return None
         ids = torch.arange(self._lo, self._hi, dtype=torch.int64, device=codes.device)
-        seed = self.config.seed
-        ill = select(codes, ids, p["ill"], True, seed, epoch, 0)
-        red = select(codes, ids, p["red"], False, seed, epoch, int(hist[p["red"][1]]) if p["red"][1] >= 0 else 0)
+        ill, red = plan_masks(codes, ids, p, hist, self.config.seed, epoch)
         return ids[ill].cpu().numpy(), ids[red].cpu().numpy()
 
     def epoch_note(self, epoch: int) -> str:
