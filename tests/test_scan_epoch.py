@@ -828,8 +828,9 @@ def _recent_look_worker(rank, world_size):
     assert not one.paper_cycle() and not mine.paper_cycle()
     for kind in ("ill_matched", "redundant"):
         np.testing.assert_array_equal(mine.candidates(kind), one.candidates(kind))
-    assert mine.state_dict()["recent"].shape[0] - 1 == -(-n // world_size) - (rank == world_size - 1) * (
-        -(-n // world_size) * world_size - n)  # one byte a sample of its own block
+    block = -(-n // world_size)
+    own = min((rank + 1) * block, n) - rank * block
+    assert mine.state_dict()["recent"].shape[0] == own + 1  # one byte a sample of its own block, and the sink
 
 
 def test_ranks_sum_their_blocks_recent_histograms_to_the_one_rank_decision():
