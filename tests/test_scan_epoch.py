@@ -871,8 +871,8 @@ def test_a_mode_the_recent_losses_do_not_show_yet_is_not_taken_until_they_do():
     assert len(runs[False].candidates("ill_matched")) > 0  # without the second look the mode is taken at once
     waiting = runs[True]
     assert waiting.paper_cycle() and len(waiting.candidates("ill_matched")) == 0
-    assert waiting.epoch_note(2).startswith("a wrong-pair mode in this epoch only, not in the recent losses (")
-    assert waiting.epoch_note(2).endswith("): nothing pruned this cycle")
+    assert waiting.epoch_note(2).startswith("a wrong-pair mode in this epoch only, not in the recent losses: ")
+    assert waiting.epoch_note(2).endswith("; nothing pruned this cycle")
     _run_epochs(waiting, losses[3:], batch, device_path=True, first=3)
     assert all(r.kept == n for r in waiting.stats().records)
     six = np.random.default_rng(6).permutation(n).astype(np.int64)

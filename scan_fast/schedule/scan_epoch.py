@@ -101,10 +101,10 @@ from scan_fast.schedule.scan import CandidateSets, PrunedSet, Scan
 LOG_LO, LOG_HI = math.log(1e-4), math.log(1e4)  # codes span losses 1e-4 .. 1e4 (7.5% a bin)
 NUM_CODES = 255                                  # codes 0..254; UNSEEN marks ids not observed
 UNSEEN = 255
-# what a cycle does after a preparation that finds no wrong-pair mode: "paper", the paper's per-batch candidates;
-# "none", prune nothing (train on all the data until a preparation finds one)
-FALLBACKS = ("paper", "none")
-FALLBACK_NOTES = {"paper": "the paper's per-batch candidates", "none": "nothing pruned this cycle"}  # log lines
+# what a cycle does after a preparation that finds no wrong-pair mode, and how its log line says it: "paper", the
+# paper's per-batch candidates; "none", prune nothing (train on all the data until a preparation finds one)
+FALLBACK_NOTES = {"paper": "the paper's per-batch candidates", "none": "nothing pruned this cycle"}
+FALLBACKS = tuple(FALLBACK_NOTES)
 SMOOTH_BINS = 5       # the box the valley test smooths the histogram with (about 43% of a loss)
 VALLEY_RATIO = 0.5   # a valley at most half the upper peak: two modes (the demo's wrong pairs: 0.33 in the
                      # first preparation epoch of shapes, CLIP, seed 0)
@@ -255,18 +255,20 @@ def decision_note(hist: np.ndarray, p: dict, fallback: str = "paper", recent: bo
                 f"{p['min_mode_loss']:.3g}): {then}")
     if p["paper_cycle"]:
         return f"no wrong-pair mode: {then}"
-    above, n = int(np.sum(hist[p["cut"]:])), int(np.sum(hist))
     where = " in the recent losses" if recent else ""
-    return (f"wrong-pair mode{where}: {above:,} of {n:,} ({above / max(n, 1):.1%}) at loss >= "
-            f"{EDGES[p['cut'] - 1]:.3g}")
+    return f"wrong-pair mode{where}: {_mode_size(hist, p['cut'])}"
+
+
+def _mode_size(hist: np.ndarray, cut: int) -> str:
+    above, n = int(np.sum(hist[cut:])), int(np.sum(hist))
+    return f"{above:,} of {n:,} ({above / max(n, 1):.1%}) at loss >= {EDGES[cut - 1]:.3g}"
 
 
 def transient_note(hist: np.ndarray, p: dict, fallback: str) -> str:
     """The log line of a preparation whose own losses show a wrong-pair mode (`plan` p) that the samples' recent
     losses do not, so its cycle is the fallback's."""
-    above, n = int(np.sum(hist[p["cut"]:])), int(np.sum(hist))
-    return (f"a wrong-pair mode in this epoch only, not in the recent losses ({above:,} of {n:,} at loss >= "
-            f"{EDGES[p['cut'] - 1]:.3g}): {FALLBACK_NOTES[fallback]}")
+    return (f"a wrong-pair mode in this epoch only, not in the recent losses: {_mode_size(hist, p['cut'])}; "
+            f"{FALLBACK_NOTES[fallback]}")
 
 
 def tie_hashes(ids, seed: int, epoch: int):
