@@ -9,8 +9,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from scan_fast.schedule.scan_epoch import (EDGES, NUM_CODES, UNSEEN, ScanEpoch, epoch_candidates_reference,
-                                           has_two_modes, loss_codes, otsu_cut, plan, recent_candidates_reference,
-                                           recent_codes)
+                                           has_two_modes, loss_codes, otsu_cut, overlap_cut, plan,
+                                           recent_candidates_reference, recent_codes, two_normals)
 
 
 def _roundtrip(state):
@@ -385,6 +385,7 @@ def test_a_single_hump_gets_the_papers_cycle_at_any_scale(n, centre, sd, skew, s
     hist = np.rint(n * np.exp(-0.5 * ((bins - centre) / width) ** 2) / (sd * 2.5)).astype(np.int64)
     assert not has_two_modes(hist, otsu_cut(hist))
     assert plan(hist * scale, int((hist * scale).sum()), 0.35, 0.35)["paper_cycle"]
+    assert overlap_cut(hist * scale, int((hist * scale).sum())) is None  # nor two normals that stand apart
 
 
 @settings(max_examples=60, deadline=None)
@@ -453,6 +454,49 @@ def test_the_cut_fits_the_budget_and_a_first_look_that_fits_decides(weights, cen
     if not p["paper_cycle"]:
         assert int(hist[p["cut"]:].sum()) <= p["k_ill"]
         assert p["cut"] >= first
+    both = plan(hist, n, rho_ill, 0.35, look_again, overlap=True)  # the recent look's plan
+    if not p["paper_cycle"]:
+        assert both == p  # a valley decides first
+    elif not both["paper_cycle"]:
+        assert both["overlapping"] and both["cut"] == overlap_cut(hist, both["k_ill"])
+        assert int(hist[both["cut"]:].sum()) <= both["k_ill"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(5000, 200000), share=st.floats(0.08, 0.3), sd=st.floats(4.0, 10.0), ratio=st.floats(0.6, 1.0),
+       separation=st.floats(4.5, 7.0), centre=st.floats(50.0, 120.0), scale=st.sampled_from([1, 2, 4, 8]))
+def test_two_overlapping_normals_are_split_where_the_upper_becomes_the_likelier(n, share, sd, ratio, separation,
+                                                                               centre, scale):
+    """Two normal modes whose Ashman separation is 4.5-7, with or without a valley between them: the fit finds the
+    upper one's share, and the cut is the first code above the lower mean where the upper density is the larger
+    (within a code), holding the upper mode's count (within 6%: the tails cross the cut). Scaling every count by a power of two changes
+    nothing (exact in floating point)."""
+    upper_sd = sd * ratio
+    upper = centre + separation * np.hypot(sd, upper_sd) / np.sqrt(2.0)
+    hist = _binned([(n * (1 - share), centre, sd), (n * share, upper, upper_sd)])
+    codes = np.arange(NUM_CODES, dtype=np.float64)
+    lower_density = (1 - share) * np.exp(-0.5 * ((codes - centre) / sd) ** 2) / sd
+    upper_density = share * np.exp(-0.5 * ((codes - upper) / upper_sd) ** 2) / upper_sd
+    expected = int(np.flatnonzero((upper_density >= lower_density) & (codes > centre))[0])
+    cut = overlap_cut(hist, int(hist.sum()))
+    assert abs(cut - expected) <= 1
+    assert abs(int(hist[cut:].sum()) / (n * share) - 1) < 0.06
+    weight, _, _ = two_normals(hist)
+    assert abs(weight[1] - share) < 0.02
+    assert overlap_cut(hist * scale, int((hist * scale).sum())) == cut
+    assert overlap_cut(hist, int(hist[cut:].sum()) - 1) is None  # over the budget: not a wrong-pair mode
+
+
+def test_two_normals_need_two_non_empty_bins():
+    hist = np.zeros(NUM_CODES, np.int64)
+    assert two_normals(hist) is None and overlap_cut(hist, 10) is None
+    hist[100] = 500
+    assert two_normals(hist) is None and overlap_cut(hist, 1000) is None
+    hist[140] = 100  # two spikes: each a component of the smallest variance, far apart
+    weight, mean, var = two_normals(hist)
+    np.testing.assert_allclose(weight, [500 / 600, 100 / 600])
+    np.testing.assert_allclose(mean, [100, 140])
+    assert overlap_cut(hist, 100) == 121  # where the upper spike's density, a sixth of the lower's, overtakes it
 
 
 def _three_mode_losses(n, seed):
@@ -778,6 +822,28 @@ def test_a_mode_only_the_recent_losses_show_is_found_by_the_second_look(device_p
     assert wrong[ill].mean() > 0.95 and wrong[ill].sum() > 0.9 * wrong.sum()
     assert s.epoch_note(2).startswith(f"wrong-pair mode in the recent losses: {len(ill):,} of {n:,}")
     assert np.isin(ill, s.epoch_indices(3), invert=True).all()  # held out from the next epoch
+
+
+@pytest.mark.parametrize("device_path", [False, True])
+def test_the_recent_losses_find_a_mode_that_overlaps_the_rest_without_a_valley(device_path):
+    """Wrong pairs 3.5x as lossy as the rest, in noise too wide for a valley even over three epochs: two normals that
+    stand apart fit the recent codes, and the cut where the upper becomes the likelier takes the wrong pairs."""
+    n, batch, seed = 3000, 100, 3
+    losses, wrong = _noisy_epochs(n, 7, 3, gap=3.5, sd=0.5)
+    recent = np.full(n, UNSEEN, np.uint8)
+    for a in losses:
+        recent = recent_codes(recent, loss_codes(a, a))
+    hist = np.bincount(recent, minlength=NUM_CODES)[:NUM_CODES]
+    assert plan(hist, n, 0.35, 0.35)["paper_cycle"]  # no valley in the recent losses
+    ill, red, p = recent_candidates_reference(recent, rho_ill=0.35, rho_red=0.35, seed=seed, epoch=2)
+    assert p["overlapping"] and p["cut"] == overlap_cut(hist, p["k_ill"])
+    assert wrong[ill].mean() > 0.95 and wrong[ill].sum() > 0.95 * wrong.sum()
+    s = ScanEpoch(n, seed=seed, fallback="none", recent_look=True)
+    _run_epochs(s, losses, batch, device_path)
+    assert not s.paper_cycle()
+    np.testing.assert_array_equal(s.candidates("ill_matched"), ill)
+    np.testing.assert_array_equal(s.candidates("redundant"), red)
+    assert s.epoch_note(2).startswith(f"wrong-pair mode in the recent losses, overlapping the rest: {len(ill):,} of")
 
 
 def test_without_the_second_look_the_same_losses_prune_nothing():

@@ -57,6 +57,10 @@ epoch observed then updates each sample's recent loss, r = q where the sample ha
 / 2) (`recent_codes`: weights 1/2, 1/4, ... from the newest epoch that saw it; pruned samples keep theirs), and a
 preparation whose own histogram has no wrong-pair mode makes the same cut (`plan`, with the same look_again and
 floor) on the histogram of the recent codes of every sample seen so far; ILL and RED are then chosen by those codes.
+Where the recent losses have no valley either, an upper mode may still overlap the rest's tail: two normal
+distributions are fitted to their histogram (`two_normals`), and when they stand apart (Ashman's separation at least
+MIXTURE_SEPARATION: 3.7-4.2 on shapes-hard with CLIP, at most 2.5 on clean shapes with either loss) ILL is the codes
+from where the upper one becomes the likelier (`overlap_cut`), within rho_ill and above the floor as before.
 The recent losses also confirm a mode: one that the preparation's own histogram shows and theirs does not is not
 taken yet, and the cycle is the fallback's (early in a run a model can learn one attribute before another: on
 shapes-hard with SigLIP, seed 1, the first preparation saw the captions whose colour word is wrong as a mode, gone
@@ -108,6 +112,10 @@ FALLBACKS = tuple(FALLBACK_NOTES)
 SMOOTH_BINS = 5       # the box the valley test smooths the histogram with (about 43% of a loss)
 VALLEY_RATIO = 0.5   # a valley at most half the upper peak: two modes (the demo's wrong pairs: 0.33 in the
                      # first preparation epoch of shapes, CLIP, seed 0)
+MIXTURE_STEPS = 200          # expectation-maximisation steps of `two_normals` (from Otsu's split)
+MIN_VARIANCE = 1.0           # a component narrower than one code (7.5% of a loss) is not resolved
+MIXTURE_SEPARATION = 3.5     # Ashman's D of two overlapping modes (`overlap_cut`): the recent losses measured 3.7-4.2
+                             # at shapes-hard's preparations with CLIP, at most 2.5 on clean shapes after epoch 0
 _EDGES64 = np.exp(LOG_LO + np.arange(NUM_CODES - 1) * (LOG_HI - LOG_LO) / (NUM_CODES - 1))
 EDGES = _EDGES64.astype(np.float32)              # 254 increasing float32 edges
 
@@ -221,16 +229,68 @@ def wrong_pair_cut(hist: np.ndarray, k_ill: int, look_again: bool = False) -> Op
     return None
 
 
+def _weighted_densities(weight, mean, var, codes):
+    """Each component's weight x normal density at every code, one row a component (the common 1/sqrt(2 pi) left
+    out: only their ratios are used)."""
+    return weight[:, None] * np.exp(-0.5 * (codes - mean[:, None]) ** 2 / var[:, None]) / np.sqrt(var)[:, None]
+
+
+def two_normals(hist: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(weights, means, variances), lower component first, of two normal distributions over the codes fitted to
+    the histogram by expectation-maximisation (MIXTURE_STEPS steps from Otsu's split); None for fewer than two
+    non-empty bins. Fitted to the 255 counts, not to the samples, so its cost does not grow with the data (no
+    library fits a mixture to weighted points: scikit-learn's takes one row a sample)."""
+    hist = np.asarray(hist, dtype=np.float64)
+    cut = otsu_cut(hist)
+    if cut >= len(hist):
+        return None
+    codes = np.arange(len(hist), dtype=np.float64)
+    share = np.stack([codes < cut, codes >= cut]).astype(np.float64)  # each bin's share of each component
+    for _ in range(MIXTURE_STEPS):
+        counts = share * hist
+        size = counts.sum(axis=1)
+        if not (size > 0).all():  # one component took every count: one mode
+            return None
+        weight = size / size.sum()
+        mean = (counts * codes).sum(axis=1) / size
+        var = np.maximum((counts * (codes - mean[:, None]) ** 2).sum(axis=1) / size, MIN_VARIANCE)
+        density = _weighted_densities(weight, mean, var, codes)
+        share = density / np.maximum(density.sum(axis=0), np.finfo(np.float64).tiny)
+    return weight, mean, var
+
+
+def overlap_cut(hist: np.ndarray, k_ill: int) -> Optional[int]:
+    """The cut below an upper mode that overlaps the rest without a valley, or None: the lowest code above the
+    lower mean where the upper of `two_normals` is the likelier, when the two stand apart (Ashman's separation
+    sqrt(2) |m1 - m0| / sqrt(v0 + v1) at least MIXTURE_SEPARATION) and at most k_ill samples lie above it."""
+    fit = two_normals(hist)
+    if fit is None:
+        return None
+    weight, mean, var = fit
+    if math.sqrt(2.0) * (mean[1] - mean[0]) / math.sqrt(var[0] + var[1]) < MIXTURE_SEPARATION:
+        return None
+    codes = np.arange(len(hist), dtype=np.float64)
+    density = _weighted_densities(weight, mean, var, codes)
+    upper = np.flatnonzero((density[1] >= density[0]) & (codes > mean[0]))
+    if len(upper) == 0 or int(np.sum(hist[upper[0]:])) > k_ill:
+        return None
+    return int(max(upper[0], 1))
+
+
 def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float, look_again: bool = False,
-         min_mode_loss: Optional[float] = None) -> dict:
+         min_mode_loss: Optional[float] = None, overlap: bool = False) -> dict:
     """The epoch's cut: ILL = codes >= t, t = `wrong_pair_cut` (a separate upper mode of at most
-    k_ill = floor(rho_ill n) samples) when that mode peaks at a loss of at least `min_mode_loss` (None: anywhere;
-    `wrong_pair_floor`), RED from the bottom up to k_red = floor(rho_red n), below t. Without such a mode
-    "paper_cycle" is True (the paper's per-batch candidates stand) and "cut"/"ill"/"red" are None; "low_peak" is
-    the code of the peak of a mode refused for peaking below `min_mode_loss`, else None."""
+    k_ill = floor(rho_ill n) samples; with `overlap`, where it finds none, `overlap_cut`) when that mode peaks at a
+    loss of at least `min_mode_loss` (None: anywhere; `wrong_pair_floor`), RED from the bottom up to
+    k_red = floor(rho_red n), below t. Without such a mode "paper_cycle" is True (the paper's per-batch candidates
+    stand) and "cut"/"ill"/"red" are None; "low_peak" is the code of the peak of a mode refused for peaking below
+    `min_mode_loss`, else None; "overlapping": the cut is `overlap_cut`'s."""
     hist = np.asarray(hist, dtype=np.int64)
     k_ill, k_red = math.floor(rho_ill * n), math.floor(rho_red * n)
     t = wrong_pair_cut(hist, k_ill, look_again)
+    overlapping = overlap and t is None
+    if overlapping:
+        t = overlap_cut(hist, k_ill)
     low_peak = None
     if t is not None and min_mode_loss is not None:
         peak = upper_peak(hist, t)
@@ -242,7 +302,7 @@ def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float, look_again: b
         ill = (t, -1, 0)
         red = take_plan(hist[:t], k_red, from_top=False)  # never reaches the ILL bins
     return {"cut": t, "paper_cycle": paper_cycle, "ill": ill, "red": red, "k_ill": k_ill, "k_red": k_red,
-            "low_peak": low_peak, "min_mode_loss": min_mode_loss}
+            "low_peak": low_peak, "min_mode_loss": min_mode_loss, "overlapping": overlapping and not paper_cycle}
 
 
 def decision_note(hist: np.ndarray, p: dict, fallback: str = "paper", recent: bool = False) -> str:
@@ -256,7 +316,8 @@ def decision_note(hist: np.ndarray, p: dict, fallback: str = "paper", recent: bo
     if p["paper_cycle"]:
         return f"no wrong-pair mode: {then}"
     where = " in the recent losses" if recent else ""
-    return f"wrong-pair mode{where}: {_mode_size(hist, p['cut'])}"
+    how = ", overlapping the rest" if p["overlapping"] else ""
+    return f"wrong-pair mode{where}{how}: {_mode_size(hist, p['cut'])}"
 
 
 def _mode_size(hist: np.ndarray, cut: int) -> str:
@@ -330,7 +391,7 @@ def recent_candidates_reference(recent, *, rho_ill: float, rho_red: float, seed:
     ids = np.flatnonzero(recent != UNSEEN)
     codes = recent[ids]
     hist = np.bincount(codes, minlength=NUM_CODES)[:NUM_CODES]
-    p = plan(hist, len(ids), rho_ill, rho_red, look_again, min_mode_loss)
+    p = plan(hist, len(ids), rho_ill, rho_red, look_again, min_mode_loss, overlap=True)
     if p["paper_cycle"]:
         return None
     ill, red = plan_masks(codes, ids, p, hist, seed, epoch)
@@ -379,8 +440,9 @@ class ScanEpoch(Scan):
     fallback: a cycle whose preparation finds no wrong-pair mode keeps the paper's per-batch candidates
     ("paper") or prunes nothing ("none"); saved with the state, and a resume must use the same.
     recent_look: observe every epoch's losses and keep each sample's recent loss (`recent_codes`); a preparation
-    whose own losses show no wrong-pair mode makes the same cut on the recent losses, and a mode its own losses show
-    is taken only if the recent losses show one too (module docstring). Saved with the state, and a resume must use
+    whose own losses show no wrong-pair mode makes the same cut on the recent losses, or where they have no valley
+    the cut between two normals fitted to them (`overlap_cut`), and a mode its own losses show is taken only if the
+    recent losses show one too (module docstring). Saved with the state, and a resume must use
     the same.
     """
 
@@ -533,7 +595,7 @@ class ScanEpoch(Scan):
             local = torch.bincount(seen, minlength=UNSEEN + 1)[:NUM_CODES]  # unseen ids: bin UNSEEN, left out
             recent_hist = self._sum_over_ranks(local).cpu().numpy()
             again = plan(recent_hist, int(recent_hist.sum()), self.config.rho_ill, self.config.rho_red,
-                         look_again=self.holds_out(), min_mode_loss=self.min_mode_loss)
+                         look_again=self.holds_out(), min_mode_loss=self.min_mode_loss, overlap=True)
             if p["paper_cycle"] and not again["paper_cycle"]:
                 p, hist, codes, recent = again, recent_hist, seen, True
             elif not p["paper_cycle"] and again["paper_cycle"]:  # this epoch's mode only: not yet taken
