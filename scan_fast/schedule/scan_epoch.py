@@ -59,8 +59,9 @@ preparation whose own histogram has no wrong-pair mode makes the same cut (`plan
 floor) on the histogram of the recent codes of every sample seen so far; ILL and RED are then chosen by those codes.
 Where the recent losses have no valley either, an upper mode may still overlap the rest's tail: two normal
 distributions are fitted to their histogram (`two_normals`), and when they stand apart (Ashman's separation at least
-MIXTURE_SEPARATION: 3.7-4.2 on shapes-hard with CLIP, at most 2.5 on clean shapes with either loss) ILL is the codes
-from where the upper one becomes the likelier (`overlap_cut`), within rho_ill and above the floor as before.
+MIXTURE_SEPARATION: 3.7-4.2 at shapes-hard's preparations with CLIP, at most 2.5 on clean shapes with either loss
+after the first epoch) ILL is the codes from where the upper one becomes the likelier (`overlap_cut`), within rho_ill
+and above the floor as before.
 The recent losses also confirm a mode: one that the preparation's own histogram shows and theirs does not is not
 taken yet, and the cycle is the fallback's (early in a run a model can learn one attribute before another: on
 shapes-hard with SigLIP, seed 1, the first preparation saw the captions whose colour word is wrong as a mode, gone
@@ -274,7 +275,7 @@ def overlap_cut(hist: np.ndarray, k_ill: int) -> Optional[int]:
     upper = np.flatnonzero((density[1] >= density[0]) & (codes > mean[0]))
     if len(upper) == 0 or int(np.sum(hist[upper[0]:])) > k_ill:
         return None
-    return int(max(upper[0], 1))
+    return int(upper[0])  # above the lower mean, so at least 1
 
 
 def plan(hist: np.ndarray, n: int, rho_ill: float, rho_red: float, look_again: bool = False,
@@ -442,8 +443,7 @@ class ScanEpoch(Scan):
     recent_look: observe every epoch's losses and keep each sample's recent loss (`recent_codes`); a preparation
     whose own losses show no wrong-pair mode makes the same cut on the recent losses, or where they have no valley
     the cut between two normals fitted to them (`overlap_cut`), and a mode its own losses show is taken only if the
-    recent losses show one too (module docstring). Saved with the state, and a resume must use
-    the same.
+    recent losses show one too (module docstring). Saved with the state, and a resume must use the same.
     """
 
     def __init__(self, num_samples, rho_ill=0.35, rho_red=0.35, t_cos=3, prune_threshold=0.3,
