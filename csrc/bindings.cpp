@@ -198,7 +198,18 @@ PYBIND11_MODULE(_C, m) {
             py::gil_scoped_release nogil;
             return SampleSet::deserialize(src, size);
           },
-          py::arg("data"));
+          py::arg("data"))
+      .def_static(
+          "from_words",
+          [](uint64_t num_samples, const py::buffer& bits) {
+            py::buffer_info info = bits.request();
+            if (info.ndim != 1 || info.itemsize != 1) throw py::type_error("from_words needs a 1-D byte buffer");
+            const char* src = static_cast<const char*>(info.ptr);
+            const size_t size = static_cast<size_t>(info.size);
+            py::gil_scoped_release nogil;
+            return SampleSet::from_words(num_samples, src, size);
+          },
+          py::arg("num_samples"), py::arg("bits"), "The set whose packed bits (no header) are `bits`.");
   bind_id_ops<int64_t>(cls);
   bind_id_ops<uint32_t>(cls);
   bind_id_ops<int32_t>(cls);

@@ -585,6 +585,21 @@ SampleSet SampleSet::deserialize(const char* data, size_t size) {
   return set;
 }
 
+SampleSet SampleSet::from_words(uint64_t num_samples, const char* bits, size_t size) {
+  SampleSet set(num_samples);
+  if (size != set.num_words_ * 8) {
+    throw std::invalid_argument("invalid packed bits: " + std::to_string(size) + " bytes, expected " +
+                                std::to_string(set.num_words_ * 8) + " for num_samples=" +
+                                std::to_string(num_samples));
+  }
+  std::memcpy(set.words_.get(), bits, size);
+  if ((set.words_[set.num_words_ - 1] & ~tail_mask(num_samples)) != 0) {
+    throw std::invalid_argument("invalid packed bits: bits beyond num_samples=" + std::to_string(num_samples) +
+                                " are set");
+  }
+  return set;
+}
+
 // ---------------------------------------------------------------- batch candidates
 
 namespace {

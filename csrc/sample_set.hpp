@@ -79,6 +79,9 @@ class SampleSet {
   void serialize(char* out) const;  // writes serialized_size() bytes
   // Throws std::invalid_argument saying what is wrong (size, magic, version, N, checksum).
   static SampleSet deserialize(const char* data, size_t size);
+  // The set whose words are `bits` (num_words() * 8 bytes, no header): the inverse of words(). Throws
+  // std::invalid_argument for another size or a bit set at or beyond num_samples.
+  static SampleSet from_words(uint64_t num_samples, const char* bits, size_t size);
 
   const uint64_t* words() const { return words_.get(); }
 

@@ -60,6 +60,13 @@ def _as_u64(value, name: str) -> int:
     return value
 
 
+def _as_num_samples(value) -> int:
+    num_samples = _as_int(value, "num_samples")
+    if not 1 <= num_samples <= MAX_SAMPLES:
+        raise ValueError(f"num_samples must be in [1, 2**40], got {num_samples}")
+    return num_samples
+
+
 def _as_ids(ids, name: str = "ids") -> np.ndarray:
     """A 1-D, C-contiguous integer array of a dtype the engine reads in place."""
     if ids.__class__ is np.ndarray and ids.dtype in _ENGINE_ID_DTYPES and ids.ndim == 1 and ids.flags.c_contiguous:
@@ -87,9 +94,7 @@ class SampleSet:
     __slots__ = ("_impl",)
 
     def __init__(self, num_samples: int):
-        num_samples = _as_int(num_samples, "num_samples")
-        if not 1 <= num_samples <= MAX_SAMPLES:
-            raise ValueError(f"num_samples must be in [1, 2**40], got {num_samples}")
+        num_samples = _as_num_samples(num_samples)
         try:
             self._impl = _C.SampleSet(num_samples)
         except MemoryError:
@@ -232,6 +237,16 @@ class SampleSet:
         """The set as little-endian packed bits (N / 8 bytes, read-only): id i is bit i & 7 of byte i >> 3
         (`scan_fast.bits.bits_contain` reads them)."""
         return np.frombuffer(self.to_bytes(), np.uint8)[_HEADER_BYTES:]
+
+    @classmethod
+    def from_packed_bits(cls, num_samples: int, bits) -> "SampleSet":
+        """Inverse of packed_bits: the set of `num_samples` ids whose packed bits are `bits` (a 1-D uint8 array of
+        the length packed_bits gives); ValueError for another length or a bit at or beyond num_samples."""
+        num_samples = _as_num_samples(num_samples)
+        bits = np.ascontiguousarray(bits)
+        if bits.dtype != np.uint8 or bits.ndim != 1:
+            raise TypeError(f"bits must be a 1-D uint8 array, got {bits.dtype} with shape {bits.shape}")
+        return cls._wrap(_C.SampleSet.from_words(num_samples, bits))
 
     @classmethod
     def from_bytes(cls, data) -> "SampleSet":

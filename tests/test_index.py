@@ -422,3 +422,21 @@ def test_packed_bits_answer_membership_like_the_set(num_samples, data):
     mask = np.zeros(num_samples, bool)
     mask[members] = True
     np.testing.assert_array_equal(np.packbits(mask, bitorder="little"), bits[:len(np.packbits(mask))])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 300), st.data())
+def test_packed_bits_round_trip_and_bad_bits_are_refused(num_samples, data):
+    members = data.draw(st.lists(st.integers(0, num_samples - 1), max_size=num_samples))
+    s = SampleSet(num_samples)
+    s.add(np.array(members, np.int64))
+    assert SampleSet.from_packed_bits(num_samples, s.packed_bits()) == s
+    with pytest.raises(ValueError, match=f"invalid packed bits: {len(s.packed_bits()) - 1} bytes, expected"):
+        SampleSet.from_packed_bits(num_samples, s.packed_bits()[:-1])
+    with pytest.raises(TypeError, match="bits must be a 1-D uint8 array"):
+        SampleSet.from_packed_bits(num_samples, s.packed_bits().astype(np.int16))
+    if num_samples % 64:  # the last word has room past the last id: set the byte holding id num_samples
+        beyond = s.packed_bits().copy()
+        beyond[num_samples // 8] = 0xFF
+        with pytest.raises(ValueError, match=f"bits beyond num_samples={num_samples} are set"):
+            SampleSet.from_packed_bits(num_samples, beyond)

@@ -227,6 +227,20 @@ static void test_bytes_round_trip_and_corruption() {
   CHECK_THROWS(SampleSet::deserialize(bytes.data(), bytes.size()), "beyond num_samples");
 }
 
+static void test_words_round_trip() {
+  for (uint64_t n : {1ull, 64ull, 130ull, 100'003ull}) {
+    SampleSet s(n);
+    std::mt19937_64 gen(n + 1);
+    auto ids = random_ids(gen, n, static_cast<size_t>(n / 3 + 1));
+    s.add(ids.data(), ids.size());
+    const char* words = reinterpret_cast<const char*>(s.words());
+    CHECK(SampleSet::from_words(n, words, s.num_words() * 8) == s);
+    CHECK_THROWS(SampleSet::from_words(n, words, s.num_words() * 8 - 1), "expected");
+  }
+  uint64_t words[2] = {0, uint64_t{1} << 10};  // id 74 of 70
+  CHECK_THROWS(SampleSet::from_words(70, reinterpret_cast<const char*>(words), sizeof(words)), "beyond num_samples");
+}
+
 static void test_large_sparse_ids() {
   const uint64_t n = (uint64_t{1} << 33) + 5;  // 1 GiB of bits, touched only where used
   SampleSet s(n);
@@ -488,6 +502,7 @@ int main() {
   test_sample_exact_and_thread_independent();
   test_shuffled_complement();
   test_bytes_round_trip_and_corruption();
+  test_words_round_trip();
   test_large_sparse_ids();
   test_batch_candidates();
   test_selector<float>();
