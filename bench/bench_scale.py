@@ -21,9 +21,15 @@ the peak is reset through /proc/self/clear_refs, so untimed set-up does not coun
            half its below-mean ids; SeTa: ratio 0.3 and its cluster window; random: a quarter of N).
            The peak covers everything from creating the schedule (its per-id scores included).
 
+- `scan-epoch-end`: the end of a ScanEpoch preparation epoch that finds a wrong-pair mode (20% of the losses
+           log-normal around 6, the rest around 1), as one rank holding every id's code (W = 1: the largest
+           block): the cut, the block's ILL and RED sets, the candidates. The peak counts from after the
+           epoch's observations (the codes, one byte an id, are already held) to the end.
+
     python bench/bench_scale.py                         # N = 1e9, W = 64 (needs about 9 GB free for `list`)
     python bench/bench_scale.py --sizes 1e8 --cases infobatch,seta,random
     python bench/bench_scale.py --sizes 1e8 --world-size 64
+    python bench/bench_scale.py --sizes 1e7,1e8 --cases scan-epoch-end
 """
 import argparse
 import json
@@ -103,6 +109,18 @@ def _random(num_samples, seed):
 BASELINES = {"infobatch": _infobatch, "seta": _seta, "random": _random}
 
 
+def _wrong_pair_pool(batch, seed):
+    """Batches of losses with a wrong-pair mode: 20% log-normal around 6, the rest around 1."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pool = []
+    for _ in range(LOSS_POOL):
+        centre = np.where(rng.random(batch) < 0.2, np.log(6.0), 0.0)
+        pool.append(tuple(np.exp(centre + 0.3 * rng.standard_normal(batch)).astype(np.float32) for _ in range(2)))
+    return pool
+
+
 def _observe_all(schedule, num_samples, batch, pool):
     """Every id's loss once (as each rank observes the gathered losses of all ranks), a batch at a time."""
     import numpy as np
@@ -158,6 +176,23 @@ def run_case(case, num_samples, world_size, local_batch, seed) -> dict:
         return {"case": case, "num_samples": num_samples, "world_size": world_size,
                 "seconds": time.perf_counter() - start, "peak_mb": _peak_above(baseline), "ids_mb": ids.nbytes / MIB,
                 "kept": kept}
+    if case == "scan-epoch-end":
+        from scan_fast.schedule.scan_epoch import ScanEpoch
+
+        pool = _wrong_pair_pool(2**20, seed)
+        schedule = ScanEpoch(num_samples, seed=seed)
+        _warm_up(schedule, 1, seed)
+        schedule.epoch_kept_set(PREPARATION_EPOCH)
+        _observe_all(schedule, num_samples, 2**20, pool)  # untimed: the epoch's codes
+        del pool
+        baseline = _start_peak()
+        start = time.perf_counter()
+        schedule.end_epoch(PREPARATION_EPOCH, 1.0)
+        seconds = time.perf_counter() - start
+        assert not schedule.paper_cycle(), "the losses were meant to show a wrong-pair mode"
+        ill = schedule.candidates("ill_matched")
+        return {"case": case, "num_samples": num_samples, "world_size": 1, "seconds": seconds,
+                "peak_mb": _peak_above(baseline), "ids_mb": ill.nbytes / MIB, "ill": len(ill)}
     if case == "cycle":
         batch = local_batch * world_size
         pool = _loss_pool(batch, seed)
@@ -215,7 +250,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1e9", help="comma-separated N (default 1e9)")
     parser.add_argument("--cases", default="list,shard,cycle",
-                        help="comma-separated: list, shard, cycle, infobatch, seta, random")
+                        help="comma-separated: list, shard, cycle, infobatch, seta, random, scan-epoch-end")
     parser.add_argument("--world-size", type=int, default=64, help="W: the rank measured is rank 0 of W")
     parser.add_argument("--local-batch", type=int, default=64, help="b: ids per rank and step (cycle case)")
     parser.add_argument("--seed", type=int, default=0)

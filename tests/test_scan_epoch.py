@@ -8,6 +8,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from scan_fast.index import SampleSet
 from scan_fast.schedule.scan_epoch import (EDGES, NUM_CODES, UNSEEN, ScanEpoch, epoch_candidates_reference,
                                            has_two_modes, loss_codes, otsu_cut, overlap_cut, plan,
                                            recent_candidates_reference, recent_codes, two_normals)
@@ -166,12 +167,35 @@ def test_decisions_do_not_depend_on_the_world_size(world):
     for s in [one, *ranks]:
         _to_preparation(s)
         _prepare(s, order, a, b, batch, device_path=True)  # every rank sees the gathered global batch
-    ill1, red1 = one.block_candidates(2)
+    whole = one.block_candidates(2)
     blocks = [s.block_candidates(2) for s in ranks]
-    np.testing.assert_array_equal(np.sort(np.concatenate([x[0] for x in blocks])), np.sort(ill1))
-    np.testing.assert_array_equal(np.sort(np.concatenate([x[1] for x in blocks])), np.sort(red1))
+    block = -(-n // world)
+    for kind in (0, 1):  # ILL, RED
+        union = SampleSet(n)
+        for rank, found in enumerate(blocks):
+            ids = found[kind].to_array()
+            assert ((ids >= rank * block) & (ids < (rank + 1) * block)).all()  # a rank decides its own block only
+            union |= found[kind]
+        assert union == whole[kind] and len(union) > 0
     sizes = [s.state_dict()["codes"].shape[0] - 1 for s in ranks]
-    assert max(sizes) == -(-n // world) and sum(sizes) == n  # one byte a sample, split over the ranks
+    assert max(sizes) == block and sum(sizes) == n  # one byte a sample, split over the ranks
+
+
+def test_a_block_is_decided_the_same_in_chunks_of_any_size(monkeypatch):
+    from scan_fast.schedule import scan_epoch
+
+    n = 1000
+    a, b, _ = _losses(n, 5)
+    order = np.random.default_rng(5).permutation(n).astype(np.int64)
+    found = {}
+    for chunk in (1 << 22, 64, 7):
+        monkeypatch.setattr(scan_epoch, "BLOCK_CHUNK", chunk)
+        s = ScanEpoch(n, seed=1, rank=1, world_size=3)
+        _to_preparation(s)
+        _prepare(s, order, a, b, 50, device_path=True)
+        found[chunk] = s.block_candidates(2)
+    assert len(found[7][0]) > 0 and len(found[7][1]) > 0
+    assert found[64] == found[1 << 22] and found[7] == found[1 << 22]
 
 
 def test_epoch_end_state_resumes_on_any_world_size_and_mid_epoch_state_only_on_its_own():

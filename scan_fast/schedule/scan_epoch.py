@@ -79,8 +79,9 @@ the paper's.
 Scale: each rank keeps the one-byte codes of its own block of ids (rank r of W: ids
 [r ceil(N/W), (r + 1) ceil(N/W))), and every rank accumulates the same histogram from the
 gathered global batches (the trainer already gathers every rank's losses in preparation epochs).
-At the epoch's end every rank has the same t and counts, decides for its block, and the ranks
-all-gather their blocks' candidate bits (N/8 bytes in all) once; besides the codes, a preparation
+At the epoch's end every rank has the same t and counts, decides for its block (BLOCK_CHUNK ids at a
+time), and the ranks sum their blocks' packed ILL and RED bits in two all-reduces of N/8 bytes (the blocks
+are disjoint: the sum is the union); besides the codes, a preparation
 fills Scan's two per-batch bitsets (N/8 bytes each, from the chosen ids Scan already brings over in
 bulk), and between epochs the state is Scan's two bitsets. No step reads the host: the codes and the
 histogram stay on the device. With recent_look each rank also keeps the recent codes of its block (one byte a
@@ -113,6 +114,7 @@ FALLBACKS = tuple(FALLBACK_NOTES)
 SMOOTH_BINS = 5       # the box the valley test smooths the histogram with (about 43% of a loss)
 VALLEY_RATIO = 0.5   # a valley at most half the upper peak: two modes (the demo's wrong pairs: 0.33 in the
                      # first preparation epoch of shapes, CLIP, seed 0)
+BLOCK_CHUNK = 1 << 22        # ids a preparation's end decides at a time (`block_candidates`: ~100 MB of temporaries)
 MIXTURE_STEPS = 200          # expectation-maximisation steps of `two_normals` (from Otsu's split)
 MIN_VARIANCE = 1.0           # a component narrower than one code (7.5% of a loss) is not resolved
 MIXTURE_SEPARATION = 3.5     # Ashman's D of two overlapping modes (`overlap_cut`): the recent losses measured 3.7-4.2
@@ -578,12 +580,13 @@ class ScanEpoch(Scan):
         self._record(sample_ids, loss_a, loss_b)
         return super()._device_batch(sample_ids, loss_a, loss_b)  # None outside a preparation epoch
 
-    # -- the epoch's end: one histogram read, one decision per rank block, one gather
+    # -- the epoch's end: one histogram read, one decision per rank block, one union of the blocks' bits
     def block_candidates(self, epoch: int):
-        """(ill ids, red ids) of this rank's block from the epoch's histogram (the same on every rank), or None
-        when the losses have no wrong-pair mode (the paper's per-batch candidates stand)."""
+        """(ILL, RED) of this rank's block, as SampleSets, from the epoch's histogram (the same on every rank), or
+        None when the losses have no wrong-pair mode (the paper's per-batch candidates stand). Decided BLOCK_CHUNK ids
+        at a time, so its temporaries (ids, tie hashes, codes: about 24 bytes an id) do not grow with the block."""
         if self._codes is None:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+            return SampleSet(self.num_samples), SampleSet(self.num_samples)
         hist = self._hist[:NUM_CODES].cpu().numpy()
         # look_again: this epoch holds out the last preparation's ILL, i.e. that one found a wrong-pair mode (in mode
         # "redundant" nothing is held out, so no second look: ILL is not pruned there anyway)
@@ -604,25 +607,34 @@ class ScanEpoch(Scan):
         self._note = (epoch, note or decision_note(hist, p, self.fallback, recent))
         if p["paper_cycle"]:
             return None
-        ids = torch.arange(self._lo, self._hi, dtype=torch.int64, device=codes.device)
-        ill, red = plan_masks(codes, ids, p, hist, self.config.seed, epoch)
-        return ids[ill].cpu().numpy(), ids[red].cpu().numpy()
+        ill, red = SampleSet(self.num_samples), SampleSet(self.num_samples)
+        for start in range(self._lo, self._hi, BLOCK_CHUNK):
+            stop = min(start + BLOCK_CHUNK, self._hi)
+            ids = torch.arange(start, stop, dtype=torch.int64, device=codes.device)
+            ill_mask, red_mask = plan_masks(codes[start - self._lo:stop - self._lo], ids, p, hist, self.config.seed,
+                                            epoch)
+            ill.add(ids[ill_mask].cpu().numpy())
+            red.add(ids[red_mask].cpu().numpy())
+        return ill, red
 
     def epoch_note(self, epoch: int) -> str:
         """The preparation's decision (`decision_note`) at the end of a preparation epoch, else ""."""
         return self._note[1] if self._note[0] == epoch else ""
 
-    def _gather(self, ids: np.ndarray) -> np.ndarray:
-        """Every rank's ids (the union), when this schedule is one of several ranks."""
+    def _union_over_ranks(self, block: SampleSet) -> SampleSet:
+        """Every rank's block set as one, when this schedule is one of several ranks: one all-reduce of the packed
+        bits (N/8 bytes). The blocks are disjoint, so no bit is set by two ranks and the bytes' sum is their union."""
         import torch.distributed as dist
 
         if self.world_size == 1:
-            return ids
+            return block
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() == self.world_size):
             raise RuntimeError(f"ScanEpoch(world_size={self.world_size}) needs the process group to gather blocks")
-        parts = [None] * self.world_size
-        dist.all_gather_object(parts, ids)
-        return np.concatenate(parts)
+        on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+        bits = torch.from_numpy(block.packed_bits().copy())
+        bits = bits.to(torch.device("cuda", torch.cuda.current_device())) if on_gpu else bits
+        dist.all_reduce(bits)
+        return SampleSet.from_packed_bits(self.num_samples, bits.cpu().numpy())
 
     def _sum_over_ranks(self, hist: torch.Tensor) -> torch.Tensor:
         """Every rank's histogram summed (one all-reduce of NUM_CODES counts), when this schedule is one of several
@@ -642,12 +654,10 @@ class ScanEpoch(Scan):
             found = self.block_candidates(epoch)  # every rank read the same histogram: the same decision
             self._paper_cycle = found is None
             # the epoch-wide cut replaces the per-batch candidates; without a mode, fallback "none" replaces them by none
-            if found is not None or self.fallback == "none":
-                self._new = CandidateSets(SampleSet(self.num_samples), SampleSet(self.num_samples))
             if found is not None:
-                ill, red = found
-                self._new.ill.add(self._gather(ill))
-                self._new.red.add(self._gather(red))
+                self._new = CandidateSets(*(self._union_over_ranks(block) for block in found))
+            elif self.fallback == "none":
+                self._new = CandidateSets(SampleSet(self.num_samples), SampleSet(self.num_samples))
             self._codes = self._hist = None
         return super()._finish_epoch(epoch, epoch_loss)
 
