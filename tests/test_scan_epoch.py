@@ -493,8 +493,8 @@ def test_two_overlapping_normals_are_split_where_the_upper_becomes_the_likelier(
                                                                                centre, scale):
     """Two normal modes whose Ashman separation is 4.5-7, with or without a valley between them: the fit finds the
     upper one's share, and the cut is the first code above the lower mean where the upper density is the larger
-    (within a code), holding the upper mode's count (within 6%: the tails cross the cut). Scaling every count by a power of two changes
-    nothing (exact in floating point)."""
+    (within a code), holding the upper mode's count (within 6%: the tails cross the cut). Scaling every count by a
+    power of two changes nothing (exact in floating point)."""
     upper_sd = sd * ratio
     upper = centre + separation * np.hypot(sd, upper_sd) / np.sqrt(2.0)
     hist = _binned([(n * (1 - share), centre, sd), (n * share, upper, upper_sd)])
