@@ -622,31 +622,30 @@ class ScanEpoch(Scan):
         return self._note[1] if self._note[0] == epoch else ""
 
     def _union_over_ranks(self, block: SampleSet) -> SampleSet:
-        """Every rank's block set as one, when this schedule is one of several ranks: one all-reduce of the packed
-        bits (N/8 bytes). The blocks are disjoint, so no bit is set by two ranks and the bytes' sum is their union."""
-        import torch.distributed as dist
-
+        """Every rank's block set as one, when this schedule is one of several ranks: its packed bits (N/8 bytes)
+        summed over the ranks. The blocks are disjoint, so no bit is set by two ranks and the bytes' sum is their
+        union."""
         if self.world_size == 1:
             return block
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() == self.world_size):
-            raise RuntimeError(f"ScanEpoch(world_size={self.world_size}) needs the process group to gather blocks")
-        on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
-        bits = torch.from_numpy(block.packed_bits().copy())
-        bits = bits.to(torch.device("cuda", torch.cuda.current_device())) if on_gpu else bits
-        dist.all_reduce(bits)
-        return SampleSet.from_packed_bits(self.num_samples, bits.cpu().numpy())
+        import torch.distributed as dist
 
-    def _sum_over_ranks(self, hist: torch.Tensor) -> torch.Tensor:
-        """Every rank's histogram summed (one all-reduce of NUM_CODES counts), when this schedule is one of several
-        ranks: the recent codes of an id live on its block's rank only."""
+        bits = torch.from_numpy(block.packed_bits().copy())
+        if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":  # NCCL reduces CUDA only
+            bits = bits.to(torch.device("cuda", torch.cuda.current_device()))
+        return SampleSet.from_packed_bits(self.num_samples, self._sum_over_ranks(bits).cpu().numpy())
+
+    def _sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """`values` summed over the ranks in place (one all-reduce), when this schedule is one of several ranks: the
+        recent codes' histogram (NUM_CODES counts) and the blocks' packed bits."""
         import torch.distributed as dist
 
         if self.world_size == 1:
-            return hist
+            return values
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() == self.world_size):
-            raise RuntimeError(f"ScanEpoch(world_size={self.world_size}) needs the process group to sum histograms")
-        dist.all_reduce(hist)
-        return hist
+            raise RuntimeError(f"ScanEpoch(world_size={self.world_size}) needs the process group to combine its "
+                               "block with the other ranks'")
+        dist.all_reduce(values)
+        return values
 
     def _finish_epoch(self, epoch, epoch_loss):
         phase, _ = epoch_phase(epoch, self._start, self.config.t_cos)
