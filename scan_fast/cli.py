@@ -51,7 +51,7 @@ def _run_bench(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from scan_fast.train.cli import add_coreset_parser, add_eval_parser, add_train_parsers
+    from scan_fast.train.cli import add_coreset_parser, add_eval_parser, add_losses_parser, add_train_parsers
     from scan_fast.data.cli import add_data_parser
     from scan_fast.demo.main_job import add_main_job_parser
 
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parsers(sub)
     add_eval_parser(sub)
     add_coreset_parser(sub)
+    add_losses_parser(sub)
     add_simulate_parser(sub)
     add_bench_parser(sub)
     return parser

@@ -9,7 +9,7 @@ import pytest
 
 BEFORE = json.loads((Path(__file__).parent / "cli_flags_before.json").read_text())
 FROM_CONFIGS = ("scan-fast train clip", "scan-fast train moco", "scan-fast demo", "scan-fast eval",
-                "scan-fast coreset export", "scan-fast simulate", *(f"scan-fast data {name}" for name in (
+                "scan-fast coreset export", "scan-fast simulate", "scan-fast losses", *(f"scan-fast data {name}" for name in (
                     "clip", "labelled", "moco", "index", "check", "manifest", "digits", "shapes")))
 
 

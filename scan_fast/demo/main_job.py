@@ -24,8 +24,8 @@ from typing import Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from scan_fast.demo.data_sets import DATA_SETS, build_data
-from scan_fast.train.config import LOSSES, PRUNE_MODES
-from scan_fast.flags import add_config_flags, check_choices, config_from_args, flag
+from scan_fast.train.config import LOSSES, PRUNE_MODES, TrainConfig
+from scan_fast.flags import add_config_flags, check_choices, config_from_args, flag, redefault
 
 
 class Shown(NamedTuple):
@@ -78,6 +78,7 @@ class MainJobConfig:
         "shapes", "shapes (20%% wrong captions), shapes-clean (none), shapes-hard (near-miss wrong captions, varied "
                   "templates), colour-digits (handwritten digits in colour, wrong and faint pairs), colour-digits-clean "
                   "(scan_fast/demo/data_sets.py)", "data")
+    save_epoch_losses: bool = redefault(TrainConfig, "save_epoch_losses", False)
 
     def __post_init__(self):
         check_choices(self)
@@ -149,7 +150,8 @@ def _clip_config(job: MainJobConfig, data: Dict[str, str], prune: str, seed: int
                       save_frequency=epochs,  # so a checkpoint after the last epoch only: no run is resumed
                       eval_frequency=1,  # every epoch: the accuracy-vs-compute curves (a small held-out set)
                       # the report's loss histogram of the candidates (8k samples)
-                      save_losses=PRUNE_MODES[prune].finds_candidates, **extra)
+                      save_losses=PRUNE_MODES[prune].finds_candidates, save_epoch_losses=job.save_epoch_losses,
+                      **extra)
 
 
 def run_main_job(job: MainJobConfig) -> List[dict]:

@@ -1,11 +1,12 @@
-"""argparse subcommands of the trainers: `scan-fast train clip|moco`, `scan-fast eval`, `scan-fast coreset export`.
+"""argparse subcommands of the trainers: `scan-fast train clip|moco`, `scan-fast eval`, `scan-fast coreset export`,
+`scan-fast losses`.
 
 Training flags are the config dataclasses' fields (scan_fast/flags.py: each field's help
 text, choices and section are defined beside it); `--config FILE` (YAML or TOML) may hold any
 of them, with the same names (dashes or underscores), and flags on the command line win.
-`scan_fast/cli.py` registers these with `add_train_parsers(sub)`,
-`add_coreset_parser(sub)` and `add_eval_parser(sub)`; what `eval` and `coreset export` run lives in
-evaluate.py (`evaluate_checkpoint`) and coreset.py (`export_coreset`).
+`scan_fast/cli.py` registers these with `add_train_parsers(sub)`, `add_coreset_parser(sub)`,
+`add_eval_parser(sub)` and `add_losses_parser(sub)`; what `eval`, `coreset export` and `losses` run lives in
+evaluate.py (`evaluate_checkpoint`), coreset.py (`export_coreset`) and loss_modes.py (`replay_run`).
 """
 import sys
 
@@ -84,4 +85,26 @@ def _run_eval(args):
                                   args.probe_train_data, args.workers)
     for key, value in results.items():
         print(f"{key}: {value:.4f}")
+    return 0
+
+
+def add_losses_parser(sub) -> None:
+    p = sub.add_parser("losses", help="replay the wrong-pair tests on a run's saved per-epoch losses",
+                       description="For every epoch a run saved with --save-epoch-losses: the samples' recent "
+                                   "losses as scan-epoch's rules keep them, the valley cut, the separation of two "
+                                   "fitted normals and the overlap cut, and the share above each; with --data, "
+                                   "each cut's precision and recall against the wrong captions and the best any "
+                                   "cut reaches. Prints a table and writes losses/modes.csv and losses/modes.png "
+                                   "(each epoch's histogram with its cuts) in the run folder.")
+    p.add_argument("run_folder", help="a run folder (logs/NAME) trained with --save-epoch-losses")
+    p.add_argument("--data", metavar="DATA", help="the run's training data, an embedded data set whose truth "
+                                                  "file lies beside it (scan-fast data shapes, or the demo's)")
+    add_field_flag(p, TrainConfig, "rho_ill")
+    p.set_defaults(run=_run_losses)
+
+
+def _run_losses(args):
+    from scan_fast.train.loss_modes import replay_run
+
+    print(replay_run(args.run_folder, args.rho_ill, args.data))
     return 0

@@ -238,6 +238,10 @@ class TrainConfig:
                           "the candidates found on the device to the host", "run")
     save_losses: bool = flag(False, "save each preparation epoch's per-sample losses (float16) as candidates.npz "
                              "and plot their histogram in the report (memory and disk grow with the epoch)", "run")
+    save_epoch_losses: bool = flag(False, "save every epoch's per-sample losses (float32, the mean of both "
+                                   "directions, as the pruning rules bin them) as losses/epoch-NNN.npz in the run "
+                                   "folder, for `scan-fast losses`; rank 0's memory and the disk grow with the "
+                                   "epoch", "run")
     stop_after_step: Optional[int] = flag(None, "stop after this global step without saving (tests of resume)",
                                           "run")
     dist_timeout: float = flag(600.0, "seconds a collective waits for the other processes before the run fails "

@@ -83,7 +83,8 @@ class Step:
 
 
 class SampleLosses(NamedTuple):
-    """Every sample's loss of an epoch run with --save-losses: the ids and the mean of each pair (float16)."""
+    """Every sample's loss of an epoch run with --save-losses or --save-epoch-losses: the ids and the float32 mean
+    of each pair's two directions."""
     ids: np.ndarray
     losses: np.ndarray
 
@@ -96,7 +97,7 @@ class EpochResult:
     loss_sum: float = 0.0       # of the unweighted per-sample losses, over all ranks
     seconds: float = 0.0
     cpu_seconds: float = 0.0    # this process, all threads: less sensitive than wall time to other load
-    losses: Optional[SampleLosses] = None  # with --save-losses (cfg.save_losses)
+    losses: Optional[SampleLosses] = None  # with --save-losses (a preparation epoch) or --save-epoch-losses
 
     @property
     def mean_loss(self) -> float:
@@ -168,6 +169,7 @@ def train_one_epoch(step: Step, loader, epoch: int, iters: int, global_step: int
     schedule, model, optimizer, scaler = step.schedule, step.model, step.optimizer, step.scaler
     world = dist.get_world_size() if _distributed() else 1
     collect = schedule.needs_losses(epoch)
+    keep = (collect and cfg.save_losses) or cfg.save_epoch_losses  # every sample's loss, to the host at the end
     model.train()
     result = EpochResult(epoch)
     first_step = global_step
@@ -206,12 +208,13 @@ def train_one_epoch(step: Step, loader, epoch: int, iters: int, global_step: int
 
         detached_a, detached_b = pair.a.detach().float(), pair.b.detach().float()
         loss_sum += (detached_a + detached_b).sum(dtype=torch.float64) / 2
-        if collect:
+        if collect or keep:
             all_ids, all_a, all_b = gather_batch(batch.ids, detached_a, detached_b)
-            schedule.observe_batch(all_ids, all_a, all_b)
-            if cfg.save_losses:
+            if collect:
+                schedule.observe_batch(all_ids, all_a, all_b)
+            if keep:
                 kept_ids.append(all_ids)
-                kept_losses.append(((all_a + all_b) / 2).half())
+                kept_losses.append((all_a + all_b) * 0.5)  # float32, as loss_codes bins it
         result.steps += 1
         result.samples += int(batch.ids.shape[0]) * world  # host-known shape: no sync
         if progress is not None:
@@ -235,7 +238,7 @@ def train_one_epoch(step: Step, loader, epoch: int, iters: int, global_step: int
 
 
 def per_sample_losses(result: EpochResult) -> SampleLosses:
-    """The SampleLosses kept by an epoch run with --save-losses, or empty arrays."""
+    """The SampleLosses kept by an epoch run with --save-losses or --save-epoch-losses, or empty arrays."""
     if result.losses is None:
-        return SampleLosses(np.zeros(0, np.int64), np.zeros(0, np.float16))
+        return SampleLosses(np.zeros(0, np.int64), np.zeros(0, np.float32))
     return result.losses

@@ -34,6 +34,7 @@ MAY_CHANGE = {
     "overwrite": "how the run starts", "save_frequency": "how often it is saved",
     "tensorboard": "what is logged", "progress": "what is printed", "stop_after_step": "tests of resume",
     "log_every": "how often the host reads the step's results", "save_losses": "what diagnostics are written",
+    "save_epoch_losses": "what diagnostics are written",
 }
 # Compared as the global batch (batch_size x world_size) when the checkpoint records its world size.
 _PER_PROCESS = "batch_size"

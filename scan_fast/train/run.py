@@ -19,6 +19,7 @@ import torch
 from scan_fast.data.source_ids import save_kept_bits
 from scan_fast.train.checkpoint import first_non_finite, restore, save_checkpoint
 from scan_fast.train.config import PRUNE_MODES
+from scan_fast.train.epoch_losses import save_epoch_losses
 from scan_fast.train.loop import NonFiniteLoss, Step, StopTraining, lr_at, per_sample_losses, train_one_epoch
 from scan_fast.train.report import RunLogger, plot_run, write_report
 from scan_fast.train.resume import checkpoint_config, open_run, run_folder
@@ -238,6 +239,8 @@ def _train_epoch(run: _Run, epoch: int, runtime: Runtime) -> dict:
     schedule.end_epoch(epoch, _schedule_loss(result, run.history, epoch, kept, cfg, runtime))
     if runtime.is_main and cfg.save_losses and schedule.is_preparation(epoch):
         _save_candidates(run.folder, epoch, schedule, result)
+    if runtime.is_main and cfg.save_epoch_losses:
+        save_epoch_losses(run.folder, epoch, num_samples, per_sample_losses(result))
     return {"epoch": epoch, "phase": phase, "kept": kept, "pruned": num_samples - kept,
             "kept_fraction": kept / num_samples, "steps": result.steps, "samples": result.samples,
             "loss": result.mean_loss, "lr": lr_at(epoch + 1, cfg.lr, cfg.warmup_epochs, cfg.epochs),
@@ -286,8 +289,9 @@ def _epoch_line(kind, row, note=""):
 def _save_candidates(folder, epoch, schedule, result):
     """--save-losses: the preparation epoch's per-sample losses (float16) beside its candidates."""
     kept = per_sample_losses(result)
-    np.savez(os.path.join(folder, "candidates.npz"), epoch=epoch, ids=kept.ids, losses=kept.losses,
-             ill=schedule.candidates("ill_matched"), red=schedule.candidates("redundant"))
+    np.savez(os.path.join(folder, "candidates.npz"), epoch=epoch, ids=kept.ids,
+             losses=kept.losses.astype(np.float16), ill=schedule.candidates("ill_matched"),
+             red=schedule.candidates("redundant"))
 
 
 def _candidate_losses(folder):
