@@ -20,7 +20,7 @@ def _clip_worker(rank, train_data, logs, out):
     record_schedule(run, made, kept)
     summary = train_clip(ClipConfig(train_data=train_data, batch_size=BATCH, epochs=4, lr=1e-3,
                                     warmup_epochs=0.5, workers=1, prune_threshold=1.0, logs=logs, name="ddp",
-                                    progress=False, tensorboard=False))
+                                    progress=False, tensorboard=False, save_epoch_losses=True))
     scan = made[0]
     np.savez(os.path.join(out, f"rank{rank}.npz"), ill=scan.candidates("ill_matched"),
              red=scan.candidates("redundant"), sample_steps=summary["sample_steps"],
@@ -48,6 +48,17 @@ def test_two_gloo_ranks_take_identical_pruning_decisions(shapes, tmp_path):
         assert int(r0["sample_steps"]) == 3 * N_TRAIN + len(r0["kept3"]) // 32 * 32
     rows = open(tmp_path / "logs/ddp/epochs.csv").read().splitlines()
     assert len(rows) == 5  # header + 4 epochs, written by rank 0 only
+    # --save-epoch-losses: every rank's samples of each epoch, gathered, in one file an epoch written by rank 0
+    from scan_fast.train.epoch_losses import read_epoch_losses
+
+    rows = list(csv.DictReader(open(tmp_path / "logs/ddp/epochs.csv")))
+    epochs = list(read_epoch_losses(str(tmp_path / "logs/ddp")))
+    assert [e.epoch for e in epochs] == [0, 1, 2, 3]
+    with np.load(tmp_path / "rank0.npz") as r0:
+        for e, row in zip(epochs, rows):
+            assert len(e.ids) == int(row["samples"]) == len(np.unique(e.ids))
+            assert np.isin(e.ids, r0[f"kept{e.epoch}"]).all()
+            assert float(e.losses.astype(np.float64).mean()) == pytest.approx(float(row["loss"]), rel=1e-5)
 
 
 def _moco_worker(rank, arch, train_data, logs, out):

@@ -169,7 +169,8 @@ def train_one_epoch(step: Step, loader, epoch: int, iters: int, global_step: int
     schedule, model, optimizer, scaler = step.schedule, step.model, step.optimizer, step.scaler
     world = dist.get_world_size() if _distributed() else 1
     collect = schedule.needs_losses(epoch)
-    keep = (collect and cfg.save_losses) or cfg.save_epoch_losses  # every sample's loss, to the host at the end
+    save = (collect and cfg.save_losses) or cfg.save_epoch_losses  # every sample's loss, gathered on every rank
+    keep = save and (not _distributed() or dist.get_rank() == 0)  # and kept by rank 0, which writes them
     model.train()
     result = EpochResult(epoch)
     first_step = global_step
@@ -208,7 +209,7 @@ def train_one_epoch(step: Step, loader, epoch: int, iters: int, global_step: int
 
         detached_a, detached_b = pair.a.detach().float(), pair.b.detach().float()
         loss_sum += (detached_a + detached_b).sum(dtype=torch.float64) / 2
-        if collect or keep:
+        if collect or save:
             all_ids, all_a, all_b = gather_batch(batch.ids, detached_a, detached_b)
             if collect:
                 schedule.observe_batch(all_ids, all_a, all_b)
