@@ -5,9 +5,9 @@ For every epoch saved with --save-epoch-losses: the samples' recent losses as th
 two normals fitted to them and the overlap cut (`overlap_cut`), and the share of the seen samples above each
 cut. With the training set of an embedded data set (its truth file lies beside it): each cut's precision and
 recall against the wrong captions seen so far, and the best any single cut could reach (the highest
-min(precision, recall)).
-These are the rules' tests, not a run's decisions, which also hang on its preparation epochs, the floor of a
-wrong-pair mode and the confirmation (the run's log prints those). A plot draws each epoch's histogram and cuts.
+min(precision, recall)). These are the rules' tests, not a run's decisions, which also hang on its preparation
+epochs, the floor of a wrong-pair mode and the confirmation (the run's log prints those). A plot draws each epoch's
+histogram and cuts.
 """
 import csv
 import math
@@ -81,11 +81,10 @@ def replay(run_folder: str, rho_ill: float, wrong: Optional[np.ndarray] = None) 
             if wrong is not None:
                 row[f"{name}_precision"], row[f"{name}_recall"] = precision_recall(seen & (recent >= cut),
                                                                                    seen & wrong)
+        row["hist"] = hist  # for the plot
         if wrong is not None:
             code, row["best_precision"], row["best_recall"] = best_cut(recent, wrong)
             row["best_cut_loss"] = code_loss(code)
-        row["hist"] = hist
-        if wrong is not None:
             row["hist_wrong"] = np.bincount(recent[seen & wrong], minlength=NUM_CODES)[:NUM_CODES]
         rows.append(row)
     return rows
