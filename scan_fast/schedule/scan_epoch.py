@@ -262,15 +262,20 @@ def two_normals(hist: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, np.n
     return weight, mean, var
 
 
+def separation(mean: np.ndarray, var: np.ndarray) -> float:
+    """Ashman's separation sqrt(2) (m1 - m0) / sqrt(v0 + v1) of two fitted normals (`two_normals`)."""
+    return math.sqrt(2.0) * (mean[1] - mean[0]) / math.sqrt(var[0] + var[1])
+
+
 def overlap_cut(hist: np.ndarray, k_ill: int) -> Optional[int]:
     """The cut below an upper mode that overlaps the rest without a valley, or None: the lowest code above the
     lower mean where the upper of `two_normals` is the likelier, when the two stand apart (Ashman's separation
-    sqrt(2) |m1 - m0| / sqrt(v0 + v1) at least MIXTURE_SEPARATION) and at most k_ill samples lie above it."""
+    `separation` at least MIXTURE_SEPARATION) and at most k_ill samples lie above it."""
     fit = two_normals(hist)
     if fit is None:
         return None
     weight, mean, var = fit
-    if math.sqrt(2.0) * (mean[1] - mean[0]) / math.sqrt(var[0] + var[1]) < MIXTURE_SEPARATION:
+    if separation(mean, var) < MIXTURE_SEPARATION:
         return None
     codes = np.arange(len(hist), dtype=np.float64)
     density = _weighted_densities(weight, mean, var, codes)

@@ -17,8 +17,9 @@ from typing import List, Optional
 import numpy as np
 
 from scan_fast.schedule.scan_epoch import (EDGES, NUM_CODES, UNSEEN, loss_codes, overlap_cut, recent_codes,
-                                           two_normals, wrong_pair_cut)
+                                           separation, two_normals, wrong_pair_cut)
 from scan_fast.train.epoch_losses import FOLDER, read_epoch_losses
+from scan_fast.train.run import candidate_precision_recall
 
 COLUMNS = ("epoch", "seen", "valley_cut_loss", "valley_above", "separation", "overlap_cut_loss", "overlap_above",
            "valley_precision", "valley_recall", "overlap_precision", "overlap_recall", "best_cut_loss",
@@ -30,18 +31,10 @@ def code_loss(code: int) -> float:
     return float(EDGES[code - 1]) if code > 0 else 0.0
 
 
-def separation(hist: np.ndarray) -> Optional[float]:
-    """Ashman's separation of the two normals `two_normals` fits to the histogram (None: one mode)."""
+def fitted_separation(hist: np.ndarray) -> Optional[float]:
+    """The `separation` of the two normals `two_normals` fits to the histogram (None: one mode)."""
     fit = two_normals(hist)
-    if fit is None:
-        return None
-    _, mean, var = fit
-    return math.sqrt(2.0) * (mean[1] - mean[0]) / math.sqrt(var[0] + var[1])
-
-
-def precision_recall(selected: np.ndarray, wrong: np.ndarray):
-    hits = int(np.count_nonzero(selected & wrong))
-    return hits / max(int(np.count_nonzero(selected)), 1), hits / max(int(np.count_nonzero(wrong)), 1)
+    return None if fit is None else separation(fit[1], fit[2])
 
 
 def best_cut(recent: np.ndarray, wrong: np.ndarray):
@@ -72,15 +65,15 @@ def replay(run_folder: str, rho_ill: float, wrong: Optional[np.ndarray] = None) 
         n_seen = int(np.count_nonzero(seen))
         k_ill = math.floor(rho_ill * saved.num_samples)
         row = dict.fromkeys(COLUMNS)
-        row.update(epoch=saved.epoch, seen=n_seen, separation=separation(hist))
+        row.update(epoch=saved.epoch, seen=n_seen, separation=fitted_separation(hist))
         for name, cut in (("valley", wrong_pair_cut(hist, k_ill)), ("overlap", overlap_cut(hist, k_ill))):
             if cut is None:
                 continue
             row[f"{name}_cut_loss"] = code_loss(cut)
             row[f"{name}_above"] = int(hist[cut:].sum()) / max(n_seen, 1)
             if wrong is not None:
-                row[f"{name}_precision"], row[f"{name}_recall"] = precision_recall(seen & (recent >= cut),
-                                                                                   seen & wrong)
+                chosen = np.flatnonzero(seen & (recent >= cut))
+                row[f"{name}_precision"], row[f"{name}_recall"] = candidate_precision_recall(chosen, seen & wrong)
         row["hist"] = hist  # for the plot
         if wrong is not None:
             code, row["best_precision"], row["best_recall"] = best_cut(recent, wrong)
